@@ -1,0 +1,26 @@
+//! clientmq-core: the wire types of the MQ protocol and the sans-IO gateway state machine.
+//!
+//! Nothing here performs I/O, reads a clock or draws ambient randomness: the production server
+//! and the simulator drive the same [`Gateway`] with inputs and carry out its outputs. See
+//! [`Gateway`] for the contract.
+
+pub mod codec;
+pub mod config;
+pub mod event;
+mod gateway;
+mod ids;
+pub mod proto;
+mod registry;
+mod requests;
+mod timers;
+
+pub use codec::{CodecError, Encoding, Frame};
+pub use config::{CloseReason, Config, ConfigError, close};
+pub use event::{
+    DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic,
+};
+pub use gateway::{
+    Admission, BackendError, BackendRequest, Gateway, Input, InvariantViolation, Output, Peer,
+    Reply, ServerRequestError, Stats, Target,
+};
+pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};

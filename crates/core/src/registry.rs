@@ -1,0 +1,254 @@
+//! The registry: the single source of truth for which connections exist. The open count is its
+//! size; subscription tables live beside it and are cleaned by the same removal.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use crate::ConnectionId;
+use crate::codec::Encoding;
+use crate::config::CloseReason;
+use crate::event::Topic;
+
+/// Per-connection protocol state (the seed adapter's bookkeeping for one socket).
+#[derive(Debug)]
+pub(crate) struct Connection {
+    pub remote: IpAddr,
+    pub encoding: Encoding,
+    pub state: State,
+    /// When the next heartbeat fires; `None` once closing.
+    pub heartbeat_at: Option<Instant>,
+    /// The unanswered ping: its sequence number and when it went out.
+    pub ping: Option<(u64, Instant)>,
+    pub ping_seq: u64,
+    /// Tokens of client requests waiting on the backend.
+    pub pending: BTreeSet<u64>,
+    /// Numbers of server-initiated requests waiting on the client.
+    pub server_requests: BTreeSet<u64>,
+    pub rooms: BTreeSet<String>,
+    pub conversations: BTreeSet<String>,
+    pub session_id: Option<String>,
+    /// When drain will close this connection.
+    pub drain_at: Option<Instant>,
+    /// Drain wants it closed as soon as its in-flight requests are answered.
+    pub drain_due: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    Open,
+    /// The server sent a close frame and waits for the client's, until `deadline`.
+    Closing {
+        close: CloseReason,
+        deadline: Instant,
+    },
+}
+
+impl Connection {
+    pub fn new(remote: IpAddr, heartbeat_at: Instant) -> Self {
+        Connection {
+            remote,
+            encoding: Encoding::default(),
+            state: State::Open,
+            heartbeat_at: Some(heartbeat_at),
+            ping: None,
+            ping_seq: 0,
+            pending: BTreeSet::new(),
+            server_requests: BTreeSet::new(),
+            rooms: BTreeSet::new(),
+            conversations: BTreeSet::new(),
+            session_id: None,
+            drain_at: None,
+            drain_due: false,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.state == State::Open
+    }
+
+    fn topic(&mut self, topic: Topic) -> &mut BTreeSet<String> {
+        match topic {
+            Topic::Room => &mut self.rooms,
+            Topic::Conversation => &mut self.conversations,
+        }
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.rooms.len() + self.conversations.len()
+    }
+}
+
+/// Result of [`Registry::subscribe`].
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Subscribe {
+    Added,
+    AlreadyThere,
+    OverLimit,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    conns: BTreeMap<ConnectionId, Connection>,
+    rooms: BTreeMap<String, BTreeSet<ConnectionId>>,
+    conversations: BTreeMap<String, BTreeSet<ConnectionId>>,
+    /// Recently ended ids, oldest first, so stray events can be told apart from unknown ids.
+    ended: VecDeque<ConnectionId>,
+    ended_set: BTreeSet<ConnectionId>,
+}
+
+impl Registry {
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn contains(&self, id: &ConnectionId) -> bool {
+        self.conns.contains_key(id)
+    }
+
+    pub fn was_seen(&self, id: &ConnectionId) -> bool {
+        self.conns.contains_key(id) || self.ended_set.contains(id)
+    }
+
+    pub fn recently_ended(&self, id: &ConnectionId) -> bool {
+        self.ended_set.contains(id)
+    }
+
+    pub fn insert(&mut self, id: ConnectionId, conn: Connection) {
+        let previous = self.conns.insert(id, conn);
+        debug_assert!(previous.is_none(), "connection ids are unique");
+    }
+
+    pub fn get(&self, id: &ConnectionId) -> Option<&Connection> {
+        self.conns.get(id)
+    }
+
+    pub fn get_mut(&mut self, id: &ConnectionId) -> Option<&mut Connection> {
+        self.conns.get_mut(id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ConnectionId, &Connection)> {
+        self.conns.iter()
+    }
+
+    pub fn ids(&self) -> Vec<ConnectionId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Removes a connection and every subscription it held; remembers the id as ended.
+    pub fn remove(&mut self, id: &ConnectionId, ended_memory: usize) -> Option<Connection> {
+        let conn = self.conns.remove(id)?;
+        for room in &conn.rooms {
+            Self::table_remove(&mut self.rooms, room, id);
+        }
+        for room in &conn.conversations {
+            Self::table_remove(&mut self.conversations, room, id);
+        }
+        if ended_memory > 0 {
+            if self.ended.len() >= ended_memory
+                && let Some(old) = self.ended.pop_front()
+            {
+                self.ended_set.remove(&old);
+            }
+            self.ended.push_back(*id);
+            self.ended_set.insert(*id);
+        }
+        Some(conn)
+    }
+
+    fn table(&mut self, topic: Topic) -> &mut BTreeMap<String, BTreeSet<ConnectionId>> {
+        match topic {
+            Topic::Room => &mut self.rooms,
+            Topic::Conversation => &mut self.conversations,
+        }
+    }
+
+    fn table_remove(
+        table: &mut BTreeMap<String, BTreeSet<ConnectionId>>,
+        room: &str,
+        id: &ConnectionId,
+    ) {
+        if let Some(members) = table.get_mut(room) {
+            members.remove(id);
+            if members.is_empty() {
+                table.remove(room);
+            }
+        }
+    }
+
+    pub fn subscribe(
+        &mut self,
+        id: &ConnectionId,
+        topic: Topic,
+        room: &str,
+        limit: usize,
+    ) -> Subscribe {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return Subscribe::AlreadyThere;
+        };
+        if conn.topic(topic).contains(room) {
+            return Subscribe::AlreadyThere;
+        }
+        if conn.subscription_count() >= limit {
+            return Subscribe::OverLimit;
+        }
+        conn.topic(topic).insert(room.to_owned());
+        self.table(topic)
+            .entry(room.to_owned())
+            .or_default()
+            .insert(*id);
+        Subscribe::Added
+    }
+
+    /// Returns whether the subscription existed.
+    pub fn unsubscribe(&mut self, id: &ConnectionId, topic: Topic, room: &str) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else {
+            return false;
+        };
+        if !conn.topic(topic).remove(room) {
+            return false;
+        }
+        Self::table_remove(self.table(topic), room, id);
+        true
+    }
+
+    /// Subscribers of a room or conversation, in id order.
+    pub fn subscribers(&self, topic: Topic, room: &str) -> Vec<ConnectionId> {
+        let table = match topic {
+            Topic::Room => &self.rooms,
+            Topic::Conversation => &self.conversations,
+        };
+        table
+            .get(room)
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Subscriptions held, counted from the tables (not from the connections), so a mismatch
+    /// between the two shows up in [`Registry::check`].
+    pub fn table_subscriptions(&self) -> usize {
+        self.rooms
+            .values()
+            .chain(self.conversations.values())
+            .map(BTreeSet::len)
+            .sum()
+    }
+
+    /// The subscription tables mirror the connections' own sets exactly.
+    pub fn tables_consistent(&self) -> bool {
+        let held: usize = self
+            .conns
+            .values()
+            .map(Connection::subscription_count)
+            .sum();
+        held == self.table_subscriptions()
+            && self.conns.iter().all(|(id, c)| {
+                c.rooms
+                    .iter()
+                    .all(|r| self.rooms.get(r).is_some_and(|m| m.contains(id)))
+                    && c.conversations
+                        .iter()
+                        .all(|r| self.conversations.get(r).is_some_and(|m| m.contains(id)))
+            })
+    }
+}
