@@ -87,18 +87,13 @@ pub fn decode(frame: &Frame, max_len: usize) -> Result<mq::Message, CodecError> 
         return Err(CodecError::Empty);
     }
     if frame.len() > max_len {
-        return Err(CodecError::TooLarge {
-            len: frame.len(),
-            max: max_len,
-        });
+        return Err(CodecError::TooLarge { len: frame.len(), max: max_len });
     }
     let decoded;
     let bytes = match frame {
         Frame::Binary(b) => b.as_slice(),
         Frame::Text(t) => {
-            decoded = BASE64
-                .decode(t.trim_end())
-                .map_err(|_| CodecError::InvalidBase64)?;
+            decoded = BASE64.decode(t.trim_end()).map_err(|_| CodecError::InvalidBase64)?;
             decoded.as_slice()
         }
     };
@@ -149,9 +144,7 @@ mod tests {
         let Frame::Text(text) = encode(&sample(), Encoding::Base64Text) else {
             panic!("text encoding gives a text frame")
         };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(&text)
-            .unwrap();
+        let raw = base64::engine::general_purpose::STANDARD.decode(&text).unwrap();
         assert_eq!(mq::Message::decode(raw.as_slice()).unwrap(), sample());
         // Unpadded input is accepted too.
         let unpadded = text.trim_end_matches('=').to_owned();
@@ -160,30 +153,12 @@ mod tests {
 
     #[test]
     fn bad_frames_get_typed_errors() {
-        assert_eq!(
-            decode(&Frame::Text(String::new()), 10),
-            Err(CodecError::Empty)
-        );
-        assert_eq!(
-            decode(&Frame::Binary(vec![0; 11]), 10),
-            Err(CodecError::TooLarge { len: 11, max: 10 })
-        );
-        assert_eq!(
-            decode(&Frame::Text("%%%".into()), 10),
-            Err(CodecError::InvalidBase64)
-        );
-        assert!(matches!(
-            decode(&Frame::Binary(vec![0xff; 4]), 10),
-            Err(CodecError::InvalidMessage(_))
-        ));
-        let untyped = mq::Message {
-            r#type: String::new(),
-            ..sample()
-        };
-        assert_eq!(
-            decode(&encode(&untyped, Encoding::Binary), 100),
-            Err(CodecError::MissingType)
-        );
+        assert_eq!(decode(&Frame::Text(String::new()), 10), Err(CodecError::Empty));
+        assert_eq!(decode(&Frame::Binary(vec![0; 11]), 10), Err(CodecError::TooLarge { len: 11, max: 10 }));
+        assert_eq!(decode(&Frame::Text("%%%".into()), 10), Err(CodecError::InvalidBase64));
+        assert!(matches!(decode(&Frame::Binary(vec![0xff; 4]), 10), Err(CodecError::InvalidMessage(_))));
+        let untyped = mq::Message { r#type: String::new(), ..sample() };
+        assert_eq!(decode(&encode(&untyped, Encoding::Binary), 100), Err(CodecError::MissingType));
     }
 
     proptest! {

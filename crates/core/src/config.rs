@@ -100,10 +100,7 @@ impl Config {
         let counts = [
             ("max_connections", self.max_connections),
             ("max_pending_requests", self.max_pending_requests),
-            (
-                "max_pending_server_requests",
-                self.max_pending_server_requests,
-            ),
+            ("max_pending_server_requests", self.max_pending_server_requests),
             ("max_message_size", self.max_message_size),
         ];
         let durations = [

@@ -21,12 +21,8 @@ pub enum DisconnectPath {
 }
 
 impl DisconnectPath {
-    pub const ALL: [DisconnectPath; 4] = [
-        DisconnectPath::Client,
-        DisconnectPath::Server,
-        DisconnectPath::Forced,
-        DisconnectPath::Lost,
-    ];
+    pub const ALL: [DisconnectPath; 4] =
+        [DisconnectPath::Client, DisconnectPath::Server, DisconnectPath::Forced, DisconnectPath::Lost];
 
     pub fn label(self) -> &'static str {
         match self {
@@ -181,85 +177,30 @@ pub struct Event {
 /// What happened. Each variant renders as a short fixed word followed by `key=value` pairs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    Opened {
-        remote: IpAddr,
-        open: usize,
-    },
-    Rejected {
-        code: u16,
-        open: usize,
-    },
-    Dropped {
-        reason: DropReason,
-    },
-    Forwarded {
-        request_id: String,
-        request_type: String,
-        token: u64,
-    },
-    Answered {
-        request_id: String,
-        request_type: String,
-        outcome: RequestOutcome,
-        elapsed: Duration,
-    },
-    LateReply {
-        token: u64,
-    },
-    Authenticated {
-        session_id: String,
-    },
-    Subscribed {
-        topic: Topic,
-        room: String,
-    },
-    Unsubscribed {
-        topic: Topic,
-        room: String,
-    },
-    SubscriptionLimit {
-        room: String,
-    },
-    Delivered {
-        event_type: String,
-    },
-    ServerRequestSent {
-        request_id: String,
-        request_type: String,
-    },
-    ServerRequestDone {
-        request_id: String,
-        outcome: &'static str,
-    },
+    Opened { remote: IpAddr, open: usize },
+    Rejected { code: u16, open: usize },
+    Dropped { reason: DropReason },
+    Forwarded { request_id: String, request_type: String, token: u64 },
+    Answered { request_id: String, request_type: String, outcome: RequestOutcome, elapsed: Duration },
+    LateReply { token: u64 },
+    Authenticated { session_id: String },
+    Subscribed { topic: Topic, room: String },
+    Unsubscribed { topic: Topic, room: String },
+    SubscriptionLimit { room: String },
+    Delivered { event_type: String },
+    ServerRequestSent { request_id: String, request_type: String },
+    ServerRequestDone { request_id: String, outcome: &'static str },
     PingSent,
-    Pong {
-        rtt: Duration,
-    },
+    Pong { rtt: Duration },
     UnexpectedPong,
-    CloseSent {
-        code: u16,
-        reason: &'static str,
-    },
-    PeerClosed {
-        code: Option<u16>,
-    },
+    CloseSent { code: u16, reason: &'static str },
+    PeerClosed { code: Option<u16> },
     CloseTimeout,
     SendFailed,
-    Disconnected {
-        path: DisconnectPath,
-        code: u16,
-        open: usize,
-    },
-    Stray {
-        what: Stray,
-        after_end: bool,
-    },
-    DrainStarted {
-        open: usize,
-    },
-    DrainDeferred {
-        pending: usize,
-    },
+    Disconnected { path: DisconnectPath, code: u16, open: usize },
+    Stray { what: Stray, after_end: bool },
+    DrainStarted { open: usize },
+    DrainDeferred { pending: usize },
 }
 
 /// Renders a client-supplied string safely on one line: control characters, spaces and
@@ -315,24 +256,10 @@ impl fmt::Display for EventKind {
             Opened { remote, open } => write!(f, "opened remote={remote} open={open}"),
             Rejected { code, open } => write!(f, "rejected code={code} open={open}"),
             Dropped { reason } => write!(f, "dropped reason={}", reason.label()),
-            Forwarded {
-                request_id,
-                request_type,
-                token,
-            } => {
-                write!(
-                    f,
-                    "forwarded id={} type={} token={token}",
-                    Clean(request_id),
-                    Clean(request_type)
-                )
+            Forwarded { request_id, request_type, token } => {
+                write!(f, "forwarded id={} type={} token={token}", Clean(request_id), Clean(request_type))
             }
-            Answered {
-                request_id,
-                request_type,
-                outcome,
-                elapsed,
-            } => write!(
+            Answered { request_id, request_type, outcome, elapsed } => write!(
                 f,
                 "answered id={} type={} outcome={} after={}",
                 Clean(request_id),
@@ -350,26 +277,11 @@ impl fmt::Display for EventKind {
             }
             SubscriptionLimit { room } => write!(f, "subscription-limit room={}", Clean(room)),
             Delivered { event_type } => write!(f, "delivered type={}", Clean(event_type)),
-            ServerRequestSent {
-                request_id,
-                request_type,
-            } => {
-                write!(
-                    f,
-                    "server-request id={} type={}",
-                    Clean(request_id),
-                    Clean(request_type)
-                )
+            ServerRequestSent { request_id, request_type } => {
+                write!(f, "server-request id={} type={}", Clean(request_id), Clean(request_type))
             }
-            ServerRequestDone {
-                request_id,
-                outcome,
-            } => {
-                write!(
-                    f,
-                    "server-request-done id={} outcome={outcome}",
-                    Clean(request_id)
-                )
+            ServerRequestDone { request_id, outcome } => {
+                write!(f, "server-request-done id={} outcome={outcome}", Clean(request_id))
             }
             PingSent => write!(f, "ping"),
             Pong { rtt } => write!(f, "pong rtt={}", Secs(*rtt)),
@@ -380,20 +292,10 @@ impl fmt::Display for EventKind {
             CloseTimeout => write!(f, "close-timeout"),
             SendFailed => write!(f, "send-failed"),
             Disconnected { path, code, open } => {
-                write!(
-                    f,
-                    "disconnected path={} code={code} open={open}",
-                    path.label()
-                )
+                write!(f, "disconnected path={} code={code} open={open}", path.label())
             }
-            Stray {
-                what,
-                after_end: true,
-            } => write!(f, "stray {} after-end", what.label()),
-            Stray {
-                what,
-                after_end: false,
-            } => write!(f, "stray {} unknown", what.label()),
+            Stray { what, after_end: true } => write!(f, "stray {} after-end", what.label()),
+            Stray { what, after_end: false } => write!(f, "stray {} unknown", what.label()),
             DrainStarted { open } => write!(f, "drain-started open={open}"),
             DrainDeferred { pending } => write!(f, "drain-deferred pending={pending}"),
         }
@@ -406,23 +308,12 @@ mod tests {
 
     #[test]
     fn client_strings_cannot_break_the_line() {
-        let kind = EventKind::Delivered {
-            event_type: format!("a b\nc\\{}", "x".repeat(100)),
-        };
+        let kind = EventKind::Delivered { event_type: format!("a b\nc\\{}", "x".repeat(100)) };
         let line = kind.to_string();
         assert!(!line.contains('\n'));
-        assert!(
-            line.starts_with("delivered type=a\\u{20}b\\nc\\\\x"),
-            "{line}"
-        );
+        assert!(line.starts_with("delivered type=a\\u{20}b\\nc\\\\x"), "{line}");
         assert!(line.ends_with("..."));
-        assert_eq!(
-            EventKind::Delivered {
-                event_type: String::new()
-            }
-            .to_string(),
-            "delivered type=\"\""
-        );
+        assert_eq!(EventKind::Delivered { event_type: String::new() }.to_string(), "delivered type=\"\"");
     }
 
     #[test]
@@ -431,24 +322,13 @@ mod tests {
         let e = Event {
             at: Duration::from_micros(20_000_250),
             conn: Some(id),
-            kind: EventKind::Disconnected {
-                path: DisconnectPath::Forced,
-                code: 3334,
-                open: 7,
-            },
+            kind: EventKind::Disconnected { path: DisconnectPath::Forced, code: 3334, open: 7 },
         };
         assert_eq!(
             e.to_string(),
             "    20.000250s 0123456789abcdefghijABCDEFGHIJ01 disconnected path=forced code=3334 open=7"
         );
-        let global = Event {
-            at: Duration::ZERO,
-            conn: None,
-            kind: EventKind::DrainStarted { open: 0 },
-        };
-        assert_eq!(
-            global.to_string(),
-            format!("     0.000000s {} drain-started open=0", "-".repeat(32))
-        );
+        let global = Event { at: Duration::ZERO, conn: None, kind: EventKind::DrainStarted { open: 0 } };
+        assert_eq!(global.to_string(), format!("     0.000000s {} drain-started open=0", "-".repeat(32)));
     }
 }

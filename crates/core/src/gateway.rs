@@ -9,9 +9,7 @@ use rand_core::Rng;
 use crate::ConnectionId;
 use crate::codec::Frame;
 use crate::config::{CloseReason, Config, ConfigError, close};
-use crate::event::{
-    DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray,
-};
+use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray};
 use crate::proto::pcast;
 use crate::registry::{Connection, Registry, State};
 use crate::timers::{Timer, Timers};
@@ -34,10 +32,7 @@ pub enum Admission {
     /// Registered; every later input about this connection names this id.
     Accepted(ConnectionId),
     /// Not registered: close the socket with `close`. The id only names it in the trace.
-    Rejected {
-        id: ConnectionId,
-        close: CloseReason,
-    },
+    Rejected { id: ConnectionId, close: CloseReason },
 }
 
 /// An input to [`Gateway::handle`]: something that happened, as data.
@@ -46,41 +41,20 @@ pub enum Input {
     /// A data frame from the client.
     Frame { conn: ConnectionId, frame: Frame },
     /// A pong from the client, with its payload.
-    Pong {
-        conn: ConnectionId,
-        payload: Vec<u8>,
-    },
+    Pong { conn: ConnectionId, payload: Vec<u8> },
     /// The client's close frame arrived (`code` as sent, `None` when it had none).
-    PeerClosed {
-        conn: ConnectionId,
-        code: Option<u16>,
-    },
+    PeerClosed { conn: ConnectionId, code: Option<u16> },
     /// The transport ended without a close handshake.
-    TransportLost {
-        conn: ConnectionId,
-        reason: LostReason,
-    },
+    TransportLost { conn: ConnectionId, reason: LostReason },
     /// The transport could not take an outgoing frame (send error, or its queue is full).
     SendFailed { conn: ConnectionId },
     /// The backend answered the request with this token.
-    BackendReply {
-        token: u64,
-        result: Result<Reply, BackendError>,
-    },
+    BackendReply { token: u64, result: Result<Reply, BackendError> },
     /// The backend pushes an event to a connection, a room or a room's conversation.
-    Deliver {
-        target: Target,
-        event_type: String,
-        payload: Vec<u8>,
-    },
+    Deliver { target: Target, event_type: String, payload: Vec<u8> },
     /// The backend sends a request to a client; the answer comes back as
     /// [`Output::ServerRequestDone`] with the same `token`.
-    ServerRequest {
-        token: u64,
-        conn: ConnectionId,
-        request_type: String,
-        payload: Vec<u8>,
-    },
+    ServerRequest { token: u64, conn: ConnectionId, request_type: String, payload: Vec<u8> },
     /// Stop admitting; close every connection with 3333 over the drain window.
     Drain,
 }
@@ -91,15 +65,9 @@ pub enum Output {
     /// Send a data frame.
     Send { conn: ConnectionId, frame: Frame },
     /// Send a WebSocket ping with this payload; the pong must echo it.
-    Ping {
-        conn: ConnectionId,
-        payload: Vec<u8>,
-    },
+    Ping { conn: ConnectionId, payload: Vec<u8> },
     /// Send a close frame and keep reading until the client's close frame (or the deadline).
-    Close {
-        conn: ConnectionId,
-        close: CloseReason,
-    },
+    Close { conn: ConnectionId, close: CloseReason },
     /// The connection is over and was forced: drop the transport now without flushing.
     Abort { conn: ConnectionId },
     /// The connection is over: flush what is queued (a close echo) and drop the transport.
@@ -109,10 +77,7 @@ pub enum Output {
     /// Tell the backend a connection ended (`pcast.ConnectionDisconnected`).
     Publish(pcast::ConnectionDisconnected),
     /// The end of a server-initiated request.
-    ServerRequestDone {
-        token: u64,
-        result: Result<Reply, ServerRequestError>,
-    },
+    ServerRequestDone { token: u64, result: Result<Reply, ServerRequestError> },
 }
 
 /// Counters since start. The open count is not here: it is the registry's size.
@@ -141,11 +106,7 @@ impl Stats {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InvariantViolation {
     #[error("open {open} != total {total} - disconnected {disconnected}")]
-    Count {
-        open: usize,
-        total: u64,
-        disconnected: u64,
-    },
+    Count { open: usize, total: u64, disconnected: u64 },
     #[error("open {open} is over the limit {limit}")]
     OverLimit { open: usize, limit: usize },
     #[error("connection {0} is closing past its deadline")]
@@ -201,11 +162,7 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway with no connections. `now` is the trace's time zero.
-    pub fn new(
-        config: Config,
-        rng: Box<dyn Rng + Send>,
-        now: Instant,
-    ) -> Result<Self, ConfigError> {
+    pub fn new(config: Config, rng: Box<dyn Rng + Send>, now: Instant) -> Result<Self, ConfigError> {
         config.validate()?;
         Ok(Gateway {
             config,
@@ -247,28 +204,15 @@ impl Gateway {
         };
         if let Some(close) = refusal {
             self.stats.rejected += 1;
-            self.trace(
-                Some(id),
-                EventKind::Rejected {
-                    code: close.code,
-                    open: self.registry.len(),
-                },
-            );
+            self.trace(Some(id), EventKind::Rejected { code: close.code, open: self.registry.len() });
             return Admission::Rejected { id, close };
         }
         let remote = self.remote_address(peer);
         let heartbeat_at = now + self.config.heartbeat_interval;
-        self.registry
-            .insert(id, Connection::new(remote, heartbeat_at));
+        self.registry.insert(id, Connection::new(remote, heartbeat_at));
         self.timers.arm(heartbeat_at, Timer::Heartbeat(id));
         self.stats.total += 1;
-        self.trace(
-            Some(id),
-            EventKind::Opened {
-                remote,
-                open: self.registry.len(),
-            },
-        );
+        self.trace(Some(id), EventKind::Opened { remote, open: self.registry.len() });
         Admission::Accepted(id)
     }
 
@@ -285,17 +229,10 @@ impl Gateway {
             },
             Input::SendFailed { conn } => self.on_send_failed(conn),
             Input::BackendReply { token, result } => self.on_backend_reply(token, result),
-            Input::Deliver {
-                target,
-                event_type,
-                payload,
-            } => self.on_deliver(target, &event_type, &payload),
-            Input::ServerRequest {
-                token,
-                conn,
-                request_type,
-                payload,
-            } => self.on_server_request(token, conn, request_type, payload),
+            Input::Deliver { target, event_type, payload } => self.on_deliver(target, &event_type, &payload),
+            Input::ServerRequest { token, conn, request_type, payload } => {
+                self.on_server_request(token, conn, request_type, payload)
+            }
             Input::Drain => self.start_drain(),
         }
     }
@@ -381,17 +318,10 @@ impl Gateway {
         let open = self.registry.len();
         let disconnected = self.stats.disconnected();
         if open as u64 + disconnected != self.stats.total {
-            return Err(InvariantViolation::Count {
-                open,
-                total: self.stats.total,
-                disconnected,
-            });
+            return Err(InvariantViolation::Count { open, total: self.stats.total, disconnected });
         }
         if open > self.config.max_connections {
-            return Err(InvariantViolation::OverLimit {
-                open,
-                limit: self.config.max_connections,
-            });
+            return Err(InvariantViolation::OverLimit { open, limit: self.config.max_connections });
         }
         let mut expected = 0;
         for (id, conn) in self.registry.iter() {
@@ -409,9 +339,7 @@ impl Gateway {
                 }
                 State::Open => true,
             };
-            let drain_ok = conn
-                .drain_at
-                .is_none_or(|at| self.timers.contains(at, Timer::DrainClose(*id)));
+            let drain_ok = conn.drain_at.is_none_or(|at| self.timers.contains(at, Timer::DrainClose(*id)));
             if !(heartbeat_ok && close_ok && drain_ok) {
                 return Err(InvariantViolation::Timers(*id));
             }
@@ -421,19 +349,11 @@ impl Gateway {
             if req.deadline < self.now {
                 return Err(InvariantViolation::PendingTooLong(*token));
             }
-            if !self
-                .registry
-                .get(&req.conn)
-                .is_some_and(|c| c.pending.contains(token))
-            {
+            if !self.registry.get(&req.conn).is_some_and(|c| c.pending.contains(token)) {
                 return Err(InvariantViolation::OrphanRequest(*token));
             }
         }
-        let owned: usize = self
-            .registry
-            .iter()
-            .map(|(_, c)| c.pending.len() + c.server_requests.len())
-            .sum();
+        let owned: usize = self.registry.iter().map(|(_, c)| c.pending.len() + c.server_requests.len()).sum();
         if owned != self.requests.len() + self.server_requests.len() {
             return Err(InvariantViolation::OrphanRequest(u64::MAX));
         }
@@ -442,10 +362,7 @@ impl Gateway {
         }
         expected += self.requests.len() + self.server_requests.len();
         if self.timers.len() != expected {
-            return Err(InvariantViolation::TimerCount {
-                armed: self.timers.len(),
-                expected,
-            });
+            return Err(InvariantViolation::TimerCount { armed: self.timers.len(), expected });
         }
         Ok(())
     }
@@ -543,11 +460,7 @@ impl Gateway {
         let Some(conn) = self.registry.get(&id) else {
             return self.stray(id, Stray::Close);
         };
-        let path = if conn.is_open() {
-            DisconnectPath::Client
-        } else {
-            DisconnectPath::Server
-        };
+        let path = if conn.is_open() { DisconnectPath::Client } else { DisconnectPath::Server };
         self.trace(Some(id), EventKind::PeerClosed { code });
         self.end_connection_with(id, path, code);
     }
@@ -581,13 +494,7 @@ impl Gateway {
         }
         self.timers.arm(deadline, Timer::CloseDeadline(id));
         self.push(Output::Close { conn: id, close });
-        self.trace(
-            Some(id),
-            EventKind::CloseSent {
-                code: close.code,
-                reason: close.reason,
-            },
-        );
+        self.trace(Some(id), EventKind::CloseSent { code: close.code, reason: close.reason });
     }
 
     pub(crate) fn end_connection(&mut self, id: ConnectionId, path: DisconnectPath) {
@@ -595,12 +502,7 @@ impl Gateway {
     }
 
     /// The one place a connection ends. `peer_code` is the code of the client's close frame.
-    fn end_connection_with(
-        &mut self,
-        id: ConnectionId,
-        path: DisconnectPath,
-        peer_code: Option<u16>,
-    ) {
+    fn end_connection_with(&mut self, id: ConnectionId, path: DisconnectPath, peer_code: Option<u16>) {
         let Some(conn) = self.registry.remove(&id, self.config.ended_memory) else {
             return;
         };
@@ -630,14 +532,7 @@ impl Gateway {
         }
         *self.stats.disconnects.entry(path).or_default() += 1;
         *self.stats.disconnects_by_code.entry(code).or_default() += 1;
-        self.trace(
-            Some(id),
-            EventKind::Disconnected {
-                path,
-                code,
-                open: self.registry.len(),
-            },
-        );
+        self.trace(Some(id), EventKind::Disconnected { path, code, open: self.registry.len() });
         self.push(if path == DisconnectPath::Forced {
             Output::Abort { conn: id }
         } else {
@@ -655,26 +550,13 @@ impl Gateway {
             return;
         }
         self.draining = true;
-        self.trace(
-            None,
-            EventKind::DrainStarted {
-                open: self.registry.len(),
-            },
-        );
-        let ids: Vec<ConnectionId> = self
-            .registry
-            .iter()
-            .filter(|(_, c)| c.is_open())
-            .map(|(id, _)| *id)
-            .collect();
+        self.trace(None, EventKind::DrainStarted { open: self.registry.len() });
+        let ids: Vec<ConnectionId> =
+            self.registry.iter().filter(|(_, c)| c.is_open()).map(|(id, _)| *id).collect();
         let n = ids.len() as u32;
         for (i, id) in ids.into_iter().enumerate() {
             // Evenly spaced over the window, in id order (ids are random, so is the order).
-            let at = self.now
-                + self
-                    .config
-                    .drain_window
-                    .mul_f64(f64::from(i as u32) / f64::from(n.max(1)));
+            let at = self.now + self.config.drain_window.mul_f64(f64::from(i as u32) / f64::from(n.max(1)));
             if let Some(conn) = self.registry.get_mut(&id) {
                 conn.drain_at = Some(at);
                 self.timers.arm(at, Timer::DrainClose(id));
@@ -698,11 +580,7 @@ impl Gateway {
 
     /// Closes a drained connection once its last in-flight request has been answered.
     pub(crate) fn finish_drain_if_idle(&mut self, id: ConnectionId) {
-        if self
-            .registry
-            .get(&id)
-            .is_some_and(|c| c.drain_due && c.pending.is_empty())
-        {
+        if self.registry.get(&id).is_some_and(|c| c.drain_due && c.pending.is_empty()) {
             self.start_close(id, close::DRAIN);
         }
     }

@@ -16,11 +16,9 @@ mod timers;
 
 pub use codec::{CodecError, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
-pub use event::{
-    DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic,
-};
+pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 pub use gateway::{
-    Admission, BackendError, BackendRequest, Gateway, Input, InvariantViolation, Output, Peer,
-    Reply, ServerRequestError, Stats, Target,
+    Admission, BackendError, BackendRequest, Gateway, Input, InvariantViolation, Output, Peer, Reply,
+    ServerRequestError, Stats, Target,
 };
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};

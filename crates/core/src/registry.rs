@@ -163,11 +163,7 @@ impl Registry {
         }
     }
 
-    fn table_remove(
-        table: &mut BTreeMap<String, BTreeSet<ConnectionId>>,
-        room: &str,
-        id: &ConnectionId,
-    ) {
+    fn table_remove(table: &mut BTreeMap<String, BTreeSet<ConnectionId>>, room: &str, id: &ConnectionId) {
         if let Some(members) = table.get_mut(room) {
             members.remove(id);
             if members.is_empty() {
@@ -176,13 +172,7 @@ impl Registry {
         }
     }
 
-    pub fn subscribe(
-        &mut self,
-        id: &ConnectionId,
-        topic: Topic,
-        room: &str,
-        limit: usize,
-    ) -> Subscribe {
+    pub fn subscribe(&mut self, id: &ConnectionId, topic: Topic, room: &str, limit: usize) -> Subscribe {
         let Some(conn) = self.conns.get_mut(id) else {
             return Subscribe::AlreadyThere;
         };
@@ -193,10 +183,7 @@ impl Registry {
             return Subscribe::OverLimit;
         }
         conn.topic(topic).insert(room.to_owned());
-        self.table(topic)
-            .entry(room.to_owned())
-            .or_default()
-            .insert(*id);
+        self.table(topic).entry(room.to_owned()).or_default().insert(*id);
         Subscribe::Added
     }
 
@@ -218,34 +205,21 @@ impl Registry {
             Topic::Room => &self.rooms,
             Topic::Conversation => &self.conversations,
         };
-        table
-            .get(room)
-            .map(|m| m.iter().copied().collect())
-            .unwrap_or_default()
+        table.get(room).map(|m| m.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Subscriptions held, counted from the tables (not from the connections), so a mismatch
     /// between the two shows up in [`Registry::check`].
     pub fn table_subscriptions(&self) -> usize {
-        self.rooms
-            .values()
-            .chain(self.conversations.values())
-            .map(BTreeSet::len)
-            .sum()
+        self.rooms.values().chain(self.conversations.values()).map(BTreeSet::len).sum()
     }
 
     /// The subscription tables mirror the connections' own sets exactly.
     pub fn tables_consistent(&self) -> bool {
-        let held: usize = self
-            .conns
-            .values()
-            .map(Connection::subscription_count)
-            .sum();
+        let held: usize = self.conns.values().map(Connection::subscription_count).sum();
         held == self.table_subscriptions()
             && self.conns.iter().all(|(id, c)| {
-                c.rooms
-                    .iter()
-                    .all(|r| self.rooms.get(r).is_some_and(|m| m.contains(id)))
+                c.rooms.iter().all(|r| self.rooms.get(r).is_some_and(|m| m.contains(id)))
                     && c.conversations
                         .iter()
                         .all(|r| self.conversations.get(r).is_some_and(|m| m.contains(id)))

@@ -6,7 +6,7 @@ use std::time::Instant;
 use prost::Message as _;
 
 use crate::ConnectionId;
-use crate::codec::{self, Frame};
+use crate::codec::{self, Encoding, Frame};
 use crate::event::{DropReason, EventKind, RequestOutcome, Stray, Topic};
 use crate::gateway::{Gateway, Output};
 use crate::proto::{chat, mq, pcast};
@@ -92,6 +92,8 @@ pub(crate) enum Intent {
 #[derive(Debug, Clone)]
 pub(crate) struct PendingRequest {
     pub conn: ConnectionId,
+    /// The answer goes out the way the request came in.
+    pub encoding: Encoding,
     pub request_id: String,
     pub request_type: String,
     pub started: Instant,
@@ -104,6 +106,18 @@ pub(crate) struct PendingServerRequest {
     pub conn: ConnectionId,
     pub token: u64,
     pub deadline: Instant,
+}
+
+fn message(kind: MessageType, request_id: Option<&str>, ty: &str, payload: Vec<u8>) -> mq::Message {
+    mq::Message {
+        session_id: None,
+        request_id: request_id.map(str::to_owned),
+        r#type: ty.to_owned(),
+        encoding: None,
+        payload,
+        wall_time: Vec::new(),
+        message_type: Some(kind as i32),
+    }
 }
 
 fn is_ok(status: &str) -> bool {
@@ -122,16 +136,17 @@ impl Gateway {
             Ok(msg) => msg,
             Err(e) => return self.drop_frame(id, DropReason::Malformed(e.label())),
         };
-        conn.encoding = frame.encoding();
+        let encoding = frame.encoding();
+        conn.encoding = encoding;
         match MessageType::try_from(msg.message_type.unwrap_or(MessageType::Request as i32)) {
-            Ok(MessageType::Request) => self.on_request(id, msg),
+            Ok(MessageType::Request) => self.on_request(id, msg, encoding),
             Ok(MessageType::Response) => self.on_client_response(id, msg),
             Ok(MessageType::Event) => self.drop_frame(id, DropReason::ClientEvent),
             Err(_) => self.drop_frame(id, DropReason::UnknownMessageType),
         }
     }
 
-    fn on_request(&mut self, id: ConnectionId, msg: mq::Message) {
+    fn on_request(&mut self, id: ConnectionId, msg: mq::Message, encoding: Encoding) {
         let Some(request_id) = msg.request_id.filter(|r| !r.is_empty()) else {
             return self.drop_frame(id, DropReason::MissingRequestId);
         };
@@ -147,11 +162,11 @@ impl Gateway {
             None
         };
         if let Some(reason) = refusal {
-            return self.refuse(id, &request_id, &msg.r#type, reason);
+            return self.refuse(id, &request_id, &msg.r#type, encoding, reason);
         }
         let (payload, intent) = match self.prepare(id, &msg.r#type, msg.payload) {
             Ok(prepared) => prepared,
-            Err(()) => return self.refuse(id, &request_id, &msg.r#type, "malformed"),
+            Err(()) => return self.refuse(id, &request_id, &msg.r#type, encoding, "malformed"),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -169,16 +184,13 @@ impl Gateway {
         self.timers.arm(deadline, Timer::Request(token));
         self.trace(
             Some(id),
-            EventKind::Forwarded {
-                request_id: request_id.clone(),
-                request_type: msg.r#type.clone(),
-                token,
-            },
+            EventKind::Forwarded { request_id: request_id.clone(), request_type: msg.r#type.clone(), token },
         );
         self.requests.insert(
             token,
             PendingRequest {
                 conn: id,
+                encoding,
                 request_id,
                 request_type: msg.r#type,
                 started: self.now,
@@ -208,31 +220,16 @@ impl Gateway {
             }
             "chat.JoinRoom" => {
                 let join = chat::JoinRoom::decode(payload.as_slice()).map_err(|_| ())?;
-                Ok((
-                    payload,
-                    Some(Intent::Join {
-                        room_id: join.room_id,
-                    }),
-                ))
+                Ok((payload, Some(Intent::Join { room_id: join.room_id })))
             }
             "chat.LeaveRoom" => {
                 let leave = chat::LeaveRoom::decode(payload.as_slice()).map_err(|_| ())?;
-                Ok((
-                    payload,
-                    Some(Intent::Leave {
-                        room_id: leave.room_id,
-                    }),
-                ))
+                Ok((payload, Some(Intent::Leave { room_id: leave.room_id })))
             }
             "chat.FetchRoomConversation" => {
-                let fetch =
-                    chat::FetchRoomConversation::decode(payload.as_slice()).map_err(|_| ())?;
-                let subscribe = fetch
-                    .options
-                    .contains(&(chat::RoomConversationOption::Subscribe as i32));
-                let intent = subscribe.then_some(Intent::SubscribeConversation {
-                    room_id: fetch.room_id,
-                });
+                let fetch = chat::FetchRoomConversation::decode(payload.as_slice()).map_err(|_| ())?;
+                let subscribe = fetch.options.contains(&(chat::RoomConversationOption::Subscribe as i32));
+                let intent = subscribe.then_some(Intent::SubscribeConversation { room_id: fetch.room_id });
                 Ok((payload, intent))
             }
             _ => Ok((payload, None)),
@@ -240,52 +237,29 @@ impl Gateway {
     }
 
     /// Answers a request with `mq.Error{reason}` without involving the backend.
-    fn refuse(&mut self, id: ConnectionId, request_id: &str, request_type: &str, reason: &str) {
-        self.send_error(id, request_id, reason);
-        self.count_answer(
-            id,
-            request_id,
-            request_type,
-            RequestOutcome::Refused,
-            self.now,
-        );
-    }
-
-    fn send_error(&mut self, id: ConnectionId, request_id: &str, reason: &str) {
-        let payload = mq::Error {
-            reason: reason.to_owned(),
-        }
-        .encode_to_vec();
-        self.send_message(
-            id,
-            MessageType::Response,
-            Some(request_id),
-            "mq.Error",
-            payload,
-        );
-    }
-
-    fn send_message(
+    fn refuse(
         &mut self,
         id: ConnectionId,
-        kind: MessageType,
-        request_id: Option<&str>,
-        ty: &str,
-        payload: Vec<u8>,
+        request_id: &str,
+        request_type: &str,
+        encoding: Encoding,
+        reason: &str,
     ) {
-        let Some(conn) = self.registry.get(&id) else {
-            return;
-        };
-        let msg = mq::Message {
-            session_id: conn.session_id.clone(),
-            request_id: request_id.map(str::to_owned),
-            r#type: ty.to_owned(),
-            encoding: None,
-            payload,
-            wall_time: Vec::new(),
-            message_type: Some(kind as i32),
-        };
-        let frame = codec::encode(&msg, conn.encoding);
+        self.send_error(id, request_id, encoding, reason);
+        self.count_answer(id, request_id, request_type, RequestOutcome::Refused, self.now);
+    }
+
+    fn send_error(&mut self, id: ConnectionId, request_id: &str, encoding: Encoding, reason: &str) {
+        let payload = mq::Error { reason: reason.to_owned() }.encode_to_vec();
+        let msg = message(MessageType::Response, Some(request_id), "mq.Error", payload);
+        self.send_message(id, Some(encoding), msg);
+    }
+
+    /// Sends `msg` in `encoding`, or else in the encoding of the client's latest frame.
+    fn send_message(&mut self, id: ConnectionId, encoding: Option<Encoding>, mut msg: mq::Message) {
+        let Some(conn) = self.registry.get(&id) else { return };
+        msg.session_id = conn.session_id.clone();
+        let frame = codec::encode(&msg, encoding.unwrap_or(conn.encoding));
         self.push(Output::Send { conn: id, frame });
     }
 
@@ -310,11 +284,7 @@ impl Gateway {
         );
     }
 
-    pub(crate) fn on_backend_reply(
-        &mut self,
-        token: u64,
-        result: Result<Reply, crate::BackendError>,
-    ) {
+    pub(crate) fn on_backend_reply(&mut self, token: u64, result: Result<Reply, crate::BackendError>) {
         let Some(req) = self.requests.remove(&token) else {
             return self.trace(None, EventKind::LateReply { token });
         };
@@ -348,17 +318,12 @@ impl Gateway {
                 {
                     self.apply_intent(id, intent, &reply.payload);
                 }
-                self.send_message(
-                    id,
-                    MessageType::Response,
-                    Some(&req.request_id),
-                    &reply_type,
-                    reply.payload,
-                );
+                let msg = message(MessageType::Response, Some(&req.request_id), &reply_type, reply.payload);
+                self.send_message(id, Some(req.encoding), msg);
                 RequestOutcome::Ok
             }
             Err(crate::BackendError::Failed(_)) => {
-                self.send_error(id, &req.request_id, "failed");
+                self.send_error(id, &req.request_id, req.encoding, "failed");
                 RequestOutcome::Failed
             }
         };
@@ -376,12 +341,7 @@ impl Gateway {
                     if let Some(conn) = self.registry.get_mut(&id) {
                         conn.session_id = Some(session.clone());
                     }
-                    self.trace(
-                        Some(id),
-                        EventKind::Authenticated {
-                            session_id: session,
-                        },
-                    );
+                    self.trace(Some(id), EventKind::Authenticated { session_id: session });
                 }
             }
             Intent::Join { room_id } => {
@@ -389,10 +349,7 @@ impl Gateway {
                     return;
                 };
                 // Joining by alias: the room id is only known from the answer.
-                let room = resp
-                    .room
-                    .and_then(|r| r.room_id)
-                    .or_else(|| room_id.clone());
+                let room = resp.room.and_then(|r| r.room_id).or_else(|| room_id.clone());
                 if let (true, Some(room)) = (is_ok(&resp.status), room) {
                     self.subscribe(id, Topic::Room, room);
                 }
@@ -404,13 +361,7 @@ impl Gateway {
                 if is_ok(&resp.status) {
                     for topic in [Topic::Room, Topic::Conversation] {
                         if self.registry.unsubscribe(&id, topic, room_id) {
-                            self.trace(
-                                Some(id),
-                                EventKind::Unsubscribed {
-                                    topic,
-                                    room: room_id.clone(),
-                                },
-                            );
+                            self.trace(Some(id), EventKind::Unsubscribed { topic, room: room_id.clone() });
                         }
                     }
                 }
@@ -427,10 +378,7 @@ impl Gateway {
     }
 
     fn subscribe(&mut self, id: ConnectionId, topic: Topic, room: String) {
-        match self
-            .registry
-            .subscribe(&id, topic, &room, self.config.max_subscriptions)
-        {
+        match self.registry.subscribe(&id, topic, &room, self.config.max_subscriptions) {
             Subscribe::Added => self.trace(Some(id), EventKind::Subscribed { topic, room }),
             Subscribe::AlreadyThere => {}
             Subscribe::OverLimit => self.trace(Some(id), EventKind::SubscriptionLimit { room }),
@@ -450,7 +398,7 @@ impl Gateway {
             None => false,
         };
         let outcome = if open {
-            self.send_error(id, &req.request_id, "timeout");
+            self.send_error(id, &req.request_id, req.encoding, "timeout");
             RequestOutcome::Timeout
         } else {
             RequestOutcome::Undeliverable
@@ -474,11 +422,8 @@ impl Gateway {
     }
 
     fn on_client_response(&mut self, id: ConnectionId, msg: mq::Message) {
-        let number = msg
-            .request_id
-            .as_deref()
-            .and_then(|r| r.strip_prefix('S'))
-            .and_then(|n| n.parse::<u64>().ok());
+        let number =
+            msg.request_id.as_deref().and_then(|r| r.strip_prefix('S')).and_then(|n| n.parse::<u64>().ok());
         let Some(n) = number else {
             return self.drop_frame(id, DropReason::UnsolicitedResponse);
         };
@@ -489,20 +434,11 @@ impl Gateway {
                 if let Some(conn) = self.registry.get_mut(&id) {
                     conn.server_requests.remove(&n);
                 }
-                let reply = Reply {
-                    reply_type: msg.r#type,
-                    payload: msg.payload,
-                };
-                self.push(Output::ServerRequestDone {
-                    token: req.token,
-                    result: Ok(reply),
-                });
+                let reply = Reply { reply_type: msg.r#type, payload: msg.payload };
+                self.push(Output::ServerRequestDone { token: req.token, result: Ok(reply) });
                 self.trace(
                     Some(id),
-                    EventKind::ServerRequestDone {
-                        request_id: format!("S{n}"),
-                        outcome: "ok",
-                    },
+                    EventKind::ServerRequestDone { request_id: format!("S{n}"), outcome: "ok" },
                 );
             }
             // Numbers are issued in order: one below the counter was ours once, so it is late.
@@ -530,43 +466,17 @@ impl Gateway {
             if error == ServerRequestError::NotConnected {
                 self.stray(id, Stray::ServerRequest);
             }
-            return self.push(Output::ServerRequestDone {
-                token,
-                result: Err(error),
-            });
+            return self.push(Output::ServerRequestDone { token, result: Err(error) });
         }
         let n = self.next_server_request;
         self.next_server_request += 1;
         let deadline = self.now + self.config.server_request_timeout;
         let request_id = format!("S{n}");
-        self.registry
-            .get_mut(&id)
-            .expect("checked above")
-            .server_requests
-            .insert(n);
-        self.server_requests.insert(
-            n,
-            PendingServerRequest {
-                conn: id,
-                token,
-                deadline,
-            },
-        );
+        self.registry.get_mut(&id).expect("checked above").server_requests.insert(n);
+        self.server_requests.insert(n, PendingServerRequest { conn: id, token, deadline });
         self.timers.arm(deadline, Timer::ServerRequest(n));
-        self.send_message(
-            id,
-            MessageType::Request,
-            Some(&request_id),
-            &request_type,
-            payload,
-        );
-        self.trace(
-            Some(id),
-            EventKind::ServerRequestSent {
-                request_id,
-                request_type,
-            },
-        );
+        self.send_message(id, None, message(MessageType::Request, Some(&request_id), &request_type, payload));
+        self.trace(Some(id), EventKind::ServerRequestSent { request_id, request_type });
     }
 
     pub(crate) fn on_server_request_timeout(&mut self, n: u64) {
@@ -587,16 +497,10 @@ impl Gateway {
         if let Some(conn) = self.registry.get_mut(&req.conn) {
             conn.server_requests.remove(&n);
         }
-        self.push(Output::ServerRequestDone {
-            token: req.token,
-            result: Err(error),
-        });
+        self.push(Output::ServerRequestDone { token: req.token, result: Err(error) });
         self.trace(
             Some(req.conn),
-            EventKind::ServerRequestDone {
-                request_id: format!("S{n}"),
-                outcome: error.label(),
-            },
+            EventKind::ServerRequestDone { request_id: format!("S{n}"), outcome: error.label() },
         );
     }
 
@@ -613,13 +517,8 @@ impl Gateway {
         };
         for id in ids {
             if self.registry.get(&id).is_some_and(|c| c.is_open()) {
-                self.send_message(id, MessageType::Event, None, event_type, payload.to_vec());
-                self.trace(
-                    Some(id),
-                    EventKind::Delivered {
-                        event_type: event_type.to_owned(),
-                    },
-                );
+                self.send_message(id, None, message(MessageType::Event, None, event_type, payload.to_vec()));
+                self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
             } else {
                 self.drop_frame(id, DropReason::NotOpen);
             }

@@ -28,10 +28,7 @@ impl Timers {
     /// Removes a timer armed at `at`. Owners keep their deadlines, so this is exact.
     pub fn disarm(&mut self, at: Instant, timer: Timer) {
         let removed = self.queue.remove(&(at, timer));
-        debug_assert!(
-            removed,
-            "disarmed a timer that was not armed: {timer:?} at {at:?}"
-        );
+        debug_assert!(removed, "disarmed a timer that was not armed: {timer:?} at {at:?}");
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -40,11 +37,7 @@ impl Timers {
 
     /// Takes the earliest timer if it is due at `now`.
     pub fn pop_due(&mut self, now: Instant) -> Option<(Instant, Timer)> {
-        if self.next_deadline()? <= now {
-            self.queue.pop_first()
-        } else {
-            None
-        }
+        if self.next_deadline()? <= now { self.queue.pop_first() } else { None }
     }
 
     pub fn len(&self) -> usize {
