@@ -41,16 +41,28 @@ pub enum LostReason {
     Eof,
     /// Connection reset or another I/O error.
     Error,
-    /// A protocol violation at the WebSocket layer.
+    /// A protocol violation at the WebSocket layer (reported with 1002).
     Protocol,
+    /// A message over the size limit; the transport closed it with 1009.
+    TooBig,
 }
 
 impl LostReason {
+    /// The close code a disconnect for this reason is counted under.
+    pub fn code(self) -> u16 {
+        match self {
+            LostReason::Eof | LostReason::Error => crate::close::ABNORMAL,
+            LostReason::Protocol => 1002,
+            LostReason::TooBig => crate::close::TOO_BIG.code,
+        }
+    }
+
     pub fn label(self) -> &'static str {
         match self {
             LostReason::Eof => "eof",
             LostReason::Error => "error",
             LostReason::Protocol => "protocol",
+            LostReason::TooBig => "too-big",
         }
     }
 }

@@ -189,12 +189,7 @@ impl Gateway {
     /// Registers a connection whose WebSocket upgrade completed, or refuses it.
     pub fn open(&mut self, peer: &Peer, now: Instant) -> Admission {
         let now = self.advance(now);
-        let id = loop {
-            let id = ConnectionId::random(&mut *self.rng);
-            if !self.registry.was_seen(&id) {
-                break id;
-            }
-        };
+        let id = self.fresh_id();
         let refusal = if self.draining {
             Some(close::DRAIN)
         } else if self.registry.len() >= self.config.max_connections {
@@ -216,6 +211,25 @@ impl Gateway {
         Admission::Accepted(id)
     }
 
+    /// Records a connection refused by a limit enforced outside this shard (the server's global
+    /// admission across shards): traced and counted like any refusal, never registered.
+    pub fn refuse(&mut self, close: CloseReason, now: Instant) -> ConnectionId {
+        self.advance(now);
+        let id = self.fresh_id();
+        self.stats.rejected += 1;
+        self.trace(Some(id), EventKind::Rejected { code: close.code, open: self.registry.len() });
+        id
+    }
+
+    fn fresh_id(&mut self) -> ConnectionId {
+        loop {
+            let id = ConnectionId::random(&mut *self.rng);
+            if !self.registry.was_seen(&id) {
+                return id;
+            }
+        }
+    }
+
     /// Feeds one input that happened at `now`.
     pub fn handle(&mut self, input: Input, now: Instant) {
         self.advance(now);
@@ -223,8 +237,8 @@ impl Gateway {
             Input::Frame { conn, frame } => self.on_frame(conn, frame),
             Input::Pong { conn, payload } => self.on_pong(conn, &payload),
             Input::PeerClosed { conn, code } => self.on_peer_closed(conn, code),
-            Input::TransportLost { conn, reason: _ } => match self.registry.contains(&conn) {
-                true => self.end_connection(conn, DisconnectPath::Lost),
+            Input::TransportLost { conn, reason } => match self.registry.contains(&conn) {
+                true => self.end_connection_with(conn, DisconnectPath::Lost, Some(reason.code())),
                 false => self.stray(conn, Stray::TransportLost),
             },
             Input::SendFailed { conn } => self.on_send_failed(conn),
@@ -501,7 +515,8 @@ impl Gateway {
         self.end_connection_with(id, path, None)
     }
 
-    /// The one place a connection ends. `peer_code` is the code of the client's close frame.
+    /// The one place a connection ends. `peer_code` is the code of the client's close frame, or
+    /// the code a lost transport is counted under.
     fn end_connection_with(&mut self, id: ConnectionId, path: DisconnectPath, peer_code: Option<u16>) {
         let Some(conn) = self.registry.remove(&id, self.config.ended_memory) else {
             return;
@@ -522,7 +537,7 @@ impl Gateway {
                 close.code
             }
             (State::Open, DisconnectPath::Client) => peer_code.unwrap_or(close::NO_STATUS),
-            (State::Open, _) => close::ABNORMAL,
+            (State::Open, _) => peer_code.unwrap_or(close::ABNORMAL),
         };
         for token in &conn.pending {
             self.fail_request_on_disconnect(*token);

@@ -162,11 +162,11 @@ impl Gateway {
             None
         };
         if let Some(reason) = refusal {
-            return self.refuse(id, &request_id, &msg.r#type, encoding, reason);
+            return self.refuse_request(id, &request_id, &msg.r#type, encoding, reason);
         }
         let (payload, intent) = match self.prepare(id, &msg.r#type, msg.payload) {
             Ok(prepared) => prepared,
-            Err(()) => return self.refuse(id, &request_id, &msg.r#type, encoding, "malformed"),
+            Err(()) => return self.refuse_request(id, &request_id, &msg.r#type, encoding, "malformed"),
         };
         let token = self.next_token;
         self.next_token += 1;
@@ -237,7 +237,7 @@ impl Gateway {
     }
 
     /// Answers a request with `mq.Error{reason}` without involving the backend.
-    fn refuse(
+    fn refuse_request(
         &mut self,
         id: ConnectionId,
         request_id: &str,

@@ -1,1 +1,323 @@
+//! clientmq-server: binds the sans-IO [`clientmq_core::Gateway`] to tokio and tokio-tungstenite.
+//!
+//! [`serve`] is generic over the listener and stream types, so that the simulator runs this very
+//! code on turmoil's sockets while production runs it on `tokio::net`.
+//!
+//! Layout: `http` reads request heads and answers the plain endpoints; `conn` is the task of one
+//! WebSocket; `shard` owns a gateway core and routes its outputs; `metrics` renders Prometheus
+//! text; `backend` is the port to the services behind the gateway.
 
+pub mod backend;
+pub mod config;
+mod conn;
+pub mod http;
+pub mod metrics;
+pub mod shard;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clientmq_core::{Admission, Peer, close};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+
+pub use backend::{Backend, EchoBackend};
+pub use config::{Args, LogFormat, ServerConfig};
+use http::{Head, Prefixed};
+use metrics::{Metrics, ShardGauges};
+pub use shard::GatewayHandle;
+use shard::{Command, ConnHandle, Shard};
+
+/// Upgrades or plain requests still reading their head; more sockets are dropped at accept.
+const MAX_HANDSHAKES: usize = 1024;
+
+/// A source of connections: `tokio::net::TcpListener` in production, turmoil's in simulation.
+pub trait Listener: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = io::Result<(Self::Stream, SocketAddr)>> + Send;
+}
+
+impl Listener for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        let (stream, addr) = tokio::net::TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, addr))
+    }
+}
+
+/// A running gateway: its shards, metrics and readiness. Cheap to clone.
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: ServerConfig,
+    handle: GatewayHandle,
+    gauges: Arc<Vec<ShardGauges>>,
+    metrics: Arc<Metrics>,
+    draining: AtomicBool,
+    drain_started: Notify,
+    /// Global admission across shards: a connection holds a permit for its task's lifetime.
+    admission: Arc<Semaphore>,
+    handshakes: Arc<Semaphore>,
+    next_shard: AtomicUsize,
+}
+
+impl Server {
+    /// Starts the shards. Must be called inside a tokio runtime.
+    pub fn start<B: Backend>(config: ServerConfig, backend: Arc<B>) -> Server {
+        let shards = config.shards.max(1);
+        let gauges: Arc<Vec<ShardGauges>> = Arc::new((0..shards).map(|_| ShardGauges::default()).collect());
+        let metrics = Arc::new(Metrics::new());
+        let routes = Arc::new(RwLock::new(HashMap::new()));
+        let mut senders = Vec::with_capacity(shards);
+        let mut receivers = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = shard::command_channel();
+            senders.push(tx);
+            receivers.push(rx);
+        }
+        let handle = GatewayHandle { shards: Arc::new(senders), routes: routes.clone() };
+        for (index, rx) in receivers.into_iter().enumerate() {
+            let shard = Shard {
+                index,
+                gw: shard::new_gateway(&config.gateway, config.seed, index),
+                rx,
+                tx: handle.shards[index].downgrade(),
+                conns: BTreeMap::new(),
+                server_requests: BTreeMap::new(),
+                next_token: 0,
+                backend: backend.clone(),
+                gauges: gauges.clone(),
+                metrics: metrics.clone(),
+                routes: routes.clone(),
+                backend_timeout: config.gateway.request_timeout + Duration::from_secs(1),
+            };
+            tokio::spawn(shard.run());
+        }
+        backend.attach(handle.clone());
+        let admission = Arc::new(Semaphore::new(config.gateway.max_connections));
+        Server {
+            inner: Arc::new(Inner {
+                handle,
+                gauges,
+                metrics,
+                draining: AtomicBool::new(false),
+                drain_started: Notify::new(),
+                admission,
+                handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+                next_shard: AtomicUsize::new(0),
+                config,
+            }),
+        }
+    }
+
+    pub fn handle(&self) -> &GatewayHandle {
+        &self.inner.handle
+    }
+
+    /// Open connections: the sum of the shards' registry sizes.
+    pub fn open_connections(&self) -> usize {
+        self.inner.gauges.iter().map(|g| g.open.load(Ordering::Relaxed)).sum()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// The Prometheus text exposition.
+    pub fn metrics_text(&self) -> String {
+        self.inner.metrics.render(&self.inner.gauges)
+    }
+
+    /// Stops admitting and closes every connection with 3333 over the drain window.
+    pub async fn drain(&self) {
+        if !self.inner.draining.swap(true, Ordering::AcqRel) {
+            self.inner.drain_started.notify_waiters();
+            self.inner.handle.drain().await;
+        }
+    }
+
+    /// Accepts connections until drain has finished: every connection gone, or the drain
+    /// deadline passed. Returns how many connections were still open at the end.
+    pub async fn run<L: Listener>(&self, mut listener: L) -> usize {
+        let accept_loop = async {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, addr)) => {
+                        let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+                            tracing::warn!(%addr, "too many handshakes in flight; dropping socket");
+                            continue;
+                        };
+                        let server = self.clone();
+                        tokio::spawn(async move { server.connection(stream, addr, permit).await });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = accept_loop => unreachable!("the accept loop never ends"),
+            () = self.drained() => {}
+        }
+        self.open_connections()
+    }
+
+    async fn drained(&self) {
+        loop {
+            let started = self.inner.drain_started.notified();
+            if self.is_draining() {
+                break;
+            }
+            started.await;
+        }
+        let deadline = tokio::time::Instant::now() + self.inner.config.drain_deadline;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn connection<S>(self, mut stream: S, addr: SocketAddr, handshake: tokio::sync::OwnedSemaphorePermit)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let timeout = self.inner.config.handshake_timeout;
+        let head = match tokio::time::timeout(timeout, http::read_head(&mut stream)).await {
+            Ok(Ok(head)) => head,
+            Ok(Err(http::HeadError::TooLarge)) => {
+                let _ = http::respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"").await;
+                return;
+            }
+            Ok(Err(http::HeadError::Malformed)) => {
+                let _ = http::respond(&mut stream, "400 Bad Request", "text/plain", b"bad request\n").await;
+                return;
+            }
+            Ok(Err(_)) | Err(_) => return, // gone, or never finished the request: drop it
+        };
+        let path = head.path.split('?').next().unwrap_or_default();
+        let reply = match (head.method.as_str(), path) {
+            ("GET", "/metrics") => {
+                let body = self.metrics_text();
+                Some(("200 OK", "text/plain; version=0.0.4; charset=utf-8", body.into_bytes()))
+            }
+            ("GET", "/healthz") => Some(("200 OK", "text/plain", b"ok\n".to_vec())),
+            ("GET", "/readyz") if self.is_draining() => Some(("503 Service Unavailable", "text/plain", b"draining\n".to_vec())),
+            ("GET", "/readyz") => Some(("200 OK", "text/plain", b"ready\n".to_vec())),
+            (_, "/ws") => None,
+            _ => Some(("404 Not Found", "text/plain", b"not found\n".to_vec())),
+        };
+        if let Some((status, content_type, body)) = reply {
+            let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, content_type, &body)).await;
+            return;
+        }
+        let refusal = self.upgrade_refusal(&head);
+        let key = match (refusal, head.websocket_key()) {
+            (Some(status), _) => Err(status),
+            (None, None) => Err("400 Bad Request"),
+            (None, Some(key)) => Ok(key.to_owned()),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(status) => {
+                let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, "text/plain", b"")).await;
+                return;
+            }
+        };
+        match tokio::time::timeout(timeout, http::switch_protocols(&mut stream, &key)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+        drop(handshake);
+        let peer = Peer { addr, headers: forwarded_headers(&head) };
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.inner.config.max_frame_bytes))
+            .max_frame_size(Some(self.inner.config.max_frame_bytes));
+        let ws = WebSocketStream::from_raw_socket(Prefixed::new(head.rest, stream), Role::Server, Some(ws_config)).await;
+        self.session(ws, peer).await;
+    }
+
+    fn upgrade_refusal(&self, head: &Head) -> Option<&'static str> {
+        let origins = &self.inner.config.allowed_origins;
+        if !origins.is_empty() && !head.header("origin").is_some_and(|o| origins.iter().any(|a| a == o)) {
+            return Some("403 Forbidden");
+        }
+        self.is_draining().then_some("503 Service Unavailable")
+    }
+
+    /// Admits the upgraded connection on a shard and runs it.
+    async fn session<S>(self, mut ws: WebSocketStream<S>, peer: Peer)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let shards = &self.inner.handle.shards;
+        let index = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len();
+        let shard = shards[index].clone();
+        let Ok(_permit) = self.inner.admission.clone().try_acquire_owned() else {
+            let (reply, id) = oneshot::channel();
+            if shard.send(Command::Refuse { close: close::CONCURRENCY_LIMIT, reply }).await.is_ok() {
+                let _ = id.await;
+            }
+            return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
+        };
+        let (tx, rx) = mpsc::channel(self.inner.config.outbound_queue);
+        let abort = Arc::new(Notify::new());
+        let (reply, admission) = oneshot::channel();
+        let conn = ConnHandle { tx, abort: abort.clone() };
+        if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
+            return;
+        }
+        match admission.await {
+            Ok(Admission::Accepted(id)) => conn::run(ws, id, shard, rx, abort).await,
+            Ok(Admission::Rejected { close, .. }) => close_with(&mut ws, close).await,
+            Err(_) => {}
+        }
+    }
+}
+
+async fn close_with<S>(ws: &mut WebSocketStream<S>, close: clientmq_core::CloseReason)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    use futures_util::StreamExt;
+    let frame = CloseFrame { code: close.code.into(), reason: close.reason.into() };
+    // Give the client a moment to answer the close, then drop it regardless.
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        ws.close(Some(frame)).await.ok();
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
+/// Only the headers the core reads travel with the connection.
+fn forwarded_headers(head: &Head) -> Vec<(String, String)> {
+    head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for")).cloned().collect()
+}
+
+/// Runs a gateway on `listener` until `shutdown` resolves, then drains it. Returns the number
+/// of connections still open when it stopped (0 after a complete drain).
+pub async fn serve<L, B>(listener: L, config: ServerConfig, backend: Arc<B>, shutdown: impl Future<Output = ()>) -> usize
+where
+    L: Listener,
+    B: Backend,
+{
+    let server = Server::start(config, backend);
+    let runner = server.clone();
+    let run = tokio::spawn(async move { runner.run(listener).await });
+    shutdown.await;
+    server.drain().await;
+    run.await.unwrap_or_else(|_| server.open_connections())
+}

@@ -1,0 +1,147 @@
+//! Server settings: a clap CLI whose every flag can also come from a `CLIENTMQ_*` variable.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// clientmq-server: a WebSocket gateway for the MQ protocol.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "clientmq-server", version, about)]
+pub struct Args {
+    /// Address to listen on (HTTP and WebSocket on one port).
+    #[arg(long, env = "CLIENTMQ_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Open connections allowed at once; more are closed with 1013.
+    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS", default_value_t = 2000)]
+    pub max_connections: usize,
+    /// Heartbeat (ping) interval in seconds; no pong by the next one closes with 3334.
+    #[arg(long, env = "CLIENTMQ_HEARTBEAT_SECS", default_value_t = 20.0)]
+    pub heartbeat_secs: f64,
+    /// Seconds a server-initiated close waits for the client's close frame before abort.
+    #[arg(long, env = "CLIENTMQ_CLOSE_TIMEOUT_SECS", default_value_t = 5.0)]
+    pub close_timeout_secs: f64,
+    /// Seconds a request may wait on the backend before `mq.Error{timeout}`.
+    #[arg(long, env = "CLIENTMQ_REQUEST_TIMEOUT_SECS", default_value_t = 15.0)]
+    pub request_timeout_secs: f64,
+    /// Client requests in flight per connection.
+    #[arg(long, env = "CLIENTMQ_MAX_PENDING_REQUESTS", default_value_t = 64)]
+    pub max_pending_requests: usize,
+    /// Seconds over which drain spreads its closes.
+    #[arg(long, env = "CLIENTMQ_DRAIN_WINDOW_SECS", default_value_t = 10.0)]
+    pub drain_window_secs: f64,
+    /// Seconds after drain starts at which the process exits even if connections remain.
+    #[arg(long, env = "CLIENTMQ_DRAIN_DEADLINE_SECS", default_value_t = 30.0)]
+    pub drain_deadline_secs: f64,
+    /// Seconds a client has to complete the HTTP upgrade.
+    #[arg(long, env = "CLIENTMQ_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub handshake_timeout_secs: f64,
+    /// Largest WebSocket message in bytes; larger ones close with 1009.
+    #[arg(long, env = "CLIENTMQ_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
+    pub max_frame_bytes: usize,
+    /// Frames queued per connection before it counts as a slow consumer (closed with 3335).
+    #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE", default_value_t = 256)]
+    pub outbound_queue: usize,
+    /// Peers whose X-Forwarded-For is believed (comma separated).
+    #[arg(long, env = "CLIENTMQ_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<IpAddr>,
+    /// Origins allowed to upgrade (comma separated); empty allows any. Others get 403.
+    #[arg(long, env = "CLIENTMQ_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Gateway shards (core instances); 0 means one per CPU core.
+    #[arg(long, env = "CLIENTMQ_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+    /// Seed for connection ids; random from the OS when absent.
+    #[arg(long, env = "CLIENTMQ_SEED")]
+    pub seed: Option<u64>,
+    /// Log format.
+    #[arg(long, env = "CLIENTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Everything `serve` needs, in typed form.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub gateway: clientmq_core::Config,
+    pub shards: usize,
+    pub handshake_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub allowed_origins: Vec<String>,
+    pub drain_deadline: Duration,
+    pub seed: Option<u64>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            gateway: clientmq_core::Config::default(),
+            shards: 1,
+            handshake_timeout: Duration::from_secs(10),
+            max_frame_bytes: 256 * 1024,
+            outbound_queue: 256,
+            allowed_origins: Vec::new(),
+            drain_deadline: Duration::from_secs(30),
+            seed: None,
+        }
+    }
+}
+
+/// A flag that cannot work.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ArgsError {
+    #[error("--{0} must be a positive number of seconds")]
+    Seconds(&'static str),
+    #[error(transparent)]
+    Gateway(#[from] clientmq_core::ConfigError),
+    #[error("--{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
+fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
+    Duration::try_from_secs_f64(value).ok().filter(|d| !d.is_zero()).ok_or(ArgsError::Seconds(name))
+}
+
+impl Args {
+    pub fn server_config(&self) -> Result<ServerConfig, ArgsError> {
+        let gateway = clientmq_core::Config {
+            max_connections: self.max_connections,
+            heartbeat_interval: secs("heartbeat-secs", self.heartbeat_secs)?,
+            close_timeout: secs("close-timeout-secs", self.close_timeout_secs)?,
+            request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
+            server_request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
+            max_pending_requests: self.max_pending_requests,
+            max_message_size: self.max_frame_bytes,
+            drain_window: Duration::try_from_secs_f64(self.drain_window_secs)
+                .map_err(|_| ArgsError::Seconds("drain-window-secs"))?,
+            trusted_proxies: self.trusted_proxies.clone(),
+            route_key: self.listen.to_string(),
+            ..clientmq_core::Config::default()
+        };
+        gateway.validate()?;
+        if self.outbound_queue == 0 {
+            return Err(ArgsError::Zero("outbound-queue"));
+        }
+        let shards = match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        Ok(ServerConfig {
+            gateway,
+            shards,
+            handshake_timeout: secs("handshake-timeout-secs", self.handshake_timeout_secs)?,
+            max_frame_bytes: self.max_frame_bytes,
+            outbound_queue: self.outbound_queue,
+            allowed_origins: self.allowed_origins.clone(),
+            drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
+            seed: self.seed,
+        })
+    }
+}

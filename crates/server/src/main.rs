@@ -1,0 +1,53 @@
+//! The clientmq-server binary: parse flags, start logging, serve until SIGTERM/SIGINT, drain.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use clientmq_server::{Args, EchoBackend, LogFormat, serve};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match args.server_config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("clientmq-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = EnvFilter::try_from_env("CLIENTMQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(args.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(listen = %args.listen, error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
+        let left = serve(listener, config, Arc::new(EchoBackend), shutdown_signal()).await;
+        tracing::info!(left, "drained; exiting");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown signal: draining");
+}

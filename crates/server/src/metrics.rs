@@ -1,0 +1,135 @@
+//! Prometheus metrics. Gauges of live state are read from the shards' registries at scrape
+//! time; counters are fed from the gateway's trace events, each of which happens exactly once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use clientmq_core::{EventKind, RequestOutcome};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Request types with their own label value; anything else is `other`, so a client cannot
+/// grow the label set.
+const KNOWN_TYPES: &[&str] = &[
+    "pcast.Authenticate",
+    "pcast.Bye",
+    "chat.CreateRoom",
+    "chat.GetRoomInfo",
+    "chat.JoinRoom",
+    "chat.LeaveRoom",
+    "chat.UpdateMember",
+    "chat.UpdateRoom",
+    "chat.DestroyRoom",
+    "chat.SendMessageToRoom",
+    "chat.FetchRoomConversation",
+];
+
+/// Live state of one shard, written by the shard after every step.
+#[derive(Debug, Default)]
+pub struct ShardGauges {
+    pub open: AtomicUsize,
+    pub closing: AtomicUsize,
+    pub pending: AtomicUsize,
+    pub subscriptions: AtomicUsize,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    open: Gauge,
+    closing: Gauge,
+    pending: Gauge,
+    subscriptions: Gauge,
+    total: Counter,
+    rejected: Family<Labels, Counter>,
+    disconnects: Family<Labels, Counter>,
+    requests: Family<Labels, Counter>,
+    duration: Histogram,
+    rtt: Histogram,
+    dropped: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("clientmq");
+        let m = Metrics {
+            open: Gauge::default(),
+            closing: Gauge::default(),
+            pending: Gauge::default(),
+            subscriptions: Gauge::default(),
+            total: Counter::default(),
+            rejected: Family::default(),
+            disconnects: Family::default(),
+            requests: Family::default(),
+            duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            rtt: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            dropped: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("connections_open", "Open connections (the registries' size)", m.open.clone());
+        registry.register("connections_closing", "Connections waiting for a close frame", m.closing.clone());
+        registry.register("connections", "Connections ever registered", m.total.clone());
+        registry.register("connections_rejected", "Connections refused, by close code", m.rejected.clone());
+        registry.register("disconnects", "Ended connections, by path and close code", m.disconnects.clone());
+        registry.register("requests", "Client requests, by type and outcome", m.requests.clone());
+        registry.register("requests_pending", "Client requests waiting on the backend", m.pending.clone());
+        registry.register("request_duration_seconds", "Time from request to answer", m.duration.clone());
+        registry.register("rtt_seconds", "Heartbeat round trip time", m.rtt.clone());
+        registry.register("frames_dropped", "Incoming frames dropped, by reason", m.dropped.clone());
+        registry.register("subscriptions", "Room and conversation subscriptions", m.subscriptions.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Updates counters from one trace event.
+    pub fn observe(&self, kind: &EventKind) {
+        match kind {
+            EventKind::Opened { .. } => {
+                self.total.inc();
+            }
+            EventKind::Rejected { code, .. } => {
+                self.rejected.get_or_create(&vec![("code", code.to_string())]).inc();
+            }
+            EventKind::Disconnected { path, code, .. } => {
+                let labels = vec![("path", path.label().to_owned()), ("code", code.to_string())];
+                self.disconnects.get_or_create(&labels).inc();
+            }
+            EventKind::Answered { request_type, outcome, elapsed, .. } => {
+                let ty = KNOWN_TYPES.iter().find(|t| **t == request_type).copied().unwrap_or("other");
+                let labels = vec![("type", ty.to_owned()), ("outcome", outcome.label().to_owned())];
+                self.requests.get_or_create(&labels).inc();
+                if *outcome != RequestOutcome::Refused {
+                    self.duration.observe(elapsed.as_secs_f64());
+                }
+            }
+            EventKind::Pong { rtt } => self.rtt.observe(rtt.as_secs_f64()),
+            EventKind::Dropped { reason } => {
+                self.dropped.get_or_create(&vec![("reason", reason.label().to_owned())]).inc();
+            }
+            _ => {}
+        }
+    }
+
+    /// Renders the text exposition format, with gauges summed over `shards`.
+    pub fn render(&self, shards: &[ShardGauges]) -> String {
+        let sum = |f: fn(&ShardGauges) -> &AtomicUsize| {
+            shards.iter().map(|s| f(s).load(Ordering::Relaxed) as i64).sum::<i64>()
+        };
+        self.open.set(sum(|s| &s.open));
+        self.closing.set(sum(|s| &s.closing));
+        self.pending.set(sum(|s| &s.pending));
+        self.subscriptions.set(sum(|s| &s.subscriptions));
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

@@ -1,0 +1,276 @@
+//! A shard: one task owning one [`Gateway`], driven by commands from connection tasks and the
+//! backend, and by its own timer. Outputs are routed to connection queues and the backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use clientmq_core::{
+    Admission, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply, ServerRequestError, Target,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::backend::Backend;
+use crate::metrics::{Metrics, ShardGauges};
+
+/// What a shard tells a connection task.
+#[derive(Debug)]
+pub enum ToConn {
+    Frame(clientmq_core::Frame),
+    Ping(Vec<u8>),
+    Close(CloseReason),
+    /// The connection is over: flush and drop the transport.
+    Release,
+}
+
+/// The shard's way to reach one connection task.
+#[derive(Debug, Clone)]
+pub struct ConnHandle {
+    pub tx: mpsc::Sender<ToConn>,
+    /// Abort skips the queue: it must get through even when the queue is full.
+    pub abort: Arc<Notify>,
+}
+
+pub enum Command {
+    Open { peer: Peer, conn: ConnHandle, reply: oneshot::Sender<Admission> },
+    Refuse { close: CloseReason, reply: oneshot::Sender<ConnectionId> },
+    Input(Input),
+    ServerRequest {
+        conn: ConnectionId,
+        request_type: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
+    },
+    Drain,
+}
+
+/// Commands queued per shard before senders wait.
+const COMMAND_QUEUE: usize = 4096;
+/// Commands handled before outputs are carried out, to batch under load.
+const BATCH: usize = 64;
+
+/// Which shard holds which connection, for deliveries and server requests. Routing only: the
+/// shards' registries remain the only count.
+pub type Routes = Arc<RwLock<HashMap<ConnectionId, usize>>>;
+
+/// A cloneable handle for the backend (and operators) to reach connections on any shard.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    pub(crate) shards: Arc<Vec<mpsc::Sender<Command>>>,
+    pub(crate) routes: Routes,
+}
+
+impl GatewayHandle {
+    fn shard_of(&self, conn: &ConnectionId) -> Option<&mpsc::Sender<Command>> {
+        let shard = *self.routes.read().expect("routes lock").get(conn)?;
+        self.shards.get(shard)
+    }
+
+    /// Pushes an event to one connection, or to every subscriber of a room or conversation.
+    pub async fn deliver(&self, target: Target, event_type: &str, payload: Vec<u8>) {
+        let input = |target| Command::Input(Input::Deliver { target, event_type: event_type.to_owned(), payload: payload.clone() });
+        match &target {
+            Target::Connection(conn) => {
+                if let Some(shard) = self.shard_of(conn) {
+                    let _ = shard.send(input(target.clone())).await;
+                }
+            }
+            // Subscribers may sit on any shard.
+            Target::Room(_) | Target::Conversation(_) => {
+                for shard in self.shards.iter() {
+                    let _ = shard.send(input(target.clone())).await;
+                }
+            }
+        }
+    }
+
+    /// Sends a request to a client and waits for its answer (or the server request timeout).
+    pub async fn server_request(&self, conn: ConnectionId, request_type: &str, payload: Vec<u8>) -> Result<Reply, ServerRequestError> {
+        let Some(shard) = self.shard_of(&conn) else { return Err(ServerRequestError::NotConnected) };
+        let (reply, answer) = oneshot::channel();
+        let cmd = Command::ServerRequest { conn, request_type: request_type.to_owned(), payload, reply };
+        if shard.send(cmd).await.is_err() {
+            return Err(ServerRequestError::NotConnected);
+        }
+        answer.await.unwrap_or(Err(ServerRequestError::Disconnected))
+    }
+
+    /// Starts a drain on every shard.
+    pub async fn drain(&self) {
+        for shard in self.shards.iter() {
+            let _ = shard.send(Command::Drain).await;
+        }
+    }
+}
+
+pub(crate) struct Shard<B> {
+    pub index: usize,
+    pub gw: Gateway,
+    pub rx: mpsc::Receiver<Command>,
+    pub tx: mpsc::WeakSender<Command>,
+    pub conns: BTreeMap<ConnectionId, ConnHandle>,
+    pub server_requests: BTreeMap<u64, oneshot::Sender<Result<Reply, ServerRequestError>>>,
+    pub next_token: u64,
+    pub backend: Arc<B>,
+    pub gauges: Arc<Vec<ShardGauges>>,
+    pub metrics: Arc<Metrics>,
+    pub routes: Routes,
+    pub backend_timeout: Duration,
+}
+
+pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
+    let rng = match seed {
+        Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(index as u64)),
+        None => rand::make_rng(),
+    };
+    Gateway::new(config.clone(), Box::new(rng), Instant::now().into_std()).expect("config validated by caller")
+}
+
+pub(crate) fn command_channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+    mpsc::channel(COMMAND_QUEUE)
+}
+
+impl<B: Backend> Shard<B> {
+    pub async fn run(mut self) {
+        loop {
+            let deadline = self.gw.poll_timeout();
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.command(cmd);
+                    for _ in 1..BATCH {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => self.command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.gw.handle_timeout(now());
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = now();
+        match cmd {
+            Command::Open { peer, conn, reply } => {
+                let admission = self.gw.open(&peer, now);
+                if let Admission::Accepted(id) = admission {
+                    self.conns.insert(id, conn);
+                    self.routes.write().expect("routes lock").insert(id, self.index);
+                }
+                let _ = reply.send(admission);
+            }
+            Command::Refuse { close, reply } => {
+                let _ = reply.send(self.gw.refuse(close, now));
+            }
+            Command::Input(input) => self.gw.handle(input, now),
+            Command::ServerRequest { conn, request_type, payload, reply } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.server_requests.insert(token, reply);
+                self.gw.handle(Input::ServerRequest { token, conn, request_type, payload }, now);
+            }
+            Command::Drain => self.gw.handle(Input::Drain, now),
+        }
+    }
+
+    /// Carries out every output and records every event.
+    fn flush(&mut self) {
+        loop {
+            while let Some(out) = self.gw.poll_output() {
+                self.output(out);
+            }
+            while let Some(event) = self.gw.poll_event() {
+                self.metrics.observe(&event.kind);
+                if let clientmq_core::EventKind::Pong { rtt } = event.kind
+                    && let Some(conn) = event.conn
+                {
+                    self.backend.rtt(conn, rtt);
+                }
+                tracing::debug!(target: "clientmq::trace", "{event}");
+            }
+            // Outputs can feed inputs back (a full queue is a failed send): drain until quiet.
+            if self.gw.poll_output().is_none() {
+                break;
+            }
+        }
+        let g = &self.gauges[self.index];
+        g.open.store(self.gw.open_connections(), Ordering::Relaxed);
+        g.closing.store(self.gw.closing_connections(), Ordering::Relaxed);
+        g.pending.store(self.gw.pending_requests(), Ordering::Relaxed);
+        g.subscriptions.store(self.gw.subscriptions(), Ordering::Relaxed);
+    }
+
+    fn send(&mut self, conn: ConnectionId, msg: ToConn) {
+        let Some(handle) = self.conns.get(&conn) else { return };
+        match handle.tx.try_send(msg) {
+            Ok(()) => {}
+            // A slow consumer: the core closes it with 3335, bounded by the close timeout.
+            Err(mpsc::error::TrySendError::Full(_)) => self.gw.handle(Input::SendFailed { conn }, now()),
+            // The task is gone; it reports its own end.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+
+    fn forget(&mut self, conn: &ConnectionId) -> Option<ConnHandle> {
+        self.routes.write().expect("routes lock").remove(conn);
+        self.conns.remove(conn)
+    }
+
+    fn output(&mut self, out: Output) {
+        match out {
+            Output::Send { conn, frame } => self.send(conn, ToConn::Frame(frame)),
+            Output::Ping { conn, payload } => self.send(conn, ToConn::Ping(payload)),
+            Output::Close { conn, close } => self.send(conn, ToConn::Close(close)),
+            Output::Abort { conn } => {
+                if let Some(handle) = self.forget(&conn) {
+                    handle.abort.notify_one();
+                }
+            }
+            Output::Release { conn } => {
+                if let Some(handle) = self.forget(&conn)
+                    && handle.tx.try_send(ToConn::Release).is_err()
+                {
+                    handle.abort.notify_one();
+                }
+            }
+            Output::Backend(req) => {
+                let backend = self.backend.clone();
+                let Some(shard) = self.tx.upgrade() else { return };
+                let timeout = self.backend_timeout;
+                let token = req.token;
+                tokio::spawn(async move {
+                    // The core times the request out for the client; this bound frees the task.
+                    if let Ok(result) = tokio::time::timeout(timeout, backend.request(req)).await {
+                        let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
+                    }
+                });
+            }
+            Output::Publish(event) => self.backend.disconnected(event),
+            Output::ServerRequestDone { token, result } => {
+                if let Some(reply) = self.server_requests.remove(&token) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
