@@ -12,6 +12,7 @@ pub mod config;
 mod conn;
 pub mod http;
 pub mod metrics;
+pub mod rawws;
 pub mod shard;
 
 use std::collections::{BTreeMap, HashMap};
@@ -191,15 +192,20 @@ impl Server {
         }
     }
 
-    async fn connection<S>(self, mut stream: S, addr: SocketAddr, handshake: tokio::sync::OwnedSemaphorePermit)
-    where
+    async fn connection<S>(
+        self,
+        mut stream: S,
+        addr: SocketAddr,
+        handshake: tokio::sync::OwnedSemaphorePermit,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.inner.config.handshake_timeout;
         let head = match tokio::time::timeout(timeout, http::read_head(&mut stream)).await {
             Ok(Ok(head)) => head,
             Ok(Err(http::HeadError::TooLarge)) => {
-                let _ = http::respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"").await;
+                let _ = http::respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"")
+                    .await;
                 return;
             }
             Ok(Err(http::HeadError::Malformed)) => {
@@ -215,13 +221,16 @@ impl Server {
                 Some(("200 OK", "text/plain; version=0.0.4; charset=utf-8", body.into_bytes()))
             }
             ("GET", "/healthz") => Some(("200 OK", "text/plain", b"ok\n".to_vec())),
-            ("GET", "/readyz") if self.is_draining() => Some(("503 Service Unavailable", "text/plain", b"draining\n".to_vec())),
+            ("GET", "/readyz") if self.is_draining() => {
+                Some(("503 Service Unavailable", "text/plain", b"draining\n".to_vec()))
+            }
             ("GET", "/readyz") => Some(("200 OK", "text/plain", b"ready\n".to_vec())),
             (_, "/ws") => None,
             _ => Some(("404 Not Found", "text/plain", b"not found\n".to_vec())),
         };
         if let Some((status, content_type, body)) = reply {
-            let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, content_type, &body)).await;
+            let _ =
+                tokio::time::timeout(timeout, http::respond(&mut stream, status, content_type, &body)).await;
             return;
         }
         let refusal = self.upgrade_refusal(&head);
@@ -233,7 +242,8 @@ impl Server {
         let key = match key {
             Ok(key) => key,
             Err(status) => {
-                let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, "text/plain", b"")).await;
+                let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, "text/plain", b""))
+                    .await;
                 return;
             }
         };
@@ -246,7 +256,9 @@ impl Server {
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(self.inner.config.max_frame_bytes))
             .max_frame_size(Some(self.inner.config.max_frame_bytes));
-        let ws = WebSocketStream::from_raw_socket(Prefixed::new(head.rest, stream), Role::Server, Some(ws_config)).await;
+        let ws =
+            WebSocketStream::from_raw_socket(Prefixed::new(head.rest, stream), Role::Server, Some(ws_config))
+                .await;
         self.session(ws, peer).await;
     }
 
@@ -309,7 +321,12 @@ fn forwarded_headers(head: &Head) -> Vec<(String, String)> {
 
 /// Runs a gateway on `listener` until `shutdown` resolves, then drains it. Returns the number
 /// of connections still open when it stopped (0 after a complete drain).
-pub async fn serve<L, B>(listener: L, config: ServerConfig, backend: Arc<B>, shutdown: impl Future<Output = ()>) -> usize
+pub async fn serve<L, B>(
+    listener: L,
+    config: ServerConfig,
+    backend: Arc<B>,
+    shutdown: impl Future<Output = ()>,
+) -> usize
 where
     L: Listener,
     B: Backend,

@@ -36,8 +36,15 @@ pub struct ConnHandle {
 }
 
 pub enum Command {
-    Open { peer: Peer, conn: ConnHandle, reply: oneshot::Sender<Admission> },
-    Refuse { close: CloseReason, reply: oneshot::Sender<ConnectionId> },
+    Open {
+        peer: Peer,
+        conn: ConnHandle,
+        reply: oneshot::Sender<Admission>,
+    },
+    Refuse {
+        close: CloseReason,
+        reply: oneshot::Sender<ConnectionId>,
+    },
     Input(Input),
     ServerRequest {
         conn: ConnectionId,
@@ -72,7 +79,13 @@ impl GatewayHandle {
 
     /// Pushes an event to one connection, or to every subscriber of a room or conversation.
     pub async fn deliver(&self, target: Target, event_type: &str, payload: Vec<u8>) {
-        let input = |target| Command::Input(Input::Deliver { target, event_type: event_type.to_owned(), payload: payload.clone() });
+        let input = |target| {
+            Command::Input(Input::Deliver {
+                target,
+                event_type: event_type.to_owned(),
+                payload: payload.clone(),
+            })
+        };
         match &target {
             Target::Connection(conn) => {
                 if let Some(shard) = self.shard_of(conn) {
@@ -89,7 +102,12 @@ impl GatewayHandle {
     }
 
     /// Sends a request to a client and waits for its answer (or the server request timeout).
-    pub async fn server_request(&self, conn: ConnectionId, request_type: &str, payload: Vec<u8>) -> Result<Reply, ServerRequestError> {
+    pub async fn server_request(
+        &self,
+        conn: ConnectionId,
+        request_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<Reply, ServerRequestError> {
         let Some(shard) = self.shard_of(&conn) else { return Err(ServerRequestError::NotConnected) };
         let (reply, answer) = oneshot::channel();
         let cmd = Command::ServerRequest { conn, request_type: request_type.to_owned(), payload, reply };
@@ -127,7 +145,8 @@ pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, ind
         Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(index as u64)),
         None => rand::make_rng(),
     };
-    Gateway::new(config.clone(), Box::new(rng), Instant::now().into_std()).expect("config validated by caller")
+    Gateway::new(config.clone(), Box::new(rng), Instant::now().into_std())
+        .expect("config validated by caller")
 }
 
 pub(crate) fn command_channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
