@@ -66,6 +66,17 @@ pub struct Args {
     pub log_format: LogFormat,
 }
 
+/// Receives every gateway trace event as it happens (the simulator records them; production
+/// logs them through `tracing` instead).
+#[derive(Clone)]
+pub struct TraceSink(pub std::sync::Arc<dyn Fn(&clientmq_core::Event) + Send + Sync>);
+
+impl std::fmt::Debug for TraceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TraceSink")
+    }
+}
+
 /// Everything `serve` needs, in typed form.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -77,6 +88,7 @@ pub struct ServerConfig {
     pub allowed_origins: Vec<String>,
     pub drain_deadline: Duration,
     pub seed: Option<u64>,
+    pub trace: Option<TraceSink>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +102,7 @@ impl Default for ServerConfig {
             allowed_origins: Vec::new(),
             drain_deadline: Duration::from_secs(30),
             seed: None,
+            trace: None,
         }
     }
 }
@@ -142,6 +155,7 @@ impl Args {
             allowed_origins: self.allowed_origins.clone(),
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
             seed: self.seed,
+            trace: None,
         })
     }
 }

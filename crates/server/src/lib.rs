@@ -30,7 +30,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 pub use backend::{Backend, EchoBackend};
-pub use config::{Args, LogFormat, ServerConfig};
+pub use config::{Args, LogFormat, ServerConfig, TraceSink};
 use http::{Head, Prefixed};
 use metrics::{Metrics, ShardGauges};
 pub use shard::GatewayHandle;
@@ -68,8 +68,9 @@ struct Inner {
     metrics: Arc<Metrics>,
     draining: AtomicBool,
     drain_started: Notify,
-    /// Global admission across shards: a connection holds a permit for its task's lifetime.
-    admission: Arc<Semaphore>,
+    /// Global admission across shards (`None` with one shard, whose core enforces the limit
+    /// exactly). A registered connection's permit lives in its shard's handle.
+    admission: Option<Arc<Semaphore>>,
     handshakes: Arc<Semaphore>,
     next_shard: AtomicUsize,
 }
@@ -103,11 +104,12 @@ impl Server {
                 metrics: metrics.clone(),
                 routes: routes.clone(),
                 backend_timeout: config.gateway.request_timeout + Duration::from_secs(1),
+                trace: config.trace.clone(),
             };
             tokio::spawn(shard.run());
         }
         backend.attach(handle.clone());
-        let admission = Arc::new(Semaphore::new(config.gateway.max_connections));
+        let admission = (shards > 1).then(|| Arc::new(Semaphore::new(config.gateway.max_connections)));
         Server {
             inner: Arc::new(Inner {
                 handle,
@@ -278,17 +280,23 @@ impl Server {
         let shards = &self.inner.handle.shards;
         let index = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len();
         let shard = shards[index].clone();
-        let Ok(_permit) = self.inner.admission.clone().try_acquire_owned() else {
-            let (reply, id) = oneshot::channel();
-            if shard.send(Command::Refuse { close: close::CONCURRENCY_LIMIT, reply }).await.is_ok() {
-                let _ = id.await;
-            }
-            return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
+        let permit = match &self.inner.admission {
+            None => None,
+            Some(admission) => match admission.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let (reply, id) = oneshot::channel();
+                    if shard.send(Command::Refuse { close: close::CONCURRENCY_LIMIT, reply }).await.is_ok() {
+                        let _ = id.await;
+                    }
+                    return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
+                }
+            },
         };
         let (tx, rx) = mpsc::channel(self.inner.config.outbound_queue);
         let abort = Arc::new(Notify::new());
         let (reply, admission) = oneshot::channel();
-        let conn = ConnHandle { tx, abort: abort.clone() };
+        let conn = ConnHandle { tx, abort: abort.clone(), permit };
         if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
             return;
         }

@@ -28,11 +28,14 @@ pub enum ToConn {
 }
 
 /// The shard's way to reach one connection task.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ConnHandle {
     pub tx: mpsc::Sender<ToConn>,
     /// Abort skips the queue: it must get through even when the queue is full.
     pub abort: Arc<Notify>,
+    /// With several shards, the global admission permit. Held here, it is released exactly
+    /// when the core ends the connection and the shard forgets this handle.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 pub enum Command {
@@ -117,6 +120,13 @@ impl GatewayHandle {
         answer.await.unwrap_or(Err(ServerRequestError::Disconnected))
     }
 
+    /// Ids of every registered connection, in id order.
+    pub fn connection_ids(&self) -> Vec<ConnectionId> {
+        let mut ids: Vec<ConnectionId> = self.routes.read().expect("routes lock").keys().copied().collect();
+        ids.sort();
+        ids
+    }
+
     /// Starts a drain on every shard.
     pub async fn drain(&self) {
         for shard in self.shards.iter() {
@@ -138,6 +148,7 @@ pub(crate) struct Shard<B> {
     pub metrics: Arc<Metrics>,
     pub routes: Routes,
     pub backend_timeout: Duration,
+    pub trace: Option<crate::config::TraceSink>,
 }
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
@@ -214,7 +225,10 @@ impl<B: Backend> Shard<B> {
                 {
                     self.backend.rtt(conn, rtt);
                 }
-                tracing::debug!(target: "clientmq::trace", "{event}");
+                match &self.trace {
+                    Some(sink) => (sink.0)(&event),
+                    None => tracing::debug!(target: "clientmq::trace", "{event}"),
+                }
             }
             // Outputs can feed inputs back (a full queue is a failed send): drain until quiet.
             if self.gw.poll_output().is_none() {
