@@ -8,6 +8,7 @@
 //! text; `backend` is the port to the services behind the gateway.
 
 pub mod backend;
+pub mod chat;
 pub mod config;
 mod conn;
 pub mod http;
@@ -30,6 +31,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 pub use backend::{Backend, EchoBackend};
+pub use chat::{ChatConfig, EmbeddedBackend, TokenPolicy};
 pub use config::{Args, LogFormat, ServerConfig, TraceSink};
 use http::{Head, Prefixed};
 use metrics::{Metrics, ShardGauges};
@@ -174,6 +176,7 @@ impl Server {
             }
         };
         tokio::select! {
+            biased;
             () = accept_loop => unreachable!("the accept loop never ends"),
             () = self.drained() => {}
         }

@@ -168,7 +168,13 @@ impl<B: Backend> Shard<B> {
     pub async fn run(mut self) {
         loop {
             let deadline = self.gw.poll_timeout();
+            // Biased, so branch order is fixed (simulation replays byte for byte); timers first,
+            // so a flood of commands cannot starve heartbeats and deadlines.
             tokio::select! {
+                biased;
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.gw.handle_timeout(now());
+                }
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { break };
                     self.command(cmd);
@@ -178,9 +184,6 @@ impl<B: Backend> Shard<B> {
                             Err(_) => break,
                         }
                     }
-                }
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    self.gw.handle_timeout(now());
                 }
             }
             self.flush();

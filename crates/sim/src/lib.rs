@@ -1,1 +1,18 @@
+//! clientmq-sim: runs the clientmq server unchanged under turmoil with scripted clients,
+//! checks invariants after every trace event, and renders traces for snapshot review.
+//!
+//! `scenario` is the file format, `client` the scripted behaviours, `run` the runner,
+//! `check` the invariant checker, `trace` the records, `plot` the SVG timeline and
+//! `explore` the random fault schedules.
 
+pub mod backend;
+pub mod check;
+pub mod client;
+pub mod explore;
+pub mod plot;
+pub mod run;
+pub mod scenario;
+pub mod trace;
+
+pub use run::{Outcome, run};
+pub use scenario::Scenario;

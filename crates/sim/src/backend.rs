@@ -1,0 +1,55 @@
+//! The backend the simulated gateway uses: the server's own backend, wrapped so a scenario
+//! can make it slow, failing or silent at any point on its timeline.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clientmq_core::proto::pcast;
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
+use clientmq_server::{Backend, GatewayHandle};
+
+use crate::scenario::BackendMode;
+
+#[derive(Clone)]
+pub struct SimBackend<B> {
+    inner: Arc<B>,
+    mode: Arc<Mutex<BackendMode>>,
+}
+
+impl<B: Backend> SimBackend<B> {
+    pub fn new(inner: B, mode: BackendMode) -> Self {
+        SimBackend { inner: Arc::new(inner), mode: Arc::new(Mutex::new(mode)) }
+    }
+
+    /// A handle that changes the mode of every clone.
+    pub fn mode(&self) -> Arc<Mutex<BackendMode>> {
+        self.mode.clone()
+    }
+}
+
+impl<B: Backend> Backend for SimBackend<B> {
+    fn attach(&self, gateway: GatewayHandle) {
+        self.inner.attach(gateway);
+    }
+
+    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+        let mode = *self.mode.lock().expect("mode lock");
+        match mode {
+            BackendMode::Normal => self.inner.request(req).await,
+            BackendMode::Slow { delay_secs } => {
+                tokio::time::sleep(Duration::from_secs_f64(delay_secs)).await;
+                self.inner.request(req).await
+            }
+            BackendMode::Fail => Err(BackendError::Failed("scripted failure".into())),
+            BackendMode::Hang => std::future::pending().await,
+        }
+    }
+
+    fn disconnected(&self, event: pcast::ConnectionDisconnected) {
+        self.inner.disconnected(event);
+    }
+
+    fn rtt(&self, conn: ConnectionId, rtt: Duration) {
+        self.inner.rtt(conn, rtt);
+    }
+}

@@ -1,0 +1,381 @@
+//! Runs one scenario: the gateway host runs `clientmq_server` unchanged on turmoil's sockets,
+//! client hosts run scripted clients, and the runner applies faults between steps while the
+//! checker reads every new trace record.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
+
+use clientmq_server::{EchoBackend, Listener, Server, ServerConfig, TraceSink};
+
+use crate::backend::SimBackend;
+use crate::check::{Checker, Limits, Sample, Violation};
+use crate::client;
+use crate::scenario::{Action, BackendMode, Scenario, SnapshotMode};
+use crate::trace::{self, Record, Trace};
+
+/// turmoil's listener behind the server's [`Listener`] trait.
+struct SimListener(turmoil::net::TcpListener);
+
+impl Listener for SimListener {
+    type Stream = turmoil::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        self.0.accept().await
+    }
+}
+
+/// The end state of a run, as counted from the trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndState {
+    pub open: usize,
+    pub registered: u64,
+    pub rejected: u64,
+    pub max_open: usize,
+    pub disconnects: BTreeMap<String, u64>,
+    pub codes: BTreeMap<u16, u64>,
+}
+
+/// Everything a run produced.
+pub struct Outcome {
+    pub records: Vec<Record>,
+    pub samples: Vec<Sample>,
+    pub violation: Option<Violation>,
+    /// Expectations of the scenario that the end state did not meet.
+    pub unmet: Vec<String>,
+    pub end: EndState,
+    pub simulated: Duration,
+    pub wall: Duration,
+}
+
+impl Outcome {
+    pub fn passed(&self) -> bool {
+        self.violation.is_none() && self.unmet.is_empty()
+    }
+
+    /// The text that is snapshotted: the trace (or its timeline) and the end state.
+    pub fn render(&self, mode: SnapshotMode) -> String {
+        let mut out = String::new();
+        match mode {
+            SnapshotMode::Full => {
+                for r in &self.records {
+                    out.push_str(&r.to_string());
+                    out.push('\n');
+                }
+            }
+            SnapshotMode::Timeline => {
+                out.push_str("      time   open closing pending\n");
+                let mut next = Duration::ZERO;
+                for s in &self.samples {
+                    if s.at >= next {
+                        out.push_str(&format!(
+                            "{:>9}s {:>6} {:>7} {:>7}\n",
+                            s.at.as_secs(),
+                            s.open,
+                            s.closing,
+                            s.pending
+                        ));
+                        next = s.at + Duration::from_secs(10);
+                    }
+                }
+            }
+        }
+        out.push_str(&format!("--- end after {}s simulated ---\n", self.simulated.as_secs()));
+        let e = &self.end;
+        out.push_str(&format!(
+            "open={} registered={} rejected={} max_open={}\n",
+            e.open, e.registered, e.rejected, e.max_open
+        ));
+        out.push_str(&format!("disconnects {:?}\ncodes {:?}\n", e.disconnects, e.codes));
+        match &self.violation {
+            Some(v) => out.push_str(&format!("VIOLATION {v}\n")),
+            None => out.push_str("invariants held after every event\n"),
+        }
+        for u in &self.unmet {
+            out.push_str(&format!("UNMET {u}\n"));
+        }
+        out
+    }
+}
+
+pub fn server_config(scenario: &Scenario, seed: u64, trace: &Trace) -> ServerConfig {
+    let s = &scenario.server;
+    let secs = |v: Option<f64>, d: Duration| v.map_or(d, Duration::from_secs_f64);
+    let mut c = ServerConfig { shards: 1, seed: Some(seed), ..ServerConfig::default() };
+    let g = &mut c.gateway;
+    g.max_connections = s.max_connections.unwrap_or(g.max_connections);
+    g.heartbeat_interval = secs(s.heartbeat_secs, g.heartbeat_interval);
+    g.close_timeout = secs(s.close_timeout_secs, g.close_timeout);
+    g.request_timeout = secs(s.request_timeout_secs, g.request_timeout);
+    g.server_request_timeout = g.request_timeout;
+    g.drain_window = secs(s.drain_window_secs, g.drain_window);
+    g.max_pending_requests = s.max_pending_requests.unwrap_or(g.max_pending_requests);
+    c.handshake_timeout = secs(s.handshake_timeout_secs, c.handshake_timeout);
+    c.outbound_queue = s.outbound_queue.unwrap_or(c.outbound_queue);
+    c.max_frame_bytes = s.max_frame_bytes.unwrap_or(c.max_frame_bytes);
+    c.gateway.max_message_size = c.max_frame_bytes;
+    // The run ends by the scenario's clock, not by a drain deadline.
+    c.drain_deadline = Duration::from_secs(3600);
+    let sink = trace.clone();
+    c.trace = Some(TraceSink(Arc::new(move |e: &clientmq_core::Event| {
+        sink.push(Record::gateway(trace::now(), e.conn, e.kind.clone()))
+    })));
+    c
+}
+
+fn host_of(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::Partition { .. }
+            | Action::Repair { .. }
+            | Action::Hold { .. }
+            | Action::Release { .. }
+            | Action::Latency { .. }
+            | Action::Crash { .. }
+            | Action::Bounce
+    )
+}
+
+/// Runs `scenario` to its end and checks it.
+pub fn run(scenario: &Scenario) -> Outcome {
+    let wall = WallInstant::now();
+    let trace = Trace::default();
+    let duration = scenario.duration();
+    let tick = Duration::from_millis(scenario.tick_ms);
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(duration + Duration::from_secs(3600))
+        .tick_duration(tick)
+        .rng_seed(scenario.seed)
+        .epoch(UNIX_EPOCH)
+        .tcp_capacity(64)
+        .build();
+
+    let backend = SimBackend::new(EchoBackend, scenario.backend);
+    let mode = backend.mode();
+    let current: Arc<Mutex<Option<Server>>> = Arc::default();
+    let incarnation = Arc::new(AtomicU64::new(0));
+    {
+        let (trace, current, scenario) = (trace.clone(), current.clone(), scenario.clone());
+        sim.host("gateway", move || {
+            // Each restart gets its own seed, so connection ids never repeat across restarts.
+            let n = incarnation.fetch_add(1, Ordering::Relaxed);
+            let config = server_config(&scenario, scenario.seed.wrapping_add(n * 7919), &trace);
+            let (backend, current) = (backend.clone(), current.clone());
+            async move {
+                let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:8080").await?);
+                let server = Server::start(config, Arc::new(backend));
+                *current.lock().expect("server cell") = Some(server.clone());
+                server.run(listener).await;
+                Ok(())
+            }
+        });
+    }
+    for group in &scenario.clients {
+        let (group, trace) = (group.clone(), trace.clone());
+        sim.client(group.name.clone(), async move {
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..group.count {
+                let offset = group.start_secs + group.spread_secs * i as f64 / group.count.max(1) as f64;
+                let (group, trace) = (group.clone(), trace.clone());
+                tasks.push(tokio::spawn(async move {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
+                    client::run(group, i, trace).await;
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Ok(())
+        });
+    }
+    let control: Vec<_> = scenario.timeline.iter().filter(|s| !host_of(&s.action)).cloned().collect();
+    {
+        let (trace, current) = (trace.clone(), current.clone());
+        sim.client("control", async move {
+            let start = tokio::time::Instant::now();
+            for step in control {
+                tokio::time::sleep_until(start + Duration::from_secs_f64(step.at_secs)).await;
+                let server = current.lock().expect("server cell").clone();
+                let Some(server) = server else { continue };
+                act(&step.action, &server, &mode, &trace).await;
+            }
+            Ok(())
+        });
+    }
+
+    let mut faults: Vec<_> = scenario.timeline.iter().filter(|s| host_of(&s.action)).cloned().collect();
+    faults.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+    let mut faults = faults.into_iter().peekable();
+    let limits = Limits {
+        max_connections: scenario.server.max_connections.unwrap_or(2000),
+        close_timeout: scenario
+            .server
+            .close_timeout_secs
+            .map_or(Duration::from_secs(5), Duration::from_secs_f64),
+        request_timeout: scenario
+            .server
+            .request_timeout_secs
+            .map_or(Duration::from_secs(15), Duration::from_secs_f64),
+        tolerance: tick * 2,
+    };
+    let mut checker = Checker::new(limits);
+    let mut violation = None;
+    let mut seen = 0;
+    let mut samples = Vec::new();
+    let mut next_sample = Duration::ZERO;
+    let mut unmet = Vec::new();
+    'run: while sim.elapsed() < duration {
+        while let Some(step) = faults.next_if(|s| Duration::from_secs_f64(s.at_secs) <= sim.elapsed()) {
+            let note = fault(&mut sim, &step.action);
+            trace.push(Record::sim(sim.elapsed(), note));
+        }
+        if let Err(e) = sim.step() {
+            unmet.push(format!("simulation failed: {e}"));
+            break;
+        }
+        let new = trace.since(seen);
+        seen += new.len();
+        for r in &new {
+            if let Err(v) = checker.observe(r) {
+                violation = Some(v);
+                break 'run;
+            }
+        }
+        if let Err(v) = checker.check_time(sim.elapsed()) {
+            violation = Some(v);
+            break;
+        }
+        if sim.elapsed() >= next_sample {
+            samples.push(checker.sample(sim.elapsed()));
+            next_sample += Duration::from_secs(1);
+        }
+    }
+    let end = EndState {
+        open: checker.open(),
+        registered: checker.registered(),
+        rejected: checker.rejected(),
+        max_open: checker.max_open(),
+        disconnects: checker.disconnects().iter().map(|(p, n)| (p.label().to_owned(), *n)).collect(),
+        codes: checker.codes().clone(),
+    };
+    let records = trace.records();
+    unmet.extend(expectations(scenario, &end, &records));
+    Outcome { records, samples, violation, unmet, end, simulated: sim.elapsed(), wall: wall.elapsed() }
+}
+
+fn fault(sim: &mut turmoil::Sim<'_>, action: &Action) -> String {
+    match action {
+        Action::Partition { group } => {
+            sim.partition(group.as_str(), "gateway");
+            format!("partition {group}")
+        }
+        Action::Repair { group } => {
+            sim.repair(group.as_str(), "gateway");
+            format!("repair {group}")
+        }
+        Action::Hold { group } => {
+            sim.hold(group.as_str(), "gateway");
+            format!("hold {group}")
+        }
+        Action::Release { group } => {
+            sim.release(group.as_str(), "gateway");
+            format!("release {group}")
+        }
+        Action::Latency { group, ms } => {
+            sim.set_link_latency(group.as_str(), "gateway", Duration::from_millis(*ms));
+            format!("latency {group} {ms}ms")
+        }
+        Action::Crash { group } => {
+            sim.crash(group.as_str());
+            format!("crash {group}")
+        }
+        Action::Bounce => {
+            sim.bounce("gateway");
+            "gateway restarted".to_owned()
+        }
+        other => format!("not a fault: {other:?}"),
+    }
+}
+
+async fn act(action: &Action, server: &Server, mode: &Arc<Mutex<BackendMode>>, trace: &Trace) {
+    match action {
+        Action::Drain => {
+            trace.push(Record::sim(trace::now(), "drain"));
+            server.drain().await;
+        }
+        Action::Backend(m) => {
+            trace.push(Record::sim(trace::now(), format!("backend {m:?}")));
+            *mode.lock().expect("mode lock") = *m;
+        }
+        Action::ServerRequest => {
+            let ids = server.handle().connection_ids();
+            trace.push(Record::sim(trace::now(), format!("server-request to {} connections", ids.len())));
+            for id in ids {
+                let (handle, trace) = (server.handle().clone(), trace.clone());
+                tokio::spawn(async move {
+                    let result = handle.server_request(id, "pcast.SendRequestToClient", Vec::new()).await;
+                    let what = match result {
+                        Ok(reply) => format!("server-request answered type={}", reply.reply_type),
+                        Err(e) => format!("server-request failed {}", e.label()),
+                    };
+                    trace.push(Record::sim(trace::now(), format!("{id} {what}")));
+                });
+            }
+        }
+        Action::Deliver { count, bytes } => {
+            let ids = server.handle().connection_ids();
+            trace.push(Record::sim(
+                trace::now(),
+                format!("deliver {count}x{bytes}B to {} connections", ids.len()),
+            ));
+            for id in ids {
+                for _ in 0..*count {
+                    let target = clientmq_core::Target::Connection(id);
+                    server.handle().deliver(target, "sim.Blob", vec![0u8; *bytes]).await;
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expectations(scenario: &Scenario, end: &EndState, records: &[Record]) -> Vec<String> {
+    let x = &scenario.expect;
+    let mut unmet = Vec::new();
+    if let Some(open) = x.open
+        && open != end.open
+    {
+        unmet.push(format!("open: expected {open}, got {}", end.open));
+    }
+    if let Some(rejected) = x.rejected
+        && rejected != end.rejected
+    {
+        unmet.push(format!("rejected: expected {rejected}, got {}", end.rejected));
+    }
+    for (path, n) in &x.disconnects {
+        let got = end.disconnects.get(path).copied().unwrap_or(0);
+        if got != *n {
+            unmet.push(format!("disconnects {path}: expected {n}, got {got}"));
+        }
+    }
+    for (code, n) in &x.codes {
+        let got = end.codes.get(code).copied().unwrap_or(0);
+        if got != *n {
+            unmet.push(format!("code {code}: expected {n}, got {got}"));
+        }
+    }
+    for (what, n) in &x.observed {
+        let got = records
+            .iter()
+            .filter(|r| matches!(&r.body, crate::trace::Body::Note(note) if note.contains(what.as_str())))
+            .count() as u64;
+        if got < *n {
+            unmet.push(format!("observed {what:?}: expected at least {n}, got {got}"));
+        }
+    }
+    unmet
+}
