@@ -1,9 +1,13 @@
 //! Server settings: a clap CLI whose every flag can also come from a `CLIENTMQ_*` variable.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::FalseyValueParser;
 use clap::{Parser, ValueEnum};
+
+use crate::chat::{ChatConfig, TokenError, TokenPolicy};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,6 +68,40 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "CLIENTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Development only: accept any non-empty authentication token (the log says so at start).
+    #[arg(long, env = "CLIENTMQ_DEV_ACCEPT_ANY_TOKEN", value_parser = FalseyValueParser::new())]
+    pub dev_accept_any_token: bool,
+    /// Authentication tokens that open a session (comma separated). With no token source and
+    /// no dev mode, every pcast.Authenticate is refused.
+    #[arg(long, env = "CLIENTMQ_TOKENS", value_delimiter = ',', hide_env_values = true)]
+    pub tokens: Vec<String>,
+    /// File of accepted tokens, one a line (blank lines and # comments ignored).
+    #[arg(long, env = "CLIENTMQ_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Seconds a session outlives its connection; re-authenticating with its id within them resumes it.
+    #[arg(long, env = "CLIENTMQ_SESSION_GRACE_SECS", default_value_t = 30.0)]
+    pub session_grace_secs: f64,
+    /// Seconds an empty chat room is kept before it is forgotten.
+    #[arg(long, env = "CLIENTMQ_ROOM_IDLE_SECS", default_value_t = 3600.0)]
+    pub room_idle_secs: f64,
+    /// Sessions at once (attached or in their grace period); more get status `capacity`.
+    #[arg(long, env = "CLIENTMQ_MAX_SESSIONS", default_value_t = 10_000)]
+    pub max_sessions: usize,
+    /// Chat rooms at once.
+    #[arg(long, env = "CLIENTMQ_MAX_ROOMS", default_value_t = 1_000)]
+    pub max_rooms: usize,
+    /// Members per chat room.
+    #[arg(long, env = "CLIENTMQ_MAX_ROOM_MEMBERS", default_value_t = 1_000)]
+    pub max_room_members: usize,
+    /// Rooms one session may be in at once.
+    #[arg(long, env = "CLIENTMQ_MAX_ROOMS_PER_SESSION", default_value_t = 64)]
+    pub max_rooms_per_session: usize,
+    /// Chat messages kept per room (the oldest is dropped first).
+    #[arg(long, env = "CLIENTMQ_MAX_CHAT_HISTORY", default_value_t = 100)]
+    pub max_chat_history: usize,
+    /// Bytes of one chat message's text; longer ones get status `too-large`.
+    #[arg(long, env = "CLIENTMQ_MAX_CHAT_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_chat_message_bytes: usize,
 }
 
 /// Receives every gateway trace event as it happens (the simulator records them; production
@@ -116,13 +154,44 @@ pub enum ArgsError {
     Gateway(#[from] clientmq_core::ConfigError),
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("--{0} must be zero or a positive number of seconds")]
+    NonNegativeSeconds(&'static str),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
 }
 
 fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
     Duration::try_from_secs_f64(value).ok().filter(|d| !d.is_zero()).ok_or(ArgsError::Seconds(name))
 }
 
+fn non_negative_secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
+    Duration::try_from_secs_f64(value).map_err(|_| ArgsError::NonNegativeSeconds(name))
+}
+
+fn positive(name: &'static str, value: usize) -> Result<usize, ArgsError> {
+    if value == 0 { Err(ArgsError::Zero(name)) } else { Ok(value) }
+}
+
 impl Args {
+    /// Settings of the embedded backend. Reads `--tokens-file`; `wall_clock_start_ms` is left
+    /// at 0 for the caller to set from the system clock.
+    pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
+        let tokens =
+            TokenPolicy::from_sources(self.dev_accept_any_token, &self.tokens, self.tokens_file.as_deref())?;
+        Ok(ChatConfig {
+            tokens,
+            session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,
+            room_idle: non_negative_secs("room-idle-secs", self.room_idle_secs)?,
+            max_sessions: positive("max-sessions", self.max_sessions)?,
+            max_rooms: positive("max-rooms", self.max_rooms)?,
+            max_members_per_room: positive("max-room-members", self.max_room_members)?,
+            max_rooms_per_session: positive("max-rooms-per-session", self.max_rooms_per_session)?,
+            max_history: self.max_chat_history,
+            max_message_bytes: positive("max-chat-message-bytes", self.max_chat_message_bytes)?,
+            ..ChatConfig::default()
+        })
+    }
+
     pub fn server_config(&self) -> Result<ServerConfig, ArgsError> {
         let gateway = clientmq_core::Config {
             max_connections: self.max_connections,

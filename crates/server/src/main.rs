@@ -2,20 +2,25 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use clientmq_server::{Args, EchoBackend, LogFormat, serve};
+use clientmq_server::{Args, EmbeddedBackend, LogFormat, serve};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match args.server_config() {
-        Ok(config) => config,
+    let configs = args.server_config().and_then(|server| Ok((server, args.chat_config()?)));
+    let (config, mut chat) = match configs {
+        Ok(configs) => configs,
         Err(e) => {
             eprintln!("clientmq-server: {e}");
             return ExitCode::from(2);
         }
     };
+    // Read once here: the backend derives every later wire timestamp from tokio's clock.
+    chat.wall_clock_start_ms =
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     let filter = EnvFilter::try_from_env("CLIENTMQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     match args.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -31,7 +36,8 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
-        let left = serve(listener, config, Arc::new(EchoBackend), shutdown_signal()).await;
+        let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
+        let left = serve(listener, config, backend, shutdown_signal()).await;
         tracing::info!(left, "drained; exiting");
         ExitCode::SUCCESS
     })

@@ -1,0 +1,196 @@
+//! The embedded backend: sessions (`pcast.Authenticate`, `pcast.Bye`) and chat rooms (`chat.*`)
+//! in memory, so the binary is useful on its own. The logic is the synchronous [`ChatState`];
+//! [`EmbeddedBackend`] puts it behind the [`Backend`] trait, hands its events to the gateway in
+//! the order they were produced, and runs its timers on `tokio::time` (virtual under simulation).
+//!
+//! Membership lives here; the gateway's subscription tables follow it through the replies the
+//! gateway reads (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`). A session keeps its
+//! rooms through a reconnect within its grace period; the SDK then re-sends JoinRoom (option
+//! `reenter`) on its new connection, which subscribes that connection again.
+
+mod config;
+mod rooms;
+mod state;
+mod wire;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use clientmq_core::proto::pcast;
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{Notify, mpsc};
+
+use crate::backend::Backend;
+use crate::shard::GatewayHandle;
+
+pub use config::{ChatConfig, TokenError, TokenPolicy};
+pub use state::{ChatInvariant, ChatState, ChatStats};
+pub use wire::{Delivery, reason, status};
+
+/// Mixed into the server seed so the backend's ids do not repeat the shards' connection ids.
+const SEED_SALT: u64 = 0x6368_6174;
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// The default backend of the binary. See the module doc.
+pub struct EmbeddedBackend {
+    state: Arc<Mutex<ChatState>>,
+    outlet: Arc<Outlet>,
+    /// Taken by [`Backend::attach`], which starts the task that forwards events to the gateway.
+    pending_receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    /// Wakes the timer task when the earliest deadline may have changed (or the backend is dropped).
+    timer: Arc<Notify>,
+}
+
+/// The bounded queue of events on their way to the gateway.
+struct Outlet {
+    queue: mpsc::Sender<Delivery>,
+    dropped: AtomicU64,
+}
+
+impl Outlet {
+    /// Called under the state lock, so the queue holds events in the order they happened.
+    fn push(&self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries {
+            if let Err(mpsc::error::TrySendError::Full(d)) = self.queue.try_send(delivery) {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(event_type = d.event_type, "delivery queue full; event dropped");
+            }
+        }
+    }
+}
+
+impl EmbeddedBackend {
+    /// A backend with no sessions or rooms. `seed` makes its ids reproducible (the simulator's and
+    /// tests' case); without it they come from the OS.
+    pub fn new(config: ChatConfig, seed: Option<u64>) -> Self {
+        match &config.tokens {
+            TokenPolicy::AcceptAny => tracing::warn!(
+                "DEVELOPMENT MODE: any non-empty authentication token is accepted (--dev-accept-any-token); \
+                 do not use in production"
+            ),
+            TokenPolicy::Accept(tokens) => {
+                tracing::info!(tokens = tokens.len(), "accepting configured tokens")
+            }
+            TokenPolicy::DenyAll => tracing::warn!(
+                "no authentication tokens configured: every pcast.Authenticate will be refused; \
+                 pass --tokens, --tokens-file, or --dev-accept-any-token for local development"
+            ),
+        }
+        let rng = match seed {
+            Some(seed) => StdRng::seed_from_u64(seed ^ SEED_SALT),
+            None => rand::make_rng(),
+        };
+        let (queue, receiver) = mpsc::channel(config.delivery_queue.max(1));
+        EmbeddedBackend {
+            state: Arc::new(Mutex::new(ChatState::new(config, rng, now()))),
+            outlet: Arc::new(Outlet { queue, dropped: AtomicU64::new(0) }),
+            pending_receiver: Mutex::new(Some(receiver)),
+            timer: Arc::new(Notify::new()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ChatState> {
+        // A panic mid-request is a bug, but must not take every later request down with it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the state, queues the events it produced (still under the lock, so their
+    /// order is the order of the changes) and wakes the timer if its next deadline moved.
+    fn with_state<T>(&self, f: impl FnOnce(&mut ChatState) -> T) -> T {
+        let mut state = self.lock();
+        let before = state.next_deadline();
+        let out = f(&mut state);
+        self.outlet.push(state.take_deliveries());
+        if state.next_deadline() != before {
+            self.timer.notify_one();
+        }
+        out
+    }
+
+    pub fn stats(&self) -> ChatStats {
+        self.lock().stats()
+    }
+
+    /// Events dropped because the queue to the gateway was full.
+    pub fn dropped_deliveries(&self) -> u64 {
+        self.outlet.dropped.load(Ordering::Relaxed)
+    }
+
+    pub fn check_invariants(&self) -> Result<(), ChatInvariant> {
+        self.lock().check_invariants()
+    }
+
+    /// Session ids of a room's members, in order.
+    pub fn members(&self, room_id: &str) -> Vec<String> {
+        self.lock().members(room_id)
+    }
+}
+
+impl Drop for EmbeddedBackend {
+    fn drop(&mut self) {
+        // Lets the timer task see the state is gone and end.
+        self.timer.notify_one();
+    }
+}
+
+impl Backend for EmbeddedBackend {
+    fn attach(&self, gateway: GatewayHandle) {
+        let receiver = self.pending_receiver.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(mut receiver) = receiver else {
+            tracing::error!("the embedded backend serves one gateway; second attach ignored");
+            return;
+        };
+        tokio::spawn(async move {
+            while let Some(d) = receiver.recv().await {
+                gateway.deliver(d.target, d.event_type, d.payload).await;
+            }
+        });
+        let state = Arc::downgrade(&self.state);
+        let timer = self.timer.clone();
+        tokio::spawn(run_timers(state, timer, self.outlet.clone()));
+    }
+
+    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+        Ok(self.with_state(|s| s.handle(req.conn, &req.request_type, &req.payload, now())))
+    }
+
+    fn disconnected(&self, event: pcast::ConnectionDisconnected) {
+        match event.connection_id.parse::<ConnectionId>() {
+            Ok(conn) => self.with_state(|s| s.disconnected(conn, now())),
+            Err(_) => tracing::warn!(id = %event.connection_id, "disconnect of a malformed connection id"),
+        }
+    }
+}
+
+/// Fires the state's deadlines (session grace periods, idle rooms) on `tokio::time`.
+async fn run_timers(state: Weak<Mutex<ChatState>>, timer: Arc<Notify>, outlet: Arc<Outlet>) {
+    loop {
+        let next = match state.upgrade() {
+            Some(s) => s.lock().unwrap_or_else(PoisonError::into_inner).next_deadline(),
+            None => return,
+        };
+        tokio::select! {
+            () = timer.notified() => {}
+            () = sleep_until(next) => {}
+        }
+        let Some(state) = state.upgrade() else { return };
+        let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.expire(now());
+        outlet.push(s.take_deliveries());
+    }
+}
+
+async fn sleep_until(deadline: Option<std::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests;

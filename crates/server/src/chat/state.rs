@@ -1,0 +1,399 @@
+//! The embedded backend as a synchronous state machine: sessions, connections, rooms, and the
+//! timers that end detached sessions and forget idle rooms. No I/O, no clock: callers pass `now`,
+//! and drain the events it produced with [`ChatState::take_deliveries`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Instant;
+
+use clientmq_core::proto::{chat, pcast};
+use clientmq_core::{ConnectionId, Reply};
+use prost::Message;
+use rand::rngs::StdRng;
+
+use super::config::ChatConfig;
+use super::wire::{self, Delivery, Limits, reason, status};
+
+/// Connection ids remembered after they end, so a request that raced past its connection's end
+/// cannot bind a session to a connection that is already gone.
+const ENDED_MEMORY: usize = 4096;
+const SESSION_ID_LEN: usize = 32;
+pub(super) const ROOM_ID_LEN: usize = 24;
+
+#[derive(Debug)]
+pub(super) struct Session {
+    /// The connection it is attached to; `None` while in its grace period.
+    pub conn: Option<ConnectionId>,
+    pub rooms: BTreeSet<String>,
+    /// When it ends unless a connection resumes it.
+    pub expires: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub(super) struct Room {
+    /// `room_id` is always set.
+    pub info: chat::Room,
+    pub members: BTreeMap<String, chat::Member>,
+    pub history: VecDeque<chat::ChatMessage>,
+    /// When it is forgotten if still empty.
+    pub idle_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Deadline {
+    Session(String),
+    Room(String),
+}
+
+/// Counts of what the backend holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChatStats {
+    pub sessions: usize,
+    /// Sessions in their grace period, without a connection.
+    pub detached: usize,
+    /// Connections bound to a session.
+    pub connections: usize,
+    pub rooms: usize,
+    /// Memberships over all rooms.
+    pub members: usize,
+    pub messages: usize,
+}
+
+/// A broken internal invariant, found by [`ChatState::check_invariants`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChatInvariant {
+    #[error("connection {0} and its session disagree")]
+    Binding(ConnectionId),
+    #[error("session {session} and room {room} disagree on membership")]
+    Membership { session: String, room: String },
+    #[error("alias {0} and its room disagree")]
+    Alias(String),
+    #[error("timers disagree with sessions and rooms")]
+    Timers,
+    #[error("a bound is exceeded: {0}")]
+    Bound(&'static str),
+}
+
+/// Sessions and chat rooms in memory. See the module doc.
+pub struct ChatState {
+    pub(super) config: ChatConfig,
+    pub(super) limits: Limits,
+    pub(super) rng: StdRng,
+    epoch: Instant,
+    pub(super) now: Instant,
+    pub(super) sessions: BTreeMap<String, Session>,
+    pub(super) conns: BTreeMap<ConnectionId, String>,
+    ended: VecDeque<ConnectionId>,
+    ended_set: BTreeSet<ConnectionId>,
+    pub(super) rooms: BTreeMap<String, Room>,
+    pub(super) aliases: BTreeMap<String, String>,
+    pub(super) deadlines: BTreeSet<(Instant, Deadline)>,
+    pub(super) outbox: Vec<Delivery>,
+    pub(super) next_message: u64,
+}
+
+/// Decodes a request, calls `f` with it, and encodes its answer as `<type>Response`.
+fn respond<Req: Message + Default, Resp: Message>(
+    request_type: &str,
+    payload: &[u8],
+    f: impl FnOnce(Req) -> Resp,
+) -> Reply {
+    match Req::decode(payload) {
+        Ok(req) => wire::reply(request_type, &f(req)),
+        Err(_) => wire::error(reason::MALFORMED),
+    }
+}
+
+impl ChatState {
+    /// An empty backend; `now` is its time zero (for wire timestamps).
+    pub fn new(config: ChatConfig, rng: StdRng, now: Instant) -> Self {
+        let limits = Limits { field_bytes: config.max_field_bytes, list_len: config.max_list_len };
+        ChatState {
+            config,
+            limits,
+            rng,
+            epoch: now,
+            now,
+            sessions: BTreeMap::new(),
+            conns: BTreeMap::new(),
+            ended: VecDeque::new(),
+            ended_set: BTreeSet::new(),
+            rooms: BTreeMap::new(),
+            aliases: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            outbox: Vec::new(),
+            next_message: 0,
+        }
+    }
+
+    pub fn config(&self) -> &ChatConfig {
+        &self.config
+    }
+
+    /// Time that goes backwards is ignored.
+    fn advance(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Milliseconds since the Unix epoch, from the configured start and elapsed time.
+    pub(super) fn now_ms(&self) -> u64 {
+        let elapsed = self.now.saturating_duration_since(self.epoch).as_millis();
+        self.config.wall_clock_start_ms.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
+    }
+
+    /// Answers one client request of connection `conn`.
+    pub fn handle(&mut self, conn: ConnectionId, request_type: &str, payload: &[u8], now: Instant) -> Reply {
+        self.advance(now);
+        if request_type == "pcast.Authenticate" {
+            return respond(request_type, payload, |auth| self.authenticate(conn, auth));
+        }
+        let Some(session) = self.conns.get(&conn).cloned() else {
+            return wire::error(reason::UNAUTHORIZED);
+        };
+        let s = session.as_str();
+        match request_type {
+            "pcast.Bye" => respond(request_type, payload, |_: pcast::Bye| self.bye(s)),
+            "chat.CreateRoom" => respond(request_type, payload, |r| self.create_room(s, r)),
+            "chat.GetRoomInfo" => respond(request_type, payload, |r| self.get_room_info(r)),
+            "chat.JoinRoom" => respond(request_type, payload, |r| self.join_room(s, r)),
+            "chat.LeaveRoom" => respond(request_type, payload, |r| self.leave_room(s, r)),
+            "chat.UpdateMember" => respond(request_type, payload, |r| self.update_member(s, r)),
+            "chat.UpdateRoom" => respond(request_type, payload, |r| self.update_room(s, r)),
+            "chat.SendMessageToRoom" => respond(request_type, payload, |r| self.send_message(s, r)),
+            "chat.FetchRoomConversation" => respond(request_type, payload, |r| self.fetch_conversation(s, r)),
+            _ => wire::error(reason::UNSUPPORTED),
+        }
+    }
+
+    /// The events produced since the last call, in order.
+    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+        std::mem::take(&mut self.outbox)
+    }
+
+    fn authenticate(&mut self, conn: ConnectionId, auth: pcast::Authenticate) -> pcast::AuthenticateResponse {
+        let refuse =
+            |status: &str| pcast::AuthenticateResponse { status: status.to_owned(), ..Default::default() };
+        // A request that raced past its connection's end must not bind anything to it.
+        if self.ended_set.contains(&conn) || !self.config.tokens.accepts(&auth.authentication_token) {
+            return refuse(status::UNAUTHORIZED);
+        }
+        let resumed = auth.session_id.filter(|id| self.sessions.contains_key(id));
+        let id = match resumed {
+            Some(id) => id,
+            None if self.sessions.len() >= self.config.max_sessions => return refuse(status::CAPACITY),
+            None => {
+                let id = loop {
+                    let id = wire::random_id(&mut self.rng, SESSION_ID_LEN);
+                    if !self.sessions.contains_key(&id) {
+                        break id;
+                    }
+                };
+                let session = Session { conn: None, rooms: BTreeSet::new(), expires: None };
+                self.sessions.insert(id.clone(), session);
+                id
+            }
+        };
+        self.bind(conn, &id);
+        pcast::AuthenticateResponse {
+            status: status::OK.to_owned(),
+            session_id: Some(id),
+            redirect: None,
+            roles: Vec::new(),
+        }
+    }
+
+    /// Attaches `conn` to session `id`. A connection holds one session and a session one
+    /// connection: the newest wins, and what it replaced is detached (or just unbound).
+    fn bind(&mut self, conn: ConnectionId, id: &str) {
+        if let Some(old) = self.conns.get(&conn).cloned()
+            && old != id
+        {
+            self.conns.remove(&conn);
+            self.detach(&old);
+        }
+        let session = self.sessions.get_mut(id).expect("caller checked");
+        if let Some(previous) = session.conn.replace(conn)
+            && previous != conn
+        {
+            // Taken over, typically by a reconnect the server noticed before the old socket's end.
+            self.conns.remove(&previous);
+        }
+        if let Some(at) = session.expires.take() {
+            self.deadlines.remove(&(at, Deadline::Session(id.to_owned())));
+        }
+        self.conns.insert(conn, id.to_owned());
+    }
+
+    /// Starts the grace period of a session that lost its connection.
+    fn detach(&mut self, id: &str) {
+        let expires = self.now + self.config.session_grace;
+        if let Some(session) = self.sessions.get_mut(id) {
+            session.conn = None;
+            if session.expires.is_none() {
+                session.expires = Some(expires);
+                self.deadlines.insert((expires, Deadline::Session(id.to_owned())));
+            }
+        }
+    }
+
+    fn bye(&mut self, session: &str) -> pcast::ByeResponse {
+        self.end_session(session);
+        pcast::ByeResponse { status: status::OK.to_owned() }
+    }
+
+    /// Ends a session: its member leaves every room (the others get MemberLeft) and its
+    /// connection, if any, is unbound (later requests on it are unauthorized).
+    fn end_session(&mut self, id: &str) {
+        let Some(session) = self.sessions.remove(id) else { return };
+        if let Some(at) = session.expires {
+            self.deadlines.remove(&(at, Deadline::Session(id.to_owned())));
+        }
+        if let Some(conn) = session.conn {
+            self.conns.remove(&conn);
+        }
+        for room in &session.rooms {
+            self.remove_member(id, room);
+        }
+    }
+
+    /// A connection ended (`pcast.ConnectionDisconnected`): its session's grace period starts.
+    pub fn disconnected(&mut self, conn: ConnectionId, now: Instant) {
+        self.advance(now);
+        if self.ended_set.insert(conn) {
+            self.ended.push_back(conn);
+            if self.ended.len() > ENDED_MEMORY
+                && let Some(old) = self.ended.pop_front()
+            {
+                self.ended_set.remove(&old);
+            }
+        }
+        if let Some(id) = self.conns.remove(&conn) {
+            self.detach(&id);
+        }
+    }
+
+    /// When [`ChatState::expire`] has work next.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines.first().map(|(at, _)| *at)
+    }
+
+    /// Ends the sessions whose grace period is over and forgets rooms idle for too long.
+    pub fn expire(&mut self, now: Instant) {
+        self.advance(now);
+        while let Some((at, _)) = self.deadlines.first()
+            && *at <= self.now
+        {
+            let (_, deadline) = self.deadlines.pop_first().expect("just seen");
+            match deadline {
+                Deadline::Session(id) => {
+                    tracing::debug!(session = %id, "session grace period over");
+                    self.end_session(&id);
+                }
+                Deadline::Room(id) => {
+                    if let Some(room) = self.rooms.remove(&id) {
+                        debug_assert!(room.members.is_empty());
+                        if let Some(alias) = room.info.alias {
+                            self.aliases.remove(&alias);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn stats(&self) -> ChatStats {
+        ChatStats {
+            sessions: self.sessions.len(),
+            detached: self.sessions.values().filter(|s| s.conn.is_none()).count(),
+            connections: self.conns.len(),
+            rooms: self.rooms.len(),
+            members: self.rooms.values().map(|r| r.members.len()).sum(),
+            messages: self.rooms.values().map(|r| r.history.len()).sum(),
+        }
+    }
+
+    /// The session a connection is bound to.
+    pub fn session_of(&self, conn: &ConnectionId) -> Option<&str> {
+        self.conns.get(conn).map(String::as_str)
+    }
+
+    /// Session ids of a room's members, in order.
+    pub fn members(&self, room_id: &str) -> Vec<String> {
+        self.rooms.get(room_id).map(|r| r.members.keys().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Checks that sessions, connections, rooms, aliases and timers agree and bounds hold.
+    pub fn check_invariants(&self) -> Result<(), ChatInvariant> {
+        for (conn, id) in &self.conns {
+            if self.sessions.get(id).is_none_or(|s| s.conn != Some(*conn)) {
+                return Err(ChatInvariant::Binding(*conn));
+            }
+        }
+        let mut timers = 0;
+        for (id, s) in &self.sessions {
+            if let Some(conn) = s.conn
+                && self.conns.get(&conn) != Some(id)
+            {
+                return Err(ChatInvariant::Binding(conn));
+            }
+            if s.conn.is_some() == s.expires.is_some() {
+                return Err(ChatInvariant::Timers);
+            }
+            if let Some(at) = s.expires {
+                timers += 1;
+                if !self.deadlines.contains(&(at, Deadline::Session(id.clone()))) {
+                    return Err(ChatInvariant::Timers);
+                }
+            }
+            if s.rooms.len() > self.config.max_rooms_per_session {
+                return Err(ChatInvariant::Bound("rooms per session"));
+            }
+            for room in &s.rooms {
+                if self.rooms.get(room).is_none_or(|r| !r.members.contains_key(id)) {
+                    return Err(ChatInvariant::Membership { session: id.clone(), room: room.clone() });
+                }
+            }
+        }
+        for (id, room) in &self.rooms {
+            for member in room.members.keys() {
+                if self.sessions.get(member).is_none_or(|s| !s.rooms.contains(id)) {
+                    return Err(ChatInvariant::Membership { session: member.clone(), room: id.clone() });
+                }
+            }
+            if room.members.is_empty() != room.idle_until.is_some() {
+                return Err(ChatInvariant::Timers);
+            }
+            if let Some(at) = room.idle_until {
+                timers += 1;
+                if !self.deadlines.contains(&(at, Deadline::Room(id.clone()))) {
+                    return Err(ChatInvariant::Timers);
+                }
+            }
+            if let Some(alias) = &room.info.alias
+                && self.aliases.get(alias) != Some(id)
+            {
+                return Err(ChatInvariant::Alias(alias.clone()));
+            }
+            if room.members.len() > self.config.max_members_per_room {
+                return Err(ChatInvariant::Bound("members per room"));
+            }
+            if room.history.len() > self.config.max_history {
+                return Err(ChatInvariant::Bound("history"));
+            }
+        }
+        for (alias, id) in &self.aliases {
+            if self.rooms.get(id).is_none_or(|r| r.info.alias.as_deref() != Some(alias)) {
+                return Err(ChatInvariant::Alias(alias.clone()));
+            }
+        }
+        if timers != self.deadlines.len() {
+            return Err(ChatInvariant::Timers);
+        }
+        if self.sessions.len() > self.config.max_sessions {
+            return Err(ChatInvariant::Bound("sessions"));
+        }
+        if self.rooms.len() > self.config.max_rooms {
+            return Err(ChatInvariant::Bound("rooms"));
+        }
+        Ok(())
+    }
+}
