@@ -108,8 +108,11 @@ where
 }
 
 fn lost(id: ConnectionId, error: &WsError, peer_closed: bool) -> Option<Input> {
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     let reason = match error {
         WsError::ConnectionClosed | WsError::AlreadyClosed if peer_closed => return None,
+        // tungstenite's name for a stream that ended without a close frame.
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => LostReason::Eof,
         WsError::Protocol(_) | WsError::Utf8(_) => LostReason::Protocol,
         _ => LostReason::Error,
     };

@@ -299,7 +299,7 @@ impl Server {
         let (tx, rx) = mpsc::channel(self.inner.config.outbound_queue);
         let abort = Arc::new(Notify::new());
         let (reply, admission) = oneshot::channel();
-        let conn = ConnHandle { tx, abort: abort.clone(), permit };
+        let conn = ConnHandle { tx, abort: abort.clone(), overflowed: false, permit };
         if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
             return;
         }

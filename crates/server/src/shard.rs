@@ -33,6 +33,8 @@ pub struct ConnHandle {
     pub tx: mpsc::Sender<ToConn>,
     /// Abort skips the queue: it must get through even when the queue is full.
     pub abort: Arc<Notify>,
+    /// Its queue overflowed once: the core is closing it, later frames are dropped unsent.
+    pub overflowed: bool,
     /// With several shards, the global admission permit. Held here, it is released exactly
     /// when the core ends the connection and the shard forgets this handle.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -246,11 +248,17 @@ impl<B: Backend> Shard<B> {
     }
 
     fn send(&mut self, conn: ConnectionId, msg: ToConn) {
-        let Some(handle) = self.conns.get(&conn) else { return };
+        let Some(handle) = self.conns.get_mut(&conn) else { return };
+        if handle.overflowed {
+            return;
+        }
         match handle.tx.try_send(msg) {
             Ok(()) => {}
             // A slow consumer: the core closes it with 3335, bounded by the close timeout.
-            Err(mpsc::error::TrySendError::Full(_)) => self.gw.handle(Input::SendFailed { conn }, now()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                handle.overflowed = true;
+                self.gw.handle(Input::SendFailed { conn }, now());
+            }
             // The task is gone; it reports its own end.
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }

@@ -171,7 +171,21 @@ impl Checker {
                             );
                         }
                     }
-                    EventKind::Rejected { .. } => self.rejected += 1,
+                    EventKind::Rejected { code, open } => {
+                        self.rejected += 1;
+                        // One shard admits exactly: a limit refusal means the registry was full.
+                        if *code == clientmq_core::close::CONCURRENCY_LIMIT.code
+                            && *open < self.limits.max_connections
+                        {
+                            return fail(
+                                id,
+                                format!(
+                                    "refused with 1013 while only {open} of {} were open",
+                                    self.limits.max_connections
+                                ),
+                            );
+                        }
+                    }
                     EventKind::Disconnected { path, code, open } => {
                         let Some(id) = id else { return fail(None, "disconnected without an id".into()) };
                         if self.ended.contains(&id) {

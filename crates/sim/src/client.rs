@@ -39,6 +39,8 @@ enum Pump {
 
 struct Client {
     name: String,
+    /// From this moment on, pings go unanswered.
+    mute_at: Option<Instant>,
     trace: Trace,
     stream: TcpStream,
     manners: Manners,
@@ -50,6 +52,17 @@ struct Client {
 /// Runs one client of `group` to the end of its script.
 pub async fn run(group: ClientGroup, index: usize, trace: Trace) {
     let name = format!("{}-{index}", group.name);
+    let mute_at = group.mute_after_secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
+    MUTE_AT.scope(mute_at, behave(&name, &group, &trace)).await
+}
+
+tokio::task_local! {
+    /// When the running client goes mute (set per client task by [`run`]).
+    static MUTE_AT: Option<Instant>;
+}
+
+async fn behave(name: &str, group: &ClientGroup, trace: &Trace) {
+    let (name, group, trace) = (name, group.clone(), trace.clone());
     match group.behaviour {
         Behaviour::Polite => polite(&name, &group, &trace).await,
         Behaviour::IgnoreClose => {
@@ -93,6 +106,7 @@ impl Client {
         let encoding = Encoding::Base64Text;
         Some(Client {
             name: name.to_owned(),
+            mute_at: MUTE_AT.try_with(|m| *m).ok().flatten(),
             trace: trace.clone(),
             stream,
             manners,
@@ -157,7 +171,7 @@ impl Client {
 
     async fn on_frame(&mut self, frame: RawFrame, wait_for: Option<&str>) -> Option<Pump> {
         match frame.opcode {
-            rawws::PING if self.manners.answer_pings => {
+            rawws::PING if self.manners.answer_pings && self.mute_at.is_none_or(|at| Instant::now() < at) => {
                 let _ = rawws::write_frame(&mut self.stream, rawws::PONG, &frame.payload).await;
             }
             rawws::CLOSE => {

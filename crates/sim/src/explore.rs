@@ -27,6 +27,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
                 spread_secs: rng.random_range(0.0..5.0),
                 requests: rng.random_range(0..4),
                 stay_secs: rng.random_range(1.0..40.0),
+                mute_after_secs: rng.random_bool(0.2).then(|| rng.random_range(0.0..30.0_f64).round()),
             });
         }
     }
@@ -39,6 +40,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
             spread_secs: 1.0,
             requests: 2,
             stay_secs: 10.0,
+            mute_after_secs: None,
         });
     }
     let mut timeline = Vec::new();
@@ -67,6 +69,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
         seed,
         duration_secs: 90.0,
         tick_ms: 10,
+        tcp_capacity: 64,
         snapshot: SnapshotMode::Full,
         server: ServerSettings {
             max_connections: Some(rng.random_range(5..30)),

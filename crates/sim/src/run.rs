@@ -150,7 +150,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
         .tick_duration(tick)
         .rng_seed(scenario.seed)
         .epoch(UNIX_EPOCH)
-        .tcp_capacity(64)
+        .tcp_capacity(scenario.tcp_capacity)
         .build();
 
     let backend = SimBackend::new(EchoBackend, scenario.backend);
@@ -175,21 +175,25 @@ pub fn run(scenario: &Scenario) -> Outcome {
     }
     for group in &scenario.clients {
         let (group, trace) = (group.clone(), trace.clone());
-        sim.client(group.name.clone(), async move {
-            let start = tokio::time::Instant::now();
-            let mut tasks = Vec::new();
-            for i in 0..group.count {
-                let offset = group.start_secs + group.spread_secs * i as f64 / group.count.max(1) as f64;
-                let (group, trace) = (group.clone(), trace.clone());
-                tasks.push(tokio::spawn(async move {
-                    tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
-                    client::run(group, i, trace).await;
-                }));
+        // A host, not a turmoil client, so that a timeline can crash it.
+        sim.host(group.name.clone(), move || {
+            let (group, trace) = (group.clone(), trace.clone());
+            async move {
+                let start = tokio::time::Instant::now();
+                let mut tasks = Vec::new();
+                for i in 0..group.count {
+                    let offset = group.start_secs + group.spread_secs * i as f64 / group.count.max(1) as f64;
+                    let (group, trace) = (group.clone(), trace.clone());
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
+                        client::run(group, i, trace).await;
+                    }));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+                Ok(())
             }
-            for t in tasks {
-                let _ = t.await;
-            }
-            Ok(())
         });
     }
     let control: Vec<_> = scenario.timeline.iter().filter(|s| !host_of(&s.action)).cloned().collect();
@@ -197,11 +201,16 @@ pub fn run(scenario: &Scenario) -> Outcome {
         let (trace, current) = (trace.clone(), current.clone());
         sim.client("control", async move {
             let start = tokio::time::Instant::now();
+            let mut spawned = Vec::new();
             for step in control {
                 tokio::time::sleep_until(start + Duration::from_secs_f64(step.at_secs)).await;
                 let server = current.lock().expect("server cell").clone();
                 let Some(server) = server else { continue };
-                act(&step.action, &server, &mode, &trace).await;
+                spawned.extend(act(&step.action, &server, &mode, &trace).await);
+            }
+            // The host's tasks end with it: wait for the server requests still in flight.
+            for task in spawned {
+                let _ = task.await;
             }
             Ok(())
         });
@@ -301,7 +310,14 @@ fn fault(sim: &mut turmoil::Sim<'_>, action: &Action) -> String {
     }
 }
 
-async fn act(action: &Action, server: &Server, mode: &Arc<Mutex<BackendMode>>, trace: &Trace) {
+/// Carries out a control action; returns the tasks it left running.
+async fn act(
+    action: &Action,
+    server: &Server,
+    mode: &Arc<Mutex<BackendMode>>,
+    trace: &Trace,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut spawned = Vec::new();
     match action {
         Action::Drain => {
             trace.push(Record::sim(trace::now(), "drain"));
@@ -316,14 +332,14 @@ async fn act(action: &Action, server: &Server, mode: &Arc<Mutex<BackendMode>>, t
             trace.push(Record::sim(trace::now(), format!("server-request to {} connections", ids.len())));
             for id in ids {
                 let (handle, trace) = (server.handle().clone(), trace.clone());
-                tokio::spawn(async move {
+                spawned.push(tokio::spawn(async move {
                     let result = handle.server_request(id, "pcast.SendRequestToClient", Vec::new()).await;
                     let what = match result {
                         Ok(reply) => format!("server-request answered type={}", reply.reply_type),
                         Err(e) => format!("server-request failed {}", e.label()),
                     };
                     trace.push(Record::sim(trace::now(), format!("{id} {what}")));
-                });
+                }));
             }
         }
         Action::Deliver { count, bytes } => {
@@ -341,6 +357,7 @@ async fn act(action: &Action, server: &Server, mode: &Arc<Mutex<BackendMode>>, t
         }
         _ => {}
     }
+    spawned
 }
 
 fn expectations(scenario: &Scenario, end: &EndState, records: &[Record]) -> Vec<String> {

@@ -19,6 +19,9 @@ pub struct Scenario {
     /// Simulated time per step, in milliseconds.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// turmoil's TCP capacity in segments: per-socket buffers and the listen backlog.
+    #[serde(default = "default_tcp_capacity")]
+    pub tcp_capacity: usize,
     /// What the snapshot holds: every trace line, or a timeline of counts (for huge scenarios).
     #[serde(default)]
     pub snapshot: SnapshotMode,
@@ -37,6 +40,10 @@ pub struct Scenario {
 
 fn default_tick_ms() -> u64 {
     10
+}
+
+fn default_tcp_capacity() -> usize {
+    64
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +89,9 @@ pub struct ClientGroup {
     /// Seconds a client stays before it leaves (polite, flood).
     #[serde(default = "default_stay")]
     pub stay_secs: f64,
+    /// Seconds after its start at which a client stops answering pings (a frozen app).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mute_after_secs: Option<f64>,
 }
 
 fn default_requests() -> usize {
