@@ -136,10 +136,12 @@ async fn drain(mut server: Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_phenix_web_sdk_works_against_the_server() {
     if std::env::var("CLIENTMQ_SKIP_INTEROP").is_ok_and(|v| v == "1") {
-        eprintln!(
-            "\n{0}\n!!! CLIENTMQ_SKIP_INTEROP=1: the Phenix web SDK interop test was SKIPPED !!!\n{0}\n",
-            "!".repeat(72)
+        // Straight to stderr: libtest captures eprintln!, and this must not go unnoticed.
+        let bar = "!".repeat(72);
+        let banner = format!(
+            "\n{bar}\n!!! CLIENTMQ_SKIP_INTEROP=1: the Phenix web SDK interop test was SKIPPED !!!\n{bar}\n"
         );
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), banner.as_bytes());
         return;
     }
     let Some(node) = tool_version("node").await else {

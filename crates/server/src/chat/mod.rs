@@ -174,7 +174,9 @@ async fn run_timers(state: Weak<Mutex<ChatState>>, timer: Arc<Notify>, outlet: A
             Some(s) => s.lock().unwrap_or_else(PoisonError::into_inner).next_deadline(),
             None => return,
         };
+        // Biased: a fixed branch order keeps simulated runs reproducible.
         tokio::select! {
+            biased;
             () = timer.notified() => {}
             () = sleep_until(next) => {}
         }
