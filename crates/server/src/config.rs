@@ -158,6 +158,8 @@ pub enum ArgsError {
     NonNegativeSeconds(&'static str),
     #[error(transparent)]
     Tokens(#[from] TokenError),
+    #[error("--max-rooms-per-session must be at most {0}: each room takes two gateway subscriptions")]
+    RoomsPerSession(usize),
 }
 
 fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
@@ -178,6 +180,11 @@ impl Args {
     pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
         let tokens =
             TokenPolicy::from_sources(self.dev_accept_any_token, &self.tokens, self.tokens_file.as_deref())?;
+        // Every membership must fit the connection's subscription table (room + conversation).
+        let most = clientmq_core::Config::default().max_subscriptions / 2;
+        if self.max_rooms_per_session > most {
+            return Err(ArgsError::RoomsPerSession(most));
+        }
         Ok(ChatConfig {
             tokens,
             session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,

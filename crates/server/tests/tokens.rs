@@ -104,10 +104,11 @@ async fn dev_mode_list_file_and_none() {
 
 #[tokio::test]
 async fn token_settings_that_cannot_work_are_refused() {
-    let cases: [&[&str]; 3] = [
+    let cases: [&[&str]; 4] = [
         &["--dev-accept-any-token", "--tokens", "a"],
         &["--tokens-file", "/nonexistent/clientmq-tokens"],
         &["--max-sessions", "0"],
+        &["--max-rooms-per-session", "1000"],
     ];
     for args in cases {
         let out = binary().args(args).output().await.unwrap();

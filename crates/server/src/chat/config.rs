@@ -81,7 +81,8 @@ pub struct ChatConfig {
     pub max_sessions: usize,
     pub max_rooms: usize,
     pub max_members_per_room: usize,
-    /// Rooms one session may be a member of at once.
+    /// Rooms one session may be a member of at once. Twice this (room and conversation) should
+    /// stay under the gateway's `max_subscriptions`, so that every membership is also subscribed.
     pub max_rooms_per_session: usize,
     /// Chat messages kept per room; the oldest is dropped first.
     pub max_history: usize,

@@ -256,12 +256,15 @@ impl ChatState {
             self.aliases.insert(alias.clone(), room_id.clone());
         }
         let info = &mut self.rooms.get_mut(&room_id).expect("found").info;
-        // Absent optional fields keep their value; an alias is only ever replaced, never cleared.
+        // Absent fields keep their value: an alias is only ever replaced, never cleared, and the
+        // SDK's UpdateRoom never carries options, so an empty list leaves them as they are.
         info.alias = new_alias.or(old_alias);
         info.name = new.name;
         info.description = new.description;
         info.r#type = new.r#type;
-        info.options = new.options;
+        if !new.options.is_empty() {
+            info.options = new.options;
+        }
         info.bridge_id = new.bridge_id.or(info.bridge_id.take());
         info.pin = new.pin.or(info.pin.take());
         self.emit_room_event(session, &room_id, RoomEventType::RoomUpdated, Vec::new());

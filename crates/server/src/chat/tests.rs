@@ -369,7 +369,10 @@ fn room_updates_reach_the_room_and_keep_aliases_unique() {
     let mut f = Fixture::new(config());
     let a = conn(1);
     f.login(a);
-    let id = f.create(a, Some("one")).room.unwrap().room_id.unwrap();
+    let with_options = chat::Room { options: vec!["opt".into()], ..room("r", Some("one")) };
+    let created: chat::CreateRoomResponse =
+        f.call(a, "chat.CreateRoom", chat::CreateRoom { session_id: String::new(), room: with_options });
+    let id = created.room.unwrap().room_id.unwrap();
     f.create(a, Some("two"));
     let update = |alias: &str, name: &str| chat::UpdateRoom {
         session_id: String::new(),
@@ -392,6 +395,7 @@ fn room_updates_reach_the_room_and_keep_aliases_unique() {
     assert_eq!(event.event_type, RoomEventType::RoomUpdated as i32);
     let info = event.room.unwrap();
     assert_eq!((info.name.as_str(), info.alias.as_deref()), ("new", Some("three")));
+    assert_eq!(info.options, ["opt"], "an update without options keeps them");
     let by_old = chat::GetRoomInfo { alias: Some("one".into()), ..Default::default() };
     assert_eq!(f.call::<chat::GetRoomInfoResponse>(a, "chat.GetRoomInfo", by_old).status, "not-found");
 }
