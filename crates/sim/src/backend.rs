@@ -18,7 +18,12 @@ pub struct SimBackend<B> {
 
 impl<B: Backend> SimBackend<B> {
     pub fn new(inner: B, mode: BackendMode) -> Self {
-        SimBackend { inner: Arc::new(inner), mode: Arc::new(Mutex::new(mode)) }
+        Self::sharing(inner, Arc::new(Mutex::new(mode)))
+    }
+
+    /// A backend whose mode is the shared `mode` (a restarted gateway keeps the timeline's mode).
+    pub fn sharing(inner: B, mode: Arc<Mutex<BackendMode>>) -> Self {
+        SimBackend { inner: Arc::new(inner), mode }
     }
 
     /// A handle that changes the mode of every clone.

@@ -316,24 +316,62 @@ async fn polite(name: &str, group: &ClientGroup, trace: &Trace) {
     if !c.authenticate().await {
         return;
     }
-    let join = chat::JoinRoom {
-        alias: Some("lobby".into()),
-        session_id: c.session_id.clone().unwrap_or_default(),
-        ..Default::default()
-    };
-    if c.call("chat.JoinRoom", join.encode_to_vec()).await.is_none() {
-        return;
-    }
+    let Some(room_id) = c.enter_lobby().await else { return };
     for i in 0..group.requests {
-        let message = chat::ChatMessage { message: format!("hello {i}"), ..Default::default() };
-        let send = chat::SendMessageToRoom { room_id: "lobby".into(), chat_message: message };
+        let message = chat::ChatMessage { message: format!("{name} says {i}"), ..Default::default() };
+        let send = chat::SendMessageToRoom { room_id: room_id.clone(), chat_message: message };
         if c.call("chat.SendMessageToRoom", send.encode_to_vec()).await.is_none() {
             return;
         }
     }
     match c.pump(Some(leave_at), None).await {
-        Pump::Deadline => c.close(1000).await,
-        other => c.ended(other),
+        Pump::Deadline => {}
+        other => return c.ended(other),
+    }
+    let leave =
+        chat::LeaveRoom { room_id, session_id: c.session_id.clone().unwrap_or_default(), timestamp: 0 };
+    if c.call("chat.LeaveRoom", leave.encode_to_vec()).await.is_some() {
+        c.close(1000).await;
+    }
+}
+
+impl Client {
+    /// Creates the room `lobby` (or finds it), joins it and subscribes to its conversation.
+    async fn enter_lobby(&mut self) -> Option<String> {
+        let session = self.session_id.clone().unwrap_or_default();
+        let room = chat::Room {
+            alias: Some("lobby".into()),
+            name: "lobby".into(),
+            r#type: chat::RoomType::MultiPartyChat as i32,
+            ..Default::default()
+        };
+        let create = chat::CreateRoom { session_id: session.clone(), room };
+        let reply = self.call("chat.CreateRoom", create.encode_to_vec()).await?;
+        let created = chat::CreateRoomResponse::decode(reply.payload.as_slice()).ok()?;
+        let room_id = created.room.and_then(|r| r.room_id)?;
+        let member = chat::Member {
+            session_id: session.clone(),
+            screen_name: self.name.clone(),
+            role: chat::MemberRole::Participant as i32,
+            state: chat::MemberState::Active as i32,
+            ..Default::default()
+        };
+        let join = chat::JoinRoom {
+            room_id: Some(room_id.clone()),
+            session_id: session.clone(),
+            member,
+            ..Default::default()
+        };
+        self.call("chat.JoinRoom", join.encode_to_vec()).await?;
+        let fetch = chat::FetchRoomConversation {
+            session_id: session,
+            room_id: room_id.clone(),
+            limit: 10,
+            options: vec![chat::RoomConversationOption::Subscribe as i32],
+            ..Default::default()
+        };
+        self.call("chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
+        Some(room_id)
     }
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
 
-use clientmq_server::{EchoBackend, Listener, Server, ServerConfig, TraceSink};
+use clientmq_server::chat::{ChatConfig, TokenPolicy};
+use clientmq_server::{EmbeddedBackend, Listener, Server, ServerConfig, TraceSink};
 
 use crate::backend::SimBackend;
 use crate::check::{Checker, Limits, Sample, Violation};
@@ -153,17 +154,21 @@ pub fn run(scenario: &Scenario) -> Outcome {
         .tcp_capacity(scenario.tcp_capacity)
         .build();
 
-    let backend = SimBackend::new(EchoBackend, scenario.backend);
-    let mode = backend.mode();
+    let mode = Arc::new(Mutex::new(scenario.backend));
     let current: Arc<Mutex<Option<Server>>> = Arc::default();
     let incarnation = Arc::new(AtomicU64::new(0));
     {
-        let (trace, current, scenario) = (trace.clone(), current.clone(), scenario.clone());
+        let (trace, current, scenario, mode) =
+            (trace.clone(), current.clone(), scenario.clone(), mode.clone());
         sim.host("gateway", move || {
             // Each restart gets its own seed, so connection ids never repeat across restarts.
             let n = incarnation.fetch_add(1, Ordering::Relaxed);
-            let config = server_config(&scenario, scenario.seed.wrapping_add(n * 7919), &trace);
-            let (backend, current) = (backend.clone(), current.clone());
+            let seed = scenario.seed.wrapping_add(n * 7919);
+            let config = server_config(&scenario, seed, &trace);
+            // A restarted process starts with an empty backend too.
+            let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, ..ChatConfig::default() };
+            let backend = SimBackend::sharing(EmbeddedBackend::new(chat, Some(seed)), mode.clone());
+            let current = current.clone();
             async move {
                 let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:8080").await?);
                 let server = Server::start(config, Arc::new(backend));

@@ -1,0 +1,30 @@
+# clientmq tasks. `just --list` shows them.
+
+# Run the server with the embedded backend in development mode.
+run *ARGS:
+    cargo run --release -p clientmq-server -- --dev-accept-any-token {{ARGS}}
+
+# Every test of the workspace, simulator and SDK interop included.
+test:
+    cargo test --workspace
+
+# Formatting and lints, as CI runs them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# List the failure scenarios.
+sim:
+    cargo run --release -p clientmq-sim -- list
+
+# Replay one scenario, writing its trace and plot next to it in target/.
+replay NAME *ARGS:
+    cargo run --release -p clientmq-sim -- replay {{NAME}} --trace target/{{NAME}}.trace --plot target/{{NAME}}.svg {{ARGS}}
+
+# Random fault schedules over a base scenario.
+explore SEEDS="50":
+    cargo run --release -p clientmq-sim -- explore --seeds {{SEEDS}}
+
+# Review changed trace snapshots (needs cargo-insta).
+review:
+    cargo insta test --review -p clientmq-sim
