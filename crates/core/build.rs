@@ -6,7 +6,5 @@ fn main() {
         println!("cargo:rerun-if-changed={proto}");
     }
     let fds = protox::compile(protos, ["proto"]).expect("MQ .proto files compile");
-    prost_build::Config::new()
-        .compile_fds(fds)
-        .expect("prost generates the MQ wire types");
+    prost_build::Config::new().compile_fds(fds).expect("prost generates the MQ wire types");
 }
