@@ -62,23 +62,20 @@ tokio::task_local! {
 }
 
 async fn behave(name: &str, group: &ClientGroup, trace: &Trace) {
-    let (name, group, trace) = (name, group.clone(), trace.clone());
     match group.behaviour {
-        Behaviour::Polite => polite(&name, &group, &trace).await,
+        Behaviour::Polite => polite(name, group, trace).await,
         Behaviour::IgnoreClose => {
-            stay(&name, &trace, Manners { answer_pings: true, answer_close: false }).await
+            stay(name, trace, Manners { answer_pings: true, answer_close: false }).await
         }
-        Behaviour::MutePongs => {
-            stay(&name, &trace, Manners { answer_pings: false, answer_close: true }).await
-        }
-        Behaviour::Vanish => stay(&name, &trace, POLITE).await,
-        Behaviour::Reset => reset(&name, &trace).await,
-        Behaviour::DoubleClose => double_close(&name, &trace).await,
-        Behaviour::Slowloris => slowloris(&name, &trace).await,
-        Behaviour::Garbage => garbage(&name, &trace).await,
-        Behaviour::Flood => flood(&name, &group, &trace).await,
-        Behaviour::SdkReconnect => sdk_reconnect(&name, &trace).await,
-        Behaviour::SlowReader => slow_reader(&name, &trace).await,
+        Behaviour::MutePongs => stay(name, trace, Manners { answer_pings: false, answer_close: true }).await,
+        Behaviour::Vanish => stay(name, trace, POLITE).await,
+        Behaviour::Reset => reset(name, trace).await,
+        Behaviour::DoubleClose => double_close(name, trace).await,
+        Behaviour::Slowloris => slowloris(name, trace).await,
+        Behaviour::Garbage => garbage(name, trace).await,
+        Behaviour::Flood => flood(name, group, trace).await,
+        Behaviour::SdkReconnect => sdk_reconnect(name, trace).await,
+        Behaviour::SlowReader => slow_reader(name, trace).await,
     }
 }
 
@@ -412,11 +409,13 @@ async fn slowloris(name: &str, trace: &Trace) {
 
 async fn garbage(name: &str, trace: &Trace) {
     let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
-    let junk: [(u8, &[u8]); 4] = [
+    let junk: [(u8, &[u8]); 5] = [
         (rawws::TEXT, b"!!not-base64!!"),
         (rawws::BINARY, &[0xff, 0xff, 0xff, 0x01]),
         (rawws::TEXT, b"CgJDMBoA"), // base64 of a message cut short
         (rawws::BINARY, &[]),
+        // A well-formed message of kind Event: clients may not send events.
+        (rawws::BINARY, &[0x1a, 0x01, 0x78, 0x2a, 0x00, 0x38, 0x02]),
     ];
     for (opcode, bytes) in junk {
         let _ = rawws::write_frame(&mut c.stream, opcode, bytes).await;
