@@ -147,6 +147,7 @@ pub enum Stray {
     SendFailed,
     ServerRequest,
     Delivery,
+    Subscription,
 }
 
 impl Stray {
@@ -158,6 +159,7 @@ impl Stray {
             Stray::SendFailed => "send-failed",
             Stray::ServerRequest => "server-request",
             Stray::Delivery => "delivery",
+            Stray::Subscription => "subscription",
         }
     }
 }

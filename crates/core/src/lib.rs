@@ -9,6 +9,7 @@ pub mod config;
 pub mod event;
 mod gateway;
 mod ids;
+mod invariants;
 pub mod proto;
 mod registry;
 mod requests;

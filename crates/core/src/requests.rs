@@ -377,6 +377,19 @@ impl Gateway {
         }
     }
 
+    /// The backend adds or removes a subscription itself (a resumed session, `pcast.Bye`, a
+    /// session taken over by another connection).
+    pub(crate) fn on_subscription(&mut self, id: ConnectionId, topic: Topic, room: String, subscribe: bool) {
+        if !self.registry.contains(&id) {
+            return self.stray(id, Stray::Subscription);
+        }
+        if subscribe {
+            self.subscribe(id, topic, room);
+        } else if self.registry.unsubscribe(&id, topic, &room) {
+            self.trace(Some(id), EventKind::Unsubscribed { topic, room });
+        }
+    }
+
     fn subscribe(&mut self, id: ConnectionId, topic: Topic, room: String) {
         match self.registry.subscribe(&id, topic, &room, self.config.max_subscriptions) {
             Subscribe::Added => self.trace(Some(id), EventKind::Subscribed { topic, room }),
@@ -441,9 +454,11 @@ impl Gateway {
                     EventKind::ServerRequestDone { request_id: format!("S{n}"), outcome: "ok" },
                 );
             }
+            // Pending, but on another connection: not this client's to answer.
+            Some(_) => self.drop_frame(id, DropReason::UnsolicitedResponse),
             // Numbers are issued in order: one below the counter was ours once, so it is late.
-            _ if n < self.next_server_request => self.drop_frame(id, DropReason::LateResponse),
-            _ => self.drop_frame(id, DropReason::UnsolicitedResponse),
+            None if n < self.next_server_request => self.drop_frame(id, DropReason::LateResponse),
+            None => self.drop_frame(id, DropReason::UnsolicitedResponse),
         }
     }
 

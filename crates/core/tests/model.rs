@@ -875,10 +875,12 @@ impl Harness {
                                         },
                                     }
                                 }
-                                _ if n < self.sr_numbers.len() as u64 => {
+                                // Pending on another connection: not this client's to answer.
+                                Some(_) => FrameExpect::Drop(DropReason::UnsolicitedResponse),
+                                None if n < self.sr_numbers.len() as u64 => {
                                     FrameExpect::Drop(DropReason::LateResponse)
                                 }
-                                _ => FrameExpect::Drop(DropReason::UnsolicitedResponse),
+                                None => FrameExpect::Drop(DropReason::UnsolicitedResponse),
                             }
                         }
                         2 => FrameExpect::Drop(DropReason::ClientEvent),

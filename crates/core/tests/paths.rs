@@ -637,3 +637,33 @@ fn disconnect_cleanup_subscriptions_removed_connection_disconnected_published() 
     assert_eq!(h.gw.poll_timeout(), None);
     let _ = h.start;
 }
+
+#[test]
+fn backend_driven_subscriptions_and_answers_from_the_wrong_connection() {
+    let mut h = Harness::new(Config::default());
+    let a = h.open();
+    let b = h.open();
+    // The backend subscribes and unsubscribes a connection itself (resume, Bye, takeover).
+    let set = |conn, topic, subscribe| Input::Subscription { conn, topic, room: "r".into(), subscribe };
+    h.input(set(a, Topic::Room, true));
+    h.input(set(a, Topic::Conversation, true));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a]);
+    h.input(set(a, Topic::Room, false));
+    assert_eq!((h.gw.subscriptions(), h.gw.subscribers(Topic::Room, "r")), (1, vec![]));
+    let unknown: ConnectionId = "0123456789abcdefghijABCDEFGHIJ01".parse().unwrap();
+    h.input(set(unknown, Topic::Room, true));
+    assert_eq!(h.gw.subscriptions(), 1);
+    // S0 is pending on a; b answering it is unsolicited and a's request stays pending.
+    h.input(Input::ServerRequest { token: 5, conn: a, request_type: "X".into(), payload: vec![] });
+    let answer = mq::Message {
+        request_id: Some("S0".into()),
+        r#type: "XResponse".into(),
+        message_type: Some(MessageType::Response as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: b, frame: codec::encode(&answer, Encoding::Base64Text) });
+    assert_eq!(h.gw.stats().dropped.get("unsolicited-response"), Some(&1));
+    assert_eq!(h.gw.pending_server_requests(), 1);
+    h.input(Input::Frame { conn: a, frame: codec::encode(&answer, Encoding::Base64Text) });
+    assert_eq!(h.gw.pending_server_requests(), 0);
+}

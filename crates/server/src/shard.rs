@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clientmq_core::{
     Admission, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply, ServerRequestError, Target,
+    Topic,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -103,6 +104,14 @@ impl GatewayHandle {
                     let _ = shard.send(input(target.clone())).await;
                 }
             }
+        }
+    }
+
+    /// Subscribes a connection to a room or conversation (`subscribe`), or unsubscribes it.
+    pub async fn set_subscription(&self, conn: ConnectionId, topic: Topic, room: &str, subscribe: bool) {
+        if let Some(shard) = self.shard_of(&conn) {
+            let input = Input::Subscription { conn, topic, room: room.to_owned(), subscribe };
+            let _ = shard.send(Command::Input(input)).await;
         }
     }
 
