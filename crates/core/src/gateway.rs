@@ -140,6 +140,9 @@ pub struct Gateway {
     events: VecDeque<Event>,
     pub(crate) stats: Stats,
     draining: bool,
+    /// Connections in `State::Closing`: set in `start_close`, cleared in `end_connection`, checked
+    /// against a scan by `check_invariants`. Kept because the server reads it after every step.
+    pub(crate) closing: usize,
 }
 
 impl Gateway {
@@ -161,6 +164,7 @@ impl Gateway {
             events: VecDeque::new(),
             stats: Stats::default(),
             draining: false,
+            closing: 0,
         })
     }
 
@@ -275,7 +279,7 @@ impl Gateway {
 
     /// Connections waiting for the client's close frame.
     pub fn closing_connections(&self) -> usize {
-        self.registry.iter().filter(|(_, c)| !c.is_open()).count()
+        self.closing
     }
 
     /// Client requests waiting on the backend.
@@ -428,6 +432,7 @@ impl Gateway {
             return;
         }
         conn.state = State::Closing { close, deadline };
+        self.closing += 1;
         let heartbeat = conn.heartbeat_at.take();
         let drain = conn.drain_at.take();
         if let Some(at) = heartbeat {
@@ -460,6 +465,7 @@ impl Gateway {
         // The code that ended the conversation: ours if we closed first, else the client's.
         let code = match (conn.state, path) {
             (State::Closing { close, deadline }, _) => {
+                self.closing -= 1;
                 // A forced end comes from this very timer, already popped.
                 if path != DisconnectPath::Forced {
                     self.timers.disarm(deadline, Timer::CloseDeadline(id));

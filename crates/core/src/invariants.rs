@@ -22,6 +22,8 @@ pub enum InvariantViolation {
     OrphanRequest(u64),
     #[error("subscription tables disagree with the connections")]
     Subscriptions,
+    #[error("closing count {counted} but {scanned} connections are closing")]
+    ClosingCount { counted: usize, scanned: usize },
     #[error("{armed} timers armed, {expected} expected")]
     TimerCount { armed: usize, expected: usize },
 }
@@ -71,6 +73,10 @@ impl Gateway {
         let owned: usize = self.registry.iter().map(|(_, c)| c.pending.len() + c.server_requests.len()).sum();
         if owned != self.requests.len() + self.server_requests.len() {
             return Err(InvariantViolation::OrphanRequest(u64::MAX));
+        }
+        let scanned = self.registry.iter().filter(|(_, c)| !c.is_open()).count();
+        if scanned != self.closing {
+            return Err(InvariantViolation::ClosingCount { counted: self.closing, scanned });
         }
         if !self.registry.tables_consistent() {
             return Err(InvariantViolation::Subscriptions);

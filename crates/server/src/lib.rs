@@ -40,6 +40,8 @@ use shard::{Command, ConnHandle, Shard};
 
 /// Upgrades or plain requests still reading their head; more sockets are dropped at accept.
 const MAX_HANDSHAKES: usize = 1024;
+/// Bytes tungstenite reads from a socket at once.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// A source of connections: `tokio::net::TcpListener` in production, turmoil's in simulation.
 pub trait Listener: Send + 'static {
@@ -258,7 +260,12 @@ impl Server {
         }
         drop(handshake);
         let peer = Peer { addr, headers: forwarded_headers(&head) };
+        // tungstenite's 128 KiB default read buffer is allocated and zeroed per connection and per
+        // read: at thousands of mostly idle connections that is most of the memory and CPU. MQ
+        // messages are small; 4 KiB reads, and writes go out as soon as they are sent.
         let ws_config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
+            .write_buffer_size(0)
             .max_message_size(Some(self.inner.config.max_frame_bytes))
             .max_frame_size(Some(self.inner.config.max_frame_bytes));
         let ws =
