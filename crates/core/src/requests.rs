@@ -284,19 +284,25 @@ impl Gateway {
         );
     }
 
+    /// Ends a pending request: forgets it (disarming its timer unless that timer is what fired)
+    /// and returns it with whether its connection is still open to receive the answer.
+    fn take_request(&mut self, token: u64, disarm: bool) -> Option<(PendingRequest, bool)> {
+        let req = self.requests.remove(&token)?;
+        if disarm {
+            self.timers.disarm(req.deadline, Timer::Request(token));
+        }
+        let open = self.registry.get_mut(&req.conn).is_some_and(|conn| {
+            conn.pending.remove(&token);
+            conn.is_open()
+        });
+        Some((req, open))
+    }
+
     pub(crate) fn on_backend_reply(&mut self, token: u64, result: Result<Reply, crate::BackendError>) {
-        let Some(req) = self.requests.remove(&token) else {
+        let Some((req, open)) = self.take_request(token, true) else {
             return self.trace(None, EventKind::LateReply { token });
         };
-        self.timers.disarm(req.deadline, Timer::Request(token));
         let id = req.conn;
-        let open = match self.registry.get_mut(&id) {
-            Some(conn) => {
-                conn.pending.remove(&token);
-                conn.is_open()
-            }
-            None => false,
-        };
         if !open {
             return self.count_answer(
                 id,
@@ -399,17 +405,8 @@ impl Gateway {
     }
 
     pub(crate) fn on_request_timeout(&mut self, token: u64) {
-        let Some(req) = self.requests.remove(&token) else {
-            return;
-        };
+        let Some((req, open)) = self.take_request(token, false) else { return };
         let id = req.conn;
-        let open = match self.registry.get_mut(&id) {
-            Some(conn) => {
-                conn.pending.remove(&token);
-                conn.is_open()
-            }
-            None => false,
-        };
         let outcome = if open {
             self.send_error(id, &req.request_id, req.encoding, "timeout");
             RequestOutcome::Timeout

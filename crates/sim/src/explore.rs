@@ -47,7 +47,8 @@ pub fn scenario_for(seed: u64) -> Scenario {
     for _ in 0..rng.random_range(0..6) {
         let at_secs = rng.random_range(1.0..60.0_f64).round();
         let group = clients[rng.random_range(0..clients.len())].name.clone();
-        let action = match rng.random_range(0..9) {
+        let action = match rng.random_range(0..10) {
+            9 => Action::Bounce,
             0 => Action::Partition { group },
             1 => Action::Repair { group },
             2 => Action::Hold { group },
