@@ -54,11 +54,29 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut peer_closed = false;
+    let mut outbound_first = false;
     loop {
-        tokio::select! {
-            biased;
-            () = abort.notified() => return None,
-            out = rx.recv() => {
+        // Alternate which side is served first, so a busy direction cannot starve the other.
+        // `biased` keeps the order fixed (and simulations replayable); both futures are
+        // cancel-safe, so the loser of a round loses nothing.
+        outbound_first = !outbound_first;
+        let step = if outbound_first {
+            tokio::select! {
+                biased;
+                () = abort.notified() => return None,
+                out = rx.recv() => Step::Out(out),
+                incoming = ws.next() => Step::In(incoming),
+            }
+        } else {
+            tokio::select! {
+                biased;
+                () = abort.notified() => return None,
+                incoming = ws.next() => Step::In(incoming),
+                out = rx.recv() => Step::Out(out),
+            }
+        };
+        match step {
+            Step::Out(out) => {
                 let msg = match out {
                     None => return None,
                     Some(ToConn::Release) => {
@@ -80,17 +98,24 @@ where
                     return lost(id, &e, peer_closed);
                 }
             }
-            incoming = ws.next() => {
+            Step::In(incoming) => {
                 let input = match incoming {
-                    None => return (!peer_closed).then_some(Input::TransportLost { conn: id, reason: LostReason::Eof }),
+                    None => {
+                        return (!peer_closed)
+                            .then_some(Input::TransportLost { conn: id, reason: LostReason::Eof });
+                    }
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         let too_big = close_frame(close::TOO_BIG.code, close::TOO_BIG.reason);
                         let _ = tokio::time::timeout(RELEASE_FLUSH, ws.close(Some(too_big))).await;
                         return Some(Input::TransportLost { conn: id, reason: LostReason::TooBig });
                     }
                     Some(Err(e)) => return lost(id, &e, peer_closed),
-                    Some(Ok(Message::Text(t))) => Input::Frame { conn: id, frame: Frame::Text(t.as_str().to_owned()) },
-                    Some(Ok(Message::Binary(b))) => Input::Frame { conn: id, frame: Frame::Binary(b.to_vec()) },
+                    Some(Ok(Message::Text(t))) => {
+                        Input::Frame { conn: id, frame: Frame::Text(t.as_str().to_owned()) }
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        Input::Frame { conn: id, frame: Frame::Binary(b.to_vec()) }
+                    }
                     Some(Ok(Message::Pong(p))) => Input::Pong { conn: id, payload: p.to_vec() },
                     Some(Ok(Message::Close(frame))) => {
                         peer_closed = true;
@@ -105,6 +130,12 @@ where
             }
         }
     }
+}
+
+/// What woke a connection task.
+enum Step {
+    Out(Option<ToConn>),
+    In(Option<Result<Message, WsError>>),
 }
 
 fn lost(id: ConnectionId, error: &WsError, peer_closed: bool) -> Option<Input> {
