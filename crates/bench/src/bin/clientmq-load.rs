@@ -1,0 +1,269 @@
+//! clientmq-load: the load generator. `request`, `idle` and `churn` drive one running server
+//! (clientmq or the baseline) over loopback; `suite` starts both servers and runs everything, as
+//! `just bench` does. Every mode stops by itself.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use clientmq_bench::churn::{self, ChurnOpts};
+use clientmq_bench::idle::{self, IdleOpts};
+use clientmq_bench::report;
+use clientmq_bench::request::{self, RequestOpts};
+use clientmq_bench::servers::Binaries;
+use clientmq_bench::suite::{self, SuiteOpts};
+use clientmq_bench::target::Target;
+
+#[derive(Parser)]
+#[command(
+    name = "clientmq-load",
+    version,
+    about = "Load generator for clientmq and its echo baseline (loopback only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// N connections sending requests in a loop: requests/s, latency percentiles, errors.
+    Request {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration_secs: f64,
+        /// Total requests per second (rate-limited, coordinated-omission corrected); full speed without.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Loopback source addresses to spread client sockets over (127.0.0.1, .2, ...).
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+    },
+    /// N idle connections held while heartbeats run; the server's resident memory per connection.
+    Idle {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        #[arg(long, default_value_t = 1000)]
+        connections: usize,
+        /// The server's process id, whose VmRSS is read before and after.
+        #[arg(long)]
+        pid: Option<u32>,
+        /// Worker processes holding the connections (each needs a descriptor per connection).
+        #[arg(long, default_value_t = 1)]
+        processes: usize,
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        /// Seconds the connections are held before the second reading.
+        #[arg(long, default_value_t = 5.0)]
+        hold_secs: f64,
+        /// Also read clientmq's open gauge from /metrics.
+        #[arg(long)]
+        metrics: bool,
+    },
+    /// Holds connections for `idle` (started by it; not for direct use).
+    #[command(hide = true)]
+    IdleWorker {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long, default_value_t = 1)]
+        sources: usize,
+        #[arg(long, default_value_t = 0)]
+        source_offset: usize,
+        #[arg(long, default_value_t = 128)]
+        connect_concurrency: usize,
+        #[arg(long, default_value_t = 600)]
+        max_hold_secs: u64,
+    },
+    /// Connections opened and closed in loops: cycles per second.
+    Churn {
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+        url: String,
+        /// Concurrent open-close loops.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration_secs: f64,
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        /// Then check clientmq's open gauge on /metrics.
+        #[arg(long)]
+        metrics: bool,
+    },
+    /// Everything, against clientmq-server and clientmq-baseline started here; writes the table.
+    Suite {
+        #[arg(long, default_value = "target/release/clientmq-server")]
+        server_bin: PathBuf,
+        #[arg(long, default_value = "target/release/clientmq-baseline")]
+        baseline_bin: PathBuf,
+        /// The simulator binary; its figures are skipped without it.
+        #[arg(long)]
+        sim_bin: Option<PathBuf>,
+        /// Repository root (for scenarios and git).
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        #[arg(long, default_value = "target/bench")]
+        logs: PathBuf,
+        /// File whose bench:begin/bench:end block receives the table (BENCHMARKS.md).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration_secs: f64,
+        /// Idle connections (capped by the open-file limit); 20,000 by default.
+        #[arg(long)]
+        idle_connections: Option<usize>,
+        #[arg(long, default_value_t = 5.0)]
+        idle_hold_secs: f64,
+        #[arg(long, default_value_t = 32)]
+        churn_concurrency: usize,
+        #[arg(long, default_value_t = 100)]
+        explore_seeds: u64,
+        /// The command line recorded in the file.
+        #[arg(long, default_value = "just bench")]
+        command: String,
+    },
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}
+
+fn target(url: &str) -> Result<Target, ExitCode> {
+    Target::parse(url).map_err(|e| {
+        eprintln!("clientmq-load: {e}");
+        ExitCode::from(2)
+    })
+}
+
+async fn open_gauge(target: &Target) -> String {
+    for _ in 0..100 {
+        if let Ok(text) = target.http_get("/metrics").await
+            && let Some(open) = clientmq_bench::procfs::metric(&text, "clientmq_connections_open")
+        {
+            if open == 0.0 {
+                return "0".into();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        return "unavailable".into();
+    }
+    "not 0 after 5 s".into()
+}
+
+async fn run(mode: Mode) -> Result<(), ExitCode> {
+    match mode {
+        Mode::Request { url, connections, warmup_secs, duration_secs, rate, sources } => {
+            let opts = RequestOpts {
+                connections,
+                warmup: secs(warmup_secs),
+                duration: secs(duration_secs),
+                rate,
+                sources,
+                ..RequestOpts::default()
+            };
+            println!("{}", request::run(&target(&url)?, &opts).await.summary());
+        }
+        Mode::Idle { url, connections, pid, processes, sources, hold_secs, metrics } => {
+            let exe = std::env::current_exe().map_err(|_| ExitCode::FAILURE)?;
+            let opts = IdleOpts {
+                connections,
+                processes,
+                sources,
+                hold: secs(hold_secs),
+                pid,
+                metrics,
+                connect_concurrency: 128,
+            };
+            match idle::run(&exe, &target(&url)?, &opts).await {
+                Ok(report) => println!("{}", report.summary()),
+                Err(e) => {
+                    eprintln!("clientmq-load: {e}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+        Mode::IdleWorker { url, connections, sources, source_offset, connect_concurrency, max_hold_secs } => {
+            let t = target(&url)?;
+            idle::worker(
+                &t,
+                connections,
+                sources,
+                source_offset,
+                connect_concurrency,
+                Duration::from_secs(max_hold_secs),
+            )
+            .await;
+        }
+        Mode::Churn { url, concurrency, warmup_secs, duration_secs, sources, metrics } => {
+            let t = target(&url)?;
+            let opts =
+                ChurnOpts { concurrency, warmup: secs(warmup_secs), duration: secs(duration_secs), sources };
+            let report = churn::run(&t, &opts).await;
+            let gauge = if metrics { format!(" open_gauge={}", open_gauge(&t).await) } else { String::new() };
+            println!("{}{gauge}", report.summary());
+        }
+        Mode::Suite {
+            server_bin,
+            baseline_bin,
+            sim_bin,
+            repo,
+            logs,
+            out,
+            repeats,
+            warmup_secs,
+            duration_secs,
+            idle_connections,
+            idle_hold_secs,
+            churn_concurrency,
+            explore_seeds,
+            command,
+        } => {
+            let opts = SuiteOpts {
+                binaries: Binaries { server: server_bin, baseline: baseline_bin, logs },
+                sim_bin,
+                load_bin: std::env::current_exe().map_err(|_| ExitCode::FAILURE)?,
+                repo,
+                out,
+                repeats,
+                warmup: secs(warmup_secs),
+                duration: secs(duration_secs),
+                idle_connections,
+                idle_hold: secs(idle_hold_secs),
+                churn_concurrency,
+                explore_seeds,
+                command,
+            };
+            match suite::run(&opts).await {
+                Ok(res) => print!("{}", report::render(&res)),
+                Err(e) => {
+                    eprintln!("clientmq-load: {e}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}

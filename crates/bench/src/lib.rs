@@ -1,0 +1,26 @@
+//! clientmq-bench: drives a running gateway over loopback with the real protocol, and the same
+//! load against a plain tokio-tungstenite echo server (the baseline), so that a ratio between the
+//! two holds on a noisy machine.
+//!
+//! Modes (each bounded in time, each a function here and a subcommand of `clientmq-load`):
+//!
+//! - [`request`]: N connections, each sending requests in a loop (closed, or rate-limited with
+//!   coordinated-omission correction); requests per second, latency percentiles, errors.
+//! - [`idle`]: N idle connections held open while heartbeats run; the server's resident memory
+//!   per connection, read from `/proc/<pid>/status` before and after.
+//! - [`churn`]: connections opened and closed in a loop; cycles per second.
+//!
+//! [`suite`] runs all of them against both servers ([`servers`]), plus the simulator's figures,
+//! and writes the table of `BENCHMARKS.md` ([`report`]). Loopback only: [`target::Target`]
+//! refuses any other address.
+
+pub mod churn;
+pub mod frame;
+pub mod idle;
+pub mod procfs;
+pub mod report;
+pub mod request;
+pub mod servers;
+pub mod stats;
+pub mod suite;
+pub mod target;

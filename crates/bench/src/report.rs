@@ -1,0 +1,167 @@
+//! The table of results and its place in `BENCHMARKS.md`: the block between the `bench:begin`
+//! and `bench:end` markers is rewritten, the text around it is left alone.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+pub const BEGIN: &str = "<!-- bench:begin (written by `just bench`; edit outside these markers) -->";
+pub const END: &str = "<!-- bench:end -->";
+
+/// One figure, measured on clientmq and (where it applies) on the baseline.
+#[derive(Debug, Clone, Default)]
+pub struct Row {
+    pub figure: String,
+    pub clientmq: Option<f64>,
+    pub baseline: Option<f64>,
+    /// Decimals printed.
+    pub decimals: usize,
+    pub target: String,
+    /// `Some(true)` met, `Some(false)` missed, `None` not a target.
+    pub met: Option<bool>,
+    /// Every run's values, for the details.
+    pub runs: String,
+}
+
+impl Row {
+    pub fn ratio(&self) -> Option<f64> {
+        Some(self.clientmq? / self.baseline.filter(|b| *b != 0.0)?)
+    }
+}
+
+/// Everything a suite run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Results {
+    pub rows: Vec<Row>,
+    pub notes: Vec<String>,
+    pub machine: String,
+    pub date: String,
+    /// How runs were done (repeats, warm-up, window), one sentence.
+    pub method: String,
+    pub command: String,
+}
+
+/// Every run's values, for a row's details.
+pub fn runs(values: &[f64], decimals: usize) -> String {
+    values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(", ")
+}
+
+fn value(v: Option<f64>, decimals: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.decimals$}"))
+}
+
+/// The generated block of `BENCHMARKS.md`, markers included.
+pub fn render(res: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{BEGIN}");
+    let _ = writeln!(s, "Measured {} on {}.", res.date, res.machine);
+    let _ = writeln!(s, "{}\n", res.method);
+    let _ = writeln!(s, "Command: `{}`\n", res.command);
+    let _ = writeln!(s, "| figure | clientmq | baseline | ratio | target | verdict |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
+    for row in &res.rows {
+        let verdict = match row.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {verdict} |",
+            row.figure,
+            value(row.clientmq, row.decimals),
+            value(row.baseline, row.decimals),
+            row.ratio().map_or("-".into(), |r| format!("{r:.2}")),
+            row.target,
+        );
+    }
+    let _ = writeln!(s, "\nEvery run:\n");
+    for row in res.rows.iter().filter(|r| !r.runs.is_empty()) {
+        let _ = writeln!(s, "- {}: {}", row.figure, row.runs);
+    }
+    if !res.notes.is_empty() {
+        let _ = writeln!(s, "\nNotes from this run:\n");
+        for note in &res.notes {
+            let _ = writeln!(s, "- {note}");
+        }
+    }
+    let _ = writeln!(s, "{END}");
+    s
+}
+
+/// Puts `generated` between the markers of `path`, or creates the file around it.
+pub fn write_into(path: &Path, generated: &str) -> std::io::Result<()> {
+    let existing = std::fs::read_to_string(path).unwrap_or_default();
+    std::fs::write(path, splice(&existing, generated))
+}
+
+/// `existing` with its marked block replaced by `generated`; a new document around `generated`
+/// when there are no markers.
+pub fn splice(existing: &str, generated: &str) -> String {
+    let begin = existing.find("<!-- bench:begin");
+    let end = existing.find(END);
+    match (begin, end) {
+        (Some(b), Some(e)) if b < e => {
+            format!("{}{}{}", &existing[..b], generated.trim_end(), &existing[e + END.len()..])
+        }
+        _ if existing.trim().is_empty() => format!("# Benchmarks\n\n{generated}"),
+        _ => format!("{}\n\n{generated}", existing.trim_end()),
+    }
+}
+
+/// The date (UTC) of `secs` since the Unix epoch, as YYYY-MM-DD.
+pub fn civil_date(secs: u64) -> String {
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = (secs / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_date(0), "1970-01-01");
+        assert_eq!(civil_date(951_782_400), "2000-02-29");
+        assert_eq!(civil_date(1_764_115_200), "2025-11-26");
+    }
+
+    #[test]
+    fn the_generated_block_replaces_only_itself() {
+        let block = format!("{BEGIN}\nnew table\n{END}\n");
+        let doc = format!("# Benchmarks\n\nintro\n\n{BEGIN}\nold table\n{END}\n\n## Analysis\nkept\n");
+        let out = splice(&doc, &block);
+        assert_eq!(out, format!("# Benchmarks\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\n## Analysis\nkept\n"));
+        assert_eq!(splice("", &block), format!("# Benchmarks\n\n{block}"));
+        assert_eq!(splice("# Mine\n", &block), format!("# Mine\n\n{block}"));
+    }
+
+    #[test]
+    fn ratios_and_rendering() {
+        let row = Row {
+            figure: "requests/s".into(),
+            clientmq: Some(80.0),
+            baseline: Some(100.0),
+            decimals: 0,
+            target: ">= 0.8 x baseline".into(),
+            met: Some(true),
+            runs: runs(&[80.0, 79.5], 0),
+        };
+        assert_eq!(row.ratio(), Some(0.8));
+        assert_eq!(Row { baseline: Some(0.0), ..row.clone() }.ratio(), None);
+        assert_eq!(Row { clientmq: None, ..row.clone() }.ratio(), None);
+        let res = Results { rows: vec![row], notes: vec!["n".into()], ..Results::default() };
+        let text = render(&res);
+        assert!(text.starts_with(BEGIN) && text.trim_end().ends_with(END));
+        assert!(text.contains("| requests/s | 80 | 100 | 0.80 | >= 0.8 x baseline | met |"), "{text}");
+        assert!(text.contains("- requests/s: 80, 80\n"), "{text}");
+    }
+}

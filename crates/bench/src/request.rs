@@ -1,0 +1,275 @@
+//! Request mode: N connections, each sending one request at a time and waiting for its answer.
+//!
+//! Without a rate this is a closed loop at full speed (throughput). With a rate, each connection
+//! sends on a fixed schedule of `connections / rate` seconds, its slots spread over the interval
+//! across connections. A request whose slot came while the previous answer was still outstanding
+//! is timed from its slot, not from when it could be sent (coordinated-omission correction, as
+//! wrk2 does); one sent on time is timed from its send, so the coarse timer of the load generator
+//! itself does not count as server latency.
+//!
+//! Timeline: every connection opens first; then `warmup` (nothing recorded), then `duration`
+//! (answers received in it count for throughput, requests started and answered in it for
+//! latency); then each connection sends a close and is dropped, all within bounded time.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::frame::{self, Answer};
+use crate::stats::{self, Latency};
+use crate::target::{self, Target, Ws};
+
+/// An answer not there this long after the end of the run counts as an error.
+const ANSWER_GRACE: Duration = Duration::from_secs(2);
+/// Time allowed to each connection's close at the end.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone)]
+pub struct RequestOpts {
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Requests per second over all connections; `None` for a closed loop at full speed.
+    pub rate: Option<f64>,
+    /// Loopback source addresses to spread the client sockets over.
+    pub sources: usize,
+    /// Connections being opened at once.
+    pub connect_concurrency: usize,
+}
+
+impl Default for RequestOpts {
+    fn default() -> Self {
+        RequestOpts {
+            connections: 100,
+            warmup: Duration::from_secs(1),
+            duration: Duration::from_secs(3),
+            rate: None,
+            sources: 1,
+            connect_concurrency: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestReport {
+    /// Connections that opened.
+    pub connections: usize,
+    pub connect_errors: u64,
+    /// Answers received in the measured window.
+    pub completed: u64,
+    /// Wrong or missing answers, closed or failed connections, over the whole run.
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub window: Duration,
+    pub latency: Latency,
+    /// Size of a request frame and of its answer, in bytes (the first ones seen).
+    pub request_bytes: usize,
+    pub answer_bytes: usize,
+    /// Type of the first answer, with the reason of an `mq.Error`.
+    pub answer: String,
+    /// The offered rate, when rate-limited.
+    pub rate: Option<f64>,
+}
+
+impl RequestReport {
+    pub fn rps(&self) -> f64 {
+        self.completed as f64 / self.window.as_secs_f64().max(1e-9)
+    }
+
+    /// One line for logs.
+    pub fn summary(&self) -> String {
+        let rate = self.rate.map(|r| format!(" offered={r:.0}/s")).unwrap_or_default();
+        format!(
+            "connections={} rps={:.0}{rate} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={} \
+             connect_errors={} request_bytes={} answer_bytes={} answer={}{}",
+            self.connections,
+            self.rps(),
+            stats::ms(self.latency.p50),
+            stats::ms(self.latency.p99),
+            stats::ms(self.latency.p999),
+            stats::ms(self.latency.max),
+            self.errors,
+            self.connect_errors,
+            self.request_bytes,
+            self.answer_bytes,
+            self.answer,
+            self.first_error.as_ref().map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default(),
+        )
+    }
+}
+
+/// When a run measures, shared by its connections.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// Per-connection interval between requests, when rate-limited.
+    interval: Option<Duration>,
+}
+
+#[derive(Default)]
+struct Outcome {
+    completed: u64,
+    errors: u64,
+    first_error: Option<String>,
+    hist: Option<Histogram<u64>>,
+    request_bytes: usize,
+    answer_bytes: usize,
+    answer: Option<String>,
+}
+
+impl Outcome {
+    fn error(&mut self, e: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(e);
+    }
+}
+
+/// Runs request mode against `target`.
+pub async fn run(target: &Target, opts: &RequestOpts) -> RequestReport {
+    let (conns, connect_errors, connect_error) =
+        target::open_many(target, opts.connections, opts.sources, 0, opts.connect_concurrency).await;
+    let start = Instant::now() + Duration::from_millis(20);
+    let measure_from = start + opts.warmup;
+    let plan = Plan {
+        start,
+        measure_from,
+        end: measure_from + opts.duration,
+        interval: opts.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(conns.len() as f64 / r)),
+    };
+    let n = conns.len().max(1);
+    let tasks: Vec<_> = conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, ws)| {
+            // Spread the connections' slots over one interval.
+            let offset = plan.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
+            tokio::spawn(connection(ws, plan, offset))
+        })
+        .collect();
+    let mut total = Outcome { first_error: connect_error, ..Outcome::default() };
+    let mut hist = stats::histogram();
+    for task in tasks {
+        let Ok(o) = task.await else {
+            total.error("connection task panicked".into());
+            continue;
+        };
+        total.completed += o.completed;
+        total.errors += o.errors;
+        if total.first_error.is_none() {
+            total.first_error = o.first_error;
+        }
+        if let Some(h) = &o.hist {
+            hist.add(h).expect("same histogram bounds");
+        }
+        if total.answer.is_none() {
+            total.request_bytes = o.request_bytes;
+            total.answer_bytes = o.answer_bytes;
+            total.answer = o.answer;
+        }
+    }
+    RequestReport {
+        connections: opts.connections - connect_errors as usize,
+        connect_errors,
+        completed: total.completed,
+        errors: total.errors,
+        first_error: total.first_error,
+        window: opts.duration,
+        latency: Latency::of(&hist),
+        request_bytes: total.request_bytes,
+        answer_bytes: total.answer_bytes,
+        answer: total.answer.unwrap_or_else(|| "none".into()),
+        rate: opts.rate,
+    }
+}
+
+/// The next text or binary message, skipping control frames; `None` once the connection is over.
+async fn next_data(ws: &mut Ws) -> Result<String, String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Binary(b))) => return Ok(String::from_utf8_lossy(&b).into_owned()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+            Some(Ok(Message::Close(c))) => return Err(format!("closed by server: {c:?}")),
+            Some(Err(e)) => return Err(format!("read: {e}")),
+            None => return Err("connection ended".into()),
+        }
+    }
+}
+
+async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
+    let mut out = Outcome { hist: Some(stats::histogram()), ..Outcome::default() };
+    let mut answered_at = plan.start;
+    for n in 0u64.. {
+        let slot = plan.interval.map(|iv| plan.start + offset + iv.mul_f64(n as f64));
+        if let Some(slot) = slot {
+            if slot >= plan.end {
+                break;
+            }
+            tokio::time::sleep_until(slot).await;
+        }
+        let sent_at = Instant::now();
+        if sent_at >= plan.end {
+            break;
+        }
+        // Late because the previous answer was: the server's delay, timed from the slot.
+        let timed_from = match slot {
+            Some(slot) if answered_at > slot => slot,
+            _ => sent_at,
+        };
+        let id = frame::request_id(n);
+        let text = frame::request_frame(&id, n);
+        let request_bytes = text.len();
+        if let Err(e) = ws.send(Message::Text(text.into())).await {
+            out.error(format!("send: {e}"));
+            return out;
+        }
+        let answer = match tokio::time::timeout_at(plan.end + ANSWER_GRACE, next_data(&mut ws)).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => {
+                out.error(e);
+                return out;
+            }
+            Err(_) => {
+                out.error("no answer before the end of the run".into());
+                return out;
+            }
+        };
+        answered_at = Instant::now();
+        match frame::check_answer(&answer, &id) {
+            Answer::Matched(ty) => {
+                if out.answer.is_none() {
+                    let reason = frame::error_reason(&answer).map(|r| format!("{{{r}}}")).unwrap_or_default();
+                    out.answer = Some(format!("{ty}{reason}"));
+                    out.request_bytes = request_bytes;
+                    out.answer_bytes = answer.len();
+                }
+                if answered_at >= plan.measure_from && answered_at < plan.end {
+                    out.completed += 1;
+                    if timed_from >= plan.measure_from
+                        && let Some(h) = out.hist.as_mut()
+                    {
+                        stats::record(h, answered_at - timed_from);
+                    }
+                }
+            }
+            Answer::Mismatch => out.error(format!("answer to another request than {id}")),
+            Answer::Undecodable => out.error("answer is not an mq.Message".into()),
+        }
+    }
+    close(ws).await;
+    out
+}
+
+/// Sends a close and waits (briefly) for the server to end the connection.
+pub(crate) async fn close(mut ws: Ws) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
