@@ -1,5 +1,6 @@
 //! The embedded backend behind a real server: requests over the wire, and the gateway's
-//! subscription tables agreeing with the backend's membership whichever way a connection ends.
+//! subscription tables agreeing with the backend's membership whichever way a connection ends,
+//! says Bye, or hands its session to another connection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,11 +25,15 @@ type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<T
 type MqType = mq::message::MessageType;
 
 async fn start(heartbeat: Duration) -> (Server, Arc<EmbeddedBackend>, SocketAddr) {
+    start_with(heartbeat, GRACE).await
+}
+
+async fn start_with(heartbeat: Duration, grace: Duration) -> (Server, Arc<EmbeddedBackend>, SocketAddr) {
     let mut config = ServerConfig { shards: 2, seed: Some(7), ..ServerConfig::default() };
     config.gateway.heartbeat_interval = heartbeat;
     config.gateway.close_timeout = 300 * MS;
     config.gateway.drain_window = 100 * MS;
-    let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, session_grace: GRACE, ..ChatConfig::default() };
+    let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, session_grace: grace, ..ChatConfig::default() };
     let backend = Arc::new(EmbeddedBackend::new(chat, Some(7)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -62,6 +67,43 @@ fn join(room_id: &str, name: &str) -> chat::JoinRoom {
     chat::JoinRoom { room_id: Some(room_id.into()), member, ..Default::default() }
 }
 
+fn auth_as(session: &str) -> pcast::Authenticate {
+    pcast::Authenticate { session_id: Some(session.into()), ..auth("t") }
+}
+
+fn rename(room_id: &str, name: &str) -> chat::UpdateMember {
+    let member = chat::MemberUpdate { screen_name: Some(name.into()), ..Default::default() };
+    chat::UpdateMember { room_id: Some(room_id.into()), member, ..Default::default() }
+}
+
+fn say(room_id: &str, text: &str) -> chat::SendMessageToRoom {
+    let chat_message = chat::ChatMessage { message: text.into(), ..Default::default() };
+    chat::SendMessageToRoom { room_id: room_id.into(), chat_message }
+}
+
+/// A room or conversation event as (room, what): `MemberUpdated <names>` or `message <texts>`.
+fn describe(msg: &mq::Message) -> Option<(String, String)> {
+    let names = |ms: &[chat::Member]| ms.iter().map(|m| m.screen_name.clone()).collect::<Vec<_>>().join(",");
+    match msg.r#type.as_str() {
+        "chat.RoomEvent" => {
+            let e = chat::RoomEvent::decode(msg.payload.as_slice()).unwrap();
+            let kind = chat::RoomEventType::try_from(e.event_type).unwrap();
+            Some((e.room_id, format!("{kind:?} {}", names(&e.members))))
+        }
+        "chat.RoomConversationEvent" => {
+            let e = chat::RoomConversationEvent::decode(msg.payload.as_slice()).unwrap();
+            let texts: Vec<String> = e.chat_messages.into_iter().map(|m| m.message).collect();
+            Some((e.room_id, format!("message {}", texts.join(","))))
+        }
+        _ => None,
+    }
+}
+
+/// What `events` said about `room`, in order.
+fn heard(events: &[mq::Message], room: &str) -> Vec<String> {
+    events.iter().filter_map(describe).filter(|(r, _)| r == room).map(|(_, what)| what).collect()
+}
+
 fn subscribe(room_id: &str) -> chat::FetchRoomConversation {
     let options = vec![chat::RoomConversationOption::Subscribe as i32];
     chat::FetchRoomConversation { room_id: room_id.into(), limit: 10, options, ..Default::default() }
@@ -75,6 +117,9 @@ struct Client {
     reader: tokio::task::JoinHandle<()>,
     next: u32,
     events: Vec<mq::Message>,
+    /// Every event received, kept.
+    log: Vec<mq::Message>,
+    session: Option<String>,
 }
 
 impl Client {
@@ -89,7 +134,7 @@ impl Client {
                 }
             }
         });
-        Client { tx, rx, reader, next: 0, events: Vec::new() }
+        Client { tx, rx, reader, next: 0, events: Vec::new(), log: Vec::new(), session: None }
     }
 
     async fn recv(&mut self) -> Message {
@@ -111,7 +156,7 @@ impl Client {
             let msg = codec::decode(&Frame::Text(t.to_string()), usize::MAX).unwrap();
             match msg.message_type.and_then(|t| MqType::try_from(t).ok()) {
                 Some(MqType::Response) if msg.request_id.as_deref() == Some(id.as_str()) => return msg,
-                _ => self.events.push(msg),
+                _ => self.received(msg),
             }
         }
     }
@@ -133,20 +178,43 @@ impl Client {
                 continue;
             }
             let Message::Text(t) = self.recv().await else { panic!("closed while waiting for {kind:?}") };
-            self.events.push(codec::decode(&Frame::Text(t.to_string()), usize::MAX).unwrap());
+            self.received(codec::decode(&Frame::Text(t.to_string()), usize::MAX).unwrap());
         }
     }
 
-    /// Authenticates, joins `room_id` and subscribes to its conversation. Returns the session.
+    fn received(&mut self, msg: mq::Message) {
+        self.log.push(msg.clone());
+        self.events.push(msg);
+    }
+
+    /// Authenticates as a new session.
+    async fn authenticate(&mut self) -> String {
+        let resp: pcast::AuthenticateResponse = self.call("pcast.Authenticate", auth("t")).await;
+        assert_eq!(resp.status, "ok");
+        self.session = resp.session_id;
+        self.session.clone().unwrap()
+    }
+
+    /// Creates a room. Returns its id.
+    async fn new_room(&mut self, name: &str) -> String {
+        let room = chat::Room { name: name.into(), description: "d".into(), ..Default::default() };
+        let create = chat::CreateRoom { room, ..Default::default() };
+        self.call::<chat::CreateRoomResponse>("chat.CreateRoom", create).await.room.unwrap().room_id.unwrap()
+    }
+
+    /// Authenticates unless it has, joins `room_id` and subscribes to its conversation. Returns
+    /// the session.
     async fn member_of(&mut self, room_id: &str, name: &str) -> String {
-        let session =
-            self.call::<pcast::AuthenticateResponse>("pcast.Authenticate", auth("t")).await.session_id;
+        let session = match self.session.clone() {
+            Some(session) => session,
+            None => self.authenticate().await,
+        };
         let joined: chat::JoinRoomResponse = self.call("chat.JoinRoom", join(room_id, name)).await;
         assert_eq!(joined.status, "ok");
         let fetched: chat::FetchRoomConversationResponse =
             self.call("chat.FetchRoomConversation", subscribe(room_id)).await;
         assert_eq!(fetched.status, "ok");
-        session.unwrap()
+        session
     }
 }
 
@@ -160,34 +228,50 @@ impl Drop for Client {
 struct Raw {
     s: TcpStream,
     next: u32,
+    /// Every event received, kept until the test clears it.
+    events: Vec<mq::Message>,
 }
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
         let mut s = TcpStream::connect(addr).await.unwrap();
         assert_eq!(rawws::upgrade(&mut s, "/ws", &[]).await.unwrap(), 101);
-        Raw { s, next: 0 }
+        Raw { s, next: 0, events: Vec::new() }
     }
 
-    /// Sends a binary request and waits for its answer, answering pings meanwhile.
+    /// The next message, answering pings meanwhile.
+    async fn next_message(&mut self) -> mq::Message {
+        loop {
+            let read = tokio::time::timeout(Duration::from_secs(3), rawws::read_frame(&mut self.s)).await;
+            let frame: RawFrame = read.expect("a frame in time").unwrap().expect("not EOF");
+            match frame.opcode {
+                rawws::PING => rawws::write_frame(&mut self.s, rawws::PONG, &frame.payload).await.unwrap(),
+                rawws::BINARY => return codec::decode(&Frame::Binary(frame.payload), usize::MAX).unwrap(),
+                other => panic!("unexpected opcode {other}"),
+            }
+        }
+    }
+
+    /// Sends a binary request and waits for its answer, keeping the events that come first.
     async fn call<R: prost::Message + Default>(&mut self, ty: &str, req: impl prost::Message) -> R {
         let id = format!("C{}", self.next);
         self.next += 1;
         let msg = request(&id, ty, req.encode_to_vec()).encode_to_vec();
         rawws::write_frame(&mut self.s, rawws::BINARY, &msg).await.unwrap();
         loop {
-            let read = tokio::time::timeout(Duration::from_secs(3), rawws::read_frame(&mut self.s)).await;
-            let frame: RawFrame = read.expect("a frame in time").unwrap().expect("not EOF");
-            match frame.opcode {
-                rawws::PING => rawws::write_frame(&mut self.s, rawws::PONG, &frame.payload).await.unwrap(),
-                rawws::BINARY => {
-                    let msg = codec::decode(&Frame::Binary(frame.payload), usize::MAX).unwrap();
-                    if msg.request_id.as_deref() == Some(id.as_str()) {
-                        return decode_response(ty, &msg);
-                    }
-                }
-                other => panic!("unexpected opcode {other}"),
+            let msg = self.next_message().await;
+            if msg.request_id.as_deref() == Some(id.as_str()) {
+                return decode_response(ty, &msg);
             }
+            self.events.push(msg);
+        }
+    }
+
+    /// Waits until this connection has heard `what` about `room`.
+    async fn hears(&mut self, room: &str, what: &str) {
+        while !heard(&self.events, room).iter().any(|w| w == what) {
+            let msg = self.next_message().await;
+            self.events.push(msg);
         }
     }
 
@@ -288,14 +372,8 @@ impl Victim {
 async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
     let (server, backend, addr) = start(150 * MS).await;
     let mut observer = Client::connect(addr).await;
-    observer.call::<pcast::AuthenticateResponse>("pcast.Authenticate", auth("t")).await;
-    let create = chat::CreateRoom {
-        room: chat::Room { name: "lobby".into(), description: "d".into(), ..Default::default() },
-        ..Default::default()
-    };
-    let room_id =
-        observer.call::<chat::CreateRoomResponse>("chat.CreateRoom", create).await.room.unwrap().room_id;
-    let room_id = room_id.unwrap();
+    observer.authenticate().await;
+    let room_id = observer.new_room("lobby").await;
     let observer_session = observer.member_of(&room_id, "observer").await;
     eventually("the observer's two subscriptions", || gauge(&server, "clientmq_subscriptions") == 2.0).await;
 
@@ -351,4 +429,106 @@ async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
     assert_eq!((stats.members, stats.connections), (0, 0), "{stats:?}");
     backend.check_invariants().unwrap();
     assert_eq!(backend.dropped_deliveries(), 0);
+}
+
+/// Waits until the gateway holds `n` room and conversation subscriptions over all connections.
+async fn subscriptions(server: &Server, n: f64) {
+    eventually(&format!("{n} subscriptions"), || gauge(server, "clientmq_subscriptions") == n).await;
+}
+
+/// The backend's queue to the gateway is ordered: once `barrier` hears a room event produced
+/// after some others, anything of those others meant for it has arrived too. It starts over in a
+/// room of its own, which `other` (who must be authenticated) then joins.
+async fn hear_everything_so_far(barrier: &mut Client, other: &mut Client, other_session: &str) {
+    barrier.authenticate().await;
+    let room = barrier.new_room("barrier").await;
+    let joined: chat::JoinRoomResponse = barrier.call("chat.JoinRoom", join(&room, "barrier")).await;
+    assert_eq!(joined.status, "ok");
+    let joined: chat::JoinRoomResponse = other.call("chat.JoinRoom", join(&room, "other")).await;
+    assert_eq!(joined.status, "ok");
+    barrier.room_event(chat::RoomEventType::MemberJoined, other_session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_bye_the_connection_hears_nothing_more_from_its_rooms() {
+    let (server, _backend, addr) = start(Duration::from_secs(30)).await;
+    let mut observer = Client::connect(addr).await;
+    observer.authenticate().await;
+    let room = observer.new_room("lobby").await;
+    let observer_session = observer.member_of(&room, "observer").await;
+    let mut victim = Client::connect(addr).await;
+    let victim_session = victim.member_of(&room, "victim").await;
+    observer.room_event(chat::RoomEventType::MemberJoined, &victim_session).await;
+    subscriptions(&server, 4.0).await;
+
+    let bye = pcast::Bye { session_id: victim_session.clone(), reason: "done".into() };
+    assert_eq!(victim.call::<pcast::ByeResponse>("pcast.Bye", bye).await.status, "ok");
+    subscriptions(&server, 2.0).await;
+    observer.room_event(chat::RoomEventType::MemberLeft, &victim_session).await;
+    // The room carries on without it.
+    let renamed: chat::UpdateMemberResponse =
+        observer.call("chat.UpdateMember", rename(&room, "renamed")).await;
+    assert_eq!(renamed.status, "ok");
+    let said: chat::SendMessageToRoomResponse =
+        observer.call("chat.SendMessageToRoom", say(&room, "hi")).await;
+    assert_eq!(said.status, "ok");
+
+    hear_everything_so_far(&mut victim, &mut observer, &observer_session).await;
+    // Its own join may have reached it before its Bye; nothing after it did, not even its leaving.
+    let heard = heard(&victim.log, &room);
+    assert!(heard.iter().all(|w| w == "MemberJoined victim"), "{heard:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_again() {
+    // A grace period no slow test machine outlasts: this test resumes, it does not expire.
+    let (server, backend, addr) = start_with(Duration::from_secs(30), Duration::from_secs(60)).await;
+    let mut observer = Client::connect(addr).await;
+    observer.authenticate().await;
+    let room = observer.new_room("lobby").await;
+    observer.member_of(&room, "observer").await;
+    let mut first = Raw::connect(addr).await;
+    let session = first.member_of(&room, "raw").await;
+    observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
+    subscriptions(&server, 4.0).await;
+
+    drop(first);
+    eventually("the backend to see the connection end", || backend.stats().detached == 1).await;
+    subscriptions(&server, 2.0).await;
+    // Resumed on a new connection that only authenticates: its room and conversation come back.
+    let mut second = Raw::connect(addr).await;
+    let resumed: pcast::AuthenticateResponse = second.call("pcast.Authenticate", auth_as(&session)).await;
+    assert_eq!(resumed.session_id.as_deref(), Some(session.as_str()));
+    subscriptions(&server, 4.0).await;
+    let renamed: chat::UpdateMemberResponse = observer.call("chat.UpdateMember", rename(&room, "back")).await;
+    assert_eq!(renamed.status, "ok");
+    observer.call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "welcome")).await;
+    second.hears(&room, "MemberUpdated back").await;
+    second.hears(&room, "message welcome").await;
+    second.events.clear();
+
+    // Taken over by a third connection while the second is still open: the room follows.
+    let mut third = Raw::connect(addr).await;
+    let took: pcast::AuthenticateResponse = third.call("pcast.Authenticate", auth_as(&session)).await;
+    assert_eq!(took.session_id.as_deref(), Some(session.as_str()));
+    observer.call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "moved")).await;
+    third.hears(&room, "message moved").await;
+    let stats = backend.stats();
+    assert_eq!((stats.sessions, stats.connections, stats.detached), (2, 2, 0), "{stats:?}");
+
+    // The second hears nothing of the room since: checked behind a barrier event, as above but
+    // on a raw connection.
+    let barrier = second.call::<pcast::AuthenticateResponse>("pcast.Authenticate", auth("t")).await;
+    assert_eq!(barrier.status, "ok");
+    let create = chat::CreateRoom {
+        room: chat::Room { name: "barrier".into(), ..Default::default() },
+        ..Default::default()
+    };
+    let barrier_room = second.call::<chat::CreateRoomResponse>("chat.CreateRoom", create).await.room.unwrap();
+    let barrier_room = barrier_room.room_id.unwrap();
+    second.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "second")).await;
+    observer.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "observer")).await;
+    second.hears(&barrier_room, "MemberJoined observer").await;
+    assert_eq!(heard(&second.events, &room), Vec::<String>::new());
+    backend.check_invariants().unwrap();
 }

@@ -92,7 +92,8 @@ pub struct ChatConfig {
     pub max_field_bytes: usize,
     /// Entries of any client-supplied list (options, streams).
     pub max_list_len: usize,
-    /// Events waiting to be handed to the gateway; beyond it new events are dropped and counted.
+    /// Events and subscription changes waiting to be handed to the gateway; beyond it new events
+    /// are dropped and counted (subscription changes never are).
     pub delivery_queue: usize,
     /// Milliseconds since the Unix epoch at the backend's start, for wire timestamps. Passed in
     /// (rather than read from the system clock later) so simulated runs stay deterministic.

@@ -4,16 +4,25 @@
 //! the order they were produced, and runs its timers on `tokio::time` (virtual under simulation).
 //!
 //! Membership lives here; the gateway's subscription tables follow it through the replies the
-//! gateway reads (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`). A session keeps its
-//! rooms through a reconnect within its grace period; the SDK then re-sends JoinRoom (option
-//! `reenter`) on its new connection, which subscribes that connection again.
+//! gateway reads (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`) and through the
+//! subscription changes this backend sends itself, in the same ordered queue as its events, for
+//! what no reply says: `pcast.Bye`, a session taken over or resumed by another connection, a
+//! connection that authenticates as another session. A session keeps its rooms through a
+//! reconnect within its grace period, and the connection that resumes it hears them at once; the
+//! SDK's own re-join (option `reenter`) then changes nothing.
+//!
+//! One race is left to the gateway: a reply that subscribes (JoinRoom, conversation subscribe)
+//! travels apart from the queue, so if the same connection loses its session before that reply
+//! is applied (pipelined Bye, or a takeover in that instant), the late reply subscribes it again
+//! until it leaves or disconnects. Closing it needs the gateway to take replies and subscription
+//! changes in one order, which only the core can offer.
 
 mod config;
 mod rooms;
 mod state;
 mod wire;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use clientmq_core::proto::pcast;
@@ -27,7 +36,7 @@ use crate::shard::GatewayHandle;
 
 pub use config::{ChatConfig, TokenError, TokenPolicy};
 pub use state::{ChatInvariant, ChatState, ChatStats};
-pub use wire::{Delivery, reason, status};
+pub use wire::{Delivery, Outgoing, Subscription, reason, status};
 
 /// Mixed into the server seed so the backend's ids do not repeat the shards' connection ids.
 const SEED_SALT: u64 = 0x6368_6174;
@@ -41,25 +50,39 @@ pub struct EmbeddedBackend {
     state: Arc<Mutex<ChatState>>,
     outlet: Arc<Outlet>,
     /// Taken by [`Backend::attach`], which starts the task that forwards events to the gateway.
-    pending_receiver: Mutex<Option<mpsc::Receiver<Delivery>>>,
+    pending_receiver: Mutex<Option<mpsc::UnboundedReceiver<Outgoing>>>,
     /// Wakes the timer task when the earliest deadline may have changed (or the backend is dropped).
     timer: Arc<Notify>,
 }
 
-/// The bounded queue of events on their way to the gateway.
+/// The queue of events and subscription changes on their way to the gateway. Events beyond
+/// `capacity` queued items are dropped and counted. Subscription changes are never dropped (one
+/// lost would leave a connection hearing a room it left, or deaf to one it is in); they are few
+/// per request, disconnect or expiry, all of which come from the shards, so they slow down when
+/// the shards fall behind.
 struct Outlet {
-    queue: mpsc::Sender<Delivery>,
+    queue: mpsc::UnboundedSender<Outgoing>,
+    capacity: usize,
+    /// Items sent and not yet taken by the forwarder (shared with it: the forwarder must not hold
+    /// the sender, or it would never see the queue close).
+    depth: Arc<AtomicUsize>,
     dropped: AtomicU64,
 }
 
 impl Outlet {
-    /// Called under the state lock, so the queue holds events in the order they happened.
-    fn push(&self, deliveries: Vec<Delivery>) {
-        for delivery in deliveries {
-            if let Err(mpsc::error::TrySendError::Full(d)) = self.queue.try_send(delivery) {
+    /// Called under the state lock, so the queue holds items in the order they happened.
+    fn push(&self, items: Vec<Outgoing>) {
+        for item in items {
+            if let Outgoing::Event(d) = &item
+                && self.depth.load(Ordering::Relaxed) >= self.capacity
+            {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(event_type = d.event_type, "delivery queue full; event dropped");
+                continue;
             }
+            self.depth.fetch_add(1, Ordering::Relaxed);
+            // Fails only once the forwarder is gone, with the gateway.
+            let _ = self.queue.send(item);
         }
     }
 }
@@ -85,10 +108,16 @@ impl EmbeddedBackend {
             Some(seed) => StdRng::seed_from_u64(seed ^ SEED_SALT),
             None => rand::make_rng(),
         };
-        let (queue, receiver) = mpsc::channel(config.delivery_queue.max(1));
+        let (queue, receiver) = mpsc::unbounded_channel();
+        let outlet = Outlet {
+            queue,
+            capacity: config.delivery_queue.max(1),
+            depth: Arc::new(AtomicUsize::new(0)),
+            dropped: AtomicU64::new(0),
+        };
         EmbeddedBackend {
             state: Arc::new(Mutex::new(ChatState::new(config, rng, now()))),
-            outlet: Arc::new(Outlet { queue, dropped: AtomicU64::new(0) }),
+            outlet: Arc::new(outlet),
             pending_receiver: Mutex::new(Some(receiver)),
             timer: Arc::new(Notify::new()),
         }
@@ -99,13 +128,13 @@ impl EmbeddedBackend {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Runs `f` on the state, queues the events it produced (still under the lock, so their
+    /// Runs `f` on the state, queues what it produced (still under the lock, so the queue's
     /// order is the order of the changes) and wakes the timer if its next deadline moved.
     fn with_state<T>(&self, f: impl FnOnce(&mut ChatState) -> T) -> T {
         let mut state = self.lock();
         let before = state.next_deadline();
         let out = f(&mut state);
-        self.outlet.push(state.take_deliveries());
+        self.outlet.push(state.take_outgoing());
         if state.next_deadline() != before {
             self.timer.notify_one();
         }
@@ -145,9 +174,17 @@ impl Backend for EmbeddedBackend {
             tracing::error!("the embedded backend serves one gateway; second attach ignored");
             return;
         };
+        let depth = self.outlet.depth.clone();
+        // One task, each item awaited: a shard gets the items meant for it in queue order.
         tokio::spawn(async move {
-            while let Some(d) = receiver.recv().await {
-                gateway.deliver(d.target, d.event_type, d.payload).await;
+            while let Some(item) = receiver.recv().await {
+                depth.fetch_sub(1, Ordering::Relaxed);
+                match item {
+                    Outgoing::Event(d) => gateway.deliver(d.target, d.event_type, d.payload).await,
+                    Outgoing::Subscription(s) => {
+                        gateway.set_subscription(s.conn, s.topic, &s.room, s.subscribe).await
+                    }
+                }
             }
         });
         let state = Arc::downgrade(&self.state);
@@ -183,7 +220,7 @@ async fn run_timers(state: Weak<Mutex<ChatState>>, timer: Arc<Notify>, outlet: A
         let Some(state) = state.upgrade() else { return };
         let mut s = state.lock().unwrap_or_else(PoisonError::into_inner);
         s.expire(now());
-        outlet.push(s.take_deliveries());
+        outlet.push(s.take_outgoing());
     }
 }
 

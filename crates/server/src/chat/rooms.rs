@@ -165,16 +165,24 @@ impl ChatState {
     }
 
     /// Leaving is idempotent: `ok` even when not a member, so the gateway drops its subscription.
+    /// `remove_member` queues the unsubscription too, so the queue is right on its own even when
+    /// the reply overtakes a resume's queued subscription.
     pub(super) fn leave_room(&mut self, session: &str, req: chat::LeaveRoom) -> chat::LeaveRoomResponse {
         self.remove_member(session, &req.room_id);
         chat::LeaveRoomResponse { status: status::OK.to_owned() }
     }
 
-    /// Removes `session` from a room and tells the other members.
+    /// Removes `session` from a room: its connection stops hearing the room first, then the
+    /// other members are told.
     pub(super) fn remove_member(&mut self, session: &str, room_id: &str) {
         let now_ms = self.now_ms();
-        if let Some(s) = self.sessions.get_mut(session) {
-            s.rooms.remove(room_id);
+        if let Some(s) = self.sessions.get_mut(session)
+            && s.rooms.remove(room_id)
+        {
+            s.conversations.remove(room_id);
+            if let Some(conn) = s.conn {
+                self.outbox.extend(wire::unsubscribe(conn, room_id));
+            }
         }
         let Some(room) = self.rooms.get_mut(room_id) else { return };
         let Some(member) = room.members.remove(session) else { return };
@@ -317,15 +325,18 @@ impl ChatState {
         session: &str,
         req: chat::FetchRoomConversation,
     ) -> chat::FetchRoomConversationResponse {
-        let room = match self.membership(session, &req.room_id) {
-            Ok((room, _)) => room,
-            Err(status) => {
-                return chat::FetchRoomConversationResponse {
-                    status: status.to_owned(),
-                    chat_messages: Vec::new(),
-                };
-            }
-        };
+        if let Err(status) = self.membership(session, &req.room_id) {
+            return chat::FetchRoomConversationResponse {
+                status: status.to_owned(),
+                chat_messages: Vec::new(),
+            };
+        }
+        // The gateway subscribes the connection from this reply; remembered for a resume.
+        if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
+            let s = self.sessions.get_mut(session).expect("a member's session");
+            s.conversations.insert(req.room_id.clone());
+        }
+        let room = &self.rooms[&req.room_id];
         let after = is_set(&req.after_message_id);
         let before = is_set(&req.before_message_id);
         let window: Vec<&chat::ChatMessage> = room

@@ -1,17 +1,26 @@
 //! The embedded backend as a synchronous state machine: sessions, connections, rooms, and the
 //! timers that end detached sessions and forget idle rooms. No I/O, no clock: callers pass `now`,
-//! and drain the events it produced with [`ChatState::take_deliveries`].
+//! and drain the events and subscription changes it produced with [`ChatState::take_outgoing`].
+//!
+//! The gateway subscribes a connection from the replies it reads (JoinRoom, LeaveRoom,
+//! FetchRoomConversation with `Subscribe`). Everything else that changes which connection speaks
+//! for a member is the backend's to tell it, as [`Outgoing::Subscription`]: a connection is
+//! subscribed to its session's rooms (and the conversations the session subscribed to) when it
+//! binds to a session that has some (resume, takeover), and unsubscribed from a room whenever its
+//! session stops being a member there or stops being its session (Bye, LeaveRoom, takeover,
+//! authenticating as another session). A session without a connection has nothing subscribed:
+//! the gateway dropped it when the connection ended.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
 use clientmq_core::proto::{chat, pcast};
-use clientmq_core::{ConnectionId, Reply};
+use clientmq_core::{ConnectionId, Reply, Topic};
 use prost::Message;
 use rand::rngs::StdRng;
 
 use super::config::ChatConfig;
-use super::wire::{self, Delivery, Limits, reason, status};
+use super::wire::{self, Limits, Outgoing, reason, status};
 
 /// Connection ids remembered after they end, so a request that raced past its connection's end
 /// cannot bind a session to a connection that is already gone.
@@ -24,6 +33,9 @@ pub(super) struct Session {
     /// The connection it is attached to; `None` while in its grace period.
     pub conn: Option<ConnectionId>,
     pub rooms: BTreeSet<String>,
+    /// The rooms whose conversation it subscribed to (a subset of `rooms`), so that a connection
+    /// that resumes it is subscribed to them again.
+    pub conversations: BTreeSet<String>,
     /// When it ends unless a connection resumes it.
     pub expires: Option<Instant>,
 }
@@ -65,6 +77,8 @@ pub enum ChatInvariant {
     Binding(ConnectionId),
     #[error("session {session} and room {room} disagree on membership")]
     Membership { session: String, room: String },
+    #[error("session {session} subscribed to the conversation of {room} without being a member")]
+    Conversation { session: String, room: String },
     #[error("alias {0} and its room disagree")]
     Alias(String),
     #[error("timers disagree with sessions and rooms")]
@@ -87,7 +101,7 @@ pub struct ChatState {
     pub(super) rooms: BTreeMap<String, Room>,
     pub(super) aliases: BTreeMap<String, String>,
     pub(super) deadlines: BTreeSet<(Instant, Deadline)>,
-    pub(super) outbox: Vec<Delivery>,
+    pub(super) outbox: Vec<Outgoing>,
     pub(super) next_message: u64,
 }
 
@@ -164,8 +178,8 @@ impl ChatState {
         }
     }
 
-    /// The events produced since the last call, in order.
-    pub fn take_deliveries(&mut self) -> Vec<Delivery> {
+    /// The events and subscription changes produced since the last call, in order.
+    pub fn take_outgoing(&mut self) -> Vec<Outgoing> {
         std::mem::take(&mut self.outbox)
     }
 
@@ -187,7 +201,12 @@ impl ChatState {
                         break id;
                     }
                 };
-                let session = Session { conn: None, rooms: BTreeSet::new(), expires: None };
+                let session = Session {
+                    conn: None,
+                    rooms: BTreeSet::new(),
+                    conversations: BTreeSet::new(),
+                    expires: None,
+                };
                 self.sessions.insert(id.clone(), session);
                 id
             }
@@ -202,25 +221,46 @@ impl ChatState {
     }
 
     /// Attaches `conn` to session `id`. A connection holds one session and a session one
-    /// connection: the newest wins, and what it replaced is detached (or just unbound).
+    /// connection: the newest wins, and what it replaced is detached (or just unbound). The
+    /// gateway's tables move with the binding: whoever lost the session stops hearing its rooms,
+    /// `conn` starts hearing them without having to join again.
     fn bind(&mut self, conn: ConnectionId, id: &str) {
-        if let Some(old) = self.conns.get(&conn).cloned()
-            && old != id
-        {
+        if let Some(old) = self.conns.get(&conn).cloned() {
+            if old == id {
+                return; // authenticating again as itself changes nothing
+            }
             self.conns.remove(&conn);
+            self.emit_subscriptions(conn, &old, false);
             self.detach(&old);
         }
         let session = self.sessions.get_mut(id).expect("caller checked");
-        if let Some(previous) = session.conn.replace(conn)
-            && previous != conn
-        {
-            // Taken over, typically by a reconnect the server noticed before the old socket's end.
-            self.conns.remove(&previous);
-        }
+        let previous = session.conn.replace(conn);
         if let Some(at) = session.expires.take() {
             self.deadlines.remove(&(at, Deadline::Session(id.to_owned())));
         }
+        if let Some(previous) = previous {
+            // Taken over, typically by a reconnect the server noticed before the old socket's end.
+            self.conns.remove(&previous);
+            self.emit_subscriptions(previous, id, false);
+        }
         self.conns.insert(conn, id.to_owned());
+        self.emit_subscriptions(conn, id, true);
+    }
+
+    /// Subscribes `conn` to every room of session `id` and to the conversations it subscribed
+    /// to, or unsubscribes it from every room and conversation of the session.
+    fn emit_subscriptions(&mut self, conn: ConnectionId, id: &str, subscribe: bool) {
+        let Some(session) = self.sessions.get(id) else { return };
+        for room in &session.rooms {
+            if !subscribe {
+                self.outbox.extend(wire::unsubscribe(conn, room));
+                continue;
+            }
+            self.outbox.push(wire::subscription(conn, Topic::Room, room, true));
+            if session.conversations.contains(room) {
+                self.outbox.push(wire::subscription(conn, Topic::Conversation, room, true));
+            }
+        }
     }
 
     /// Starts the grace period of a session that lost its connection.
@@ -240,18 +280,21 @@ impl ChatState {
         pcast::ByeResponse { status: status::OK.to_owned() }
     }
 
-    /// Ends a session: its member leaves every room (the others get MemberLeft) and its
-    /// connection, if any, is unbound (later requests on it are unauthorized).
+    /// Ends a session: its member leaves every room (its connection, if any, is unsubscribed
+    /// and the others get MemberLeft) and its connection is unbound (later requests on it are
+    /// unauthorized).
     fn end_session(&mut self, id: &str) {
-        let Some(session) = self.sessions.remove(id) else { return };
+        let Some(session) = self.sessions.get(id) else { return };
+        let rooms: Vec<String> = session.rooms.iter().cloned().collect();
+        for room in &rooms {
+            self.remove_member(id, room);
+        }
+        let session = self.sessions.remove(id).expect("just seen");
         if let Some(at) = session.expires {
             self.deadlines.remove(&(at, Deadline::Session(id.to_owned())));
         }
         if let Some(conn) = session.conn {
             self.conns.remove(&conn);
-        }
-        for room in &session.rooms {
-            self.remove_member(id, room);
         }
     }
 
@@ -351,6 +394,9 @@ impl ChatState {
                 if self.rooms.get(room).is_none_or(|r| !r.members.contains_key(id)) {
                     return Err(ChatInvariant::Membership { session: id.clone(), room: room.clone() });
                 }
+            }
+            if let Some(room) = s.conversations.difference(&s.rooms).next() {
+                return Err(ChatInvariant::Conversation { session: id.clone(), room: room.clone() });
             }
         }
         for (id, room) in &self.rooms {

@@ -137,10 +137,15 @@ impl Fixture {
         resp.chat_messages.into_iter().map(|m| m.message).collect()
     }
 
+    /// Events since the last call; subscription changes are left out (see `subscriptions.rs`).
+    fn events(&mut self) -> Vec<Delivery> {
+        let outgoing = self.state.take_outgoing().into_iter();
+        outgoing.filter_map(|o| if let Outgoing::Event(d) = o { Some(d) } else { None }).collect()
+    }
+
     /// Room events since the last call: (target room, kind, member session ids).
     fn room_events(&mut self) -> Vec<(String, RoomEventType, Vec<String>)> {
-        self.state
-            .take_deliveries()
+        self.events()
             .into_iter()
             .filter(|d| d.event_type == "chat.RoomEvent")
             .map(|d| {
@@ -384,13 +389,13 @@ fn room_updates_reach_the_room_and_keep_aliases_unique() {
         "not-in-room"
     );
     f.join(a, &id, "alice");
-    f.state.take_deliveries();
+    f.events();
     assert_eq!(
         f.call::<chat::UpdateRoomResponse>(a, "chat.UpdateRoom", update("two", "n")).status,
         "already-exists"
     );
     assert_eq!(f.call::<chat::UpdateRoomResponse>(a, "chat.UpdateRoom", update("three", "new")).status, "ok");
-    let events = f.state.take_deliveries();
+    let events = f.events();
     let event = chat::RoomEvent::decode(events[0].payload.as_slice()).unwrap();
     assert_eq!(event.event_type, RoomEventType::RoomUpdated as i32);
     let info = event.room.unwrap();
@@ -409,7 +414,7 @@ fn messages_get_server_ids_and_times_in_order_and_history_is_bounded() {
     let id = f.create(a, None).room.unwrap().room_id.unwrap();
     assert_eq!(f.send(a, &id, "hi"), "not-in-room");
     f.join(a, &id, "alice");
-    f.state.take_deliveries();
+    f.events();
     for text in ["m1", "m2", "m3", "m4"] {
         assert_eq!(f.send(a, &id, text), "ok");
         f.now += Duration::from_millis(5);
@@ -417,8 +422,7 @@ fn messages_get_server_ids_and_times_in_order_and_history_is_bounded() {
     assert_eq!(f.send(a, &id, "far too long"), "too-large");
     assert_eq!(f.send(a, &id, ""), "bad-request");
     let events: Vec<chat::ChatMessage> = f
-        .state
-        .take_deliveries()
+        .events()
         .into_iter()
         .map(|d| {
             assert_eq!(
@@ -512,3 +516,5 @@ fn the_same_seed_gives_the_same_ids() {
     };
     assert_eq!(ids(), ids());
 }
+
+mod subscriptions;

@@ -1,7 +1,7 @@
 //! Wire helpers of the embedded backend: statuses, replies, events, ids, and input checks.
 
 use clientmq_core::proto::{chat, mq};
-use clientmq_core::{Reply, Target};
+use clientmq_core::{ConnectionId, Reply, Target, Topic};
 use prost::Message;
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -40,6 +40,34 @@ pub struct Delivery {
     pub payload: Vec<u8>,
 }
 
+/// A change to the gateway's subscription tables that follows the backend's membership (a Bye,
+/// a session taken over or resumed, a room left); see the `state` module doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscription {
+    pub conn: ConnectionId,
+    pub topic: Topic,
+    pub room: String,
+    /// `false` unsubscribes.
+    pub subscribe: bool,
+}
+
+/// What the backend hands the gateway, in one queue so that a subscription change and the
+/// events around it arrive in the order they happened.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    Event(Delivery),
+    Subscription(Subscription),
+}
+
+pub fn subscription(conn: ConnectionId, topic: Topic, room: &str, subscribe: bool) -> Outgoing {
+    Outgoing::Subscription(Subscription { conn, topic, room: room.to_owned(), subscribe })
+}
+
+/// Unsubscribes `conn` from a room and from its conversation (harmless where it held neither).
+pub fn unsubscribe(conn: ConnectionId, room: &str) -> [Outgoing; 2] {
+    [Topic::Room, Topic::Conversation].map(|topic| subscription(conn, topic, room, false))
+}
+
 pub fn reply<M: Message>(request_type: &str, msg: &M) -> Reply {
     Reply { reply_type: format!("{request_type}Response"), payload: msg.encode_to_vec() }
 }
@@ -58,7 +86,7 @@ pub fn room_event(
     members: Vec<chat::Member>,
     room: Option<chat::Room>,
     now_ms: u64,
-) -> Delivery {
+) -> Outgoing {
     let event = chat::RoomEvent {
         session_id: actor.to_owned(),
         room_id: room_id.to_owned(),
@@ -68,25 +96,25 @@ pub fn room_event(
         options: Vec::new(),
         timestamp: now_ms,
     };
-    Delivery {
+    Outgoing::Event(Delivery {
         target: Target::Room(room_id.to_owned()),
         event_type: "chat.RoomEvent",
         payload: event.encode_to_vec(),
-    }
+    })
 }
 
-pub fn conversation_event(actor: &str, room_id: &str, message: chat::ChatMessage) -> Delivery {
+pub fn conversation_event(actor: &str, room_id: &str, message: chat::ChatMessage) -> Outgoing {
     let event = chat::RoomConversationEvent {
         session_id: actor.to_owned(),
         room_id: room_id.to_owned(),
         event_type: chat::RoomConversationEventType::Message as i32,
         chat_messages: vec![message],
     };
-    Delivery {
+    Outgoing::Event(Delivery {
         target: Target::Conversation(room_id.to_owned()),
         event_type: "chat.RoomConversationEvent",
         payload: event.encode_to_vec(),
-    }
+    })
 }
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
