@@ -1,0 +1,272 @@
+//! Rows about messages: requests, responses, events, server requests, subscriptions.
+
+use std::time::Duration;
+
+use clientmq_core::proto::{chat, mq};
+use clientmq_core::{
+    BackendError, Config, ConnectionId, DropReason, Encoding, EventKind, Frame, Input, Output, Reply,
+    RequestOutcome, ServerRequestError, Target, Topic, codec,
+};
+use mq::message::MessageType;
+use prost::Message as _;
+
+use crate::harness::*;
+
+#[test]
+fn unsupported_message_format_or_socket_not_open_dropped_and_counted() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.input(Input::Frame { conn: id, frame: Frame::Text("not base64!".into()) });
+    h.input(Input::Frame { conn: id, frame: Frame::Binary(vec![0xff, 0xff]) });
+    h.input(Input::Frame { conn: id, frame: Frame::Binary(Vec::new()) });
+    let stats = h.gw.stats().clone();
+    assert_eq!(stats.dropped.get("invalid-base64"), Some(&1));
+    assert_eq!(stats.dropped.get("invalid-message"), Some(&1));
+    assert_eq!(stats.dropped.get("empty"), Some(&1));
+    // The connection is fine after garbage.
+    assert_eq!(h.gw.open_connections(), 1);
+    h.input(Input::Drain);
+    h.advance(Duration::ZERO);
+    assert_eq!(h.closes_of(id), vec![3333]);
+    // Closing: a request is dropped, never forwarded.
+    h.request(id, "C1", "chat.GetRoomInfo", Vec::new(), Encoding::Binary);
+    assert!(h.backend_tokens().is_empty());
+    assert_eq!(h.gw.stats().dropped.get("not-open"), Some(&1));
+    let unknown: ConnectionId = "0123456789abcdefghijABCDEFGHIJ01".parse().unwrap();
+    h.input(Input::Frame { conn: unknown, frame: Frame::Binary(vec![1]) });
+    assert_eq!(h.gw.stats().dropped.get("unknown-connection"), Some(&1));
+    assert!(h.events_of(id).iter().any(|k| matches!(k, EventKind::Dropped { reason: DropReason::NotOpen })));
+}
+
+#[test]
+fn client_request_to_backend_timeout_failure_success() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.request(id, "C0", "chat.GetRoomInfo", Vec::new(), Encoding::Base64Text);
+    h.request(id, "C1", "chat.GetRoomInfo", Vec::new(), Encoding::Base64Text);
+    h.request(id, "C2", "chat.GetRoomInfo", Vec::new(), Encoding::Binary);
+    let tokens = h.backend_tokens();
+    assert_eq!(tokens.len(), 3);
+    h.input(Input::BackendReply {
+        token: tokens[0].0,
+        result: ok_reply("", chat::GetRoomInfoResponse { status: "ok".into(), ..Default::default() }),
+    });
+    h.input(Input::BackendReply { token: tokens[1].0, result: Err(BackendError::Failed("down".into())) });
+    h.advance(15 * SEC);
+    let sent = h.sent_to(id);
+    assert_eq!(sent.len(), 3);
+    // Success: the request's type + Response, in the encoding the client used for it.
+    assert_eq!(sent[0].0, Encoding::Base64Text);
+    assert_eq!(sent[0].1.r#type, "chat.GetRoomInfoResponse");
+    assert_eq!(sent[0].1.request_id.as_deref(), Some("C0"));
+    assert_eq!(sent[0].1.message_type, Some(MessageType::Response as i32));
+    assert_eq!(error_reason(&sent[1].1), "failed");
+    // The third went out binary and timed out at 15 s.
+    assert_eq!(sent[2].0, Encoding::Binary);
+    assert_eq!(sent[2].1.request_id.as_deref(), Some("C2"));
+    assert_eq!(error_reason(&sent[2].1), "timeout");
+    let r = &h.gw.stats().requests;
+    assert_eq!((r[&RequestOutcome::Ok], r[&RequestOutcome::Failed], r[&RequestOutcome::Timeout]), (1, 1, 1));
+    assert_eq!(h.gw.pending_requests(), 0);
+    // A reply after the timeout is traced as late and sends nothing.
+    h.take_outputs();
+    h.input(Input::BackendReply { token: tokens[2].0, result: Err(BackendError::Failed("late".into())) });
+    assert!(h.take_outputs().is_empty());
+    assert!(matches!(h.events.last().unwrap().kind, EventKind::LateReply { .. }));
+}
+
+#[test]
+fn response_ready_but_socket_no_longer_open_dropped() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.request(id, "C0", "chat.GetRoomInfo", Vec::new(), Encoding::Base64Text);
+    let token = h.backend_tokens()[0].0;
+    h.input(Input::SendFailed { conn: id });
+    assert_eq!(h.closes_of(id), vec![3335]);
+    h.take_outputs();
+    h.input(Input::BackendReply { token, result: ok_reply("", chat::GetRoomInfoResponse::default()) });
+    assert!(h.sent_to(id).is_empty());
+    assert_eq!(h.gw.stats().requests[&RequestOutcome::Undeliverable], 1);
+}
+
+#[test]
+fn successful_join_leave_and_conversation_subscribe_update_subscriptions() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    let join = chat::JoinRoom { alias: Some("lobby".into()), ..Default::default() };
+    h.request(id, "C0", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
+    let fetch = chat::FetchRoomConversation {
+        room_id: "room-1".into(),
+        options: vec![chat::RoomConversationOption::Subscribe as i32],
+        limit: 10,
+        ..Default::default()
+    };
+    h.request(id, "C1", "chat.FetchRoomConversation", fetch.encode_to_vec(), Encoding::Base64Text);
+    // A failed join changes nothing.
+    h.request(id, "C2", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
+    let t = h.backend_tokens();
+    let room = chat::Room { room_id: Some("room-1".into()), ..Default::default() };
+    h.input(Input::BackendReply {
+        token: t[0].0,
+        result: ok_reply(
+            "chat.JoinRoomResponse",
+            chat::JoinRoomResponse { status: "ok".into(), room: Some(room), ..Default::default() },
+        ),
+    });
+    h.input(Input::BackendReply {
+        token: t[1].0,
+        result: ok_reply(
+            "",
+            chat::FetchRoomConversationResponse { status: "ok".into(), ..Default::default() },
+        ),
+    });
+    h.input(Input::BackendReply {
+        token: t[2].0,
+        result: ok_reply(
+            "",
+            chat::JoinRoomResponse { status: "room-not-found".into(), ..Default::default() },
+        ),
+    });
+    assert_eq!(h.gw.subscribers(Topic::Room, "room-1"), vec![id]);
+    assert_eq!(h.gw.subscribers(Topic::Conversation, "room-1"), vec![id]);
+    assert_eq!(h.gw.subscriptions(), 2);
+    // Room deliveries reach subscribers.
+    h.take_outputs();
+    h.input(Input::Deliver {
+        target: Target::Room("room-1".into()),
+        event_type: "chat.RoomEvent".into(),
+        payload: vec![],
+    });
+    let sent = h.sent_to(id);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.message_type, Some(MessageType::Event as i32));
+    assert_eq!(sent[0].1.r#type, "chat.RoomEvent");
+    let leave = chat::LeaveRoom { room_id: "room-1".into(), ..Default::default() };
+    h.request(id, "C3", "chat.LeaveRoom", leave.encode_to_vec(), Encoding::Base64Text);
+    let token = h.backend_tokens()[0].0;
+    h.input(Input::BackendReply {
+        token,
+        result: ok_reply("", chat::LeaveRoomResponse { status: "ok".into() }),
+    });
+    assert_eq!(h.gw.subscriptions(), 0);
+}
+
+#[test]
+fn client_response_with_or_without_pending_server_request() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.input(Input::ServerRequest { token: 77, conn: id, request_type: "pcast.Ping".into(), payload: vec![] });
+    let request_id = h.sent_to(id)[0].1.request_id.clone().unwrap();
+    assert_eq!(request_id, "S0");
+    let answer = |rid: &str| mq::Message {
+        request_id: Some(rid.into()),
+        r#type: "pcast.PingResponse".into(),
+        payload: vec![9],
+        message_type: Some(MessageType::Response as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: id, frame: codec::encode(&answer("S0"), Encoding::Base64Text) });
+    let done: Vec<_> = h.outputs.iter().filter(|o| matches!(o, Output::ServerRequestDone { .. })).collect();
+    assert_eq!(
+        done,
+        vec![&Output::ServerRequestDone {
+            token: 77,
+            result: Ok(Reply { reply_type: "pcast.PingResponse".into(), payload: vec![9] })
+        }]
+    );
+    // Without a pending request: traced and ignored.
+    h.input(Input::Frame { conn: id, frame: codec::encode(&answer("S999"), Encoding::Base64Text) });
+    h.input(Input::Frame { conn: id, frame: codec::encode(&answer("C5"), Encoding::Base64Text) });
+    assert_eq!(h.gw.stats().dropped.get("unsolicited-response"), Some(&2));
+    assert_eq!(h.gw.open_connections(), 1);
+}
+
+#[test]
+fn client_event_traced_as_unsupported() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    let event = mq::Message {
+        r#type: "chat.RoomEvent".into(),
+        message_type: Some(MessageType::Event as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: id, frame: codec::encode(&event, Encoding::Binary) });
+    assert!(
+        h.events_of(id).iter().any(|k| matches!(k, EventKind::Dropped { reason: DropReason::ClientEvent }))
+    );
+    assert!(h.backend_tokens().is_empty());
+}
+
+#[test]
+fn server_request_counter_timeout_unknown_or_closed_socket_late_answer() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.input(Input::ServerRequest { token: 1, conn: id, request_type: "X".into(), payload: vec![] });
+    h.input(Input::ServerRequest { token: 2, conn: id, request_type: "X".into(), payload: vec![] });
+    let ids: Vec<_> = h.sent_to(id).into_iter().map(|(_, m)| m.request_id.unwrap()).collect();
+    assert_eq!(ids, vec!["S0", "S1"]);
+    h.advance(15 * SEC);
+    let timeouts = h
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, Output::ServerRequestDone { result: Err(ServerRequestError::Timeout), .. }))
+        .count();
+    assert_eq!(timeouts, 2);
+    // A late answer is traced as late, not as unknown.
+    let late = mq::Message {
+        request_id: Some("S1".into()),
+        r#type: "XResponse".into(),
+        message_type: Some(MessageType::Response as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: id, frame: codec::encode(&late, Encoding::Base64Text) });
+    assert_eq!(h.gw.stats().dropped.get("late-response"), Some(&1));
+    // Unknown socket and closing socket: an error at once.
+    h.take_outputs();
+    let unknown: ConnectionId = "0123456789abcdefghijABCDEFGHIJ01".parse().unwrap();
+    h.input(Input::ServerRequest { token: 3, conn: unknown, request_type: "X".into(), payload: vec![] });
+    h.input(Input::SendFailed { conn: id });
+    h.input(Input::ServerRequest { token: 4, conn: id, request_type: "X".into(), payload: vec![] });
+    let results: Vec<_> = h
+        .outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::ServerRequestDone { token, result } => Some((*token, result.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![(3, Err(ServerRequestError::NotConnected)), (4, Err(ServerRequestError::NotOpen))]
+    );
+}
+
+#[test]
+fn backend_driven_subscriptions_and_answers_from_the_wrong_connection() {
+    let mut h = Harness::new(Config::default());
+    let a = h.open();
+    let b = h.open();
+    // The backend subscribes and unsubscribes a connection itself (resume, Bye, takeover).
+    let set = |conn, topic, subscribe| Input::Subscription { conn, topic, room: "r".into(), subscribe };
+    h.input(set(a, Topic::Room, true));
+    h.input(set(a, Topic::Conversation, true));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a]);
+    h.input(set(a, Topic::Room, false));
+    assert_eq!((h.gw.subscriptions(), h.gw.subscribers(Topic::Room, "r")), (1, vec![]));
+    let unknown: ConnectionId = "0123456789abcdefghijABCDEFGHIJ01".parse().unwrap();
+    h.input(set(unknown, Topic::Room, true));
+    assert_eq!(h.gw.subscriptions(), 1);
+    // S0 is pending on a; b answering it is unsolicited and a's request stays pending.
+    h.input(Input::ServerRequest { token: 5, conn: a, request_type: "X".into(), payload: vec![] });
+    let answer = mq::Message {
+        request_id: Some("S0".into()),
+        r#type: "XResponse".into(),
+        message_type: Some(MessageType::Response as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: b, frame: codec::encode(&answer, Encoding::Base64Text) });
+    assert_eq!(h.gw.stats().dropped.get("unsolicited-response"), Some(&1));
+    assert_eq!(h.gw.pending_server_requests(), 1);
+    h.input(Input::Frame { conn: a, frame: codec::encode(&answer, Encoding::Base64Text) });
+    assert_eq!(h.gw.pending_server_requests(), 0);
+}
