@@ -15,6 +15,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -174,6 +175,8 @@ pub async fn run(exe: &Path, target: &Target, opts: &IdleOpts) -> Result<IdleRep
 }
 
 /// The worker side: opens `connections`, reports, holds them until stdin closes (or `max_hold`).
+/// Each connection starts reading as soon as it is open, so no ping goes unanswered while the
+/// others are still opening.
 pub async fn worker(
     target: &Target,
     connections: usize,
@@ -182,19 +185,27 @@ pub async fn worker(
     concurrency: usize,
     max_hold: Duration,
 ) {
-    let (conns, errors, first_error) =
-        target::open_many(target, connections, sources, source_offset, concurrency).await;
-    if let Some(e) = first_error {
-        eprintln!("idle-worker: {errors} connections failed; first: {e}");
-    }
     let pings = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
-    let opened = conns.len();
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .map(|mut ws| {
-            let (pings, closed) = (pings.clone(), closed.clone());
+    let gate = Arc::new(Semaphore::new(concurrency.max(1)));
+    let (opened_tx, mut opened_rx) = mpsc::unbounded_channel::<Result<(), String>>();
+    let tasks: Vec<_> = (0..connections)
+        .map(|i| {
+            let (pings, closed, gate, opened) =
+                (pings.clone(), closed.clone(), gate.clone(), opened_tx.clone());
+            let target = target.clone();
             tokio::spawn(async move {
+                let permit = gate.acquire_owned().await;
+                let ws = target::connect(&target, target::source_addr(source_offset + i, sources)).await;
+                drop(permit);
+                let mut ws = match ws {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = opened.send(Ok(()));
                 // Reading is what answers pings (tungstenite queues the pong and flushes it on
                 // the next read).
                 loop {
@@ -213,6 +224,20 @@ pub async fn worker(
             })
         })
         .collect();
+    let (mut opened, mut errors, mut first_error) = (0, 0, None);
+    for _ in 0..connections {
+        match opened_rx.recv().await {
+            Some(Ok(())) => opened += 1,
+            Some(Err(e)) => {
+                errors += 1;
+                first_error.get_or_insert(e);
+            }
+            None => break,
+        }
+    }
+    if let Some(e) = first_error {
+        eprintln!("idle-worker: {errors} connections failed; first: {e}");
+    }
     println!("ready opened={opened} errors={errors}");
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(max_hold, tokio::io::stdin().read_to_end(&mut sink)).await;

@@ -21,21 +21,22 @@ pub fn status_field_kib(text: &str, name: &str) -> Option<u64> {
 /// architectures).
 pub const USER_HZ: f64 = 100.0;
 
-/// User plus system CPU time of a process (all its threads), in seconds.
-pub fn cpu_secs(pid: u32) -> io::Result<f64> {
+/// CPU time of a process (all its threads), in seconds: (user, system).
+pub fn cpu_secs(pid: u32) -> io::Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    stat_cpu_ticks(&stat).map(|t| t as f64 / USER_HZ).ok_or_else(|| io::Error::other("malformed stat"))
+    let (user, system) = stat_cpu_ticks(&stat).ok_or_else(|| io::Error::other("malformed stat"))?;
+    Ok((user as f64 / USER_HZ, system as f64 / USER_HZ))
 }
 
-/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name (field 2)
-/// may hold spaces and parentheses, so fields are counted after its last `)`.
-pub fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+/// `utime` and `stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     let after = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after.split_whitespace().collect();
     // `after` starts at field 3 (state): utime is field 14, index 11.
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((utime, stime))
 }
 
 /// Total memory of the machine, in KiB.
@@ -118,7 +119,7 @@ mod tests {
     #[test]
     fn stat_cpu_time_skips_odd_command_names() {
         let stat = "4242 (my (odd) name) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 37 0 0 20 0 3 0 1 2 3";
-        assert_eq!(stat_cpu_ticks(stat), Some(287));
+        assert_eq!(stat_cpu_ticks(stat), Some((250, 37)));
         assert_eq!(stat_cpu_ticks("garbage"), None);
         assert!(cpu_secs(std::process::id()).is_ok());
     }

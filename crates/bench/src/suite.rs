@@ -108,6 +108,7 @@ where
 struct Measured {
     report: RequestReport,
     server_cpu_us: f64,
+    server_user_us: f64,
     load_cpu_us: f64,
     gateway_p99: Option<f64>,
 }
@@ -120,25 +121,26 @@ async fn measure(server: &Handle, opts: &RequestOpts) -> Measured {
         server.target.http_get("/metrics").await.ok().map(|t| procfs::buckets(&t, DURATION_METRIC))
     };
     let before = page().await;
-    let cpu = || procfs::cpu_secs(server.pid).unwrap_or(0.0);
-    let own = || procfs::cpu_secs(std::process::id()).unwrap_or(0.0);
-    let (cpu0, own0) = (cpu(), own());
+    let cpu = |pid| procfs::cpu_secs(pid).unwrap_or((0.0, 0.0));
+    let (server0, own0) = (cpu(server.pid), cpu(std::process::id()));
     let report = request::run(&server.target, opts).await;
-    let (cpu1, own1) = (cpu(), own());
+    let (server1, own1) = (cpu(server.pid), cpu(std::process::id()));
     let after = page().await;
-    let answered = report.rps() * (opts.warmup + opts.duration).as_secs_f64();
+    let per_req = 1e6 / (report.rps() * (opts.warmup + opts.duration).as_secs_f64()).max(1.0);
     let m = Measured {
-        server_cpu_us: (cpu1 - cpu0) * 1e6 / answered.max(1.0),
-        load_cpu_us: (own1 - own0) * 1e6 / answered.max(1.0),
+        server_cpu_us: (server1.0 + server1.1 - server0.0 - server0.1) * per_req,
+        server_user_us: (server1.0 - server0.0) * per_req,
+        load_cpu_us: (own1.0 + own1.1 - own0.0 - own0.1) * per_req,
         gateway_p99: before.zip(after).and_then(|(b, a)| procfs::bucket_quantile(&b, &a, 0.99)),
         report,
     };
     log(format!(
-        "{} {}: {} server_cpu_us={:.1} load_cpu_us={:.1} gateway_p99_bucket={:?}",
+        "{} {}: {} server_cpu_us={:.1} server_user_us={:.1} load_cpu_us={:.1} gateway_p99_bucket={:?}",
         if opts.rate.is_some() { "latency" } else { "request" },
         server.name,
         m.report.summary(),
         m.server_cpu_us,
+        m.server_user_us,
         m.load_cpu_us,
         m.gateway_p99
     ));
@@ -175,12 +177,17 @@ async fn requests(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut 
             peak100 = row.clientmq;
         }
         res.rows.push(row);
-        let server = |ms: &[Measured]| ms.iter().map(|m| m.server_cpu_us).collect::<Vec<_>>();
-        let figure = format!("server CPU µs per request, {conns} connections");
-        res.rows.push(pair_row(figure, &server(&c), &server(&b), 1, "(diagnostic)"));
-        let load = |ms: &[Measured]| ms.iter().map(|m| m.load_cpu_us).collect::<Vec<_>>();
-        let figure = format!("load generator CPU µs per request, {conns} connections");
-        res.rows.push(pair_row(figure, &load(&c), &load(&b), 1, "(diagnostic)"));
+        type Cpu = fn(&Measured) -> f64;
+        let cpus: [(&str, Cpu); 3] = [
+            ("server CPU µs per request (user + system)", |m| m.server_cpu_us),
+            ("server user-space CPU µs per request", |m| m.server_user_us),
+            ("load generator CPU µs per request", |m| m.load_cpu_us),
+        ];
+        for (what, pick) in cpus {
+            let values = |ms: &[Measured]| ms.iter().map(pick).collect::<Vec<_>>();
+            let figure = format!("{what}, {conns} connections");
+            res.rows.push(pair_row(figure, &values(&c), &values(&b), 1, "(diagnostic)"));
+        }
         let errors: u64 = c.iter().chain(&b).map(|m| m.report.errors + m.report.connect_errors).sum();
         res.notes.push(format!("request errors at {conns} connections, all runs, both servers: {errors}"));
         if conns == 100
