@@ -84,7 +84,7 @@ pub async fn run(target: &Target, opts: &ChurnOpts) -> ChurnReport {
                         break;
                     }
                     out.started += 1;
-                    let source = target::source_addr(w + cycle * concurrency, sources);
+                    let source = target::source_addr(w + cycle * concurrency, sources, 1);
                     let ws = match target::connect(&target, source).await {
                         Ok(ws) => ws,
                         Err(e) => {

@@ -31,6 +31,8 @@ pub struct IdleOpts {
     /// Worker processes holding the connections (each holds `connections / processes`).
     pub processes: usize,
     pub sources: usize,
+    /// First loopback source address (127.0.0.`first_source`).
+    pub first_source: u8,
     /// How long the connections are held before the second memory reading.
     pub hold: Duration,
     /// The server process whose memory is read.
@@ -133,7 +135,7 @@ pub async fn run(exe: &Path, target: &Target, opts: &IdleOpts) -> Result<IdleRep
         let mut child = Command::new(exe)
             .args(["idle-worker", "--url", target.url()])
             .args(["--connections", &n.to_string(), "--sources", &opts.sources.to_string()])
-            .args(["--source-offset", &offset.to_string()])
+            .args(["--source-offset", &offset.to_string(), "--first-source", &opts.first_source.to_string()])
             .args(["--connect-concurrency", &opts.connect_concurrency.to_string()])
             .args(["--max-hold-secs", &(opts.hold.as_secs() + 300).to_string()])
             .stdin(Stdio::piped())
@@ -181,6 +183,7 @@ pub async fn worker(
     target: &Target,
     connections: usize,
     sources: usize,
+    first_source: u8,
     source_offset: usize,
     concurrency: usize,
     max_hold: Duration,
@@ -196,7 +199,9 @@ pub async fn worker(
             let target = target.clone();
             tokio::spawn(async move {
                 let permit = gate.acquire_owned().await;
-                let ws = target::connect(&target, target::source_addr(source_offset + i, sources)).await;
+                let ws =
+                    target::connect(&target, target::source_addr(source_offset + i, sources, first_source))
+                        .await;
                 drop(permit);
                 let mut ws = match ws {
                     Ok(ws) => ws,

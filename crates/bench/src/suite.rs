@@ -18,6 +18,8 @@ use crate::stats::median;
 
 /// Connections of the idle-memory figure, unless the open-file limit is lower.
 pub const IDLE_CONNECTIONS: usize = 20_000;
+/// Loopback source addresses per idle run (2,500 connections each at 20,000).
+const IDLE_SOURCES: usize = 8;
 /// File descriptors a process keeps besides its connections (listener, epoll, stdio, ...).
 const FD_MARGIN: u64 = 100;
 const DURATION_METRIC: &str = "clientmq_request_duration_seconds";
@@ -148,13 +150,20 @@ async fn measure(server: &Handle, opts: &RequestOpts) -> Measured {
 }
 
 fn pair_row(figure: String, c: &[f64], b: &[f64], decimals: usize, target: &str) -> Row {
+    // Runs are paired (run i of each server back to back): their ratios show the spread.
+    let ratios: Vec<f64> = c.iter().zip(b).filter(|(_, b)| **b != 0.0).map(|(c, b)| c / b).collect();
     Row {
         figure,
         clientmq: median(c),
         baseline: median(b),
         decimals,
         target: target.into(),
-        runs: format!("clientmq {}; baseline {}", runs(c, decimals), runs(b, decimals)),
+        runs: format!(
+            "clientmq {}; baseline {}; paired ratios {}",
+            runs(c, decimals),
+            runs(b, decimals),
+            runs(&ratios, 2)
+        ),
         met: None,
     }
 }
@@ -297,15 +306,21 @@ async fn idle_memory(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> 
     let iopts = IdleOpts {
         connections: n,
         processes: n.div_ceil(soft.saturating_sub(FD_MARGIN).max(1) as usize).max(1),
-        sources: 4,
+        sources: IDLE_SOURCES,
+        first_source: 1,
         hold: opts.idle_hold,
         pid: None,
         metrics: false,
         connect_concurrency: 128,
     };
     let bins = &opts.binaries;
+    // Each run opens from its own block of source addresses: the ports of the previous run are
+    // still in TIME_WAIT, and a slow search for a free port would stall the clients' pongs.
+    let runs_done = std::cell::Cell::new(0u8);
     let measure = async |server: ServerProc, name: &str, metrics: bool| -> Result<IdleReport, String> {
-        let io = IdleOpts { pid: Some(server.pid), metrics, ..iopts.clone() };
+        let first_source = 10 + runs_done.get() * IDLE_SOURCES as u8;
+        runs_done.set(runs_done.get() + 1);
+        let io = IdleOpts { pid: Some(server.pid), metrics, first_source, ..iopts.clone() };
         let report = idle::run(&opts.load_bin, &server.target, &io).await?;
         log(format!("idle {name}: {}", report.summary()));
         Ok(report)
@@ -339,7 +354,7 @@ async fn idle_memory(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> 
         target: "(reference)".into(),
         ..Row::default()
     });
-    if let Some(r) = c.first() {
+    for r in &c {
         res.notes.push(format!(
             "idle: clients received {} heartbeat pings from clientmq while holding {} connections ({} closed \
              by the server, open gauge {}); the baseline sends none",

@@ -70,14 +70,17 @@ impl Target {
 }
 
 /// The source address of client socket `index` when spreading over `sources` loopback
-/// addresses (127.0.0.1, 127.0.0.2, ...), so that many connections do not run out of
-/// ephemeral ports. `None` (let the kernel choose) with a single source.
-pub fn source_addr(index: usize, sources: usize) -> Option<IpAddr> {
-    if sources <= 1 {
+/// addresses from 127.0.0.`first` on, so that many connections do not run out of ephemeral
+/// ports (and a run can avoid the ports a previous run left in TIME_WAIT). `None` (the kernel
+/// chooses) for a single source starting at 127.0.0.1.
+pub fn source_addr(index: usize, sources: usize, first: u8) -> Option<IpAddr> {
+    let first = first.max(1);
+    if sources <= 1 && first == 1 {
         return None;
     }
-    let n = (index % sources.min(250)) as u8;
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + n)))
+    let span = sources.clamp(1, usize::from(255 - first));
+    let n = (index % span) as u8;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, first + n)))
 }
 
 /// Opens one WebSocket to `target` from `source` (TCP, then the HTTP upgrade).
@@ -109,7 +112,7 @@ pub async fn open_many(
 ) -> (Vec<Ws>, u64, Option<String>) {
     use futures_util::StreamExt;
     let results: Vec<Result<Ws, String>> = futures_util::stream::iter(0..n)
-        .map(|i| connect(target, source_addr(offset + i, sources)))
+        .map(|i| connect(target, source_addr(offset + i, sources, 1)))
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await;
@@ -146,10 +149,12 @@ mod tests {
 
     #[test]
     fn sources_rotate_over_loopback_addresses() {
-        assert_eq!(source_addr(5, 1), None);
-        assert_eq!(source_addr(0, 4), Some("127.0.0.1".parse().unwrap()));
-        assert_eq!(source_addr(3, 4), Some("127.0.0.4".parse().unwrap()));
-        assert_eq!(source_addr(4, 4), Some("127.0.0.1".parse().unwrap()));
-        assert!(source_addr(10_000, 1000).unwrap().is_loopback());
+        assert_eq!(source_addr(5, 1, 1), None);
+        assert_eq!(source_addr(5, 1, 9), Some("127.0.0.9".parse().unwrap()));
+        assert_eq!(source_addr(0, 4, 1), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(source_addr(3, 4, 1), Some("127.0.0.4".parse().unwrap()));
+        assert_eq!(source_addr(4, 4, 1), Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(source_addr(9, 8, 20), Some("127.0.0.21".parse().unwrap()));
+        assert!(source_addr(10_000, 1000, 200).unwrap().is_loopback());
     }
 }

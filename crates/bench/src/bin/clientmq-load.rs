@@ -59,6 +59,9 @@ enum Mode {
         processes: usize,
         #[arg(long, default_value_t = 4)]
         sources: usize,
+        /// First source address: 127.0.0.N.
+        #[arg(long, default_value_t = 1)]
+        first_source: u8,
         /// Seconds the connections are held before the second reading.
         #[arg(long, default_value_t = 5.0)]
         hold_secs: f64,
@@ -75,6 +78,8 @@ enum Mode {
         connections: usize,
         #[arg(long, default_value_t = 1)]
         sources: usize,
+        #[arg(long, default_value_t = 1)]
+        first_source: u8,
         #[arg(long, default_value_t = 0)]
         source_offset: usize,
         #[arg(long, default_value_t = 128)]
@@ -177,12 +182,13 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             };
             println!("{}", request::run(&target(&url)?, &opts).await.summary());
         }
-        Mode::Idle { url, connections, pid, processes, sources, hold_secs, metrics } => {
+        Mode::Idle { url, connections, pid, processes, sources, first_source, hold_secs, metrics } => {
             let exe = std::env::current_exe().map_err(|_| ExitCode::FAILURE)?;
             let opts = IdleOpts {
                 connections,
                 processes,
                 sources,
+                first_source,
                 hold: secs(hold_secs),
                 pid,
                 metrics,
@@ -196,12 +202,21 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 }
             }
         }
-        Mode::IdleWorker { url, connections, sources, source_offset, connect_concurrency, max_hold_secs } => {
+        Mode::IdleWorker {
+            url,
+            connections,
+            sources,
+            first_source,
+            source_offset,
+            connect_concurrency,
+            max_hold_secs,
+        } => {
             let t = target(&url)?;
             idle::worker(
                 &t,
                 connections,
                 sources,
+                first_source,
                 source_offset,
                 connect_concurrency,
                 Duration::from_secs(max_hold_secs),
