@@ -55,6 +55,10 @@ where
 {
     let mut peer_closed = false;
     let mut outbound_first = false;
+    // One waiter for the connection's life: `notify_one` stores a permit for it if it fires
+    // between polls.
+    let aborted = abort.notified();
+    tokio::pin!(aborted);
     loop {
         // Alternate which side is served first, so a busy direction cannot starve the other.
         // `biased` keeps the order fixed (and simulations replayable); both futures are
@@ -63,14 +67,14 @@ where
         let step = if outbound_first {
             tokio::select! {
                 biased;
-                () = abort.notified() => return None,
+                () = &mut aborted => return None,
                 out = rx.recv() => Step::Out(out),
                 incoming = ws.next() => Step::In(incoming),
             }
         } else {
             tokio::select! {
                 biased;
-                () = abort.notified() => return None,
+                () = &mut aborted => return None,
                 incoming = ws.next() => Step::In(incoming),
                 out = rx.recv() => Step::Out(out),
             }
@@ -91,7 +95,7 @@ where
                 // A blocked write must still yield to an abort.
                 let sent = tokio::select! {
                     biased;
-                    () = abort.notified() => return None,
+                    () = &mut aborted => return None,
                     sent = ws.send(msg) => sent,
                 };
                 if let Err(e) = sent {

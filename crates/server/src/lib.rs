@@ -155,6 +155,15 @@ impl Server {
         }
     }
 
+    /// Drops every connection's transport now, in connection id order, without telling the
+    /// cores: what a killed process looks like to its clients, made deterministic so a simulated
+    /// restart replays byte for byte. The server is not usable afterwards.
+    pub fn abort_connections(&self) {
+        for shard in self.inner.handle.shards.iter() {
+            let _ = shard.try_send(Command::AbortAll);
+        }
+    }
+
     /// Accepts connections until drain has finished: every connection gone, or the drain
     /// deadline passed. Returns how many connections were still open at the end.
     pub async fn run<L: Listener>(&self, mut listener: L) -> usize {
@@ -271,7 +280,8 @@ impl Server {
         let ws =
             WebSocketStream::from_raw_socket(Prefixed::new(head.rest, stream), Role::Server, Some(ws_config))
                 .await;
-        self.session(ws, peer).await;
+        // A task of its own, so the handshake's state is not carried for the connection's life.
+        tokio::spawn(self.session(ws, peer));
     }
 
     fn upgrade_refusal(&self, head: &Head) -> Option<&'static str> {

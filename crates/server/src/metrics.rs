@@ -1,6 +1,7 @@
 //! Prometheus metrics. Gauges of live state are read from the shards' registries at scrape
 //! time; counters are fed from the gateway's trace events, each of which happens exactly once.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clientmq_core::{EventKind, RequestOutcome};
@@ -48,6 +49,9 @@ pub struct Metrics {
     rejected: Family<Labels, Counter>,
     disconnects: Family<Labels, Counter>,
     requests: Family<Labels, Counter>,
+    /// `requests` series by (type, outcome) index, made on first use: answers are the hot path,
+    /// and building and hashing a label set for each one showed up in profiles.
+    request_series: Vec<OnceLock<Counter>>,
     duration: Histogram,
     rtt: Histogram,
     dropped: Family<Labels, Counter>,
@@ -71,6 +75,9 @@ impl Metrics {
             rejected: Family::default(),
             disconnects: Family::default(),
             requests: Family::default(),
+            request_series: (0..(KNOWN_TYPES.len() + 1) * RequestOutcome::ALL.len())
+                .map(|_| OnceLock::new())
+                .collect(),
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             rtt: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             dropped: Family::default(),
@@ -104,9 +111,15 @@ impl Metrics {
                 self.disconnects.get_or_create(&labels).inc();
             }
             EventKind::Answered { request_type, outcome, elapsed, .. } => {
-                let ty = KNOWN_TYPES.iter().find(|t| **t == request_type).copied().unwrap_or("other");
-                let labels = vec![("type", ty.to_owned()), ("outcome", outcome.label().to_owned())];
-                self.requests.get_or_create(&labels).inc();
+                let ty = KNOWN_TYPES.iter().position(|t| *t == request_type).unwrap_or(KNOWN_TYPES.len());
+                let oc =
+                    RequestOutcome::ALL.iter().position(|o| o == outcome).expect("ALL lists every outcome");
+                let series = self.request_series[ty * RequestOutcome::ALL.len() + oc].get_or_init(|| {
+                    let ty = KNOWN_TYPES.get(ty).copied().unwrap_or("other");
+                    let labels = vec![("type", ty.to_owned()), ("outcome", outcome.label().to_owned())];
+                    self.requests.get_or_create(&labels).clone()
+                });
+                series.inc();
                 if *outcome != RequestOutcome::Refused {
                     self.duration.observe(elapsed.as_secs_f64());
                 }

@@ -2,8 +2,10 @@
 //! backend, and by its own timer. Outputs are routed to connection queues and the backend.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use clientmq_core::{
@@ -59,6 +61,8 @@ pub enum Command {
         reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
     },
     Drain,
+    /// Drop every connection's transport at once, in id order (a simulated process death).
+    AbortAll,
 }
 
 /// Commands queued per shard before senders wait.
@@ -223,6 +227,11 @@ impl<B: Backend> Shard<B> {
                 self.gw.handle(Input::ServerRequest { token, conn, request_type, payload }, now);
             }
             Command::Drain => self.gw.handle(Input::Drain, now),
+            Command::AbortAll => {
+                for handle in self.conns.values() {
+                    handle.abort.notify_one();
+                }
+            }
         }
     }
 
@@ -296,13 +305,20 @@ impl<B: Backend> Shard<B> {
                 }
             }
             Output::Backend(req) => {
+                let token = req.token;
                 let backend = self.backend.clone();
+                let mut answer = Box::pin(async move { backend.request(req).await });
+                // An answer that is ready at once (most of the embedded backend's) is taken here:
+                // no task, no channel hop, no wake-up. A pending one re-registers its real waker
+                // when the task polls it.
+                if let Poll::Ready(result) = answer.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    return self.gw.handle(Input::BackendReply { token, result }, now());
+                }
                 let Some(shard) = self.tx.upgrade() else { return };
                 let timeout = self.backend_timeout;
-                let token = req.token;
                 tokio::spawn(async move {
                     // The core times the request out for the client; this bound frees the task.
-                    if let Ok(result) = tokio::time::timeout(timeout, backend.request(req)).await {
+                    if let Ok(result) = tokio::time::timeout(timeout, answer).await {
                         let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
                     }
                 });

@@ -319,6 +319,10 @@ async fn unauthenticated_and_unsupported_requests_get_mq_errors() {
         ..Default::default()
     };
     assert_eq!(reason(&c.request("chat.CreateRoom", create.encode_to_vec()).await), "unauthorized");
+    // A latency probe is echoed without a session.
+    let probe = mq::PingPong { origin_timestamp: 7, count: Some(1) }.encode_to_vec();
+    let pong = c.request("mq.PingPong", probe.clone()).await;
+    assert_eq!((pong.r#type.as_str(), &pong.payload), ("mq.PingPongResponse", &probe));
     assert_eq!(reason(&c.request("pcast.SetupStream", vec![]).await), "unauthorized");
     let refused: pcast::AuthenticateResponse = c.call("pcast.Authenticate", auth("")).await;
     assert_eq!(refused.status, "unauthorized");
