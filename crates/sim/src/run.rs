@@ -178,20 +178,31 @@ pub fn run(scenario: &Scenario) -> Outcome {
             }
         });
     }
+    // A crash drops a group's sockets from inside, in client order: turmoil's own crash drops a
+    // runtime's tasks in an order that depends on process-global task ids.
+    let mut crashes = BTreeMap::new();
     for group in &scenario.clients {
         let (group, trace) = (group.clone(), trace.clone());
-        // A host, not a turmoil client, so that a timeline can crash it.
+        let crashed = Arc::new(Crash::default());
+        crashes.insert(group.name.clone(), crashed.clone());
         sim.host(group.name.clone(), move || {
-            let (group, trace) = (group.clone(), trace.clone());
+            let (group, trace, crashed) = (group.clone(), trace.clone(), crashed.clone());
             async move {
                 let start = tokio::time::Instant::now();
                 let mut tasks = Vec::new();
                 for i in 0..group.count {
                     let offset = group.start_secs + group.spread_secs * i as f64 / group.count.max(1) as f64;
-                    let (group, trace) = (group.clone(), trace.clone());
+                    let (group, trace, crashed) = (group.clone(), trace.clone(), crashed.clone());
                     tasks.push(tokio::spawn(async move {
-                        tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
-                        client::run(group, i, trace).await;
+                        let client = async {
+                            tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
+                            client::run(group, i, trace).await;
+                        };
+                        tokio::select! {
+                            biased;
+                            () = crashed.wait() => {}
+                            () = client => {}
+                        }
                     }));
                 }
                 for t in tasks {
@@ -244,8 +255,22 @@ pub fn run(scenario: &Scenario) -> Outcome {
     let mut unmet = Vec::new();
     'run: while sim.elapsed() < duration {
         while let Some(step) = faults.next_if(|s| Duration::from_secs_f64(s.at_secs) <= sim.elapsed()) {
-            let note = fault(&mut sim, &step.action);
-            trace.push(Record::sim(sim.elapsed(), note));
+            trace.push(Record::sim(sim.elapsed(), fault_note(&step.action)));
+            match &step.action {
+                Action::Crash { group } => crashes[group].fire(),
+                Action::Bounce => {
+                    // The old process's connections die in a fixed order, then it restarts.
+                    if let Some(server) = current.lock().expect("server cell").take() {
+                        server.abort_connections();
+                    }
+                    if let Err(e) = sim.step() {
+                        unmet.push(format!("simulation failed: {e}"));
+                        break 'run;
+                    }
+                    sim.bounce("gateway");
+                }
+                action => network_fault(&mut sim, action),
+            }
         }
         if let Err(e) = sim.step() {
             unmet.push(format!("simulation failed: {e}"));
@@ -281,37 +306,58 @@ pub fn run(scenario: &Scenario) -> Outcome {
     Outcome { records, samples, violation, unmet, end, simulated: sim.elapsed(), wall: wall.elapsed() }
 }
 
-fn fault(sim: &mut turmoil::Sim<'_>, action: &Action) -> String {
+/// A group's crash signal. Not a `tokio::sync::watch`: that spreads its waiters over several
+/// queues by a per-process random choice, so wake-up order would differ between runs.
+#[derive(Default)]
+struct Crash {
+    fired: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Crash {
+    fn fire(&self) {
+        self.fired.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.fired.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The trace line of a fault.
+fn fault_note(action: &Action) -> String {
     match action {
-        Action::Partition { group } => {
-            sim.partition(group.as_str(), "gateway");
-            format!("partition {group}")
-        }
-        Action::Repair { group } => {
-            sim.repair(group.as_str(), "gateway");
-            format!("repair {group}")
-        }
-        Action::Hold { group } => {
-            sim.hold(group.as_str(), "gateway");
-            format!("hold {group}")
-        }
-        Action::Release { group } => {
-            sim.release(group.as_str(), "gateway");
-            format!("release {group}")
-        }
-        Action::Latency { group, ms } => {
-            sim.set_link_latency(group.as_str(), "gateway", Duration::from_millis(*ms));
-            format!("latency {group} {ms}ms")
-        }
-        Action::Crash { group } => {
-            sim.crash(group.as_str());
-            format!("crash {group}")
-        }
-        Action::Bounce => {
-            sim.bounce("gateway");
-            "gateway restarted".to_owned()
-        }
+        Action::Partition { group } => format!("partition {group}"),
+        Action::Repair { group } => format!("repair {group}"),
+        Action::Hold { group } => format!("hold {group}"),
+        Action::Release { group } => format!("release {group}"),
+        Action::Latency { group, ms } => format!("latency {group} {ms}ms"),
+        Action::Crash { group } => format!("crash {group}"),
+        Action::Bounce => "gateway restarted".to_owned(),
         other => format!("not a fault: {other:?}"),
+    }
+}
+
+/// Applies a fault between a client group and the gateway.
+fn network_fault(sim: &mut turmoil::Sim<'_>, action: &Action) {
+    match action {
+        Action::Partition { group } => sim.partition(group.as_str(), "gateway"),
+        Action::Repair { group } => sim.repair(group.as_str(), "gateway"),
+        Action::Hold { group } => sim.hold(group.as_str(), "gateway"),
+        Action::Release { group } => sim.release(group.as_str(), "gateway"),
+        Action::Latency { group, ms } => {
+            sim.set_link_latency(group.as_str(), "gateway", Duration::from_millis(*ms))
+        }
+        _ => {}
     }
 }
 
