@@ -1,5 +1,7 @@
 //! The real binary: configured from the environment, drained by SIGTERM, exits 0.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -23,16 +25,7 @@ async fn sigterm_drains_with_3333_and_exits_zero() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut ws = None;
-    for _ in 0..100 {
-        if let Ok((s, _)) = tokio_tungstenite::connect_async(&url).await {
-            ws = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut ws = ws.expect("the server came up");
+    let mut ws = common::connect_when_up(port).await;
     let pid = child.id().unwrap().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
     assert!(killed.success());

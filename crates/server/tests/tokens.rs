@@ -1,5 +1,7 @@
 //! The binary's token policy, from flags, environment and a file.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -26,16 +28,7 @@ fn binary() -> Command {
 
 /// Authenticates with `token` against a server on `port`; returns the answer's status.
 async fn authenticate(port: u16, token: &str) -> String {
-    let url = format!("ws://127.0.0.1:{port}/ws");
-    let mut ws = None;
-    for _ in 0..100 {
-        if let Ok((s, _)) = tokio_tungstenite::connect_async(&url).await {
-            ws = Some(s);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut ws = ws.expect("the server came up");
+    let mut ws = common::connect_when_up(port).await;
     let auth = pcast::Authenticate { authentication_token: token.into(), ..Default::default() };
     let msg = mq::Message {
         request_id: Some("C0".into()),
