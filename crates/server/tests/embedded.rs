@@ -2,6 +2,8 @@
 //! subscription tables agreeing with the backend's membership whichever way a connection ends,
 //! says Bye, or hands its session to another connection.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use clientmq_core::{Encoding, Frame, codec};
 use clientmq_server::chat::{ChatConfig, TokenPolicy};
 use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{EmbeddedBackend, Server, ServerConfig};
+use common::{eventually, metric};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -19,6 +22,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
 const MS: Duration = Duration::from_millis(1);
+/// How long a test waits for the server to reach a state.
+const WAIT: Duration = Duration::from_secs(5);
 const GRACE: Duration = Duration::from_millis(800);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
@@ -289,23 +294,6 @@ impl Raw {
     }
 }
 
-fn gauge(server: &Server, name: &str) -> f64 {
-    let text = server.metrics_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-        .map_or(f64::NAN, |v| v.trim().parse().unwrap())
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..500 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(10 * MS).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_and_unsupported_requests_get_mq_errors() {
     let (_server, _backend, addr) = start(Duration::from_secs(30)).await;
@@ -379,7 +367,8 @@ async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
     observer.authenticate().await;
     let room_id = observer.new_room("lobby").await;
     let observer_session = observer.member_of(&room_id, "observer").await;
-    eventually("the observer's two subscriptions", || gauge(&server, "clientmq_subscriptions") == 2.0).await;
+    eventually(WAIT, "the observer's two subscriptions", || metric(&server, "clientmq_subscriptions") == 2.0)
+        .await;
 
     for end in [End::ClientClose, End::Eof, End::Reset, End::HeartbeatTimeout] {
         let (victim, session) = match end {
@@ -395,13 +384,14 @@ async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
             }
         };
         observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
-        eventually("both members subscribed", || gauge(&server, "clientmq_subscriptions") == 4.0).await;
+        eventually(WAIT, "both members subscribed", || metric(&server, "clientmq_subscriptions") == 4.0)
+            .await;
         assert_eq!(backend.members(&room_id).len(), 2);
 
         let _ending = tokio::spawn(victim.end(end));
-        eventually("the gateway to drop the connection", || server.open_connections() == 1).await;
-        eventually("the gateway to drop its subscriptions", || {
-            gauge(&server, "clientmq_subscriptions") == 2.0
+        eventually(WAIT, "the gateway to drop the connection", || server.open_connections() == 1).await;
+        eventually(WAIT, "the gateway to drop its subscriptions", || {
+            metric(&server, "clientmq_subscriptions") == 2.0
         })
         .await;
         assert!(
@@ -421,14 +411,14 @@ async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
         (r#"clientmq_disconnects_total{path="lost",code="1006"}"#, 2.0),
         (r#"clientmq_disconnects_total{path="forced",code="3334"}"#, 1.0),
     ] {
-        assert_eq!(gauge(&server, series), count, "{series}");
+        assert_eq!(metric(&server, series), count, "{series}");
     }
 
     // Drain ends the observer too: nothing is left once its grace period is over.
     server.drain().await;
-    eventually("every connection drained", || server.open_connections() == 0).await;
-    assert_eq!(gauge(&server, "clientmq_subscriptions"), 0.0);
-    eventually("every session over", || backend.stats().sessions == 0).await;
+    eventually(WAIT, "every connection drained", || server.open_connections() == 0).await;
+    assert_eq!(metric(&server, "clientmq_subscriptions"), 0.0);
+    eventually(WAIT, "every session over", || backend.stats().sessions == 0).await;
     let stats = backend.stats();
     assert_eq!((stats.members, stats.connections), (0, 0), "{stats:?}");
     backend.check_invariants().unwrap();
@@ -437,7 +427,7 @@ async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
 
 /// Waits until the gateway holds `n` room and conversation subscriptions over all connections.
 async fn subscriptions(server: &Server, n: f64) {
-    eventually(&format!("{n} subscriptions"), || gauge(server, "clientmq_subscriptions") == n).await;
+    eventually(WAIT, &format!("{n} subscriptions"), || metric(server, "clientmq_subscriptions") == n).await;
 }
 
 /// The backend's queue to the gateway is ordered: once `barrier` hears a room event produced
@@ -497,7 +487,7 @@ async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_a
     subscriptions(&server, 4.0).await;
 
     drop(first);
-    eventually("the backend to see the connection end", || backend.stats().detached == 1).await;
+    eventually(WAIT, "the backend to see the connection end", || backend.stats().detached == 1).await;
     subscriptions(&server, 2.0).await;
     // Resumed on a new connection that only authenticates: its room and conversation come back.
     let mut second = Raw::connect(addr).await;

@@ -1,6 +1,8 @@
 //! The server over real loopback sockets: well-behaved clients through tokio-tungstenite,
 //! misbehaving ones through raw TCP.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +11,7 @@ use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Encoding, Reply, Target, codec};
 use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{Backend, GatewayHandle, Server, ServerConfig};
+use common::{eventually, metric};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
@@ -17,6 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const MS: Duration = Duration::from_millis(1);
+/// How long a test waits for the server to reach a state.
+const WAIT: Duration = Duration::from_secs(3);
 
 /// Answers like the echo backend after `delay`, and remembers every request.
 #[derive(Default)]
@@ -110,14 +115,6 @@ fn close_code(m: &Message) -> Option<u16> {
     }
 }
 
-/// A value from the Prometheus text, by exact series name (with labels).
-fn metric(server: &Server, series: &str) -> f64 {
-    let text = server.metrics_text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
-}
-
 async fn raw_upgrade(addr: SocketAddr, headers: &[(&str, &str)]) -> TcpStream {
     let mut s = TcpStream::connect(addr).await.unwrap();
     assert_eq!(rawws::upgrade(&mut s, "/ws", headers).await.unwrap(), 101);
@@ -126,16 +123,6 @@ async fn raw_upgrade(addr: SocketAddr, headers: &[(&str, &str)]) -> TcpStream {
 
 async fn read_frame(s: &mut TcpStream) -> Option<RawFrame> {
     tokio::time::timeout(Duration::from_secs(3), rawws::read_frame(s)).await.unwrap().unwrap()
-}
-
-async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    for _ in 0..300 {
-        if cond() {
-            return;
-        }
-        tokio::time::sleep(10 * MS).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +141,7 @@ async fn server_close_never_answered_is_forced_and_the_count_returns() {
         }
     });
     let mut raw = raw_upgrade(addr, &[]).await;
-    eventually("two open", || server.open_connections() == 2).await;
+    eventually(WAIT, "two open", || server.open_connections() == 2).await;
     // The raw client ignores pings: at the second heartbeat the server closes with 3334.
     let close = loop {
         let frame = read_frame(&mut raw).await.expect("a frame before EOF");
@@ -168,7 +155,7 @@ async fn server_close_never_answered_is_forced_and_the_count_returns() {
     let mut rest = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(3), raw.read_to_end(&mut rest)).await;
     assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "socket closed by the server");
-    eventually("back to one open", || server.open_connections() == 1).await;
+    eventually(WAIT, "back to one open", || server.open_connections() == 1).await;
     assert_eq!(metric(&server, "clientmq_connections_open"), 1.0);
     assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="forced",code="3334"}"#), 1.0);
     // The polite client answered every ping and is still there.
@@ -196,7 +183,7 @@ async fn a_client_that_stops_answering_pings_is_closed_3334() {
         }
     }
     assert_eq!(codes, vec![3334]);
-    eventually("closed", || server.open_connections() == 0).await;
+    eventually(WAIT, "closed", || server.open_connections() == 0).await;
     assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="server",code="3334"}"#), 1.0);
     assert!(metric(&server, "clientmq_rtt_seconds_count") >= 1.0);
 }
@@ -246,7 +233,7 @@ async fn a_flood_over_the_limit_gets_exactly_n_1013_and_never_exceeds_it() {
     // Room again as soon as one leaves.
     let mut one = kept.pop().unwrap();
     one.close(None).await.unwrap();
-    eventually("39 open", || server.open_connections() == 39).await;
+    eventually(WAIT, "39 open", || server.open_connections() == 39).await;
     let mut newcomer = connect(addr).await;
     newcomer.send(text(&request("C0", "x.Echo", vec![]))).await.unwrap();
     assert!(close_code(&next_message(&mut newcomer).await.unwrap()).is_none());
@@ -287,7 +274,7 @@ async fn oversize_frame_closes_1009() {
     ws.send(Message::Binary(vec![0u8; 10_000].into())).await.unwrap();
     let close = next_message(&mut ws).await.unwrap();
     assert_eq!(close_code(&close), Some(1009));
-    eventually("closed", || server.open_connections() == 0).await;
+    eventually(WAIT, "closed", || server.open_connections() == 0).await;
     assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="lost",code="1009"}"#), 1.0);
 }
 
@@ -301,7 +288,7 @@ async fn a_slow_consumer_is_closed() {
     let mut raw = raw_upgrade(addr, &[]).await;
     let auth = request("C0", "x.Hello", vec![]).encode_to_vec();
     rawws::write_frame(&mut raw, rawws::BINARY, &auth).await.unwrap();
-    eventually("request seen", || !backend.seen.lock().unwrap().is_empty()).await;
+    eventually(WAIT, "request seen", || !backend.seen.lock().unwrap().is_empty()).await;
     let conn: ConnectionId = backend.seen.lock().unwrap()[0].conn;
     let gateway = backend.gateway.lock().unwrap().clone().unwrap();
     let pusher = tokio::spawn(async move {
@@ -309,7 +296,7 @@ async fn a_slow_consumer_is_closed() {
             gateway.deliver(Target::Connection(conn), "x.Blob", vec![0u8; 3000]).await;
         }
     });
-    eventually("slow consumer closed", || server.open_connections() == 0).await;
+    eventually(WAIT, "slow consumer closed", || server.open_connections() == 0).await;
     pusher.abort();
     assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="forced",code="3335"}"#), 1.0);
 }
@@ -339,7 +326,7 @@ async fn x_forwarded_for_only_from_a_trusted_proxy() {
         let mut raw = raw_upgrade(addr, &[("X-Forwarded-For", "203.0.113.5")]).await;
         let msg = request("C0", "pcast.Authenticate", auth.clone()).encode_to_vec();
         rawws::write_frame(&mut raw, rawws::BINARY, &msg).await.unwrap();
-        eventually("authenticate seen", || !backend.seen.lock().unwrap().is_empty()).await;
+        eventually(WAIT, "authenticate seen", || !backend.seen.lock().unwrap().is_empty()).await;
         let seen = backend.seen.lock().unwrap()[0].clone();
         let fwd = pcast::Authenticate::decode(seen.payload.as_slice()).unwrap();
         assert_eq!(fwd.remote_address.as_deref(), Some(expected));
@@ -375,7 +362,7 @@ async fn origin_allow_list_and_plain_endpoints() {
     assert!(get("/metrics").await.contains("clientmq_connections_open"));
     // A client that will not answer the drain's close keeps the server draining for a while.
     let _stubborn = raw_upgrade(addr, &[("Origin", "https://app.example")]).await;
-    eventually("registered", || server.open_connections() == 1).await;
+    eventually(WAIT, "registered", || server.open_connections() == 1).await;
     server.drain().await;
     assert!(get("/readyz").await.starts_with("HTTP/1.1 503"));
     assert_eq!(status(&[("Origin", "https://app.example")]).await, 503);
@@ -396,7 +383,7 @@ async fn drain_answers_in_flight_requests_before_3333_and_serve_returns() {
         ws.send(text(&request(&format!("C{i}"), "x.Slow", vec![]))).await.unwrap();
         clients.push(ws);
     }
-    eventually("requests in flight", || backend.seen.lock().unwrap().len() == 3).await;
+    eventually(WAIT, "requests in flight", || backend.seen.lock().unwrap().len() == 3).await;
     stop.send(()).unwrap();
     for (i, ws) in clients.iter_mut().enumerate() {
         let first = next_message(ws).await.unwrap();

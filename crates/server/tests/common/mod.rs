@@ -6,6 +6,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Connects to `ws://127.0.0.1:{port}/ws`, retrying for up to 5 s while the binary starts.
+#[allow(dead_code)]
 pub async fn connect_when_up(port: u16) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
     let url = format!("ws://127.0.0.1:{port}/ws");
     for _ in 0..100 {
@@ -15,4 +16,25 @@ pub async fn connect_when_up(port: u16) -> WebSocketStream<MaybeTlsStream<TcpStr
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("the server on port {port} did not come up");
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after `within`.
+#[allow(dead_code)] // not every test binary that includes this module waits
+pub async fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !cond() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A series' value in the server's Prometheus text; a series never written reads 0, as in
+/// Prometheus.
+#[allow(dead_code)]
+pub fn metric(server: &clientmq_server::Server, series: &str) -> f64 {
+    server
+        .metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
