@@ -127,19 +127,6 @@ pub fn server_config(scenario: &Scenario, seed: u64, trace: &Trace) -> ServerCon
     c
 }
 
-fn host_of(action: &Action) -> bool {
-    matches!(
-        action,
-        Action::Partition { .. }
-            | Action::Repair { .. }
-            | Action::Hold { .. }
-            | Action::Release { .. }
-            | Action::Latency { .. }
-            | Action::Crash { .. }
-            | Action::Bounce
-    )
-}
-
 /// Runs `scenario` to its end and checks it.
 pub fn run(scenario: &Scenario) -> Outcome {
     let wall = WallInstant::now();
@@ -212,7 +199,8 @@ pub fn run(scenario: &Scenario) -> Outcome {
             }
         });
     }
-    let control: Vec<_> = scenario.timeline.iter().filter(|s| !host_of(&s.action)).cloned().collect();
+    let control: Vec<_> =
+        scenario.timeline.iter().filter(|s| fault_note(&s.action).is_none()).cloned().collect();
     {
         let (trace, current) = (trace.clone(), current.clone());
         sim.client("control", async move {
@@ -232,8 +220,12 @@ pub fn run(scenario: &Scenario) -> Outcome {
         });
     }
 
-    let mut faults: Vec<_> = scenario.timeline.iter().filter(|s| host_of(&s.action)).cloned().collect();
-    faults.sort_by(|a, b| a.at_secs.total_cmp(&b.at_secs));
+    let mut faults: Vec<_> = scenario
+        .timeline
+        .iter()
+        .filter_map(|s| Some((s.at_secs, fault_note(&s.action)?, s.action.clone())))
+        .collect();
+    faults.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut faults = faults.into_iter().peekable();
     let limits = Limits {
         max_connections: scenario.server.max_connections.unwrap_or(2000),
@@ -254,9 +246,10 @@ pub fn run(scenario: &Scenario) -> Outcome {
     let mut next_sample = Duration::ZERO;
     let mut unmet = Vec::new();
     'run: while sim.elapsed() < duration {
-        while let Some(step) = faults.next_if(|s| Duration::from_secs_f64(s.at_secs) <= sim.elapsed()) {
-            trace.push(Record::sim(sim.elapsed(), fault_note(&step.action)));
-            match &step.action {
+        while let Some((_, note, action)) = faults.next_if(|f| Duration::from_secs_f64(f.0) <= sim.elapsed())
+        {
+            trace.push(Record::sim(sim.elapsed(), note));
+            match &action {
                 Action::Crash { group } => crashes[group].fire(),
                 Action::Bounce => {
                     // The old process's connections die in a fixed order, then it restarts.
@@ -333,9 +326,10 @@ impl Crash {
     }
 }
 
-/// The trace line of a fault.
-fn fault_note(action: &Action) -> String {
-    match action {
+/// The trace line of a fault, which the runner applies between steps; `None` for an action
+/// the control client carries out inside the simulation.
+fn fault_note(action: &Action) -> Option<String> {
+    Some(match action {
         Action::Partition { group } => format!("partition {group}"),
         Action::Repair { group } => format!("repair {group}"),
         Action::Hold { group } => format!("hold {group}"),
@@ -343,8 +337,8 @@ fn fault_note(action: &Action) -> String {
         Action::Latency { group, ms } => format!("latency {group} {ms}ms"),
         Action::Crash { group } => format!("crash {group}"),
         Action::Bounce => "gateway restarted".to_owned(),
-        other => format!("not a fault: {other:?}"),
-    }
+        Action::Drain | Action::ServerRequest | Action::Deliver { .. } | Action::Backend(_) => return None,
+    })
 }
 
 /// Applies a fault between a client group and the gateway.
