@@ -37,11 +37,22 @@ enum Pump {
     Error,
 }
 
-struct Client {
+/// One simulated client: its trace name, the trace, and when it stops answering pings.
+#[derive(Clone)]
+struct Who {
     name: String,
-    /// From this moment on, pings go unanswered.
-    mute_at: Option<Instant>,
     trace: Trace,
+    mute_at: Option<Instant>,
+}
+
+impl Who {
+    fn note(&self, what: impl Into<String>) {
+        self.trace.client(&self.name, what);
+    }
+}
+
+struct Client {
+    who: Who,
     stream: TcpStream,
     manners: Manners,
     encoding: Encoding,
@@ -51,70 +62,51 @@ struct Client {
 
 /// Runs one client of `group` to the end of its script.
 pub async fn run(group: ClientGroup, index: usize, trace: Trace) {
-    let name = format!("{}-{index}", group.name);
     let mute_at = group.mute_after_secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
-    MUTE_AT.scope(mute_at, behave(&name, &group, &trace)).await
-}
-
-tokio::task_local! {
-    /// When the running client goes mute (set per client task by [`run`]).
-    static MUTE_AT: Option<Instant>;
-}
-
-async fn behave(name: &str, group: &ClientGroup, trace: &Trace) {
+    let who = Who { name: format!("{}-{index}", group.name), trace, mute_at };
+    let who = &who;
     match group.behaviour {
-        Behaviour::Polite => polite(name, group, trace).await,
-        Behaviour::IgnoreClose => {
-            stay(name, trace, Manners { answer_pings: true, answer_close: false }).await
-        }
-        Behaviour::MutePongs => stay(name, trace, Manners { answer_pings: false, answer_close: true }).await,
-        Behaviour::Vanish => stay(name, trace, POLITE).await,
-        Behaviour::Reset => reset(name, trace).await,
-        Behaviour::DoubleClose => double_close(name, trace).await,
-        Behaviour::Slowloris => slowloris(name, trace).await,
-        Behaviour::Garbage => garbage(name, trace).await,
-        Behaviour::Flood => flood(name, group, trace).await,
-        Behaviour::SdkReconnect => sdk_reconnect(name, trace).await,
-        Behaviour::SlowReader => slow_reader(name, trace).await,
+        Behaviour::Polite => polite(who, &group).await,
+        Behaviour::IgnoreClose => stay(who, Manners { answer_pings: true, answer_close: false }).await,
+        Behaviour::MutePongs => stay(who, Manners { answer_pings: false, answer_close: true }).await,
+        Behaviour::Vanish => stay(who, POLITE).await,
+        Behaviour::Reset => reset(who).await,
+        Behaviour::DoubleClose => double_close(who).await,
+        Behaviour::Slowloris => slowloris(who).await,
+        Behaviour::Garbage => garbage(who).await,
+        Behaviour::Flood => flood(who, &group).await,
+        Behaviour::SdkReconnect => sdk_reconnect(who).await,
+        Behaviour::SlowReader => slow_reader(who).await,
     }
 }
 
 impl Client {
-    async fn connect(name: &str, trace: &Trace, manners: Manners) -> Option<Client> {
+    async fn connect(who: &Who, manners: Manners) -> Option<Client> {
         let mut stream = match TcpStream::connect(GATEWAY).await {
             Ok(s) => s,
             Err(e) => {
-                trace.client(name, format!("connect-failed {}", e.kind()));
+                who.note(format!("connect-failed {}", e.kind()));
                 return None;
             }
         };
         match rawws::upgrade(&mut stream, "/ws", &[]).await {
             Ok(101) => {}
             Ok(status) => {
-                trace.client(name, format!("upgrade-refused status={status}"));
+                who.note(format!("upgrade-refused status={status}"));
                 return None;
             }
             Err(e) => {
-                trace.client(name, format!("upgrade-failed {}", e.kind()));
+                who.note(format!("upgrade-failed {}", e.kind()));
                 return None;
             }
         }
-        trace.client(name, "connected");
+        who.note("connected");
         let encoding = Encoding::Base64Text;
-        Some(Client {
-            name: name.to_owned(),
-            mute_at: MUTE_AT.try_with(|m| *m).ok().flatten(),
-            trace: trace.clone(),
-            stream,
-            manners,
-            encoding,
-            next_request: 0,
-            session_id: None,
-        })
+        Some(Client { who: who.clone(), stream, manners, encoding, next_request: 0, session_id: None })
     }
 
     fn note(&self, what: impl Into<String>) {
-        self.trace.client(&self.name, what);
+        self.who.note(what);
     }
 
     async fn send_message(&mut self, msg: &mq::Message) -> bool {
@@ -168,7 +160,9 @@ impl Client {
 
     async fn on_frame(&mut self, frame: RawFrame, wait_for: Option<&str>) -> Option<Pump> {
         match frame.opcode {
-            rawws::PING if self.manners.answer_pings && self.mute_at.is_none_or(|at| Instant::now() < at) => {
+            rawws::PING
+                if self.manners.answer_pings && self.who.mute_at.is_none_or(|at| Instant::now() < at) =>
+            {
                 let _ = rawws::write_frame(&mut self.stream, rawws::PONG, &frame.payload).await;
             }
             rawws::CLOSE => {
@@ -246,7 +240,7 @@ impl Client {
     async fn authenticate(&mut self) -> bool {
         let auth = pcast::Authenticate {
             client_version: "2022.0.2".into(),
-            device_id: self.name.clone(),
+            device_id: self.who.name.clone(),
             platform: "sim".into(),
             platform_version: "1".into(),
             authentication_token: "sim-token".into(),
@@ -307,15 +301,15 @@ fn sleep_secs(secs: f64) -> tokio::time::Sleep {
     tokio::time::sleep(Duration::from_secs_f64(secs))
 }
 
-async fn polite(name: &str, group: &ClientGroup, trace: &Trace) {
-    let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
+async fn polite(who: &Who, group: &ClientGroup) {
+    let Some(mut c) = Client::connect(who, POLITE).await else { return };
     let leave_at = Instant::now() + Duration::from_secs_f64(group.stay_secs);
     if !c.authenticate().await {
         return;
     }
     let Some(room_id) = c.enter_lobby().await else { return };
     for i in 0..group.requests {
-        let message = chat::ChatMessage { message: format!("{name} says {i}"), ..Default::default() };
+        let message = chat::ChatMessage { message: format!("{} says {i}", who.name), ..Default::default() };
         let send = chat::SendMessageToRoom { room_id: room_id.clone(), chat_message: message };
         if c.call("chat.SendMessageToRoom", send.encode_to_vec()).await.is_none() {
             return;
@@ -348,7 +342,7 @@ impl Client {
         let room_id = created.room.and_then(|r| r.room_id)?;
         let member = chat::Member {
             session_id: session.clone(),
-            screen_name: self.name.clone(),
+            screen_name: self.who.name.clone(),
             role: chat::MemberRole::Participant as i32,
             state: chat::MemberState::Active as i32,
             ..Default::default()
@@ -373,23 +367,23 @@ impl Client {
 }
 
 /// Connects, authenticates, and stays until the server ends it.
-async fn stay(name: &str, trace: &Trace, manners: Manners) {
-    let Some(mut c) = Client::connect(name, trace, manners).await else { return };
+async fn stay(who: &Who, manners: Manners) {
+    let Some(mut c) = Client::connect(who, manners).await else { return };
     if c.authenticate().await {
         c.until_end().await;
     }
 }
 
-async fn reset(name: &str, trace: &Trace) {
-    let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
+async fn reset(who: &Who) {
+    let Some(mut c) = Client::connect(who, POLITE).await else { return };
     c.request("chat.GetRoomInfo", Vec::new()).await;
     // Let the answer arrive unread: dropping a socket with unread data resets it.
     sleep_secs(0.5).await;
     c.note("reset");
 }
 
-async fn double_close(name: &str, trace: &Trace) {
-    let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
+async fn double_close(who: &Who) {
+    let Some(mut c) = Client::connect(who, POLITE).await else { return };
     let payload = rawws::close_payload(1000, "bye");
     let _ = rawws::write_frame(&mut c.stream, rawws::CLOSE, &payload).await;
     let _ = rawws::write_frame(&mut c.stream, rawws::CLOSE, &payload).await;
@@ -398,17 +392,17 @@ async fn double_close(name: &str, trace: &Trace) {
     let _ = c.stream.shutdown().await;
 }
 
-async fn slowloris(name: &str, trace: &Trace) {
+async fn slowloris(who: &Who) {
     let Ok(mut s) = TcpStream::connect(GATEWAY).await else { return };
     let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n").await;
-    trace.client(name, "upgrade-stalled");
+    who.note("upgrade-stalled");
     let mut buf = [0u8; 64];
     let read = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await;
-    trace.client(name, if matches!(read, Ok(0) | Err(_)) { "dropped-by-server" } else { "answered" });
+    who.note(if matches!(read, Ok(0) | Err(_)) { "dropped-by-server" } else { "answered" });
 }
 
-async fn garbage(name: &str, trace: &Trace) {
-    let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
+async fn garbage(who: &Who) {
+    let Some(mut c) = Client::connect(who, POLITE).await else { return };
     let junk: [(u8, &[u8]); 5] = [
         (rawws::TEXT, b"!!not-base64!!"),
         (rawws::BINARY, &[0xff, 0xff, 0xff, 0x01]),
@@ -427,8 +421,8 @@ async fn garbage(name: &str, trace: &Trace) {
     }
 }
 
-async fn flood(name: &str, group: &ClientGroup, trace: &Trace) {
-    let Some(mut c) = Client::connect(name, trace, POLITE).await else { return };
+async fn flood(who: &Who, group: &ClientGroup) {
+    let Some(mut c) = Client::connect(who, POLITE).await else { return };
     let leave_at = Instant::now() + Duration::from_secs_f64(group.stay_secs);
     match c.pump(Some(leave_at), None).await {
         Pump::Deadline => c.close(1000).await,
@@ -436,19 +430,19 @@ async fn flood(name: &str, group: &ClientGroup, trace: &Trace) {
     }
 }
 
-async fn sdk_reconnect(name: &str, trace: &Trace) {
+async fn sdk_reconnect(who: &Who) {
     let mut session: Option<String> = None;
     let mut attempt = 0u32;
     loop {
         if attempt > 0 {
             if attempt > 4 {
-                trace.client(name, "backoff-limit-reached");
+                who.note("backoff-limit-reached");
                 return;
             }
-            trace.client(name, format!("reconnect attempt={attempt}"));
+            who.note(format!("reconnect attempt={attempt}"));
             tokio::time::sleep(Duration::from_secs(u64::from(attempt * attempt))).await;
         }
-        let Some(mut c) = Client::connect(name, trace, POLITE).await else {
+        let Some(mut c) = Client::connect(who, POLITE).await else {
             attempt += 1;
             continue;
         };
@@ -472,8 +466,8 @@ async fn sdk_reconnect(name: &str, trace: &Trace) {
     }
 }
 
-async fn slow_reader(name: &str, trace: &Trace) {
-    let Some(c) = Client::connect(name, trace, POLITE).await else { return };
+async fn slow_reader(who: &Who) {
+    let Some(c) = Client::connect(who, POLITE).await else { return };
     c.note("stops-reading");
     // Hold the socket without reading until the gateway gives up on it.
     std::future::pending::<()>().await;
