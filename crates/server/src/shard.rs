@@ -237,25 +237,21 @@ impl<B: Backend> Shard<B> {
 
     /// Carries out every output and records every event.
     fn flush(&mut self) {
-        loop {
-            while let Some(out) = self.gw.poll_output() {
-                self.output(out);
+        // Carrying out an output can feed an input back (a full queue is a failed send), which
+        // queues more outputs: this loop takes them too.
+        while let Some(out) = self.gw.poll_output() {
+            self.output(out);
+        }
+        while let Some(event) = self.gw.poll_event() {
+            self.metrics.observe(&event.kind);
+            if let clientmq_core::EventKind::Pong { rtt } = event.kind
+                && let Some(conn) = event.conn
+            {
+                self.backend.rtt(conn, rtt);
             }
-            while let Some(event) = self.gw.poll_event() {
-                self.metrics.observe(&event.kind);
-                if let clientmq_core::EventKind::Pong { rtt } = event.kind
-                    && let Some(conn) = event.conn
-                {
-                    self.backend.rtt(conn, rtt);
-                }
-                match &self.trace {
-                    Some(sink) => (sink.0)(&event),
-                    None => tracing::debug!(target: "clientmq::trace", "{event}"),
-                }
-            }
-            // Outputs can feed inputs back (a full queue is a failed send): drain until quiet.
-            if self.gw.poll_output().is_none() {
-                break;
+            match &self.trace {
+                Some(sink) => (sink.0)(&event),
+                None => tracing::debug!(target: "clientmq::trace", "{event}"),
             }
         }
         let g = &self.gauges[self.index];
