@@ -314,13 +314,11 @@ impl Gateway {
         }
         let outcome = match result {
             Ok(reply) => {
-                let reply_type = if reply.reply_type.is_empty() {
-                    format!("{}Response", req.request_type)
-                } else {
-                    reply.reply_type
-                };
+                let expected = format!("{}Response", req.request_type);
+                let reply_type =
+                    if reply.reply_type.is_empty() { expected.clone() } else { reply.reply_type };
                 if let Some(intent) = &req.intent
-                    && reply_type == format!("{}Response", req.request_type)
+                    && reply_type == expected
                 {
                     self.apply_intent(id, intent, &reply.payload);
                 }
