@@ -198,12 +198,14 @@ impl Gateway {
     }
 
     /// Records a connection refused by a limit enforced outside this shard (the server's global
-    /// admission across shards): traced and counted like any refusal, never registered.
-    pub fn refuse(&mut self, close: CloseReason, now: Instant) -> ConnectionId {
+    /// admission across shards): traced and counted like any refusal, never registered. `open`
+    /// is the count the refusal was judged against (every shard's connections and admissions in
+    /// flight), so the trace shows whether the limit really was reached.
+    pub fn refuse(&mut self, close: CloseReason, open: usize, now: Instant) -> ConnectionId {
         self.advance(now);
         let id = self.fresh_id();
         self.stats.rejected += 1;
-        self.trace(Some(id), EventKind::Rejected { code: close.code, open: self.registry.len() });
+        self.trace(Some(id), EventKind::Rejected { code: close.code, open });
         id
     }
 

@@ -104,14 +104,29 @@ pub struct Args {
     pub max_chat_message_bytes: usize,
 }
 
-/// Receives every gateway trace event as it happens (the simulator records them; production
-/// logs them through `tracing` instead).
+/// Takes a trace event and the index of the shard it came from.
+pub type TraceFn = dyn Fn(usize, &clientmq_core::Event) + Send + Sync;
+
+/// Receives every gateway trace event as it happens, with the index of the shard it came from
+/// (the simulator records them; production logs them through `tracing` instead).
 #[derive(Clone)]
-pub struct TraceSink(pub std::sync::Arc<dyn Fn(&clientmq_core::Event) + Send + Sync>);
+pub struct TraceSink(pub std::sync::Arc<TraceFn>);
 
 impl std::fmt::Debug for TraceSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("TraceSink")
+    }
+}
+
+/// Checked mode (the simulator's): after every step each shard checks its core's invariants
+/// and its own bookkeeping (connection handles, routes, admission permits) and reports what is
+/// broken here. Costs O(connections) per step, so production leaves it off.
+#[derive(Clone)]
+pub struct InvariantSink(pub std::sync::Arc<dyn Fn(String) + Send + Sync>);
+
+impl std::fmt::Debug for InvariantSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InvariantSink")
     }
 }
 
@@ -127,6 +142,7 @@ pub struct ServerConfig {
     pub drain_deadline: Duration,
     pub seed: Option<u64>,
     pub trace: Option<TraceSink>,
+    pub check: Option<InvariantSink>,
 }
 
 impl Default for ServerConfig {
@@ -141,6 +157,7 @@ impl Default for ServerConfig {
             drain_deadline: Duration::from_secs(30),
             seed: None,
             trace: None,
+            check: None,
         }
     }
 }
@@ -232,6 +249,7 @@ impl Args {
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
             seed: self.seed,
             trace: None,
+            check: None,
         })
     }
 }

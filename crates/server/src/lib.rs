@@ -32,11 +32,11 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 
 pub use backend::{Backend, EchoBackend};
 pub use chat::{ChatConfig, EmbeddedBackend, TokenPolicy};
-pub use config::{Args, LogFormat, ServerConfig, TraceSink};
+pub use config::{Args, InvariantSink, LogFormat, ServerConfig, TraceSink};
 use http::{Head, Prefixed};
 use metrics::{Metrics, ShardGauges};
 pub use shard::GatewayHandle;
-use shard::{Command, ConnHandle, Shard};
+use shard::{Command, ConnHandle, GlobalAdmission, Shard};
 
 /// Upgrades or plain requests still reading their head; more sockets are dropped at accept.
 const MAX_HANDSHAKES: usize = 1024;
@@ -74,7 +74,7 @@ struct Inner {
     drain_started: Notify,
     /// Global admission across shards (`None` with one shard, whose core enforces the limit
     /// exactly). A registered connection's permit lives in its shard's handle.
-    admission: Option<Arc<Semaphore>>,
+    admission: Option<Arc<GlobalAdmission>>,
     handshakes: Arc<Semaphore>,
     next_shard: AtomicUsize,
 }
@@ -94,6 +94,14 @@ impl Server {
             receivers.push(rx);
         }
         let handle = GatewayHandle { shards: Arc::new(senders), routes: routes.clone() };
+        let admission = (shards > 1).then(|| {
+            let max = config.gateway.max_connections;
+            Arc::new(GlobalAdmission {
+                permits: Arc::new(Semaphore::new(max)),
+                max,
+                admitting: AtomicUsize::new(0),
+            })
+        });
         for (index, rx) in receivers.into_iter().enumerate() {
             let shard = Shard {
                 index,
@@ -109,11 +117,14 @@ impl Server {
                 routes: routes.clone(),
                 backend_timeout: config.gateway.request_timeout + Duration::from_secs(1),
                 trace: config.trace.clone(),
+                check: config.check.clone(),
+                admission: admission.clone(),
+                held_permits: 0,
+                checks_skipped: 0,
             };
             tokio::spawn(shard.run());
         }
         backend.attach(handle.clone());
-        let admission = (shards > 1).then(|| Arc::new(Semaphore::new(config.gateway.max_connections)));
         Server {
             inner: Arc::new(Inner {
                 handle,
@@ -302,11 +313,16 @@ impl Server {
         let shard = shards[index].clone();
         let permit = match &self.inner.admission {
             None => None,
-            Some(admission) => match admission.clone().try_acquire_owned() {
-                Ok(permit) => Some(permit),
+            Some(global) => match global.permits.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    global.admitting.fetch_add(1, Ordering::Relaxed);
+                    Some(permit)
+                }
                 Err(_) => {
+                    let open = self.open_connections() + global.admitting.load(Ordering::Relaxed);
                     let (reply, id) = oneshot::channel();
-                    if shard.send(Command::Refuse { close: close::CONCURRENCY_LIMIT, reply }).await.is_ok() {
+                    let refuse = Command::Refuse { close: close::CONCURRENCY_LIMIT, open, reply };
+                    if shard.send(refuse).await.is_ok() {
                         let _ = id.await;
                     }
                     return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
@@ -316,8 +332,12 @@ impl Server {
         let (tx, rx) = mpsc::channel(self.inner.config.outbound_queue);
         let abort = Arc::new(Notify::new());
         let (reply, admission) = oneshot::channel();
+        let admitting = permit.is_some();
         let conn = ConnHandle { tx, abort: abort.clone(), overflowed: false, permit };
         if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
+            if let (Some(global), true) = (&self.inner.admission, admitting) {
+                global.admitting.fetch_sub(1, Ordering::Relaxed);
+            }
             return;
         }
         match admission.await {

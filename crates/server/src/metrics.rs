@@ -37,6 +37,8 @@ pub struct ShardGauges {
     pub closing: AtomicUsize,
     pub pending: AtomicUsize,
     pub subscriptions: AtomicUsize,
+    /// Global admission permits held by its connections (several shards only).
+    pub permits: AtomicUsize,
 }
 
 pub struct Metrics {

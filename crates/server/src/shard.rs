@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -14,11 +14,22 @@ use clientmq_core::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::backend::Backend;
+use crate::config::{InvariantSink, TraceSink};
 use crate::metrics::{Metrics, ShardGauges};
+
+/// Admission across shards (several shards only; one shard's core enforces the limit exactly).
+/// A permit is taken before a connection is handed to a shard and released when the shard
+/// forgets the connection, so `available + held + admitting == max` at every step.
+pub(crate) struct GlobalAdmission {
+    pub permits: Arc<Semaphore>,
+    pub max: usize,
+    /// Connections holding a permit whose `Open` no shard has handled yet.
+    pub admitting: AtomicUsize,
+}
 
 /// What a shard tells a connection task.
 #[derive(Debug)]
@@ -51,6 +62,9 @@ pub enum Command {
     },
     Refuse {
         close: CloseReason,
+        /// The count the refusal was judged against: every shard's open connections plus
+        /// admissions in flight.
+        open: usize,
         reply: oneshot::Sender<ConnectionId>,
     },
     Input(Input),
@@ -69,6 +83,8 @@ pub enum Command {
 const COMMAND_QUEUE: usize = 4096;
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
+/// Checked mode checks every step of a shard with fewer connections than this.
+const CHECK_EVERY_STEP_BELOW: usize = 8;
 
 /// Which shard holds which connection, for deliveries and server requests. Routing only: the
 /// shards' registries remain the only count.
@@ -163,7 +179,13 @@ pub(crate) struct Shard<B> {
     pub metrics: Arc<Metrics>,
     pub routes: Routes,
     pub backend_timeout: Duration,
-    pub trace: Option<crate::config::TraceSink>,
+    pub trace: Option<TraceSink>,
+    pub check: Option<InvariantSink>,
+    pub admission: Option<Arc<GlobalAdmission>>,
+    /// Admission permits held by this shard's connection handles.
+    pub held_permits: usize,
+    /// Checked-mode steps skipped since the last check.
+    pub checks_skipped: usize,
 }
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
@@ -209,15 +231,19 @@ impl<B: Backend> Shard<B> {
         let now = now();
         match cmd {
             Command::Open { peer, conn, reply } => {
+                if let (Some(global), Some(_)) = (&self.admission, &conn.permit) {
+                    global.admitting.fetch_sub(1, Ordering::Relaxed);
+                }
                 let admission = self.gw.open(&peer, now);
                 if let Admission::Accepted(id) = admission {
+                    self.held_permits += conn.permit.as_ref().map_or(0, |p| p.num_permits());
                     self.conns.insert(id, conn);
                     self.routes.write().expect("routes lock").insert(id, self.index);
                 }
                 let _ = reply.send(admission);
             }
-            Command::Refuse { close, reply } => {
-                let _ = reply.send(self.gw.refuse(close, now));
+            Command::Refuse { close, open, reply } => {
+                let _ = reply.send(self.gw.refuse(close, open, now));
             }
             Command::Input(input) => self.gw.handle(input, now),
             Command::ServerRequest { conn, request_type, payload, reply } => {
@@ -250,7 +276,7 @@ impl<B: Backend> Shard<B> {
                 self.backend.rtt(conn, rtt);
             }
             match &self.trace {
-                Some(sink) => (sink.0)(&event),
+                Some(sink) => (sink.0)(self.index, &event),
                 None => tracing::debug!(target: "clientmq::trace", "{event}"),
             }
         }
@@ -259,6 +285,62 @@ impl<B: Backend> Shard<B> {
         g.closing.store(self.gw.closing_connections(), Ordering::Relaxed);
         g.pending.store(self.gw.pending_requests(), Ordering::Relaxed);
         g.subscriptions.store(self.gw.subscriptions(), Ordering::Relaxed);
+        g.permits.store(self.held_permits, Ordering::Relaxed);
+        if self.check.is_some() {
+            self.checked_mode_step();
+        }
+    }
+
+    /// Checks after every step while the shard is small (every explored fault schedule), and
+    /// every (n/8)-th step of a shard of n connections, so a check costs O(8 log n) per step
+    /// amortised and the 2,000-client incidents simulate as fast as without checks.
+    fn checked_mode_step(&mut self) {
+        let Some(sink) = self.check.clone() else { return };
+        if self.checks_skipped < self.gw.open_connections() / CHECK_EVERY_STEP_BELOW {
+            self.checks_skipped += 1;
+            return;
+        }
+        self.checks_skipped = 0;
+        if let Err(broken) = self.check_invariants() {
+            (sink.0)(format!("shard {}: {broken}", self.index));
+        }
+    }
+
+    /// Checked mode: the core's invariants, then this shard's bookkeeping against the core.
+    /// Run after a flush, when every output has been carried out; the other shards are between
+    /// steps too under simulation, so the sums over shards are exact there.
+    fn check_invariants(&self) -> Result<(), String> {
+        self.gw.check_invariants().map_err(|v| format!("core: {v}"))?;
+        let open = self.gw.open_connections();
+        if self.conns.len() != open {
+            return Err(format!("{} connection handles for {open} open connections", self.conns.len()));
+        }
+        let routed = self.routes.read().expect("routes lock").len();
+        let open_everywhere: usize = self.gauges.iter().map(|g| g.open.load(Ordering::Relaxed)).sum();
+        if routed != open_everywhere {
+            return Err(format!("{routed} routes for {open_everywhere} open connections on all shards"));
+        }
+        if let Some(global) = &self.admission {
+            if self.held_permits != self.conns.len() {
+                return Err(format!(
+                    "{} admission permits held by {} connections, not one each",
+                    self.held_permits,
+                    self.conns.len()
+                ));
+            }
+            let held: usize = self.gauges.iter().map(|g| g.permits.load(Ordering::Relaxed)).sum();
+            let admitting = global.admitting.load(Ordering::Relaxed);
+            let available = global.permits.available_permits();
+            if available + held + admitting != global.max {
+                return Err(format!(
+                    "admission permits: {available} available + {held} held + {admitting} admitting != {}",
+                    global.max
+                ));
+            }
+        } else if self.held_permits != 0 {
+            return Err("admission permits held with a single shard".into());
+        }
+        Ok(())
     }
 
     fn send(&mut self, conn: ConnectionId, msg: ToConn) {
@@ -280,7 +362,9 @@ impl<B: Backend> Shard<B> {
 
     fn forget(&mut self, conn: &ConnectionId) -> Option<ConnHandle> {
         self.routes.write().expect("routes lock").remove(conn);
-        self.conns.remove(conn)
+        let handle = self.conns.remove(conn)?;
+        self.held_permits -= handle.permit.as_ref().map_or(0, |p| p.num_permits());
+        Some(handle)
     }
 
     fn output(&mut self, out: Output) {

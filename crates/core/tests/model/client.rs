@@ -72,13 +72,15 @@ impl Harness {
     }
 
     pub(crate) fn op_refuse(&mut self) {
-        let id = self.gw.refuse(close::CONCURRENCY_LIMIT, self.stamp());
+        // Judged elsewhere against a full gateway: the count travels into the trace as given.
+        let judged = self.cfg.max_connections + 3;
+        let id = self.gw.refuse(close::CONCURRENCY_LIMIT, judged, self.stamp());
         assert!(!self.ids.contains(&id), "id {id} issued twice");
         self.ids.push(id);
         self.rejected += 1;
         let b = self.absorb(&Ctx::Open);
         assert!(b.outs.is_empty(), "{:?}", b.outs);
-        let expected = EventKind::Rejected { code: close::CONCURRENCY_LIMIT.code, open: self.open_count() };
+        let expected = EventKind::Rejected { code: close::CONCURRENCY_LIMIT.code, open: judged };
         assert_eq!(b.kinds(), vec![&expected]);
         assert_eq!(b.evs[0].conn, Some(id));
     }
