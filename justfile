@@ -21,9 +21,9 @@ sim:
 replay NAME *ARGS:
     cargo run --release -p clientmq-sim -- replay {{NAME}} --trace target/{{NAME}}.trace --plot target/{{NAME}}.svg {{ARGS}}
 
-# Random fault schedules over a base scenario.
-explore SEEDS="50":
-    cargo run --release -p clientmq-sim -- explore --seeds {{SEEDS}}
+# Random fault schedules, on every core, collecting every failure (shrunk).
+explore SEEDS="10000" FROM="0":
+    cargo run --release -p clientmq-sim -- explore --seeds {{SEEDS}} --from {{FROM}} --keep-going
 
 # Review changed trace snapshots (needs cargo-insta).
 review:

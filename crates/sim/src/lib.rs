@@ -12,7 +12,8 @@ pub mod explore;
 pub mod plot;
 pub mod run;
 pub mod scenario;
+pub mod shrink;
 pub mod trace;
 
-pub use run::{Outcome, run};
+pub use run::{Outcome, RunOptions, run, run_with};
 pub use scenario::Scenario;

@@ -42,9 +42,18 @@ enum Command {
         /// First seed.
         #[arg(long, default_value_t = 0)]
         from: u64,
-        /// Where a failing scenario is written.
+        /// Where a failing scenario is written, shrunk (`NAME-SEED.toml` when several fail).
         #[arg(long, default_value = "explore-failure.toml")]
         out: PathBuf,
+        /// Seeds run in parallel (each stays deterministic); 0 means one per CPU core.
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+        /// Collect every failure instead of stopping at the first.
+        #[arg(long)]
+        keep_going: bool,
+        /// Runs a failure's shrinking may spend.
+        #[arg(long, default_value_t = 400)]
+        shrink_budget: usize,
     },
 }
 
@@ -73,8 +82,10 @@ fn main() -> ExitCode {
             }
             let outcome = run(&scenario);
             let text = outcome.render(clientmq_sim::scenario::SnapshotMode::Full);
-            let writes =
-                [(trace, text), (plot_path, plot::svg(&outcome.samples, scenario.server.max_connections))];
+            let writes = [
+                (trace, text),
+                (plot_path, plot::svg(&outcome.samples, scenario.server.max_connections, &outcome.marks())),
+            ];
             for (file, contents) in writes {
                 if let Some(file) = file
                     && let Err(e) = std::fs::write(&file, contents)
@@ -107,6 +118,12 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Explore { seeds, from, out } => explore::main(from, seeds, &out),
+        Command::Explore { seeds, from, out, jobs, keep_going, shrink_budget } => {
+            let jobs = match jobs {
+                0 => std::thread::available_parallelism().map_or(1, usize::from),
+                n => n,
+            };
+            explore::main(&explore::ExploreOpts { from, seeds, jobs, keep_going, out, shrink_budget })
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! (open creeping up) or a storm (a wall of closes) is visible at a glance.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::check::Sample;
 
@@ -12,8 +13,10 @@ const PAD: f64 = 48.0;
 /// Name, colour and value of one plotted line.
 type Series = (&'static str, &'static str, fn(&Sample) -> usize);
 
-/// Renders `samples`; `limit`, when given, is drawn as a dashed line.
-pub fn svg(samples: &[Sample], limit: Option<usize>) -> String {
+/// Renders `samples`; `limit`, when given, is drawn as a dashed line, and every fault or
+/// action of the timeline (`marks`: when, what) as a labelled vertical line, so cause and effect
+/// sit on one picture.
+pub fn svg(samples: &[Sample], limit: Option<usize>, marks: &[(Duration, String)]) -> String {
     let end = samples.last().map_or(1.0, |s| s.at.as_secs_f64()).max(1.0);
     let top = samples
         .iter()
@@ -56,6 +59,18 @@ pub fn svg(samples: &[Sample], limit: Option<usize>) -> String {
             ly - 4.0
         );
     }
+    for (i, (at, label)) in marks.iter().enumerate() {
+        let mx = x(at.as_secs_f64());
+        // Labels step down so faults close together stay readable.
+        let ly = PAD + 12.0 + 12.0 * (i % 8) as f64;
+        let _ = writeln!(
+            out,
+            r##"<line x1="{mx:.1}" y1="{PAD}" x2="{mx:.1}" y2="{}" stroke="#ff7f0e" stroke-dasharray="2 3"/><text x="{:.1}" y="{ly:.1}" fill="#ff7f0e">{}</text>"##,
+            H - PAD,
+            mx + 3.0,
+            escape(label)
+        );
+    }
     let series: [Series; 3] = [
         ("open", "#1f77b4", |s| s.open),
         ("closing", "#d62728", |s| s.closing),
@@ -82,21 +97,39 @@ pub fn svg(samples: &[Sample], limit: Option<usize>) -> String {
     out
 }
 
+/// Text safe inside an SVG element.
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn plots_every_series_with_the_limit() {
         let samples: Vec<Sample> = (0..5)
             .map(|i| Sample { at: Duration::from_secs(i), open: i as usize * 2, closing: 1, pending: 0 })
             .collect();
-        let svg = svg(&samples, Some(10));
+        let svg = svg(&samples, Some(10), &[]);
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<polyline").count(), 3);
         assert!(svg.contains("limit 10"));
         // The last open point (8 of 10) sits above the x axis.
         assert!(svg.contains(&format!("{:.1},{:.1}", 852.0, 320.0 - 48.0 - (320.0 - 96.0) * 0.8)));
+    }
+
+    #[test]
+    fn faults_are_marked_where_they_happened() {
+        let samples: Vec<Sample> =
+            (0..=10).map(|i| Sample { at: Duration::from_secs(i), ..Sample::default() }).collect();
+        let marks = [
+            (Duration::from_secs(5), "gateway restarted".to_owned()),
+            (Duration::from_secs(10), "partition <a>".to_owned()),
+        ];
+        let svg = svg(&samples, None, &marks);
+        // Halfway along the x axis: 48 + (900 - 96) * 0.5.
+        assert!(svg.contains(r#"x1="450.0""#), "{svg}");
+        assert!(svg.contains(">gateway restarted</text>") && svg.contains(">partition &lt;a&gt;</text>"));
     }
 }

@@ -10,13 +10,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
 
 use clientmq_server::chat::{ChatConfig, TokenPolicy};
-use clientmq_server::{EmbeddedBackend, Listener, Server, ServerConfig, TraceSink};
+use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
 
 use crate::backend::SimBackend;
 use crate::check::{Checker, Limits, Sample, Violation};
 use crate::client;
 use crate::scenario::{Action, BackendMode, Scenario, SnapshotMode};
-use crate::trace::{self, Record, Trace};
+use crate::trace::{self, Proc, Record, Source, Trace};
 
 /// turmoil's listener behind the server's [`Listener`] trait.
 struct SimListener(turmoil::net::TcpListener);
@@ -50,6 +50,30 @@ pub struct Outcome {
     pub end: EndState,
     pub simulated: Duration,
     pub wall: Duration,
+    /// Restarts whose dying process still recorded events in its last step: the instants
+    /// where a restart is easiest to model wrong, which explore must hit often.
+    pub busy_restarts: usize,
+}
+
+impl Outcome {
+    /// The faults and actions of the timeline, when they happened: the simulator's own notes
+    /// (not its per-connection reports of server requests).
+    pub fn marks(&self) -> Vec<(Duration, String)> {
+        self.records
+            .iter()
+            .filter_map(|r| match (&r.source, &r.body) {
+                (Source::Sim, crate::trace::Body::Note(note))
+                    if note
+                        .split(' ')
+                        .next()
+                        .is_none_or(|w| w.parse::<clientmq_core::ConnectionId>().is_err()) =>
+                {
+                    Some((r.at, note.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Outcome {
@@ -102,10 +126,33 @@ impl Outcome {
     }
 }
 
-pub fn server_config(scenario: &Scenario, seed: u64, trace: &Trace) -> ServerConfig {
+/// What the gateways' checked mode found broken, first report only.
+pub type Broken = Arc<Mutex<Option<String>>>;
+
+/// Alters a gateway event before it is recorded: a bug planted in what the gateway reports,
+/// for tests of the checker and of shrinking. Never set by scenarios.
+pub type Plant = Arc<dyn Fn(&mut clientmq_core::EventKind) + Send + Sync>;
+
+/// How to run a scenario beyond what its file says.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub plant: Option<Plant>,
+}
+
+/// The configuration of gateway process `proc`: the scenario's settings, its trace going to
+/// `trace` and its checked-mode reports to `broken`.
+pub fn server_config(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &Trace,
+    proc: &Proc,
+    broken: &Broken,
+    options: &RunOptions,
+) -> ServerConfig {
     let s = &scenario.server;
     let secs = |v: Option<f64>, d: Duration| v.map_or(d, Duration::from_secs_f64);
-    let mut c = ServerConfig { shards: 1, seed: Some(seed), ..ServerConfig::default() };
+    let shards = s.shards.unwrap_or(1).max(1);
+    let mut c = ServerConfig { shards, seed: Some(seed), ..ServerConfig::default() };
     let g = &mut c.gateway;
     g.max_connections = s.max_connections.unwrap_or(g.max_connections);
     g.heartbeat_interval = secs(s.heartbeat_secs, g.heartbeat_interval);
@@ -120,15 +167,29 @@ pub fn server_config(scenario: &Scenario, seed: u64, trace: &Trace) -> ServerCon
     c.gateway.max_message_size = c.max_frame_bytes;
     // The run ends by the scenario's clock, not by a drain deadline.
     c.drain_deadline = Duration::from_secs(3600);
-    let sink = trace.clone();
-    c.trace = Some(TraceSink(Arc::new(move |e: &clientmq_core::Event| {
-        sink.push(Record::gateway(trace::now(), e.conn, e.kind.clone()))
+    let (sink, tag, plant) = (trace.clone(), proc.clone(), options.plant.clone());
+    c.trace = Some(TraceSink(Arc::new(move |shard: usize, e: &clientmq_core::Event| {
+        let shard = (shards > 1).then_some(shard as u16);
+        let mut kind = e.kind.clone();
+        if let Some(plant) = &plant {
+            plant(&mut kind);
+        }
+        sink.push(Record::gateway(trace::now(), tag.clone(), shard, e.conn, kind))
+    })));
+    let (broken, tag) = (broken.clone(), proc.clone());
+    c.check = Some(InvariantSink(Arc::new(move |what: String| {
+        broken.lock().expect("broken cell").get_or_insert(format!("{tag}: {what}"));
     })));
     c
 }
 
 /// Runs `scenario` to its end and checks it.
 pub fn run(scenario: &Scenario) -> Outcome {
+    run_with(scenario, &RunOptions::default())
+}
+
+/// [`run`], with a bug planted in what the gateway reports.
+pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let wall = WallInstant::now();
     let trace = Trace::default();
     let duration = scenario.duration();
@@ -144,14 +205,16 @@ pub fn run(scenario: &Scenario) -> Outcome {
     let mode = Arc::new(Mutex::new(scenario.backend));
     let current: Arc<Mutex<Option<Server>>> = Arc::default();
     let incarnation = Arc::new(AtomicU64::new(0));
+    let broken = Broken::default();
     {
-        let (trace, current, scenario, mode) =
-            (trace.clone(), current.clone(), scenario.clone(), mode.clone());
+        let (trace, current, scenario, mode, broken, options) =
+            (trace.clone(), current.clone(), scenario.clone(), mode.clone(), broken.clone(), options.clone());
         sim.host("gateway", move || {
             // Each restart gets its own seed, so connection ids never repeat across restarts.
             let n = incarnation.fetch_add(1, Ordering::Relaxed);
             let seed = scenario.seed.wrapping_add(n * 7919);
-            let config = server_config(&scenario, seed, &trace);
+            let proc = Proc::new("gateway", n as u32);
+            let config = server_config(&scenario, seed, &trace, &proc, &broken, &options);
             // A restarted process starts with an empty backend too.
             let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, ..ChatConfig::default() };
             let backend = SimBackend::sharing(EmbeddedBackend::new(chat, Some(seed)), mode.clone());
@@ -207,7 +270,7 @@ pub fn run(scenario: &Scenario) -> Outcome {
             let start = tokio::time::Instant::now();
             let mut spawned = Vec::new();
             for step in control {
-                tokio::time::sleep_until(start + Duration::from_secs_f64(step.at_secs)).await;
+                tokio::time::sleep_until(start + instant(step.at_secs)).await;
                 let server = current.lock().expect("server cell").clone();
                 let Some(server) = server else { continue };
                 spawned.extend(act(&step.action, &server, &mode, &trace).await);
@@ -245,23 +308,29 @@ pub fn run(scenario: &Scenario) -> Outcome {
     let mut samples = Vec::new();
     let mut next_sample = Duration::ZERO;
     let mut unmet = Vec::new();
+    let mut busy_restarts = 0;
     'run: while sim.elapsed() < duration {
-        while let Some((_, note, action)) = faults.next_if(|f| Duration::from_secs_f64(f.0) <= sim.elapsed())
-        {
+        while let Some((_, note, action)) = faults.next_if(|f| instant(f.0) <= sim.elapsed()) {
+            if let Action::Bounce = action {
+                // The old process's connections die in a fixed order during its last step;
+                // what it does in that step is its own, and only then does the new one start.
+                if let Some(server) = current.lock().expect("server cell").take() {
+                    server.abort_connections();
+                }
+                let before = trace.len();
+                if let Err(e) = sim.step() {
+                    unmet.push(format!("simulation failed: {e}"));
+                    break 'run;
+                }
+                let acted = trace.since(before).iter().any(|r| matches!(r.source, Source::Gateway { .. }));
+                busy_restarts += usize::from(acted);
+                trace.push(Record::sim(sim.elapsed(), note));
+                sim.bounce("gateway");
+                continue;
+            }
             trace.push(Record::sim(sim.elapsed(), note));
             match &action {
                 Action::Crash { group } => crashes[group].fire(),
-                Action::Bounce => {
-                    // The old process's connections die in a fixed order, then it restarts.
-                    if let Some(server) = current.lock().expect("server cell").take() {
-                        server.abort_connections();
-                    }
-                    if let Err(e) = sim.step() {
-                        unmet.push(format!("simulation failed: {e}"));
-                        break 'run;
-                    }
-                    sim.bounce("gateway");
-                }
                 action => network_fault(&mut sim, action),
             }
         }
@@ -276,6 +345,10 @@ pub fn run(scenario: &Scenario) -> Outcome {
                 violation = Some(v);
                 break 'run;
             }
+        }
+        if let Some(what) = broken.lock().expect("broken cell").take() {
+            violation = Some(Violation { at: sim.elapsed(), conn: None, message: what });
+            break;
         }
         if let Err(v) = checker.check_time(sim.elapsed()) {
             violation = Some(v);
@@ -296,7 +369,22 @@ pub fn run(scenario: &Scenario) -> Outcome {
     };
     let records = trace.records();
     unmet.extend(expectations(scenario, &end, &records));
-    Outcome { records, samples, violation, unmet, end, simulated: sim.elapsed(), wall: wall.elapsed() }
+    Outcome {
+        records,
+        samples,
+        violation,
+        unmet,
+        end,
+        simulated: sim.elapsed(),
+        wall: wall.elapsed(),
+        busy_restarts,
+    }
+}
+
+/// A timeline instant: seconds rounded to the microsecond, so `6.03` is exactly the step that
+/// starts at 6.03 s, whichever way its binary fraction rounds.
+fn instant(secs: f64) -> Duration {
+    Duration::from_micros((secs * 1e6).round() as u64)
 }
 
 /// A group's crash signal. Not a `tokio::sync::watch`: that spreads its waiters over several

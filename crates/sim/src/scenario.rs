@@ -67,6 +67,8 @@ pub struct ServerSettings {
     pub outbound_queue: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_pending_requests: Option<usize>,
+    /// Gateway cores (production runs one per CPU core); above one, admission is global.
+    pub shards: Option<usize>,
 }
 
 /// A group of identical scripted clients on one simulated host.
@@ -208,6 +210,21 @@ pub enum Action {
     Backend(BackendMode),
 }
 
+impl Action {
+    /// The client group the action names, if any.
+    pub fn group(&self) -> Option<&str> {
+        match self {
+            Action::Partition { group }
+            | Action::Repair { group }
+            | Action::Hold { group }
+            | Action::Release { group }
+            | Action::Latency { group, .. }
+            | Action::Crash { group } => Some(group),
+            _ => None,
+        }
+    }
+}
+
 /// The end state the scenario expects. Unset fields are not checked.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -276,17 +293,8 @@ impl Scenario {
             if step.at_secs.is_nan() || step.at_secs < 0.0 {
                 return bad("timeline times must not be negative".into());
             }
-            let group = match &step.action {
-                Action::Partition { group }
-                | Action::Repair { group }
-                | Action::Hold { group }
-                | Action::Release { group }
-                | Action::Latency { group, .. }
-                | Action::Crash { group } => Some(group),
-                _ => None,
-            };
-            if let Some(group) = group
-                && !names.contains(group.as_str())
+            if let Some(group) = step.action.group()
+                && !names.contains(group)
             {
                 return bad(format!("timeline names unknown group {group:?}"));
             }

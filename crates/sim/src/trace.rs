@@ -8,10 +8,41 @@ use std::time::Duration;
 use clientmq_core::event::Secs;
 use clientmq_core::{ConnectionId, EventKind};
 
+/// One process of a simulated host: the host's name and how many times it was restarted before
+/// this process started. A restart starts a new process; what the old one did belongs to it,
+/// whatever order its last records reach the trace in.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Proc {
+    /// Shared: every record of the process carries it.
+    pub host: Arc<str>,
+    pub incarnation: u32,
+}
+
+impl Proc {
+    pub fn new(host: &str, incarnation: u32) -> Self {
+        Proc { host: host.into(), incarnation }
+    }
+}
+
+/// `gateway`, then `gateway#1` after its first restart.
+impl fmt::Display for Proc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.incarnation {
+            0 => f.write_str(&self.host),
+            n => write!(f, "{}#{n}", self.host),
+        }
+    }
+}
+
 /// Who recorded a line.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Source {
-    Gateway,
+    /// A gateway process, and the shard whose core emitted the event (`None` for a gateway of
+    /// one shard).
+    Gateway {
+        proc: Proc,
+        shard: Option<u16>,
+    },
     Client(String),
     /// The simulator itself: faults and actions it applied.
     Sim,
@@ -31,8 +62,14 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn gateway(at: Duration, conn: Option<ConnectionId>, kind: EventKind) -> Self {
-        Record { at, source: Source::Gateway, body: Body::Gateway { conn, kind } }
+    pub fn gateway(
+        at: Duration,
+        proc: Proc,
+        shard: Option<u16>,
+        conn: Option<ConnectionId>,
+        kind: EventKind,
+    ) -> Self {
+        Record { at, source: Source::Gateway { proc, shard }, body: Body::Gateway { conn, kind } }
     }
 
     pub fn sim(at: Duration, note: impl Into<String>) -> Self {
@@ -48,6 +85,16 @@ impl fmt::Display for Record {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:>12} ", Secs(self.at).to_string())?;
         match (&self.source, &self.body) {
+            (Source::Gateway { proc, shard }, Body::Gateway { conn, kind }) => {
+                write!(f, "{proc}")?;
+                if let Some(shard) = shard {
+                    write!(f, "/{shard}")?;
+                }
+                match conn {
+                    Some(conn) => write!(f, " {conn} {kind}"),
+                    None => write!(f, " {kind}"),
+                }
+            }
             (_, Body::Gateway { conn: Some(conn), kind }) => write!(f, "gateway {conn} {kind}"),
             (_, Body::Gateway { conn: None, kind }) => write!(f, "gateway {kind}"),
             (Source::Client(name), Body::Note(note)) => write!(f, "client {name} {note}"),
@@ -94,4 +141,19 @@ impl Trace {
 /// Simulated time on the current host (zero outside the simulation).
 pub fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_lines_name_the_process_and_the_shard_only_when_there_is_a_choice() {
+        let kind = EventKind::PingSent;
+        let first =
+            Record::gateway(Duration::from_secs(1), Proc::new("gateway", 0), None, None, kind.clone());
+        assert_eq!(first.to_string(), "   1.000000s gateway ping");
+        let later = Record::gateway(Duration::from_secs(1), Proc::new("gw2", 3), Some(1), None, kind);
+        assert_eq!(later.to_string(), "   1.000000s gw2#3/1 ping");
+    }
 }

@@ -1,11 +1,13 @@
-//! The checker has teeth: traces with the seed's leak, a double disconnect and a limit
-//! overshoot are each caught, with the connection and the time in the message.
+//! The checker has teeth: traces with the seed's leak, a double disconnect, a limit overshoot,
+//! an answer to a closing connection, requests left pending at the end, a second close, and a
+//! dead process's events are each caught, with the process, the connection and the time in the
+//! message.
 
 use std::time::Duration;
 
-use clientmq_core::{ConnectionId, DisconnectPath, EventKind};
+use clientmq_core::{ConnectionId, DisconnectPath, EventKind, RequestOutcome};
 use clientmq_sim::check::{Checker, Limits};
-use clientmq_sim::trace::Record;
+use clientmq_sim::trace::{Proc, Record};
 
 const LIMITS: Limits = Limits {
     max_connections: 2,
@@ -22,16 +24,39 @@ fn at(secs: f64) -> Duration {
     Duration::from_secs_f64(secs)
 }
 
+/// An event of the first gateway process.
+fn gw(t: f64, n: u8, kind: EventKind) -> Record {
+    gw_of(0, t, n, kind)
+}
+
+fn gw_of(incarnation: u32, t: f64, n: u8, kind: EventKind) -> Record {
+    Record::gateway(at(t), Proc::new("gateway", incarnation), None, Some(id(n)), kind)
+}
+
 fn opened(t: f64, n: u8, open: usize) -> Record {
-    Record::gateway(at(t), Some(id(n)), EventKind::Opened { remote: "10.0.0.1".parse().unwrap(), open })
+    gw(t, n, EventKind::Opened { remote: "10.0.0.1".parse().unwrap(), open })
 }
 
 fn disconnected(t: f64, n: u8, open: usize) -> Record {
-    Record::gateway(
-        at(t),
-        Some(id(n)),
-        EventKind::Disconnected { path: DisconnectPath::Forced, code: 3334, open },
-    )
+    gw(t, n, EventKind::Disconnected { path: DisconnectPath::Forced, code: 3334, open })
+}
+
+fn close_sent(t: f64, n: u8) -> Record {
+    gw(t, n, EventKind::CloseSent { code: 3334, reason: "timeout" })
+}
+
+fn forwarded(t: f64, n: u8, request_id: &str) -> Record {
+    gw(t, n, EventKind::Forwarded { request_id: request_id.into(), request_type: "x".into(), token: 0 })
+}
+
+fn answered(t: f64, n: u8, request_id: &str, outcome: RequestOutcome) -> Record {
+    let kind = EventKind::Answered {
+        request_id: request_id.into(),
+        request_type: "x".into(),
+        outcome,
+        elapsed: Duration::ZERO,
+    };
+    gw(t, n, kind)
 }
 
 /// Feeds records until one fails; returns that failure's text.
@@ -47,21 +72,26 @@ fn first_violation(records: &[Record]) -> Option<String> {
 
 #[test]
 fn a_clean_trace_passes() {
-    let close = Record::gateway(at(2.0), Some(id(0)), EventKind::CloseSent { code: 3334, reason: "timeout" });
-    let trace =
-        [opened(1.0, 0, 1), opened(1.5, 1, 2), close, disconnected(7.0, 0, 1), disconnected(8.0, 1, 0)];
+    let trace = [
+        opened(1.0, 0, 1),
+        opened(1.5, 1, 2),
+        forwarded(1.6, 1, "C0"),
+        close_sent(2.0, 0),
+        answered(2.1, 1, "C0", RequestOutcome::Ok),
+        disconnected(7.0, 0, 1),
+        disconnected(8.0, 1, 0),
+    ];
     assert_eq!(first_violation(&trace), None);
 }
 
 #[test]
 fn the_seeds_leak_is_caught_closing_past_the_timeout() {
     // The server closed, the client never answered, and the gateway never let go.
-    let close = Record::gateway(at(2.0), Some(id(0)), EventKind::CloseSent { code: 3334, reason: "timeout" });
     let later = Record::sim(at(30.0), "anything at all");
-    let v = first_violation(&[opened(1.0, 0, 1), close, later]).expect("caught");
+    let v = first_violation(&[opened(1.0, 0, 1), close_sent(2.0, 0), later]).expect("caught");
     assert!(v.contains(&id(0).to_string()), "{v}");
     assert!(v.starts_with("at 30.000000s"), "{v}");
-    assert!(v.contains("closing since 2.000000s"), "{v}");
+    assert!(v.contains("gateway: closing since 2.000000s"), "{v}");
 }
 
 #[test]
@@ -76,32 +106,106 @@ fn the_seeds_leak_is_caught_as_a_count_that_drifts() {
 fn a_double_disconnect_is_caught() {
     let v = first_violation(&[opened(1.0, 0, 1), disconnected(2.0, 0, 0), disconnected(2.5, 0, 0)])
         .expect("caught");
-    assert_eq!(v, format!("at 2.500000s: connection {}: disconnected twice", id(0)));
+    assert_eq!(v, format!("at 2.500000s: connection {}: gateway: disconnected twice", id(0)));
 }
 
 #[test]
 fn a_limit_overshoot_is_caught() {
     let v = first_violation(&[opened(1.0, 0, 1), opened(1.1, 1, 2), opened(1.2, 2, 3)]).expect("caught");
-    assert_eq!(v, format!("at 1.200000s: connection {}: open 3 is above the limit 2", id(2)));
+    assert_eq!(v, format!("at 1.200000s: connection {}: gateway: open 3 is above the limit 2", id(2)));
 }
 
 #[test]
 fn a_refusal_with_room_is_caught() {
-    let rejected = Record::gateway(at(2.0), Some(id(5)), EventKind::Rejected { code: 1013, open: 1 });
+    let rejected = gw(2.0, 5, EventKind::Rejected { code: 1013, open: 1 });
     let v = first_violation(&[opened(1.0, 0, 1), rejected]).expect("caught");
     assert!(v.contains("refused with 1013 while only 1 of 2 were open"), "{v}");
+    // Judged against more than the trace shows registered (admissions in flight): fine.
+    let judged = gw(2.0, 5, EventKind::Rejected { code: 1013, open: 2 });
+    assert_eq!(first_violation(&[opened(1.0, 0, 1), judged]), None);
 }
 
 #[test]
 fn a_request_pending_past_its_timeout_is_caught() {
-    let forwarded = Record::gateway(
-        at(1.0),
-        Some(id(0)),
-        EventKind::Forwarded { request_id: "C7".into(), request_type: "x".into(), token: 0 },
-    );
-    let v = first_violation(&[opened(0.5, 0, 1), forwarded, Record::sim(at(17.0), "tick")]).expect("caught");
+    let v = first_violation(&[opened(0.5, 0, 1), forwarded(1.0, 0, "C7"), Record::sim(at(17.0), "tick")])
+        .expect("caught");
     assert!(
         v.contains("request C7 pending past the request timeout") && v.contains(&id(0).to_string()),
         "{v}"
     );
+}
+
+#[test]
+fn an_answer_to_a_closing_connection_is_caught() {
+    let trace = [
+        opened(1.0, 0, 1),
+        forwarded(1.5, 0, "C0"),
+        close_sent(2.0, 0),
+        answered(2.5, 0, "C0", RequestOutcome::Ok),
+    ];
+    let v = first_violation(&trace).expect("caught");
+    assert!(v.contains("an answer sent to a closing connection"), "{v}");
+    let delivered = gw(2.5, 0, EventKind::Delivered { event_type: "chat.RoomEvent".into() });
+    let v = first_violation(&[opened(1.0, 0, 1), close_sent(2.0, 0), delivered]).expect("caught");
+    assert!(v.contains("to a closing connection"), "{v}");
+    // Marked undeliverable is what the gateway must do instead.
+    let fine = [
+        opened(1.0, 0, 1),
+        forwarded(1.5, 0, "C0"),
+        close_sent(2.0, 0),
+        answered(2.5, 0, "C0", RequestOutcome::Undeliverable),
+        disconnected(3.0, 0, 0),
+    ];
+    assert_eq!(first_violation(&fine), None);
+}
+
+#[test]
+fn requests_left_pending_at_the_end_are_caught() {
+    let v = first_violation(&[opened(1.0, 0, 1), forwarded(1.5, 0, "C3"), disconnected(2.0, 0, 0)])
+        .expect("caught");
+    assert!(v.contains("ended with requests still pending: C3"), "{v}");
+}
+
+#[test]
+fn a_second_close_on_a_closing_connection_is_caught() {
+    let v = first_violation(&[opened(1.0, 0, 1), close_sent(2.0, 0), close_sent(2.5, 0)]).expect("caught");
+    assert!(v.contains("a second close on a closing connection"), "{v}");
+}
+
+#[test]
+fn events_about_ended_connections_are_caught_strays_are_not() {
+    let after = gw(3.0, 0, EventKind::PingSent);
+    let v = first_violation(&[opened(1.0, 0, 1), disconnected(2.0, 0, 0), after]).expect("caught");
+    assert!(v.contains("ping to a connection that is not registered"), "{v}");
+    let stray = gw(3.0, 0, EventKind::Stray { what: clientmq_core::Stray::Close, after_end: true });
+    assert_eq!(first_violation(&[opened(1.0, 0, 1), disconnected(2.0, 0, 0), stray]), None);
+}
+
+#[test]
+fn a_restart_ends_the_old_process_and_its_last_records_stay_its_own() {
+    // The old process accepts a connection in its last instant; the new one starts from zero.
+    let trace = [
+        opened(1.0, 0, 1),
+        close_sent(9.0, 0),
+        opened(10.0, 1, 2),
+        Record::sim(at(10.01), "gateway restarted"),
+        gw_of(1, 10.02, 2, EventKind::Opened { remote: "10.0.0.1".parse().unwrap(), open: 1 }),
+        // Long after the old process's close deadline: it died with the process.
+        Record::sim(at(30.0), "tick"),
+    ];
+    assert_eq!(first_violation(&trace), None);
+    let late = gw_of(0, 10.5, 0, EventKind::PingSent);
+    let v = first_violation(&[opened(1.0, 0, 1), Record::sim(at(10.0), "gateway restarted"), late])
+        .expect("caught");
+    assert!(v.contains("gateway: an event after it died"), "{v}");
+}
+
+#[test]
+fn violation_classes_drop_what_varies_between_runs() {
+    let v = clientmq_sim::check::Violation {
+        at: at(3.0),
+        conn: Some(id(0)),
+        message: "gateway#2: gateway reports open=4 but registered - disconnected = 3".into(),
+    };
+    assert_eq!(v.class(), "gateway reports but registered - disconnected =");
 }
