@@ -1,4 +1,5 @@
-//! Authentication tokens, verified without I/O: Phenix EdgeAuth digest tokens ([`EdgeAuth`]).
+//! Authentication tokens, verified without I/O: Phenix EdgeAuth digest tokens ([`EdgeAuth`]) and
+//! static tokens compared in constant time ([`StaticTokens`]).
 //!
 //! # The digest token format
 //!
@@ -45,8 +46,10 @@ use serde_json::{Map, Value};
 use sha2::Sha512;
 
 mod claims;
+mod static_tokens;
 
 pub use claims::{Claims, RequiredTag, TokenType};
+pub use static_tokens::StaticTokens;
 
 /// What every digest token starts with (case-sensitive).
 pub const DIGEST_PREFIX: &str = "DIGEST:";
