@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod edge_auth;
 pub mod event;
 mod gateway;
 mod ids;
