@@ -1,6 +1,6 @@
 //! clientmq-load: the load generator. `request`, `idle` and `churn` drive one running server
-//! (clientmq or the baseline) over loopback; `suite` starts both servers and runs everything, as
-//! `just bench` does. Every mode stops by itself.
+//! (clientmq, the baseline or the Node seed gateway) over loopback; `suite` starts all three and
+//! runs everything, as `just bench` does. Every mode stops by itself.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,7 +19,7 @@ use clientmq_bench::target::Target;
 #[command(
     name = "clientmq-load",
     version,
-    about = "Load generator for clientmq and its echo baseline (loopback only)"
+    about = "Load generator for clientmq, its echo baseline and the Node seed gateway (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -104,7 +104,8 @@ enum Mode {
         #[arg(long)]
         metrics: bool,
     },
-    /// Everything, against clientmq-server and clientmq-baseline started here; writes the table.
+    /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
+    /// here; writes the table.
     Suite(Box<SuiteArgs>),
 }
 
