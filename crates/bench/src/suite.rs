@@ -25,7 +25,7 @@ const IDLE_SOURCES: usize = 8;
 const FD_MARGIN: u64 = 100;
 const DURATION_METRIC: &str = "clientmq_request_duration_seconds";
 /// The servers under test, in the order of the table's columns (and of every `[_; 3]` here).
-const PEERS: [&str; 3] = ["clientmq", "baseline", "node seed"];
+const PEERS: [&str; 3] = ["clientmq", "baseline", "Node seed"];
 const CLIENTMQ: usize = 0;
 const BASELINE: usize = 1;
 const SEED: usize = 2;
