@@ -29,7 +29,8 @@ explore SEEDS="10000" FROM="0":
 review:
     cargo insta test --review -p clientmq-sim
 
-# Benchmarks against a tokio-tungstenite echo baseline, and simulator speed; writes BENCHMARKS.md.
+# Benchmarks against a tokio-tungstenite echo baseline and a Node gateway of the seed's design
+# (bench/seed-gateway: needs node and npm), and simulator speed; writes BENCHMARKS.md.
 bench *ARGS:
     cargo build --release -p clientmq-server -p clientmq-bench -p clientmq-sim
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ulimit -n; ./target/release/clientmq-load suite --sim-bin target/release/clientmq-sim --out BENCHMARKS.md {{ARGS}}

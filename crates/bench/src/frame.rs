@@ -1,10 +1,10 @@
 //! The request the load generator sends, and how an answer is checked.
 //!
 //! A request is an `mq.Message` of type `mq.PingPong` with id `C<n>` (the SDK's numbering),
-//! base64 in a text frame (the SDK's encoding). The clientmq embedded backend answers it
-//! `mq.Error{unauthorized}` on a connection that has not authenticated; the echo baseline sends
-//! the same bytes back. Either way the answer is decoded with the real codec and must carry the
-//! request's id.
+//! base64 in a text frame (the SDK's encoding). clientmq's embedded backend and the Node seed
+//! gateway answer it `mq.PingPongResponse` echoing the payload, without a session; the echo
+//! baseline sends the same bytes back. Either way the answer is decoded with the real codec and
+//! must carry the request's id.
 
 use clientmq_core::codec;
 use clientmq_core::proto::mq;

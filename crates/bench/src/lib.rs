@@ -1,6 +1,6 @@
 //! clientmq-bench: drives a running gateway over loopback with the real protocol, and the same
-//! load against a plain tokio-tungstenite echo server (the baseline), so that a ratio between the
-//! two holds on a noisy machine.
+//! load against a plain tokio-tungstenite echo server (the baseline) and a Node gateway of the
+//! seed's design (`bench/seed-gateway`), so that ratios between them hold on a noisy machine.
 //!
 //! Modes (each bounded in time, each a function here and a subcommand of `clientmq-load`):
 //!
@@ -10,7 +10,7 @@
 //!   per connection, read from `/proc/<pid>/status` before and after.
 //! - [`churn`]: connections opened and closed in a loop; cycles per second.
 //!
-//! [`suite`] runs all of them against both servers ([`servers`]), plus the simulator's figures,
+//! [`suite`] runs all of them against the three servers ([`servers`]), plus the simulator's figures,
 //! and writes the table of `BENCHMARKS.md` ([`report`]). Loopback only: [`target::Target`]
 //! refuses any other address.
 

@@ -7,12 +7,15 @@ use std::path::Path;
 pub const BEGIN: &str = "<!-- bench:begin (written by `just bench`; edit outside these markers) -->";
 pub const END: &str = "<!-- bench:end -->";
 
-/// One figure, measured on clientmq and (where it applies) on the baseline.
+/// One figure, measured on clientmq and (where it applies) on the echo baseline and on the Node
+/// gateway of the seed's design.
 #[derive(Debug, Clone, Default)]
 pub struct Row {
     pub figure: String,
     pub clientmq: Option<f64>,
     pub baseline: Option<f64>,
+    /// The Node seed peer (`bench/seed-gateway`).
+    pub seed: Option<f64>,
     /// Decimals printed.
     pub decimals: usize,
     pub target: String,
@@ -23,8 +26,14 @@ pub struct Row {
 }
 
 impl Row {
+    /// clientmq / baseline: what the targets are set against.
     pub fn ratio(&self) -> Option<f64> {
         Some(self.clientmq? / self.baseline.filter(|b| *b != 0.0)?)
+    }
+
+    /// clientmq / Node seed: against the kind of gateway clientmq replaces.
+    pub fn seed_ratio(&self) -> Option<f64> {
+        Some(self.clientmq? / self.seed.filter(|s| *s != 0.0)?)
     }
 }
 
@@ -56,8 +65,12 @@ pub fn render(res: &Results) -> String {
     let _ = writeln!(s, "Measured {} on {}.", res.date, res.machine);
     let _ = writeln!(s, "{}\n", res.method);
     let _ = writeln!(s, "Command: `{}`\n", res.command);
-    let _ = writeln!(s, "| figure | clientmq | baseline | ratio | target | verdict |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---|---|");
+    let _ = writeln!(
+        s,
+        "| figure | clientmq | baseline | clientmq / baseline | Node seed | clientmq / Node seed | target | verdict |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
+    let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
     for row in &res.rows {
         let verdict = match row.met {
             Some(true) => "met",
@@ -66,11 +79,13 @@ pub fn render(res: &Results) -> String {
         };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {verdict} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |",
             row.figure,
             value(row.clientmq, row.decimals),
             value(row.baseline, row.decimals),
-            row.ratio().map_or("-".into(), |r| format!("{r:.2}")),
+            ratio(row.ratio()),
+            value(row.seed, row.decimals),
+            ratio(row.seed_ratio()),
             row.target,
         );
     }
@@ -150,18 +165,26 @@ mod tests {
             figure: "requests/s".into(),
             clientmq: Some(80.0),
             baseline: Some(100.0),
+            seed: Some(40.0),
             decimals: 0,
             target: ">= 0.8 x baseline".into(),
             met: Some(true),
             runs: runs(&[80.0, 79.5], 0),
         };
         assert_eq!(row.ratio(), Some(0.8));
+        assert_eq!(row.seed_ratio(), Some(2.0));
         assert_eq!(Row { baseline: Some(0.0), ..row.clone() }.ratio(), None);
         assert_eq!(Row { clientmq: None, ..row.clone() }.ratio(), None);
-        let res = Results { rows: vec![row], notes: vec!["n".into()], ..Results::default() };
+        assert_eq!(Row { seed: None, ..row.clone() }.seed_ratio(), None);
+        let only_clientmq = Row { figure: "sim".into(), baseline: None, seed: None, ..row.clone() };
+        let res = Results { rows: vec![row, only_clientmq], notes: vec!["n".into()], ..Results::default() };
         let text = render(&res);
         assert!(text.starts_with(BEGIN) && text.trim_end().ends_with(END));
-        assert!(text.contains("| requests/s | 80 | 100 | 0.80 | >= 0.8 x baseline | met |"), "{text}");
+        assert!(
+            text.contains("| requests/s | 80 | 100 | 0.80 | 40 | 2.00 | >= 0.8 x baseline | met |"),
+            "{text}"
+        );
+        assert!(text.contains("| sim | 80 | - | - | - | - | >= 0.8 x baseline | met |"), "{text}");
         assert!(text.contains("- requests/s: 80, 80\n"), "{text}");
     }
 }

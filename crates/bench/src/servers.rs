@@ -1,8 +1,10 @@
-//! The servers under test, as child processes on free loopback ports, killed when dropped.
+//! The servers under test, as child processes on free loopback ports, killed when dropped:
+//! clientmq-server, the echo baseline, and the Node gateway of the seed's design
+//! (`bench/seed-gateway`, run by `node`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::process::{Child, Command};
 
@@ -40,6 +42,10 @@ impl Drop for ServerProc {
 pub struct Binaries {
     pub server: PathBuf,
     pub baseline: PathBuf,
+    /// The Node.js runtime that runs the seed gateway.
+    pub node: PathBuf,
+    /// The seed gateway's project directory (`bench/seed-gateway`: `server.js`, its lock file).
+    pub seed_gateway: PathBuf,
     pub logs: PathBuf,
 }
 
@@ -61,6 +67,65 @@ impl Binaries {
         args.extend(extra.iter().map(|s| s.to_string()));
         spawn(&self.baseline, &args, &self.logs.join(format!("{log}.log")), port).await
     }
+
+    /// The Node gateway of the seed's design, plus `extra` flags (it takes clientmq-server's
+    /// `--max-connections` and `--heartbeat-secs`). Its npm packages are installed first if needed.
+    pub async fn node_seed(&self, log: &str, extra: &[&str]) -> Result<ServerProc, String> {
+        self.install_seed_gateway().await?;
+        let port = free_port()?;
+        let script = self.seed_gateway.join("server.js").display().to_string();
+        let mut args = vec![script, "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        spawn(&self.node, &args, &self.logs.join(format!("{log}.log")), port).await
+    }
+
+    /// `node --version`, or why Node.js cannot be run.
+    pub async fn node_version(&self) -> Result<String, String> {
+        let out = Command::new(&self.node).arg("--version").output().await.map_err(|e| {
+            format!(
+                "cannot run `{}` ({e}): the Node seed peer needs Node.js 20 or later on PATH (or --node-bin)",
+                self.node.display()
+            )
+        })?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+
+    /// Runs `npm ci --ignore-scripts` in the seed gateway's project unless its packages are
+    /// already installed from the current lock file. `--ignore-scripts`: nothing there needs an
+    /// install script, and scripts may fetch from outside the npm registry.
+    async fn install_seed_gateway(&self) -> Result<(), String> {
+        self.node_version().await?;
+        let dir = &self.seed_gateway;
+        if !dir.join("package-lock.json").is_file() {
+            return Err(format!("{}: no package-lock.json (is --seed-gateway right?)", dir.display()));
+        }
+        if !needs_install(dir) {
+            return Ok(());
+        }
+        let out = Command::new("npm")
+            .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| format!("cannot run `npm` ({e}): the Node seed peer needs npm on PATH"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let lines: Vec<&str> = err.lines().collect();
+            let tail = lines[lines.len().saturating_sub(10)..].join("\n");
+            return Err(format!("`npm ci --ignore-scripts` failed in {}:\n{tail}", dir.display()));
+        }
+        Ok(())
+    }
+}
+
+/// Whether `dir`'s packages must be (re)installed: npm writes `node_modules/.package-lock.json`
+/// on every install, so it is missing, or older than `package-lock.json`, when the lock file
+/// changed since (or nothing was ever installed).
+pub fn needs_install(dir: &Path) -> bool {
+    let modified = |p: PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let lock = modified(dir.join("package-lock.json")).unwrap_or(SystemTime::UNIX_EPOCH);
+    modified(dir.join("node_modules").join(".package-lock.json")).is_none_or(|installed| installed < lock)
 }
 
 fn free_port() -> Result<u16, String> {
@@ -92,4 +157,29 @@ async fn spawn(bin: &Path, args: &[String], log: &Path, port: u16) -> Result<Ser
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     Err(format!("{} did not start listening; see {}", bin.display(), log.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packages_are_installed_when_missing_or_older_than_the_lock_file() {
+        let dir = std::env::temp_dir().join(format!("clientmq-bench-npm-{}", std::process::id()));
+        let modules = dir.join("node_modules");
+        std::fs::create_dir_all(&modules).unwrap();
+        let lock = dir.join("package-lock.json");
+        let installed = modules.join(".package-lock.json");
+        let set_mtime = |p: &Path, secs: u64| {
+            let f = std::fs::File::options().write(true).create(true).truncate(false).open(p).unwrap();
+            f.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
+        };
+        set_mtime(&lock, 1_000);
+        assert!(needs_install(&dir), "nothing installed");
+        set_mtime(&installed, 2_000);
+        assert!(!needs_install(&dir), "installed after the lock file was written");
+        set_mtime(&lock, 3_000);
+        assert!(needs_install(&dir), "the lock file changed since");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

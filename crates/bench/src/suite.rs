@@ -1,6 +1,7 @@
-//! The whole benchmark, as `just bench` runs it: clientmq-server and the echo baseline as child
-//! processes, the same load against each (alternating which goes first, repeated, medians kept),
-//! the simulator's figures, and the table written into `BENCHMARKS.md`.
+//! The whole benchmark, as `just bench` runs it: clientmq-server, the echo baseline and the Node
+//! gateway of the seed's design as child processes, the same load against each (taking turns to
+//! go first, repeated, medians kept), the simulator's figures, and the table written into
+//! `BENCHMARKS.md`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,6 +24,16 @@ const IDLE_SOURCES: usize = 8;
 /// File descriptors a process keeps besides its connections (listener, epoll, stdio, ...).
 const FD_MARGIN: u64 = 100;
 const DURATION_METRIC: &str = "clientmq_request_duration_seconds";
+/// The servers under test, in the order of the table's columns (and of every `[_; 3]` here).
+const PEERS: [&str; 3] = ["clientmq", "baseline", "Node seed"];
+const CLIENTMQ: usize = 0;
+const BASELINE: usize = 1;
+const SEED: usize = 2;
+/// Flags clientmq-server and the seed gateway both take: room for every connection the suite
+/// opens (the seed's default limit is 2,000).
+const GATEWAY_FLAGS: [&str; 2] = ["--max-connections", "20000"];
+/// The same for idle runs, with heartbeats every 2 s so several run while connections are held.
+const IDLE_GATEWAY_FLAGS: [&str; 4] = ["--max-connections", "20000", "--heartbeat-secs", "2"];
 
 #[derive(Debug, Clone)]
 pub struct SuiteOpts {
@@ -57,7 +68,8 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         machine: machine(&opts.repo).await,
         method: format!(
             "Server and load generator share the machine's cores (one server runs at a time); medians of {} \
-             runs, each {} s of warm-up then {} s measured, clientmq and baseline alternating.",
+             runs, each {} s of warm-up then {} s measured, clientmq, baseline and Node seed taking turns \
+             to go first.",
             opts.repeats,
             opts.warmup.as_secs_f64(),
             opts.duration.as_secs_f64()
@@ -66,12 +78,22 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         ..Results::default()
     };
     log(format!("machine: {}", res.machine));
+    // Before anything runs: a missing Node.js fails the suite here, with its reason.
+    let node = opts.binaries.node_version().await?;
+    res.notes.push(format!(
+        "Node seed: `bench/seed-gateway` (the seed's adapter, ClientMQ and worker layers; ws 8, protobufjs 7) \
+         in one Node {node} process"
+    ));
     {
-        // Request and churn modes share one pair of servers.
-        let cm = opts.binaries.clientmq("clientmq-requests", &["--max-connections", "20000"]).await?;
-        let bl = opts.binaries.baseline("baseline-requests", &[]).await?;
-        requests(opts, &cm, &bl, &mut res).await;
-        churn(opts, &cm, &bl, &mut res).await;
+        // Request and churn modes share one set of servers.
+        let bins = &opts.binaries;
+        let servers = [
+            bins.clientmq("clientmq-requests", &GATEWAY_FLAGS).await?,
+            bins.baseline("baseline-requests", &[]).await?,
+            bins.node_seed("node-seed-requests", &GATEWAY_FLAGS).await?,
+        ];
+        requests(opts, &servers, &mut res).await;
+        churn(opts, &servers, &mut res).await;
     }
     idle_memory(opts, &mut res).await?;
     if let Some(sim) = &opts.sim_bin {
@@ -84,23 +106,30 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
     Ok(res)
 }
 
-/// Runs `f` on clientmq and the baseline `repeats` times, alternating which goes first.
-async fn both<T, F, Fut>(repeats: usize, cm: &ServerProc, bl: &ServerProc, mut f: F) -> (Vec<T>, Vec<T>)
+/// The order of round `r`: each server goes first in turn, and the others follow in column order.
+pub fn round(r: usize) -> [usize; 3] {
+    [r % 3, (r + 1) % 3, (r + 2) % 3]
+}
+
+/// Runs `f` on each server `repeats` times, one round at a time (see [`round`]); results are in
+/// the order of [`PEERS`]. Run i of every server is in round i, back to back: they are paired.
+async fn each<T, F, Fut>(repeats: usize, servers: &[ServerProc; 3], mut f: F) -> [Vec<T>; 3]
 where
     F: FnMut(Handle) -> Fut,
     Fut: std::future::Future<Output = T>,
 {
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut out: [Vec<T>; 3] = Default::default();
     for r in 0..repeats.max(1) {
-        if r % 2 == 0 {
-            a.push(f(cm.handle("clientmq")).await);
-            b.push(f(bl.handle("baseline")).await);
-        } else {
-            b.push(f(bl.handle("baseline")).await);
-            a.push(f(cm.handle("clientmq")).await);
+        for i in round(r) {
+            out[i].push(f(servers[i].handle(PEERS[i])).await);
         }
     }
-    (a, b)
+    out
+}
+
+/// One value per run and server, picked from each server's results.
+fn values<T>(results: &[Vec<T>; 3], pick: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
+    results.each_ref().map(|runs| runs.iter().map(&pick).collect())
 }
 
 /// A request run, with the CPU time the server and the load generator spent per answered request
@@ -149,41 +178,45 @@ async fn measure(server: &Handle, opts: &RequestOpts) -> Measured {
     m
 }
 
-fn pair_row(figure: String, c: &[f64], b: &[f64], decimals: usize, target: &str) -> Row {
+fn pair_row(figure: String, [c, b, s]: &[Vec<f64>; 3], decimals: usize, target: &str) -> Row {
     // Runs are paired (run i of each server back to back): their ratios show the spread.
-    let ratios: Vec<f64> = c.iter().zip(b).filter(|(_, b)| **b != 0.0).map(|(c, b)| c / b).collect();
+    let ratios = |other: &[f64]| -> Vec<f64> {
+        c.iter().zip(other).filter(|(_, o)| **o != 0.0).map(|(c, o)| c / o).collect()
+    };
     Row {
         figure,
         clientmq: median(c),
         baseline: median(b),
+        seed: median(s),
         decimals,
         target: target.into(),
         runs: format!(
-            "clientmq {}; baseline {}; paired ratios {}",
+            "clientmq {}; baseline {}; Node seed {}; paired ratios to baseline {}, to Node seed {}",
             runs(c, decimals),
             runs(b, decimals),
-            runs(&ratios, 2)
+            runs(s, decimals),
+            runs(&ratios(b), 2),
+            runs(&ratios(s), 2)
         ),
         met: None,
     }
 }
 
-async fn requests(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut Results) {
+async fn requests(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results) {
     let base = RequestOpts { warmup: opts.warmup, duration: opts.duration, ..RequestOpts::default() };
-    let mut peak100 = None;
+    let (mut peak100, mut seed_peak100) = (None, None);
     for conns in [100, 1000] {
         let ropts = RequestOpts { connections: conns, ..base.clone() };
-        let (c, b) = both(opts.repeats, cm, bl, |server| {
+        let ms = each(opts.repeats, servers, |server| {
             let ropts = ropts.clone();
             async move { measure(&server, &ropts).await }
         })
         .await;
-        let rps = |ms: &[Measured]| ms.iter().map(|m| m.report.rps()).collect::<Vec<_>>();
         let figure = format!("requests/s, {conns} connections (closed loop)");
-        let mut row = pair_row(figure, &rps(&c), &rps(&b), 0, ">= 0.8 x baseline");
+        let mut row = pair_row(figure, &values(&ms, |m| m.report.rps()), 0, ">= 0.8 x baseline");
         row.met = row.ratio().map(|r| r >= 0.8);
         if conns == 100 {
-            peak100 = row.clientmq;
+            (peak100, seed_peak100) = (row.clientmq, row.seed);
         }
         res.rows.push(row);
         type Cpu = fn(&Measured) -> f64;
@@ -193,25 +226,37 @@ async fn requests(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut 
             ("load generator CPU µs per request", |m| m.load_cpu_us),
         ];
         for (what, pick) in cpus {
-            let values = |ms: &[Measured]| ms.iter().map(pick).collect::<Vec<_>>();
             let figure = format!("{what}, {conns} connections");
-            res.rows.push(pair_row(figure, &values(&c), &values(&b), 1, "(diagnostic)"));
+            res.rows.push(pair_row(figure, &values(&ms, pick), 1, "(diagnostic)"));
         }
-        let errors: u64 = c.iter().chain(&b).map(|m| m.report.errors + m.report.connect_errors).sum();
-        res.notes.push(format!("request errors at {conns} connections, all runs, both servers: {errors}"));
+        let errors: u64 = ms.iter().flatten().map(|m| m.report.errors + m.report.connect_errors).sum();
+        res.notes
+            .push(format!("request errors at {conns} connections, all runs, all three servers: {errors}"));
         if conns == 100
-            && let Some(m) = c.first()
+            && let (Some(c), Some(s)) = (ms[CLIENTMQ].first(), ms[SEED].first())
         {
             res.notes.push(format!(
                 "request frame: {} bytes of base64 text (an `mq.PingPong` request, never authenticated); \
-                 clientmq answers `{}` in {} bytes; the baseline echoes the request",
-                m.report.request_bytes, m.report.answer, m.report.answer_bytes
+                 clientmq answers `{}` in {} bytes, the Node seed `{}` in {} bytes; the baseline echoes the \
+                 request",
+                c.report.request_bytes,
+                c.report.answer,
+                c.report.answer_bytes,
+                s.report.answer,
+                s.report.answer_bytes
             ));
         }
     }
+    // The same offered rate for every server: half of clientmq's peak.
     let rate = peak100.unwrap_or(2000.0) / 2.0;
+    if let Some(seed_peak) = seed_peak100.filter(|p| *p < rate) {
+        res.notes.push(format!(
+            "latency: the Node seed's own closed-loop peak at 100 connections ({seed_peak:.0}/s) is below the \
+             offered {rate:.0}/s, so its latency figures are mostly queueing"
+        ));
+    }
     let lopts = RequestOpts { connections: 100, rate: Some(rate), ..base };
-    let (c, b) = both(opts.repeats, cm, bl, |server| {
+    let ms = each(opts.repeats, servers, |server| {
         let lopts = lopts.clone();
         async move { measure(&server, &lopts).await }
     })
@@ -220,16 +265,15 @@ async fn requests(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut 
     let picks: [(&str, Pick); 3] =
         [("p50", |r| r.latency.p50), ("p99", |r| r.latency.p99), ("p999", |r| r.latency.p999)];
     for (name, pick) in picks {
-        let ms = |v: &[Measured]| v.iter().map(|m| pick(&m.report).as_secs_f64() * 1e3).collect::<Vec<_>>();
         let figure = format!("{name} latency ms at {rate:.0} req/s (half of peak), 100 connections");
-        let mut row = pair_row(figure, &ms(&c), &ms(&b), 3, "");
+        let mut row = pair_row(figure, &values(&ms, |m| pick(&m.report).as_secs_f64() * 1e3), 3, "");
         if name == "p99" {
             row.target = "< 2 ms".into();
             row.met = row.clientmq.map(|v| v < 2.0);
         }
         res.rows.push(row);
     }
-    let bounds: Vec<f64> = c.iter().filter_map(|m| m.gateway_p99).map(|s| s * 1e3).collect();
+    let bounds: Vec<f64> = ms[CLIENTMQ].iter().filter_map(|m| m.gateway_p99).map(|s| s * 1e3).collect();
     res.rows.push(Row {
         figure: "clientmq in-gateway p99 ms, same runs (bucket bound of its `request_duration_seconds`)"
             .into(),
@@ -241,14 +285,14 @@ async fn requests(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut 
     });
 }
 
-async fn churn(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut Results) {
+async fn churn(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results) {
     let copts = ChurnOpts {
         concurrency: opts.churn_concurrency,
         warmup: opts.warmup,
         duration: opts.duration,
         ..ChurnOpts::default()
     };
-    let (c, b) = both(opts.repeats, cm, bl, |server| {
+    let rs = each(opts.repeats, servers, |server| {
         let copts = copts.clone();
         async move {
             let r = churn::run(&server.target, &copts).await;
@@ -257,22 +301,25 @@ async fn churn(opts: &SuiteOpts, cm: &ServerProc, bl: &ServerProc, res: &mut Res
         }
     })
     .await;
-    let per_sec = |rs: &[ChurnReport]| rs.iter().map(ChurnReport::per_sec).collect::<Vec<_>>();
     let figure =
         format!("churn: connections opened and closed per second ({} loops)", opts.churn_concurrency);
-    let mut row = pair_row(figure, &per_sec(&c), &per_sec(&b), 0, ">= 0.8 x baseline");
+    let mut row = pair_row(figure, &values(&rs, ChurnReport::per_sec), 0, ">= 0.8 x baseline");
     row.met = row.ratio().map(|r| r >= 0.8);
     res.rows.push(row);
-    let gauge = open_gauge_settles(&cm.handle("clientmq")).await;
-    let errors: u64 = c.iter().chain(&b).map(|r| r.errors).sum();
+    // Both gateways count open connections; after churn each must be back to 0.
+    let gauge = async |i: usize| {
+        let g = open_gauge_settles(&servers[i].handle(PEERS[i])).await;
+        g.map_or("(unavailable)".into(), |g| g.to_string())
+    };
+    let (cm_gauge, seed_gauge) = (gauge(CLIENTMQ).await, gauge(SEED).await);
+    let errors: u64 = rs.iter().flatten().map(|r| r.errors).sum();
     res.notes.push(format!(
-        "churn: clientmq's `clientmq_connections_open` read {} after the last churn run; churn errors, all \
-         runs, both servers: {errors}",
-        gauge.map_or("(unavailable)".into(), |g| g.to_string())
+        "churn: `clientmq_connections_open` read {cm_gauge} on clientmq and {seed_gauge} on the Node seed after \
+         the last churn run; churn errors, all runs, all three servers: {errors}"
     ));
 }
 
-/// Waits (up to 5 s) for clientmq's open gauge to read 0; returns the last reading.
+/// Waits (up to 5 s) for a gateway's open gauge to read 0; returns the last reading.
 async fn open_gauge_settles(server: &Handle) -> Option<f64> {
     let mut last = None;
     for _ in 0..100 {
@@ -325,23 +372,23 @@ async fn idle_memory(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> 
         log(format!("idle {name}: {}", report.summary()));
         Ok(report)
     };
-    let (mut c, mut b) = (Vec::new(), Vec::new());
-    // Heartbeats every 2 s, so several run while the connections are held.
-    let cm_flags = ["--max-connections", "20000", "--heartbeat-secs", "2"];
+    let mut reports: [Vec<IdleReport>; 3] = Default::default();
     for r in 0..opts.repeats.clamp(1, 2) {
-        if r % 2 == 1 {
-            b.push(measure(bins.baseline("baseline-idle", &[]).await?, "baseline", false).await?);
-        }
-        c.push(measure(bins.clientmq("clientmq-idle", &cm_flags).await?, "clientmq", true).await?);
-        if r % 2 == 0 {
-            b.push(measure(bins.baseline("baseline-idle", &[]).await?, "baseline", false).await?);
+        for i in round(r) {
+            let server = match i {
+                CLIENTMQ => bins.clientmq("clientmq-idle", &IDLE_GATEWAY_FLAGS).await?,
+                BASELINE => bins.baseline("baseline-idle", &[]).await?,
+                _ => bins.node_seed("node-seed-idle", &IDLE_GATEWAY_FLAGS).await?,
+            };
+            // The baseline has no metrics page.
+            reports[i].push(measure(server, PEERS[i], i != BASELINE).await?);
         }
     }
-    let kib = |rs: &[IdleReport]| -> Vec<f64> {
+    let kib = reports.each_ref().map(|rs| -> Vec<f64> {
         rs.iter().filter_map(IdleReport::bytes_per_connection).map(|v| v / 1024.0).collect()
-    };
+    });
     let figure = format!("idle memory KiB per connection at {n} connections (server VmRSS)");
-    let mut row = pair_row(figure, &kib(&c), &kib(&b), 1, "<= 10 KiB");
+    let mut row = pair_row(figure, &kib, 1, "<= 10 KiB");
     row.met = row.clientmq.map(|v| v <= 10.0);
     res.rows.push(row);
     // For reference: the baseline with tungstenite's default buffers.
@@ -354,15 +401,18 @@ async fn idle_memory(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> 
         target: "(reference)".into(),
         ..Row::default()
     });
-    for r in &c {
-        res.notes.push(format!(
-            "idle: clients received {} heartbeat pings from clientmq while holding {} connections ({} closed \
-             by the server, open gauge {}); the baseline sends none",
-            r.pings,
-            r.opened,
-            r.closed,
-            r.open_gauge.map_or("-".into(), |g| g.to_string())
-        ));
+    for i in [CLIENTMQ, SEED] {
+        for r in &reports[i] {
+            res.notes.push(format!(
+                "idle: clients received {} heartbeat pings from {} while holding {} connections ({} closed \
+                 by the server, open gauge {}); the baseline sends none",
+                r.pings,
+                PEERS[i],
+                r.opened,
+                r.closed,
+                r.open_gauge.map_or("-".into(), |g| g.to_string())
+            ));
+        }
     }
     Ok(())
 }
@@ -463,6 +513,24 @@ mod tests {
         let explore = "100 seeds passed in 8.5s (705.3 seeds per minute)\n";
         assert_eq!(parse_explore(explore), Some(705.3));
         assert_eq!(parse_explore("seed 3: invariant broken"), None);
+    }
+
+    #[test]
+    fn each_server_goes_first_in_turn() {
+        assert_eq!(round(0), [0, 1, 2]);
+        assert_eq!(round(1), [1, 2, 0]);
+        assert_eq!(round(2), [2, 0, 1]);
+        assert_eq!(round(3), round(0));
+    }
+
+    #[test]
+    fn rows_pair_runs_against_both_peers() {
+        let row = pair_row("f".into(), &[vec![10.0, 30.0], vec![20.0, 30.0], vec![5.0, 0.0]], 0, "");
+        assert_eq!((row.clientmq, row.baseline, row.seed), (Some(20.0), Some(25.0), Some(2.5)));
+        assert_eq!(
+            row.runs,
+            "clientmq 10, 30; baseline 20, 30; Node seed 5, 0; paired ratios to baseline 0.50, 1.00, to Node seed 2.00"
+        );
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! clientmq-load: the load generator. `request`, `idle` and `churn` drive one running server
-//! (clientmq or the baseline) over loopback; `suite` starts both servers and runs everything, as
-//! `just bench` does. Every mode stops by itself.
+//! (clientmq, the baseline or the Node seed gateway) over loopback; `suite` starts all three and
+//! runs everything, as `just bench` does. Every mode stops by itself.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use clientmq_bench::churn::{self, ChurnOpts};
 use clientmq_bench::idle::{self, IdleOpts};
 use clientmq_bench::report;
@@ -19,7 +19,7 @@ use clientmq_bench::target::Target;
 #[command(
     name = "clientmq-load",
     version,
-    about = "Load generator for clientmq and its echo baseline (loopback only)"
+    about = "Load generator for clientmq, its echo baseline and the Node seed gateway (loopback only)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -104,42 +104,53 @@ enum Mode {
         #[arg(long)]
         metrics: bool,
     },
-    /// Everything, against clientmq-server and clientmq-baseline started here; writes the table.
-    Suite {
-        #[arg(long, default_value = "target/release/clientmq-server")]
-        server_bin: PathBuf,
-        #[arg(long, default_value = "target/release/clientmq-baseline")]
-        baseline_bin: PathBuf,
-        /// The simulator binary; its figures are skipped without it.
-        #[arg(long)]
-        sim_bin: Option<PathBuf>,
-        /// Repository root (for scenarios and git).
-        #[arg(long, default_value = ".")]
-        repo: PathBuf,
-        #[arg(long, default_value = "target/bench")]
-        logs: PathBuf,
-        /// File whose bench:begin/bench:end block receives the table (BENCHMARKS.md).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
-        repeats: usize,
-        #[arg(long, default_value_t = 1.0)]
-        warmup_secs: f64,
-        #[arg(long, default_value_t = 3.0)]
-        duration_secs: f64,
-        /// Idle connections (capped by the open-file limit); 20,000 by default.
-        #[arg(long)]
-        idle_connections: Option<usize>,
-        #[arg(long, default_value_t = 5.0)]
-        idle_hold_secs: f64,
-        #[arg(long, default_value_t = 32)]
-        churn_concurrency: usize,
-        #[arg(long, default_value_t = 100)]
-        explore_seeds: u64,
-        /// The command line recorded in the file.
-        #[arg(long, default_value = "just bench")]
-        command: String,
-    },
+    /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
+    /// here; writes the table.
+    Suite(Box<SuiteArgs>),
+}
+
+/// The suite's flags (boxed in [`Mode`]: they outweigh every other mode's).
+#[derive(Args)]
+struct SuiteArgs {
+    #[arg(long, default_value = "target/release/clientmq-server")]
+    server_bin: PathBuf,
+    #[arg(long, default_value = "target/release/clientmq-baseline")]
+    baseline_bin: PathBuf,
+    /// Node.js (20 or later), which runs the seed gateway.
+    #[arg(long, default_value = "node")]
+    node_bin: PathBuf,
+    /// The seed gateway's project; `npm ci --ignore-scripts` runs there when needed.
+    #[arg(long, default_value = "bench/seed-gateway")]
+    seed_gateway: PathBuf,
+    /// The simulator binary; its figures are skipped without it.
+    #[arg(long)]
+    sim_bin: Option<PathBuf>,
+    /// Repository root (for scenarios and git).
+    #[arg(long, default_value = ".")]
+    repo: PathBuf,
+    #[arg(long, default_value = "target/bench")]
+    logs: PathBuf,
+    /// File whose bench:begin/bench:end block receives the table (BENCHMARKS.md).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    #[arg(long, default_value_t = 1.0)]
+    warmup_secs: f64,
+    #[arg(long, default_value_t = 3.0)]
+    duration_secs: f64,
+    /// Idle connections (capped by the open-file limit); 20,000 by default.
+    #[arg(long)]
+    idle_connections: Option<usize>,
+    #[arg(long, default_value_t = 5.0)]
+    idle_hold_secs: f64,
+    #[arg(long, default_value_t = 32)]
+    churn_concurrency: usize,
+    #[arg(long, default_value_t = 100)]
+    explore_seeds: u64,
+    /// The command line recorded in the file.
+    #[arg(long, default_value = "just bench")]
+    command: String,
 }
 
 fn secs(s: f64) -> Duration {
@@ -231,24 +242,33 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             let gauge = if metrics { format!(" open_gauge={}", open_gauge(&t).await) } else { String::new() };
             println!("{}{gauge}", report.summary());
         }
-        Mode::Suite {
-            server_bin,
-            baseline_bin,
-            sim_bin,
-            repo,
-            logs,
-            out,
-            repeats,
-            warmup_secs,
-            duration_secs,
-            idle_connections,
-            idle_hold_secs,
-            churn_concurrency,
-            explore_seeds,
-            command,
-        } => {
+        Mode::Suite(args) => {
+            let SuiteArgs {
+                server_bin,
+                baseline_bin,
+                node_bin,
+                seed_gateway,
+                sim_bin,
+                repo,
+                logs,
+                out,
+                repeats,
+                warmup_secs,
+                duration_secs,
+                idle_connections,
+                idle_hold_secs,
+                churn_concurrency,
+                explore_seeds,
+                command,
+            } = *args;
             let opts = SuiteOpts {
-                binaries: Binaries { server: server_bin, baseline: baseline_bin, logs },
+                binaries: Binaries {
+                    server: server_bin,
+                    baseline: baseline_bin,
+                    node: node_bin,
+                    seed_gateway,
+                    logs,
+                },
                 sim_bin,
                 load_bin: std::env::current_exe().map_err(|_| ExitCode::FAILURE)?,
                 repo,
