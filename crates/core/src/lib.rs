@@ -14,6 +14,8 @@ mod invariants;
 pub mod proto;
 mod registry;
 mod requests;
+mod server_requests;
+mod subscriptions;
 mod timers;
 
 pub use codec::{CodecError, Encoding, Frame};

@@ -1,5 +1,4 @@
-//! Messages: client requests to the backend and their answers, server-initiated requests to
-//! clients, backend deliveries, and the subscription tables that successful replies update.
+//! Client requests to the backend and their answers; the types the backend port speaks.
 
 use std::time::Instant;
 
@@ -7,10 +6,9 @@ use prost::Message as _;
 
 use crate::ConnectionId;
 use crate::codec::{self, Encoding, Frame};
-use crate::event::{DropReason, EventKind, RequestOutcome, Stray, Topic};
+use crate::event::{DropReason, EventKind, RequestOutcome};
 use crate::gateway::{Gateway, Output};
 use crate::proto::{chat, mq, pcast};
-use crate::registry::Subscribe;
 use crate::timers::Timer;
 
 use mq::message::MessageType;
@@ -108,7 +106,12 @@ pub(crate) struct PendingServerRequest {
     pub deadline: Instant,
 }
 
-fn message(kind: MessageType, request_id: Option<&str>, ty: &str, payload: Vec<u8>) -> mq::Message {
+pub(crate) fn message(
+    kind: MessageType,
+    request_id: Option<&str>,
+    ty: &str,
+    payload: Vec<u8>,
+) -> mq::Message {
     mq::Message {
         session_id: None,
         request_id: request_id.map(str::to_owned),
@@ -118,10 +121,6 @@ fn message(kind: MessageType, request_id: Option<&str>, ty: &str, payload: Vec<u
         wall_time: Vec::new(),
         message_type: Some(kind as i32),
     }
-}
-
-fn is_ok(status: &str) -> bool {
-    status == "ok"
 }
 
 impl Gateway {
@@ -256,7 +255,12 @@ impl Gateway {
     }
 
     /// Sends `msg` in `encoding`, or else in the encoding of the client's latest frame.
-    fn send_message(&mut self, id: ConnectionId, encoding: Option<Encoding>, mut msg: mq::Message) {
+    pub(crate) fn send_message(
+        &mut self,
+        id: ConnectionId,
+        encoding: Option<Encoding>,
+        mut msg: mq::Message,
+    ) {
         let Some(conn) = self.registry.get(&id) else { return };
         msg.session_id = conn.session_id.clone();
         let frame = codec::encode(&msg, encoding.unwrap_or(conn.encoding));
@@ -335,73 +339,6 @@ impl Gateway {
         self.finish_drain_if_idle(id);
     }
 
-    fn apply_intent(&mut self, id: ConnectionId, intent: &Intent, payload: &[u8]) {
-        match intent {
-            Intent::Authenticate => {
-                let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
-                    return;
-                };
-                if let (true, Some(session)) = (is_ok(&resp.status), resp.session_id) {
-                    if let Some(conn) = self.registry.get_mut(&id) {
-                        conn.session_id = Some(session.clone());
-                    }
-                    self.trace(Some(id), EventKind::Authenticated { session_id: session });
-                }
-            }
-            Intent::Join { room_id } => {
-                let Ok(resp) = chat::JoinRoomResponse::decode(payload) else {
-                    return;
-                };
-                // Joining by alias: the room id is only known from the answer.
-                let room = resp.room.and_then(|r| r.room_id).or_else(|| room_id.clone());
-                if let (true, Some(room)) = (is_ok(&resp.status), room) {
-                    self.subscribe(id, Topic::Room, room);
-                }
-            }
-            Intent::Leave { room_id } => {
-                let Ok(resp) = chat::LeaveRoomResponse::decode(payload) else {
-                    return;
-                };
-                if is_ok(&resp.status) {
-                    for topic in [Topic::Room, Topic::Conversation] {
-                        if self.registry.unsubscribe(&id, topic, room_id) {
-                            self.trace(Some(id), EventKind::Unsubscribed { topic, room: room_id.clone() });
-                        }
-                    }
-                }
-            }
-            Intent::SubscribeConversation { room_id } => {
-                let Ok(resp) = chat::FetchRoomConversationResponse::decode(payload) else {
-                    return;
-                };
-                if is_ok(&resp.status) {
-                    self.subscribe(id, Topic::Conversation, room_id.clone());
-                }
-            }
-        }
-    }
-
-    /// The backend adds or removes a subscription itself (a resumed session, `pcast.Bye`, a
-    /// session taken over by another connection).
-    pub(crate) fn on_subscription(&mut self, id: ConnectionId, topic: Topic, room: String, subscribe: bool) {
-        if !self.registry.contains(&id) {
-            return self.stray(id, Stray::Subscription);
-        }
-        if subscribe {
-            self.subscribe(id, topic, room);
-        } else if self.registry.unsubscribe(&id, topic, &room) {
-            self.trace(Some(id), EventKind::Unsubscribed { topic, room });
-        }
-    }
-
-    fn subscribe(&mut self, id: ConnectionId, topic: Topic, room: String) {
-        match self.registry.subscribe(&id, topic, &room, self.config.max_subscriptions) {
-            Subscribe::Added => self.trace(Some(id), EventKind::Subscribed { topic, room }),
-            Subscribe::AlreadyThere => {}
-            Subscribe::OverLimit => self.trace(Some(id), EventKind::SubscriptionLimit { room }),
-        }
-    }
-
     pub(crate) fn on_request_timeout(&mut self, token: u64) {
         let Some((req, open)) = self.take_request(token, false) else { return };
         let id = req.conn;
@@ -426,112 +363,6 @@ impl Gateway {
                 RequestOutcome::Undeliverable,
                 req.started,
             );
-        }
-    }
-
-    fn on_client_response(&mut self, id: ConnectionId, msg: mq::Message) {
-        let number =
-            msg.request_id.as_deref().and_then(|r| r.strip_prefix('S')).and_then(|n| n.parse::<u64>().ok());
-        let Some(n) = number else {
-            return self.drop_frame(id, DropReason::UnsolicitedResponse);
-        };
-        match self.server_requests.get(&n) {
-            Some(req) if req.conn == id => {
-                let req = self.server_requests.remove(&n).expect("just seen");
-                self.timers.disarm(req.deadline, Timer::ServerRequest(n));
-                if let Some(conn) = self.registry.get_mut(&id) {
-                    conn.server_requests.remove(&n);
-                }
-                let reply = Reply { reply_type: msg.r#type, payload: msg.payload };
-                self.push(Output::ServerRequestDone { token: req.token, result: Ok(reply) });
-                self.trace(
-                    Some(id),
-                    EventKind::ServerRequestDone { request_id: format!("S{n}"), outcome: "ok" },
-                );
-            }
-            // Pending, but on another connection: not this client's to answer.
-            Some(_) => self.drop_frame(id, DropReason::UnsolicitedResponse),
-            // Numbers are issued in order: one below the counter was ours once, so it is late.
-            None if n < self.next_server_request => self.drop_frame(id, DropReason::LateResponse),
-            None => self.drop_frame(id, DropReason::UnsolicitedResponse),
-        }
-    }
-
-    pub(crate) fn on_server_request(
-        &mut self,
-        token: u64,
-        id: ConnectionId,
-        request_type: String,
-        payload: Vec<u8>,
-    ) {
-        let refusal = match self.registry.get(&id) {
-            None => Some(ServerRequestError::NotConnected),
-            Some(c) if !c.is_open() => Some(ServerRequestError::NotOpen),
-            Some(c) if c.server_requests.len() >= self.config.max_pending_server_requests => {
-                Some(ServerRequestError::TooManyPending)
-            }
-            Some(_) => None,
-        };
-        if let Some(error) = refusal {
-            if error == ServerRequestError::NotConnected {
-                self.stray(id, Stray::ServerRequest);
-            }
-            return self.push(Output::ServerRequestDone { token, result: Err(error) });
-        }
-        let n = self.next_server_request;
-        self.next_server_request += 1;
-        let deadline = self.now + self.config.server_request_timeout;
-        let request_id = format!("S{n}");
-        self.registry.get_mut(&id).expect("checked above").server_requests.insert(n);
-        self.server_requests.insert(n, PendingServerRequest { conn: id, token, deadline });
-        self.timers.arm(deadline, Timer::ServerRequest(n));
-        self.send_message(id, None, message(MessageType::Request, Some(&request_id), &request_type, payload));
-        self.trace(Some(id), EventKind::ServerRequestSent { request_id, request_type });
-    }
-
-    pub(crate) fn on_server_request_timeout(&mut self, n: u64) {
-        self.end_server_request(n, ServerRequestError::Timeout, false);
-    }
-
-    pub(crate) fn fail_server_request_on_disconnect(&mut self, n: u64) {
-        self.end_server_request(n, ServerRequestError::Disconnected, true);
-    }
-
-    fn end_server_request(&mut self, n: u64, error: ServerRequestError, disarm: bool) {
-        let Some(req) = self.server_requests.remove(&n) else {
-            return;
-        };
-        if disarm {
-            self.timers.disarm(req.deadline, Timer::ServerRequest(n));
-        }
-        if let Some(conn) = self.registry.get_mut(&req.conn) {
-            conn.server_requests.remove(&n);
-        }
-        self.push(Output::ServerRequestDone { token: req.token, result: Err(error) });
-        self.trace(
-            Some(req.conn),
-            EventKind::ServerRequestDone { request_id: format!("S{n}"), outcome: error.label() },
-        );
-    }
-
-    pub(crate) fn on_deliver(&mut self, target: Target, event_type: &str, payload: &[u8]) {
-        let ids = match target {
-            Target::Connection(id) => {
-                if !self.registry.contains(&id) {
-                    return self.stray(id, Stray::Delivery);
-                }
-                vec![id]
-            }
-            Target::Room(room) => self.registry.subscribers(Topic::Room, &room),
-            Target::Conversation(room) => self.registry.subscribers(Topic::Conversation, &room),
-        };
-        for id in ids {
-            if self.registry.get(&id).is_some_and(|c| c.is_open()) {
-                self.send_message(id, None, message(MessageType::Event, None, event_type, payload.to_vec()));
-                self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
-            } else {
-                self.drop_frame(id, DropReason::NotOpen);
-            }
         }
     }
 }

@@ -1,0 +1,108 @@
+//! Subscriptions: what a successful reply changes in the tables (when the gateway reads
+//! replies), what the backend changes itself, and deliveries to a connection, a room or a
+//! conversation.
+
+use prost::Message as _;
+
+use crate::ConnectionId;
+use crate::event::{DropReason, EventKind, Stray, Topic};
+use crate::gateway::Gateway;
+use crate::proto::{chat, mq, pcast};
+use crate::registry::Subscribe;
+use crate::requests::{Intent, Target, message};
+
+use mq::message::MessageType;
+
+fn is_ok(status: &str) -> bool {
+    status == "ok"
+}
+
+impl Gateway {
+    pub(crate) fn apply_intent(&mut self, id: ConnectionId, intent: &Intent, payload: &[u8]) {
+        match intent {
+            Intent::Authenticate => {
+                let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
+                    return;
+                };
+                if let (true, Some(session)) = (is_ok(&resp.status), resp.session_id) {
+                    if let Some(conn) = self.registry.get_mut(&id) {
+                        conn.session_id = Some(session.clone());
+                    }
+                    self.trace(Some(id), EventKind::Authenticated { session_id: session });
+                }
+            }
+            Intent::Join { room_id } => {
+                let Ok(resp) = chat::JoinRoomResponse::decode(payload) else {
+                    return;
+                };
+                // Joining by alias: the room id is only known from the answer.
+                let room = resp.room.and_then(|r| r.room_id).or_else(|| room_id.clone());
+                if let (true, Some(room)) = (is_ok(&resp.status), room) {
+                    self.subscribe(id, Topic::Room, room);
+                }
+            }
+            Intent::Leave { room_id } => {
+                let Ok(resp) = chat::LeaveRoomResponse::decode(payload) else {
+                    return;
+                };
+                if is_ok(&resp.status) {
+                    for topic in [Topic::Room, Topic::Conversation] {
+                        if self.registry.unsubscribe(&id, topic, room_id) {
+                            self.trace(Some(id), EventKind::Unsubscribed { topic, room: room_id.clone() });
+                        }
+                    }
+                }
+            }
+            Intent::SubscribeConversation { room_id } => {
+                let Ok(resp) = chat::FetchRoomConversationResponse::decode(payload) else {
+                    return;
+                };
+                if is_ok(&resp.status) {
+                    self.subscribe(id, Topic::Conversation, room_id.clone());
+                }
+            }
+        }
+    }
+
+    /// The backend adds or removes a subscription itself (a resumed session, `pcast.Bye`, a
+    /// session taken over by another connection).
+    pub(crate) fn on_subscription(&mut self, id: ConnectionId, topic: Topic, room: String, subscribe: bool) {
+        if !self.registry.contains(&id) {
+            return self.stray(id, Stray::Subscription);
+        }
+        if subscribe {
+            self.subscribe(id, topic, room);
+        } else if self.registry.unsubscribe(&id, topic, &room) {
+            self.trace(Some(id), EventKind::Unsubscribed { topic, room });
+        }
+    }
+
+    fn subscribe(&mut self, id: ConnectionId, topic: Topic, room: String) {
+        match self.registry.subscribe(&id, topic, &room, self.config.max_subscriptions) {
+            Subscribe::Added => self.trace(Some(id), EventKind::Subscribed { topic, room }),
+            Subscribe::AlreadyThere => {}
+            Subscribe::OverLimit => self.trace(Some(id), EventKind::SubscriptionLimit { room }),
+        }
+    }
+
+    pub(crate) fn on_deliver(&mut self, target: Target, event_type: &str, payload: &[u8]) {
+        let ids = match target {
+            Target::Connection(id) => {
+                if !self.registry.contains(&id) {
+                    return self.stray(id, Stray::Delivery);
+                }
+                vec![id]
+            }
+            Target::Room(room) => self.registry.subscribers(Topic::Room, &room),
+            Target::Conversation(room) => self.registry.subscribers(Topic::Conversation, &room),
+        };
+        for id in ids {
+            if self.registry.get(&id).is_some_and(|c| c.is_open()) {
+                self.send_message(id, None, message(MessageType::Event, None, event_type, payload.to_vec()));
+                self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
+            } else {
+                self.drop_frame(id, DropReason::NotOpen);
+            }
+        }
+    }
+}
