@@ -30,6 +30,9 @@ pub mod close {
     pub const UNEXPECTED: CloseReason = CloseReason::new(3335, "unexpected-close");
     /// A frame over the size limit.
     pub const TOO_BIG: CloseReason = CloseReason::new(1009, "message-too-big");
+    /// The backend ended the connection's session while it could not reach this gateway; the
+    /// client reconnects and resumes it.
+    pub const SESSION_LOST: CloseReason = CloseReason::new(3336, "session-lost");
     /// Reported for a client close frame that carried no code.
     pub const NO_STATUS: u16 = 1005;
     /// Reported for a transport that ended without a close handshake.
@@ -65,6 +68,14 @@ pub struct Config {
     pub route_key: String,
     /// Ended connection ids remembered, so a late event about one is traced as late, not unknown.
     pub ended_memory: usize,
+    /// Read successful replies (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`) to
+    /// update the subscription tables, as the seed did. A backend that decides subscriptions
+    /// itself turns this off and sends every change as [`crate::Input::Subscription`], in one
+    /// order with its replies.
+    pub subscriptions_from_replies: bool,
+    /// Report [`crate::Output::Interest`] when the first subscriber of a room or conversation
+    /// arrives or the last one leaves (a bus backend subscribes to rooms by interest).
+    pub report_interest: bool,
 }
 
 impl Default for Config {
@@ -83,6 +94,8 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             route_key: "clientmq".to_owned(),
             ended_memory: 4096,
+            subscriptions_from_replies: true,
+            report_interest: false,
         }
     }
 }

@@ -148,6 +148,8 @@ pub enum Stray {
     ServerRequest,
     Delivery,
     Subscription,
+    /// The backend asked to close a connection that is gone.
+    CloseRequest,
 }
 
 impl Stray {
@@ -160,6 +162,7 @@ impl Stray {
             Stray::ServerRequest => "server-request",
             Stray::Delivery => "delivery",
             Stray::Subscription => "subscription",
+            Stray::CloseRequest => "close-request",
         }
     }
 }

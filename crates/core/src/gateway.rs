@@ -9,7 +9,7 @@ use rand_core::Rng;
 use crate::ConnectionId;
 use crate::codec::Frame;
 use crate::config::{CloseReason, Config, ConfigError, close};
-use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray};
+use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 use crate::proto::pcast;
 use crate::registry::{Connection, Registry, State};
 use crate::timers::{Timer, Timers};
@@ -60,6 +60,9 @@ pub enum Input {
     ServerRequest { token: u64, conn: ConnectionId, request_type: String, payload: Vec<u8> },
     /// Stop admitting; close every connection with 3333 over the drain window.
     Drain,
+    /// Close one connection with this code (a backend ended its session). Nothing if it is not
+    /// open; traced as stray if it does not exist.
+    Close { conn: ConnectionId, close: CloseReason },
 }
 
 /// An action for the I/O layer, drained with [`Gateway::poll_output`].
@@ -81,6 +84,10 @@ pub enum Output {
     Publish(pcast::ConnectionDisconnected),
     /// The end of a server-initiated request.
     ServerRequestDone { token: u64, result: Result<Reply, ServerRequestError> },
+    /// The gateway now has (`on`) or no longer has an interest in a room's or a conversation's
+    /// events: a first subscriber, or a request about to subscribe one (a join naming the room),
+    /// or the last of them gone. Only with [`crate::Config::report_interest`].
+    Interest { topic: crate::event::Topic, room: String, on: bool },
 }
 
 /// Counters since start. The open count is not here: it is the registry's size.
@@ -239,6 +246,10 @@ impl Gateway {
                 self.on_server_request(token, conn, request_type, payload)
             }
             Input::Drain => self.start_drain(),
+            Input::Close { conn, close } => match self.registry.contains(&conn) {
+                true => self.start_close(conn, close),
+                false => self.stray(conn, Stray::CloseRequest),
+            },
         }
     }
 
@@ -458,6 +469,11 @@ impl Gateway {
         let Some(conn) = self.registry.remove(&id, self.config.ended_memory) else {
             return;
         };
+        for (topic, rooms) in [(Topic::Room, &conn.rooms), (Topic::Conversation, &conn.conversations)] {
+            for room in rooms {
+                self.interest_after(topic, room, true);
+            }
+        }
         if let Some(at) = conn.heartbeat_at {
             self.timers.disarm(at, Timer::Heartbeat(id));
         }

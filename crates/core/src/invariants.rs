@@ -26,6 +26,8 @@ pub enum InvariantViolation {
     ClosingCount { counted: usize, scanned: usize },
     #[error("{armed} timers armed, {expected} expected")]
     TimerCount { armed: usize, expected: usize },
+    #[error("interest held for {held} requests in flight, {holding} requests hold some")]
+    Interest { held: usize, holding: usize },
 }
 
 impl Gateway {
@@ -80,6 +82,11 @@ impl Gateway {
         }
         if !self.registry.tables_consistent() {
             return Err(InvariantViolation::Subscriptions);
+        }
+        let holding = self.requests.values().filter(|r| r.interest.is_some()).count();
+        let held = self.registry.pending_interest();
+        if holding != held {
+            return Err(InvariantViolation::Interest { held, holding });
         }
         expected += self.requests.len() + self.server_requests.len();
         if self.timers.len() != expected {

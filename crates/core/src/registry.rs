@@ -95,6 +95,9 @@ pub(crate) struct Registry {
     /// Recently ended ids, oldest first, so stray events can be told apart from unknown ids.
     ended: VecDeque<ConnectionId>,
     ended_set: BTreeSet<ConnectionId>,
+    /// Requests in flight that will likely subscribe their connection, per room or conversation:
+    /// interest is held for them so the events that follow the backend's decision are heard.
+    pending_interest: BTreeMap<(Topic, String), usize>,
 }
 
 impl Registry {
@@ -206,6 +209,35 @@ impl Registry {
             Topic::Conversation => &self.conversations,
         };
         table.get(room).map(|m| m.iter().copied().collect()).unwrap_or_default()
+    }
+
+    /// Whether anything here wants a room's or conversation's events: a subscriber, or a
+    /// request in flight that may subscribe one.
+    pub fn has_interest(&self, topic: Topic, room: &str) -> bool {
+        let table = match topic {
+            Topic::Room => &self.rooms,
+            Topic::Conversation => &self.conversations,
+        };
+        table.contains_key(room) || self.pending_interest.contains_key(&(topic, room.to_owned()))
+    }
+
+    pub fn hold_interest(&mut self, topic: Topic, room: &str) {
+        *self.pending_interest.entry((topic, room.to_owned())).or_default() += 1;
+    }
+
+    pub fn release_interest(&mut self, topic: Topic, room: &str) {
+        let key = (topic, room.to_owned());
+        if let Some(n) = self.pending_interest.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.pending_interest.remove(&key);
+            }
+        }
+    }
+
+    /// Interest held by requests in flight, summed (checked against the requests).
+    pub fn pending_interest(&self) -> usize {
+        self.pending_interest.values().sum()
     }
 
     /// Subscriptions held, counted from the tables (not from the connections), so a mismatch

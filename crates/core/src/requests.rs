@@ -6,7 +6,7 @@ use prost::Message as _;
 
 use crate::ConnectionId;
 use crate::codec::{self, Encoding, Frame};
-use crate::event::{DropReason, EventKind, RequestOutcome};
+use crate::event::{DropReason, EventKind, RequestOutcome, Topic};
 use crate::gateway::{Gateway, Output};
 use crate::proto::{chat, mq, pcast};
 use crate::timers::Timer;
@@ -34,11 +34,29 @@ pub struct Reply {
     pub payload: Vec<u8>,
 }
 
-/// The backend could not answer; the client gets `mq.Error{failed}`.
+/// The backend could not answer; the client gets `mq.Error{<reason>}` (see [`BackendError::reason`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BackendError {
+    /// The backend tried and failed: `mq.Error{failed}`.
     #[error("backend failed: {0}")]
     Failed(String),
+    /// The backend cannot be reached now (the bus is down): `mq.Error{unavailable}`, at once.
+    #[error("backend unavailable")]
+    Unavailable,
+    /// Nobody serves this request type (no worker listens): `mq.Error{no-worker}`, at once.
+    #[error("no worker serves this request type")]
+    NoWorker,
+}
+
+impl BackendError {
+    /// The `mq.Error` reason the client gets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BackendError::Failed(_) => "failed",
+            BackendError::Unavailable => "unavailable",
+            BackendError::NoWorker => "no-worker",
+        }
+    }
 }
 
 /// Why a server-initiated request got no answer.
@@ -87,6 +105,20 @@ pub(crate) enum Intent {
     SubscribeConversation { room_id: String },
 }
 
+impl Intent {
+    /// The room or conversation a request will likely subscribe its connection to, when it
+    /// names it (a join by alias does not).
+    fn interest(&self) -> Option<(Topic, String)> {
+        match self {
+            Intent::Join { room_id: Some(room) } if !room.is_empty() => Some((Topic::Room, room.clone())),
+            Intent::SubscribeConversation { room_id } if !room_id.is_empty() => {
+                Some((Topic::Conversation, room_id.clone()))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct PendingRequest {
     pub conn: ConnectionId,
@@ -97,6 +129,8 @@ pub(crate) struct PendingRequest {
     pub started: Instant,
     pub deadline: Instant,
     pub intent: Option<Intent>,
+    /// Interest held while the request is in flight (see [`crate::Output::Interest`]).
+    pub interest: Option<(Topic, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -167,6 +201,12 @@ impl Gateway {
             Ok(prepared) => prepared,
             Err(()) => return self.refuse_request(id, &request_id, &msg.r#type, encoding, "malformed"),
         };
+        // A join or a conversation subscribe naming its room: hear the room from before the
+        // backend decides, so nothing published right after its decision is missed.
+        let interest = intent.as_ref().and_then(Intent::interest).filter(|_| self.config.report_interest);
+        if let Some((topic, room)) = &interest {
+            self.hold_interest(*topic, room);
+        }
         let token = self.next_token;
         self.next_token += 1;
         let deadline = self.now + self.config.request_timeout;
@@ -195,6 +235,7 @@ impl Gateway {
                 started: self.now,
                 deadline,
                 intent,
+                interest,
             },
         );
         self.push(Output::Backend(backend));
@@ -308,6 +349,7 @@ impl Gateway {
         };
         let id = req.conn;
         if !open {
+            self.release_request_interest(&req);
             return self.count_answer(
                 id,
                 &req.request_id,
@@ -330,13 +372,22 @@ impl Gateway {
                 self.send_message(id, Some(req.encoding), msg);
                 RequestOutcome::Ok
             }
-            Err(crate::BackendError::Failed(_)) => {
-                self.send_error(id, &req.request_id, req.encoding, "failed");
+            Err(error) => {
+                self.send_error(id, &req.request_id, req.encoding, error.reason());
                 RequestOutcome::Failed
             }
         };
+        self.release_request_interest(&req);
         self.count_answer(id, &req.request_id, &req.request_type, outcome, req.started);
         self.finish_drain_if_idle(id);
+    }
+
+    /// A request left `requests`: the interest it held goes (after its reply was applied, so a
+    /// subscription it brought keeps the interest without a gap).
+    fn release_request_interest(&mut self, req: &PendingRequest) {
+        if let Some((topic, room)) = &req.interest {
+            self.release_interest(*topic, room);
+        }
     }
 
     pub(crate) fn on_request_timeout(&mut self, token: u64) {
@@ -348,6 +399,7 @@ impl Gateway {
         } else {
             RequestOutcome::Undeliverable
         };
+        self.release_request_interest(&req);
         self.count_answer(id, &req.request_id, &req.request_type, outcome, req.started);
         self.finish_drain_if_idle(id);
     }
@@ -356,6 +408,7 @@ impl Gateway {
     pub(crate) fn fail_request_on_disconnect(&mut self, token: u64) {
         if let Some(req) = self.requests.remove(&token) {
             self.timers.disarm(req.deadline, Timer::Request(token));
+            self.release_request_interest(&req);
             self.count_answer(
                 req.conn,
                 &req.request_id,

@@ -6,7 +6,7 @@ use prost::Message as _;
 
 use crate::ConnectionId;
 use crate::event::{DropReason, EventKind, Stray, Topic};
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Output};
 use crate::proto::{chat, mq, pcast};
 use crate::registry::Subscribe;
 use crate::requests::{Intent, Target, message};
@@ -19,6 +19,10 @@ fn is_ok(status: &str) -> bool {
 
 impl Gateway {
     pub(crate) fn apply_intent(&mut self, id: ConnectionId, intent: &Intent, payload: &[u8]) {
+        // A backend that decides subscriptions sends them itself; the session is still read here.
+        if !self.config.subscriptions_from_replies && *intent != Intent::Authenticate {
+            return;
+        }
         match intent {
             Intent::Authenticate => {
                 let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
@@ -47,9 +51,7 @@ impl Gateway {
                 };
                 if is_ok(&resp.status) {
                     for topic in [Topic::Room, Topic::Conversation] {
-                        if self.registry.unsubscribe(&id, topic, room_id) {
-                            self.trace(Some(id), EventKind::Unsubscribed { topic, room: room_id.clone() });
-                        }
+                        self.unsubscribe(id, topic, room_id);
                     }
                 }
             }
@@ -72,16 +74,49 @@ impl Gateway {
         }
         if subscribe {
             self.subscribe(id, topic, room);
-        } else if self.registry.unsubscribe(&id, topic, &room) {
-            self.trace(Some(id), EventKind::Unsubscribed { topic, room });
+        } else {
+            self.unsubscribe(id, topic, &room);
         }
     }
 
     fn subscribe(&mut self, id: ConnectionId, topic: Topic, room: String) {
+        let had = self.registry.has_interest(topic, &room);
         match self.registry.subscribe(&id, topic, &room, self.config.max_subscriptions) {
-            Subscribe::Added => self.trace(Some(id), EventKind::Subscribed { topic, room }),
+            Subscribe::Added => {
+                self.interest_after(topic, &room, had);
+                self.trace(Some(id), EventKind::Subscribed { topic, room });
+            }
             Subscribe::AlreadyThere => {}
             Subscribe::OverLimit => self.trace(Some(id), EventKind::SubscriptionLimit { room }),
+        }
+    }
+
+    fn unsubscribe(&mut self, id: ConnectionId, topic: Topic, room: &str) {
+        let had = self.registry.has_interest(topic, room);
+        if self.registry.unsubscribe(&id, topic, room) {
+            self.interest_after(topic, room, had);
+            self.trace(Some(id), EventKind::Unsubscribed { topic, room: room.to_owned() });
+        }
+    }
+
+    /// Holds interest in a room or conversation for a request in flight.
+    pub(crate) fn hold_interest(&mut self, topic: Topic, room: &str) {
+        let had = self.registry.has_interest(topic, room);
+        self.registry.hold_interest(topic, room);
+        self.interest_after(topic, room, had);
+    }
+
+    pub(crate) fn release_interest(&mut self, topic: Topic, room: &str) {
+        let had = self.registry.has_interest(topic, room);
+        self.registry.release_interest(topic, room);
+        self.interest_after(topic, room, had);
+    }
+
+    /// Reports a change of interest in `room`, given whether there was interest before.
+    pub(crate) fn interest_after(&mut self, topic: Topic, room: &str, had: bool) {
+        let has = self.registry.has_interest(topic, room);
+        if self.config.report_interest && had != has {
+            self.push(Output::Interest { topic, room: room.to_owned(), on: has });
         }
     }
 

@@ -74,6 +74,7 @@ impl Harness {
                             if conn.to_string() == p.connection_id),
                     "publish without an end: {p:?}"
                 ),
+                Output::Interest { .. } => panic!("interest reported without report_interest: {out:?}"),
                 Output::ServerRequestDone { token, result } => {
                     assert!(self.sr_issued.contains(token), "unknown token {token}");
                     assert!(self.sr_done.insert(*token), "server request {token} ended twice");
@@ -411,6 +412,7 @@ fn output_key(out: &Output) -> String {
         Output::Release { .. } => "release".into(),
         Output::Backend(_) => "backend".into(),
         Output::Publish(_) => "publish".into(),
+        Output::Interest { on, .. } => format!("interest {on}"),
         Output::ServerRequestDone { result: Ok(_), .. } => "server-request-done ok".into(),
         Output::ServerRequestDone { result: Err(e), .. } => format!("server-request-done {}", e.label()),
     }

@@ -32,6 +32,8 @@ pub(crate) fn config() -> Config {
         trusted_proxies: vec![IpAddr::V4(PROXY)],
         route_key: "model-route".to_owned(),
         ended_memory: 4,
+        subscriptions_from_replies: true,
+        report_interest: false,
     }
 }
 
