@@ -1,26 +1,22 @@
 //! The embedded backend: sessions (`pcast.Authenticate`, `pcast.Bye`) and chat rooms (`chat.*`)
-//! in memory, so the binary is useful on its own. The logic is the synchronous [`ChatState`];
-//! [`EmbeddedBackend`] puts it behind the [`Backend`] trait, hands its events to the gateway in
-//! the order they were produced, and runs its timers on `tokio::time` (virtual under simulation).
+//! in memory, so the binary is useful on its own. The logic is the synchronous [`ChatState`],
+//! the same code `clientmq-chat` serves as a worker on the bus ([`worker`]); [`EmbeddedBackend`]
+//! puts it behind the [`Backend`] trait, hands its events to the gateway in the order they were
+//! produced, and runs its timers on `tokio::time` (virtual under simulation).
 //!
-//! Membership lives here; the gateway's subscription tables follow it through the replies the
-//! gateway reads (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`) and through the
-//! subscription changes this backend sends itself, in the same ordered queue as its events, for
-//! what no reply says: `pcast.Bye`, a session taken over or resumed by another connection, a
-//! connection that authenticates as another session. A session keeps its rooms through a
-//! reconnect within its grace period, and the connection that resumes it hears them at once; the
-//! SDK's own re-join (option `reenter`) then changes nothing.
-//!
-//! One race is left to the gateway: a reply that subscribes (JoinRoom, conversation subscribe)
-//! travels apart from the queue, so if the same connection loses its session before that reply
-//! is applied (pipelined Bye, or a takeover in that instant), the late reply subscribes it again
-//! until it leaves or disconnects. Closing it needs the gateway to take replies and subscription
-//! changes in one order, which only the core can offer.
+//! Membership lives here, and so does every decision about subscriptions: the gateway does not
+//! read replies for them ([`Backend::decides_subscriptions`]). Each change (a join, a
+//! conversation subscribe, a leave, `pcast.Bye`, a session resumed or taken over by another
+//! connection) travels in the same ordered queue as the events around it, so a subscription and
+//! the events it should or should not hear are applied in the order they happened. A session
+//! keeps its rooms through a reconnect within its grace period, and the connection that resumes
+//! it hears them at once; the SDK's own re-join (option `reenter`) then changes nothing.
 
 mod config;
 mod rooms;
 mod state;
 mod wire;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -205,6 +201,10 @@ impl Backend for EmbeddedBackend {
             Ok(conn) => self.with_state(|s| s.disconnected(conn, now())),
             Err(_) => tracing::warn!(id = %event.connection_id, "disconnect of a malformed connection id"),
         }
+    }
+
+    fn decides_subscriptions(&self) -> bool {
+        true
     }
 }
 

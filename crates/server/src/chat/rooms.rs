@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
+use clientmq_core::Topic;
 use clientmq_core::proto::chat;
 use clientmq_core::proto::chat::RoomEventType;
 
@@ -134,10 +135,13 @@ impl ChatState {
                     .insert(session.to_owned(), member.clone());
                 self.sessions.get_mut(session).expect("bound").rooms.insert(room_id.clone());
                 self.set_idle(&room_id, false);
+                // Subscribed first: the member hears its own arrival and everything after it.
+                self.subscribe_connection(session, Topic::Room, &room_id);
                 self.emit_room_event(session, &room_id, RoomEventType::MemberJoined, vec![member.clone()]);
             }
             // Joining again (the SDK re-enters after a reconnect): an update, if anything changed.
             Some(old) => {
+                self.subscribe_connection(session, Topic::Room, &room_id);
                 let unchanged = chat::Member { last_update: old.last_update, ..member.clone() } == *old;
                 if !unchanged {
                     self.rooms
@@ -170,6 +174,13 @@ impl ChatState {
     pub(super) fn leave_room(&mut self, session: &str, req: chat::LeaveRoom) -> chat::LeaveRoomResponse {
         self.remove_member(session, &req.room_id);
         chat::LeaveRoomResponse { status: status::OK.to_owned() }
+    }
+
+    /// Subscribes the connection of `session`, if it has one, to a room or its conversation.
+    fn subscribe_connection(&mut self, session: &str, topic: Topic, room_id: &str) {
+        if let Some(conn) = self.sessions.get(session).and_then(|s| s.conn) {
+            self.outbox.push(wire::subscription(conn, topic, room_id, true));
+        }
     }
 
     /// Removes `session` from a room: its connection stops hearing the room first, then the
@@ -331,10 +342,11 @@ impl ChatState {
                 chat_messages: Vec::new(),
             };
         }
-        // The gateway subscribes the connection from this reply; remembered for a resume.
+        // Remembered for a resume too.
         if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
             let s = self.sessions.get_mut(session).expect("a member's session");
             s.conversations.insert(req.room_id.clone());
+            self.subscribe_connection(session, Topic::Conversation, &req.room_id);
         }
         let room = &self.rooms[&req.room_id];
         let after = is_set(&req.after_message_id);

@@ -2,14 +2,13 @@
 //! timers that end detached sessions and forget idle rooms. No I/O, no clock: callers pass `now`,
 //! and drain the events and subscription changes it produced with [`ChatState::take_outgoing`].
 //!
-//! The gateway subscribes a connection from the replies it reads (JoinRoom, LeaveRoom,
-//! FetchRoomConversation with `Subscribe`). Everything else that changes which connection speaks
-//! for a member is the backend's to tell it, as [`Outgoing::Subscription`]: a connection is
-//! subscribed to its session's rooms (and the conversations the session subscribed to) when it
-//! binds to a session that has some (resume, takeover), and unsubscribed from a room whenever its
-//! session stops being a member there or stops being its session (Bye, LeaveRoom, takeover,
-//! authenticating as another session). A session without a connection has nothing subscribed:
-//! the gateway dropped it when the connection ended.
+//! Every change to which connection hears a room is decided here and emitted as
+//! [`Outgoing::Subscription`], in order with the events: a connection is subscribed to a room
+//! when its session joins it (and to the conversation when it subscribes to it), to all of its
+//! session's rooms when it binds to a session that has some (resume, takeover), and unsubscribed
+//! from a room whenever its session stops being a member there or stops being its session (Bye,
+//! LeaveRoom, takeover, authenticating as another session). A session without a connection has
+//! nothing subscribed: the gateway dropped it when the connection ended.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
