@@ -5,7 +5,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use clientmq_core::proto::pcast;
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Topic};
 
 use crate::shard::GatewayHandle;
 
@@ -23,6 +23,28 @@ pub trait Backend: Send + Sync + 'static {
 
     /// A heartbeat round trip was measured.
     fn rtt(&self, _conn: ConnectionId, _rtt: Duration) {}
+
+    /// Whether this backend decides subscriptions itself, sending every change through the
+    /// handle in one order with its events and replies, instead of the gateway reading them from
+    /// replies (the seed's way, and the default).
+    fn decides_subscriptions(&self) -> bool {
+        false
+    }
+
+    /// Whether it wants [`Backend::interest`] calls.
+    fn wants_interest(&self) -> bool {
+        false
+    }
+
+    /// A shard gained (`on`) or lost its interest in a room's or a conversation's events. Called
+    /// in order with [`Backend::request`]: an interest reported before a request is in place
+    /// before that request goes out.
+    fn interest(&self, _shard: usize, _topic: Topic, _room: &str, _on: bool) {}
+
+    /// Whether the backend can serve now (`/readyz` is 503 while it cannot).
+    fn ready(&self) -> bool {
+        true
+    }
 }
 
 /// A minimal built-in backend: `pcast.Authenticate` gets status `ok` and a session id equal to

@@ -78,6 +78,28 @@ pub struct Args {
     /// File of accepted tokens, one a line (blank lines and # comments ignored).
     #[arg(long, env = "CLIENTMQ_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// The embedded backend's (or the chat worker's) bounds.
+    #[command(flatten)]
+    pub chat: ChatArgs,
+    /// NATS server (nats://HOST:PORT) through which backend workers serve every client request;
+    /// without it the embedded backend serves them in this process.
+    #[arg(long, env = "CLIENTMQ_NATS")]
+    pub nats: Option<String>,
+    /// Prefix of every subject on the bus (docs/nats.md).
+    #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = crate::bus::contract::DEFAULT_PREFIX)]
+    pub nats_prefix: String,
+    /// This gateway's name on the bus; a random suffix makes each process unique, since a
+    /// restarted gateway is a new one to the workers.
+    #[arg(long, env = "CLIENTMQ_GATEWAY_NAME", default_value = "gw")]
+    pub gateway_name: String,
+}
+
+/// Takes a trace event and the index of the shard it came from.
+pub type TraceFn = dyn Fn(usize, &clientmq_core::Event) + Send + Sync;
+
+/// Bounds of the chat logic, shared by the server's embedded backend and `clientmq-chat`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChatArgs {
     /// Seconds a session outlives its connection; re-authenticating with its id within them resumes it.
     #[arg(long, env = "CLIENTMQ_SESSION_GRACE_SECS", default_value_t = 30.0)]
     pub session_grace_secs: f64,
@@ -104,8 +126,29 @@ pub struct Args {
     pub max_chat_message_bytes: usize,
 }
 
-/// Takes a trace event and the index of the shard it came from.
-pub type TraceFn = dyn Fn(usize, &clientmq_core::Event) + Send + Sync;
+impl ChatArgs {
+    /// Settings of the chat logic, with `tokens` deciding who may authenticate. `wall_clock_start_ms`
+    /// is left at 0 for the caller to set from the system clock.
+    pub fn chat_config(&self, tokens: TokenPolicy) -> Result<ChatConfig, ArgsError> {
+        // Every membership must fit the connection's subscription table (room + conversation).
+        let most = clientmq_core::Config::default().max_subscriptions / 2;
+        if self.max_rooms_per_session > most {
+            return Err(ArgsError::RoomsPerSession(most));
+        }
+        Ok(ChatConfig {
+            tokens,
+            session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,
+            room_idle: non_negative_secs("room-idle-secs", self.room_idle_secs)?,
+            max_sessions: positive("max-sessions", self.max_sessions)?,
+            max_rooms: positive("max-rooms", self.max_rooms)?,
+            max_members_per_room: positive("max-room-members", self.max_room_members)?,
+            max_rooms_per_session: positive("max-rooms-per-session", self.max_rooms_per_session)?,
+            max_history: self.max_chat_history,
+            max_message_bytes: positive("max-chat-message-bytes", self.max_chat_message_bytes)?,
+            ..ChatConfig::default()
+        })
+    }
+}
 
 /// Receives every gateway trace event as it happens, with the index of the shard it came from
 /// (the simulator records them; production logs them through `tracing` instead).
@@ -177,6 +220,10 @@ pub enum ArgsError {
     Tokens(#[from] TokenError),
     #[error("--max-rooms-per-session must be at most {0}: each room takes two gateway subscriptions")]
     RoomsPerSession(usize),
+    #[error(
+        "--gateway-name and --nats-prefix may hold only letters, digits, - and _ (and dots in the prefix)"
+    )]
+    BusName,
 }
 
 fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
@@ -197,23 +244,27 @@ impl Args {
     pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
         let tokens =
             TokenPolicy::from_sources(self.dev_accept_any_token, &self.tokens, self.tokens_file.as_deref())?;
-        // Every membership must fit the connection's subscription table (room + conversation).
-        let most = clientmq_core::Config::default().max_subscriptions / 2;
-        if self.max_rooms_per_session > most {
-            return Err(ArgsError::RoomsPerSession(most));
+        self.chat.chat_config(tokens)
+    }
+
+    /// The gateway's route key on the bus: its name and a random suffix, or `None` without a bus.
+    pub fn bus_route_key(&self) -> Result<Option<String>, ArgsError> {
+        if self.nats.is_none() {
+            return Ok(None);
         }
-        Ok(ChatConfig {
-            tokens,
-            session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,
-            room_idle: non_negative_secs("room-idle-secs", self.room_idle_secs)?,
-            max_sessions: positive("max-sessions", self.max_sessions)?,
-            max_rooms: positive("max-rooms", self.max_rooms)?,
-            max_members_per_room: positive("max-room-members", self.max_room_members)?,
-            max_rooms_per_session: positive("max-rooms-per-session", self.max_rooms_per_session)?,
-            max_history: self.max_chat_history,
-            max_message_bytes: positive("max-chat-message-bytes", self.max_chat_message_bytes)?,
-            ..ChatConfig::default()
-        })
+        if !crate::bus::contract::token_ok(&self.gateway_name)
+            || !crate::bus::contract::token_ok(&self.nats_prefix.replace('.', ""))
+        {
+            return Err(ArgsError::BusName);
+        }
+        let suffix: String = {
+            use rand::RngExt;
+            let mut rng = rand::rng();
+            (0..8)
+                .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+                .collect()
+        };
+        Ok(Some(format!("{}-{suffix}", self.gateway_name)))
     }
 
     pub fn server_config(&self) -> Result<ServerConfig, ArgsError> {

@@ -8,7 +8,9 @@
 //! text; `backend` is the port to the services behind the gateway.
 
 pub mod backend;
+pub mod bus;
 pub mod chat;
+pub mod cli;
 pub mod config;
 mod conn;
 pub mod http;
@@ -77,12 +79,16 @@ struct Inner {
     admission: Option<Arc<GlobalAdmission>>,
     handshakes: Arc<Semaphore>,
     next_shard: AtomicUsize,
+    /// The backend's readiness (a bus backend is not ready while the bus is away).
+    backend_ready: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl Server {
     /// Starts the shards. Must be called inside a tokio runtime.
-    pub fn start<B: Backend>(config: ServerConfig, backend: Arc<B>) -> Server {
+    pub fn start<B: Backend>(mut config: ServerConfig, backend: Arc<B>) -> Server {
         let shards = config.shards.max(1);
+        config.gateway.subscriptions_from_replies = !backend.decides_subscriptions();
+        config.gateway.report_interest = backend.wants_interest();
         let gauges: Arc<Vec<ShardGauges>> = Arc::new((0..shards).map(|_| ShardGauges::default()).collect());
         let metrics = Arc::new(Metrics::new());
         let routes = Arc::new(RwLock::new(HashMap::new()));
@@ -135,6 +141,10 @@ impl Server {
                 admission,
                 handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
                 next_shard: AtomicUsize::new(0),
+                backend_ready: {
+                    let backend = backend.clone();
+                    Box::new(move || backend.ready())
+                },
                 config,
             }),
         }
@@ -250,6 +260,9 @@ impl Server {
             ("GET", "/healthz") => Some(("200 OK", "text/plain", b"ok\n".to_vec())),
             ("GET", "/readyz") if self.is_draining() => {
                 Some(("503 Service Unavailable", "text/plain", b"draining\n".to_vec()))
+            }
+            ("GET", "/readyz") if !(self.inner.backend_ready)() => {
+                Some(("503 Service Unavailable", "text/plain", b"backend unavailable\n".to_vec()))
             }
             ("GET", "/readyz") => Some(("200 OK", "text/plain", b"ready\n".to_vec())),
             (_, "/ws") => None,

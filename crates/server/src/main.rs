@@ -5,13 +5,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use clientmq_server::{Args, EmbeddedBackend, LogFormat, serve};
-use tracing_subscriber::EnvFilter;
+use clientmq_server::bus::gateway::BusBackend;
+use clientmq_server::bus::nats::NatsBus;
+use clientmq_server::cli::{init_logging, shutdown_signal};
+use clientmq_server::{Args, EmbeddedBackend, serve};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let configs = args.server_config().and_then(|server| Ok((server, args.chat_config()?)));
-    let (config, mut chat) = match configs {
+    let configs =
+        args.server_config().and_then(|server| Ok((server, args.chat_config()?, args.bus_route_key()?)));
+    let (mut config, mut chat, route_key) = match configs {
         Ok(configs) => configs,
         Err(e) => {
             eprintln!("clientmq-server: {e}");
@@ -21,11 +24,7 @@ fn main() -> ExitCode {
     // Read once here: the backend derives every later wire timestamp from tokio's clock.
     chat.wall_clock_start_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
-    let filter = EnvFilter::try_from_env("CLIENTMQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    match args.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
-        LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
-    }
+    init_logging(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -36,25 +35,27 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
-        let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
-        let left = serve(listener, config, backend, shutdown_signal()).await;
+        let left = match (&args.nats, route_key) {
+            (Some(url), Some(route_key)) => {
+                let bus = match NatsBus::connect(url, &route_key).await {
+                    Ok(bus) => Arc::new(bus),
+                    Err(e) => {
+                        tracing::error!(nats = %url, error = %e, "cannot use the bus");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                tracing::info!(nats = %url, gateway = %route_key, prefix = %args.nats_prefix, "client requests go to workers on the bus");
+                config.gateway.route_key = route_key.clone();
+                let timeout = config.gateway.request_timeout;
+                let backend = Arc::new(BusBackend::new(bus, &args.nats_prefix, &route_key, timeout));
+                serve(listener, config, backend, shutdown_signal()).await
+            }
+            _ => {
+                let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
+                serve(listener, config, backend, shutdown_signal()).await
+            }
+        };
         tracing::info!(left, "drained; exiting");
         ExitCode::SUCCESS
     })
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown signal: draining");
 }

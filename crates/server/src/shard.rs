@@ -158,6 +158,24 @@ impl GatewayHandle {
         ids
     }
 
+    /// Closes a connection with `close` (its session ended while its backend could not reach
+    /// this gateway, say).
+    pub async fn close(&self, conn: ConnectionId, close: CloseReason) {
+        if let Some(shard) = self.shard_of(&conn) {
+            let _ = shard.send(Command::Input(Input::Close { conn, close })).await;
+        }
+    }
+
+    /// Open connections, summed over shards.
+    pub fn open_connections(&self) -> usize {
+        self.routes.read().expect("routes lock").len()
+    }
+
+    /// Whether `conn` is registered on any shard.
+    pub fn is_connected(&self, conn: &ConnectionId) -> bool {
+        self.routes.read().expect("routes lock").contains_key(conn)
+    }
+
     /// Starts a drain on every shard.
     pub async fn drain(&self) {
         for shard in self.shards.iter() {
@@ -404,6 +422,7 @@ impl<B: Backend> Shard<B> {
                 });
             }
             Output::Publish(event) => self.backend.disconnected(event),
+            Output::Interest { topic, room, on } => self.backend.interest(self.index, topic, &room, on),
             Output::ServerRequestDone { token, result } => {
                 if let Some(reply) = self.server_requests.remove(&token) {
                     let _ = reply.send(result);

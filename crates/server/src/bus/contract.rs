@@ -1,0 +1,293 @@
+//! The contract between gateways and workers on the bus: subjects, headers and small payload
+//! forms. docs/nats.md explains it for someone writing a worker in another language; this
+//! module is the one place the code spells it.
+
+use std::fmt::Write as _;
+
+use clientmq_core::{ConnectionId, Topic};
+
+/// Subject prefix unless configured (`--nats-prefix`).
+pub const DEFAULT_PREFIX: &str = "clientmq";
+
+/// Queue group of the chat worker (sessions and rooms).
+pub const CHAT_QUEUE: &str = "chat";
+
+/// How often a gateway announces itself.
+pub const ANNOUNCE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// After this long without an announcement a worker counts a gateway as gone and detaches its
+/// connections' sessions (their grace period starts).
+pub const GATEWAY_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connection ids per sync or orphans message (33 bytes each, far below NATS's 1 MB payload).
+pub const IDS_PER_MESSAGE: usize = 4096;
+
+/// Header names. NATS headers are case-insensitive on read; these are written as shown.
+pub mod header {
+    /// The gateway's route key (also `pcast.Authenticate.connectionRouteKey`).
+    pub const GATEWAY: &str = "Clientmq-Gateway";
+    pub const CONNECTION: &str = "Clientmq-Connection";
+    /// The session the connection authenticated as, when it has.
+    pub const SESSION: &str = "Clientmq-Session";
+    /// The client's address (after trusted proxies).
+    pub const REMOTE: &str = "Clientmq-Remote";
+    /// A message type: of a reply (default: the request's type + `Response`), an event, a
+    /// server request or its answer.
+    pub const TYPE: &str = "Clientmq-Type";
+    /// Milliseconds the gateway will wait for the reply.
+    pub const TIMEOUT_MS: &str = "Clientmq-Timeout-Ms";
+    /// Claims of a verified token, as JSON (on `pcast.Authenticate` requests).
+    pub const CLAIMS: &str = "Clientmq-Claims";
+    /// `room ROOM` or `conversation ROOM`; may repeat.
+    pub const SUBSCRIBE: &str = "Clientmq-Subscribe";
+    pub const UNSUBSCRIBE: &str = "Clientmq-Unsubscribe";
+    /// Why a server request failed (`not-connected`, `not-open`, `timeout`, ...).
+    pub const ERROR: &str = "Clientmq-Error";
+    /// Open connections of an announcing gateway.
+    pub const CONNECTIONS: &str = "Clientmq-Connections";
+    /// How many times the announcing gateway has connected to the bus: a new value means it
+    /// may have lost messages while it was away.
+    pub const BUS_EPOCH: &str = "Clientmq-Bus-Epoch";
+}
+
+/// What a message under a gateway's own subjects is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToGateway {
+    /// The answer to the client request of this token.
+    Reply(u64),
+    /// An event for one connection.
+    Event,
+    /// Subscription changes for one connection.
+    Subscription,
+    /// A server-initiated request to a client.
+    Request,
+    /// Which of these connections are gone?
+    Sync,
+    /// These connections lost their sessions: close them.
+    Orphans,
+}
+
+/// The subjects of one deployment (one prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    pub fn new(prefix: &str) -> Self {
+        Subjects { prefix: prefix.to_owned() }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Where a client request of `request_type` goes; `None` for a type that is not a valid
+    /// subject (the gateway answers it `mq.Error{malformed}`).
+    pub fn request(&self, request_type: &str) -> Option<String> {
+        let valid = !request_type.is_empty() && request_type.split('.').all(token_ok);
+        valid.then(|| format!("{}.req.{request_type}", self.prefix))
+    }
+
+    /// Every request type of a service (`chat` serves `chat.*`).
+    pub fn requests_of(&self, service: &str) -> String {
+        format!("{}.req.{service}.>", self.prefix)
+    }
+
+    /// Everything addressed to gateway `g`: one subscription, so it is applied in publish order.
+    pub fn to_gateway(&self, g: &str) -> String {
+        format!("{}.gw.{g}.>", self.prefix)
+    }
+
+    pub fn reply(&self, g: &str, token: u64) -> String {
+        format!("{}.gw.{g}.reply.{token}", self.prefix)
+    }
+
+    pub fn gateway(&self, g: &str, what: ToGateway) -> String {
+        let p = &self.prefix;
+        match what {
+            ToGateway::Reply(token) => self.reply(g, token),
+            ToGateway::Event => format!("{p}.gw.{g}.event"),
+            ToGateway::Subscription => format!("{p}.gw.{g}.subscription"),
+            ToGateway::Request => format!("{p}.gw.{g}.request"),
+            ToGateway::Sync => format!("{p}.gw.{g}.sync"),
+            ToGateway::Orphans => format!("{p}.gw.{g}.orphans"),
+        }
+    }
+
+    /// Reads a subject under gateway `g`'s own subjects.
+    pub fn parse_to_gateway(&self, g: &str, subject: &str) -> Option<ToGateway> {
+        let rest =
+            subject.strip_prefix(&self.prefix)?.strip_prefix(".gw.")?.strip_prefix(g)?.strip_prefix('.')?;
+        Some(match rest {
+            "event" => ToGateway::Event,
+            "subscription" => ToGateway::Subscription,
+            "request" => ToGateway::Request,
+            "sync" => ToGateway::Sync,
+            "orphans" => ToGateway::Orphans,
+            _ => ToGateway::Reply(rest.strip_prefix("reply.")?.parse().ok()?),
+        })
+    }
+
+    /// Events for a room's members (`Topic::Room`) or its conversation's subscribers.
+    pub fn room(&self, topic: Topic, room: &str) -> String {
+        let kind = match topic {
+            Topic::Room => "room",
+            Topic::Conversation => "conv",
+        };
+        format!("{}.{kind}.{}", self.prefix, room_token(room))
+    }
+
+    /// Reads a room subject back.
+    pub fn parse_room(&self, subject: &str) -> Option<(Topic, String)> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix('.')?;
+        let (kind, token) = rest.split_once('.')?;
+        let topic = match kind {
+            "room" => Topic::Room,
+            "conv" => Topic::Conversation,
+            _ => return None,
+        };
+        Some((topic, room_from_token(token)?))
+    }
+
+    /// `pcast.ConnectionDisconnected`, for every ended connection.
+    pub fn disconnected(&self) -> String {
+        format!("{}.disconnected", self.prefix)
+    }
+
+    pub fn alive(&self, g: &str) -> String {
+        format!("{}.gateway.{g}.alive", self.prefix)
+    }
+
+    /// Every gateway's announcement.
+    pub fn alive_all(&self) -> String {
+        format!("{}.gateway.*.alive", self.prefix)
+    }
+
+    /// The gateway an announcement came from.
+    pub fn parse_alive<'a>(&self, subject: &'a str) -> Option<&'a str> {
+        let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".gateway.")?;
+        rest.strip_suffix(".alive").filter(|g| token_ok(g))
+    }
+}
+
+/// Characters a subject token (and a gateway route key) may hold here.
+pub fn token_ok(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// A room id as one subject token: as it is when it is letters, digits and `-` only, otherwise
+/// `_` and the lowercase hex of its UTF-8 bytes (so the two forms never collide).
+pub fn room_token(room: &str) -> String {
+    if !room.is_empty() && room.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return room.to_owned();
+    }
+    let mut out = String::with_capacity(1 + room.len() * 2);
+    out.push('_');
+    for b in room.bytes() {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+pub fn room_from_token(token: &str) -> Option<String> {
+    let Some(hex) = token.strip_prefix('_') else {
+        return token_ok(token).then(|| token.to_owned());
+    };
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+    String::from_utf8(bytes?).ok()
+}
+
+/// The value of a subscribe or unsubscribe header.
+pub fn topic_value(topic: Topic, room: &str) -> String {
+    format!("{} {room}", topic.label())
+}
+
+pub fn parse_topic_value(value: &str) -> Option<(Topic, String)> {
+    let (kind, room) = value.split_once(' ')?;
+    let topic = match kind {
+        "room" => Topic::Room,
+        "conversation" => Topic::Conversation,
+        _ => return None,
+    };
+    (!room.is_empty()).then(|| (topic, room.to_owned()))
+}
+
+/// Connection ids, one a line (sync and orphans payloads).
+pub fn ids_payload<'a>(ids: impl IntoIterator<Item = &'a ConnectionId>) -> Vec<u8> {
+    let mut out = String::new();
+    for id in ids {
+        out.push_str(id.as_str());
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Reads connection ids, skipping lines that are not one.
+pub fn parse_ids(payload: &[u8]) -> Vec<ConnectionId> {
+    String::from_utf8_lossy(payload).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_round_trip_and_refuse_what_is_not_a_token() {
+        let s = Subjects::new("clientmq");
+        assert_eq!(s.request("chat.JoinRoom").as_deref(), Some("clientmq.req.chat.JoinRoom"));
+        for bad in ["", "chat..x", "a b", "chat.*", "chat.>", "x\r\ny"] {
+            assert_eq!(s.request(bad), None, "{bad:?}");
+        }
+        for what in [
+            ToGateway::Reply(42),
+            ToGateway::Event,
+            ToGateway::Subscription,
+            ToGateway::Request,
+            ToGateway::Sync,
+            ToGateway::Orphans,
+        ] {
+            let subject = s.gateway("gw-ab12", what.clone());
+            assert!(subject.starts_with("clientmq.gw.gw-ab12."));
+            assert_eq!(s.parse_to_gateway("gw-ab12", &subject), Some(what));
+            assert_eq!(s.parse_to_gateway("gw-other", &subject), None);
+        }
+        assert_eq!(s.parse_alive(&s.alive("gw-1")), Some("gw-1"));
+        assert_eq!(s.parse_alive("clientmq.gateway.a.b.alive"), None);
+    }
+
+    #[test]
+    fn any_room_id_is_one_token_and_comes_back() {
+        for room in ["Ab3-x", "lobby", "with.dot", "with space", "_under", "ünï", "a>b*c", ""] {
+            let token = room_token(room);
+            assert!(token_ok(&token) || token == "_", "{room:?} -> {token:?}");
+            assert!(!token.contains('.'));
+            assert_eq!(room_from_token(&token).as_deref(), Some(room), "{room:?}");
+            let s = Subjects::new("p");
+            assert_eq!(
+                s.parse_room(&s.room(Topic::Conversation, room)),
+                Some((Topic::Conversation, room.into()))
+            );
+        }
+        assert_ne!(room_token("_61"), room_token("a"));
+        assert_eq!(room_from_token("_6"), None);
+        assert_eq!(room_from_token("_zz"), None);
+    }
+
+    #[test]
+    fn subscription_values_and_id_lists_parse_back() {
+        let v = topic_value(Topic::Conversation, "r 1");
+        assert_eq!(parse_topic_value(&v), Some((Topic::Conversation, "r 1".into())));
+        assert_eq!(parse_topic_value("room"), None);
+        assert_eq!(parse_topic_value("planet x"), None);
+        let a: ConnectionId = "a".repeat(32).parse().unwrap();
+        let b: ConnectionId = "b".repeat(32).parse().unwrap();
+        let payload = ids_payload([&a, &b]);
+        assert_eq!(parse_ids(&payload), vec![a, b]);
+        assert_eq!(parse_ids(b"junk\n\n"), vec![]);
+    }
+}

@@ -1,0 +1,343 @@
+//! The gateway's side of the bus: a [`Backend`] that forwards client requests to workers and
+//! applies what workers send back, in the order they sent it.
+//!
+//! - Requests go to `P.req.<type>` with a reply subject under the gateway's own subjects; the
+//!   gateway reads everything addressed to it (replies, events to a connection, subscription
+//!   changes, server requests, sync and orphans) from one subscription, so it applies what a
+//!   worker published in the order it was published.
+//! - Room and conversation events come from `P.room.<R>` / `P.conv.<R>`, subscribed while some
+//!   shard has interest. Interest and requests go out through one ordered writer, so a join's
+//!   interest is subscribed before the join itself is published.
+//! - While the bus is away: `/readyz` is 503, new requests fail at once with
+//!   `mq.Error{unavailable}`, requests in flight fail at once too, and disconnect notices that
+//!   cannot be published are dropped (workers reconcile by sync when the gateway is back).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use clientmq_core::proto::{mq, pcast};
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Target, Topic, close};
+use prost::Message as _;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
+use super::{Bus, BusMessage, NO_RESPONDERS, Subscription};
+use crate::backend::Backend;
+use crate::shard::GatewayHandle;
+
+type Answer = oneshot::Sender<Result<Reply, BackendError>>;
+
+/// What the ordered writer does, in the order it was asked.
+enum Op {
+    Request { token: u64, msg: BusMessage },
+    Publish(BusMessage),
+    Interest { shard: usize, topic: Topic, room: String, on: bool },
+}
+
+struct Shared<B> {
+    bus: Arc<B>,
+    subjects: Subjects,
+    route_key: String,
+    request_timeout: Duration,
+    ops: mpsc::UnboundedSender<Op>,
+    /// Requests waiting for their reply, by this backend's own token (shards number theirs
+    /// separately).
+    pending: Mutex<BTreeMap<u64, Answer>>,
+    next_token: AtomicU64,
+    /// Disconnect notices that could not be published (the bus was away).
+    dropped_notices: AtomicU64,
+}
+
+impl<B> Shared<B> {
+    fn answer(&self, token: u64, result: Result<Reply, BackendError>) {
+        let waiting = self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
+        if let Some(tx) = waiting {
+            let _ = tx.send(result);
+        }
+    }
+
+    /// The bus went away: nothing in flight will be answered.
+    fn fail_pending(&self) {
+        let all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for (_, tx) in all {
+            let _ = tx.send(Err(BackendError::Unavailable));
+        }
+    }
+}
+
+/// The gateway's backend when workers sit on a bus. See the module doc.
+pub struct BusBackend<B: Bus> {
+    shared: Arc<Shared<B>>,
+    /// Taken by [`Backend::attach`], which starts the writer.
+    writer: Mutex<Option<mpsc::UnboundedReceiver<Op>>>,
+}
+
+impl<B: Bus> BusBackend<B> {
+    /// A backend on `bus` under `prefix`, as gateway `route_key` (a subject token, unique per
+    /// process: a restarted gateway is a new one to the workers).
+    pub fn new(bus: Arc<B>, prefix: &str, route_key: &str, request_timeout: Duration) -> Self {
+        let (ops, writer) = mpsc::unbounded_channel();
+        let shared = Shared {
+            bus,
+            subjects: Subjects::new(prefix),
+            route_key: route_key.to_owned(),
+            request_timeout,
+            ops,
+            pending: Mutex::new(BTreeMap::new()),
+            next_token: AtomicU64::new(0),
+            dropped_notices: AtomicU64::new(0),
+        };
+        BusBackend { shared: Arc::new(shared), writer: Mutex::new(Some(writer)) }
+    }
+
+    /// Disconnect notices dropped because the bus was away.
+    pub fn dropped_notices(&self) -> u64 {
+        self.shared.dropped_notices.load(Ordering::Relaxed)
+    }
+}
+
+/// Removes a request's waiter when its future is dropped (the gateway timed it out).
+struct Waiting<B> {
+    shared: Arc<Shared<B>>,
+    token: u64,
+}
+
+impl<B> Drop for Waiting<B> {
+    fn drop(&mut self) {
+        self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.token);
+    }
+}
+
+fn error_reply(reason: &str) -> Reply {
+    Reply { reply_type: "mq.Error".into(), payload: mq::Error { reason: reason.into() }.encode_to_vec() }
+}
+
+impl<B: Bus> Backend for BusBackend<B> {
+    fn attach(&self, gateway: GatewayHandle) {
+        let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            tracing::error!("a bus backend serves one gateway; second attach ignored");
+            return;
+        };
+        tokio::spawn(write(self.shared.clone(), writer, gateway.clone()));
+        tokio::spawn(read_inbox(self.shared.clone(), gateway.clone()));
+        tokio::spawn(announce(self.shared.clone(), gateway));
+    }
+
+    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+        let s = &self.shared;
+        if !s.bus.status().connected {
+            return Err(BackendError::Unavailable);
+        }
+        let Some(subject) = s.subjects.request(&req.request_type) else {
+            return Ok(error_reply("malformed"));
+        };
+        let token = s.next_token.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        s.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(token, tx);
+        let _waiting = Waiting { shared: s.clone(), token };
+        let mut msg = BusMessage::new(subject, req.payload)
+            .reply_to(s.subjects.reply(&s.route_key, token))
+            .with(header::GATEWAY, s.route_key.as_str())
+            .with(header::CONNECTION, req.conn.to_string())
+            .with(header::REMOTE, req.remote.to_string())
+            .with(header::TIMEOUT_MS, s.request_timeout.as_millis().to_string());
+        if let Some(session) = req.session_id {
+            msg = msg.with(header::SESSION, session);
+        }
+        if s.ops.send(Op::Request { token, msg }).is_err() {
+            return Err(BackendError::Unavailable);
+        }
+        rx.await.unwrap_or(Err(BackendError::Unavailable))
+    }
+
+    fn disconnected(&self, event: pcast::ConnectionDisconnected) {
+        let s = &self.shared;
+        let msg = BusMessage::new(s.subjects.disconnected(), event.encode_to_vec())
+            .with(header::GATEWAY, s.route_key.as_str())
+            .with(header::CONNECTION, event.connection_id.as_str());
+        let _ = s.ops.send(Op::Publish(msg));
+    }
+
+    fn decides_subscriptions(&self) -> bool {
+        true
+    }
+
+    fn wants_interest(&self) -> bool {
+        true
+    }
+
+    fn interest(&self, shard: usize, topic: Topic, room: &str, on: bool) {
+        let _ = self.shared.ops.send(Op::Interest { shard, topic, room: room.to_owned(), on });
+    }
+
+    fn ready(&self) -> bool {
+        self.shared.bus.status().connected
+    }
+}
+
+/// The ordered writer: requests, notices and interest, one at a time, in order.
+async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, gateway: GatewayHandle) {
+    // Rooms and conversations subscribed, with the shards that want them and their reader.
+    let mut rooms: BTreeMap<(Topic, String), (BTreeSet<usize>, JoinHandle<()>)> = BTreeMap::new();
+    while let Some(op) = ops.recv().await {
+        match op {
+            Op::Request { token, msg } => {
+                if let Err(e) = s.bus.publish(msg).await {
+                    tracing::debug!(error = %e, "request not published");
+                    s.answer(token, Err(BackendError::Unavailable));
+                }
+            }
+            Op::Publish(msg) => {
+                if s.bus.publish(msg).await.is_err() {
+                    s.dropped_notices.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Op::Interest { shard, topic, room, on: true } => {
+                let key = (topic, room);
+                if let Some((shards, _)) = rooms.get_mut(&key) {
+                    shards.insert(shard);
+                    continue;
+                }
+                let subject = s.subjects.room(topic, &key.1);
+                match s.bus.subscribe(&subject, None).await {
+                    Ok(sub) => {
+                        let reader = tokio::spawn(read_room(sub, topic, key.1.clone(), gateway.clone()));
+                        rooms.insert(key, (BTreeSet::from([shard]), reader));
+                    }
+                    Err(e) => tracing::warn!(%subject, error = %e, "cannot subscribe to a room"),
+                }
+            }
+            Op::Interest { shard, topic, room, on: false } => {
+                let key = (topic, room);
+                if let Some((shards, _)) = rooms.get_mut(&key) {
+                    shards.remove(&shard);
+                    if shards.is_empty()
+                        && let Some((_, reader)) = rooms.remove(&key)
+                    {
+                        // Dropping the reader drops its subscription: unsubscribed.
+                        reader.abort();
+                    }
+                }
+            }
+        }
+    }
+    for (_, (_, reader)) in rooms {
+        reader.abort();
+    }
+}
+
+async fn read_room<S: Subscription>(mut sub: S, topic: Topic, room: String, gateway: GatewayHandle) {
+    while let Some(msg) = sub.next().await {
+        let Some(event_type) = msg.header(header::TYPE) else { continue };
+        let target = match topic {
+            Topic::Room => Target::Room(room.clone()),
+            Topic::Conversation => Target::Conversation(room.clone()),
+        };
+        gateway.deliver(target, event_type, msg.payload.clone()).await;
+    }
+}
+
+/// Everything addressed to this gateway, in the order it was published.
+async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
+    let subject = s.subjects.to_gateway(&s.route_key);
+    let mut sub = loop {
+        match s.bus.subscribe(&subject, None).await {
+            Ok(sub) => break sub,
+            Err(e) => {
+                tracing::warn!(%subject, error = %e, "cannot subscribe; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(what) = s.subjects.parse_to_gateway(&s.route_key, &msg.subject) else { continue };
+        let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
+        match (what, conn) {
+            (ToGateway::Reply(token), _) => {
+                let result = if msg.status == Some(NO_RESPONDERS) {
+                    Err(BackendError::NoWorker)
+                } else {
+                    let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
+                    Ok(Reply { reply_type, payload: msg.payload })
+                };
+                s.answer(token, result);
+            }
+            (ToGateway::Event, Some(conn)) => {
+                if let Some(event_type) = msg.header(header::TYPE) {
+                    gateway.deliver(Target::Connection(conn), event_type, msg.payload.clone()).await;
+                }
+            }
+            (ToGateway::Subscription, Some(conn)) => {
+                for (name, subscribe) in [(header::SUBSCRIBE, true), (header::UNSUBSCRIBE, false)] {
+                    for (topic, room) in msg.headers_named(name).filter_map(contract::parse_topic_value) {
+                        gateway.set_subscription(conn, topic, &room, subscribe).await;
+                    }
+                }
+            }
+            (ToGateway::Request, Some(conn)) => {
+                let (bus, gateway) = (s.bus.clone(), gateway.clone());
+                tokio::spawn(server_request(bus, gateway, conn, msg));
+            }
+            (ToGateway::Sync, _) => {
+                let gone: Vec<ConnectionId> = contract::parse_ids(&msg.payload)
+                    .into_iter()
+                    .filter(|id| !gateway.is_connected(id))
+                    .collect();
+                respond(&*s.bus, &msg, BusMessage::new("", contract::ids_payload(&gone))).await;
+            }
+            (ToGateway::Orphans, _) => {
+                for id in contract::parse_ids(&msg.payload).into_iter().take(IDS_PER_MESSAGE) {
+                    gateway.close(id, close::SESSION_LOST).await;
+                }
+                respond(&*s.bus, &msg, BusMessage::new("", Vec::new())).await;
+            }
+            (_, None) => tracing::debug!(subject = %msg.subject, "message without a valid connection header"),
+        }
+    }
+}
+
+/// Publishes `answer` to `msg`'s reply subject, if it has one.
+async fn respond<B: Bus>(bus: &B, msg: &BusMessage, mut answer: BusMessage) {
+    if let Some(reply) = &msg.reply {
+        answer.subject = reply.clone();
+        let _ = bus.publish(answer).await;
+    }
+}
+
+/// A worker's request to a client; the client's answer (or why there is none) goes back.
+async fn server_request<B: Bus>(bus: Arc<B>, gateway: GatewayHandle, conn: ConnectionId, msg: BusMessage) {
+    let request_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
+    let answer = match gateway.server_request(conn, &request_type, msg.payload.clone()).await {
+        Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
+        Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
+    };
+    respond(&*bus, &msg, answer).await;
+}
+
+/// Announces the gateway every second; fails requests in flight when the bus goes away.
+async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
+    let mut seen = s.bus.status();
+    loop {
+        let status = s.bus.status();
+        if seen.connected && !status.connected {
+            s.fail_pending();
+        }
+        seen = status;
+        if status.connected {
+            let msg = BusMessage::new(s.subjects.alive(&s.route_key), Vec::new())
+                .with(header::GATEWAY, s.route_key.as_str())
+                .with(header::CONNECTIONS, gateway.open_connections().to_string())
+                .with(header::BUS_EPOCH, status.epoch.to_string());
+            let _ = s.bus.publish(msg).await;
+        }
+        // Biased: a fixed branch order keeps simulated runs reproducible.
+        tokio::select! {
+            biased;
+            () = s.bus.changed(status) => {}
+            () = tokio::time::sleep(contract::ANNOUNCE_EVERY) => {}
+        }
+    }
+}

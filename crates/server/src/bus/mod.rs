@@ -1,0 +1,151 @@
+//! The message bus between gateways and backend workers (NATS in production, a simulated host
+//! in the simulator), behind one small trait so the same gateway and worker code runs on both.
+//!
+//! The semantics every implementation keeps are NATS core's: at-most-once delivery; a message
+//! to a subject nobody subscribes to is gone; of a queue group, one member gets each message;
+//! a request (a publish with a reply subject) to a subject nobody subscribes to is answered at
+//! once with status 503 on its reply subject; messages from one connection reach one
+//! subscription in the order they were published; after a reconnect, subscriptions are restored
+//! (what was published in between is lost). `contract` names the subjects and headers clientmq
+//! puts on it (docs/nats.md is the same contract, for authors of workers in other languages).
+
+pub mod contract;
+pub mod gateway;
+pub mod nats;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio::sync::Notify;
+
+/// A message on the bus, either way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BusMessage {
+    pub subject: String,
+    /// Where an answer goes (a request); `None` for a plain publish.
+    pub reply: Option<String>,
+    /// Header name and value pairs, in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    pub payload: Vec<u8>,
+    /// A status set by the bus itself on a message it made up: 503 when nobody subscribes to a
+    /// request's subject. `None` on every message a client published.
+    pub status: Option<u16>,
+}
+
+/// The status NATS answers a request with when no subscriber exists for its subject.
+pub const NO_RESPONDERS: u16 = 503;
+
+impl BusMessage {
+    pub fn new(subject: impl Into<String>, payload: Vec<u8>) -> Self {
+        BusMessage { subject: subject.into(), payload, ..BusMessage::default() }
+    }
+
+    /// Adds a header (a name may be added several times).
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+
+    pub fn reply_to(mut self, reply: impl Into<String>) -> Self {
+        self.reply = Some(reply.into());
+        self
+    }
+
+    /// The first value of a header, names compared without case.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a header, in order.
+    pub fn headers_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.headers.iter().filter(move |(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why the bus did not take a message or a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BusError {
+    /// Not connected now; nothing was queued to go out later.
+    #[error("not connected to the bus")]
+    Disconnected,
+    /// The message or subscription was refused (bad subject, too large, connection closed).
+    #[error("bus refused: {0}")]
+    Refused(String),
+}
+
+/// Whether a bus client is connected, and how many times it has connected so far: a new epoch
+/// means subscriptions were restored and anything published in between may be lost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BusStatus {
+    pub connected: bool,
+    pub epoch: u64,
+}
+
+/// A connection to the bus. Cheap to share behind an `Arc`.
+pub trait Bus: Send + Sync + 'static {
+    type Subscription: Subscription;
+
+    /// Sends a message now, or fails at once with [`BusError::Disconnected`] while not
+    /// connected (a bus client must not hold messages back for a later connection).
+    fn publish(&self, msg: BusMessage) -> impl Future<Output = Result<(), BusError>> + Send;
+
+    /// Subscribes to `subject` (NATS wildcards `*` and `>` allowed), as a member of
+    /// `queue_group` when given. Dropping the subscription unsubscribes. A subscription lives
+    /// across reconnects: the client restores it on the new connection.
+    fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> impl Future<Output = Result<Self::Subscription, BusError>> + Send;
+
+    fn status(&self) -> BusStatus;
+
+    /// Resolves once the status differs from `seen`.
+    fn changed(&self, seen: BusStatus) -> impl Future<Output = ()> + Send;
+}
+
+/// Messages of one subscription, in the order they arrived.
+pub trait Subscription: Send + 'static {
+    /// The next message; `None` once the bus client is gone for good.
+    fn next(&mut self) -> impl Future<Output = Option<BusMessage>> + Send;
+}
+
+/// A [`BusStatus`] that can be watched: what bus clients keep and update. Not a tokio `watch`,
+/// whose waiters are woken in an order drawn from a per-process random source (simulated runs
+/// must replay byte for byte).
+#[derive(Debug, Default)]
+pub struct StatusCell {
+    connected: AtomicBool,
+    epoch: AtomicU64,
+    notify: Notify,
+}
+
+impl StatusCell {
+    pub fn get(&self) -> BusStatus {
+        BusStatus {
+            connected: self.connected.load(Ordering::Acquire),
+            epoch: self.epoch.load(Ordering::Acquire),
+        }
+    }
+
+    /// A connection was made (a new epoch) or lost.
+    pub fn set_connected(&self, connected: bool) {
+        if connected {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        self.connected.store(connected, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub async fn changed(&self, seen: BusStatus) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.get() != seen {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

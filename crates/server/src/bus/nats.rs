@@ -1,0 +1,138 @@
+//! [`Bus`] on a real NATS server, with the official client (async-nats). It reconnects with
+//! back-off forever and restores subscriptions itself; while it is disconnected, publishing
+//! fails at once instead of queueing (a gateway answers its clients `unavailable` rather than
+//! sending requests that would arrive long after the client gave up).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
+use futures_util::StreamExt;
+
+use super::{Bus, BusError, BusMessage, BusStatus, StatusCell, Subscription};
+
+/// The client pings the server this often and counts it gone after two missed pongs, so a
+/// silent network cut is noticed within about three periods.
+const PING_EVERY: Duration = Duration::from_secs(2);
+/// Reconnect back-off: 50 ms doubling to at most this.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+pub struct NatsBus {
+    client: async_nats::Client,
+    status: Arc<StatusCell>,
+}
+
+impl NatsBus {
+    /// Connects to `url` (`nats://host:port`) as `name`. Returns at once: the first connection
+    /// and every later one happen in the background, visible through [`Bus::status`].
+    pub async fn connect(url: &str, name: &str) -> Result<NatsBus, BusError> {
+        let status = Arc::new(StatusCell::default());
+        let events = status.clone();
+        let client = ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .ping_interval(PING_EVERY)
+            .connection_timeout(Duration::from_secs(2))
+            .reconnect_delay_callback(|attempt| {
+                let doubling = Duration::from_millis(50).saturating_mul(1 << attempt.min(8));
+                doubling.min(MAX_BACKOFF)
+            })
+            .event_callback(move |event| {
+                let status = events.clone();
+                async move {
+                    match event {
+                        Event::Connected => status.set_connected(true),
+                        Event::Disconnected => status.set_connected(false),
+                        other => tracing::info!(event = %other, "bus event"),
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .map_err(|e| BusError::Refused(e.to_string()))?;
+        if client.connection_state() == async_nats::connection::State::Connected && !status.get().connected {
+            // Connected before the callback was registered to see it.
+            status.set_connected(true);
+        }
+        Ok(NatsBus { client, status })
+    }
+}
+
+fn to_headers(headers: &[(String, String)]) -> Result<Option<HeaderMap>, BusError> {
+    if headers.is_empty() {
+        return Ok(None);
+    }
+    let mut map = HeaderMap::new();
+    for (name, value) in headers {
+        let value: HeaderValue = value.parse().map_err(|_| BusError::Refused(format!("header {name}")))?;
+        map.append(name.as_str(), value);
+    }
+    Ok(Some(map))
+}
+
+fn from_nats(msg: async_nats::Message) -> BusMessage {
+    let headers = msg
+        .headers
+        .iter()
+        .flat_map(|map| map.iter())
+        .flat_map(|(name, values)| values.iter().map(move |v| (name.to_string(), v.as_str().to_owned())))
+        .collect();
+    BusMessage {
+        subject: msg.subject.to_string(),
+        reply: msg.reply.map(|r| r.to_string()),
+        headers,
+        payload: msg.payload.to_vec(),
+        status: msg.status.map(|s| s.as_u16()),
+    }
+}
+
+impl Bus for NatsBus {
+    type Subscription = NatsSubscription;
+
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        if !self.status.get().connected {
+            return Err(BusError::Disconnected);
+        }
+        let headers = to_headers(&msg.headers)?;
+        let payload = bytes::Bytes::from(msg.payload);
+        let sent = match (msg.reply, headers) {
+            (None, None) => self.client.publish(msg.subject, payload).await,
+            (None, Some(h)) => self.client.publish_with_headers(msg.subject, h, payload).await,
+            (Some(r), None) => self.client.publish_with_reply(msg.subject, r, payload).await,
+            (Some(r), Some(h)) => {
+                self.client.publish_with_reply_and_headers(msg.subject, r, h, payload).await
+            }
+        };
+        sent.map_err(|e| BusError::Refused(e.to_string()))
+    }
+
+    async fn subscribe(
+        &self,
+        subject: &str,
+        queue_group: Option<&str>,
+    ) -> Result<NatsSubscription, BusError> {
+        let subject = subject.to_owned();
+        let sub = match queue_group {
+            Some(group) => self.client.queue_subscribe(subject, group.to_owned()).await,
+            None => self.client.subscribe(subject).await,
+        };
+        sub.map(NatsSubscription).map_err(|e| BusError::Refused(e.to_string()))
+    }
+
+    fn status(&self) -> BusStatus {
+        self.status.get()
+    }
+
+    async fn changed(&self, seen: BusStatus) {
+        self.status.changed(seen).await
+    }
+}
+
+pub struct NatsSubscription(async_nats::Subscriber);
+
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Option<BusMessage> {
+        self.0.next().await.map(from_nats)
+    }
+}
