@@ -39,8 +39,8 @@ pub mod close {
     pub const ABNORMAL: u16 = 1006;
 }
 
-/// Gateway settings. [`Config::default`] holds the seed's values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Gateway settings. [`Config::default`] holds the seed's values (and refuses every token).
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Open connections allowed at once; one more is closed with 1013.
     pub max_connections: usize,
@@ -76,6 +76,12 @@ pub struct Config {
     /// Report [`crate::Output::Interest`] when the first subscriber of a room or conversation
     /// arrives or the last one leaves (a bus backend subscribes to rooms by interest).
     pub report_interest: bool,
+    /// Who may authenticate; checked here before the backend sees a `pcast.Authenticate`.
+    pub tokens: crate::auth::TokenPolicy,
+    /// Milliseconds since the Unix epoch at the gateway's start (its `now` at
+    /// [`crate::Gateway::new`]): token expiry is judged by it plus elapsed time, so a simulated
+    /// run judges by simulated time.
+    pub wall_clock_start_ms: u64,
 }
 
 impl Default for Config {
@@ -96,6 +102,8 @@ impl Default for Config {
             ended_memory: 4096,
             subscriptions_from_replies: true,
             report_interest: false,
+            tokens: crate::auth::TokenPolicy::DenyAll,
+            wall_clock_start_ms: 0,
         }
     }
 }

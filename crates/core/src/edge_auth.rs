@@ -82,7 +82,7 @@ pub fn is_digest_token(token: &str) -> bool {
 /// - No refusal and no `Debug` output holds the token, a string taken from it, or a secret.
 /// - Each application's HMAC key (`applicationId` + secret) is expanded once, when the table is
 ///   built; the secret text is not kept, though the expanded state is as sensitive as the secret.
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct EdgeAuth {
     keys: BTreeMap<String, Hmac<Sha512>>,
 }

@@ -554,6 +554,11 @@ impl Gateway {
         }
     }
 
+    /// Time since the gateway started (its `now` at [`Gateway::new`]).
+    pub(crate) fn elapsed_since_start(&self) -> Duration {
+        self.now.saturating_duration_since(self.epoch)
+    }
+
     pub(crate) fn elapsed_since(&self, then: Instant) -> Duration {
         self.now.saturating_duration_since(then)
     }

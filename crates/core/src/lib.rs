@@ -4,6 +4,7 @@
 //! and the simulator drive the same [`Gateway`] with inputs and carry out its outputs. See
 //! [`Gateway`] for the contract.
 
+pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod edge_auth;
@@ -18,6 +19,7 @@ mod server_requests;
 mod subscriptions;
 mod timers;
 
+pub use auth::{Refusal, TokenPolicy};
 pub use codec::{CodecError, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};

@@ -28,6 +28,8 @@ pub(crate) struct Connection {
     pub rooms: BTreeSet<String>,
     pub conversations: BTreeSet<String>,
     pub session_id: Option<String>,
+    /// The room a verified token limits this connection's joins to.
+    pub room_tag: Option<crate::edge_auth::RequiredTag>,
     /// When drain will close this connection.
     pub drain_at: Option<Instant>,
     /// Drain wants it closed as soon as its in-flight requests are answered.
@@ -58,6 +60,7 @@ impl Connection {
             rooms: BTreeSet::new(),
             conversations: BTreeSet::new(),
             session_id: None,
+            room_tag: None,
             drain_at: None,
             drain_due: false,
         }

@@ -5,7 +5,9 @@ use std::time::Instant;
 use prost::Message as _;
 
 use crate::ConnectionId;
+use crate::auth::{self, Refusal};
 use crate::codec::{self, Encoding, Frame};
+use crate::edge_auth::{Claims, RequiredTag};
 use crate::event::{DropReason, EventKind, RequestOutcome, Topic};
 use crate::gateway::{Gateway, Output};
 use crate::proto::{chat, mq, pcast};
@@ -25,6 +27,9 @@ pub struct BackendRequest {
     pub request_type: String,
     /// The request's payload; for `pcast.Authenticate`, with the gateway's fields filled in.
     pub payload: Vec<u8>,
+    /// The claims of the verified digest token a `pcast.Authenticate` carries (boxed: rare, and
+    /// every output would otherwise be as large).
+    pub claims: Option<Box<Claims>>,
 }
 
 /// A typed answer: the message type (empty means the request's type + `Response`) and payload.
@@ -96,13 +101,37 @@ pub enum Target {
     Conversation(String),
 }
 
+/// A request made ready for the backend.
+pub(crate) struct Prepared {
+    payload: Vec<u8>,
+    intent: Option<Intent>,
+    claims: Option<Claims>,
+}
+
+/// Why a request does not go to the backend.
+pub(crate) enum Unfit {
+    /// Its payload is not its type.
+    Malformed,
+    /// The token does not allow it.
+    Token(Refusal),
+}
+
 /// What a successful reply changes in the gateway's own tables.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Intent {
-    Authenticate,
-    Join { room_id: Option<String> },
-    Leave { room_id: String },
-    SubscribeConversation { room_id: String },
+    /// The connection gets the session the reply names, and the room limit of its token.
+    Authenticate {
+        room_tag: Option<RequiredTag>,
+    },
+    Join {
+        room_id: Option<String>,
+    },
+    Leave {
+        room_id: String,
+    },
+    SubscribeConversation {
+        room_id: String,
+    },
 }
 
 impl Intent {
@@ -197,9 +226,14 @@ impl Gateway {
         if let Some(reason) = refusal {
             return self.refuse_request(id, &request_id, &msg.r#type, encoding, reason);
         }
-        let (payload, intent) = match self.prepare(id, &msg.r#type, msg.payload) {
+        let Prepared { payload, intent, claims } = match self.prepare(id, &msg.r#type, msg.payload) {
             Ok(prepared) => prepared,
-            Err(()) => return self.refuse_request(id, &request_id, &msg.r#type, encoding, "malformed"),
+            Err(Unfit::Malformed) => {
+                return self.refuse_request(id, &request_id, &msg.r#type, encoding, "malformed");
+            }
+            Err(Unfit::Token(refusal)) => {
+                return self.refuse_token(id, &request_id, &msg.r#type, encoding, &refusal);
+            }
         };
         // A join or a conversation subscribe naming its room: hear the room from before the
         // backend decides, so nothing published right after its decision is missed.
@@ -219,6 +253,7 @@ impl Gateway {
             remote: conn.remote,
             request_type: msg.r#type.clone(),
             payload,
+            claims: claims.map(Box::new),
         };
         self.timers.arm(deadline, Timer::Request(token));
         self.trace(
@@ -241,39 +276,83 @@ impl Gateway {
         self.push(Output::Backend(backend));
     }
 
-    /// Fills in what the gateway owes the backend (the seed's adapter did the same) and reads
-    /// what a successful reply will change. `Err` for a payload of the wrong shape.
-    fn prepare(
-        &self,
-        id: ConnectionId,
-        request_type: &str,
-        payload: Vec<u8>,
-    ) -> Result<(Vec<u8>, Option<Intent>), ()> {
+    /// Fills in what the gateway owes the backend (the seed's adapter did the same), checks the
+    /// token of an authentication and the room of a join against it, and reads what a successful
+    /// reply will change.
+    fn prepare(&self, id: ConnectionId, request_type: &str, payload: Vec<u8>) -> Result<Prepared, Unfit> {
         let conn = self.registry.get(&id).expect("caller checked");
+        let plain = |payload, intent| Ok(Prepared { payload, intent, claims: None });
         match request_type {
             "pcast.Authenticate" => {
-                let mut auth = pcast::Authenticate::decode(payload.as_slice()).map_err(|_| ())?;
+                let mut auth =
+                    pcast::Authenticate::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
+                let claims = self
+                    .config
+                    .tokens
+                    .check(&auth.authentication_token, conn.remote, auth.session_id.as_deref(), self.now_ms())
+                    .map_err(Unfit::Token)?;
                 auth.connection_id = Some(id.to_string());
                 auth.connection_route_key = Some(self.config.route_key.clone());
                 auth.remote_address = Some(conn.remote.to_string());
-                Ok((auth.encode_to_vec(), Some(Intent::Authenticate)))
+                let room_tag = claims.as_ref().and_then(|c| c.required_tag.clone());
+                Ok(Prepared {
+                    payload: auth.encode_to_vec(),
+                    intent: Some(Intent::Authenticate { room_tag }),
+                    claims,
+                })
             }
             "chat.JoinRoom" => {
-                let join = chat::JoinRoom::decode(payload.as_slice()).map_err(|_| ())?;
-                Ok((payload, Some(Intent::Join { room_id: join.room_id })))
+                let join = chat::JoinRoom::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
+                if !auth::may_join(conn.room_tag.as_ref(), join.room_id.as_deref(), join.alias.as_deref()) {
+                    return Err(Unfit::Token(Refusal::Room));
+                }
+                plain(payload, Some(Intent::Join { room_id: join.room_id }))
             }
             "chat.LeaveRoom" => {
-                let leave = chat::LeaveRoom::decode(payload.as_slice()).map_err(|_| ())?;
-                Ok((payload, Some(Intent::Leave { room_id: leave.room_id })))
+                let leave = chat::LeaveRoom::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
+                plain(payload, Some(Intent::Leave { room_id: leave.room_id }))
             }
             "chat.FetchRoomConversation" => {
-                let fetch = chat::FetchRoomConversation::decode(payload.as_slice()).map_err(|_| ())?;
+                let fetch =
+                    chat::FetchRoomConversation::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
                 let subscribe = fetch.options.contains(&(chat::RoomConversationOption::Subscribe as i32));
-                let intent = subscribe.then_some(Intent::SubscribeConversation { room_id: fetch.room_id });
-                Ok((payload, intent))
+                plain(payload, subscribe.then_some(Intent::SubscribeConversation { room_id: fetch.room_id }))
             }
-            _ => Ok((payload, None)),
+            _ => plain(payload, None),
         }
+    }
+
+    /// Refuses a request the token does not allow: an authentication gets the
+    /// `pcast.AuthenticateResponse{status: "unauthorized"}` the SDK understands, anything else
+    /// `mq.Error{unauthorized}`. The reason is traced and counted; the token is not.
+    fn refuse_token(
+        &mut self,
+        id: ConnectionId,
+        request_id: &str,
+        request_type: &str,
+        encoding: Encoding,
+        refusal: &Refusal,
+    ) {
+        self.trace(Some(id), EventKind::TokenRefused { reason: refusal.label() });
+        if request_type == "pcast.Authenticate" {
+            let payload = pcast::AuthenticateResponse { status: "unauthorized".into(), ..Default::default() };
+            let msg = message(
+                MessageType::Response,
+                Some(request_id),
+                "pcast.AuthenticateResponse",
+                payload.encode_to_vec(),
+            );
+            self.send_message(id, Some(encoding), msg);
+            self.count_answer(id, request_id, request_type, RequestOutcome::Refused, self.now);
+        } else {
+            self.refuse_request(id, request_id, request_type, encoding, "unauthorized");
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, by the injected clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.elapsed_since_start().as_millis()).unwrap_or(u64::MAX);
+        self.config.wall_clock_start_ms.saturating_add(elapsed)
     }
 
     /// Answers a request with `mq.Error{reason}` without involving the backend.

@@ -20,17 +20,18 @@ fn is_ok(status: &str) -> bool {
 impl Gateway {
     pub(crate) fn apply_intent(&mut self, id: ConnectionId, intent: &Intent, payload: &[u8]) {
         // A backend that decides subscriptions sends them itself; the session is still read here.
-        if !self.config.subscriptions_from_replies && *intent != Intent::Authenticate {
+        if !self.config.subscriptions_from_replies && !matches!(intent, Intent::Authenticate { .. }) {
             return;
         }
         match intent {
-            Intent::Authenticate => {
+            Intent::Authenticate { room_tag } => {
                 let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
                     return;
                 };
                 if let (true, Some(session)) = (is_ok(&resp.status), resp.session_id) {
                     if let Some(conn) = self.registry.get_mut(&id) {
                         conn.session_id = Some(session.clone());
+                        conn.room_tag = room_tag.clone();
                     }
                     self.trace(Some(id), EventKind::Authenticated { session_id: session });
                 }

@@ -3,6 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use clientmq_core::TokenPolicy;
+use clientmq_core::edge_auth::{EdgeAuth, StaticTokens};
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{BackendError, Config, Peer, Reply};
 use prost::Message as _;
@@ -34,6 +36,9 @@ pub(crate) fn config() -> Config {
         ended_memory: 4,
         subscriptions_from_replies: true,
         report_interest: false,
+        // The model's own token "t" is accepted: refusals have their own path tests.
+        tokens: TokenPolicy::Check { tokens: StaticTokens::new(["t"]), edge: EdgeAuth::default() },
+        wall_clock_start_ms: 0,
     }
 }
 

@@ -8,7 +8,12 @@ use prost::Message as _;
 use crate::harness::{Harness, SEC, auth_payload, error_reason, ok_reply};
 
 fn bus_config() -> Config {
-    Config { subscriptions_from_replies: false, report_interest: true, ..Config::default() }
+    Config {
+        subscriptions_from_replies: false,
+        report_interest: true,
+        tokens: clientmq_core::TokenPolicy::AcceptAny,
+        ..Config::default()
+    }
 }
 
 /// Interest outputs so far, as (topic, room, on), and forgets them.

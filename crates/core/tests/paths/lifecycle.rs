@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clientmq_core::proto::{chat, pcast};
 use clientmq_core::{
-    Admission, Config, ConnectionId, DisconnectPath, Encoding, EventKind, Input, LostReason, Output, close,
+    Admission, Config, ConnectionId, DisconnectPath, Encoding, EventKind, Input, LostReason, Output,
+    TokenPolicy, close,
 };
 use prost::Message as _;
 
@@ -12,7 +13,11 @@ use crate::harness::*;
 
 #[test]
 fn upgrade_32_char_id_remote_address_from_x_forwarded_for() {
-    let config = Config { trusted_proxies: vec!["127.0.0.1".parse().unwrap()], ..Config::default() };
+    let config = Config {
+        trusted_proxies: vec!["127.0.0.1".parse().unwrap()],
+        tokens: TokenPolicy::AcceptAny,
+        ..Config::default()
+    };
     let mut h = Harness::new(config);
     let xff = [("X-Forwarded-For", "6.6.6.6, 203.0.113.9")];
     let direct = h.open_from("198.51.100.7:4000", &xff);

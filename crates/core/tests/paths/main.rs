@@ -5,3 +5,4 @@ mod harness;
 mod interest;
 mod lifecycle;
 mod messages;
+mod tokens;
