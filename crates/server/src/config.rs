@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::builder::FalseyValueParser;
 use clap::{Parser, ValueEnum};
 
-use crate::chat::{ChatConfig, TokenError, TokenPolicy};
+use crate::chat::ChatConfig;
+use crate::tokens::TokenError;
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +79,11 @@ pub struct Args {
     /// File of accepted tokens, one a line (blank lines and # comments ignored).
     #[arg(long, env = "CLIENTMQ_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// File of EdgeAuth applications whose digest tokens are accepted: lines `APPLICATION_ID
+    /// SECRET` (blank lines and # comments ignored). Digests, expiry, type, bound address,
+    /// session and room are checked here; workers get the verified claims.
+    #[arg(long, env = "CLIENTMQ_EDGE_AUTH_FILE")]
+    pub edge_auth_file: Option<PathBuf>,
     /// The embedded backend's (or the chat worker's) bounds.
     #[command(flatten)]
     pub chat: ChatArgs,
@@ -127,16 +133,15 @@ pub struct ChatArgs {
 }
 
 impl ChatArgs {
-    /// Settings of the chat logic, with `tokens` deciding who may authenticate. `wall_clock_start_ms`
-    /// is left at 0 for the caller to set from the system clock.
-    pub fn chat_config(&self, tokens: TokenPolicy) -> Result<ChatConfig, ArgsError> {
+    /// Settings of the chat logic. `wall_clock_start_ms` is left at 0 for the caller to set from
+    /// the system clock.
+    pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
         // Every membership must fit the connection's subscription table (room + conversation).
         let most = clientmq_core::Config::default().max_subscriptions / 2;
         if self.max_rooms_per_session > most {
             return Err(ArgsError::RoomsPerSession(most));
         }
         Ok(ChatConfig {
-            tokens,
             session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,
             room_idle: non_negative_secs("room-idle-secs", self.room_idle_secs)?,
             max_sessions: positive("max-sessions", self.max_sessions)?,
@@ -239,12 +244,10 @@ fn positive(name: &'static str, value: usize) -> Result<usize, ArgsError> {
 }
 
 impl Args {
-    /// Settings of the embedded backend. Reads `--tokens-file`; `wall_clock_start_ms` is left
-    /// at 0 for the caller to set from the system clock.
+    /// Settings of the embedded backend. `wall_clock_start_ms` is left at 0 for the caller to
+    /// set from the system clock.
     pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
-        let tokens =
-            TokenPolicy::from_sources(self.dev_accept_any_token, &self.tokens, self.tokens_file.as_deref())?;
-        self.chat.chat_config(tokens)
+        self.chat.chat_config()
     }
 
     /// The gateway's route key on the bus: its name and a random suffix, or `None` without a bus.
@@ -280,6 +283,12 @@ impl Args {
                 .map_err(|_| ArgsError::Seconds("drain-window-secs"))?,
             trusted_proxies: self.trusted_proxies.clone(),
             route_key: self.listen.to_string(),
+            tokens: crate::tokens::policy(
+                self.dev_accept_any_token,
+                &self.tokens,
+                self.tokens_file.as_deref(),
+                self.edge_auth_file.as_deref(),
+            )?,
             ..clientmq_core::Config::default()
         };
         gateway.validate()?;

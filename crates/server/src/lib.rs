@@ -17,6 +17,7 @@ pub mod http;
 pub mod metrics;
 pub mod rawws;
 pub mod shard;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -33,7 +34,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
 pub use backend::{Backend, EchoBackend};
-pub use chat::{ChatConfig, EmbeddedBackend, TokenPolicy};
+pub use chat::{ChatConfig, EmbeddedBackend};
 pub use config::{Args, InvariantSink, LogFormat, ServerConfig, TraceSink};
 use http::{Head, Prefixed};
 use metrics::{Metrics, ShardGauges};

@@ -21,10 +21,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Read once here: the backend derives every later wire timestamp from tokio's clock.
-    chat.wall_clock_start_ms =
+    // Read once here: every later wire timestamp and token expiry counts from tokio's clock.
+    let start_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
+    chat.wall_clock_start_ms = start_ms;
+    config.gateway.wall_clock_start_ms = start_ms;
     init_logging(args.log_format);
+    clientmq_server::tokens::announce(&config.gateway.tokens);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(args.listen).await {

@@ -57,6 +57,7 @@ pub struct Metrics {
     duration: Histogram,
     rtt: Histogram,
     dropped: Family<Labels, Counter>,
+    token_refusals: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +84,7 @@ impl Metrics {
             duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             rtt: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             dropped: Family::default(),
+            token_refusals: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_open", "Open connections (the registries' size)", m.open.clone());
@@ -96,6 +98,11 @@ impl Metrics {
         registry.register("rtt_seconds", "Heartbeat round trip time", m.rtt.clone());
         registry.register("frames_dropped", "Incoming frames dropped, by reason", m.dropped.clone());
         registry.register("subscriptions", "Room and conversation subscriptions", m.subscriptions.clone());
+        registry.register(
+            "token_refusals",
+            "Authentications and joins refused by the token policy, by reason",
+            m.token_refusals.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -129,6 +136,9 @@ impl Metrics {
             EventKind::Pong { rtt } => self.rtt.observe(rtt.as_secs_f64()),
             EventKind::Dropped { reason } => {
                 self.dropped.get_or_create(&vec![("reason", reason.label().to_owned())]).inc();
+            }
+            EventKind::TokenRefused { reason } => {
+                self.token_refusals.get_or_create(&vec![("reason", (*reason).to_owned())]).inc();
             }
             _ => {}
         }

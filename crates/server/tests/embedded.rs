@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use clientmq_server::chat::{ChatConfig, TokenPolicy};
+use clientmq_server::chat::ChatConfig;
 use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{EmbeddedBackend, Server, ServerConfig};
 use common::{eventually, metric};
@@ -38,7 +38,8 @@ async fn start_with(heartbeat: Duration, grace: Duration) -> (Server, Arc<Embedd
     config.gateway.heartbeat_interval = heartbeat;
     config.gateway.close_timeout = 300 * MS;
     config.gateway.drain_window = 100 * MS;
-    let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, session_grace: grace, ..ChatConfig::default() };
+    config.gateway.tokens = clientmq_core::TokenPolicy::AcceptAny;
+    let chat = ChatConfig { session_grace: grace, ..ChatConfig::default() };
     let backend = Arc::new(EmbeddedBackend::new(chat, Some(7)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -51,6 +51,7 @@ fn config() -> ServerConfig {
     c.handshake_timeout = 300 * MS;
     c.max_frame_bytes = 4096;
     c.gateway.max_message_size = 4096;
+    c.gateway.tokens = clientmq_core::TokenPolicy::AcceptAny;
     c
 }
 

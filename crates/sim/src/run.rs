@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
 
-use clientmq_server::chat::{ChatConfig, TokenPolicy};
+use clientmq_server::chat::ChatConfig;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
 
 use crate::backend::SimBackend;
@@ -154,6 +154,7 @@ pub fn server_config(
     let shards = s.shards.unwrap_or(1).max(1);
     let mut c = ServerConfig { shards, seed: Some(seed), ..ServerConfig::default() };
     let g = &mut c.gateway;
+    g.tokens = clientmq_core::TokenPolicy::AcceptAny;
     g.max_connections = s.max_connections.unwrap_or(g.max_connections);
     g.heartbeat_interval = secs(s.heartbeat_secs, g.heartbeat_interval);
     g.close_timeout = secs(s.close_timeout_secs, g.close_timeout);
@@ -216,7 +217,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
             let proc = Proc::new("gateway", n as u32);
             let config = server_config(&scenario, seed, &trace, &proc, &broken, &options);
             // A restarted process starts with an empty backend too.
-            let chat = ChatConfig { tokens: TokenPolicy::AcceptAny, ..ChatConfig::default() };
+            let chat = ChatConfig::default();
             let backend = SimBackend::sharing(EmbeddedBackend::new(chat, Some(seed)), mode.clone());
             let current = current.clone();
             async move {

@@ -9,7 +9,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use clientmq_server::LogFormat;
 use clientmq_server::bus::nats::NatsBus;
-use clientmq_server::chat::TokenPolicy;
 use clientmq_server::chat::worker::{self, WorkerConfig};
 use clientmq_server::cli::{init_logging, shutdown_signal};
 use clientmq_server::config::ChatArgs;
@@ -37,7 +36,7 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     // Gateways verify tokens before anything reaches a worker.
-    let mut chat = match args.chat.chat_config(TokenPolicy::AcceptAny) {
+    let mut chat = match args.chat.chat_config() {
         Ok(chat) => chat,
         Err(e) => {
             eprintln!("clientmq-chat: {e}");

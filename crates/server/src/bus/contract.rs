@@ -4,6 +4,9 @@
 
 use std::fmt::Write as _;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use clientmq_core::edge_auth::Claims;
 use clientmq_core::{ConnectionId, Topic};
 
 /// Subject prefix unless configured (`--nats-prefix`).
@@ -36,8 +39,11 @@ pub mod header {
     pub const TYPE: &str = "Clientmq-Type";
     /// Milliseconds the gateway will wait for the reply.
     pub const TIMEOUT_MS: &str = "Clientmq-Timeout-Ms";
-    /// Claims of a verified token, as JSON (on `pcast.Authenticate` requests).
+    /// Claims of the verified EdgeAuth token of a `pcast.Authenticate`: base64 (standard, padded)
+    /// of the claims JSON exactly as signed.
     pub const CLAIMS: &str = "Clientmq-Claims";
+    /// The application whose secret signed those claims.
+    pub const APPLICATION: &str = "Clientmq-Application";
     /// `room ROOM` or `conversation ROOM`; may repeat.
     pub const SUBSCRIBE: &str = "Clientmq-Subscribe";
     pub const UNSUBSCRIBE: &str = "Clientmq-Unsubscribe";
@@ -200,6 +206,17 @@ pub fn room_from_token(token: &str) -> Option<String> {
     let bytes: Option<Vec<u8>> =
         (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
     String::from_utf8(bytes?).ok()
+}
+
+/// The claims headers of a verified token.
+pub fn claims_headers(claims: &Claims) -> [(&'static str, String); 2] {
+    [(header::APPLICATION, claims.application_id.clone()), (header::CLAIMS, STANDARD.encode(&claims.raw))]
+}
+
+/// Reads the claims a gateway verified back from a request's headers.
+pub fn parse_claims(application: &str, encoded: &str) -> Option<Claims> {
+    let raw = String::from_utf8(STANDARD.decode(encoded).ok()?).ok()?;
+    Claims::from_verified(application, &raw).ok()
 }
 
 /// The value of a subscribe or unsubscribe header.

@@ -147,6 +147,9 @@ impl<B: Bus> Backend for BusBackend<B> {
         if let Some(session) = req.session_id {
             msg = msg.with(header::SESSION, session);
         }
+        for (name, value) in req.claims.as_deref().map(contract::claims_headers).into_iter().flatten() {
+            msg = msg.with(name, value);
+        }
         if s.ops.send(Op::Request { token, msg }).is_err() {
             return Err(BackendError::Unavailable);
         }

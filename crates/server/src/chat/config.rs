@@ -1,78 +1,11 @@
-//! Settings of the embedded backend: who may authenticate, and every bound it enforces.
+//! Settings of the chat logic: every bound it enforces. Who may authenticate is the gateway's
+//! to check (`crate::tokens`).
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Which `authenticationToken`s open a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenPolicy {
-    /// Nothing configured: every Authenticate is refused (safe default; the log says how to fix it).
-    DenyAll,
-    /// Exactly these tokens.
-    Accept(BTreeSet<String>),
-    /// Development only: any non-empty token.
-    AcceptAny,
-}
-
-impl TokenPolicy {
-    pub fn accepts(&self, token: &str) -> bool {
-        match self {
-            _ if token.is_empty() => false,
-            TokenPolicy::DenyAll => false,
-            TokenPolicy::Accept(tokens) => tokens.contains(token),
-            TokenPolicy::AcceptAny => true,
-        }
-    }
-
-    /// Builds the policy from the CLI's three sources.
-    pub fn from_sources(
-        dev_accept_any: bool,
-        tokens: &[String],
-        tokens_file: Option<&Path>,
-    ) -> Result<TokenPolicy, TokenError> {
-        let mut accepted: BTreeSet<String> =
-            tokens.iter().map(|t| t.trim()).filter(|t| !t.is_empty()).map(str::to_owned).collect();
-        if let Some(path) = tokens_file {
-            accepted.extend(read_tokens_file(path)?);
-        }
-        match (dev_accept_any, accepted.is_empty(), tokens_file.is_some()) {
-            (true, true, false) => Ok(TokenPolicy::AcceptAny),
-            (true, _, _) => Err(TokenError::DevModeWithTokens),
-            (false, true, true) => Err(TokenError::EmptyFile(tokens_file.expect("checked").to_owned())),
-            (false, true, false) => Ok(TokenPolicy::DenyAll),
-            (false, false, _) => Ok(TokenPolicy::Accept(accepted)),
-        }
-    }
-}
-
-/// A token configuration that cannot work.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
-    #[error("cannot read --tokens-file {path}: {reason}")]
-    Unreadable { path: PathBuf, reason: String },
-    #[error("--tokens-file {0} holds no token (one a line; blank lines and # comments are ignored)")]
-    EmptyFile(PathBuf),
-    #[error("--dev-accept-any-token cannot be combined with --tokens or --tokens-file")]
-    DevModeWithTokens,
-}
-
-/// One token a line; blank lines and lines starting with `#` are skipped.
-fn read_tokens_file(path: &Path) -> Result<Vec<String>, TokenError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| TokenError::Unreadable { path: path.to_owned(), reason: e.to_string() })?;
-    Ok(text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_owned)
-        .collect())
-}
-
-/// Embedded backend settings. [`ChatConfig::default`] denies every token; see [`TokenPolicy`].
+/// Settings of the chat logic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChatConfig {
-    pub tokens: TokenPolicy,
     /// How long a session outlives its last connection; a re-Authenticate within it resumes.
     pub session_grace: Duration,
     /// How long a room with no members is kept before it is forgotten.
@@ -103,7 +36,6 @@ pub struct ChatConfig {
 impl Default for ChatConfig {
     fn default() -> Self {
         ChatConfig {
-            tokens: TokenPolicy::DenyAll,
             session_grace: Duration::from_secs(30),
             room_idle: Duration::from_secs(3600),
             max_sessions: 10_000,
@@ -117,44 +49,5 @@ impl Default for ChatConfig {
             delivery_queue: 16 * 1024,
             wall_clock_start_ms: 0,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn policies_from_sources() {
-        let none: &[String] = &[];
-        assert_eq!(TokenPolicy::from_sources(false, none, None), Ok(TokenPolicy::DenyAll));
-        assert_eq!(TokenPolicy::from_sources(true, none, None), Ok(TokenPolicy::AcceptAny));
-        let list = ["a".to_owned(), " ".to_owned()];
-        let policy = TokenPolicy::from_sources(false, &list, None).unwrap();
-        assert!(policy.accepts("a") && !policy.accepts("b") && !policy.accepts(""));
-        assert_eq!(TokenPolicy::from_sources(true, &list, None), Err(TokenError::DevModeWithTokens));
-        assert!(TokenPolicy::AcceptAny.accepts("x") && !TokenPolicy::AcceptAny.accepts(""));
-        assert!(!TokenPolicy::DenyAll.accepts("x"));
-    }
-
-    #[test]
-    fn tokens_file_skips_comments_and_blanks() {
-        let dir = std::env::temp_dir().join(format!("clientmq-tokens-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("tokens");
-        std::fs::write(&file, "# ops tokens\n\n alpha \nbeta\n").unwrap();
-        let policy = TokenPolicy::from_sources(false, &[], Some(&file)).unwrap();
-        assert_eq!(policy, TokenPolicy::Accept(["alpha".to_owned(), "beta".to_owned()].into()));
-        std::fs::write(&file, "# nothing\n").unwrap();
-        assert_eq!(
-            TokenPolicy::from_sources(false, &[], Some(&file)),
-            Err(TokenError::EmptyFile(file.clone()))
-        );
-        let missing = dir.join("missing");
-        assert!(matches!(
-            TokenPolicy::from_sources(false, &[], Some(&missing)),
-            Err(TokenError::Unreadable { .. })
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{Notify, mpsc};
 use crate::backend::Backend;
 use crate::shard::GatewayHandle;
 
-pub use config::{ChatConfig, TokenError, TokenPolicy};
+pub use config::ChatConfig;
 pub use state::{ChatInvariant, ChatState, ChatStats};
 pub use wire::{Delivery, Outgoing, Subscription, reason, status};
 
@@ -87,19 +87,6 @@ impl EmbeddedBackend {
     /// A backend with no sessions or rooms. `seed` makes its ids reproducible (the simulator's and
     /// tests' case); without it they come from the OS.
     pub fn new(config: ChatConfig, seed: Option<u64>) -> Self {
-        match &config.tokens {
-            TokenPolicy::AcceptAny => tracing::warn!(
-                "DEVELOPMENT MODE: any non-empty authentication token is accepted (--dev-accept-any-token); \
-                 do not use in production"
-            ),
-            TokenPolicy::Accept(tokens) => {
-                tracing::info!(tokens = tokens.len(), "accepting configured tokens")
-            }
-            TokenPolicy::DenyAll => tracing::warn!(
-                "no authentication tokens configured: every pcast.Authenticate will be refused; \
-                 pass --tokens, --tokens-file, or --dev-accept-any-token for local development"
-            ),
-        }
         let rng = match seed {
             Some(seed) => StdRng::seed_from_u64(seed ^ SEED_SALT),
             None => rand::make_rng(),
@@ -193,7 +180,8 @@ impl Backend for EmbeddedBackend {
         if req.request_type == "mq.PingPong" {
             return Ok(Reply { reply_type: "mq.PingPongResponse".into(), payload: req.payload });
         }
-        Ok(self.with_state(|s| s.handle(req.conn, &req.request_type, &req.payload, now())))
+        Ok(self
+            .with_state(|s| s.handle(req.conn, &req.request_type, &req.payload, req.claims.as_deref(), now())))
     }
 
     fn disconnected(&self, event: pcast::ConnectionDisconnected) {

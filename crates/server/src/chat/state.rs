@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Instant;
 
+use clientmq_core::edge_auth::Claims;
 use clientmq_core::proto::{chat, pcast};
 use clientmq_core::{ConnectionId, Reply, Topic};
 use prost::Message;
@@ -153,11 +154,19 @@ impl ChatState {
         self.config.wall_clock_start_ms.saturating_add(u64::try_from(elapsed).unwrap_or(u64::MAX))
     }
 
-    /// Answers one client request of connection `conn`.
-    pub fn handle(&mut self, conn: ConnectionId, request_type: &str, payload: &[u8], now: Instant) -> Reply {
+    /// Answers one client request of connection `conn`. `claims` are those of the verified
+    /// digest token of a `pcast.Authenticate` (the gateway checked the token itself).
+    pub fn handle(
+        &mut self,
+        conn: ConnectionId,
+        request_type: &str,
+        payload: &[u8],
+        claims: Option<&Claims>,
+        now: Instant,
+    ) -> Reply {
         self.advance(now);
         if request_type == "pcast.Authenticate" {
-            return respond(request_type, payload, |auth| self.authenticate(conn, auth));
+            return respond(request_type, payload, |auth| self.authenticate(conn, auth, claims));
         }
         let Some(session) = self.conns.get(&conn).cloned() else {
             return wire::error(reason::UNAUTHORIZED);
@@ -182,14 +191,24 @@ impl ChatState {
         std::mem::take(&mut self.outbox)
     }
 
-    fn authenticate(&mut self, conn: ConnectionId, auth: pcast::Authenticate) -> pcast::AuthenticateResponse {
+    fn authenticate(
+        &mut self,
+        conn: ConnectionId,
+        auth: pcast::Authenticate,
+        claims: Option<&Claims>,
+    ) -> pcast::AuthenticateResponse {
         let refuse =
             |status: &str| pcast::AuthenticateResponse { status: status.to_owned(), ..Default::default() };
         // A request that raced past its connection's end must not bind anything to it.
-        if self.ended_set.contains(&conn) || !self.config.tokens.accepts(&auth.authentication_token) {
+        if self.ended_set.contains(&conn) {
             return refuse(status::UNAUTHORIZED);
         }
         let resumed = auth.session_id.filter(|id| self.sessions.contains_key(id));
+        // A token minted for one session resumes that session or nothing: the gateway checked it
+        // is the one asked for; here, that it still exists.
+        if claims.is_some_and(|c| c.session_id.is_some()) && resumed.is_none() {
+            return refuse(status::UNAUTHORIZED);
+        }
         let id = match resumed {
             Some(id) => id,
             None if self.sessions.len() >= self.config.max_sessions => return refuse(status::CAPACITY),

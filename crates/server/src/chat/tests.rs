@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 
 use super::*;
 use chat::RoomEventType;
+use clientmq_core::edge_auth::Claims;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -24,7 +25,6 @@ fn conn(n: u32) -> ConnectionId {
 
 fn config() -> ChatConfig {
     ChatConfig {
-        tokens: TokenPolicy::Accept(["good".to_owned()].into()),
         session_grace: 10 * SEC,
         room_idle: 100 * SEC,
         wall_clock_start_ms: 1_000_000,
@@ -63,7 +63,17 @@ impl Fixture {
     }
 
     fn raw(&mut self, c: ConnectionId, ty: &str, payload: Vec<u8>) -> clientmq_core::Reply {
-        let reply = self.state.handle(c, ty, &payload, self.now);
+        self.raw_with(c, ty, payload, None)
+    }
+
+    fn raw_with(
+        &mut self,
+        c: ConnectionId,
+        ty: &str,
+        payload: Vec<u8>,
+        claims: Option<&Claims>,
+    ) -> clientmq_core::Reply {
+        let reply = self.state.handle(c, ty, &payload, claims, self.now);
         self.state.check_invariants().unwrap();
         reply
     }
@@ -164,9 +174,8 @@ fn requests_before_authenticate_are_unauthorized_and_unknown_types_unsupported()
     let a = conn(1);
     assert_eq!(f.error(a, "chat.CreateRoom", vec![]), reason::UNAUTHORIZED);
     assert_eq!(f.error(a, "some.Thing", vec![]), reason::UNAUTHORIZED);
-    assert_eq!(f.auth(a, "bad", None).status, "unauthorized");
-    assert_eq!(f.auth(a, "", None).status, "unauthorized");
-    assert_eq!(f.error(a, "chat.CreateRoom", vec![]), reason::UNAUTHORIZED);
+    // Tokens are the gateway's to check (crates/core/tests/paths/tokens.rs): what reaches the
+    // chat logic was accepted.
     f.login(a);
     assert_eq!(f.error(a, "pcast.SetupStream", vec![]), reason::UNSUPPORTED);
     assert_eq!(f.error(a, "chat.DestroyRoom", vec![]), reason::UNSUPPORTED);
@@ -174,12 +183,24 @@ fn requests_before_authenticate_are_unauthorized_and_unknown_types_unsupported()
 }
 
 #[test]
-fn token_policies() {
-    let mut deny = Fixture::new(ChatConfig { tokens: TokenPolicy::DenyAll, ..config() });
-    assert_eq!(deny.auth(conn(1), "anything", None).status, "unauthorized");
-    let mut dev = Fixture::new(ChatConfig { tokens: TokenPolicy::AcceptAny, ..config() });
-    assert_eq!(dev.auth(conn(1), "anything", None).status, "ok");
-    assert_eq!(dev.auth(conn(2), "", None).status, "unauthorized");
+fn a_token_minted_for_a_session_resumes_it_or_nothing() {
+    let mut f = Fixture::new(config());
+    let sa = f.login(conn(1));
+    f.state.disconnected(conn(1), f.now);
+    let bound = |session: &str| {
+        Claims::from_verified("app", &format!(r#"{{"expires":1,"sessionId":"{session}"}}"#)).unwrap()
+    };
+    let auth = |session: &str| {
+        pcast::Authenticate { session_id: Some(session.to_owned()), ..Default::default() }.encode_to_vec()
+    };
+    // The gateway made sure the session asked for is the token's; it must still exist here.
+    let resumed = f.raw_with(conn(2), "pcast.Authenticate", auth(&sa), Some(&bound(&sa)));
+    let resumed = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
+    assert_eq!((resumed.status.as_str(), resumed.session_id.as_deref()), ("ok", Some(sa.as_str())));
+    let gone = f.raw_with(conn(3), "pcast.Authenticate", auth("gone"), Some(&bound("gone")));
+    let gone = pcast::AuthenticateResponse::decode(gone.payload.as_slice()).unwrap();
+    assert_eq!(gone.status, "unauthorized", "no new session for a session-bound token");
+    assert_eq!(f.state.stats().sessions, 1);
 }
 
 #[test]

@@ -211,7 +211,11 @@ impl<B: Bus> Worker<B> {
         self.revive(&g).await;
         self.seen(&g).last_seen = now();
         self.routes.insert(conn, g);
-        let answer = self.state.handle(conn, &request_type, &msg.payload, now());
+        let claims = msg
+            .header(header::APPLICATION)
+            .zip(msg.header(header::CLAIMS))
+            .and_then(|(application, claims)| contract::parse_claims(application, claims));
+        let answer = self.state.handle(conn, &request_type, &msg.payload, claims.as_ref(), now());
         self.flush().await;
         self.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
     }
