@@ -1,5 +1,7 @@
 //! Helpers shared by the tests that start the server binary.
 
+pub mod procs;
+
 use std::time::Duration;
 
 use tokio::net::TcpStream;
