@@ -7,178 +7,26 @@
 'use strict';
 
 const assert = require('node:assert/strict');
-const http = require('node:http');
-const readline = require('node:readline');
+
+const {Client: SdkClient, ask, call, fail, gauge: gaugeOf, step, waitFor} = require('./sdk.js');
 
 const PORT = Number(process.env.CLIENTMQ_PORT);
 const TOKEN = process.env.CLIENTMQ_TOKEN || 'interop-token';
-const SDK_LOGS = process.env.INTEROP_SDK_LOGS === '1';
-const WAIT_MS = 10000;
 const RECONNECT_WAIT_MS = 25000;
 const WATCHDOG_MS = 55000;
 
 assert.ok(PORT > 0, 'CLIENTMQ_PORT must name the port of a running clientmq-server');
 
-function fail(error) {
-    console.error('not ok - interop harness failed:', error && error.stack ? error.stack : error);
-    process.exit(1);
-}
-
-process.on('uncaughtException', fail);
-process.on('unhandledRejection', fail);
 setTimeout(() => fail(new Error(`watchdog: the harness ran longer than ${WATCHDOG_MS} ms`)), WATCHDOG_MS).unref();
 
-const sdk = require('phenix-web-sdk/dist/phenix-node-sdk.js');
-
-// The SDK's Node build installs its bundled `ws` as global.WebSocket and creates every socket with
-// `new WebSocket(uri)`. Subclassing it (without changing its behaviour) lets the harness see the
-// close codes each client receives. Sockets made while `owner` is set are attributed to it.
-const SdkWebSocket = global.WebSocket;
-const sockets = [];
-let owner = null;
-global.WebSocket = class ObservedWebSocket extends SdkWebSocket {
-    constructor(...args) {
-        super(...args);
-        const record = {owner, closeCode: null, ws: this};
-        sockets.push(record);
-        // A raw emitter listener: the bundled ws 7 drops every addEventListener listener when
-        // the SDK assigns `onclose`.
-        this.on('close', (code) => {
-            record.closeCode = code;
-        });
-    }
-};
-
-function step(name) {
-    console.log(`ok - ${name}`);
-}
-
-async function waitFor(what, condition, timeoutMs = WAIT_MS) {
-    const deadline = Date.now() + timeoutMs;
-
-    for (;;) {
-        const value = await condition();
-
-        if (value) {
-            return value;
-        }
-
-        if (Date.now() > deadline) {
-            throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-        }
-
-        await new Promise((resolve) => setTimeout(resolve, 25));
-    }
-}
-
-// Wraps an SDK callback API in a promise with a timeout.
-function call(what, start, timeoutMs = WAIT_MS) {
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms: ${what}`)), timeoutMs);
-
-        start((error, response) => {
-            clearTimeout(timer);
-
-            if (error) {
-                reject(new Error(`${what} failed: ${JSON.stringify(error)}`));
-            } else {
-                resolve(response);
-            }
-        });
-    });
-}
-
-function metrics() {
-    return new Promise((resolve) => {
-        const req = http.get({host: '127.0.0.1', port: PORT, path: '/metrics', timeout: 2000}, (res) => {
-            let body = '';
-            res.on('data', (chunk) => {
-                body += chunk;
-            });
-            res.on('end', () => resolve(body));
-        });
-        req.on('error', () => resolve(''));
-        req.on('timeout', () => req.destroy());
-    });
-}
-
-async function gauge(name) {
-    const line = (await metrics()).split('\n').find((l) => l.startsWith(`${name} `));
-
-    return line === undefined ? NaN : Number(line.split(' ')[1]);
-}
-
-class Client {
+class Client extends SdkClient {
     constructor(name) {
-        this.name = name;
-        this.pcast = new sdk.lowLevel.PCast({
-            uri: `ws://127.0.0.1:${PORT}`,
-            disableConsoleLogging: !SDK_LOGS,
-            disableMultiplePCastInstanceWarning: true,
-            disableGlobalErrorListener: true
-        });
+        super(name, PORT, TOKEN);
     }
+}
 
-    async start() {
-        const authenticated = new Promise((resolve) => {
-            owner = this.name;
-
-            try {
-                this.pcast.start(TOKEN, (pcast, status, sessionId) => resolve({status, sessionId}), () => {}, () => {});
-            } finally {
-                owner = null;
-            }
-        });
-        const {status, sessionId} = await waitFor(`${this.name} to authenticate`, () => Promise.race([
-            authenticated,
-            new Promise((resolve) => setTimeout(() => resolve(null), 100))
-        ]));
-
-        assert.equal(status, 'ok', `${this.name} authenticates`);
-        assert.ok(sessionId, `${this.name} gets a session id`);
-        this.sessionId = sessionId;
-        this.rooms = new sdk.lowLevel.RoomService(this.pcast);
-        this.rooms.start('Participant', this.name);
-    }
-
-    ownSockets() {
-        return sockets.filter((s) => s.owner === this.name);
-    }
-
-    memberIds() {
-        const room = this.rooms.getObservableActiveRoom().getValue();
-
-        return room ? room.getObservableMembers().getValue().map((m) => m.getSessionId()).sort() : [];
-    }
-
-    async enter(roomId, alias) {
-        const response = await call(`${this.name} enters the room`, (cb) => this.rooms.enterRoom(roomId, alias, cb));
-
-        assert.equal(response.status, 'ok', `${this.name} enters the room`);
-
-        return response.room;
-    }
-
-    messages() {
-        return this.rooms.getChatService().getObservableChatMessages().getValue()
-            .map((m) => `${m.from.screenName}: ${m.message}`);
-    }
-
-    // Reconnect sockets cannot be attributed to a client, so stop one client at a time: exactly
-    // one socket that was open must close, with 1000 byebye.
-    async stop() {
-        if (this.rooms.isInRoom()) {
-            await call(`${this.name} leaves on stop`, (cb) => this.rooms.leaveRoom(cb, false));
-        }
-
-        const open = sockets.filter((s) => s.closeCode === null);
-        this.rooms.stop('done');
-        this.pcast.stop('done');
-        await waitFor(`${this.name}'s socket to close`, () => open.some((s) => s.closeCode !== null));
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        const closed = open.filter((s) => s.closeCode !== null).map((s) => s.closeCode);
-        assert.deepEqual(closed, [1000], `${this.name} closes its one socket with 1000 byebye`);
-    }
+function gauge(name) {
+    return gaugeOf(PORT, name);
 }
 
 async function roomsAndChat() {
@@ -266,20 +114,7 @@ async function roomsAndChat() {
 }
 
 function waitForRestart() {
-    const lines = readline.createInterface({input: process.stdin});
-
-    return new Promise((resolve, reject) => {
-        const timer = setTimeout(() => reject(new Error('no "restarted" on stdin in time')), RECONNECT_WAIT_MS);
-
-        lines.on('line', (line) => {
-            if (line.trim() === 'restarted') {
-                clearTimeout(timer);
-                lines.close();
-                resolve();
-            }
-        });
-        console.log('@@clientmq drain');
-    });
+    return ask('drain', 'restarted', RECONNECT_WAIT_MS);
 }
 
 async function drainAndReconnect() {

@@ -1,0 +1,265 @@
+//! Two gateways and one chat worker on a real nats-server, driven by the unmodified Phenix SDK
+//! (`interop/fleet.js`): clients on different gateways share a room and chat both ways in order;
+//! a gateway is SIGKILLed (one client resumes its session through the other gateway, the other's
+//! session ends after the grace period); nats-server stops and starts again (requests fail fast
+//! while it is away, everything works after, and nothing is left in the room at the end).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use clientmq_core::proto::{chat, mq, pcast};
+use clientmq_core::{Encoding, Frame, codec};
+use clientmq_server::rawws;
+use common::procs::{
+    Log, Nats, Proc, collect, free_port, http_get, npm_ci, scrape, wait_for, wait_listening,
+};
+use prost::Message as _;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+const TOKEN: &str = "fleet-token";
+const GRACE_SECS: u64 = 4;
+const HARNESS_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn interop_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+}
+
+/// A TCP proxy whose upstream can be switched: what a load balancer does for clients whose
+/// gateway died.
+async fn proxy(target: Arc<AtomicU16>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let upstream = target.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut server) = TcpStream::connect(("127.0.0.1", upstream)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A client below any WebSocket library, for checks the SDK cannot make.
+struct Raw {
+    stream: TcpStream,
+    next: u32,
+}
+
+impl Raw {
+    async fn connect(port: u16) -> Raw {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        assert_eq!(rawws::upgrade(&mut stream, "/ws", &[]).await.unwrap(), 101);
+        Raw { stream, next: 0 }
+    }
+
+    /// Sends a request and waits (at most 20 s) for its answer: its type and payload.
+    async fn call(&mut self, ty: &str, payload: Vec<u8>) -> (String, Vec<u8>) {
+        let id = format!("C{}", self.next);
+        self.next += 1;
+        let msg = mq::Message {
+            request_id: Some(id.clone()),
+            r#type: ty.into(),
+            payload,
+            message_type: Some(mq::message::MessageType::Request as i32),
+            ..Default::default()
+        };
+        let Frame::Binary(bytes) = codec::encode(&msg, Encoding::Binary) else { unreachable!() };
+        rawws::write_frame(&mut self.stream, rawws::BINARY, &bytes).await.unwrap();
+        let answer = async {
+            loop {
+                let frame = rawws::read_frame(&mut self.stream).await.unwrap().expect("an answer before EOF");
+                if frame.opcode != rawws::BINARY {
+                    continue;
+                }
+                let msg = codec::decode(&Frame::Binary(frame.payload), usize::MAX).unwrap();
+                if msg.request_id.as_deref() == Some(&id) {
+                    return (msg.r#type, msg.payload);
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), answer).await.expect("an answer within 20 s")
+    }
+
+    async fn authenticate(&mut self) -> (String, Vec<u8>) {
+        let auth = pcast::Authenticate {
+            client_version: "test".into(),
+            device_id: "raw".into(),
+            platform: "test".into(),
+            platform_version: "1".into(),
+            authentication_token: TOKEN.into(),
+            ..Default::default()
+        };
+        self.call("pcast.Authenticate", auth.encode_to_vec()).await
+    }
+
+    async fn close(mut self) {
+        let _ = rawws::write_frame(&mut self.stream, rawws::CLOSE, &rawws::close_payload(1000, "done")).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), rawws::read_frame(&mut self.stream)).await;
+    }
+}
+
+fn reason(payload: &[u8]) -> String {
+    mq::Error::decode(payload).map(|e| e.reason).unwrap_or_default()
+}
+
+/// Whether a fresh client on `port` authenticates: gateway, bus and worker all answer.
+async fn serves(port: u16) -> bool {
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port))).await
+    else {
+        return false;
+    };
+    if !matches!(rawws::upgrade(&mut s, "/ws", &[]).await, Ok(101)) {
+        return false;
+    }
+    let mut raw = Raw { stream: s, next: 0 };
+    let (ty, payload) = raw.authenticate().await;
+    let ok = ty == "pcast.AuthenticateResponse"
+        && pcast::AuthenticateResponse::decode(payload.as_slice()).is_ok_and(|r| r.status == "ok");
+    raw.close().await;
+    ok
+}
+
+fn gateway(nats: &Nats, port: u16, name: &str, log: &Log) -> Proc {
+    let args = [
+        "--nats",
+        &nats.url(),
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--gateway-name",
+        name,
+        "--tokens",
+        TOKEN,
+        "--shards",
+        "2",
+        "--drain-window-secs",
+        "0.2",
+        "--drain-deadline-secs",
+        "10",
+    ]
+    .map(str::to_owned);
+    Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, name, log)
+}
+
+/// The bus goes away: the gateway says it is not ready and answers requests at once with
+/// `unavailable`; then it comes back and the worker answers again.
+async fn bus_outage(nats: &mut Nats, gw2: u16, log: &Log) {
+    let mut raw = Raw::connect(gw2).await;
+    nats.stop().await;
+    wait_for(Duration::from_secs(15), "/readyz 503 while the bus is away", log, || async {
+        http_get(gw2, "/readyz").await.0 == 503
+    })
+    .await;
+    let started = Instant::now();
+    let (ty, payload) = raw.authenticate().await;
+    let took = started.elapsed();
+    assert_eq!((ty.as_str(), reason(&payload).as_str()), ("mq.Error", "unavailable"));
+    assert!(took < Duration::from_secs(1), "failed fast: {took:?}");
+    raw.close().await;
+    nats.restart().await;
+    wait_for(Duration::from_secs(20), "/readyz 200 again", log, || async {
+        http_get(gw2, "/readyz").await.0 == 200
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "the worker answering again", log, || serves(gw2)).await;
+}
+
+/// After everyone left: the room has no member left, and gateway 2 holds only this client.
+async fn nothing_left(gw2: u16, alias: &str) {
+    let mut raw = Raw::connect(gw2).await;
+    let (ty, _) = raw.authenticate().await;
+    assert_eq!(ty, "pcast.AuthenticateResponse");
+    let info = chat::GetRoomInfo { alias: Some(alias.into()), ..Default::default() };
+    let (ty, payload) = raw.call("chat.GetRoomInfo", info.encode_to_vec()).await;
+    assert_eq!(ty, "chat.GetRoomInfoResponse");
+    let info = chat::GetRoomInfoResponse::decode(payload.as_slice()).unwrap();
+    assert_eq!(info.status, "ok", "the room is still known");
+    assert!(info.members.is_empty(), "nothing left in the room: {:?}", info.members);
+    assert_eq!(scrape(gw2, "clientmq_connections_open").await, 1.0);
+    raw.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
+    let dir = interop_dir();
+    npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+    let log = Log::default();
+    let mut nats = Nats::start(&log).await;
+    let grace = GRACE_SECS.to_string();
+    let worker_args =
+        ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"].map(str::to_owned);
+    let worker = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &worker_args, "chat", &log);
+    let (p1, p2) = (free_port(), free_port());
+    let gw1 = gateway(&nats, p1, "gw1", &log);
+    let gw2 = gateway(&nats, p2, "gw2", &log);
+    for port in [p1, p2] {
+        wait_listening(port, "a gateway").await;
+        wait_for(Duration::from_secs(20), "gateway, bus and worker to serve", &log, || serves(port)).await;
+    }
+    let upstream = Arc::new(AtomicU16::new(p1));
+    let proxy_port = proxy(upstream.clone()).await;
+
+    let mut harness = Command::new("node")
+        .arg("fleet.js")
+        .current_dir(&dir)
+        .env("CLIENTMQ_GW1_PORT", p1.to_string())
+        .env("CLIENTMQ_GW2_PORT", p2.to_string())
+        .env("CLIENTMQ_PROXY_PORT", proxy_port.to_string())
+        .env("CLIENTMQ_TOKEN", TOKEN)
+        .env("CLIENTMQ_GRACE_MS", (GRACE_SECS * 1000).to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts (Node.js is needed for this test)");
+    let mut stdin = harness.stdin.take().unwrap();
+    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
+    collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+    let mut gw1 = Some(gw1);
+    let mut room = None;
+    let run = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            log.lock().unwrap().push(format!("[harness] {line}"));
+            match line.trim() {
+                "@@clientmq kill-gw1" => {
+                    gw1.take().expect("one kill").kill().await;
+                    upstream.store(p2, Ordering::SeqCst);
+                    stdin.write_all(b"done\n").await.unwrap();
+                }
+                "@@clientmq stop-nats" => {
+                    bus_outage(&mut nats, p2, &log).await;
+                    stdin.write_all(b"done\n").await.unwrap();
+                }
+                other => {
+                    if let Some(alias) = other.strip_prefix("@@clientmq room ") {
+                        room = Some(alias.to_owned());
+                    }
+                }
+            }
+        }
+        harness.wait().await.unwrap()
+    };
+    let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
+    let transcript = log.lock().unwrap().join("\n");
+    match outcome {
+        Ok(status) => assert!(status.success(), "the fleet harness failed ({status:?}):\n{transcript}"),
+        Err(_) => panic!("the fleet harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
+    }
+    println!("{transcript}");
+    assert!(transcript.contains("ok - fleet harness passed"), "{transcript}");
+    nothing_left(p2, &room.expect("the harness names its room")).await;
+    gw2.terminate(Duration::from_secs(15)).await;
+    worker.terminate(Duration::from_secs(5)).await;
+    nats.stop().await;
+}

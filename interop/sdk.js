@@ -1,0 +1,211 @@
+// What the interop harnesses share: the unmodified Phenix web SDK (Node build), a client that
+// wraps its PCast and RoomService, and small helpers (waiting with deadlines, SDK callbacks as
+// promises, the server's /metrics). Requires `npm ci --ignore-scripts` in this folder.
+'use strict';
+
+const assert = require('node:assert/strict');
+const http = require('node:http');
+const readline = require('node:readline');
+
+const SDK_LOGS = process.env.INTEROP_SDK_LOGS === '1';
+const WAIT_MS = 10000;
+
+function fail(error) {
+    console.error('not ok - interop harness failed:', error && error.stack ? error.stack : error);
+    process.exit(1);
+}
+
+process.on('uncaughtException', fail);
+process.on('unhandledRejection', fail);
+
+const sdk = require('phenix-web-sdk/dist/phenix-node-sdk.js');
+
+// The SDK's Node build installs its bundled `ws` as global.WebSocket and creates every socket with
+// `new WebSocket(uri)`. Subclassing it (without changing its behaviour) lets a harness see the
+// close codes each client receives. Sockets made while `owner` is set are attributed to it.
+const SdkWebSocket = global.WebSocket;
+const sockets = [];
+let owner = null;
+global.WebSocket = class ObservedWebSocket extends SdkWebSocket {
+    constructor(...args) {
+        super(...args);
+        const record = {owner, closeCode: null, ws: this};
+        sockets.push(record);
+        // A raw emitter listener: the bundled ws 7 drops every addEventListener listener when
+        // the SDK assigns `onclose`.
+        this.on('close', (code) => {
+            record.closeCode = code;
+        });
+    }
+};
+
+function step(name) {
+    console.log(`ok - ${name}`);
+}
+
+function sleep(ms) {
+    return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+async function waitFor(what, condition, timeoutMs = WAIT_MS) {
+    const deadline = Date.now() + timeoutMs;
+
+    for (;;) {
+        const value = await condition();
+
+        if (value) {
+            return value;
+        }
+
+        if (Date.now() > deadline) {
+            throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+        }
+
+        await sleep(25);
+    }
+}
+
+// Wraps an SDK callback API in a promise with a timeout.
+function call(what, start, timeoutMs = WAIT_MS) {
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`timed out after ${timeoutMs} ms: ${what}`)), timeoutMs);
+
+        start((error, response) => {
+            clearTimeout(timer);
+
+            if (error) {
+                reject(new Error(`${what} failed: ${JSON.stringify(error)}`));
+            } else {
+                resolve(response);
+            }
+        });
+    });
+}
+
+function metrics(port) {
+    return new Promise((resolve) => {
+        const req = http.get({host: '127.0.0.1', port, path: '/metrics', timeout: 2000}, (res) => {
+            let body = '';
+            res.on('data', (chunk) => {
+                body += chunk;
+            });
+            res.on('end', () => resolve(body));
+        });
+        req.on('error', () => resolve(''));
+        req.on('timeout', () => req.destroy());
+    });
+}
+
+// A series of a server's /metrics; NaN when it is not there.
+async function gauge(port, name) {
+    const line = (await metrics(port)).split('\n').find((l) => l.startsWith(`${name} `));
+
+    return line === undefined ? NaN : Number(line.split(' ')[1]);
+}
+
+// Prints `@@clientmq <what>` for the test that runs the harness and waits for its answer line.
+function ask(what, answer, timeoutMs) {
+    const lines = readline.createInterface({input: process.stdin});
+
+    return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`no "${answer}" on stdin in time after ${what}`)), timeoutMs);
+
+        lines.on('line', (line) => {
+            if (line.trim() === answer) {
+                clearTimeout(timer);
+                lines.close();
+                resolve();
+            }
+        });
+        console.log(`@@clientmq ${what}`);
+    });
+}
+
+class Client {
+    constructor(name, port, token) {
+        this.name = name;
+        this.token = token;
+        this.pcast = new sdk.lowLevel.PCast({
+            uri: `ws://127.0.0.1:${port}`,
+            disableConsoleLogging: !SDK_LOGS,
+            disableMultiplePCastInstanceWarning: true,
+            disableGlobalErrorListener: true
+        });
+    }
+
+    async start() {
+        const authenticated = new Promise((resolve) => {
+            owner = this.name;
+
+            try {
+                this.pcast.start(this.token, (pcast, status, sessionId) => resolve({status, sessionId}), () => {}, () => {});
+            } finally {
+                owner = null;
+            }
+        });
+        const {status, sessionId} = await waitFor(`${this.name} to authenticate`, () => Promise.race([
+            authenticated,
+            new Promise((resolve) => setTimeout(() => resolve(null), 100))
+        ]));
+
+        assert.equal(status, 'ok', `${this.name} authenticates`);
+        assert.ok(sessionId, `${this.name} gets a session id`);
+        this.sessionId = sessionId;
+        this.rooms = new sdk.lowLevel.RoomService(this.pcast);
+        this.rooms.start('Participant', this.name);
+    }
+
+    ownSockets() {
+        return sockets.filter((s) => s.owner === this.name);
+    }
+
+    online() {
+        return this.pcast.getStatus() === 'online';
+    }
+
+    currentSessionId() {
+        return this.pcast.getProtocol().getSessionId();
+    }
+
+    memberIds() {
+        const room = this.rooms.getObservableActiveRoom().getValue();
+
+        return room ? room.getObservableMembers().getValue().map((m) => m.getSessionId()).sort() : [];
+    }
+
+    async enter(roomId, alias) {
+        const response = await call(`${this.name} enters the room`, (cb) => this.rooms.enterRoom(roomId, alias, cb));
+
+        assert.equal(response.status, 'ok', `${this.name} enters the room`);
+
+        return response.room;
+    }
+
+    async send(text) {
+        const response = await call(`${this.name} sends`, (cb) => this.rooms.getChatService().sendMessageToRoom(text, cb));
+        assert.equal(response.status, 'ok', `${this.name} sends ${text}`);
+    }
+
+    messages() {
+        return this.rooms.getChatService().getObservableChatMessages().getValue()
+            .map((m) => `${m.from.screenName}: ${m.message}`);
+    }
+
+    // Reconnect sockets cannot be attributed to a client, so stop one client at a time: exactly
+    // one socket that was open must close, with 1000 byebye.
+    async stop() {
+        if (this.rooms.isInRoom()) {
+            await call(`${this.name} leaves on stop`, (cb) => this.rooms.leaveRoom(cb, false));
+        }
+
+        const open = sockets.filter((s) => s.closeCode === null);
+        this.rooms.stop('done');
+        this.pcast.stop('done');
+        await waitFor(`${this.name}'s socket to close`, () => open.some((s) => s.closeCode !== null));
+        await sleep(50);
+        const closed = open.filter((s) => s.closeCode !== null).map((s) => s.closeCode);
+        assert.deepEqual(closed, [1000], `${this.name} closes its one socket with 1000 byebye`);
+    }
+}
+
+module.exports = {Client, WAIT_MS, ask, call, fail, gauge, sleep, step, waitFor};
