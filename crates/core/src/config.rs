@@ -33,6 +33,10 @@ pub mod close {
     /// The backend ended the connection's session while it could not reach this gateway; the
     /// client reconnects and resumes it.
     pub const SESSION_LOST: CloseReason = CloseReason::new(3336, "session-lost");
+    /// A connection kept sending past its request rate after being told (policy violation).
+    pub const RATE_LIMIT: CloseReason = CloseReason::new(1008, "rate-limit-exceeded");
+    /// Its client address already holds as many connections as allowed.
+    pub const ADDRESS_LIMIT: CloseReason = CloseReason::new(1008, "address-limit-exceeded");
     /// Reported for a client close frame that carried no code.
     pub const NO_STATUS: u16 = 1005;
     /// Reported for a transport that ended without a close handshake.
@@ -60,6 +64,15 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// Largest encoded frame the codec accepts, in bytes.
     pub max_message_size: usize,
+    /// Largest frame the gateway sends, in bytes: a larger answer becomes `mq.Error{too-large}`,
+    /// a larger event is dropped (and counted).
+    pub max_outbound_message_size: usize,
+    /// Frames a connection may send per second, sustained (a token bucket refilled at this rate;
+    /// 0: no limit). Over it a request is answered `mq.Error{rate-limited}`, anything else dropped.
+    pub max_requests_per_sec: u32,
+    /// Frames a connection may send at once above its rate (the bucket's size). Refused frames in
+    /// a row beyond this close the connection with 1008 `rate-limit-exceeded`.
+    pub request_burst: u32,
     /// Drain closes are spread evenly over this window.
     pub drain_window: Duration,
     /// Peers whose X-Forwarded-For header is believed.
@@ -96,6 +109,9 @@ impl Default for Config {
             max_pending_server_requests: 16,
             max_subscriptions: 256,
             max_message_size: 256 * 1024,
+            max_outbound_message_size: 1024 * 1024,
+            max_requests_per_sec: 50,
+            request_burst: 100,
             drain_window: Duration::from_secs(10),
             trusted_proxies: Vec::new(),
             route_key: "clientmq".to_owned(),
@@ -123,6 +139,8 @@ impl Config {
             ("max_pending_requests", self.max_pending_requests),
             ("max_pending_server_requests", self.max_pending_server_requests),
             ("max_message_size", self.max_message_size),
+            ("max_outbound_message_size", self.max_outbound_message_size),
+            ("request_burst", self.request_burst as usize),
         ];
         let durations = [
             ("heartbeat_interval", self.heartbeat_interval),

@@ -86,6 +86,10 @@ pub enum DropReason {
     LateResponse,
     /// A message type outside `Request`, `Response` and `Event`.
     UnknownMessageType,
+    /// Over the connection's frame rate (requests over it are answered instead).
+    RateLimited,
+    /// An event larger than the outbound limit (answers over it become `mq.Error{too-large}`).
+    OutboundTooLarge,
 }
 
 impl DropReason {
@@ -99,6 +103,8 @@ impl DropReason {
             DropReason::UnsolicitedResponse => "unsolicited-response",
             DropReason::LateResponse => "late-response",
             DropReason::UnknownMessageType => "unknown-message-type",
+            DropReason::RateLimited => "rate-limited",
+            DropReason::OutboundTooLarge => "outbound-too-large",
         }
     }
 }
@@ -192,91 +198,36 @@ pub struct Event {
 }
 
 /// What happened. Each variant renders as a short fixed word followed by `key=value` pairs.
+/// `TokenRefused`: an authentication or a join the token policy refused (the token is never
+/// shown); `RequestRefused`: a request the gateway answered itself with `mq.Error{reason}`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    Opened {
-        remote: IpAddr,
-        open: usize,
-    },
-    Rejected {
-        code: u16,
-        open: usize,
-    },
-    Dropped {
-        reason: DropReason,
-    },
-    Forwarded {
-        request_id: String,
-        request_type: String,
-        token: u64,
-    },
-    Answered {
-        request_id: String,
-        request_type: String,
-        outcome: RequestOutcome,
-        elapsed: Duration,
-    },
-    LateReply {
-        token: u64,
-    },
-    Authenticated {
-        session_id: String,
-    },
-    Subscribed {
-        topic: Topic,
-        room: String,
-    },
-    Unsubscribed {
-        topic: Topic,
-        room: String,
-    },
-    SubscriptionLimit {
-        room: String,
-    },
-    Delivered {
-        event_type: String,
-    },
-    ServerRequestSent {
-        request_id: String,
-        request_type: String,
-    },
-    ServerRequestDone {
-        request_id: String,
-        outcome: &'static str,
-    },
+    Opened { remote: IpAddr, open: usize },
+    Rejected { code: u16, open: usize },
+    Dropped { reason: DropReason },
+    Forwarded { request_id: String, request_type: String, token: u64 },
+    Answered { request_id: String, request_type: String, outcome: RequestOutcome, elapsed: Duration },
+    LateReply { token: u64 },
+    Authenticated { session_id: String },
+    Subscribed { topic: Topic, room: String },
+    Unsubscribed { topic: Topic, room: String },
+    SubscriptionLimit { room: String },
+    Delivered { event_type: String },
+    ServerRequestSent { request_id: String, request_type: String },
+    ServerRequestDone { request_id: String, outcome: &'static str },
     PingSent,
-    Pong {
-        rtt: Duration,
-    },
+    Pong { rtt: Duration },
     UnexpectedPong,
-    CloseSent {
-        code: u16,
-        reason: &'static str,
-    },
-    PeerClosed {
-        code: Option<u16>,
-    },
+    CloseSent { code: u16, reason: &'static str },
+    PeerClosed { code: Option<u16> },
     CloseTimeout,
     SendFailed,
-    Disconnected {
-        path: DisconnectPath,
-        code: u16,
-        open: usize,
-    },
-    Stray {
-        what: Stray,
-        after_end: bool,
-    },
-    DrainStarted {
-        open: usize,
-    },
-    DrainDeferred {
-        pending: usize,
-    },
-    /// A `pcast.Authenticate` or a join refused by the token policy (the token is never shown).
-    TokenRefused {
-        reason: &'static str,
-    },
+    Disconnected { path: DisconnectPath, code: u16, open: usize },
+    Stray { what: Stray, after_end: bool },
+    DrainStarted { open: usize },
+    DrainDeferred { pending: usize },
+    TokenRefused { reason: &'static str },
+    RequestRefused { reason: &'static str },
 }
 
 /// Renders a client-supplied string safely on one line: control characters, spaces and
@@ -375,6 +326,7 @@ impl fmt::Display for EventKind {
             DrainStarted { open } => write!(f, "drain-started open={open}"),
             DrainDeferred { pending } => write!(f, "drain-deferred pending={pending}"),
             TokenRefused { reason } => write!(f, "token-refused reason={reason}"),
+            RequestRefused { reason } => write!(f, "request-refused reason={reason}"),
         }
     }
 }

@@ -27,6 +27,31 @@ pub struct Peer {
     pub headers: Vec<(String, String)>,
 }
 
+/// The client's address: the socket peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted hop of X-Forwarded-For (read right to left, so a client cannot forge its way in).
+pub fn client_address(trusted_proxies: &[IpAddr], peer: &Peer) -> IpAddr {
+    let trusted = |ip: &IpAddr| trusted_proxies.contains(ip);
+    let peer_ip = peer.addr.ip();
+    if !trusted(&peer_ip) {
+        return peer_ip;
+    }
+    let hops = peer
+        .headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(|hop| hop.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(ip) if trusted(&ip) => continue,
+            Some(ip) => return ip,
+            None => break, // a garbled hop: trust nothing further left
+        }
+    }
+    peer_ip
+}
+
 /// Answer to [`Gateway::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admission {
@@ -197,7 +222,7 @@ impl Gateway {
         }
         let remote = self.remote_address(peer);
         let heartbeat_at = now + self.config.heartbeat_interval;
-        self.registry.insert(id, Connection::new(remote, heartbeat_at));
+        self.registry.insert(id, Connection::new(remote, heartbeat_at, now, self.config.request_burst));
         self.timers.arm(heartbeat_at, Timer::Heartbeat(id));
         self.stats.total += 1;
         self.trace(Some(id), EventKind::Opened { remote, open: self.registry.len() });
@@ -356,29 +381,8 @@ impl Gateway {
         self.trace(Some(conn), EventKind::Stray { what, after_end });
     }
 
-    /// The client's address: the socket peer, or, when the peer is a trusted proxy, the nearest
-    /// untrusted hop of X-Forwarded-For (read right to left, so a client cannot forge its way in).
     fn remote_address(&self, peer: &Peer) -> IpAddr {
-        let trusted = |ip: &IpAddr| self.config.trusted_proxies.contains(ip);
-        let peer_ip = peer.addr.ip();
-        if !trusted(&peer_ip) {
-            return peer_ip;
-        }
-        let hops = peer
-            .headers
-            .iter()
-            .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
-            .flat_map(|(_, value)| value.split(','))
-            .map(|hop| hop.trim().parse::<IpAddr>().ok())
-            .collect::<Vec<_>>();
-        for hop in hops.into_iter().rev() {
-            match hop {
-                Some(ip) if trusted(&ip) => continue,
-                Some(ip) => return ip,
-                None => break, // a garbled hop: trust nothing further left
-            }
-        }
-        peer_ip
+        client_address(&self.config.trusted_proxies, peer)
     }
 
     fn on_heartbeat(&mut self, id: ConnectionId) {

@@ -25,6 +25,6 @@ pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 pub use gateway::{
     Admission, BackendError, BackendRequest, Gateway, Input, InvariantViolation, Output, Peer, Reply,
-    ServerRequestError, Stats, Target,
+    ServerRequestError, Stats, Target, client_address,
 };
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};

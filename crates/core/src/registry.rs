@@ -34,6 +34,10 @@ pub(crate) struct Connection {
     pub drain_at: Option<Instant>,
     /// Drain wants it closed as soon as its in-flight requests are answered.
     pub drain_due: bool,
+    /// The request rate's token bucket, in thousandths of a frame, and when it was last filled.
+    pub bucket: (u64, Instant),
+    /// Frames refused in a row for the rate.
+    pub strikes: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +51,7 @@ pub(crate) enum State {
 }
 
 impl Connection {
-    pub fn new(remote: IpAddr, heartbeat_at: Instant) -> Self {
+    pub fn new(remote: IpAddr, heartbeat_at: Instant, now: Instant, burst: u32) -> Self {
         Connection {
             remote,
             encoding: Encoding::default(),
@@ -63,6 +67,32 @@ impl Connection {
             room_tag: None,
             drain_at: None,
             drain_due: false,
+            bucket: (u64::from(burst) * 1000, now),
+            strikes: 0,
+        }
+    }
+
+    /// Takes one frame's token from the rate's bucket, refilled at `per_sec` frames a second up
+    /// to `burst`; `false` when it is empty. Integer arithmetic, so a replay is exact.
+    pub fn take_token(&mut self, now: Instant, per_sec: u32, burst: u32) -> bool {
+        if per_sec == 0 {
+            return true;
+        }
+        let (tokens, filled) = self.bucket;
+        let ms = u64::try_from(now.saturating_duration_since(filled).as_millis()).unwrap_or(u64::MAX);
+        let tokens =
+            tokens.saturating_add(ms.saturating_mul(u64::from(per_sec))).min(u64::from(burst) * 1000);
+        // Only whole milliseconds were counted; the rest carries over to the next fill.
+        let filled = filled + std::time::Duration::from_millis(ms);
+        match tokens.checked_sub(1000) {
+            Some(left) => {
+                self.bucket = (left, filled);
+                true
+            }
+            None => {
+                self.bucket = (tokens, filled);
+                false
+            }
         }
     }
 

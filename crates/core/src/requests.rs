@@ -7,6 +7,7 @@ use prost::Message as _;
 use crate::ConnectionId;
 use crate::auth::{self, Refusal};
 use crate::codec::{self, Encoding, Frame};
+use crate::config::close;
 use crate::edge_auth::{Claims, RequiredTag};
 use crate::event::{DropReason, EventKind, RequestOutcome, Topic};
 use crate::gateway::{Gateway, Output};
@@ -188,18 +189,46 @@ pub(crate) fn message(
 
 impl Gateway {
     pub(crate) fn on_frame(&mut self, id: ConnectionId, frame: Frame) {
+        let (now, per_sec, burst) = (self.now, self.config.max_requests_per_sec, self.config.request_burst);
         let Some(conn) = self.registry.get_mut(&id) else {
             return self.drop_frame(id, DropReason::UnknownConnection);
         };
         if !conn.is_open() {
             return self.drop_frame(id, DropReason::NotOpen);
         }
-        let msg = match codec::decode(&frame, self.config.max_message_size) {
+        // Every frame costs a token, garbage included: a flood of anything is a flood.
+        let within_rate = conn.take_token(now, per_sec, burst);
+        conn.strikes = if within_rate { 0 } else { conn.strikes + 1 };
+        if conn.strikes > burst {
+            // A full burst more after being refused: it is not listening.
+            return self.start_close(id, close::RATE_LIMIT);
+        }
+        let decoded = codec::decode(&frame, self.config.max_message_size);
+        let encoding = frame.encoding();
+        if !within_rate {
+            // Over the rate, only a request that can be answered is; anything else is dropped.
+            return match decoded {
+                Ok(msg)
+                    if msg.message_type.unwrap_or(MessageType::Request as i32)
+                        == MessageType::Request as i32 =>
+                {
+                    match msg.request_id.as_deref().filter(|r| !r.is_empty()) {
+                        Some(request_id) => {
+                            self.refuse_request(id, request_id, &msg.r#type, encoding, "rate-limited")
+                        }
+                        None => self.drop_frame(id, DropReason::RateLimited),
+                    }
+                }
+                _ => self.drop_frame(id, DropReason::RateLimited),
+            };
+        }
+        let msg = match decoded {
             Ok(msg) => msg,
             Err(e) => return self.drop_frame(id, DropReason::Malformed(e.label())),
         };
-        let encoding = frame.encoding();
-        conn.encoding = encoding;
+        if let Some(conn) = self.registry.get_mut(&id) {
+            conn.encoding = encoding;
+        }
         match MessageType::try_from(msg.message_type.unwrap_or(MessageType::Request as i32)) {
             Ok(MessageType::Request) => self.on_request(id, msg, encoding),
             Ok(MessageType::Response) => self.on_client_response(id, msg),
@@ -362,8 +391,9 @@ impl Gateway {
         request_id: &str,
         request_type: &str,
         encoding: Encoding,
-        reason: &str,
+        reason: &'static str,
     ) {
+        self.trace(Some(id), EventKind::RequestRefused { reason });
         self.send_error(id, request_id, encoding, reason);
         self.count_answer(id, request_id, request_type, RequestOutcome::Refused, self.now);
     }
@@ -383,7 +413,18 @@ impl Gateway {
     ) {
         let Some(conn) = self.registry.get(&id) else { return };
         msg.session_id = conn.session_id.clone();
-        let frame = codec::encode(&msg, encoding.unwrap_or(conn.encoding));
+        let encoding = encoding.unwrap_or(conn.encoding);
+        let mut frame = codec::encode(&msg, encoding);
+        if frame.len() > self.config.max_outbound_message_size {
+            self.drop_frame(id, DropReason::OutboundTooLarge);
+            if msg.message_type != Some(MessageType::Response as i32) {
+                return;
+            }
+            // The client waits for an answer: it gets one, saying why not the real one.
+            let payload = mq::Error { reason: "too-large".into() }.encode_to_vec();
+            let error = mq::Message { r#type: "mq.Error".into(), payload, ..msg };
+            frame = codec::encode(&error, encoding);
+        }
         self.push(Output::Send { conn: id, frame });
     }
 

@@ -245,7 +245,10 @@ impl Harness {
                 assert_eq!(error_reason(&msg).as_deref(), Some(reason));
                 assert!(matches!(
                     b.kinds()[..],
-                    [EventKind::Answered { outcome: RequestOutcome::Refused, .. }]
+                    [
+                        EventKind::RequestRefused { reason: traced },
+                        EventKind::Answered { outcome: RequestOutcome::Refused, .. }
+                    ] if *traced == reason
                 ));
             }
             FrameExpect::Forward => {

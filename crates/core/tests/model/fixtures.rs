@@ -30,6 +30,10 @@ pub(crate) fn config() -> Config {
         max_pending_server_requests: 2,
         max_subscriptions: 2,
         max_message_size: 512,
+        max_outbound_message_size: 4096,
+        // No rate limit: the model sends frames at no particular pace; path tests cover the limit.
+        max_requests_per_sec: 0,
+        request_burst: 1,
         drain_window: 10 * SEC,
         trusted_proxies: vec![IpAddr::V4(PROXY)],
         route_key: "model-route".to_owned(),

@@ -1,6 +1,7 @@
 //! One test per row of DESIGN.md's table "Every path of the seed", named after the row, and the
 //! paths a bus backend adds (interest, subscriptions it decides, unreachable workers).
 
+mod abuse;
 mod harness;
 mod interest;
 mod lifecycle;

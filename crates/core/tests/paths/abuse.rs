@@ -1,0 +1,104 @@
+//! Bounds an outsider cannot push past: a connection's frame rate (a token bucket; a request over
+//! it answered `mq.Error{rate-limited}`, a sender that keeps going closed with 1008) and the size
+//! of what the gateway sends.
+
+use std::time::Duration;
+
+use clientmq_core::proto::mq;
+use clientmq_core::{Config, DropReason, Encoding, EventKind, Input, Reply, Target, close};
+
+use crate::harness::{Harness, error_reason};
+
+fn limited(per_sec: u32, burst: u32) -> Harness {
+    Harness::new(Config { max_requests_per_sec: per_sec, request_burst: burst, ..Config::default() })
+}
+
+#[test]
+fn a_burst_passes_then_requests_are_refused_until_the_bucket_refills() {
+    let mut h = limited(10, 5);
+    let a = h.open();
+    for i in 0..5 {
+        h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
+    }
+    assert_eq!(h.backend_tokens().len(), 5, "the burst goes through");
+    h.take_outputs();
+    h.request(a, "C5", "x.Y", vec![], Encoding::Binary);
+    let sent = h.sent_to(a);
+    assert_eq!(error_reason(&sent[0].1), "rate-limited");
+    assert_eq!(sent[0].1.request_id.as_deref(), Some("C5"));
+    assert!(h.backend_tokens().is_empty(), "a refused request never reaches the backend");
+    assert!(h.events_of(a).iter().any(|k| matches!(k, EventKind::RequestRefused { reason: "rate-limited" })));
+    // 10 a second: after 100 ms there is one token again, and only one.
+    h.advance(Duration::from_millis(100));
+    h.take_outputs();
+    h.request(a, "C6", "x.Y", vec![], Encoding::Binary);
+    h.request(a, "C7", "x.Y", vec![], Encoding::Binary);
+    assert_eq!(h.backend_tokens().len(), 1);
+    assert_eq!(error_reason(&h.sent_to(a)[0].1), "rate-limited");
+}
+
+#[test]
+fn frames_that_are_not_requests_count_and_are_dropped_over_the_rate() {
+    let mut h = limited(1, 1);
+    let a = h.open();
+    h.input(Input::Frame { conn: a, frame: clientmq_core::Frame::Binary(vec![0xff]) });
+    h.input(Input::Frame { conn: a, frame: clientmq_core::Frame::Binary(vec![0xff]) });
+    let dropped: Vec<_> = h
+        .events_of(a)
+        .into_iter()
+        .filter_map(|k| match k {
+            EventKind::Dropped { reason } => Some(*reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, vec![DropReason::Malformed("invalid-message"), DropReason::RateLimited]);
+}
+
+#[test]
+fn a_sender_that_keeps_going_past_a_full_burst_of_refusals_is_closed_1008() {
+    let mut h = limited(1, 3);
+    let a = h.open();
+    for i in 0..3 + 3 {
+        h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
+    }
+    assert!(h.closes_of(a).is_empty(), "three refusals are a warning");
+    h.request(a, "C6", "x.Y", vec![], Encoding::Binary);
+    assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code]);
+    h.input(Input::PeerClosed { conn: a, code: Some(1008) });
+    assert_eq!(h.gw.open_connections(), 0);
+}
+
+#[test]
+fn nothing_larger_than_the_outbound_limit_is_sent() {
+    let mut h = Harness::new(Config { max_outbound_message_size: 200, ..Config::default() });
+    let a = h.open();
+    h.request(a, "C0", "x.Y", vec![], Encoding::Binary);
+    let token = h.backend_tokens()[0].0;
+    h.take_outputs();
+    let big = Reply { reply_type: String::new(), payload: vec![7; 300] };
+    h.input(Input::BackendReply { token, result: Ok(big) });
+    let sent = h.sent_to(a);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(error_reason(&sent[0].1), "too-large", "the client still gets an answer");
+    assert_eq!(sent[0].1.request_id.as_deref(), Some("C0"));
+    h.take_outputs();
+    h.input(Input::Deliver {
+        target: Target::Connection(a),
+        event_type: "big.Event".into(),
+        payload: vec![7; 300],
+    });
+    assert!(h.sent_to(a).is_empty(), "a too large event is dropped");
+    let drops = h
+        .events_of(a)
+        .iter()
+        .filter(|k| matches!(k, EventKind::Dropped { reason: DropReason::OutboundTooLarge }))
+        .count();
+    assert_eq!(drops, 2);
+    let small = mq::Error { reason: "x".into() };
+    h.input(Input::Deliver {
+        target: Target::Connection(a),
+        event_type: "small.Event".into(),
+        payload: prost::Message::encode_to_vec(&small),
+    });
+    assert_eq!(h.sent_to(a).len(), 1);
+}
