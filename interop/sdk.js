@@ -122,11 +122,12 @@ function ask(what, answer, timeoutMs) {
 }
 
 class Client {
-    constructor(name, port, token) {
+    // `scheme` 'wss' connects over TLS (the certificate must be trusted: NODE_EXTRA_CA_CERTS).
+    constructor(name, port, token, scheme = 'ws') {
         this.name = name;
         this.token = token;
         this.pcast = new sdk.lowLevel.PCast({
-            uri: `ws://127.0.0.1:${port}`,
+            uri: `${scheme}://127.0.0.1:${port}`,
             disableConsoleLogging: !SDK_LOGS,
             disableMultiplePCastInstanceWarning: true,
             disableGlobalErrorListener: true

@@ -54,6 +54,32 @@ pub struct Args {
     /// Frames queued per connection before it counts as a slow consumer (closed with 3335).
     #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE", default_value_t = 256)]
     pub outbound_queue: usize,
+    /// Largest message the server sends, in bytes: a larger answer becomes mq.Error{too-large},
+    /// a larger event is dropped.
+    #[arg(long, env = "CLIENTMQ_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    pub max_outbound_bytes: usize,
+    /// Frames a connection may send per second, sustained; over it requests get
+    /// mq.Error{rate-limited}. 0: no limit.
+    #[arg(long, env = "CLIENTMQ_MAX_REQUESTS_PER_SEC", default_value_t = 50)]
+    pub max_requests_per_sec: u32,
+    /// Frames a connection may send at once above its rate; a burst more of refused frames in a
+    /// row closes it with 1008 rate-limit-exceeded.
+    #[arg(long, env = "CLIENTMQ_REQUEST_BURST", default_value_t = 100)]
+    pub request_burst: u32,
+    /// Connections one client address (after trusted proxies) may hold; more are closed with
+    /// 1008 address-limit-exceeded. 0: no limit.
+    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 100)]
+    pub max_connections_per_address: usize,
+    /// Upgrades and plain HTTP requests still reading their head at once; more sockets are
+    /// dropped at accept.
+    #[arg(long, env = "CLIENTMQ_MAX_HANDSHAKES", default_value_t = 1024)]
+    pub max_handshakes: usize,
+    /// PEM certificate chain: with --tls-key, the port serves wss:// and https:// (rustls).
+    #[arg(long, env = "CLIENTMQ_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "CLIENTMQ_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Peers whose X-Forwarded-For is believed (comma separated).
     #[arg(long, env = "CLIENTMQ_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<IpAddr>,
@@ -188,6 +214,14 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     pub allowed_origins: Vec<String>,
     pub drain_deadline: Duration,
+    /// Connections one client address (after trusted proxies) may hold; more are closed with
+    /// 1008 `address-limit-exceeded`. 0: no limit.
+    pub max_connections_per_address: usize,
+    /// Upgrades (and plain HTTP requests) still reading their head; more sockets are dropped at
+    /// accept.
+    pub max_handshakes: usize,
+    /// Serve `wss://` and `https://` on the port (`--tls-cert`, `--tls-key`).
+    pub tls: Option<crate::tls::Acceptor>,
     pub seed: Option<u64>,
     pub trace: Option<TraceSink>,
     pub check: Option<InvariantSink>,
@@ -203,6 +237,9 @@ impl Default for ServerConfig {
             outbound_queue: 256,
             allowed_origins: Vec::new(),
             drain_deadline: Duration::from_secs(30),
+            max_connections_per_address: 0,
+            max_handshakes: 1024,
+            tls: None,
             seed: None,
             trace: None,
             check: None,
@@ -229,6 +266,8 @@ pub enum ArgsError {
         "--gateway-name and --nats-prefix may hold only letters, digits, - and _ (and dots in the prefix)"
     )]
     BusName,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
@@ -279,6 +318,10 @@ impl Args {
             server_request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
             max_pending_requests: self.max_pending_requests,
             max_message_size: self.max_frame_bytes,
+            max_outbound_message_size: positive("max-outbound-bytes", self.max_outbound_bytes)?,
+            max_requests_per_sec: self.max_requests_per_sec,
+            request_burst: u32::try_from(positive("request-burst", self.request_burst as usize)?)
+                .unwrap_or(u32::MAX),
             drain_window: Duration::try_from_secs_f64(self.drain_window_secs)
                 .map_err(|_| ArgsError::Seconds("drain-window-secs"))?,
             trusted_proxies: self.trusted_proxies.clone(),
@@ -307,6 +350,13 @@ impl Args {
             outbound_queue: self.outbound_queue,
             allowed_origins: self.allowed_origins.clone(),
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
+            max_connections_per_address: self.max_connections_per_address,
+            max_handshakes: positive("max-handshakes", self.max_handshakes)?,
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => Some(crate::tls::Acceptor(crate::tls::acceptor(cert, key)?)),
+                (None, None) => None,
+                _ => return Err(crate::tls::TlsError::Half.into()),
+            },
             seed: self.seed,
             trace: None,
             check: None,

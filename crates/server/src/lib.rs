@@ -7,6 +7,7 @@
 //! WebSocket; `shard` owns a gateway core and routes its outputs; `metrics` renders Prometheus
 //! text; `backend` is the port to the services behind the gateway.
 
+mod admission;
 pub mod backend;
 pub mod bus;
 pub mod chat;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod metrics;
 pub mod rawws;
 pub mod shard;
+pub mod tls;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
@@ -27,22 +29,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use clientmq_core::{Admission, Peer, close};
+use clientmq_core::{Admission, CloseReason, Peer, client_address, close};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 
+use admission::{AddressSlots, GlobalAdmission};
 pub use backend::{Backend, EchoBackend};
 pub use chat::{ChatConfig, EmbeddedBackend};
 pub use config::{Args, InvariantSink, LogFormat, ServerConfig, TraceSink};
 use http::{Head, Prefixed};
 use metrics::{Metrics, ShardGauges};
 pub use shard::GatewayHandle;
-use shard::{Command, ConnHandle, GlobalAdmission, Shard};
+use shard::{Command, ConnHandle, Shard};
+use tls::MaybeTls;
 
-/// Upgrades or plain requests still reading their head; more sockets are dropped at accept.
-const MAX_HANDSHAKES: usize = 1024;
 /// Bytes tungstenite reads from a socket at once.
 const READ_BUFFER: usize = 4 * 1024;
 
@@ -79,6 +81,7 @@ struct Inner {
     /// exactly). A registered connection's permit lives in its shard's handle.
     admission: Option<Arc<GlobalAdmission>>,
     handshakes: Arc<Semaphore>,
+    address_slots: Option<Arc<AddressSlots>>,
     next_shard: AtomicUsize,
     /// The backend's readiness (a bus backend is not ready while the bus is away).
     backend_ready: Box<dyn Fn() -> bool + Send + Sync>,
@@ -128,6 +131,7 @@ impl Server {
                 admission: admission.clone(),
                 held_permits: 0,
                 checks_skipped: 0,
+                check_address_slots: config.max_connections_per_address > 0,
             };
             tokio::spawn(shard.run());
         }
@@ -140,7 +144,9 @@ impl Server {
                 draining: AtomicBool::new(false),
                 drain_started: Notify::new(),
                 admission,
-                handshakes: Arc::new(Semaphore::new(MAX_HANDSHAKES)),
+                handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+                address_slots: (config.max_connections_per_address > 0)
+                    .then(|| AddressSlots::new(config.max_connections_per_address)),
                 next_shard: AtomicUsize::new(0),
                 backend_ready: {
                     let backend = backend.clone();
@@ -194,6 +200,7 @@ impl Server {
                 match listener.accept().await {
                     Ok((stream, addr)) => {
                         let Ok(permit) = self.inner.handshakes.clone().try_acquire_owned() else {
+                            self.inner.metrics.handshake_refused();
                             tracing::warn!(%addr, "too many handshakes in flight; dropping socket");
                             continue;
                         };
@@ -230,25 +237,53 @@ impl Server {
         }
     }
 
-    async fn connection<S>(
-        self,
-        mut stream: S,
-        addr: SocketAddr,
-        handshake: tokio::sync::OwnedSemaphorePermit,
-    ) where
+    /// A new socket: TLS first when configured, then its HTTP request.
+    async fn connection<S>(self, stream: S, addr: SocketAddr, handshake: tokio::sync::OwnedSemaphorePermit)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let stream = match &self.inner.config.tls {
+            None => MaybeTls::Plain(stream),
+            Some(acceptor) => {
+                match tokio::time::timeout(self.inner.config.handshake_timeout, acceptor.0.accept(stream))
+                    .await
+                {
+                    Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+                    // Not TLS (plain HTTP to a TLS port), a bad certificate verdict, or too slow.
+                    Ok(Err(_)) | Err(_) => return self.inner.metrics.tls_refused(),
+                }
+            }
+        };
+        self.http(stream, addr, handshake).await
+    }
+
+    /// Answers a plain request or a refused upgrade, bounded by the handshake timeout.
+    async fn answer<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        status: &str,
+        content_type: &str,
+        body: &[u8],
+    ) {
+        self.inner.metrics.http_response(status);
+        let timeout = self.inner.config.handshake_timeout;
+        let _ = tokio::time::timeout(timeout, http::respond(stream, status, content_type, body)).await;
+    }
+
+    async fn http<S>(self, mut stream: S, addr: SocketAddr, handshake: tokio::sync::OwnedSemaphorePermit)
+    where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let timeout = self.inner.config.handshake_timeout;
         let head = match tokio::time::timeout(timeout, http::read_head(&mut stream)).await {
             Ok(Ok(head)) => head,
             Ok(Err(http::HeadError::TooLarge)) => {
-                let _ = http::respond(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"")
+                return self
+                    .answer(&mut stream, "431 Request Header Fields Too Large", "text/plain", b"")
                     .await;
-                return;
             }
             Ok(Err(http::HeadError::Malformed)) => {
-                let _ = http::respond(&mut stream, "400 Bad Request", "text/plain", b"bad request\n").await;
-                return;
+                return self.answer(&mut stream, "400 Bad Request", "text/plain", b"bad request\n").await;
             }
             Ok(Err(_)) | Err(_) => return, // gone, or never finished the request: drop it
         };
@@ -270,9 +305,7 @@ impl Server {
             _ => Some(("404 Not Found", "text/plain", b"not found\n".to_vec())),
         };
         if let Some((status, content_type, body)) = reply {
-            let _ =
-                tokio::time::timeout(timeout, http::respond(&mut stream, status, content_type, &body)).await;
-            return;
+            return self.answer(&mut stream, status, content_type, &body).await;
         }
         let refusal = self.upgrade_refusal(&head);
         let key = match (refusal, head.websocket_key()) {
@@ -282,11 +315,7 @@ impl Server {
         };
         let key = match key {
             Ok(key) => key,
-            Err(status) => {
-                let _ = tokio::time::timeout(timeout, http::respond(&mut stream, status, "text/plain", b""))
-                    .await;
-                return;
-            }
+            Err(status) => return self.answer(&mut stream, status, "text/plain", b"").await,
         };
         match tokio::time::timeout(timeout, http::switch_protocols(&mut stream, &key)).await {
             Ok(Ok(())) => {}
@@ -325,6 +354,25 @@ impl Server {
         let shards = &self.inner.handle.shards;
         let index = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len();
         let shard = shards[index].clone();
+        let refuse = |close: CloseReason, open: usize| async move {
+            let (reply, id) = oneshot::channel();
+            if shard.send(Command::Refuse { close, open, reply }).await.is_ok() {
+                let _ = id.await;
+            }
+        };
+        let slot = match &self.inner.address_slots {
+            None => None,
+            Some(slots) => {
+                match slots.take(client_address(&self.inner.config.gateway.trusted_proxies, &peer)) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        refuse(close::ADDRESS_LIMIT, self.open_connections()).await;
+                        return close_with(&mut ws, close::ADDRESS_LIMIT).await;
+                    }
+                }
+            }
+        };
+        let shard = shards[index].clone();
         let permit = match &self.inner.admission {
             None => None,
             Some(global) => match global.permits.clone().try_acquire_owned() {
@@ -334,11 +382,7 @@ impl Server {
                 }
                 Err(_) => {
                     let open = self.open_connections() + global.admitting.load(Ordering::Relaxed);
-                    let (reply, id) = oneshot::channel();
-                    let refuse = Command::Refuse { close: close::CONCURRENCY_LIMIT, open, reply };
-                    if shard.send(refuse).await.is_ok() {
-                        let _ = id.await;
-                    }
+                    refuse(close::CONCURRENCY_LIMIT, open).await;
                     return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
                 }
             },
@@ -347,7 +391,7 @@ impl Server {
         let abort = Arc::new(Notify::new());
         let (reply, admission) = oneshot::channel();
         let admitting = permit.is_some();
-        let conn = ConnHandle { tx, abort: abort.clone(), overflowed: false, permit };
+        let conn = ConnHandle { tx, abort: abort.clone(), overflowed: false, permit, slot };
         if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
             if let (Some(global), true) = (&self.inner.admission, admitting) {
                 global.admitting.fetch_sub(1, Ordering::Relaxed);

@@ -58,6 +58,10 @@ pub struct Metrics {
     rtt: Histogram,
     dropped: Family<Labels, Counter>,
     token_refusals: Family<Labels, Counter>,
+    requests_refused: Family<Labels, Counter>,
+    handshakes_refused: Counter,
+    tls_refused: Counter,
+    http_responses: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -85,6 +89,10 @@ impl Metrics {
             rtt: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             dropped: Family::default(),
             token_refusals: Family::default(),
+            requests_refused: Family::default(),
+            handshakes_refused: Counter::default(),
+            tls_refused: Counter::default(),
+            http_responses: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_open", "Open connections (the registries' size)", m.open.clone());
@@ -98,6 +106,26 @@ impl Metrics {
         registry.register("rtt_seconds", "Heartbeat round trip time", m.rtt.clone());
         registry.register("frames_dropped", "Incoming frames dropped, by reason", m.dropped.clone());
         registry.register("subscriptions", "Room and conversation subscriptions", m.subscriptions.clone());
+        registry.register(
+            "requests_refused",
+            "Requests the gateway answered itself with mq.Error, by reason",
+            m.requests_refused.clone(),
+        );
+        registry.register(
+            "handshakes_refused",
+            "Sockets dropped at accept: too many handshakes in flight",
+            m.handshakes_refused.clone(),
+        );
+        registry.register(
+            "tls_handshakes_failed",
+            "Sockets dropped because their TLS handshake failed or did not finish in time",
+            m.tls_refused.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "Plain HTTP answers and refused upgrades, by status",
+            m.http_responses.clone(),
+        );
         registry.register(
             "token_refusals",
             "Authentications and joins refused by the token policy, by reason",
@@ -137,11 +165,28 @@ impl Metrics {
             EventKind::Dropped { reason } => {
                 self.dropped.get_or_create(&vec![("reason", reason.label().to_owned())]).inc();
             }
+            EventKind::RequestRefused { reason } => {
+                self.requests_refused.get_or_create(&vec![("reason", (*reason).to_owned())]).inc();
+            }
             EventKind::TokenRefused { reason } => {
                 self.token_refusals.get_or_create(&vec![("reason", (*reason).to_owned())]).inc();
             }
             _ => {}
         }
+    }
+
+    pub fn handshake_refused(&self) {
+        self.handshakes_refused.inc();
+    }
+
+    pub fn tls_refused(&self) {
+        self.tls_refused.inc();
+    }
+
+    /// A plain HTTP answer or a refused upgrade went out with `status` (`"404 Not Found"`).
+    pub fn http_response(&self, status: &str) {
+        let code = status.split(' ').next().unwrap_or(status).to_owned();
+        self.http_responses.get_or_create(&vec![("status", code)]).inc();
     }
 
     /// Renders the text exposition format, with gauges summed over `shards`.

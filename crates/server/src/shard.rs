@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -14,22 +14,13 @@ use clientmq_core::{
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::admission::{AddressSlot, GlobalAdmission};
 use crate::backend::Backend;
 use crate::config::{InvariantSink, TraceSink};
 use crate::metrics::{Metrics, ShardGauges};
-
-/// Admission across shards (several shards only; one shard's core enforces the limit exactly).
-/// A permit is taken before a connection is handed to a shard and released when the shard
-/// forgets the connection, so `available + held + admitting == max` at every step.
-pub(crate) struct GlobalAdmission {
-    pub permits: Arc<Semaphore>,
-    pub max: usize,
-    /// Connections holding a permit whose `Open` no shard has handled yet.
-    pub admitting: AtomicUsize,
-}
 
 /// What a shard tells a connection task.
 #[derive(Debug)]
@@ -52,6 +43,8 @@ pub struct ConnHandle {
     /// With several shards, the global admission permit. Held here, it is released exactly
     /// when the core ends the connection and the shard forgets this handle.
     pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its place among its client address's connections, given back the same way.
+    pub slot: Option<AddressSlot>,
 }
 
 pub enum Command {
@@ -204,6 +197,8 @@ pub(crate) struct Shard<B> {
     pub held_permits: usize,
     /// Checked-mode steps skipped since the last check.
     pub checks_skipped: usize,
+    /// Whether every connection must hold an address slot (a per-address limit is set).
+    pub check_address_slots: bool,
 }
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
@@ -337,6 +332,9 @@ impl<B: Backend> Shard<B> {
         let open_everywhere: usize = self.gauges.iter().map(|g| g.open.load(Ordering::Relaxed)).sum();
         if routed != open_everywhere {
             return Err(format!("{routed} routes for {open_everywhere} open connections on all shards"));
+        }
+        if self.check_address_slots && self.conns.values().any(|c| c.slot.is_none()) {
+            return Err("an open connection holds no place among its address's".into());
         }
         if let Some(global) = &self.admission {
             if self.held_permits != self.conns.len() {

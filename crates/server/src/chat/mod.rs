@@ -180,8 +180,9 @@ impl Backend for EmbeddedBackend {
         if req.request_type == "mq.PingPong" {
             return Ok(Reply { reply_type: "mq.PingPongResponse".into(), payload: req.payload });
         }
-        Ok(self
-            .with_state(|s| s.handle(req.conn, &req.request_type, &req.payload, req.claims.as_deref(), now())))
+        Ok(self.with_state(|s| {
+            s.handle(req.conn, &req.request_type, &req.payload, req.claims.as_deref(), now())
+        }))
     }
 
     fn disconnected(&self, event: pcast::ConnectionDisconnected) {
