@@ -3,9 +3,11 @@
 //!
 //! `scenario` is the file format, `client` the scripted behaviours, `run` the runner,
 //! `check` the invariant checker, `trace` the records, `plot` the SVG timeline and
-//! `explore` the random fault schedules.
+//! `explore` the random fault schedules, `bus` a simulated NATS (broker host and client) for
+//! gateways and workers on a bus.
 
 pub mod backend;
+pub mod bus;
 pub mod check;
 pub mod client;
 pub mod explore;
