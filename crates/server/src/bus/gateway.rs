@@ -325,7 +325,8 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
     let mut seen = s.bus.status();
     loop {
         let status = s.bus.status();
-        if seen.connected && !status.connected {
+        // Gone, or gone and back between two looks: replies in flight may be lost either way.
+        if seen.connected && (!status.connected || status.epoch != seen.epoch) {
             s.fail_pending();
         }
         seen = status;

@@ -14,7 +14,7 @@ pub mod gateway;
 pub mod nats;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::Notify;
 
@@ -91,7 +91,12 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Subscribes to `subject` (NATS wildcards `*` and `>` allowed), as a member of
     /// `queue_group` when given. Dropping the subscription unsubscribes. A subscription lives
-    /// across reconnects: the client restores it on the new connection.
+    /// across reconnects: the client restores it on the new connection, and it may be made while
+    /// disconnected (it fails only for a subject the bus refuses). One client sends its
+    /// subscriptions and publishes in the order they were made, so a subscription made before a
+    /// publish is in place at the server when that publish arrives (what a gateway relies on to
+    /// hear a room before its join goes out). A 503 for a request reaches the requester only on
+    /// a subscription of the same client (NATS sends it on the publishing connection).
     fn subscribe(
         &self,
         subject: &str,
@@ -112,29 +117,34 @@ pub trait Subscription: Send + 'static {
 
 /// A [`BusStatus`] that can be watched: what bus clients keep and update. Not a tokio `watch`,
 /// whose waiters are woken in an order drawn from a per-process random source (simulated runs
-/// must replay byte for byte).
+/// must replay byte for byte). Connected and epoch live in one word, so no reader sees one
+/// without the other.
 #[derive(Debug, Default)]
 pub struct StatusCell {
-    connected: AtomicBool,
-    epoch: AtomicU64,
+    /// The epoch shifted left by one, the lowest bit set while connected.
+    word: AtomicU64,
     notify: Notify,
 }
 
 impl StatusCell {
     pub fn get(&self) -> BusStatus {
-        BusStatus {
-            connected: self.connected.load(Ordering::Acquire),
-            epoch: self.epoch.load(Ordering::Acquire),
-        }
+        let word = self.word.load(Ordering::Acquire);
+        BusStatus { connected: word & 1 == 1, epoch: word >> 1 }
     }
 
-    /// A connection was made (a new epoch) or lost.
+    /// A connection was made or lost. Only a change counts: being told twice that the
+    /// connection is up (a client's callback and its own check) is one connection, one epoch.
     pub fn set_connected(&self, connected: bool) {
-        if connected {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+        let changed = self.word.fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+            match (word & 1 == 1, connected) {
+                (false, true) => Some((((word >> 1) + 1) << 1) | 1),
+                (true, false) => Some(word & !1),
+                _ => None,
+            }
+        });
+        if changed.is_ok() {
+            self.notify.notify_waiters();
         }
-        self.connected.store(connected, Ordering::Release);
-        self.notify.notify_waiters();
     }
 
     pub async fn changed(&self, seen: BusStatus) {
@@ -147,5 +157,24 @@ impl StatusCell {
             }
             notified.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_counts_connections_not_reports() {
+        let cell = StatusCell::default();
+        assert_eq!(cell.get(), BusStatus { connected: false, epoch: 0 });
+        cell.set_connected(true);
+        cell.set_connected(true);
+        assert_eq!(cell.get(), BusStatus { connected: true, epoch: 1 });
+        cell.set_connected(false);
+        cell.set_connected(false);
+        assert_eq!(cell.get(), BusStatus { connected: false, epoch: 1 });
+        cell.set_connected(true);
+        assert_eq!(cell.get(), BusStatus { connected: true, epoch: 2 });
     }
 }
