@@ -39,11 +39,6 @@ fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
 }
 
-/// Panics with `what` and every line the processes printed.
-fn fail(log: &Log, what: &str) -> ! {
-    panic!("{what}\n--- log ---\n{}", log.lock().unwrap().join("\n"))
-}
-
 fn error_reason(msg: &mq::Message) -> String {
     assert_eq!(msg.r#type, "mq.Error", "{msg:?}");
     mq::Error::decode(msg.payload.as_slice()).expect("an mq.Error").reason
@@ -55,13 +50,12 @@ struct Client {
     ws: Ws,
     encoding: Encoding,
     next_id: u32,
-    log: Log,
 }
 
 impl Client {
-    async fn connect(name: &'static str, port: u16, encoding: Encoding, log: &Log) -> Client {
+    async fn connect(name: &'static str, port: u16, encoding: Encoding) -> Client {
         let ws = common::connect_when_up(port).await;
-        Client { name, ws, encoding, next_id: 0, log: log.clone() }
+        Client { name, ws, encoding, next_id: 0 }
     }
 
     async fn send(&mut self, msg: &mq::Message) {
@@ -70,7 +64,7 @@ impl Client {
             Frame::Binary(b) => Message::Binary(b.into()),
         };
         if let Err(e) = self.ws.send(frame).await {
-            fail(&self.log, &format!("{}: send failed: {e}", self.name));
+            panic!("{}: send failed: {e}", self.name);
         }
     }
 
@@ -113,16 +107,16 @@ impl Client {
                 Some(Ok(Message::Text(t))) => Frame::Text(t.to_string()),
                 Some(Ok(Message::Binary(b))) => Frame::Binary(b.to_vec()),
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => fail(&self.log, &format!("{}: expected a data frame, got {other:?}", self.name)),
+                other => panic!("{}: expected a data frame, got {other:?}", self.name),
             };
             let (text, expect_text) =
                 (matches!(frame, Frame::Text(_)), self.encoding == Encoding::Base64Text);
             if text != expect_text {
-                fail(&self.log, &format!("{}: a frame in the wrong encoding: {frame:?}", self.name));
+                panic!("{}: a frame in the wrong encoding: {frame:?}", self.name);
             }
             match codec::decode(&frame, usize::MAX) {
                 Ok(msg) => return Some(msg),
-                Err(e) => fail(&self.log, &format!("{}: undecodable frame {frame:?}: {e}", self.name)),
+                Err(e) => panic!("{}: undecodable frame {frame:?}: {e}", self.name),
             }
         }
     }
@@ -130,7 +124,7 @@ impl Client {
     async fn recv(&mut self) -> mq::Message {
         match self.recv_within(WAIT).await {
             Some(msg) => msg,
-            None => fail(&self.log, &format!("{}: nothing arrived within {WAIT:?}", self.name)),
+            None => panic!("{}: nothing arrived within {WAIT:?}", self.name),
         }
     }
 
@@ -138,7 +132,7 @@ impl Client {
     async fn response(&mut self, id: &str) -> mq::Message {
         let msg = self.recv().await;
         if msg.message_type != Some(MessageType::Response as i32) || msg.request_id.as_deref() != Some(id) {
-            fail(&self.log, &format!("{}: expected the response to {id}, got {msg:?}", self.name));
+            panic!("{}: expected the response to {id}, got {msg:?}", self.name);
         }
         msg
     }
@@ -196,7 +190,8 @@ async fn expect_open(port: u16, n: usize, log: &Log) {
     wait_for(WAIT, &what, log, || async { scrape(port, OPEN).await == n as f64 }).await;
 }
 
-/// Runs `test` with a log, within [`DEADLINE`]; on failure the panic carries the log.
+/// Runs `test` with a log, within [`DEADLINE`]; on a failure or past the deadline, prints
+/// every line the processes printed, then fails.
 async fn with_deadline<F, Fut>(test: F)
 where
     F: FnOnce(Log) -> Fut,
@@ -204,15 +199,16 @@ where
 {
     let log = Log::default();
     let mut run = tokio::spawn(test(log.clone()));
-    match tokio::time::timeout(DEADLINE, &mut run).await {
-        // Shown with --nocapture: what the processes said.
-        Ok(Ok(())) => println!("{}", log.lock().unwrap().join("\n")),
-        // The panic message carries the log already.
+    let outcome = tokio::time::timeout(DEADLINE, &mut run).await;
+    if !matches!(outcome, Ok(Ok(()))) {
+        run.abort();
+    }
+    // Shown on failure (and with --nocapture): what the processes said.
+    println!("--- log ---\n{}\n--- end of log ---", log.lock().unwrap().join("\n"));
+    match outcome {
+        Ok(Ok(())) => {}
         Ok(Err(e)) => std::panic::resume_unwind(e.into_panic()),
-        Err(_) => {
-            run.abort();
-            fail(&log, &format!("the test did not finish within {DEADLINE:?}"));
-        }
+        Err(_) => panic!("the test did not finish within {DEADLINE:?}"),
     }
 }
 
@@ -267,7 +263,7 @@ async fn serve_clients(log: Log) {
     let (nats, gateway, port) = start_gateway(&log).await;
 
     // --- No worker yet: the gateway answers by itself, at once. ---
-    let mut a = Client::connect("a", port, Encoding::Base64Text, &log).await;
+    let mut a = Client::connect("a", port, Encoding::Base64Text).await;
     expect_open(port, 1, &log).await;
     expect_no_worker(&mut a, "demo.Echo", b"anyone?").await;
     let auth = pcast::Authenticate { authentication_token: TOKEN.into(), ..Default::default() };
@@ -301,7 +297,7 @@ async fn serve_clients(log: Log) {
     let bytes: Vec<u8> = (0..=255).collect();
     let echo = a.call("demo.Echo", &bytes).await;
     assert_eq!((echo.r#type.as_str(), &echo.payload), ("demo.EchoResponse", &bytes));
-    let mut b = Client::connect("b", port, Encoding::Binary, &log).await;
+    let mut b = Client::connect("b", port, Encoding::Binary).await;
     expect_open(port, 2, &log).await;
     assert_eq!(b.authenticate(TOKEN).await.status, "ok");
     let echo = b.call("demo.Echo", &bytes).await;
@@ -343,7 +339,7 @@ async fn serve_clients(log: Log) {
                 assert_eq!(msg.payload, b"hello r");
                 heard = true;
             }
-            _ => fail(&log, &format!("a: unexpected {msg:?}")),
+            _ => panic!("a: unexpected {msg:?}"),
         }
     }
     let heard = b.recv().await;
@@ -439,7 +435,7 @@ async fn publish_order(log: Log) {
     const ROUNDS: usize = 50;
     let (nats, gateway, port) = start_gateway(&log).await;
     let worker = start_worker(&nats, &log).await;
-    let mut a = Client::connect("a", port, Encoding::Base64Text, &log).await;
+    let mut a = Client::connect("a", port, Encoding::Base64Text).await;
     assert_eq!(a.authenticate(TOKEN).await.status, "ok");
     let (mut event_first, mut reply_first) = (0, 0);
     for _ in 0..ROUNDS {
@@ -459,13 +455,10 @@ async fn publish_order(log: Log) {
         a.respond(question.request_id.as_deref().unwrap_or_default(), "demo.QuestionResponse", b"").await;
     }
     if event_first + reply_first > 0 {
-        fail(
-            &log,
-            &format!(
-                "the gateway reordered what the worker published under P.gw.G.: in {ROUNDS} rounds, \
-                 an event published after a reply reached the client first {event_first} times, \
-                 and a reply published after a server request reached it first {reply_first} times"
-            ),
+        panic!(
+            "the gateway reordered what the worker published under P.gw.G.: in {ROUNDS} rounds, \
+             an event published after a reply reached the client first {event_first} times, \
+             and a reply published after a server request reached it first {reply_first} times"
         );
     }
     worker.terminate(WAIT).await;
