@@ -15,8 +15,23 @@ pub trait Backend: Send + Sync + 'static {
     fn attach(&self, _gateway: GatewayHandle) {}
 
     /// Answers one client request. The gateway bounds it with the request timeout: a future
-    /// that never finishes is dropped and the client gets `mq.Error{timeout}`.
-    fn request(&self, req: BackendRequest) -> impl Future<Output = Result<Reply, BackendError>> + Send;
+    /// that never finishes is dropped and the client gets `mq.Error{timeout}`. A backend that
+    /// answers itself ([`Backend::answers_itself`]) is never asked.
+    fn request(&self, req: BackendRequest) -> impl Future<Output = Result<Reply, BackendError>> + Send {
+        let _ = req;
+        std::future::ready(Err(BackendError::Unavailable))
+    }
+
+    /// Whether answers come back through [`GatewayHandle::answer`] instead of from the future of
+    /// [`Backend::request`]: a bus backend, so that an answer and whatever it sends the
+    /// connection around it reach the connection's shard in one order.
+    fn answers_itself(&self) -> bool {
+        false
+    }
+
+    /// Starts a request of a backend that answers itself. The gateway times it out on its own;
+    /// an answer after that is traced as late.
+    fn submit(&self, _req: BackendRequest) {}
 
     /// A connection ended (`pcast.ConnectionDisconnected`).
     fn disconnected(&self, _event: pcast::ConnectionDisconnected) {}

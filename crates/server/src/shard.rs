@@ -9,8 +9,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use clientmq_core::{
-    Admission, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply, ServerRequestError, Target,
-    Topic,
+    Admission, BackendError, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply,
+    ServerRequestError, Target, Topic,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -135,13 +135,33 @@ impl GatewayHandle {
         request_type: &str,
         payload: Vec<u8>,
     ) -> Result<Reply, ServerRequestError> {
+        self.begin_server_request(conn, request_type, payload).await?.await
+    }
+
+    /// Sends a request to a client now, in order with what was handed to the connection's shard
+    /// before; the returned future waits for the answer (or the server request timeout).
+    pub async fn begin_server_request(
+        &self,
+        conn: ConnectionId,
+        request_type: &str,
+        payload: Vec<u8>,
+    ) -> Result<impl Future<Output = Result<Reply, ServerRequestError>> + use<>, ServerRequestError> {
         let Some(shard) = self.shard_of(&conn) else { return Err(ServerRequestError::NotConnected) };
         let (reply, answer) = oneshot::channel();
         let cmd = Command::ServerRequest { conn, request_type: request_type.to_owned(), payload, reply };
         if shard.send(cmd).await.is_err() {
             return Err(ServerRequestError::NotConnected);
         }
-        answer.await.unwrap_or(Err(ServerRequestError::Disconnected))
+        Ok(async move { answer.await.unwrap_or(Err(ServerRequestError::Disconnected)) })
+    }
+
+    /// The answer to a client request of `conn` (core token `token`), from a backend that
+    /// answers itself: handed to the connection's shard in order with everything else the
+    /// backend handed it before. Nothing when the connection is gone.
+    pub async fn answer(&self, conn: ConnectionId, token: u64, result: Result<Reply, BackendError>) {
+        if let Some(shard) = self.shard_of(&conn) {
+            let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
+        }
     }
 
     /// Ids of every registered connection, in id order.
@@ -400,6 +420,7 @@ impl<B: Backend> Shard<B> {
                     handle.abort.notify_one();
                 }
             }
+            Output::Backend(req) if self.backend.answers_itself() => self.backend.submit(req),
             Output::Backend(req) => {
                 let token = req.token;
                 let backend = self.backend.clone();

@@ -414,19 +414,11 @@ async fn serve_clients(log: Log) {
 }
 
 /// docs/nats.md: "Everything a worker publishes under `P.gw.G.` reaches gateway G in the order it
-/// was published, and G applies it in that order." The gateway keeps this for effects published
-/// before a reply (checked above with `demo.Notify`), but not for the rest:
-///
-/// - a reply published before an event: G hands the reply to the connection's shard through a
-///   task (the request's future, woken by the reply), while the event that follows goes to the
-///   shard directly, so the event overtakes the reply (every time, here);
-/// - a `.request` published before a reply: G handles each server request in a task of its own,
-///   so the reply may overtake it (about one time in four, here).
-///
-/// Ignored until the gateway keeps the order (or the doc stops promising it); run it with
-/// `cargo test -p clientmq-server --test node_worker -- --ignored`.
+/// was published, and G applies it in that order." Effects published before a reply are checked
+/// above with `demo.Notify`; here, the rest: a reply published before an event, and a `.request`
+/// published before a reply (each once overtaken, when the gateway handed replies and server
+/// requests to the shard from tasks of their own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the gateway does not yet apply a reply in publish order with the messages around it"]
 async fn the_gateway_applies_what_a_worker_publishes_under_its_subjects_in_publish_order() {
     with_deadline(publish_order).await;
 }

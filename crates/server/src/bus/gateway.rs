@@ -3,8 +3,9 @@
 //!
 //! - Requests go to `P.req.<type>` with a reply subject under the gateway's own subjects; the
 //!   gateway reads everything addressed to it (replies, events to a connection, subscription
-//!   changes, server requests, sync and orphans) from one subscription, so it applies what a
-//!   worker published in the order it was published.
+//!   changes, server requests, sync and orphans) from one subscription and hands each to the
+//!   connection's shard from that one reader, so it applies what a worker published in the
+//!   order it was published (this backend answers itself: [`Backend::answers_itself`]).
 //! - Room and conversation events come from `P.room.<R>` / `P.conv.<R>`, subscribed while some
 //!   shard has interest. Interest and requests go out through one ordered writer, so a join's
 //!   interest is subscribed before the join itself is published.
@@ -20,21 +21,41 @@ use std::time::Duration;
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Target, Topic, close};
 use prost::Message as _;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
 use super::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 use crate::backend::Backend;
 use crate::shard::GatewayHandle;
 
-type Answer = oneshot::Sender<Result<Reply, BackendError>>;
+/// A request waiting for its reply: whose, under which core token, until when.
+struct Waiting {
+    conn: ConnectionId,
+    token: u64,
+    until: Instant,
+}
 
 /// What the ordered writer does, in the order it was asked.
 enum Op {
-    Request { token: u64, msg: BusMessage },
+    Request {
+        token: u64,
+        msg: BusMessage,
+    },
+    /// An answer the gateway gives without asking anyone (unavailable, malformed).
+    Answer {
+        conn: ConnectionId,
+        token: u64,
+        result: Result<Reply, BackendError>,
+    },
     Publish(BusMessage),
-    Interest { shard: usize, topic: Topic, room: String, on: bool },
+    Interest {
+        shard: usize,
+        topic: Topic,
+        room: String,
+        on: bool,
+    },
 }
 
 struct Shared<B> {
@@ -45,26 +66,29 @@ struct Shared<B> {
     ops: mpsc::UnboundedSender<Op>,
     /// Requests waiting for their reply, by this backend's own token (shards number theirs
     /// separately).
-    pending: Mutex<BTreeMap<u64, Answer>>,
+    pending: Mutex<BTreeMap<u64, Waiting>>,
     next_token: AtomicU64,
     /// Disconnect notices that could not be published (the bus was away).
     dropped_notices: AtomicU64,
 }
 
 impl<B> Shared<B> {
-    fn answer(&self, token: u64, result: Result<Reply, BackendError>) {
-        let waiting = self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&token);
-        if let Some(tx) = waiting {
-            let _ = tx.send(result);
-        }
+    fn take(&self, token: u64) -> Option<Waiting> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&token)
     }
 
     /// The bus went away: nothing in flight will be answered.
-    fn fail_pending(&self) {
+    async fn fail_pending(&self, gateway: &GatewayHandle) {
         let all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
-        for (_, tx) in all {
-            let _ = tx.send(Err(BackendError::Unavailable));
+        for (_, w) in all {
+            gateway.answer(w.conn, w.token, Err(BackendError::Unavailable)).await;
         }
+    }
+
+    /// Forgets requests the gateway has timed out by now (their reply, if any, would be late).
+    fn forget_expired(&self) {
+        let now = Instant::now();
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, w| w.until > now);
     }
 }
 
@@ -99,18 +123,6 @@ impl<B: Bus> BusBackend<B> {
     }
 }
 
-/// Removes a request's waiter when its future is dropped (the gateway timed it out).
-struct Waiting<B> {
-    shared: Arc<Shared<B>>,
-    token: u64,
-}
-
-impl<B> Drop for Waiting<B> {
-    fn drop(&mut self) {
-        self.shared.pending.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.token);
-    }
-}
-
 fn error_reply(reason: &str) -> Reply {
     Reply { reply_type: "mq.Error".into(), payload: mq::Error { reason: reason.into() }.encode_to_vec() }
 }
@@ -126,20 +138,27 @@ impl<B: Bus> Backend for BusBackend<B> {
         tokio::spawn(announce(self.shared.clone(), gateway));
     }
 
-    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+    fn answers_itself(&self) -> bool {
+        true
+    }
+
+    fn submit(&self, req: BackendRequest) {
         let s = &self.shared;
+        let (conn, token) = (req.conn, req.token);
+        let answer = |result| Op::Answer { conn, token, result };
         if !s.bus.status().connected {
-            return Err(BackendError::Unavailable);
+            let _ = s.ops.send(answer(Err(BackendError::Unavailable)));
+            return;
         }
         let Some(subject) = s.subjects.request(&req.request_type) else {
-            return Ok(error_reply("malformed"));
+            let _ = s.ops.send(answer(Ok(error_reply("malformed"))));
+            return;
         };
-        let token = s.next_token.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        s.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(token, tx);
-        let _waiting = Waiting { shared: s.clone(), token };
+        let ours = s.next_token.fetch_add(1, Ordering::Relaxed);
+        let until = Instant::now() + s.request_timeout + Duration::from_secs(1);
+        s.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(ours, Waiting { conn, token, until });
         let mut msg = BusMessage::new(subject, req.payload)
-            .reply_to(s.subjects.reply(&s.route_key, token))
+            .reply_to(s.subjects.reply(&s.route_key, ours))
             .with(header::GATEWAY, s.route_key.as_str())
             .with(header::CONNECTION, req.conn.to_string())
             .with(header::REMOTE, req.remote.to_string())
@@ -150,10 +169,7 @@ impl<B: Bus> Backend for BusBackend<B> {
         for (name, value) in req.claims.as_deref().map(contract::claims_headers).into_iter().flatten() {
             msg = msg.with(name, value);
         }
-        if s.ops.send(Op::Request { token, msg }).is_err() {
-            return Err(BackendError::Unavailable);
-        }
-        rx.await.unwrap_or(Err(BackendError::Unavailable))
+        let _ = s.ops.send(Op::Request { token: ours, msg });
     }
 
     fn disconnected(&self, event: pcast::ConnectionDisconnected) {
@@ -190,9 +206,12 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             Op::Request { token, msg } => {
                 if let Err(e) = s.bus.publish(msg).await {
                     tracing::debug!(error = %e, "request not published");
-                    s.answer(token, Err(BackendError::Unavailable));
+                    if let Some(w) = s.take(token) {
+                        gateway.answer(w.conn, w.token, Err(BackendError::Unavailable)).await;
+                    }
                 }
             }
+            Op::Answer { conn, token, result } => gateway.answer(conn, token, result).await,
             Op::Publish(msg) => {
                 if s.bus.publish(msg).await.is_err() {
                     s.dropped_notices.fetch_add(1, Ordering::Relaxed);
@@ -260,13 +279,14 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
         let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
         match (what, conn) {
             (ToGateway::Reply(token), _) => {
+                let Some(w) = s.take(token) else { continue }; // timed out, or not ours
                 let result = if msg.status == Some(NO_RESPONDERS) {
                     Err(BackendError::NoWorker)
                 } else {
                     let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
                     Ok(Reply { reply_type, payload: msg.payload })
                 };
-                s.answer(token, result);
+                gateway.answer(w.conn, w.token, result).await;
             }
             (ToGateway::Event, Some(conn)) => {
                 if let Some(event_type) = msg.header(header::TYPE) {
@@ -281,8 +301,22 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
                 }
             }
             (ToGateway::Request, Some(conn)) => {
-                let (bus, gateway) = (s.bus.clone(), gateway.clone());
-                tokio::spawn(server_request(bus, gateway, conn, msg));
+                // Handed to the shard here, in order; only the wait for the client's answer runs
+                // on its own.
+                let request_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
+                let started = gateway.begin_server_request(conn, &request_type, msg.payload.clone()).await;
+                let bus = s.bus.clone();
+                tokio::spawn(async move {
+                    let answer = match started {
+                        Ok(answer) => answer.await,
+                        Err(e) => Err(e),
+                    };
+                    let answer = match answer {
+                        Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
+                        Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
+                    };
+                    respond(&*bus, &msg, answer).await;
+                });
             }
             (ToGateway::Sync, _) => {
                 let gone: Vec<ConnectionId> = contract::parse_ids(&msg.payload)
@@ -310,16 +344,6 @@ async fn respond<B: Bus>(bus: &B, msg: &BusMessage, mut answer: BusMessage) {
     }
 }
 
-/// A worker's request to a client; the client's answer (or why there is none) goes back.
-async fn server_request<B: Bus>(bus: Arc<B>, gateway: GatewayHandle, conn: ConnectionId, msg: BusMessage) {
-    let request_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
-    let answer = match gateway.server_request(conn, &request_type, msg.payload.clone()).await {
-        Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
-        Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
-    };
-    respond(&*bus, &msg, answer).await;
-}
-
 /// Announces the gateway every second; fails requests in flight when the bus goes away.
 async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
     let mut seen = s.bus.status();
@@ -327,8 +351,9 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
         let status = s.bus.status();
         // Gone, or gone and back between two looks: replies in flight may be lost either way.
         if seen.connected && (!status.connected || status.epoch != seen.epoch) {
-            s.fail_pending();
+            s.fail_pending(&gateway).await;
         }
+        s.forget_expired();
         seen = status;
         if status.connected {
             let msg = BusMessage::new(s.subjects.alive(&s.route_key), Vec::new())
