@@ -56,7 +56,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let config = WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name };
+        let config = WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None };
         worker::run(bus, config, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

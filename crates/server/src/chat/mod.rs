@@ -31,7 +31,7 @@ use crate::backend::Backend;
 use crate::shard::GatewayHandle;
 
 pub use config::ChatConfig;
-pub use state::{ChatInvariant, ChatState, ChatStats};
+pub use state::{ChatInvariant, ChatState, ChatStats, Fact};
 pub use wire::{Delivery, Outgoing, Subscription, reason, status};
 
 /// Mixed into the server seed so the backend's ids do not repeat the shards' connection ids.

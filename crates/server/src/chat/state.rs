@@ -103,6 +103,35 @@ pub struct ChatState {
     pub(super) deadlines: BTreeSet<(Instant, Deadline)>,
     pub(super) outbox: Vec<Outgoing>,
     pub(super) next_message: u64,
+    /// Which connection holds which session, as it changes (kept only when asked for).
+    journal: Option<Vec<Fact>>,
+}
+
+/// A change of which connection holds which session: what a simulator checks across a fleet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fact {
+    Bound {
+        conn: ConnectionId,
+        session: String,
+    },
+    Unbound {
+        conn: ConnectionId,
+        session: String,
+    },
+    /// The session is over (Bye, or its grace period ran out): its member left every room.
+    Ended {
+        session: String,
+    },
+}
+
+impl std::fmt::Display for Fact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fact::Bound { conn, session } => write!(f, "bound {conn} session={session}"),
+            Fact::Unbound { conn, session } => write!(f, "unbound {conn} session={session}"),
+            Fact::Ended { session } => write!(f, "session-ended session={session}"),
+        }
+    }
 }
 
 /// Decodes a request, calls `f` with it, and encodes its answer as `<type>Response`.
@@ -136,6 +165,23 @@ impl ChatState {
             deadlines: BTreeSet::new(),
             outbox: Vec::new(),
             next_message: 0,
+            journal: None,
+        }
+    }
+
+    /// Starts keeping [`Fact`]s, for [`ChatState::take_facts`].
+    pub fn keep_facts(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The facts since the last call, in order.
+    pub fn take_facts(&mut self) -> Vec<Fact> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    fn note(&mut self, fact: Fact) {
+        if let Some(journal) = &mut self.journal {
+            journal.push(fact);
         }
     }
 
@@ -248,6 +294,7 @@ impl ChatState {
                 return; // authenticating again as itself changes nothing
             }
             self.conns.remove(&conn);
+            self.note(Fact::Unbound { conn, session: old.clone() });
             self.emit_subscriptions(conn, &old, false);
             self.detach(&old);
         }
@@ -259,9 +306,11 @@ impl ChatState {
         if let Some(previous) = previous {
             // Taken over, typically by a reconnect the server noticed before the old socket's end.
             self.conns.remove(&previous);
+            self.note(Fact::Unbound { conn: previous, session: id.to_owned() });
             self.emit_subscriptions(previous, id, false);
         }
         self.conns.insert(conn, id.to_owned());
+        self.note(Fact::Bound { conn, session: id.to_owned() });
         self.emit_subscriptions(conn, id, true);
     }
 
@@ -313,7 +362,9 @@ impl ChatState {
         }
         if let Some(conn) = session.conn {
             self.conns.remove(&conn);
+            self.note(Fact::Unbound { conn, session: id.to_owned() });
         }
+        self.note(Fact::Ended { session: id.to_owned() });
     }
 
     /// A connection ended (`pcast.ConnectionDisconnected`): its session's grace period starts.
@@ -328,6 +379,7 @@ impl ChatState {
             }
         }
         if let Some(id) = self.conns.remove(&conn) {
+            self.note(Fact::Unbound { conn, session: id.clone() });
             self.detach(&id);
         }
     }

@@ -44,6 +44,49 @@ pub struct WorkerConfig {
     pub seed: Option<u64>,
     /// This worker's name on the bus (a subject token): where gateways answer it.
     pub name: String,
+    /// Told what the worker decided, step by step (the simulator's checked mode); also makes the
+    /// worker check its state's invariants after every step.
+    pub observer: Option<WorkerObserver>,
+}
+
+/// What a worker reports to its observer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WorkerEvent {
+    /// Which connection holds which session changed.
+    Fact(super::Fact),
+    /// A gateway was counted gone: its connections were treated as disconnected.
+    GatewayGone { gateway: String, connections: usize },
+    /// A gateway counted gone was heard from again.
+    GatewayBack { gateway: String },
+    /// The worker's own connection to the bus came or went.
+    Bus { connected: bool },
+    /// The state broke one of its invariants.
+    Broken(String),
+}
+
+impl std::fmt::Display for WorkerEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WorkerEvent::Fact(fact) => write!(f, "{fact}"),
+            WorkerEvent::GatewayGone { gateway, connections } => {
+                write!(f, "gateway-gone {gateway} connections={connections}")
+            }
+            WorkerEvent::GatewayBack { gateway } => write!(f, "gateway-back {gateway}"),
+            WorkerEvent::Bus { connected: true } => write!(f, "bus-connected"),
+            WorkerEvent::Bus { connected: false } => write!(f, "bus-lost"),
+            WorkerEvent::Broken(what) => write!(f, "broken {what}"),
+        }
+    }
+}
+
+/// Receives [`WorkerEvent`]s.
+#[derive(Clone)]
+pub struct WorkerObserver(pub Arc<dyn Fn(WorkerEvent) + Send + Sync>);
+
+impl std::fmt::Debug for WorkerObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WorkerObserver")
+    }
 }
 
 /// What the worker knows of one gateway.
@@ -83,6 +126,7 @@ struct Worker<B> {
     /// The gateway of every connection that sent a request and has not ended.
     routes: BTreeMap<ConnectionId, String>,
     gateways: BTreeMap<String, Gateway>,
+    observer: Option<WorkerObserver>,
 }
 
 fn now() -> Instant {
@@ -101,8 +145,13 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
     let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
     let mut inbox = subscribe(&*bus, &format!("{}.wk.{}.>", subjects.prefix(), config.name), None).await;
+    let mut state = ChatState::new(config.chat, rng, now());
+    if config.observer.is_some() {
+        state.keep_facts();
+    }
     let mut w = Worker {
-        state: ChatState::new(config.chat, rng, now()),
+        observer: config.observer,
+        state,
         bus: bus.clone(),
         subjects,
         name: config.name,
@@ -112,8 +161,14 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     tracing::info!(worker = %w.name, "chat worker serving pcast.* and chat.*");
     let mut seen = bus.status();
     tokio::pin!(shutdown);
+    // On a fixed schedule, not a second after the last message: steady traffic must not starve
+    // the check for silent gateways (the documented bound counts on one check a second).
+    let mut next_check = now() + ANNOUNCE_EVERY;
     loop {
-        let next = w.state.next_deadline().map_or(now() + ANNOUNCE_EVERY, |d| d.min(now() + ANNOUNCE_EVERY));
+        if now() >= next_check {
+            next_check += ANNOUNCE_EVERY;
+        }
+        let next = w.state.next_deadline().map_or(next_check, |d| d.min(next_check));
         // Biased: a fixed branch order keeps simulated runs reproducible.
         tokio::select! {
             biased;
@@ -131,6 +186,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
             Some(msg) = chat.next() => w.request(msg).await,
             else => break,
         }
+        w.observe();
     }
 }
 
@@ -147,6 +203,25 @@ async fn subscribe<B: Bus>(bus: &B, subject: &str, queue: Option<&str>) -> B::Su
 }
 
 impl<B: Bus> Worker<B> {
+    fn tell(&self, event: WorkerEvent) {
+        if let Some(observer) = &self.observer {
+            (observer.0)(event);
+        }
+    }
+
+    /// After every step: the facts, then the state's invariants.
+    fn observe(&mut self) {
+        if self.observer.is_none() {
+            return;
+        }
+        for fact in self.state.take_facts() {
+            self.tell(WorkerEvent::Fact(fact));
+        }
+        if let Err(broken) = self.state.check_invariants() {
+            self.tell(WorkerEvent::Broken(broken.to_string()));
+        }
+    }
+
     async fn publish(&self, msg: BusMessage) {
         if let Err(e) = self.bus.publish(msg).await {
             tracing::debug!(error = %e, "not published");
@@ -257,6 +332,7 @@ impl<B: Bus> Worker<B> {
             tracing::info!(gateway = %g, orphans = gateway.orphans.len(), "gateway back");
             gateway.gone = false;
             gateway.told = None;
+            self.tell(WorkerEvent::GatewayBack { gateway: g.to_owned() });
         }
     }
 
@@ -344,6 +420,7 @@ impl<B: Bus> Worker<B> {
         let conns: Vec<ConnectionId> =
             self.routes.iter().filter(|(_, gw)| gw.as_str() == g).map(|(id, _)| *id).collect();
         tracing::warn!(gateway = %g, connections = conns.len(), "gateway silent; its sessions are detached");
+        self.tell(WorkerEvent::GatewayGone { gateway: g.to_owned(), connections: conns.len() });
         let bound: Vec<ConnectionId> =
             conns.iter().filter(|c| self.state.session_of(c).is_some()).copied().collect();
         for conn in conns {
@@ -357,6 +434,13 @@ impl<B: Bus> Worker<B> {
     /// The worker's own bus connection changed. Back after an absence: every gateway gets a
     /// fresh silence window and is asked which connections ended meanwhile.
     async fn bus_changed(&mut self, before: BusStatus, after: BusStatus) {
+        if before.connected != after.connected || before.epoch != after.epoch {
+            if before.connected && after.connected {
+                // Lost and back between two looks: say both.
+                self.tell(WorkerEvent::Bus { connected: false });
+            }
+            self.tell(WorkerEvent::Bus { connected: after.connected });
+        }
         if !after.connected || after.epoch == before.epoch {
             return;
         }
