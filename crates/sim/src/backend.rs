@@ -1,11 +1,12 @@
-//! The backend the simulated gateway uses: the server's own backend, wrapped so a scenario
-//! can make it slow, failing or silent at any point on its timeline.
+//! The backend the simulated gateway uses: the server's own backend (embedded, or the bus
+//! backend of a fleet), wrapped so a scenario can make it slow, failing or silent at any point
+//! on its timeline.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clientmq_core::proto::pcast;
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Topic};
 use clientmq_server::{Backend, GatewayHandle};
 
 use crate::scenario::BackendMode;
@@ -14,6 +15,8 @@ use crate::scenario::BackendMode;
 pub struct SimBackend<B> {
     inner: Arc<B>,
     mode: Arc<Mutex<BackendMode>>,
+    /// For a failing mode's answers, when the inner backend answers itself.
+    gateway: Arc<std::sync::OnceLock<GatewayHandle>>,
 }
 
 impl<B: Backend> SimBackend<B> {
@@ -23,7 +26,7 @@ impl<B: Backend> SimBackend<B> {
 
     /// A backend whose mode is the shared `mode` (a restarted gateway keeps the timeline's mode).
     pub fn sharing(inner: B, mode: Arc<Mutex<BackendMode>>) -> Self {
-        SimBackend { inner: Arc::new(inner), mode }
+        SimBackend { inner: Arc::new(inner), mode, gateway: Arc::default() }
     }
 
     /// A handle that changes the mode of every clone.
@@ -34,7 +37,36 @@ impl<B: Backend> SimBackend<B> {
 
 impl<B: Backend> Backend for SimBackend<B> {
     fn attach(&self, gateway: GatewayHandle) {
+        let _ = self.gateway.set(gateway.clone());
         self.inner.attach(gateway);
+    }
+
+    fn answers_itself(&self) -> bool {
+        self.inner.answers_itself()
+    }
+
+    fn submit(&self, req: BackendRequest) {
+        let mode = *self.mode.lock().expect("mode lock");
+        match mode {
+            BackendMode::Normal => self.inner.submit(req),
+            BackendMode::Slow { delay_secs } => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs_f64(delay_secs)).await;
+                    inner.submit(req);
+                });
+            }
+            BackendMode::Fail => {
+                let gateway = self.gateway.get().cloned();
+                tokio::spawn(async move {
+                    if let Some(gateway) = gateway {
+                        let failed = Err(BackendError::Failed("scripted failure".into()));
+                        gateway.answer(req.conn, req.token, failed).await;
+                    }
+                });
+            }
+            BackendMode::Hang => {}
+        }
     }
 
     async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
@@ -56,5 +88,21 @@ impl<B: Backend> Backend for SimBackend<B> {
 
     fn rtt(&self, conn: ConnectionId, rtt: Duration) {
         self.inner.rtt(conn, rtt);
+    }
+
+    fn decides_subscriptions(&self) -> bool {
+        self.inner.decides_subscriptions()
+    }
+
+    fn wants_interest(&self) -> bool {
+        self.inner.wants_interest()
+    }
+
+    fn interest(&self, shard: usize, topic: Topic, room: &str, on: bool) {
+        self.inner.interest(shard, topic, room, on);
+    }
+
+    fn ready(&self) -> bool {
+        self.inner.ready()
     }
 }

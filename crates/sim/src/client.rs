@@ -14,8 +14,8 @@ use turmoil::net::TcpStream;
 use crate::scenario::{Behaviour, ClientGroup};
 use crate::trace::Trace;
 
-/// Where every client connects.
-pub const GATEWAY: &str = "gateway:8080";
+/// The port every gateway listens on.
+const GATEWAY_PORT: u16 = 8080;
 
 /// How a client treats what the server sends.
 #[derive(Debug, Clone, Copy)]
@@ -43,11 +43,20 @@ struct Who {
     name: String,
     trace: Trace,
     mute_at: Option<Instant>,
+    /// The gateway hosts to connect to: the first, then the next on each reconnect.
+    gateways: Vec<String>,
+    connects: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Who {
     fn note(&self, what: impl Into<String>) {
         self.trace.client(&self.name, what);
+    }
+
+    /// Where the next connection goes (a load balancer's round robin over the group's gateways).
+    fn next_gateway(&self) -> (String, u16) {
+        let n = self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.gateways[n % self.gateways.len()].clone(), GATEWAY_PORT)
     }
 }
 
@@ -61,9 +70,10 @@ struct Client {
 }
 
 /// Runs one client of `group` to the end of its script.
-pub async fn run(group: ClientGroup, index: usize, trace: Trace) {
+pub async fn run(group: ClientGroup, index: usize, trace: Trace, gateways: Vec<String>) {
     let mute_at = group.mute_after_secs.map(|s| Instant::now() + Duration::from_secs_f64(s));
-    let who = Who { name: format!("{}-{index}", group.name), trace, mute_at };
+    let name = format!("{}-{index}", group.name);
+    let who = Who { name, trace, mute_at, gateways, connects: Default::default() };
     let who = &who;
     match group.behaviour {
         Behaviour::Polite => polite(who, &group).await,
@@ -82,7 +92,7 @@ pub async fn run(group: ClientGroup, index: usize, trace: Trace) {
 
 impl Client {
     async fn connect(who: &Who, manners: Manners) -> Option<Client> {
-        let mut stream = match TcpStream::connect(GATEWAY).await {
+        let mut stream = match TcpStream::connect(who.next_gateway()).await {
             Ok(s) => s,
             Err(e) => {
                 who.note(format!("connect-failed {}", e.kind()));
@@ -393,7 +403,7 @@ async fn double_close(who: &Who) {
 }
 
 async fn slowloris(who: &Who) {
-    let Ok(mut s) = TcpStream::connect(GATEWAY).await else { return };
+    let Ok(mut s) = TcpStream::connect(who.next_gateway()).await else { return };
     let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n").await;
     who.note("upgrade-stalled");
     let mut buf = [0u8; 64];

@@ -20,7 +20,7 @@ use rand::{RngExt, SeedableRng};
 
 use crate::RunOptions;
 use crate::scenario::{
-    Action, BackendMode, Behaviour, ClientGroup, Expect, Scenario, ServerSettings, SnapshotMode, Step,
+    Action, BackendMode, Behaviour, ClientGroup, Expect, Fleet, Scenario, ServerSettings, SnapshotMode, Step,
 };
 use crate::shrink::{self, Size};
 
@@ -44,6 +44,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
                 requests: rng.random_range(0..4),
                 stay_secs: rng.random_range(1.0..40.0),
                 mute_after_secs: rng.random_bool(0.2).then(|| rng.random_range(0.0..30.0_f64).round()),
+                gateways: Vec::new(),
             });
         }
     }
@@ -57,6 +58,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
             requests: 2,
             stay_secs: 10.0,
             mute_after_secs: None,
+            gateways: Vec::new(),
         });
     }
     let server = ServerSettings {
@@ -101,34 +103,96 @@ pub fn scenario_for(seed: u64) -> Scenario {
         snapshot: SnapshotMode::Full,
         server,
         backend: BackendMode::Normal,
+        fleet: None,
         clients,
         timeline,
         expect: Expect::default(),
     };
+    // A separate stream, so a seed's single-gateway scenario stays what it was without fleets.
+    let mut fleet_rng = StdRng::seed_from_u64(seed ^ 0xf1ee7);
+    if fleet_rng.random_bool(0.35) {
+        make_fleet(&mut scenario, &mut fleet_rng);
+    }
     aim_restarts(&mut scenario, &mut rng);
     scenario
 }
 
-/// Moves most restarts onto an instant where the gateway acts, found by running the scenario
-/// once without restarts: up to the first restart both runs are the same, so the dying process
-/// is caught in the middle of its own step. Guessing such instants from client start times and
-/// timers alone hit one restart in fourteen.
+/// Turns an explored scenario into a fleet: 2 or 3 gateways and a chat worker on the bus,
+/// each client group behind one or two gateways (reconnects go to the next), restarts of the
+/// gateway become restarts of one of them, and faults of the fleet join the timeline: a gateway
+/// or the worker killed, restarted or cut off from the bus (and often repaired), the bus restarted.
+fn make_fleet(s: &mut Scenario, rng: &mut StdRng) {
+    let fleet = Fleet {
+        gateways: rng.random_range(2..=3),
+        workers: 1,
+        grace_secs: Some(rng.random_range(3.0..30.0_f64).round()),
+    };
+    let gateways = fleet.gateway_hosts();
+    let pick = |rng: &mut StdRng| gateways[rng.random_range(0..gateways.len())].clone();
+    for group in &mut s.clients {
+        let first = pick(rng);
+        group.gateways = vec![first.clone()];
+        let second = pick(rng);
+        if second != first && rng.random_bool(0.5) {
+            group.gateways.push(second);
+        }
+    }
+    for step in &mut s.timeline {
+        if step.action == Action::Bounce {
+            step.action = Action::Restart { host: pick(rng) };
+        }
+    }
+    let hosts: Vec<String> = gateways.iter().cloned().chain(fleet.worker_hosts()).collect();
+    for _ in 0..rng.random_range(1..=3) {
+        let at_secs = ticks(rng, 2.0..60.0);
+        let host = hosts[rng.random_range(0..hosts.len())].clone();
+        let action = match rng.random_range(0..6) {
+            0 => Action::Kill { host },
+            1 => Action::Restart { host },
+            2 => Action::RestartBus,
+            _ => {
+                if rng.random_bool(0.7) {
+                    let back = (at_secs + rng.random_range(1.0..20.0_f64)).min(85.0);
+                    s.timeline.push(Step { at_secs: back, action: Action::RepairBus { host: host.clone() } });
+                }
+                Action::PartitionBus { host }
+            }
+        };
+        s.timeline.push(Step { at_secs, action });
+    }
+    s.fleet = Some(fleet);
+}
+
+/// Whether a step ends a process (and on which host): what restarts are aimed at.
+fn ending(action: &Action) -> Option<&str> {
+    match action {
+        Action::Bounce => Some("gateway"),
+        Action::Restart { host } | Action::Kill { host } => Some(host),
+        _ => None,
+    }
+}
+
+/// Moves most restarts and kills onto an instant where the dying process acts, found by
+/// running the scenario once without them: up to the first one both runs are the same, so the
+/// dying process is caught in the middle of its own step. Guessing such instants from client
+/// start times and timers alone hit one restart in fourteen.
 fn aim_restarts(scenario: &mut Scenario, rng: &mut StdRng) {
-    if !scenario.timeline.iter().any(|s| s.action == Action::Bounce) {
+    if !scenario.timeline.iter().any(|s| ending(&s.action).is_some()) {
         return;
     }
     let mut dry = scenario.clone();
-    dry.timeline.retain(|s| s.action != Action::Bounce);
-    let acted: std::collections::BTreeSet<u64> = crate::run(&dry)
-        .records
-        .iter()
-        .filter(|r| matches!(r.source, crate::trace::Source::Gateway { .. }))
-        .map(|r| r.at.as_millis() as u64)
-        .collect();
-    for step in scenario.timeline.iter_mut().filter(|s| s.action == Action::Bounce) {
+    dry.timeline.retain(|s| ending(&s.action).is_none());
+    let mut acted: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
+    for r in crate::run(&dry).records {
+        if let crate::trace::Source::Gateway { proc, .. } | crate::trace::Source::Worker(proc) = &r.source {
+            acted.entry(proc.host.to_string()).or_default().insert(r.at.as_millis() as u64);
+        }
+    }
+    for step in &mut scenario.timeline {
+        let Some(host) = ending(&step.action) else { continue };
         let from = (step.at_secs * 1000.0).round() as u64;
         if rng.random_bool(0.75)
-            && let Some(at) = acted.range(from..).next()
+            && let Some(at) = acted.get(host).and_then(|times| times.range(from..).next())
         {
             step.at_secs = *at as f64 / 1000.0;
         }
@@ -223,7 +287,7 @@ pub fn explore(opts: &ExploreOpts, options: &RunOptions, progress: bool) -> Repo
                     }
                     let scenario = scenario_for(seed);
                     let outcome = crate::run_with(&scenario, options);
-                    let restarts = scenario.timeline.iter().filter(|s| s.action == Action::Bounce).count();
+                    let restarts = scenario.timeline.iter().filter(|s| ending(&s.action).is_some()).count();
                     let failed = shrink::failure(&outcome);
                     let shrunk = failed.as_ref().map(|f| {
                         if progress {
@@ -324,6 +388,16 @@ mod tests {
             assert_eq!(back, s, "seed {seed}");
         }
         assert_ne!(scenario_for(1), scenario_for(2));
+    }
+
+    #[test]
+    fn a_good_share_of_seeds_are_fleets_with_fleet_faults() {
+        let fleets: Vec<Scenario> = (0..100).map(scenario_for).filter(|s| s.fleet.is_some()).collect();
+        assert!((20..=50).contains(&fleets.len()), "{} fleets in 100 seeds", fleets.len());
+        assert!(fleets.iter().all(|s| !s.timeline.iter().any(|t| t.action == Action::Bounce)));
+        let faults: usize =
+            fleets.iter().map(|s| s.timeline.iter().filter(|t| t.action.is_fleet()).count()).sum();
+        assert!(faults >= fleets.len(), "every fleet gets at least one fleet fault");
     }
 
     #[test]

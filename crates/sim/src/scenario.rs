@@ -27,9 +27,13 @@ pub struct Scenario {
     pub snapshot: SnapshotMode,
     #[serde(default)]
     pub server: ServerSettings,
-    /// How the embedded backend behaves at the start.
+    /// How the backend behaves at the start.
     #[serde(default)]
     pub backend: BackendMode,
+    /// Gateways and chat workers on a simulated NATS bus, instead of one gateway with its
+    /// embedded backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
     #[serde(default)]
     pub clients: Vec<ClientGroup>,
     #[serde(default)]
@@ -71,6 +75,34 @@ pub struct ServerSettings {
     pub shards: Option<usize>,
 }
 
+/// A fleet on a simulated bus (host `bus`): gateway hosts `gw1`, `gw2`, ... and chat worker hosts
+/// `chat1`, ... running the same gateway and `clientmq-chat` code as production.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fleet {
+    pub gateways: usize,
+    /// Chat workers: 0 or 1 (the chat worker keeps sessions in its memory).
+    #[serde(default = "one")]
+    pub workers: usize,
+    /// The workers' session grace period, seconds (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_secs: Option<f64>,
+}
+
+fn one() -> usize {
+    1
+}
+
+impl Fleet {
+    pub fn gateway_hosts(&self) -> Vec<String> {
+        (1..=self.gateways).map(|i| format!("gw{i}")).collect()
+    }
+
+    pub fn worker_hosts(&self) -> Vec<String> {
+        (1..=self.workers).map(|i| format!("chat{i}")).collect()
+    }
+}
+
 /// A group of identical scripted clients on one simulated host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -94,6 +126,10 @@ pub struct ClientGroup {
     /// Seconds after its start at which a client stops answering pings (a frozen app).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mute_after_secs: Option<f64>,
+    /// The gateway hosts its clients connect to: the first, and on each reconnect the next
+    /// (a load balancer's choice). Default: the first gateway. See [`Scenario::gateways_of`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<String>,
 }
 
 fn default_requests() -> usize {
@@ -208,9 +244,42 @@ pub enum Action {
     },
     /// Change how the backend answers from now on.
     Backend(BackendMode),
+    /// Fleet: restart a gateway or worker host (a new process; what it held is gone).
+    Restart {
+        host: String,
+    },
+    /// Fleet: a gateway or worker host dies for good (SIGKILL).
+    Kill {
+        host: String,
+    },
+    /// Fleet: cut the network between a gateway or worker host and the bus.
+    PartitionBus {
+        host: String,
+    },
+    RepairBus {
+        host: String,
+    },
+    /// Fleet: restart the bus (nats-server).
+    RestartBus,
 }
 
 impl Action {
+    /// The fleet host (gateway or worker) the action names, if any.
+    pub fn host(&self) -> Option<&str> {
+        match self {
+            Action::Restart { host }
+            | Action::Kill { host }
+            | Action::PartitionBus { host }
+            | Action::RepairBus { host } => Some(host),
+            _ => None,
+        }
+    }
+
+    /// Whether the action needs a fleet.
+    pub fn is_fleet(&self) -> bool {
+        self.host().is_some() || *self == Action::RestartBus
+    }
+
     /// The client group the action names, if any.
     pub fn group(&self) -> Option<&str> {
         match self {
@@ -278,20 +347,52 @@ impl Scenario {
         }
         let mut names = std::collections::BTreeSet::new();
         for g in &self.clients {
-            if g.name.is_empty()
-                || g.name == "gateway"
-                || g.name == "control"
-                || !names.insert(g.name.as_str())
-            {
+            // Host names of the simulation: a client group may not take one.
+            let reserved = ["gateway", "control", "bus"].contains(&g.name.as_str())
+                || (g.name.starts_with("gw") || g.name.starts_with("chat"))
+                    && g.name.trim_start_matches(|c: char| c.is_ascii_alphabetic()).parse::<u32>().is_ok();
+            if g.name.is_empty() || reserved || !names.insert(g.name.as_str()) {
                 return bad(format!("client group name {:?} is empty, reserved or used twice", g.name));
             }
             if [g.start_secs, g.spread_secs, g.stay_secs].iter().any(|t| t.is_nan() || *t < 0.0) {
                 return bad(format!("group {}: times must not be negative", g.name));
             }
         }
+        let hosts: Vec<String> = match &self.fleet {
+            Some(f) => {
+                if !(1..=8).contains(&f.gateways) || f.workers > 1 {
+                    return bad("a fleet has 1 to 8 gateways and at most one chat worker".into());
+                }
+                if f.grace_secs.is_some_and(|g| g.is_nan() || g < 0.0) {
+                    return bad("fleet grace_secs must not be negative".into());
+                }
+                f.gateway_hosts().into_iter().chain(f.worker_hosts()).collect()
+            }
+            None => Vec::new(),
+        };
+        let gateways: Vec<String> = match &self.fleet {
+            Some(f) => f.gateway_hosts(),
+            None => vec!["gateway".to_owned()],
+        };
+        for g in &self.clients {
+            if let Some(unknown) = g.gateways.iter().find(|h| !gateways.contains(h)) {
+                return bad(format!("group {}: no gateway host {unknown:?}", g.name));
+            }
+        }
         for step in &self.timeline {
             if step.at_secs.is_nan() || step.at_secs < 0.0 {
                 return bad("timeline times must not be negative".into());
+            }
+            if step.action.is_fleet() && self.fleet.is_none() {
+                return bad(format!("{:?} needs a [fleet]", step.action));
+            }
+            if step.action == Action::Bounce && self.fleet.is_some() {
+                return bad("in a fleet, restart a host by name (do = \"restart\", host = ...)".into());
+            }
+            if let Some(host) = step.action.host()
+                && !hosts.iter().any(|h| h == host)
+            {
+                return bad(format!("timeline names unknown host {host:?}"));
             }
             if let Some(group) = step.action.group()
                 && !names.contains(group)
@@ -300,6 +401,14 @@ impl Scenario {
             }
         }
         Ok(())
+    }
+
+    /// The gateway hosts a group's clients connect to, in order.
+    pub fn gateways_of(&self, group: &ClientGroup) -> Vec<String> {
+        if !group.gateways.is_empty() {
+            return group.gateways.clone();
+        }
+        vec![self.fleet.as_ref().map_or("gateway".to_owned(), |_| "gw1".to_owned())]
     }
 
     pub fn duration(&self) -> Duration {

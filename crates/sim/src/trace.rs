@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clientmq_core::event::Secs;
 use clientmq_core::{ConnectionId, EventKind};
+use clientmq_server::chat::worker::WorkerEvent;
 
 /// One process of a simulated host: the host's name and how many times it was restarted before
 /// this process started. A restart starts a new process; what the old one did belongs to it,
@@ -43,6 +44,8 @@ pub enum Source {
         proc: Proc,
         shard: Option<u16>,
     },
+    /// A chat worker process of a fleet.
+    Worker(Proc),
     Client(String),
     /// The simulator itself: faults and actions it applied.
     Sim,
@@ -51,6 +54,7 @@ pub enum Source {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Body {
     Gateway { conn: Option<ConnectionId>, kind: EventKind },
+    Worker(WorkerEvent),
     Note(String),
 }
 
@@ -70,6 +74,10 @@ impl Record {
         kind: EventKind,
     ) -> Self {
         Record { at, source: Source::Gateway { proc, shard }, body: Body::Gateway { conn, kind } }
+    }
+
+    pub fn worker(at: Duration, proc: Proc, event: WorkerEvent) -> Self {
+        Record { at, source: Source::Worker(proc), body: Body::Worker(event) }
     }
 
     pub fn sim(at: Duration, note: impl Into<String>) -> Self {
@@ -97,6 +105,8 @@ impl fmt::Display for Record {
             }
             (_, Body::Gateway { conn: Some(conn), kind }) => write!(f, "gateway {conn} {kind}"),
             (_, Body::Gateway { conn: None, kind }) => write!(f, "gateway {kind}"),
+            (Source::Worker(proc), Body::Worker(event)) => write!(f, "{proc} {event}"),
+            (_, Body::Worker(event)) => write!(f, "worker {event}"),
             (Source::Client(name), Body::Note(note)) => write!(f, "client {name} {note}"),
             (_, Body::Note(note)) => write!(f, "sim {note}"),
         }

@@ -826,9 +826,9 @@ fn the_same_seed_gives_the_same_delivery_trace() {
 /// 503 by the broker, one after by the worker (here `mq.Error`, the connection has no session).
 #[test]
 fn the_chat_worker_serves_requests_over_the_simulated_bus() -> turmoil::Result {
+    use clientmq_server::ChatConfig;
     use clientmq_server::bus::contract::{Subjects, header};
     use clientmq_server::chat::worker::{self, WorkerConfig};
-    use clientmq_server::{ChatConfig, TokenPolicy};
 
     let mut sim = sim(9);
     let log = Log::default();
@@ -836,9 +836,10 @@ fn the_chat_worker_serves_requests_over_the_simulated_bus() -> turmoil::Result {
         until(2.0).await;
         let config = WorkerConfig {
             prefix: "clientmq".into(),
-            chat: ChatConfig { tokens: TokenPolicy::AcceptAny, ..ChatConfig::default() },
+            chat: ChatConfig::default(),
             seed: Some(1),
             name: "w1".into(),
+            observer: None,
         };
         worker::run(SimBus::connect(BUS, "worker"), config, until(6.0)).await;
         Ok(())

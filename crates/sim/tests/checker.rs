@@ -209,3 +209,134 @@ fn violation_classes_drop_what_varies_between_runs() {
     };
     assert_eq!(v.class(), "gateway reports but registered - disconnected =");
 }
+
+mod fleet {
+    use super::*;
+    use clientmq_server::chat::Fact;
+    use clientmq_server::chat::worker::WorkerEvent;
+    use clientmq_sim::check::FleetLimits;
+
+    const FLEET: FleetLimits = FleetLimits {
+        gone_within: Duration::from_secs(6),
+        grace: Duration::from_secs(10),
+        tolerance: Duration::from_millis(20),
+    };
+
+    fn opened_on(host: &str, t: f64, n: u8, open: usize) -> Record {
+        let kind = EventKind::Opened { remote: "10.0.0.1".parse().unwrap(), open };
+        Record::gateway(at(t), Proc::new(host, 0), None, Some(id(n)), kind)
+    }
+
+    fn worker(t: f64, event: WorkerEvent) -> Record {
+        Record::worker(at(t), Proc::new("chat1", 0), event)
+    }
+
+    fn bound(t: f64, n: u8, session: &str) -> Record {
+        worker(t, WorkerEvent::Fact(Fact::Bound { conn: id(n), session: session.into() }))
+    }
+
+    fn unbound(t: f64, n: u8, session: &str) -> Record {
+        worker(t, WorkerEvent::Fact(Fact::Unbound { conn: id(n), session: session.into() }))
+    }
+
+    fn ended(t: f64, session: &str) -> Record {
+        worker(t, WorkerEvent::Fact(Fact::Ended { session: session.into() }))
+    }
+
+    fn first(records: &[Record]) -> Option<String> {
+        let mut checker =
+            Checker::new(Limits { max_connections: 10, ..LIMITS }).with_fleet(FLEET, ["chat1".to_owned()]);
+        records.iter().find_map(|r| checker.observe(r).err()).map(|v| v.to_string())
+    }
+
+    fn start() -> Vec<Record> {
+        vec![
+            worker(0.1, WorkerEvent::Bus { connected: true }),
+            opened_on("gw1", 1.0, 0, 1),
+            bound(1.1, 0, "s0"),
+        ]
+    }
+
+    #[test]
+    fn a_dead_gateways_session_is_detached_in_time_then_ends_in_its_grace() {
+        let mut clean = start();
+        clean.extend([
+            Record::sim(at(10.0), "gw1 killed"),
+            unbound(15.5, 0, "s0"),
+            ended(25.5, "s0"),
+            Record::sim(at(40.0), "tick"),
+        ]);
+        assert_eq!(first(&clean), None);
+        let mut late = start();
+        late.extend([Record::sim(at(10.0), "gw1 killed"), Record::sim(at(16.1), "tick")]);
+        let v = first(&late).expect("caught");
+        assert!(v.contains("session s0 of a dead gateway's connection still attached"), "{v}");
+        let mut lingering = start();
+        lingering.extend([
+            Record::sim(at(10.0), "gw1 killed"),
+            unbound(15.0, 0, "s0"),
+            Record::sim(at(25.1), "tick"),
+        ]);
+        let v = first(&lingering).expect("caught");
+        assert!(v.contains("session s0 outlived its grace period"), "{v}");
+    }
+
+    #[test]
+    fn a_resume_elsewhere_satisfies_the_obligations() {
+        let mut resumed = start();
+        resumed.extend([
+            Record::sim(at(10.0), "gw1 killed"),
+            opened_on("gw2", 11.0, 1, 1),
+            unbound(11.2, 0, "s0"),
+            bound(11.2, 1, "s0"),
+            Record::sim(at(60.0), "tick"),
+        ]);
+        assert_eq!(first(&resumed), None);
+    }
+
+    #[test]
+    fn a_session_on_two_connections_is_caught() {
+        let mut twice = start();
+        twice.extend([opened_on("gw2", 2.0, 1, 1), bound(2.1, 1, "s0")]);
+        let v = first(&twice).expect("caught");
+        assert!(v.contains("session s0 attached to"), "{v}");
+    }
+
+    #[test]
+    fn while_the_worker_is_away_the_bound_waits_for_its_return() {
+        let mut away = start();
+        away.extend([
+            worker(9.0, WorkerEvent::Bus { connected: false }),
+            Record::sim(at(10.0), "gw1 killed"),
+            Record::sim(at(20.0), "tick"),
+            worker(30.0, WorkerEvent::Bus { connected: true }),
+            unbound(35.5, 0, "s0"),
+            ended(45.0, "s0"),
+        ]);
+        assert_eq!(first(&away), None);
+        let mut back_late = start();
+        back_late.extend([
+            worker(9.0, WorkerEvent::Bus { connected: false }),
+            Record::sim(at(10.0), "gw1 killed"),
+            worker(30.0, WorkerEvent::Bus { connected: true }),
+            Record::sim(at(36.1), "tick"),
+        ]);
+        assert!(first(&back_late).is_some_and(|v| v.contains("still attached")));
+    }
+
+    #[test]
+    fn the_workers_own_invariants_and_its_death() {
+        let broken = worker(1.0, WorkerEvent::Broken("membership".into()));
+        assert!(first(&[broken]).is_some_and(|v| v.contains("worker: membership")));
+        // A worker killed takes its obligations with it; its records after that are caught.
+        let mut killed = start();
+        killed.extend([
+            Record::sim(at(10.0), "gw1 killed"),
+            Record::sim(at(11.0), "chat1 killed"),
+            Record::sim(at(30.0), "tick"),
+        ]);
+        assert_eq!(first(&killed), None);
+        killed.push(worker(31.0, WorkerEvent::Bus { connected: true }));
+        assert!(first(&killed).is_some_and(|v| v.contains("chat1: an event after it died")));
+    }
+}

@@ -15,6 +15,10 @@ use clientmq_core::{ConnectionId, DisconnectPath, EventKind, RequestOutcome};
 
 use crate::trace::{Body, Proc, Record, Source};
 
+mod fleet;
+
+pub use fleet::{FleetCheck, FleetLimits};
+
 /// What the checker holds the gateway to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -91,6 +95,8 @@ pub struct Checker {
     procs: BTreeMap<Proc, ProcState>,
     /// Restarts noted per host: a process of an earlier incarnation is dead.
     restarts: BTreeMap<String, u32>,
+    /// Hosts killed and not started again.
+    dead_hosts: BTreeSet<String>,
     closing_deadlines: BTreeSet<(Duration, Proc, ConnectionId)>,
     pending_deadlines: BTreeSet<(Duration, u64, Proc, ConnectionId, String)>,
     next_seq: u64,
@@ -99,6 +105,8 @@ pub struct Checker {
     disconnects: BTreeMap<DisconnectPath, u64>,
     codes: BTreeMap<u16, u64>,
     max_open: usize,
+    /// A fleet's checks, and its worker hosts.
+    fleet: Option<(FleetCheck, BTreeSet<String>)>,
 }
 
 fn violation<T>(at: Duration, conn: Option<ConnectionId>, message: String) -> Result<T, Violation> {
@@ -111,6 +119,7 @@ impl Checker {
             limits,
             procs: BTreeMap::new(),
             restarts: BTreeMap::new(),
+            dead_hosts: BTreeSet::new(),
             closing_deadlines: BTreeSet::new(),
             pending_deadlines: BTreeSet::new(),
             next_seq: 0,
@@ -119,7 +128,14 @@ impl Checker {
             disconnects: BTreeMap::new(),
             codes: BTreeMap::new(),
             max_open: 0,
+            fleet: None,
         }
+    }
+
+    /// Also checks a fleet whose chat workers run on `workers` (host names).
+    pub fn with_fleet(mut self, limits: FleetLimits, workers: impl IntoIterator<Item = String>) -> Self {
+        self.fleet = Some((FleetCheck::new(limits), workers.into_iter().collect()));
+        self
     }
 
     fn live(&self) -> impl Iterator<Item = &ProcState> {
@@ -182,7 +198,10 @@ impl Checker {
                 format!("{proc}: request {request_id} pending past the request timeout"),
             );
         }
-        Ok(())
+        match &self.fleet {
+            Some((fleet, _)) => fleet.check_time(at),
+            None => Ok(()),
+        }
     }
 
     /// Feeds one record; checks every invariant after it.
@@ -191,24 +210,47 @@ impl Checker {
         match (&record.source, &record.body) {
             (Source::Sim, Body::Note(note)) => {
                 if let Some(host) = note.strip_suffix(" restarted") {
-                    self.restarted(host);
+                    // A killed host that is restarted only starts: no process ends.
+                    if !self.dead_hosts.remove(host) {
+                        self.ended(record.at, host);
+                    }
+                } else if let Some(host) = note.strip_suffix(" killed")
+                    && self.dead_hosts.insert(host.to_owned())
+                {
+                    self.ended(record.at, host);
                 }
                 Ok(())
             }
             (Source::Gateway { proc, shard }, Body::Gateway { conn, kind }) => {
                 self.gateway_event(record.at, proc, *shard, *conn, kind)
             }
+            (Source::Worker(proc), Body::Worker(event)) => {
+                self.alive(record.at, proc, None)?;
+                match &mut self.fleet {
+                    Some((fleet, _)) => fleet.worker_event(record.at, event),
+                    None => Ok(()),
+                }
+            }
             _ => Ok(()),
         }
     }
 
-    /// A host's process died and a new one starts: the old one's connections, close deadlines and
-    /// pending requests died with it.
-    fn restarted(&mut self, host: &str) {
+    /// A host's process died (and perhaps a new one starts): the old gateway's connections, close
+    /// deadlines and pending requests died with it; a worker's state too.
+    fn ended(&mut self, at: Duration, host: &str) {
         let ended = self.restarts.entry(host.to_owned()).or_default();
         let dead = Proc::new(host, *ended);
         *ended += 1;
+        if let Some((fleet, workers)) = &mut self.fleet
+            && workers.contains(host)
+        {
+            fleet.worker_died();
+            return;
+        }
         let Some(state) = self.procs.get_mut(&dead) else { return };
+        if let Some((fleet, _)) = &mut self.fleet {
+            fleet.gateway_died(at, state.open.keys().copied());
+        }
         for (id, conn) in std::mem::take(&mut state.open) {
             if let Some(deadline) = conn.closing {
                 self.closing_deadlines.remove(&(deadline, dead.clone(), id));
@@ -224,6 +266,16 @@ impl Checker {
         state.pending = 0;
     }
 
+    /// A record of `proc` must come from its host's running process.
+    fn alive(&self, at: Duration, proc: &Proc, conn: Option<ConnectionId>) -> Result<(), Violation> {
+        let restarts = self.restarts.get(&*proc.host).copied().unwrap_or(0);
+        if proc.incarnation != restarts {
+            let when = if proc.incarnation < restarts { "after it died" } else { "before it started" };
+            return violation(at, conn, format!("{proc}: an event {when}"));
+        }
+        Ok(())
+    }
+
     fn gateway_event(
         &mut self,
         at: Duration,
@@ -232,11 +284,7 @@ impl Checker {
         conn: Option<ConnectionId>,
         kind: &EventKind,
     ) -> Result<(), Violation> {
-        let restarts = self.restarts.get(&*proc.host).copied().unwrap_or(0);
-        if proc.incarnation != restarts {
-            let when = if proc.incarnation < restarts { "after it died" } else { "before it started" };
-            return violation(at, conn, format!("{proc}: an event {when}: {kind}"));
-        }
+        self.alive(at, proc, conn)?;
         let limits = self.limits;
         if !self.procs.contains_key(proc) {
             self.procs.insert(proc.clone(), ProcState::default());

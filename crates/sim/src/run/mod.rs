@@ -13,7 +13,7 @@ use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
 use faults::{Crash, instant};
 use hosts::World;
 
-use crate::check::{Checker, Limits, Sample, Violation};
+use crate::check::{Checker, FleetLimits, Limits, Sample, Violation};
 use crate::scenario::{Scenario, SnapshotMode};
 use crate::trace::{Record, Source, Trace};
 
@@ -191,6 +191,15 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
         tolerance: tick * 2,
     };
     let mut checker = Checker::new(limits);
+    if let Some(fleet) = &scenario.fleet {
+        use clientmq_server::bus::contract::{ANNOUNCE_EVERY, GATEWAY_SILENT_AFTER};
+        let fleet_limits = FleetLimits {
+            gone_within: GATEWAY_SILENT_AFTER + ANNOUNCE_EVERY,
+            grace: fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64),
+            tolerance: tick * 2,
+        };
+        checker = checker.with_fleet(fleet_limits, fleet.worker_hosts());
+    }
     let mut violation = None;
     let mut seen = 0;
     let mut samples = Vec::new();

@@ -1,0 +1,243 @@
+//! The hosts of a run: gateways (with the embedded backend, or in a fleet on the simulated bus),
+//! the bus and the chat workers of a fleet, client groups, and the control client that carries
+//! out the timeline's actions inside the simulation.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clientmq_server::bus::gateway::BusBackend;
+use clientmq_server::chat::ChatConfig;
+use clientmq_server::chat::worker::{self, WorkerConfig, WorkerObserver};
+use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
+
+use super::faults::{Crash, act, instant};
+use super::{Broken, RunOptions};
+use crate::backend::SimBackend;
+use crate::bus::{SimBus, serve_broker};
+use crate::client;
+use crate::scenario::{BackendMode, Scenario};
+use crate::trace::{self, Proc, Record, Trace};
+
+/// Where the simulated bus listens.
+pub const BUS: &str = "bus:4222";
+/// Subject prefix of a simulated fleet.
+const PREFIX: &str = "clientmq";
+
+/// turmoil's listener behind the server's [`Listener`] trait.
+struct SimListener(turmoil::net::TcpListener);
+
+impl Listener for SimListener {
+    type Stream = turmoil::net::TcpStream;
+
+    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
+        self.0.accept().await
+    }
+}
+
+/// What the hosts of one run share.
+#[derive(Clone)]
+pub(super) struct World {
+    pub scenario: Scenario,
+    pub trace: Trace,
+    pub broken: Broken,
+    pub options: RunOptions,
+    pub mode: Arc<Mutex<BackendMode>>,
+    /// The running process of each gateway host, by host name.
+    pub gateways: Arc<Mutex<BTreeMap<String, Server>>>,
+}
+
+impl World {
+    pub fn gateway_hosts(&self) -> Vec<String> {
+        match &self.scenario.fleet {
+            Some(fleet) => fleet.gateway_hosts(),
+            None => vec!["gateway".to_owned()],
+        }
+    }
+
+    /// The running gateway processes, in host order.
+    pub fn servers(&self) -> Vec<Server> {
+        self.gateways.lock().expect("gateways").values().cloned().collect()
+    }
+}
+
+/// The configuration of gateway process `proc`: the scenario's settings, its trace going to
+/// the run's trace and its checked-mode reports to the run's `broken` cell.
+pub fn server_config(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &Trace,
+    proc: &Proc,
+    broken: &Broken,
+    options: &RunOptions,
+) -> ServerConfig {
+    let s = &scenario.server;
+    let secs = |v: Option<f64>, d: Duration| v.map_or(d, Duration::from_secs_f64);
+    let shards = s.shards.unwrap_or(1).max(1);
+    let mut c = ServerConfig { shards, seed: Some(seed), ..ServerConfig::default() };
+    let g = &mut c.gateway;
+    g.tokens = clientmq_core::TokenPolicy::AcceptAny;
+    g.max_connections = s.max_connections.unwrap_or(g.max_connections);
+    g.heartbeat_interval = secs(s.heartbeat_secs, g.heartbeat_interval);
+    g.close_timeout = secs(s.close_timeout_secs, g.close_timeout);
+    g.request_timeout = secs(s.request_timeout_secs, g.request_timeout);
+    g.server_request_timeout = g.request_timeout;
+    g.drain_window = secs(s.drain_window_secs, g.drain_window);
+    g.max_pending_requests = s.max_pending_requests.unwrap_or(g.max_pending_requests);
+    c.handshake_timeout = secs(s.handshake_timeout_secs, c.handshake_timeout);
+    c.outbound_queue = s.outbound_queue.unwrap_or(c.outbound_queue);
+    c.max_frame_bytes = s.max_frame_bytes.unwrap_or(c.max_frame_bytes);
+    c.gateway.max_message_size = c.max_frame_bytes;
+    // The run ends by the scenario's clock, not by a drain deadline.
+    c.drain_deadline = Duration::from_secs(3600);
+    let (sink, tag, plant) = (trace.clone(), proc.clone(), options.plant.clone());
+    c.trace = Some(TraceSink(Arc::new(move |shard: usize, e: &clientmq_core::Event| {
+        let shard = (shards > 1).then_some(shard as u16);
+        let mut kind = e.kind.clone();
+        if let Some(plant) = &plant {
+            plant(&mut kind);
+        }
+        sink.push(Record::gateway(trace::now(), tag.clone(), shard, e.conn, kind))
+    })));
+    let (broken, tag) = (broken.clone(), proc.clone());
+    c.check = Some(InvariantSink(Arc::new(move |what: String| {
+        broken.lock().expect("broken cell").get_or_insert(format!("{tag}: {what}"));
+    })));
+    c
+}
+
+/// A gateway host: on each start a new process (its own seed, so connection ids never repeat),
+/// with the embedded backend, or in a fleet on the bus under a route key of its own.
+pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str, index: u64) {
+    let incarnation = Arc::new(AtomicU64::new(0));
+    let (world, host_name) = (world.clone(), host.to_owned());
+    sim.host(host, move || {
+        let n = incarnation.fetch_add(1, Ordering::Relaxed);
+        let seed = world.scenario.seed.wrapping_add(n * 7919).wrapping_add(index * 104_729);
+        let proc = Proc::new(&host_name, n as u32);
+        let mut config =
+            server_config(&world.scenario, seed, &world.trace, &proc, &world.broken, &world.options);
+        let (world, host) = (world.clone(), host_name.clone());
+        async move {
+            let listener = SimListener(turmoil::net::TcpListener::bind("0.0.0.0:8080").await?);
+            let server = match &world.scenario.fleet {
+                None => {
+                    // A restarted process starts with an empty backend too.
+                    let embedded = EmbeddedBackend::new(ChatConfig::default(), Some(seed));
+                    Server::start(config, Arc::new(SimBackend::sharing(embedded, world.mode.clone())))
+                }
+                Some(_) => {
+                    let route_key = format!("{host}-{n}");
+                    config.gateway.route_key = route_key.clone();
+                    let timeout = config.gateway.request_timeout;
+                    let bus = BusBackend::new(SimBus::connect(BUS, &route_key), PREFIX, &route_key, timeout);
+                    Server::start(config, Arc::new(SimBackend::sharing(bus, world.mode.clone())))
+                }
+            };
+            world.gateways.lock().expect("gateways").insert(host, server.clone());
+            server.run(listener).await;
+            Ok(())
+        }
+    });
+}
+
+/// The bus host: a broker with NATS core's semantics; a restart loses everything it held.
+pub(super) fn bus(sim: &mut turmoil::Sim<'_>) {
+    sim.host("bus", || async {
+        serve_broker(4222).await?;
+        Ok(())
+    });
+}
+
+/// A chat worker host: `clientmq-chat`'s code, reporting what it decides to the trace.
+pub(super) fn chat_worker(sim: &mut turmoil::Sim<'_>, world: &World, host: &str, grace: Duration) {
+    let incarnation = Arc::new(AtomicU64::new(0));
+    let (trace, seed, host_name) = (world.trace.clone(), world.scenario.seed, host.to_owned());
+    sim.host(host, move || {
+        let n = incarnation.fetch_add(1, Ordering::Relaxed);
+        let proc = Proc::new(&host_name, n as u32);
+        let trace = trace.clone();
+        let observer = WorkerObserver(Arc::new(move |event| {
+            trace.push(Record::worker(trace::now(), proc.clone(), event));
+        }));
+        let name = format!("{host_name}-{n}");
+        let config = WorkerConfig {
+            prefix: PREFIX.into(),
+            chat: ChatConfig { session_grace: grace, ..ChatConfig::default() },
+            seed: Some(seed.wrapping_add(n * 31).wrapping_add(0x6368)),
+            name: name.clone(),
+            observer: Some(observer),
+        };
+        async move {
+            worker::run(SimBus::connect(BUS, &name), config, std::future::pending()).await;
+            Ok(())
+        }
+    });
+}
+
+/// A client group's host. A crash drops the group's sockets from inside, in client order:
+/// turmoil's own crash drops a runtime's tasks in an order that depends on process-global ids.
+pub(super) fn clients(sim: &mut turmoil::Sim<'_>, world: &World, group_index: usize) -> Arc<Crash> {
+    let group = world.scenario.clients[group_index].clone();
+    let gateways = world.scenario.gateways_of(&group);
+    let (trace, crashed) = (world.trace.clone(), Arc::new(Crash::default()));
+    let signal = crashed.clone();
+    sim.host(group.name.clone(), move || {
+        let (group, trace, crashed, gateways) =
+            (group.clone(), trace.clone(), crashed.clone(), gateways.clone());
+        async move {
+            let start = tokio::time::Instant::now();
+            let mut tasks = Vec::new();
+            for i in 0..group.count {
+                let offset = group.start_secs + group.spread_secs * i as f64 / group.count.max(1) as f64;
+                let (group, trace, crashed, gateways) =
+                    (group.clone(), trace.clone(), crashed.clone(), gateways.clone());
+                tasks.push(tokio::spawn(async move {
+                    let client = async {
+                        tokio::time::sleep_until(start + Duration::from_secs_f64(offset)).await;
+                        client::run(group, i, trace, gateways).await;
+                    };
+                    tokio::select! {
+                        biased;
+                        () = crashed.wait() => {}
+                        () = client => {}
+                    }
+                }));
+            }
+            for t in tasks {
+                let _ = t.await;
+            }
+            Ok(())
+        }
+    });
+    signal
+}
+
+/// The control client: the timeline's actions that happen inside the simulation (drain, server
+/// requests, deliveries, backend modes), applied to every running gateway.
+pub(super) fn control(sim: &mut turmoil::Sim<'_>, world: &World) {
+    let steps: Vec<_> = world
+        .scenario
+        .timeline
+        .iter()
+        .filter(|s| super::faults::note(&s.action).is_none())
+        .cloned()
+        .collect();
+    let world = world.clone();
+    sim.client("control", async move {
+        let start = tokio::time::Instant::now();
+        let mut spawned = Vec::new();
+        for step in steps {
+            tokio::time::sleep_until(start + instant(step.at_secs)).await;
+            spawned.extend(act(&step.action, &world.servers(), &world.mode, &world.trace).await);
+        }
+        // The host's tasks end with it: wait for the server requests still in flight.
+        for task in spawned {
+            let _ = task.await;
+        }
+        Ok(())
+    });
+}
