@@ -1,7 +1,8 @@
 //! The chat logic served as a worker on the bus (`clientmq-chat`): the same [`ChatState`] the
 //! embedded backend runs, fed from the bus and publishing what it decides.
 //!
-//! - Requests arrive on `P.req.pcast.>` and `P.req.chat.>` in queue group `chat`. What a request
+//! - Requests arrive on `P.req.pcast.>` and `P.req.chat.>` in queue group `chat` (and the
+//!   latency probe `mq.PingPong`, echoed). What a request
 //!   changes is published before its reply, events to `P.room.<R>` / `P.conv.<R>` or to the
 //!   connection's gateway, subscription changes to the gateway: the gateway applies what is
 //!   addressed to it in publish order, so the reply never overtakes its own effects.
@@ -141,6 +142,8 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
         None => rand::make_rng(),
     };
     let mut pcast = subscribe(&*bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await;
+    let ping_subject = subjects.request("mq.PingPong").expect("a valid subject");
+    let mut ping = subscribe(&*bus, &ping_subject, Some(CHAT_QUEUE)).await;
     let mut chat = subscribe(&*bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await;
     let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
     let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
@@ -184,6 +187,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
             Some(msg) = alive.next() => w.alive(msg).await,
             Some(msg) = pcast.next() => w.request(msg).await,
             Some(msg) = chat.next() => w.request(msg).await,
+            Some(msg) = ping.next() => w.ping(msg).await,
             else => break,
         }
         w.observe();
@@ -268,6 +272,13 @@ impl<B: Bus> Worker<B> {
 
     fn seen(&mut self, g: &str) -> &mut Gateway {
         self.gateways.entry(g.to_owned()).or_insert_with(|| Gateway::new(now()))
+    }
+
+    /// A latency probe, as the embedded backend answers it: the payload back, no state.
+    async fn ping(&self, msg: BusMessage) {
+        if let Some(reply) = msg.reply {
+            self.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
+        }
     }
 
     async fn request(&mut self, msg: BusMessage) {
