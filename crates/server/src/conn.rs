@@ -1,160 +1,257 @@
-//! One connection task: reads frames into the shard, writes what the shard queues. Whatever way
-//! the task ends (close, error, abort, even a panic), the shard hears about it exactly once.
+//! One WebSocket's I/O, owned by its shard (no task of its own): bytes read are parsed into the
+//! core's inputs, frames the core sends are written as the socket takes them.
+//!
+//! An idle connection holds its socket and a few words of state, nothing more: reads go into
+//! the shard's scratch buffer, and only the bytes of a frame not yet complete (or of a message
+//! not yet whole) are kept here; what could not be written yet is kept here until it is.
 
-use std::panic::AssertUnwindSafe;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Waker};
 
-use clientmq_core::{ConnectionId, Frame, Input, LostReason, close};
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, mpsc};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, error::CapacityError};
+use clientmq_core::{ConnectionId, Frame, Input, LostReason};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::shard::{Command, ToConn};
+use crate::admission::AddressSlot;
+use crate::shard::ready::ConnWake;
+use crate::ws::{self, Assembly, Message, ProtocolError};
 
-/// How long a released connection may take to flush its last frames.
-const RELEASE_FLUSH: Duration = Duration::from_secs(1);
+/// What a connection's socket is: any stream (TCP, TLS, simulated).
+pub(crate) trait Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Socket for T {}
 
-pub(crate) async fn run<S>(
-    mut ws: WebSocketStream<S>,
-    id: ConnectionId,
-    shard: mpsc::Sender<Command>,
-    mut rx: mpsc::Receiver<ToConn>,
-    abort: Arc<Notify>,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let ended = AssertUnwindSafe(drive(&mut ws, id, &shard, &mut rx, &abort)).catch_unwind().await;
-    let report = match ended {
-        Ok(report) => report,
-        Err(_) => {
-            tracing::error!(conn = %id, "connection task panicked");
-            Some(Input::TransportLost { conn: id, reason: LostReason::Error })
-        }
-    };
-    if let Some(input) = report {
-        let _ = shard.send(Command::Input(input)).await;
-    }
+/// Reads per wake-up before a busy connection lets the others go first.
+const READS_PER_TURN: usize = 8;
+/// A write buffer that drained is kept for the next answer up to this size, freed above it.
+const KEEP_WRITE_BUFFER: usize = 4096;
+/// Bytes handed to the socket in one write: large bursts go out in pieces the size of a socket
+/// buffer, so the kernel (or the simulator's segments) push back on a reader that does not read.
+const MAX_WRITE: usize = 64 * 1024;
+/// Pings are answered while fewer frames than this wait to be written: a client that sends
+/// pings and does not read the pongs gets none, instead of growing the queue.
+const PONGS_WHILE_QUEUED_BELOW: usize = 16;
+
+pub(crate) struct Conn {
+    pub id: ConnectionId,
+    io: Box<dyn Socket>,
+    /// Bytes read that do not make a whole frame yet (empty, unallocated, when idle).
+    partial: Vec<u8>,
+    assembly: Assembly,
+    /// Bytes to write, from `written` on.
+    out: Vec<u8>,
+    written: usize,
+    /// Frames queued since the socket last took everything.
+    pub queued: usize,
+    /// A queue that overflowed: the core is closing the connection; later frames go unsent.
+    pub overflowed: bool,
+    /// A close frame went out (ours, or the echo of the client's): nothing is sent after it.
+    close_sent: bool,
+    /// The client's close frame came in, or reading failed: nothing more is read.
+    read_done: bool,
+    pub wake: Arc<ConnWake>,
+    waker: Waker,
+    /// With several shards, the global admission permit, released when the shard drops this.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its place among its client address's connections, given back the same way.
+    pub slot: Option<AddressSlot>,
 }
 
-/// Runs until the connection is over. Returns the input that tells the shard how it ended, or
-/// `None` when the shard already knows (it released or aborted us, or the peer's close was sent).
-async fn drive<S>(
-    ws: &mut WebSocketStream<S>,
-    id: ConnectionId,
-    shard: &mpsc::Sender<Command>,
-    rx: &mut mpsc::Receiver<ToConn>,
-    abort: &Notify,
-) -> Option<Input>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut peer_closed = false;
-    let mut outbound_first = false;
-    // One waiter for the connection's life: `notify_one` stores a permit for it if it fires
-    // between polls.
-    let aborted = abort.notified();
-    tokio::pin!(aborted);
-    loop {
-        // Alternate which side is served first, so a busy direction cannot starve the other.
-        // `biased` keeps the order fixed (and simulations replayable); both futures are
-        // cancel-safe, so the loser of a round loses nothing.
-        outbound_first = !outbound_first;
-        let step = if outbound_first {
-            tokio::select! {
-                biased;
-                () = &mut aborted => return None,
-                out = rx.recv() => Step::Out(out),
-                incoming = ws.next() => Step::In(incoming),
+/// What a poll of the socket found, besides inputs.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Flow {
+    /// Nothing more now.
+    Idle,
+    /// Read its share; poll it again after the others.
+    Busy,
+}
+
+impl Conn {
+    pub fn new(id: ConnectionId, io: Box<dyn Socket>, read_ahead: Vec<u8>, wake: Arc<ConnWake>) -> Conn {
+        Conn {
+            id,
+            io,
+            partial: read_ahead,
+            assembly: Assembly::default(),
+            out: Vec::new(),
+            written: 0,
+            queued: 0,
+            overflowed: false,
+            close_sent: false,
+            read_done: false,
+            waker: Waker::from(wake.clone()),
+            wake,
+            permit: None,
+            slot: None,
+        }
+    }
+
+    /// Reads what the socket has (up to a share) and turns every whole frame into an input for
+    /// the core (`inputs`); answers pings and echoes a close frame itself.
+    pub fn read(&mut self, scratch: &mut [u8], max_message: usize, inputs: &mut Vec<Input>) -> Flow {
+        // Bytes that came with the upgrade request are parsed before anything is read.
+        if !self.partial.is_empty() {
+            let pending = std::mem::take(&mut self.partial);
+            self.consume(&pending, max_message, inputs);
+        }
+        for _ in 0..READS_PER_TURN {
+            if self.read_done {
+                return Flow::Idle;
             }
+            let mut cx = Context::from_waker(&self.waker);
+            let mut buf = ReadBuf::new(scratch);
+            match Pin::new(&mut self.io).poll_read(&mut cx, &mut buf) {
+                Poll::Pending => return Flow::Idle,
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    self.read_done = true;
+                    inputs.push(Input::TransportLost { conn: self.id, reason: LostReason::Eof });
+                }
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    self.consume(&scratch[..n], max_message, inputs);
+                }
+                Poll::Ready(Err(e)) => {
+                    self.read_done = true;
+                    tracing::debug!(conn = %self.id, error = %e, "transport lost");
+                    inputs.push(Input::TransportLost { conn: self.id, reason: LostReason::Error });
+                }
+            }
+        }
+        Flow::Busy
+    }
+
+    /// Parses `bytes` after what is kept from earlier reads.
+    fn consume(&mut self, bytes: &[u8], max_message: usize, inputs: &mut Vec<Input>) {
+        let mut joined;
+        let mut rest = if self.partial.is_empty() {
+            bytes
         } else {
-            tokio::select! {
-                biased;
-                () = &mut aborted => return None,
-                incoming = ws.next() => Step::In(incoming),
-                out = rx.recv() => Step::Out(out),
-            }
+            joined = std::mem::take(&mut self.partial);
+            joined.extend_from_slice(bytes);
+            &joined[..]
         };
-        match step {
-            Step::Out(out) => {
-                let msg = match out {
-                    None => return None,
-                    Some(ToConn::Release) => {
-                        let _ = tokio::time::timeout(RELEASE_FLUSH, ws.flush()).await;
-                        return None;
-                    }
-                    Some(ToConn::Frame(Frame::Text(t))) => Message::Text(t.into()),
-                    Some(ToConn::Frame(Frame::Binary(b))) => Message::Binary(b.into()),
-                    Some(ToConn::Ping(p)) => Message::Ping(p.into()),
-                    Some(ToConn::Close(c)) => Message::Close(Some(close_frame(c.code, c.reason))),
-                };
-                // A blocked write must still yield to an abort.
-                let sent = tokio::select! {
-                    biased;
-                    () = &mut aborted => return None,
-                    sent = ws.send(msg) => sent,
-                };
-                if let Err(e) = sent {
-                    return lost(id, &e, peer_closed);
+        while !self.read_done {
+            match ws::parse(rest, max_message) {
+                Ok(Some((frame, used))) => {
+                    rest = &rest[used..];
+                    self.frame(frame, max_message, inputs);
                 }
-            }
-            Step::In(incoming) => {
-                let input = match incoming {
-                    None => {
-                        return (!peer_closed)
-                            .then_some(Input::TransportLost { conn: id, reason: LostReason::Eof });
-                    }
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        let too_big = close_frame(close::TOO_BIG.code, close::TOO_BIG.reason);
-                        let _ = tokio::time::timeout(RELEASE_FLUSH, ws.close(Some(too_big))).await;
-                        return Some(Input::TransportLost { conn: id, reason: LostReason::TooBig });
-                    }
-                    Some(Err(e)) => return lost(id, &e, peer_closed),
-                    Some(Ok(Message::Text(t))) => {
-                        Input::Frame { conn: id, frame: Frame::Text(t.as_str().to_owned()) }
-                    }
-                    Some(Ok(Message::Binary(b))) => {
-                        Input::Frame { conn: id, frame: Frame::Binary(b.to_vec()) }
-                    }
-                    Some(Ok(Message::Pong(p))) => Input::Pong { conn: id, payload: p.to_vec() },
-                    Some(Ok(Message::Close(frame))) => {
-                        peer_closed = true;
-                        Input::PeerClosed { conn: id, code: frame.map(|f| u16::from(f.code)) }
-                    }
-                    // tungstenite answers pings itself; raw frames are not surfaced when reading.
-                    Some(Ok(Message::Ping(_) | Message::Frame(_))) => continue,
-                };
-                if shard.send(Command::Input(input)).await.is_err() {
-                    return None;
-                }
+                Ok(None) => break,
+                Err(e) => self.protocol_error(e, inputs),
             }
         }
+        if !self.read_done && !rest.is_empty() {
+            self.partial = rest.to_vec();
+        }
     }
-}
 
-/// What woke a connection task.
-enum Step {
-    Out(Option<ToConn>),
-    In(Option<Result<Message, WsError>>),
-}
+    fn frame(&mut self, frame: ws::Frame, max_message: usize, inputs: &mut Vec<Input>) {
+        let conn = self.id;
+        match frame.opcode {
+            ws::PING if !self.close_sent && self.queued < PONGS_WHILE_QUEUED_BELOW => {
+                self.queue(ws::PONG, &frame.payload)
+            }
+            ws::PING => {}
+            ws::PONG => inputs.push(Input::Pong { conn, payload: frame.payload }),
+            ws::CLOSE => match ws::read_close(&frame.payload) {
+                Ok(code) => {
+                    // Our own close frame if we sent one, else the echo the protocol asks for.
+                    if !self.close_sent {
+                        self.queue(ws::CLOSE, &frame.payload[..frame.payload.len().min(2)]);
+                        self.close_sent = true;
+                    }
+                    self.read_done = true;
+                    inputs.push(Input::PeerClosed { conn, code });
+                }
+                Err(e) => self.protocol_error(e, inputs),
+            },
+            _ => match self.assembly.push(frame, max_message) {
+                Ok(None) => {}
+                Ok(Some(Message::Text(text))) => inputs.push(Input::Frame { conn, frame: Frame::Text(text) }),
+                Ok(Some(Message::Binary(bytes))) => {
+                    inputs.push(Input::Frame { conn, frame: Frame::Binary(bytes) })
+                }
+                Err(e) => self.protocol_error(e, inputs),
+            },
+        }
+    }
 
-fn lost(id: ConnectionId, error: &WsError, peer_closed: bool) -> Option<Input> {
-    use tokio_tungstenite::tungstenite::error::ProtocolError;
-    let reason = match error {
-        WsError::ConnectionClosed | WsError::AlreadyClosed if peer_closed => return None,
-        // tungstenite's name for a stream that ended without a close frame.
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => LostReason::Eof,
-        WsError::Protocol(_) | WsError::Utf8(_) => LostReason::Protocol,
-        _ => LostReason::Error,
-    };
-    tracing::debug!(conn = %id, %error, "transport lost");
-    Some(Input::TransportLost { conn: id, reason })
-}
+    /// Not WebSocket: a close with the error's code goes out, reading stops, and the core hears
+    /// the transport is lost.
+    fn protocol_error(&mut self, error: ProtocolError, inputs: &mut Vec<Input>) {
+        tracing::debug!(conn = %self.id, %error, "protocol error");
+        if !self.close_sent {
+            let payload = ws::close_payload(error.close_code(), "");
+            self.queue(ws::CLOSE, &payload);
+            self.close_sent = true;
+        }
+        self.read_done = true;
+        let reason = match error {
+            ProtocolError::TooBig => LostReason::TooBig,
+            _ => LostReason::Protocol,
+        };
+        inputs.push(Input::TransportLost { conn: self.id, reason });
+    }
 
-fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
-    CloseFrame { code: CloseCode::from(code), reason: reason.into() }
+    /// Queues a frame; `false` when the queue is over `limit` frames (a slow consumer).
+    pub fn send(&mut self, opcode: u8, payload: &[u8], limit: usize) -> bool {
+        if self.overflowed || self.close_sent {
+            return true;
+        }
+        if self.queued >= limit {
+            self.overflowed = true;
+            return false;
+        }
+        if opcode == ws::CLOSE {
+            self.close_sent = true;
+        }
+        self.queue(opcode, payload);
+        true
+    }
+
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        ws::encode(opcode, payload, &mut self.out);
+        self.queued += 1;
+    }
+
+    pub fn data_frame(frame: &Frame) -> (u8, &[u8]) {
+        match frame {
+            Frame::Text(t) => (ws::TEXT, t.as_bytes()),
+            Frame::Binary(b) => (ws::BINARY, b),
+        }
+    }
+
+    /// The client's close frame came in, its stream ended, or it broke the protocol.
+    pub fn read_finished(&self) -> bool {
+        self.read_done
+    }
+
+    pub fn has_output(&self) -> bool {
+        self.written < self.out.len()
+    }
+
+    /// Writes what is queued until the socket would block. `Err` when writing failed.
+    pub fn write(&mut self) -> io::Result<()> {
+        let mut cx = Context::from_waker(&self.waker);
+        while self.written < self.out.len() {
+            let end = self.out.len().min(self.written + MAX_WRITE);
+            match Pin::new(&mut self.io).poll_write(&mut cx, &self.out[self.written..end]) {
+                Poll::Pending => return Ok(()),
+                Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => return Err(e),
+            }
+        }
+        // All out: the queue is empty again, and a large buffer is not kept for an idle socket.
+        self.written = 0;
+        self.queued = 0;
+        self.out.clear();
+        if self.out.capacity() > KEEP_WRITE_BUFFER {
+            self.out = Vec::new();
+        }
+        match Pin::new(&mut self.io).poll_flush(&mut cx) {
+            Poll::Ready(Err(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
 }

@@ -20,6 +20,7 @@ pub mod rawws;
 pub mod shard;
 pub mod tls;
 pub mod tokens;
+pub mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -29,24 +30,20 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use clientmq_core::{Admission, CloseReason, Peer, client_address, close};
+use clientmq_core::{Peer, client_address, close};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio::sync::{Notify, Semaphore};
 
 use admission::{AddressSlots, GlobalAdmission};
 pub use backend::{Backend, EchoBackend};
 pub use chat::{ChatConfig, EmbeddedBackend};
 pub use config::{Args, InvariantSink, LogFormat, ServerConfig, TraceSink};
-use http::{Head, Prefixed};
+use conn::Socket;
+use http::Head;
 use metrics::{Metrics, ShardGauges};
 pub use shard::GatewayHandle;
-use shard::{Command, ConnHandle, Shard};
+use shard::{Command, Shard};
 use tls::MaybeTls;
-
-/// Bytes tungstenite reads from a socket at once.
-const READ_BUFFER: usize = 4 * 1024;
 
 /// A source of connections: `tokio::net::TcpListener` in production, turmoil's in simulation.
 pub trait Listener: Send + 'static {
@@ -119,6 +116,9 @@ impl Server {
                 rx,
                 tx: handle.shards[index].downgrade(),
                 conns: BTreeMap::new(),
+                lingering: BTreeMap::new(),
+                ready: Arc::default(),
+                scratch: vec![0; shard::SCRATCH],
                 server_requests: BTreeMap::new(),
                 next_token: 0,
                 backend: backend.clone(),
@@ -132,6 +132,9 @@ impl Server {
                 held_permits: 0,
                 checks_skipped: 0,
                 check_address_slots: config.max_connections_per_address > 0,
+                outbound_queue: config.outbound_queue,
+                departed: Vec::new(),
+                max_frame_bytes: config.max_frame_bytes,
             };
             tokio::spawn(shard.run());
         }
@@ -323,19 +326,7 @@ impl Server {
         }
         drop(handshake);
         let peer = Peer { addr, headers: forwarded_headers(&head) };
-        // tungstenite's 128 KiB default read buffer is allocated and zeroed per connection and per
-        // read: at thousands of mostly idle connections that is most of the memory and CPU. MQ
-        // messages are small; 4 KiB reads, and writes go out as soon as they are sent.
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(READ_BUFFER)
-            .write_buffer_size(0)
-            .max_message_size(Some(self.inner.config.max_frame_bytes))
-            .max_frame_size(Some(self.inner.config.max_frame_bytes));
-        let ws =
-            WebSocketStream::from_raw_socket(Prefixed::new(head.rest, stream), Role::Server, Some(ws_config))
-                .await;
-        // A task of its own, so the handshake's state is not carried for the connection's life.
-        tokio::spawn(self.session(ws, peer));
+        self.admit(Box::new(stream), head.rest, peer).await;
     }
 
     fn upgrade_refusal(&self, head: &Head) -> Option<&'static str> {
@@ -346,33 +337,29 @@ impl Server {
         self.is_draining().then_some("503 Service Unavailable")
     }
 
-    /// Admits the upgraded connection on a shard and runs it.
-    async fn session<S>(self, mut ws: WebSocketStream<S>, peer: Peer)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    /// Hands the upgraded connection to a shard, which admits it (and from then on owns its
+    /// socket) or refuses it; the limits across shards are judged here first.
+    async fn admit(&self, socket: Box<dyn Socket>, read_ahead: Vec<u8>, peer: Peer) {
         let shards = &self.inner.handle.shards;
         let index = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % shards.len();
-        let shard = shards[index].clone();
-        let refuse = |close: CloseReason, open: usize| async move {
-            let (reply, id) = oneshot::channel();
-            if shard.send(Command::Refuse { close, open, reply }).await.is_ok() {
-                let _ = id.await;
-            }
-        };
+        let shard = &shards[index];
         let slot = match &self.inner.address_slots {
             None => None,
             Some(slots) => {
                 match slots.take(client_address(&self.inner.config.gateway.trusted_proxies, &peer)) {
                     Some(slot) => Some(slot),
                     None => {
-                        refuse(close::ADDRESS_LIMIT, self.open_connections()).await;
-                        return close_with(&mut ws, close::ADDRESS_LIMIT).await;
+                        let refuse = Command::Refuse {
+                            close: close::ADDRESS_LIMIT,
+                            open: self.open_connections(),
+                            socket,
+                        };
+                        let _ = shard.send(refuse).await;
+                        return;
                     }
                 }
             }
         };
-        let shard = shards[index].clone();
         let permit = match &self.inner.admission {
             None => None,
             Some(global) => match global.permits.clone().try_acquire_owned() {
@@ -382,42 +369,19 @@ impl Server {
                 }
                 Err(_) => {
                     let open = self.open_connections() + global.admitting.load(Ordering::Relaxed);
-                    refuse(close::CONCURRENCY_LIMIT, open).await;
-                    return close_with(&mut ws, close::CONCURRENCY_LIMIT).await;
+                    let _ =
+                        shard.send(Command::Refuse { close: close::CONCURRENCY_LIMIT, open, socket }).await;
+                    return;
                 }
             },
         };
-        let (tx, rx) = mpsc::channel(self.inner.config.outbound_queue);
-        let abort = Arc::new(Notify::new());
-        let (reply, admission) = oneshot::channel();
         let admitting = permit.is_some();
-        let conn = ConnHandle { tx, abort: abort.clone(), overflowed: false, permit, slot };
-        if shard.send(Command::Open { peer, conn, reply }).await.is_err() {
-            if let (Some(global), true) = (&self.inner.admission, admitting) {
-                global.admitting.fetch_sub(1, Ordering::Relaxed);
-            }
-            return;
-        }
-        match admission.await {
-            Ok(Admission::Accepted(id)) => conn::run(ws, id, shard, rx, abort).await,
-            Ok(Admission::Rejected { close, .. }) => close_with(&mut ws, close).await,
-            Err(_) => {}
+        if shard.send(Command::Open { peer, socket, read_ahead, permit, slot }).await.is_err()
+            && let (Some(global), true) = (&self.inner.admission, admitting)
+        {
+            global.admitting.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-async fn close_with<S>(ws: &mut WebSocketStream<S>, close: clientmq_core::CloseReason)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    use futures_util::StreamExt;
-    let frame = CloseFrame { code: close.code.into(), reason: close.reason.into() };
-    // Give the client a moment to answer the close, then drop it regardless.
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        ws.close(Some(frame)).await.ok();
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
 }
 
 /// Only the headers the core reads travel with the connection.

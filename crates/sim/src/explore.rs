@@ -177,6 +177,18 @@ fn ending(action: &Action) -> Option<&str> {
 /// dying process is caught in the middle of its own step. Guessing such instants from client
 /// start times and timers alone hit one restart in fourteen.
 fn aim_restarts(scenario: &mut Scenario, rng: &mut StdRng) {
+    aim(scenario, |_| rng.random_bool(0.75));
+}
+
+/// Moves every restart and kill of `scenario` onto the next instant where the dying process
+/// acts (how the kept regression scenarios were aimed).
+pub fn aim_every_restart(scenario: &mut Scenario) {
+    aim(scenario, |_| true);
+}
+
+/// Moves the restarts and kills `choose` picks onto the next instant where the dying process
+/// acts. `choose` is asked once per restart (with `Some(host)`).
+fn aim(scenario: &mut Scenario, mut choose: impl FnMut(Option<&str>) -> bool) {
     if !scenario.timeline.iter().any(|s| ending(&s.action).is_some()) {
         return;
     }
@@ -191,7 +203,7 @@ fn aim_restarts(scenario: &mut Scenario, rng: &mut StdRng) {
     for step in &mut scenario.timeline {
         let Some(host) = ending(&step.action) else { continue };
         let from = (step.at_secs * 1000.0).round() as u64;
-        if rng.random_bool(0.75)
+        if choose(Some(host))
             && let Some(at) = acted.get(host).and_then(|times| times.range(from..).next())
         {
             step.at_secs = *at as f64 / 1000.0;

@@ -1,0 +1,401 @@
+//! A shard: one task owning one [`Gateway`] and the sockets of its connections. It reads a
+//! connection's socket when that socket wakes it (no task per connection, no channel between a
+//! socket and the core), feeds what it read to the core, writes the core's frames as the sockets
+//! take them, and takes commands from the rest of the server (new connections, the backend's
+//! deliveries and answers) and its own timer.
+
+mod check;
+mod handle;
+pub(crate) mod ready;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use clientmq_core::{
+    Admission, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply, ServerRequestError,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+pub use handle::GatewayHandle;
+use ready::{ConnWake, Ready};
+
+use crate::admission::{AddressSlot, GlobalAdmission};
+use crate::backend::Backend;
+use crate::config::{InvariantSink, TraceSink};
+use crate::conn::{Conn, Flow, Socket};
+use crate::metrics::{Metrics, ShardGauges};
+use crate::ws;
+
+pub(crate) enum Command {
+    /// A connection whose upgrade completed, to admit or refuse here.
+    Open {
+        peer: Peer,
+        socket: Box<dyn Socket>,
+        /// Bytes the client sent after its upgrade request, already read.
+        read_ahead: Vec<u8>,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        slot: Option<AddressSlot>,
+    },
+    /// A connection refused by a limit judged outside this shard, to close here.
+    Refuse {
+        close: CloseReason,
+        /// The count the refusal was judged against: every shard's open connections plus
+        /// admissions in flight.
+        open: usize,
+        socket: Box<dyn Socket>,
+    },
+    Input(Input),
+    ServerRequest {
+        conn: ConnectionId,
+        request_type: String,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
+    },
+    Drain,
+    /// Drop every connection's transport at once, in id order (a simulated process death).
+    AbortAll,
+}
+
+/// Commands queued per shard before senders wait.
+const COMMAND_QUEUE: usize = 4096;
+/// Commands handled before outputs are carried out, to batch under load.
+const BATCH: usize = 64;
+/// How long a released or refused socket may take to flush its last frames (and read the
+/// client's close frame) before it is dropped.
+const LINGER: Duration = Duration::from_secs(1);
+/// The shard's read buffer, shared by all its connections.
+pub(crate) const SCRATCH: usize = 16 * 1024;
+
+/// Which shard holds which connection, for deliveries and server requests. Routing only: the
+/// shards' registries remain the only count.
+pub type Routes = Arc<RwLock<HashMap<ConnectionId, usize>>>;
+
+pub(crate) struct Shard<B> {
+    pub index: usize,
+    pub gw: Gateway,
+    pub rx: mpsc::Receiver<Command>,
+    pub tx: mpsc::WeakSender<Command>,
+    /// The sockets of the registered connections.
+    pub conns: BTreeMap<ConnectionId, Conn>,
+    /// Sockets no longer registered that finish their close (a release's last frames, a
+    /// refusal's close frame), each until its deadline.
+    pub lingering: BTreeMap<ConnectionId, (Conn, std::time::Instant)>,
+    pub ready: Arc<Ready>,
+    pub scratch: Vec<u8>,
+    pub server_requests: BTreeMap<u64, oneshot::Sender<Result<Reply, ServerRequestError>>>,
+    pub next_token: u64,
+    pub backend: Arc<B>,
+    pub gauges: Arc<Vec<ShardGauges>>,
+    pub metrics: Arc<Metrics>,
+    pub routes: Routes,
+    pub backend_timeout: Duration,
+    pub trace: Option<TraceSink>,
+    pub check: Option<InvariantSink>,
+    pub admission: Option<Arc<GlobalAdmission>>,
+    /// Admission permits held by this shard's connections.
+    pub held_permits: usize,
+    /// Checked-mode steps skipped since the last check.
+    pub checks_skipped: usize,
+    /// Whether every connection must hold an address slot (a per-address limit is set).
+    pub check_address_slots: bool,
+    /// Frames a connection may have queued before it is a slow consumer.
+    pub outbound_queue: usize,
+    /// What aborted connections held (a simulated death), kept taken until the shard is gone.
+    pub departed: Vec<(Option<tokio::sync::OwnedSemaphorePermit>, Option<AddressSlot>)>,
+    pub max_frame_bytes: usize,
+}
+
+pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
+    let rng = match seed {
+        Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(index as u64)),
+        None => rand::make_rng(),
+    };
+    Gateway::new(config.clone(), Box::new(rng), Instant::now().into_std())
+        .expect("config validated by caller")
+}
+
+pub(crate) fn command_channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
+    mpsc::channel(COMMAND_QUEUE)
+}
+
+/// What woke the shard.
+enum Wake {
+    Timer,
+    Command(Command),
+    Ready,
+    Closed,
+}
+
+impl<B: Backend> Shard<B> {
+    pub async fn run(mut self) {
+        let mut sleep = Box::pin(tokio::time::sleep_until(Instant::now()));
+        loop {
+            let deadline = self.next_deadline();
+            if let Some(at) = deadline {
+                sleep.as_mut().reset(Instant::from_std(at));
+            }
+            // A fixed order (simulated runs replay byte for byte): timers first, so a flood of
+            // commands or reads cannot starve heartbeats and deadlines; then commands, then
+            // sockets.
+            let wake = std::future::poll_fn(|cx| {
+                if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                match self.rx.poll_recv(cx) {
+                    Poll::Ready(Some(cmd)) => return Poll::Ready(Wake::Command(cmd)),
+                    Poll::Ready(None) => return Poll::Ready(Wake::Closed),
+                    Poll::Pending => {}
+                }
+                self.ready.register(cx.waker());
+                if self.ready.is_empty() { Poll::Pending } else { Poll::Ready(Wake::Ready) }
+            })
+            .await;
+            match wake {
+                Wake::Closed => break,
+                Wake::Timer => {
+                    self.gw.handle_timeout(now());
+                    self.expire_lingering();
+                }
+                Wake::Command(cmd) => {
+                    self.command(cmd);
+                    for _ in 1..BATCH {
+                        match self.rx.try_recv() {
+                            Ok(cmd) => self.command(cmd),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Ready => self.poll_sockets(),
+            }
+            self.flush();
+        }
+    }
+
+    fn next_deadline(&self) -> Option<std::time::Instant> {
+        let lingering = self.lingering.values().map(|(_, until)| *until).min();
+        match (self.gw.poll_timeout(), lingering) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Reads and writes every socket that woke the shard, and feeds the core what was read.
+    fn poll_sockets(&mut self) {
+        let mut inputs = Vec::new();
+        for id in self.ready.take() {
+            if let Some(conn) = self.conns.get_mut(&id) {
+                conn.wake.taken();
+                if conn.read(&mut self.scratch, self.max_frame_bytes, &mut inputs) == Flow::Busy {
+                    // Its share is read: after the others, it gets another turn.
+                    Waker::from(conn.wake.clone()).wake();
+                }
+                if conn.has_output() && conn.write().is_err() {
+                    inputs.push(Input::SendFailed { conn: id });
+                }
+            } else if let Some((conn, _)) = self.lingering.get_mut(&id) {
+                conn.wake.taken();
+                let mut ignored = Vec::new();
+                let flow = conn.read(&mut self.scratch, self.max_frame_bytes, &mut ignored);
+                let failed = conn.write().is_err();
+                let done = !conn.has_output() && (flow == Flow::Idle && conn.read_finished() || failed);
+                if done {
+                    self.lingering.remove(&id);
+                }
+            }
+        }
+        let now = now();
+        for input in inputs {
+            self.gw.handle(input, now);
+        }
+    }
+
+    /// Drops lingering sockets whose time is up.
+    fn expire_lingering(&mut self) {
+        let now = now();
+        self.lingering.retain(|_, (_, until)| *until > now);
+    }
+
+    fn command(&mut self, cmd: Command) {
+        let now = now();
+        match cmd {
+            Command::Open { peer, socket, read_ahead, permit, slot } => {
+                if let (Some(global), Some(_)) = (&self.admission, &permit) {
+                    global.admitting.fetch_sub(1, Ordering::Relaxed);
+                }
+                match self.gw.open(&peer, now) {
+                    Admission::Accepted(id) => {
+                        let mut conn =
+                            Conn::new(id, socket, read_ahead, ConnWake::new(id, self.ready.clone()));
+                        self.held_permits += permit.as_ref().map_or(0, |p| p.num_permits());
+                        conn.permit = permit;
+                        conn.slot = slot;
+                        // Polled at once: the bytes read ahead, and its first read registers it.
+                        Waker::from(conn.wake.clone()).wake();
+                        self.conns.insert(id, conn);
+                        self.routes.write().expect("routes lock").insert(id, self.index);
+                    }
+                    Admission::Rejected { id, close } => self.linger_closing(id, socket, close),
+                }
+            }
+            Command::Refuse { close, open, socket } => {
+                let id = self.gw.refuse(close, open, now);
+                self.linger_closing(id, socket, close);
+            }
+            Command::Input(input) => self.gw.handle(input, now),
+            Command::ServerRequest { conn, request_type, payload, reply } => {
+                let token = self.next_token;
+                self.next_token += 1;
+                self.server_requests.insert(token, reply);
+                self.gw.handle(Input::ServerRequest { token, conn, request_type, payload }, now);
+            }
+            Command::Drain => self.gw.handle(Input::Drain, now),
+            Command::AbortAll => {
+                // The sockets go, in id order (BTreeMaps), so a simulated death replays exactly.
+                // The process runs to the end of its last step as it was: the core still counts
+                // these connections, so their admission permits and address places stay taken
+                // (until the process is gone), and checked mode stops checking bookkeeping that no
+                // longer matches its sockets.
+                for (_, mut conn) in std::mem::take(&mut self.conns) {
+                    self.departed.push((conn.permit.take(), conn.slot.take()));
+                }
+                self.lingering.clear();
+                self.check = None;
+            }
+        }
+    }
+
+    /// A socket never registered: it gets its close frame and a moment to answer it.
+    fn linger_closing(&mut self, id: ConnectionId, socket: Box<dyn Socket>, close: CloseReason) {
+        let mut conn = Conn::new(id, socket, Vec::new(), ConnWake::new(id, self.ready.clone()));
+        conn.send(ws::CLOSE, &ws::close_payload(close.code, close.reason), usize::MAX);
+        Waker::from(conn.wake.clone()).wake();
+        self.lingering.insert(id, (conn, now() + LINGER));
+    }
+
+    /// Carries out every output, writes what the sockets take, and records every event.
+    fn flush(&mut self) {
+        // Carrying out an output can feed an input back (a full queue is a failed send), which
+        // queues more outputs: this loop takes them too.
+        let mut written = Vec::new();
+        loop {
+            while let Some(out) = self.gw.poll_output() {
+                self.output(out, &mut written);
+            }
+            let mut failed = false;
+            for id in written.drain(..) {
+                if let Some(conn) = self.conns.get_mut(&id)
+                    && conn.has_output()
+                    && conn.write().is_err()
+                {
+                    self.gw.handle(Input::SendFailed { conn: id }, now());
+                    failed = true;
+                }
+            }
+            if !failed {
+                break;
+            }
+        }
+        while let Some(event) = self.gw.poll_event() {
+            self.metrics.observe(&event.kind);
+            if let clientmq_core::EventKind::Pong { rtt } = event.kind
+                && let Some(conn) = event.conn
+            {
+                self.backend.rtt(conn, rtt);
+            }
+            match &self.trace {
+                Some(sink) => (sink.0)(self.index, &event),
+                None => tracing::debug!(target: "clientmq::trace", "{event}"),
+            }
+        }
+        let g = &self.gauges[self.index];
+        g.open.store(self.gw.open_connections(), Ordering::Relaxed);
+        g.closing.store(self.gw.closing_connections(), Ordering::Relaxed);
+        g.pending.store(self.gw.pending_requests(), Ordering::Relaxed);
+        g.subscriptions.store(self.gw.subscriptions(), Ordering::Relaxed);
+        g.permits.store(self.held_permits, Ordering::Relaxed);
+        if self.check.is_some() {
+            self.checked_mode_step();
+        }
+    }
+
+    /// Queues a frame on a connection; a full queue is a slow consumer the core closes (3335).
+    fn send(&mut self, conn: ConnectionId, opcode: u8, payload: &[u8], written: &mut Vec<ConnectionId>) {
+        let Some(c) = self.conns.get_mut(&conn) else { return };
+        if !c.send(opcode, payload, self.outbound_queue) {
+            self.gw.handle(Input::SendFailed { conn }, now());
+            return;
+        }
+        if written.last() != Some(&conn) {
+            written.push(conn);
+        }
+    }
+
+    /// The core ended a connection: its permit and address place go back now; its socket
+    /// lingers only to flush what is queued (a close echo) unless `abort`.
+    fn forget(&mut self, conn: &ConnectionId, abort: bool) {
+        self.routes.write().expect("routes lock").remove(conn);
+        let Some(mut c) = self.conns.remove(conn) else { return };
+        self.held_permits -= c.permit.take().map_or(0, |p| p.num_permits());
+        c.slot = None;
+        if abort {
+            return; // dropped: closed now
+        }
+        let flushed = c.write().is_err() || !c.has_output();
+        if !flushed {
+            self.lingering.insert(*conn, (c, now() + LINGER));
+        }
+    }
+
+    fn output(&mut self, out: Output, written: &mut Vec<ConnectionId>) {
+        match out {
+            Output::Send { conn, frame } => {
+                let (opcode, payload) = Conn::data_frame(&frame);
+                self.send(conn, opcode, payload, written);
+            }
+            Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload, written),
+            Output::Close { conn, close } => {
+                self.send(conn, ws::CLOSE, &ws::close_payload(close.code, close.reason), written)
+            }
+            Output::Abort { conn } => self.forget(&conn, true),
+            Output::Release { conn } => self.forget(&conn, false),
+            Output::Backend(req) if self.backend.answers_itself() => self.backend.submit(req),
+            Output::Backend(req) => {
+                let token = req.token;
+                let backend = self.backend.clone();
+                let mut answer = Box::pin(async move { backend.request(req).await });
+                // An answer that is ready at once (most of the embedded backend's) is taken here:
+                // no task, no channel hop, no wake-up. A pending one re-registers its real waker
+                // when the task polls it.
+                if let Poll::Ready(result) = answer.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+                    return self.gw.handle(Input::BackendReply { token, result }, now());
+                }
+                let Some(shard) = self.tx.upgrade() else { return };
+                let timeout = self.backend_timeout;
+                tokio::spawn(async move {
+                    // The core times the request out for the client; this bound frees the task.
+                    if let Ok(result) = tokio::time::timeout(timeout, answer).await {
+                        let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
+                    }
+                });
+            }
+            Output::Publish(event) => self.backend.disconnected(event),
+            Output::Interest { topic, room, on } => self.backend.interest(self.index, topic, &room, on),
+            Output::ServerRequestDone { token, result } => {
+                if let Some(reply) = self.server_requests.remove(&token) {
+                    let _ = reply.send(result);
+                }
+            }
+        }
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
