@@ -134,7 +134,9 @@ class Client {
         });
     }
 
-    async start() {
+    // Starts the SDK and waits for its first authentication: `{status, sessionId}` as the SDK's
+    // authentication callback reports them (any refusal is `unauthorized` there).
+    async authenticate() {
         const authenticated = new Promise((resolve) => {
             owner = this.name;
 
@@ -144,10 +146,14 @@ class Client {
                 owner = null;
             }
         });
-        const {status, sessionId} = await waitFor(`${this.name} to authenticate`, () => Promise.race([
+        return waitFor(`${this.name} to authenticate`, () => Promise.race([
             authenticated,
             new Promise((resolve) => setTimeout(() => resolve(null), 100))
         ]));
+    }
+
+    async start() {
+        const {status, sessionId} = await this.authenticate();
 
         assert.equal(status, 'ok', `${this.name} authenticates`);
         assert.ok(sessionId, `${this.name} gets a session id`);
@@ -195,12 +201,16 @@ class Client {
     // Reconnect sockets cannot be attributed to a client, so stop one client at a time: exactly
     // one socket that was open must close, with 1000 byebye.
     async stop() {
-        if (this.rooms.isInRoom()) {
+        if (this.rooms && this.rooms.isInRoom()) {
             await call(`${this.name} leaves on stop`, (cb) => this.rooms.leaveRoom(cb, false));
         }
 
         const open = sockets.filter((s) => s.closeCode === null);
-        this.rooms.stop('done');
+
+        if (this.rooms) {
+            this.rooms.stop('done');
+        }
+
         this.pcast.stop('done');
         await waitFor(`${this.name}'s socket to close`, () => open.some((s) => s.closeCode !== null));
         await sleep(50);
@@ -209,4 +219,4 @@ class Client {
     }
 }
 
-module.exports = {Client, WAIT_MS, ask, call, fail, gauge, sleep, step, waitFor};
+module.exports = {Client, WAIT_MS, ask, call, fail, gauge, metrics, sleep, sockets, step, waitFor};

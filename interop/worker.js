@@ -18,7 +18,9 @@
 //                       `mq.Error{reason}` where reason is the gateway's `Clientmq-Error`.
 //   demo.Whoami         the request headers it got: `gateway G`, `connection C`, `session S`,
 //                       `remote A` lines (what a worker learns about the client besides the
-//                       payload).
+//                       payload), then `application A` and `claims C`: the `Clientmq-Application`
+//                       and `Clientmq-Claims` headers of the connection's latest accepted
+//                       pcast.Authenticate (empty unless it carried a verified EdgeAuth token).
 //   demo.Stats          how many requests of each type it saw, `TYPE COUNT` lines, sorted.
 //
 // Two probes of the ordering docs/nats.md promises for everything a worker publishes under a
@@ -27,9 +29,9 @@
 //   demo.ReplyThenNotify  answers first, then publishes the `demo.Note` event.
 //   demo.AskThenReply     sends `demo.Question` (the payload) without waiting, then answers.
 //
-// and forgets a connection's room when `P.disconnected` names it. Prints `@@worker ready` on
-// stdout once its subscriptions are in place on the server; drains and exits 0 on SIGTERM/SIGINT.
-// Everything else it prints goes to stderr.
+// and forgets a connection's room and authentication headers when `P.disconnected` names it.
+// Prints `@@worker ready` on stdout once its subscriptions are in place on the server; drains and
+// exits 0 on SIGTERM/SIGINT. Everything else it prints goes to stderr.
 //
 // It keeps a little per-connection state (the joined room) but does not track gateways' liveness
 // (docs/nats.md, "Liveness, loss and recovery"): a demo, not a production worker.
@@ -161,6 +163,7 @@ let stopping = false;
 
 const sessions = new Set();
 const rooms = new Map(); // `${gateway} ${connection}` -> the room it last joined
+const authentications = new Map(); // `${gateway} ${connection}` -> its latest Authenticate's claims headers
 const seen = new Map(); // request type -> count
 
 const connKey = (g, c) => `${g} ${c}`;
@@ -187,6 +190,11 @@ async function handle(nc, msg, type) {
             const resumed = auth.sessionId && sessions.has(auth.sessionId);
             const sessionId = resumed ? auth.sessionId : `demo-${crypto.randomBytes(12).toString('hex')}`;
             sessions.add(sessionId);
+            // The gateway verified the token; an EdgeAuth token's claims come in these headers.
+            authentications.set(connKey(g, c), {
+                application: header(msg, 'Clientmq-Application'),
+                claims: header(msg, 'Clientmq-Claims'),
+            });
             return ['pcast.AuthenticateResponse', encodeAuthenticateResponse('ok', sessionId)];
         }
         case 'demo.Echo':
@@ -250,7 +258,9 @@ async function handle(nc, msg, type) {
             return ['', msg.data];
         case 'demo.Whoami': {
             const [session, remote] = [header(msg, 'Clientmq-Session'), header(msg, 'Clientmq-Remote')];
-            return ['', Buffer.from(`gateway ${g}\nconnection ${c}\nsession ${session}\nremote ${remote}\n`)];
+            const auth = authentications.get(connKey(g, c)) || { application: '', claims: '' };
+            return ['', Buffer.from(`gateway ${g}\nconnection ${c}\nsession ${session}\nremote ${remote}\n`
+                + `application ${auth.application}\nclaims ${auth.claims}\n`)];
         }
         case 'demo.Stats': {
             const lines = [...seen.entries()].sort(([a], [b]) => (a < b ? -1 : 1)).map(([t, n]) => `${t} ${n}\n`);
@@ -305,6 +315,7 @@ async function main() {
             const g = header(msg, 'Clientmq-Gateway');
             const c = header(msg, 'Clientmq-Connection') || decodeDisconnected(msg.data).connectionId;
             rooms.delete(connKey(g, c));
+            authentications.delete(connKey(g, c));
         },
     });
     // A round trip to the server: once it returns, the server has our subscriptions and routes
