@@ -1,6 +1,8 @@
 //! WebSocket framing (RFC 6455 §5): frames no library would send, written byte by byte.
 
-use clientmq_server::rawws::{BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode_frame};
+use clientmq_server::rawws::{self, BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode_frame};
+use std::time::Duration;
+
 use tokio::io::AsyncWriteExt;
 
 use crate::harness::{Ending, Gw, TestBackend, start_test};
@@ -142,9 +144,60 @@ async fn an_oversize_message_is_closed_1009() {
     }
 }
 
+/// Pings are answered by the WebSocket layer and never reach the gateway's frame rate limit.
+/// Expected (DESIGN "Trust boundary": requests per second per connection are bounded; the core
+/// counts "every frame, garbage included"): a flood of pings is a flood like any other, closed
+/// with 1008 after a burst of refused frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ping_flood_is_rate_limited_like_any_frame() {
+    control_flood(PING).await;
+}
+
+/// Unsolicited pongs reach the gateway core (one shard command each) but are not rate limited
+/// either; expected as for pings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsolicited_pong_flood_is_rate_limited_like_any_frame() {
+    control_flood(PONG).await;
+}
+
+async fn control_flood(opcode: u8) {
+    let gw = start_test(|c| {
+        c.gateway.max_requests_per_sec = 5;
+        c.gateway.request_burst = 5;
+    })
+    .await;
+    let mut raw = gw.raw().await;
+    gw.settles(1).await;
+    // 50 frames: ten times the burst, sent at once.
+    let flood: Vec<u8> = (0..50u8).flat_map(|i| encode_frame(opcode, &[i; 8], None)).collect();
+    raw.write(&flood).await;
+    let mut pongs = 0;
+    let close = tokio::time::timeout(Duration::from_secs(1), async {
+        loop {
+            match rawws::read_frame(&mut raw.stream).await {
+                Ok(Some(f)) if f.opcode == CLOSE => return f.close_code(),
+                Ok(Some(f)) => pongs += usize::from(f.opcode == PONG),
+                _ => return None,
+            }
+        }
+    })
+    .await;
+    let counted =
+        gw.server.metrics_text().lines().filter(|l| l.starts_with("clientmq_frames_dropped")).count();
+    assert_eq!(
+        close.ok().flatten(),
+        Some(1008),
+        "a flood of 50 control frames (burst 5, 5/s) is closed 1008; observed within 1 s: no close, \
+         {pongs} pongs back, {} open, {counted} dropped-frame series",
+        gw.server.open_connections()
+    );
+    gw.expect(r#"clientmq_disconnects_total{path="server",code="1008"}"#, 1.0).await;
+    gw.still_serves(0).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_with_a_payload_is_answered_with_the_same_payload() {
-    // Not a bad input: the baseline of a ping flood (docs/bad-inputs.md): one ping, one pong.
+    // Not a bad input, the baseline of the two above: one ping, one pong, nothing counted.
     let gw = start_test(|_| {}).await;
     let mut raw = gw.raw().await;
     raw.frame(PING, b"hello").await;
