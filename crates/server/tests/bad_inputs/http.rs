@@ -170,6 +170,21 @@ async fn upgrades_without_key_or_upgrade_headers_or_get_get_400() {
     gw.still_serves(0).await;
 }
 
+/// RFC 6455 §4.2.2: a version the server does not speak is refused with an HTTP error (426 is
+/// the example) AND a `Sec-WebSocket-Version` header naming the versions it does speak.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_websocket_version_is_refused_naming_version_13() {
+    let gw = start_test(|_| {}).await;
+    let head = upgrade_head("GET", "/ws", &["Sec-WebSocket-Version"], "Sec-WebSocket-Version: 8\r\n");
+    let (status, answer) = http(gw.addr, &head).await;
+    assert!(status == 426 || status == 400, "refused: {answer}");
+    gw.expect(&format!("clientmq_http_responses_total{{status=\"{status}\"}}"), 1.0).await;
+    gw.still_serves(0).await;
+    let names_13 =
+        answer.lines().any(|l| l.to_ascii_lowercase().replace(' ', "") == "sec-websocket-version:13");
+    assert!(names_13, "the refusal names the version the server speaks (RFC 6455 §4.2.2): {answer:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_and_non_get_endpoints_get_404() {
     let gw = start_test(|_| {}).await;
