@@ -34,3 +34,8 @@ review:
 bench *ARGS:
     cargo build --release -p clientmq-server -p clientmq-bench -p clientmq-sim
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ulimit -n; ./target/release/clientmq-load suite --sim-bin target/release/clientmq-sim --out BENCHMARKS.md {{ARGS}}
+
+# Fuzz the codec, the EdgeAuth verifier and the HTTP head reader: CASES each, on one core.
+fuzz CASES="10000000":
+    FUZZ_CASES={{CASES}} cargo test --release -p clientmq-core --test fuzz -- --ignored --test-threads=1 --nocapture
+    FUZZ_CASES={{CASES}} cargo test --release -p clientmq-server --test fuzz -- --ignored --test-threads=1 --nocapture
