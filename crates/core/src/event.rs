@@ -45,6 +45,8 @@ pub enum LostReason {
     Protocol,
     /// A message over the size limit; the transport closed it with 1009.
     TooBig,
+    /// A text message that is not UTF-8; the transport closed it with 1007.
+    NotUtf8,
 }
 
 impl LostReason {
@@ -54,6 +56,7 @@ impl LostReason {
             LostReason::Eof | LostReason::Error => crate::close::ABNORMAL,
             LostReason::Protocol => 1002,
             LostReason::TooBig => crate::close::TOO_BIG.code,
+            LostReason::NotUtf8 => 1007,
         }
     }
 
@@ -63,6 +66,7 @@ impl LostReason {
             LostReason::Error => "error",
             LostReason::Protocol => "protocol",
             LostReason::TooBig => "too-big",
+            LostReason::NotUtf8 => "not-utf8",
         }
     }
 }

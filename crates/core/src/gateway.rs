@@ -16,7 +16,7 @@ use crate::timers::{Timer, Timers};
 
 pub use crate::invariants::InvariantViolation;
 pub use crate::requests::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
-pub(crate) use crate::requests::{PendingRequest, PendingServerRequest};
+pub(crate) use crate::requests::{Charge, PendingRequest, PendingServerRequest};
 
 /// What the transport knows about a new connection once its upgrade is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +68,9 @@ pub enum Input {
     Frame { conn: ConnectionId, frame: Frame },
     /// A pong from the client, with its payload.
     Pong { conn: ConnectionId, payload: Vec<u8> },
+    /// A ping from the client, with its payload: answered with [`Output::Pong`] within the
+    /// connection's frame rate.
+    Ping { conn: ConnectionId, payload: Vec<u8> },
     /// The client's close frame arrived (`code` as sent, `None` when it had none).
     PeerClosed { conn: ConnectionId, code: Option<u16> },
     /// The transport ended without a close handshake.
@@ -97,6 +100,8 @@ pub enum Output {
     Send { conn: ConnectionId, frame: Frame },
     /// Send a WebSocket ping with this payload; the pong must echo it.
     Ping { conn: ConnectionId, payload: Vec<u8> },
+    /// Answer a client's ping.
+    Pong { conn: ConnectionId, payload: Vec<u8> },
     /// Send a close frame and keep reading until the client's close frame (or the deadline).
     Close { conn: ConnectionId, close: CloseReason },
     /// The connection is over and was forced: drop the transport now without flushing.
@@ -256,6 +261,7 @@ impl Gateway {
         match input {
             Input::Frame { conn, frame } => self.on_frame(conn, frame),
             Input::Pong { conn, payload } => self.on_pong(conn, &payload),
+            Input::Ping { conn, payload } => self.on_ping(conn, payload),
             Input::PeerClosed { conn, code } => self.on_peer_closed(conn, code),
             Input::TransportLost { conn, reason } => match self.registry.contains(&conn) {
                 true => self.end_connection_with(conn, DisconnectPath::Lost, Some(reason.code())),
@@ -408,9 +414,19 @@ impl Gateway {
 
     fn on_pong(&mut self, id: ConnectionId, payload: &[u8]) {
         let now = self.now;
-        let Some(conn) = self.registry.get_mut(&id) else {
+        let Some(conn) = self.registry.get(&id) else {
             return self.stray(id, Stray::Pong);
         };
+        // Pongs cost a token like any frame: unsolicited ones are a flood like any other. One
+        // arriving while closing answers a ping sent before, and is free.
+        if conn.is_open() {
+            match self.charge(id) {
+                Charge::Within => {}
+                Charge::Over => return self.drop_frame(id, DropReason::RateLimited),
+                Charge::Closed => return, // the one too many: closing now
+            }
+        }
+        let Some(conn) = self.registry.get_mut(&id) else { return };
         match conn.ping {
             Some((seq, sent)) if payload == seq.to_be_bytes() => {
                 conn.ping = None;
@@ -418,6 +434,17 @@ impl Gateway {
                 self.trace(Some(id), EventKind::Pong { rtt: now - sent });
             }
             _ => self.trace(Some(id), EventKind::UnexpectedPong),
+        }
+    }
+
+    fn on_ping(&mut self, id: ConnectionId, payload: Vec<u8>) {
+        if !self.registry.get(&id).is_some_and(|c| c.is_open()) {
+            return; // gone or closing: no answer owed
+        }
+        match self.charge(id) {
+            Charge::Within => self.push(Output::Pong { conn: id, payload }),
+            Charge::Over => self.drop_frame(id, DropReason::RateLimited),
+            Charge::Closed => {}
         }
     }
 

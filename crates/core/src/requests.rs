@@ -102,6 +102,14 @@ pub enum Target {
     Conversation(String),
 }
 
+/// What [`Gateway::charge`] found.
+pub(crate) enum Charge {
+    Within,
+    Over,
+    /// Over for too long: the connection is closing now.
+    Closed,
+}
+
 /// A request made ready for the backend.
 pub(crate) struct Prepared {
     payload: Vec<u8>,
@@ -189,20 +197,17 @@ pub(crate) fn message(
 
 impl Gateway {
     pub(crate) fn on_frame(&mut self, id: ConnectionId, frame: Frame) {
-        let (now, per_sec, burst) = (self.now, self.config.max_requests_per_sec, self.config.request_burst);
-        let Some(conn) = self.registry.get_mut(&id) else {
+        let Some(conn) = self.registry.get(&id) else {
             return self.drop_frame(id, DropReason::UnknownConnection);
         };
         if !conn.is_open() {
             return self.drop_frame(id, DropReason::NotOpen);
         }
-        // Every frame costs a token, garbage included: a flood of anything is a flood.
-        let within_rate = conn.take_token(now, per_sec, burst);
-        conn.strikes = if within_rate { 0 } else { conn.strikes + 1 };
-        if conn.strikes > burst {
-            // A full burst more after being refused: it is not listening.
-            return self.start_close(id, close::RATE_LIMIT);
-        }
+        let within_rate = match self.charge(id) {
+            Charge::Within => true,
+            Charge::Over => false,
+            Charge::Closed => return,
+        };
         let decoded = codec::decode(&frame, self.config.max_message_size);
         let encoding = frame.encoding();
         if !within_rate {
@@ -303,6 +308,22 @@ impl Gateway {
             },
         );
         self.push(Output::Backend(backend));
+    }
+
+    /// Charges one frame (of any kind: data, ping, pong, garbage) to the connection's rate. A
+    /// burst more refused in a row after the bucket ran dry closes the connection with 1008.
+    /// Nothing is charged to a connection that is not open (`Closed`).
+    pub(crate) fn charge(&mut self, id: ConnectionId) -> Charge {
+        let (now, per_sec, burst) = (self.now, self.config.max_requests_per_sec, self.config.request_burst);
+        let Some(conn) = self.registry.get_mut(&id).filter(|c| c.is_open()) else { return Charge::Closed };
+        let within = conn.take_token(now, per_sec, burst);
+        conn.strikes = if within { 0 } else { conn.strikes + 1 };
+        if conn.strikes > burst {
+            // A full burst more after being refused: it is not listening.
+            self.start_close(id, close::RATE_LIMIT);
+            return Charge::Closed;
+        }
+        if within { Charge::Within } else { Charge::Over }
     }
 
     /// Fills in what the gateway owes the backend (the seed's adapter did the same), checks the

@@ -28,9 +28,6 @@ const KEEP_WRITE_BUFFER: usize = 4096;
 /// Bytes handed to the socket in one write: large bursts go out in pieces the size of a socket
 /// buffer, so the kernel (or the simulator's segments) push back on a reader that does not read.
 const MAX_WRITE: usize = 64 * 1024;
-/// Pings are answered while fewer frames than this wait to be written: a client that sends
-/// pings and does not read the pongs gets none, instead of growing the queue.
-const PONGS_WHILE_QUEUED_BELOW: usize = 16;
 
 pub(crate) struct Conn {
     pub id: ConnectionId,
@@ -148,10 +145,8 @@ impl Conn {
     fn frame(&mut self, frame: ws::Frame, max_message: usize, inputs: &mut Vec<Input>) {
         let conn = self.id;
         match frame.opcode {
-            ws::PING if !self.close_sent && self.queued < PONGS_WHILE_QUEUED_BELOW => {
-                self.queue(ws::PONG, &frame.payload)
-            }
-            ws::PING => {}
+            // The core answers, within the connection's frame rate.
+            ws::PING => inputs.push(Input::Ping { conn, payload: frame.payload }),
             ws::PONG => inputs.push(Input::Pong { conn, payload: frame.payload }),
             ws::CLOSE => match ws::read_close(&frame.payload) {
                 Ok(code) => {
@@ -188,6 +183,7 @@ impl Conn {
         self.read_done = true;
         let reason = match error {
             ProtocolError::TooBig => LostReason::TooBig,
+            ProtocolError::NotUtf8 => LostReason::NotUtf8,
             _ => LostReason::Protocol,
         };
         inputs.push(Input::TransportLost { conn: self.id, reason });

@@ -75,6 +75,7 @@ impl Harness {
                     "publish without an end: {p:?}"
                 ),
                 Output::Interest { .. } => panic!("interest reported without report_interest: {out:?}"),
+                Output::Pong { .. } => panic!("a pong without a client ping: {out:?}"),
                 Output::ServerRequestDone { token, result } => {
                     assert!(self.sr_issued.contains(token), "unknown token {token}");
                     assert!(self.sr_done.insert(*token), "server request {token} ended twice");
@@ -336,6 +337,7 @@ impl Harness {
                 let code = match reason {
                     LostReason::Eof | LostReason::Error => close::ABNORMAL,
                     LostReason::Protocol => 1002,
+                    LostReason::NotUtf8 => 1007,
                     LostReason::TooBig => close::TOO_BIG.code,
                 };
                 (DisconnectPath::Lost, code)
@@ -413,6 +415,7 @@ fn output_key(out: &Output) -> String {
         Output::Backend(_) => "backend".into(),
         Output::Publish(_) => "publish".into(),
         Output::Interest { on, .. } => format!("interest {on}"),
+        Output::Pong { .. } => "pong".into(),
         Output::ServerRequestDone { result: Ok(_), .. } => "server-request-done ok".into(),
         Output::ServerRequestDone { result: Err(e), .. } => format!("server-request-done {}", e.label()),
     }

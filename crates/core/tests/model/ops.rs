@@ -227,6 +227,7 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         Just(LostReason::Error),
         Just(LostReason::Protocol),
         Just(LostReason::TooBig),
+        Just(LostReason::NotUtf8),
     ];
     let token = prop_oneof![
         6 => any::<usize>().prop_map(TokSel::Pending),

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use clientmq_core::proto::mq;
-use clientmq_core::{Config, DropReason, Encoding, EventKind, Input, Reply, Target, close};
+use clientmq_core::{Config, DropReason, Encoding, EventKind, Input, Output, Reply, Target, close};
 
 use crate::harness::{Harness, error_reason};
 
@@ -64,6 +64,57 @@ fn a_sender_that_keeps_going_past_a_full_burst_of_refusals_is_closed_1008() {
     assert!(h.closes_of(a).is_empty(), "three refusals are a warning");
     h.request(a, "C6", "x.Y", vec![], Encoding::Binary);
     assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code]);
+    h.input(Input::PeerClosed { conn: a, code: Some(1008) });
+    assert_eq!(h.gw.open_connections(), 0);
+}
+
+fn pongs_to(h: &mut Harness, id: clientmq_core::ConnectionId) -> Vec<Vec<u8>> {
+    h.take_outputs()
+        .into_iter()
+        .filter_map(|o| match o {
+            Output::Pong { conn, payload } if conn == id => Some(payload),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn pings_are_answered_within_the_rate_and_a_ping_flood_is_closed_1008() {
+    let mut h = limited(1, 2);
+    let a = h.open();
+    h.take_outputs();
+    for i in 0..2u8 {
+        h.input(Input::Ping { conn: a, payload: vec![i] });
+    }
+    assert_eq!(pongs_to(&mut h, a), vec![vec![0], vec![1]], "a burst of pings, each echoed");
+    for i in 2..4u8 {
+        h.input(Input::Ping { conn: a, payload: vec![i] });
+    }
+    assert!(pongs_to(&mut h, a).is_empty(), "over the rate: no pong");
+    assert!(h.closes_of(a).is_empty());
+    h.input(Input::Ping { conn: a, payload: vec![4] });
+    assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code], "a burst more refused: closed");
+    h.take_outputs();
+    h.input(Input::Ping { conn: a, payload: vec![5] });
+    assert!(pongs_to(&mut h, a).is_empty(), "no pong once closing");
+}
+
+#[test]
+fn unsolicited_pongs_cost_a_token_but_a_pong_while_closing_is_free() {
+    let mut h = limited(1, 1);
+    let a = h.open();
+    h.input(Input::Pong { conn: a, payload: vec![9] });
+    h.input(Input::Pong { conn: a, payload: vec![9] });
+    assert!(
+        h.events_of(a).iter().any(|k| matches!(k, EventKind::Dropped { reason: DropReason::RateLimited }))
+    );
+    h.input(Input::Pong { conn: a, payload: vec![9] });
+    assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code]);
+    let dropped =
+        |h: &Harness| h.events_of(a).iter().filter(|k| matches!(k, EventKind::Dropped { .. })).count();
+    let before = dropped(&h);
+    h.input(Input::Pong { conn: a, payload: vec![9] });
+    assert_eq!(dropped(&h), before, "a pong while closing is not charged");
     h.input(Input::PeerClosed { conn: a, code: Some(1008) });
     assert_eq!(h.gw.open_connections(), 0);
 }

@@ -360,6 +360,7 @@ impl<B: Backend> Shard<B> {
                 self.send(conn, opcode, payload, written);
             }
             Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload, written),
+            Output::Pong { conn, payload } => self.send(conn, ws::PONG, &payload, written),
             Output::Close { conn, close } => {
                 self.send(conn, ws::CLOSE, &ws::close_payload(close.code, close.reason), written)
             }

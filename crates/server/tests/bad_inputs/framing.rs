@@ -27,14 +27,19 @@ async fn send(bytes: &[u8]) -> (Gw<TestBackend>, Ending) {
     (gw, ending)
 }
 
-/// A protocol violation: the connection is dropped (with a 1002 close frame or, as tungstenite
-/// does today, none: RFC 6455 §7.1.7 says SHOULD) and counted as lost with 1002.
+/// A protocol violation: the connection is failed with a 1002 close frame first (RFC 6455
+/// §7.1.7) and counted as lost with 1002.
 async fn violation(bytes: &[u8]) {
+    failed_with(bytes, 1002).await
+}
+
+/// The connection is sent a close frame with `code`, then dropped, and counted as lost with it.
+async fn failed_with(bytes: &[u8], code: u16) {
     let (gw, ending) = send(bytes).await;
-    assert!(matches!(ending.code(), None | Some(1002)), "{ending:?}");
+    assert_eq!(ending.code(), Some(code), "{ending:?}");
     assert!(ending.data.is_empty(), "{ending:?}");
     gw.settles(0).await;
-    gw.expect(r#"clientmq_disconnects_total{path="lost",code="1002"}"#, 1.0).await;
+    gw.expect(&format!(r#"clientmq_disconnects_total{{path="lost",code="{code}"}}"#), 1.0).await;
     gw.still_serves(0).await;
 }
 
@@ -82,12 +87,13 @@ async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_utf8_in_a_text_message_is_a_protocol_error() {
-    // One frame, and a valid start split from an invalid end across fragments.
-    violation(&encode_frame(TEXT, &[b'o', b'k', 0xff, 0xfe], None)).await;
+async fn invalid_utf8_in_a_text_message_is_failed_1007() {
+    // One frame, and a valid start split from an invalid end across fragments (RFC 6455 §8.1:
+    // the endpoint fails the connection with 1007, §7.4.1).
+    failed_with(&encode_frame(TEXT, &[b'o', b'k', 0xff, 0xfe], None), 1007).await;
     let mut split = raw_frame(TEXT, &[b'a', 0xe2, 0x82]);
     split.extend(raw_frame(0x80 | CONTINUATION, &[0x28]));
-    violation(&split).await;
+    failed_with(&split, 1007).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,13 +106,9 @@ async fn a_malformed_close_frame_is_a_protocol_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_with_an_invalid_code_is_answered_1002() {
+async fn a_close_with_an_invalid_code_is_a_protocol_error() {
     for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
-        let (gw, ending) = send(&encode_frame(CLOSE, &close_payload(code, "x"), None)).await;
-        assert_eq!(ending.code(), Some(1002), "code {code}: {ending:?}");
-        gw.settles(0).await;
-        gw.expect(r#"clientmq_disconnects_total{path="client",code="1002"}"#, 1.0).await;
-        gw.still_serves(0).await;
+        violation(&encode_frame(CLOSE, &close_payload(code, "x"), None)).await;
     }
 }
 
@@ -144,17 +146,15 @@ async fn an_oversize_message_is_closed_1009() {
     }
 }
 
-/// Pings are answered by the WebSocket layer and never reach the gateway's frame rate limit.
-/// Expected (DESIGN "Trust boundary": requests per second per connection are bounded; the core
-/// counts "every frame, garbage included"): a flood of pings is a flood like any other, closed
+/// Pings are answered by the core within the connection's frame rate (DESIGN "Trust boundary":
+/// every frame counts, garbage included): a flood of pings is a flood like any other, closed
 /// with 1008 after a burst of refused frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_rate_limited_like_any_frame() {
     control_flood(PING).await;
 }
 
-/// Unsolicited pongs reach the gateway core (one shard command each) but are not rate limited
-/// either; expected as for pings.
+/// Unsolicited pongs cost a token like any frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsolicited_pong_flood_is_rate_limited_like_any_frame() {
     control_flood(PONG).await;
@@ -191,7 +191,12 @@ async fn control_flood(opcode: u8) {
          {pongs} pongs back, {} open, {counted} dropped-frame series",
         gw.server.open_connections()
     );
+    // At most a burst of pings was answered.
+    assert!(pongs <= 5, "{pongs} pongs for a burst of 5");
+    raw.write(&encode_frame(CLOSE, &close_payload(1008, ""), None)).await;
     gw.expect(r#"clientmq_disconnects_total{path="server",code="1008"}"#, 1.0).await;
+    let dropped = gw.metric(r#"clientmq_frames_dropped_total{reason="rate-limited"}"#);
+    assert!(dropped >= 5.0, "{dropped} frames dropped before the close");
     gw.still_serves(0).await;
 }
 
