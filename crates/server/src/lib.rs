@@ -268,9 +268,24 @@ impl Server {
         content_type: &str,
         body: &[u8],
     ) {
+        self.answer_with(stream, status, content_type, "", body).await
+    }
+
+    /// [`Self::answer`] with `extra` header lines.
+    async fn answer_with<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        status: &str,
+        content_type: &str,
+        extra: &str,
+        body: &[u8],
+    ) {
         self.inner.metrics.http_response(status);
         let timeout = self.inner.config.handshake_timeout;
-        let _ = tokio::time::timeout(timeout, http::respond(stream, status, content_type, body)).await;
+        let answer = http::respond(stream, status, content_type, extra, body);
+        if tokio::time::timeout(timeout, answer).await.is_err() {
+            self.inner.metrics.handshake_timed_out();
+        }
     }
 
     async fn http<S>(self, mut stream: S, addr: SocketAddr, handshake: tokio::sync::OwnedSemaphorePermit)
@@ -288,7 +303,8 @@ impl Server {
             Ok(Err(http::HeadError::Malformed)) => {
                 return self.answer(&mut stream, "400 Bad Request", "text/plain", b"bad request\n").await;
             }
-            Ok(Err(_)) | Err(_) => return, // gone, or never finished the request: drop it
+            Ok(Err(_)) => return, // gone before the request ended
+            Err(_) => return self.inner.metrics.handshake_timed_out(), // silent, or trickling
         };
         let path = head.path.split('?').next().unwrap_or_default();
         let reply = match (head.method.as_str(), path) {
@@ -311,18 +327,24 @@ impl Server {
             return self.answer(&mut stream, status, content_type, &body).await;
         }
         let refusal = self.upgrade_refusal(&head);
-        let key = match (refusal, head.websocket_key()) {
-            (Some(status), _) => Err(status),
-            (None, None) => Err("400 Bad Request"),
-            (None, Some(key)) => Ok(key.to_owned()),
+        let key = match (refusal, head.upgrade()) {
+            (Some(status), _) => Err((status, "")),
+            (None, Err(http::UpgradeError::Version)) => {
+                Err(("426 Upgrade Required", "sec-websocket-version: 13\r\n"))
+            }
+            (None, Err(_)) => Err(("400 Bad Request", "")),
+            (None, Ok(key)) => Ok(key.to_owned()),
         };
         let key = match key {
             Ok(key) => key,
-            Err(status) => return self.answer(&mut stream, status, "text/plain", b"").await,
+            Err((status, extra)) => {
+                return self.answer_with(&mut stream, status, "text/plain", extra, b"").await;
+            }
         };
         match tokio::time::timeout(timeout, http::switch_protocols(&mut stream, &key)).await {
             Ok(Ok(())) => {}
-            _ => return,
+            Ok(Err(_)) => return,
+            Err(_) => return self.inner.metrics.handshake_timed_out(),
         }
         drop(handshake);
         let peer = Peer { addr, headers: forwarded_headers(&head) };

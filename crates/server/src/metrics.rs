@@ -61,6 +61,7 @@ pub struct Metrics {
     requests_refused: Family<Labels, Counter>,
     handshakes_refused: Counter,
     tls_refused: Counter,
+    handshakes_timed_out: Counter,
     http_responses: Family<Labels, Counter>,
 }
 
@@ -92,6 +93,7 @@ impl Metrics {
             requests_refused: Family::default(),
             handshakes_refused: Counter::default(),
             tls_refused: Counter::default(),
+            handshakes_timed_out: Counter::default(),
             http_responses: Family::default(),
             registry: Registry::default(),
         };
@@ -120,6 +122,11 @@ impl Metrics {
             "tls_handshakes_failed",
             "Sockets dropped because their TLS handshake failed or did not finish in time",
             m.tls_refused.clone(),
+        );
+        registry.register(
+            "handshakes_timed_out",
+            "Sockets dropped because their HTTP upgrade did not finish within the handshake timeout",
+            m.handshakes_timed_out.clone(),
         );
         registry.register(
             "http_responses",
@@ -181,6 +188,10 @@ impl Metrics {
 
     pub fn tls_refused(&self) {
         self.tls_refused.inc();
+    }
+
+    pub fn handshake_timed_out(&self) {
+        self.handshakes_timed_out.inc();
     }
 
     /// A plain HTTP answer or a refused upgrade went out with `status` (`"404 Not Found"`).
