@@ -15,42 +15,50 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn sigterm_drains_with_3333_and_exits_zero() {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
-        .env("CLIENTMQ_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CLIENTMQ_DRAIN_WINDOW_SECS", "0.2")
-        .env("CLIENTMQ_SHARDS", "2")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut ws = common::connect_when_up(port).await;
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-    assert!(killed.success());
-    let code = loop {
-        match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
-            Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(code, 3333);
-    // Reading on lets tungstenite answer the close; then the server has nothing left.
-    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {}
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
-    assert!(status.success(), "{status:?}");
+    common::bounded(async {
+        let port = free_port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
+            .env("CLIENTMQ_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CLIENTMQ_DRAIN_WINDOW_SECS", "0.2")
+            .env("CLIENTMQ_SHARDS", "2")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut ws = common::connect_when_up(port).await;
+        let pid = child.id().unwrap().to_string();
+        let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+        assert!(killed.success());
+        let code = loop {
+            match tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap() {
+                Some(Ok(Message::Close(Some(frame)))) => break u16::from(frame.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        };
+        assert_eq!(code, 3333);
+        // Reading on lets tungstenite answer the close; then the server has nothing left.
+        while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_secs(1), ws.next()).await {}
+        let status =
+            tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits").unwrap();
+        assert!(status.success(), "{status:?}");
+    })
+    .await
 }
 
 #[tokio::test]
 async fn bad_settings_are_refused_with_a_clear_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
-        .args(["--close-timeout-secs", "0"])
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("close-timeout-secs"), "{stderr}");
+    common::bounded(async {
+        let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
+            .args(["--close-timeout-secs", "0"])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("close-timeout-secs"), "{stderr}");
+    })
+    .await
 }

@@ -42,6 +42,7 @@ async fn mint(args: &[&str]) -> (String, String) {
         .args(["--application", APP, "--secret", SECRET])
         .args(args)
         .current_dir(interop_dir())
+        .kill_on_drop(true)
         .output()
         .await
         .expect("node runs (Node.js is needed for this test)");
@@ -142,11 +143,14 @@ fn claims_seen(whoami: &[(String, String)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_gets_the_verified_claims_of_an_edge_auth_token_in_headers() {
-    let log = Log::default();
-    let outcome = tokio::time::timeout(DEADLINE, claims_over_the_bus(log.clone())).await;
-    let transcript = log.lock().unwrap().join("\n");
-    println!("--- log ---\n{transcript}\n--- end of log ---");
-    outcome.unwrap_or_else(|_| panic!("the test did not finish within {DEADLINE:?}"));
+    common::bounded(async {
+        let log = Log::default();
+        let outcome = tokio::time::timeout(DEADLINE, claims_over_the_bus(log.clone())).await;
+        let transcript = log.lock().unwrap().join("\n");
+        println!("--- log ---\n{transcript}\n--- end of log ---");
+        outcome.unwrap_or_else(|_| panic!("the test did not finish within {DEADLINE:?}"));
+    })
+    .await
 }
 
 async fn claims_over_the_bus(log: Log) {

@@ -60,91 +60,99 @@ fn interop_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_authenticates_with_edge_auth_tokens_and_the_server_enforces_their_claims() {
-    let dir = std::env::temp_dir().join(format!("clientmq-edge-auth-sdk-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let secrets = dir.join("edge-auth");
-    // Two applications: the harness's, and one it never uses.
-    std::fs::write(
-        &secrets,
-        format!("# EdgeAuth applications\n{APP} {SECRET}\nanother-app another-secret\n"),
-    )
-    .unwrap();
+    common::bounded(async {
+        let dir = std::env::temp_dir().join(format!("clientmq-edge-auth-sdk-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = dir.join("edge-auth");
+        // Two applications: the harness's, and one it never uses.
+        std::fs::write(
+            &secrets,
+            format!("# EdgeAuth applications\n{APP} {SECRET}\nanother-app another-secret\n"),
+        )
+        .unwrap();
 
-    let log = Log::default();
-    let port = free_port();
-    let args = [
-        "--listen".to_owned(),
-        format!("127.0.0.1:{port}"),
-        "--edge-auth-file".into(),
-        secrets.display().to_string(),
-        "--tokens".into(),
-        STATIC_TOKEN.into(),
-        "--shards".into(),
-        "2".into(),
-        "--close-timeout-secs".into(),
-        "2".into(),
-        "--drain-window-secs".into(),
-        "0.2".into(),
-    ];
-    let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
-    wait_for(Duration::from_secs(10), "the server to answer /healthz", &log, || async {
-        http_get(port, "/healthz").await.0 == 200
-    })
-    .await;
+        let log = Log::default();
+        let port = free_port();
+        let args = [
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--edge-auth-file".into(),
+            secrets.display().to_string(),
+            "--tokens".into(),
+            STATIC_TOKEN.into(),
+            "--shards".into(),
+            "2".into(),
+            "--close-timeout-secs".into(),
+            "2".into(),
+            "--drain-window-secs".into(),
+            "0.2".into(),
+        ];
+        let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
+        wait_for(Duration::from_secs(10), "the server to answer /healthz", &log, || async {
+            http_get(port, "/healthz").await.0 == 200
+        })
+        .await;
 
-    npm_ci(&interop_dir(), "phenix-edge-auth/package.json").await;
-    npm_ci(&interop_dir(), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
-    let started = tokio::time::Instant::now();
-    let mut harness = Command::new("node")
-        .arg("edge-auth.js")
-        .current_dir(interop_dir())
-        .env("CLIENTMQ_PORT", port.to_string())
-        .env("CLIENTMQ_EDGE_APP", APP)
-        .env("CLIENTMQ_EDGE_SECRET", SECRET)
-        .env("CLIENTMQ_TOKEN", STATIC_TOKEN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts (Node.js is needed for this test)");
-    collect(harness.stdout.take().unwrap(), "harness".into(), log.clone());
-    collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
-    let status = tokio::time::timeout(HARNESS_DEADLINE, harness.wait()).await;
-    // Let the collectors take the last lines.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let transcript = log.lock().unwrap().join("\n");
-    println!("--- transcript ({:?}) ---\n{transcript}\n--- end ---", started.elapsed());
-    match status {
-        Ok(Ok(s)) => assert!(s.success(), "the edge-auth harness failed ({s}):\n{transcript}"),
-        Ok(Err(e)) => panic!("waiting for the harness: {e}"),
-        Err(_) => panic!("the edge-auth harness did not finish within {HARNESS_DEADLINE:?}:\n{transcript}"),
-    }
-
-    // Every step, in order, then the verdict.
-    let lines: Vec<&str> = transcript.lines().filter_map(|l| l.strip_prefix("[harness] ")).collect();
-    let mut at = 0;
-    for step in STEPS {
-        match lines[at..].iter().position(|l| l.starts_with(step)) {
-            Some(i) => at += i + 1,
-            None => panic!("the harness did not print `{step}` (after line {at}):\n{transcript}"),
+        npm_ci(&interop_dir(), "phenix-edge-auth/package.json").await;
+        npm_ci(&interop_dir(), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        let started = tokio::time::Instant::now();
+        let mut harness = Command::new("node")
+            .arg("edge-auth.js")
+            .current_dir(interop_dir())
+            .env("CLIENTMQ_PORT", port.to_string())
+            .env("CLIENTMQ_EDGE_APP", APP)
+            .env("CLIENTMQ_EDGE_SECRET", SECRET)
+            .env("CLIENTMQ_TOKEN", STATIC_TOKEN)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts (Node.js is needed for this test)");
+        collect(harness.stdout.take().unwrap(), "harness".into(), log.clone());
+        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+        let status = tokio::time::timeout(HARNESS_DEADLINE, harness.wait()).await;
+        // Let the collectors take the last lines.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let transcript = log.lock().unwrap().join("\n");
+        println!("--- transcript ({:?}) ---\n{transcript}\n--- end ---", started.elapsed());
+        match status {
+            Ok(Ok(s)) => assert!(s.success(), "the edge-auth harness failed ({s}):\n{transcript}"),
+            Ok(Err(e)) => panic!("waiting for the harness: {e}"),
+            Err(_) => {
+                panic!("the edge-auth harness did not finish within {HARNESS_DEADLINE:?}:\n{transcript}")
+            }
         }
-    }
-    assert!(lines[at..].contains(&"ok - edge-auth harness passed"), "{transcript}");
 
-    // The server's own count of each refusal.
-    for (reason, expected) in REFUSALS {
-        let series = format!("clientmq_token_refusals_total{{reason=\"{reason}\"}}");
-        assert_eq!(scrape(port, &series).await, expected, "{series}");
-    }
-    assert_eq!(scrape(port, "clientmq_connections_open").await, 0.0);
+        // Every step, in order, then the verdict.
+        let lines: Vec<&str> = transcript.lines().filter_map(|l| l.strip_prefix("[harness] ")).collect();
+        let mut at = 0;
+        for step in STEPS {
+            match lines[at..].iter().position(|l| l.starts_with(step)) {
+                Some(i) => at += i + 1,
+                None => panic!("the harness did not print `{step}` (after line {at}):\n{transcript}"),
+            }
+        }
+        assert!(lines[at..].contains(&"ok - edge-auth harness passed"), "{transcript}");
 
-    // Neither the secret nor a token (a digest token starts with DIGEST:) in the server's log.
-    let server_log: Vec<&str> = transcript.lines().filter(|l| l.starts_with("[server] ")).collect();
-    assert!(!server_log.is_empty(), "the server logs something at info");
-    for line in server_log {
-        assert!(!line.contains(SECRET) && !line.contains("DIGEST:"), "a secret or token in the log: {line}");
-    }
+        // The server's own count of each refusal.
+        for (reason, expected) in REFUSALS {
+            let series = format!("clientmq_token_refusals_total{{reason=\"{reason}\"}}");
+            assert_eq!(scrape(port, &series).await, expected, "{series}");
+        }
+        assert_eq!(scrape(port, "clientmq_connections_open").await, 0.0);
 
-    server.terminate(Duration::from_secs(15)).await;
-    std::fs::remove_dir_all(&dir).unwrap();
+        // Neither the secret nor a token (a digest token starts with DIGEST:) in the server's log.
+        let server_log: Vec<&str> = transcript.lines().filter(|l| l.starts_with("[server] ")).collect();
+        assert!(!server_log.is_empty(), "the server logs something at info");
+        for line in server_log {
+            assert!(
+                !line.contains(SECRET) && !line.contains("DIGEST:"),
+                "a secret or token in the log: {line}"
+            );
+        }
+
+        server.terminate(Duration::from_secs(15)).await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
 }

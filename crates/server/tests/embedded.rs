@@ -297,29 +297,32 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_and_unsupported_requests_get_mq_errors() {
-    let (_server, _backend, addr) = start(Duration::from_secs(30)).await;
-    let mut c = Client::connect(addr).await;
-    let reason = |m: &mq::Message| {
-        assert_eq!(m.r#type, "mq.Error");
-        mq::Error::decode(m.payload.as_slice()).unwrap().reason
-    };
-    let create = chat::CreateRoom {
-        room: chat::Room { name: "r".into(), ..Default::default() },
-        ..Default::default()
-    };
-    assert_eq!(reason(&c.request("chat.CreateRoom", create.encode_to_vec()).await), "unauthorized");
-    // A latency probe is echoed without a session.
-    let probe = mq::PingPong { origin_timestamp: 7, count: Some(1) }.encode_to_vec();
-    let pong = c.request("mq.PingPong", probe.clone()).await;
-    assert_eq!((pong.r#type.as_str(), &pong.payload), ("mq.PingPongResponse", &probe));
-    assert_eq!(reason(&c.request("pcast.SetupStream", vec![]).await), "unauthorized");
-    let refused: pcast::AuthenticateResponse = c.call("pcast.Authenticate", auth("")).await;
-    assert_eq!(refused.status, "unauthorized");
-    let ok: pcast::AuthenticateResponse = c.call("pcast.Authenticate", auth("any")).await;
-    assert_eq!(ok.status, "ok");
-    assert_eq!(reason(&c.request("pcast.SetupStream", vec![]).await), "unsupported");
-    let created: chat::CreateRoomResponse = c.call("chat.CreateRoom", create).await;
-    assert_eq!(created.status, "ok");
+    common::bounded(async {
+        let (_server, _backend, addr) = start(Duration::from_secs(30)).await;
+        let mut c = Client::connect(addr).await;
+        let reason = |m: &mq::Message| {
+            assert_eq!(m.r#type, "mq.Error");
+            mq::Error::decode(m.payload.as_slice()).unwrap().reason
+        };
+        let create = chat::CreateRoom {
+            room: chat::Room { name: "r".into(), ..Default::default() },
+            ..Default::default()
+        };
+        assert_eq!(reason(&c.request("chat.CreateRoom", create.encode_to_vec()).await), "unauthorized");
+        // A latency probe is echoed without a session.
+        let probe = mq::PingPong { origin_timestamp: 7, count: Some(1) }.encode_to_vec();
+        let pong = c.request("mq.PingPong", probe.clone()).await;
+        assert_eq!((pong.r#type.as_str(), &pong.payload), ("mq.PingPongResponse", &probe));
+        assert_eq!(reason(&c.request("pcast.SetupStream", vec![]).await), "unauthorized");
+        let refused: pcast::AuthenticateResponse = c.call("pcast.Authenticate", auth("")).await;
+        assert_eq!(refused.status, "unauthorized");
+        let ok: pcast::AuthenticateResponse = c.call("pcast.Authenticate", auth("any")).await;
+        assert_eq!(ok.status, "ok");
+        assert_eq!(reason(&c.request("pcast.SetupStream", vec![]).await), "unsupported");
+        let created: chat::CreateRoomResponse = c.call("chat.CreateRoom", create).await;
+        assert_eq!(created.status, "ok");
+    })
+    .await
 }
 
 /// How a member's connection ends.
@@ -363,67 +366,72 @@ impl Victim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
-    let (server, backend, addr) = start(150 * MS).await;
-    let mut observer = Client::connect(addr).await;
-    observer.authenticate().await;
-    let room_id = observer.new_room("lobby").await;
-    let observer_session = observer.member_of(&room_id, "observer").await;
-    eventually(WAIT, "the observer's two subscriptions", || metric(&server, "clientmq_subscriptions") == 2.0)
-        .await;
-
-    for end in [End::ClientClose, End::Eof, End::Reset, End::HeartbeatTimeout] {
-        let (victim, session) = match end {
-            End::ClientClose | End::Eof => {
-                let mut c = Client::connect(addr).await;
-                let session = c.member_of(&room_id, "victim").await;
-                (Victim::Ws(c), session)
-            }
-            End::Reset | End::HeartbeatTimeout => {
-                let mut r = Raw::connect(addr).await;
-                let session = r.member_of(&room_id, "victim").await;
-                (Victim::Raw(r), session)
-            }
-        };
-        observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
-        eventually(WAIT, "both members subscribed", || metric(&server, "clientmq_subscriptions") == 4.0)
-            .await;
-        assert_eq!(backend.members(&room_id).len(), 2);
-
-        let _ending = tokio::spawn(victim.end(end));
-        eventually(WAIT, "the gateway to drop the connection", || server.open_connections() == 1).await;
-        eventually(WAIT, "the gateway to drop its subscriptions", || {
+    common::bounded(async {
+        let (server, backend, addr) = start(150 * MS).await;
+        let mut observer = Client::connect(addr).await;
+        observer.authenticate().await;
+        let room_id = observer.new_room("lobby").await;
+        let observer_session = observer.member_of(&room_id, "observer").await;
+        eventually(WAIT, "the observer's two subscriptions", || {
             metric(&server, "clientmq_subscriptions") == 2.0
         })
         .await;
-        assert!(
-            backend.members(&room_id).contains(&session),
-            "{end:?}: membership outlives the connection by the grace period"
-        );
-        observer.room_event(chat::RoomEventType::MemberLeft, &session).await;
-        assert_eq!(backend.members(&room_id), vec![observer_session.clone()], "{end:?}");
+
+        for end in [End::ClientClose, End::Eof, End::Reset, End::HeartbeatTimeout] {
+            let (victim, session) = match end {
+                End::ClientClose | End::Eof => {
+                    let mut c = Client::connect(addr).await;
+                    let session = c.member_of(&room_id, "victim").await;
+                    (Victim::Ws(c), session)
+                }
+                End::Reset | End::HeartbeatTimeout => {
+                    let mut r = Raw::connect(addr).await;
+                    let session = r.member_of(&room_id, "victim").await;
+                    (Victim::Raw(r), session)
+                }
+            };
+            observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
+            eventually(WAIT, "both members subscribed", || metric(&server, "clientmq_subscriptions") == 4.0)
+                .await;
+            assert_eq!(backend.members(&room_id).len(), 2);
+
+            let _ending = tokio::spawn(victim.end(end));
+            eventually(WAIT, "the gateway to drop the connection", || server.open_connections() == 1).await;
+            eventually(WAIT, "the gateway to drop its subscriptions", || {
+                metric(&server, "clientmq_subscriptions") == 2.0
+            })
+            .await;
+            assert!(
+                backend.members(&room_id).contains(&session),
+                "{end:?}: membership outlives the connection by the grace period"
+            );
+            observer.room_event(chat::RoomEventType::MemberLeft, &session).await;
+            assert_eq!(backend.members(&room_id), vec![observer_session.clone()], "{end:?}");
+            let stats = backend.stats();
+            assert_eq!((stats.sessions, stats.connections, stats.detached), (1, 1, 0), "{end:?}: {stats:?}");
+            backend.check_invariants().unwrap();
+        }
+
+        // Each end really took its own path through the gateway.
+        for (series, count) in [
+            (r#"clientmq_disconnects_total{path="client",code="1005"}"#, 1.0),
+            (r#"clientmq_disconnects_total{path="lost",code="1006"}"#, 2.0),
+            (r#"clientmq_disconnects_total{path="forced",code="3334"}"#, 1.0),
+        ] {
+            assert_eq!(metric(&server, series), count, "{series}");
+        }
+
+        // Drain ends the observer too: nothing is left once its grace period is over.
+        server.drain().await;
+        eventually(WAIT, "every connection drained", || server.open_connections() == 0).await;
+        assert_eq!(metric(&server, "clientmq_subscriptions"), 0.0);
+        eventually(WAIT, "every session over", || backend.stats().sessions == 0).await;
         let stats = backend.stats();
-        assert_eq!((stats.sessions, stats.connections, stats.detached), (1, 1, 0), "{end:?}: {stats:?}");
+        assert_eq!((stats.members, stats.connections), (0, 0), "{stats:?}");
         backend.check_invariants().unwrap();
-    }
-
-    // Each end really took its own path through the gateway.
-    for (series, count) in [
-        (r#"clientmq_disconnects_total{path="client",code="1005"}"#, 1.0),
-        (r#"clientmq_disconnects_total{path="lost",code="1006"}"#, 2.0),
-        (r#"clientmq_disconnects_total{path="forced",code="3334"}"#, 1.0),
-    ] {
-        assert_eq!(metric(&server, series), count, "{series}");
-    }
-
-    // Drain ends the observer too: nothing is left once its grace period is over.
-    server.drain().await;
-    eventually(WAIT, "every connection drained", || server.open_connections() == 0).await;
-    assert_eq!(metric(&server, "clientmq_subscriptions"), 0.0);
-    eventually(WAIT, "every session over", || backend.stats().sessions == 0).await;
-    let stats = backend.stats();
-    assert_eq!((stats.members, stats.connections), (0, 0), "{stats:?}");
-    backend.check_invariants().unwrap();
-    assert_eq!(backend.dropped_deliveries(), 0);
+        assert_eq!(backend.dropped_deliveries(), 0);
+    })
+    .await
 }
 
 /// Waits until the gateway holds `n` room and conversation subscriptions over all connections.
@@ -446,84 +454,94 @@ async fn hear_everything_so_far(barrier: &mut Client, other: &mut Client, other_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_bye_the_connection_hears_nothing_more_from_its_rooms() {
-    let (server, _backend, addr) = start(Duration::from_secs(30)).await;
-    let mut observer = Client::connect(addr).await;
-    observer.authenticate().await;
-    let room = observer.new_room("lobby").await;
-    let observer_session = observer.member_of(&room, "observer").await;
-    let mut victim = Client::connect(addr).await;
-    let victim_session = victim.member_of(&room, "victim").await;
-    observer.room_event(chat::RoomEventType::MemberJoined, &victim_session).await;
-    subscriptions(&server, 4.0).await;
+    common::bounded(async {
+        let (server, _backend, addr) = start(Duration::from_secs(30)).await;
+        let mut observer = Client::connect(addr).await;
+        observer.authenticate().await;
+        let room = observer.new_room("lobby").await;
+        let observer_session = observer.member_of(&room, "observer").await;
+        let mut victim = Client::connect(addr).await;
+        let victim_session = victim.member_of(&room, "victim").await;
+        observer.room_event(chat::RoomEventType::MemberJoined, &victim_session).await;
+        subscriptions(&server, 4.0).await;
 
-    let bye = pcast::Bye { session_id: victim_session.clone(), reason: "done".into() };
-    assert_eq!(victim.call::<pcast::ByeResponse>("pcast.Bye", bye).await.status, "ok");
-    subscriptions(&server, 2.0).await;
-    observer.room_event(chat::RoomEventType::MemberLeft, &victim_session).await;
-    // The room carries on without it.
-    let renamed: chat::UpdateMemberResponse =
-        observer.call("chat.UpdateMember", rename(&room, "renamed")).await;
-    assert_eq!(renamed.status, "ok");
-    let said: chat::SendMessageToRoomResponse =
-        observer.call("chat.SendMessageToRoom", say(&room, "hi")).await;
-    assert_eq!(said.status, "ok");
+        let bye = pcast::Bye { session_id: victim_session.clone(), reason: "done".into() };
+        assert_eq!(victim.call::<pcast::ByeResponse>("pcast.Bye", bye).await.status, "ok");
+        subscriptions(&server, 2.0).await;
+        observer.room_event(chat::RoomEventType::MemberLeft, &victim_session).await;
+        // The room carries on without it.
+        let renamed: chat::UpdateMemberResponse =
+            observer.call("chat.UpdateMember", rename(&room, "renamed")).await;
+        assert_eq!(renamed.status, "ok");
+        let said: chat::SendMessageToRoomResponse =
+            observer.call("chat.SendMessageToRoom", say(&room, "hi")).await;
+        assert_eq!(said.status, "ok");
 
-    hear_everything_so_far(&mut victim, &mut observer, &observer_session).await;
-    // Its own join may have reached it before its Bye; nothing after it did, not even its leaving.
-    let heard = heard(&victim.log, &room);
-    assert!(heard.iter().all(|w| w == "MemberJoined victim"), "{heard:?}");
+        hear_everything_so_far(&mut victim, &mut observer, &observer_session).await;
+        // Its own join may have reached it before its Bye; nothing after it did, not even its leaving.
+        let heard = heard(&victim.log, &room);
+        assert!(heard.iter().all(|w| w == "MemberJoined victim"), "{heard:?}");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_again() {
-    // A grace period no slow test machine outlasts: this test resumes, it does not expire.
-    let (server, backend, addr) = start_with(Duration::from_secs(30), Duration::from_secs(60)).await;
-    let mut observer = Client::connect(addr).await;
-    observer.authenticate().await;
-    let room = observer.new_room("lobby").await;
-    observer.member_of(&room, "observer").await;
-    let mut first = Raw::connect(addr).await;
-    let session = first.member_of(&room, "raw").await;
-    observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
-    subscriptions(&server, 4.0).await;
+    common::bounded(async {
+        // A grace period no slow test machine outlasts: this test resumes, it does not expire.
+        let (server, backend, addr) = start_with(Duration::from_secs(30), Duration::from_secs(60)).await;
+        let mut observer = Client::connect(addr).await;
+        observer.authenticate().await;
+        let room = observer.new_room("lobby").await;
+        observer.member_of(&room, "observer").await;
+        let mut first = Raw::connect(addr).await;
+        let session = first.member_of(&room, "raw").await;
+        observer.room_event(chat::RoomEventType::MemberJoined, &session).await;
+        subscriptions(&server, 4.0).await;
 
-    drop(first);
-    eventually(WAIT, "the backend to see the connection end", || backend.stats().detached == 1).await;
-    subscriptions(&server, 2.0).await;
-    // Resumed on a new connection that only authenticates: its room and conversation come back.
-    let mut second = Raw::connect(addr).await;
-    let resumed: pcast::AuthenticateResponse = second.call("pcast.Authenticate", auth_as(&session)).await;
-    assert_eq!(resumed.session_id.as_deref(), Some(session.as_str()));
-    subscriptions(&server, 4.0).await;
-    let renamed: chat::UpdateMemberResponse = observer.call("chat.UpdateMember", rename(&room, "back")).await;
-    assert_eq!(renamed.status, "ok");
-    observer.call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "welcome")).await;
-    second.hears(&room, "MemberUpdated back").await;
-    second.hears(&room, "message welcome").await;
-    second.events.clear();
+        drop(first);
+        eventually(WAIT, "the backend to see the connection end", || backend.stats().detached == 1).await;
+        subscriptions(&server, 2.0).await;
+        // Resumed on a new connection that only authenticates: its room and conversation come back.
+        let mut second = Raw::connect(addr).await;
+        let resumed: pcast::AuthenticateResponse = second.call("pcast.Authenticate", auth_as(&session)).await;
+        assert_eq!(resumed.session_id.as_deref(), Some(session.as_str()));
+        subscriptions(&server, 4.0).await;
+        let renamed: chat::UpdateMemberResponse =
+            observer.call("chat.UpdateMember", rename(&room, "back")).await;
+        assert_eq!(renamed.status, "ok");
+        observer
+            .call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "welcome"))
+            .await;
+        second.hears(&room, "MemberUpdated back").await;
+        second.hears(&room, "message welcome").await;
+        second.events.clear();
 
-    // Taken over by a third connection while the second is still open: the room follows.
-    let mut third = Raw::connect(addr).await;
-    let took: pcast::AuthenticateResponse = third.call("pcast.Authenticate", auth_as(&session)).await;
-    assert_eq!(took.session_id.as_deref(), Some(session.as_str()));
-    observer.call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "moved")).await;
-    third.hears(&room, "message moved").await;
-    let stats = backend.stats();
-    assert_eq!((stats.sessions, stats.connections, stats.detached), (2, 2, 0), "{stats:?}");
+        // Taken over by a third connection while the second is still open: the room follows.
+        let mut third = Raw::connect(addr).await;
+        let took: pcast::AuthenticateResponse = third.call("pcast.Authenticate", auth_as(&session)).await;
+        assert_eq!(took.session_id.as_deref(), Some(session.as_str()));
+        observer.call::<chat::SendMessageToRoomResponse>("chat.SendMessageToRoom", say(&room, "moved")).await;
+        third.hears(&room, "message moved").await;
+        let stats = backend.stats();
+        assert_eq!((stats.sessions, stats.connections, stats.detached), (2, 2, 0), "{stats:?}");
 
-    // The second hears nothing of the room since: checked behind a barrier event, as above but
-    // on a raw connection.
-    let barrier = second.call::<pcast::AuthenticateResponse>("pcast.Authenticate", auth("t")).await;
-    assert_eq!(barrier.status, "ok");
-    let create = chat::CreateRoom {
-        room: chat::Room { name: "barrier".into(), ..Default::default() },
-        ..Default::default()
-    };
-    let barrier_room = second.call::<chat::CreateRoomResponse>("chat.CreateRoom", create).await.room.unwrap();
-    let barrier_room = barrier_room.room_id.unwrap();
-    second.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "second")).await;
-    observer.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "observer")).await;
-    second.hears(&barrier_room, "MemberJoined observer").await;
-    assert_eq!(heard(&second.events, &room), Vec::<String>::new());
-    backend.check_invariants().unwrap();
+        // The second hears nothing of the room since: checked behind a barrier event, as above but
+        // on a raw connection.
+        let barrier = second.call::<pcast::AuthenticateResponse>("pcast.Authenticate", auth("t")).await;
+        assert_eq!(barrier.status, "ok");
+        let create = chat::CreateRoom {
+            room: chat::Room { name: "barrier".into(), ..Default::default() },
+            ..Default::default()
+        };
+        let barrier_room =
+            second.call::<chat::CreateRoomResponse>("chat.CreateRoom", create).await.room.unwrap();
+        let barrier_room = barrier_room.room_id.unwrap();
+        second.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "second")).await;
+        observer.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "observer")).await;
+        second.hears(&barrier_room, "MemberJoined observer").await;
+        assert_eq!(heard(&second.events, &room), Vec::<String>::new());
+        backend.check_invariants().unwrap();
+    })
+    .await
 }

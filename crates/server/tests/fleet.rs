@@ -191,75 +191,79 @@ async fn nothing_left(gw2: u16, alias: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
-    let dir = interop_dir();
-    npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
-    let log = Log::default();
-    let mut nats = Nats::start(&log).await;
-    let grace = GRACE_SECS.to_string();
-    let worker_args =
-        ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"].map(str::to_owned);
-    let worker = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &worker_args, "chat", &log);
-    let (p1, p2) = (free_port(), free_port());
-    let gw1 = gateway(&nats, p1, "gw1", &log);
-    let gw2 = gateway(&nats, p2, "gw2", &log);
-    for port in [p1, p2] {
-        wait_listening(port, "a gateway").await;
-        wait_for(Duration::from_secs(20), "gateway, bus and worker to serve", &log, || serves(port)).await;
-    }
-    let upstream = Arc::new(AtomicU16::new(p1));
-    let proxy_port = proxy(upstream.clone()).await;
+    common::bounded(async {
+        let dir = interop_dir();
+        npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        let log = Log::default();
+        let mut nats = Nats::start(&log).await;
+        let grace = GRACE_SECS.to_string();
+        let worker_args =
+            ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"].map(str::to_owned);
+        let worker = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &worker_args, "chat", &log);
+        let (p1, p2) = (free_port(), free_port());
+        let gw1 = gateway(&nats, p1, "gw1", &log);
+        let gw2 = gateway(&nats, p2, "gw2", &log);
+        for port in [p1, p2] {
+            wait_listening(port, "a gateway").await;
+            wait_for(Duration::from_secs(20), "gateway, bus and worker to serve", &log, || serves(port))
+                .await;
+        }
+        let upstream = Arc::new(AtomicU16::new(p1));
+        let proxy_port = proxy(upstream.clone()).await;
 
-    let mut harness = Command::new("node")
-        .arg("fleet.js")
-        .current_dir(&dir)
-        .env("CLIENTMQ_GW1_PORT", p1.to_string())
-        .env("CLIENTMQ_GW2_PORT", p2.to_string())
-        .env("CLIENTMQ_PROXY_PORT", proxy_port.to_string())
-        .env("CLIENTMQ_TOKEN", TOKEN)
-        .env("CLIENTMQ_GRACE_MS", (GRACE_SECS * 1000).to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts (Node.js is needed for this test)");
-    let mut stdin = harness.stdin.take().unwrap();
-    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-    collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
-    let mut gw1 = Some(gw1);
-    let mut room = None;
-    let run = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            log.lock().unwrap().push(format!("[harness] {line}"));
-            match line.trim() {
-                "@@clientmq kill-gw1" => {
-                    gw1.take().expect("one kill").kill().await;
-                    upstream.store(p2, Ordering::SeqCst);
-                    stdin.write_all(b"done\n").await.unwrap();
-                }
-                "@@clientmq stop-nats" => {
-                    bus_outage(&mut nats, p2, &log).await;
-                    stdin.write_all(b"done\n").await.unwrap();
-                }
-                other => {
-                    if let Some(alias) = other.strip_prefix("@@clientmq room ") {
-                        room = Some(alias.to_owned());
+        let mut harness = Command::new("node")
+            .arg("fleet.js")
+            .current_dir(&dir)
+            .env("CLIENTMQ_GW1_PORT", p1.to_string())
+            .env("CLIENTMQ_GW2_PORT", p2.to_string())
+            .env("CLIENTMQ_PROXY_PORT", proxy_port.to_string())
+            .env("CLIENTMQ_TOKEN", TOKEN)
+            .env("CLIENTMQ_GRACE_MS", (GRACE_SECS * 1000).to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts (Node.js is needed for this test)");
+        let mut stdin = harness.stdin.take().unwrap();
+        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
+        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+        let mut gw1 = Some(gw1);
+        let mut room = None;
+        let run = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(format!("[harness] {line}"));
+                match line.trim() {
+                    "@@clientmq kill-gw1" => {
+                        gw1.take().expect("one kill").kill().await;
+                        upstream.store(p2, Ordering::SeqCst);
+                        stdin.write_all(b"done\n").await.unwrap();
+                    }
+                    "@@clientmq stop-nats" => {
+                        bus_outage(&mut nats, p2, &log).await;
+                        stdin.write_all(b"done\n").await.unwrap();
+                    }
+                    other => {
+                        if let Some(alias) = other.strip_prefix("@@clientmq room ") {
+                            room = Some(alias.to_owned());
+                        }
                     }
                 }
             }
+            harness.wait().await.unwrap()
+        };
+        let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
+        let transcript = log.lock().unwrap().join("\n");
+        match outcome {
+            Ok(status) => assert!(status.success(), "the fleet harness failed ({status:?}):\n{transcript}"),
+            Err(_) => panic!("the fleet harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
         }
-        harness.wait().await.unwrap()
-    };
-    let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
-    let transcript = log.lock().unwrap().join("\n");
-    match outcome {
-        Ok(status) => assert!(status.success(), "the fleet harness failed ({status:?}):\n{transcript}"),
-        Err(_) => panic!("the fleet harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
-    }
-    println!("{transcript}");
-    assert!(transcript.contains("ok - fleet harness passed"), "{transcript}");
-    nothing_left(p2, &room.expect("the harness names its room")).await;
-    gw2.terminate(Duration::from_secs(15)).await;
-    worker.terminate(Duration::from_secs(5)).await;
-    nats.stop().await;
+        println!("{transcript}");
+        assert!(transcript.contains("ok - fleet harness passed"), "{transcript}");
+        nothing_left(p2, &room.expect("the harness names its room")).await;
+        gw2.terminate(Duration::from_secs(15)).await;
+        worker.terminate(Duration::from_secs(5)).await;
+        nats.stop().await;
+    })
+    .await
 }

@@ -5,12 +5,15 @@
 //! Needs Node.js and npm (`npm ci --ignore-scripts` runs once if `interop/node_modules` is
 //! missing). `CLIENTMQ_SKIP_INTEROP=1` skips it explicitly; CI never sets it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use common::procs::{Log, collect, free_port, npm_ci};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
 const TOKEN: &str = "interop-token";
@@ -24,53 +27,13 @@ Install it, then run the tests again:
   any system:    https://nodejs.org/en/download (or nvm: https://github.com/nvm-sh/nvm)
 To skip this test explicitly (never in CI), set CLIENTMQ_SKIP_INTEROP=1.";
 
-type Log = Arc<Mutex<Vec<String>>>;
-
 fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Collects a child's output lines into `log`, prefixed with `tag`.
-fn collect(stream: impl AsyncRead + Unpin + Send + 'static, tag: &'static str, log: Log) {
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.lock().unwrap().push(format!("[{tag}] {line}"));
-        }
-    });
 }
 
 async fn tool_version(tool: &str) -> Option<String> {
     let out = Command::new(tool).arg("--version").output().await.ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
-/// `npm ci --ignore-scripts` from the committed lock file, unless the SDK is already installed.
-async fn ensure_sdk_installed(dir: &Path) {
-    if dir.join("node_modules/phenix-web-sdk/dist/phenix-node-sdk.js").is_file() {
-        return;
-    }
-    if tool_version("npm").await.is_none() {
-        panic!("npm was not found on PATH.\n{INSTALL_HELP}");
-    }
-    // The SDK's preinstall script fetches tools from outside the registry; the Node build needs none.
-    let out = Command::new("npm")
-        .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .output()
-        .await
-        .expect("npm runs");
-    assert!(
-        out.status.success(),
-        "`npm ci --ignore-scripts` in {} failed:\n{}\n{}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Starts the server binary on `port` with a known token, its settings all from flags.
@@ -88,8 +51,8 @@ fn start_server(port: u16, log: &Log) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("the server binary starts");
-    collect(child.stdout.take().unwrap(), "server", log.clone());
-    collect(child.stderr.take().unwrap(), "server", log.clone());
+    collect(child.stdout.take().unwrap(), "server".into(), log.clone());
+    collect(child.stderr.take().unwrap(), "server".into(), log.clone());
     child
 }
 
@@ -135,59 +98,62 @@ async fn drain(mut server: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_phenix_web_sdk_works_against_the_server() {
-    if std::env::var("CLIENTMQ_SKIP_INTEROP").is_ok_and(|v| v == "1") {
-        // Straight to stderr: libtest captures eprintln!, and this must not go unnoticed.
-        let bar = "!".repeat(72);
-        let banner = format!(
-            "\n{bar}\n!!! CLIENTMQ_SKIP_INTEROP=1: the Phenix web SDK interop test was SKIPPED !!!\n{bar}\n"
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), banner.as_bytes());
-        return;
-    }
-    let Some(node) = tool_version("node").await else {
-        panic!("Node.js was not found on PATH.\n{INSTALL_HELP}");
-    };
-    let dir = interop_dir();
-    ensure_sdk_installed(&dir).await;
-
-    let log: Log = Arc::default();
-    log.lock().unwrap().push(format!("[test] node {node}"));
-    let port = free_port();
-    let mut server = Some(start_healthy_server(port, &log).await);
-    let mut harness = Command::new("node")
-        .arg("harness.js")
-        .current_dir(&dir)
-        .env("CLIENTMQ_PORT", port.to_string())
-        .env("CLIENTMQ_TOKEN", TOKEN)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("node starts");
-    let mut stdin = harness.stdin.take().unwrap();
-    let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-    collect(harness.stderr.take().unwrap(), "harness", log.clone());
-
-    let run = async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            log.lock().unwrap().push(format!("[harness] {line}"));
-            if line.trim() == "@@clientmq drain" {
-                drain(server.take().expect("one drain")).await;
-                log.lock().unwrap().push("[test] drained; starting again on the same port".into());
-                server = Some(start_healthy_server(port, &log).await);
-                stdin.write_all(b"restarted\n").await.unwrap();
-            }
+    common::bounded(async {
+        if std::env::var("CLIENTMQ_SKIP_INTEROP").is_ok_and(|v| v == "1") {
+            // Straight to stderr: libtest captures eprintln!, and this must not go unnoticed.
+            let bar = "!".repeat(72);
+            let banner = format!(
+                "\n{bar}\n!!! CLIENTMQ_SKIP_INTEROP=1: the Phenix web SDK interop test was SKIPPED !!!\n{bar}\n"
+            );
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), banner.as_bytes());
+            return;
         }
-        harness.wait().await.unwrap()
-    };
-    let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
-    let transcript = log.lock().unwrap().join("\n");
-    println!("{transcript}");
-    match outcome {
-        Ok(status) => assert!(status.success(), "the interop harness failed ({status:?}):\n{transcript}"),
-        Err(_) => panic!("the interop harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
-    }
-    assert!(transcript.contains("ok - interop harness passed"), "{transcript}");
-    drain(server.take().expect("restarted")).await;
+        let Some(node) = tool_version("node").await else {
+            panic!("Node.js was not found on PATH.\n{INSTALL_HELP}");
+        };
+        let dir = interop_dir();
+        npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+
+        let log: Log = Arc::default();
+        log.lock().unwrap().push(format!("[test] node {node}"));
+        let port = free_port();
+        let mut server = Some(start_healthy_server(port, &log).await);
+        let mut harness = Command::new("node")
+            .arg("harness.js")
+            .current_dir(&dir)
+            .env("CLIENTMQ_PORT", port.to_string())
+            .env("CLIENTMQ_TOKEN", TOKEN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts");
+        let mut stdin = harness.stdin.take().unwrap();
+        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
+        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+
+        let run = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(format!("[harness] {line}"));
+                if line.trim() == "@@clientmq drain" {
+                    drain(server.take().expect("one drain")).await;
+                    log.lock().unwrap().push("[test] drained; starting again on the same port".into());
+                    server = Some(start_healthy_server(port, &log).await);
+                    stdin.write_all(b"restarted\n").await.unwrap();
+                }
+            }
+            harness.wait().await.unwrap()
+        };
+        let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
+        let transcript = log.lock().unwrap().join("\n");
+        println!("{transcript}");
+        match outcome {
+            Ok(status) => assert!(status.success(), "the interop harness failed ({status:?}):\n{transcript}"),
+            Err(_) => panic!("the interop harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
+        }
+        assert!(transcript.contains("ok - interop harness passed"), "{transcript}");
+        drain(server.take().expect("restarted")).await;
+    })
+    .await
 }

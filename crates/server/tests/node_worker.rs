@@ -256,7 +256,10 @@ async fn start_worker(nats: &Nats, log: &Log) -> Proc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_worker_written_from_the_doc_serves_clients_through_the_gateway() {
-    with_deadline(serve_clients).await;
+    common::bounded(async {
+        with_deadline(serve_clients).await;
+    })
+    .await
 }
 
 async fn serve_clients(log: Log) {
@@ -420,7 +423,10 @@ async fn serve_clients(log: Log) {
 /// requests to the shard from tasks of their own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_applies_what_a_worker_publishes_under_its_subjects_in_publish_order() {
-    with_deadline(publish_order).await;
+    common::bounded(async {
+        with_deadline(publish_order).await;
+    })
+    .await
 }
 
 async fn publish_order(log: Log) {

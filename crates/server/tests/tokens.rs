@@ -59,54 +59,70 @@ async fn stop(mut child: Child) -> String {
 
 #[tokio::test]
 async fn dev_mode_list_file_and_none() {
-    let dir = std::env::temp_dir().join(format!("clientmq-tokens-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("tokens");
-    std::fs::write(&file, "# accepted\nfrom-file\n").unwrap();
-    let file = file.to_str().unwrap().to_owned();
-    type Case = (&'static str, Vec<String>, Vec<(&'static str, &'static str)>);
-    let cases: Vec<(Case, &str, &str, &str)> = vec![
-        (("flag", vec!["--dev-accept-any-token".into()], vec![]), "anything", "ok", "DEVELOPMENT MODE"),
-        (("env", vec![], vec![("CLIENTMQ_DEV_ACCEPT_ANY_TOKEN", "1")]), "anything", "ok", "DEVELOPMENT MODE"),
-        (
-            ("list", vec!["--tokens".into(), "a,b".into()], vec![]),
-            "c",
-            "unauthorized",
-            "accepting configured",
-        ),
-        (("file", vec!["--tokens-file".into(), file], vec![]), "from-file", "ok", "accepting configured"),
-        (("none", vec![], vec![("CLIENTMQ_DEV_ACCEPT_ANY_TOKEN", "false")]), "x", "unauthorized", "refused"),
-    ];
-    for ((name, args, envs), token, expected, logged) in cases {
-        let port = free_port();
-        let child = binary()
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(&args)
-            .envs(envs)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        assert_eq!(authenticate(port, token).await, expected, "{name}");
-        let log = stop(child).await;
-        assert!(log.contains(logged), "{name}: {log}");
-    }
-    std::fs::remove_dir_all(&dir).unwrap();
+    common::bounded(async {
+        let dir = std::env::temp_dir().join(format!("clientmq-tokens-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens");
+        std::fs::write(&file, "# accepted\nfrom-file\n").unwrap();
+        let file = file.to_str().unwrap().to_owned();
+        type Case = (&'static str, Vec<String>, Vec<(&'static str, &'static str)>);
+        let cases: Vec<(Case, &str, &str, &str)> = vec![
+            (("flag", vec!["--dev-accept-any-token".into()], vec![]), "anything", "ok", "DEVELOPMENT MODE"),
+            (
+                ("env", vec![], vec![("CLIENTMQ_DEV_ACCEPT_ANY_TOKEN", "1")]),
+                "anything",
+                "ok",
+                "DEVELOPMENT MODE",
+            ),
+            (
+                ("list", vec!["--tokens".into(), "a,b".into()], vec![]),
+                "c",
+                "unauthorized",
+                "accepting configured",
+            ),
+            (("file", vec!["--tokens-file".into(), file], vec![]), "from-file", "ok", "accepting configured"),
+            (
+                ("none", vec![], vec![("CLIENTMQ_DEV_ACCEPT_ANY_TOKEN", "false")]),
+                "x",
+                "unauthorized",
+                "refused",
+            ),
+        ];
+        for ((name, args, envs), token, expected, logged) in cases {
+            let port = free_port();
+            let child = binary()
+                .args(["--listen", &format!("127.0.0.1:{port}")])
+                .args(&args)
+                .envs(envs)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            assert_eq!(authenticate(port, token).await, expected, "{name}");
+            let log = stop(child).await;
+            assert!(log.contains(logged), "{name}: {log}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
 }
 
 #[tokio::test]
 async fn token_settings_that_cannot_work_are_refused() {
-    let cases: [&[&str]; 4] = [
-        &["--dev-accept-any-token", "--tokens", "a"],
-        &["--tokens-file", "/nonexistent/clientmq-tokens"],
-        &["--max-sessions", "0"],
-        &["--max-rooms-per-session", "1000"],
-    ];
-    for args in cases {
-        let out = binary().args(args).output().await.unwrap();
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(args[0].trim_start_matches("--")), "{args:?}: {stderr}");
-    }
+    common::bounded(async {
+        let cases: [&[&str]; 4] = [
+            &["--dev-accept-any-token", "--tokens", "a"],
+            &["--tokens-file", "/nonexistent/clientmq-tokens"],
+            &["--max-sessions", "0"],
+            &["--max-rooms-per-session", "1000"],
+        ];
+        for args in cases {
+            let out = binary().args(args).output().await.unwrap();
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(args[0].trim_start_matches("--")), "{args:?}: {stderr}");
+        }
+    })
+    .await
 }

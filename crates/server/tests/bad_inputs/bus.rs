@@ -34,60 +34,63 @@ async fn until_served(addr: std::net::SocketAddr, log: &Log) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavailable() {
-    let log = Log::default();
-    let mut nats = Nats::start(&log).await;
-    let worker_bus = Arc::new(NatsBus::connect(&nats.url(), "chat-badinputs").await.unwrap());
-    let worker_config = WorkerConfig {
-        prefix: DEFAULT_PREFIX.into(),
-        chat: ChatConfig::default(),
-        seed: Some(5),
-        name: "chat-badinputs".into(),
-        observer: None,
-    };
-    let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
-    let worker = tokio::spawn(worker::run(worker_bus, worker_config, async {
-        let _ = stopped.await;
-    }));
-    let mut c = config();
-    c.gateway.route_key = GATEWAY.into();
-    let bus = Arc::new(NatsBus::connect(&nats.url(), GATEWAY).await.unwrap());
-    let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, GATEWAY, c.gateway.request_timeout));
-    let gw = start(c, backend).await;
-    until_served(gw.addr, &log).await;
+    crate::common::bounded(async {
+        let log = Log::default();
+        let mut nats = Nats::start(&log).await;
+        let worker_bus = Arc::new(NatsBus::connect(&nats.url(), "chat-badinputs").await.unwrap());
+        let worker_config = WorkerConfig {
+            prefix: DEFAULT_PREFIX.into(),
+            chat: ChatConfig::default(),
+            seed: Some(5),
+            name: "chat-badinputs".into(),
+            observer: None,
+        };
+        let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
+        let worker = tokio::spawn(worker::run(worker_bus, worker_config, async {
+            let _ = stopped.await;
+        }));
+        let mut c = config();
+        c.gateway.route_key = GATEWAY.into();
+        let bus = Arc::new(NatsBus::connect(&nats.url(), GATEWAY).await.unwrap());
+        let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, GATEWAY, c.gateway.request_timeout));
+        let gw = start(c, backend).await;
+        until_served(gw.addr, &log).await;
 
-    let mut raw = gw.raw().await;
-    // Not a subject: wildcards, spaces, empty tokens, other characters.
-    let not_subjects = ["x.*", "x.>", "a b", "a..b", ".a", "a.", "é.x", "a\u{0}b"];
-    for ty in not_subjects {
-        let answer = raw.call(ty, vec![1]).await;
-        assert_eq!(error_reason(&answer).as_deref(), Some("malformed"), "{ty:?}");
-    }
-    // Nobody serves it. (The failed ones before were the first calls of `until_served`.)
-    let failed = r#"clientmq_requests_total{type="other",outcome="failed"}"#;
-    let failed_before = gw.metric(failed);
-    let answer = raw.call("nobody.Serves", vec![1]).await;
-    assert_eq!(error_reason(&answer).as_deref(), Some("no-worker"));
-    gw.expect(failed, failed_before + 1.0).await;
+        let mut raw = gw.raw().await;
+        // Not a subject: wildcards, spaces, empty tokens, other characters.
+        let not_subjects = ["x.*", "x.>", "a b", "a..b", ".a", "a.", "é.x", "a\u{0}b"];
+        for ty in not_subjects {
+            let answer = raw.call(ty, vec![1]).await;
+            assert_eq!(error_reason(&answer).as_deref(), Some("malformed"), "{ty:?}");
+        }
+        // Nobody serves it. (The failed ones before were the first calls of `until_served`.)
+        let failed = r#"clientmq_requests_total{type="other",outcome="failed"}"#;
+        let failed_before = gw.metric(failed);
+        let answer = raw.call("nobody.Serves", vec![1]).await;
+        assert_eq!(error_reason(&answer).as_deref(), Some("no-worker"));
+        gw.expect(failed, failed_before + 1.0).await;
 
-    // The bus goes away: requests fail at once, and /readyz says so.
-    nats.stop().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while http(gw.addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.0 != 503 {
-        assert!(tokio::time::Instant::now() < deadline, "/readyz still 200 with the bus down");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let started = tokio::time::Instant::now();
-    let answer = raw.call("chat.GetRoomInfo", vec![]).await;
-    assert_eq!(error_reason(&answer).as_deref(), Some("unavailable"));
-    assert!(started.elapsed() < Duration::from_millis(500), "at once: {:?}", started.elapsed());
-    gw.expect(r#"clientmq_requests_total{type="chat.GetRoomInfo",outcome="failed"}"#, 1.0).await;
+        // The bus goes away: requests fail at once, and /readyz says so.
+        nats.stop().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while http(gw.addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.0 != 503 {
+            assert!(tokio::time::Instant::now() < deadline, "/readyz still 200 with the bus down");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = tokio::time::Instant::now();
+        let answer = raw.call("chat.GetRoomInfo", vec![]).await;
+        assert_eq!(error_reason(&answer).as_deref(), Some("unavailable"));
+        assert!(started.elapsed() < Duration::from_millis(500), "at once: {:?}", started.elapsed());
+        gw.expect(r#"clientmq_requests_total{type="chat.GetRoomInfo",outcome="failed"}"#, 1.0).await;
 
-    // It comes back: so does service, and the count is exact throughout.
-    nats.restart().await;
-    until_served(gw.addr, &log).await;
-    gw.still_serves(1).await;
-    raw.close_politely().await;
-    gw.settles(0).await;
-    let _ = stop_worker.send(());
-    let _ = tokio::time::timeout(WAIT, worker).await;
+        // It comes back: so does service, and the count is exact throughout.
+        nats.restart().await;
+        until_served(gw.addr, &log).await;
+        gw.still_serves(1).await;
+        raw.close_politely().await;
+        gw.settles(0).await;
+        let _ = stop_worker.send(());
+        let _ = tokio::time::timeout(WAIT, worker).await;
+    })
+    .await
 }

@@ -40,93 +40,124 @@ async fn dropped(frames: &[(u8, Vec<u8>)], reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frames_are_dropped() {
-    dropped(&[(TEXT, vec![]), (BINARY, vec![])], "empty").await;
+    crate::common::bounded(async {
+        dropped(&[(TEXT, vec![]), (BINARY, vec![])], "empty").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_that_is_not_base64_is_dropped() {
-    let frames = [(TEXT, b"!!! not base64 !!!".to_vec()), (TEXT, b"QUJD=QUJD".to_vec()), (TEXT, "é".into())];
-    dropped(&frames, "invalid-base64").await;
+    crate::common::bounded(async {
+        let frames =
+            [(TEXT, b"!!! not base64 !!!".to_vec()), (TEXT, b"QUJD=QUJD".to_vec()), (TEXT, "é".into())];
+        dropped(&frames, "invalid-base64").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_protobuf_are_dropped() {
-    let valid = request("R1", "x.Echo", vec![7; 20]).encode_to_vec();
-    let frames = [
-        (BINARY, vec![0xff, 0xff, 0xff]),
-        (TEXT, b64(&[0xff, 0xff, 0xff])),
-        (BINARY, valid[..valid.len() / 2].to_vec()),
-        // Field 3 (type) as a varint instead of a string.
-        (BINARY, vec![0x18, 0x01]),
-    ];
-    dropped(&frames, "invalid-message").await;
+    crate::common::bounded(async {
+        let valid = request("R1", "x.Echo", vec![7; 20]).encode_to_vec();
+        let frames = [
+            (BINARY, vec![0xff, 0xff, 0xff]),
+            (TEXT, b64(&[0xff, 0xff, 0xff])),
+            (BINARY, valid[..valid.len() / 2].to_vec()),
+            // Field 3 (type) as a varint instead of a string.
+            (BINARY, vec![0x18, 0x01]),
+        ];
+        dropped(&frames, "invalid-message").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_without_a_type_is_dropped() {
-    let untyped = request("R1", "", vec![1]).encode_to_vec();
-    // Only a request id: no type field at all.
-    let bare = mq::Message { request_id: Some("R2".into()), ..Default::default() }.encode_to_vec();
-    dropped(&[(BINARY, untyped.clone()), (TEXT, b64(&untyped)), (BINARY, bare)], "missing-type").await;
+    crate::common::bounded(async {
+        let untyped = request("R1", "", vec![1]).encode_to_vec();
+        // Only a request id: no type field at all.
+        let bare = mq::Message { request_id: Some("R2".into()), ..Default::default() }.encode_to_vec();
+        dropped(&[(BINARY, untyped.clone()), (TEXT, b64(&untyped)), (BINARY, bare)], "missing-type").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_request_id_is_dropped() {
-    let none = mq::Message { request_id: None, ..request("", "x.Echo", vec![]) }.encode_to_vec();
-    let empty = request("", "x.Echo", vec![]).encode_to_vec();
-    dropped(&[(BINARY, none), (BINARY, empty)], "missing-request-id").await;
+    crate::common::bounded(async {
+        let none = mq::Message { request_id: None, ..request("", "x.Echo", vec![]) }.encode_to_vec();
+        let empty = request("", "x.Echo", vec![]).encode_to_vec();
+        dropped(&[(BINARY, none), (BINARY, empty)], "missing-request-id").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_message_type_is_dropped() {
-    let frames: Vec<_> = [3, 7, -1]
-        .map(|t| {
-            (BINARY, mq::Message { message_type: Some(t), ..request("R1", "x.Echo", vec![]) }.encode_to_vec())
-        })
-        .into();
-    dropped(&frames, "unknown-message-type").await;
+    crate::common::bounded(async {
+        let frames: Vec<_> = [3, 7, -1]
+            .map(|t| {
+                (
+                    BINARY,
+                    mq::Message { message_type: Some(t), ..request("R1", "x.Echo", vec![]) }.encode_to_vec(),
+                )
+            })
+            .into();
+        dropped(&frames, "unknown-message-type").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_event_is_dropped() {
-    let event =
-        mq::Message { message_type: Some(MqType::Event as i32), ..request("", "chat.RoomEvent", vec![]) };
-    dropped(&[(BINARY, event.encode_to_vec())], "client-event").await;
+    crate::common::bounded(async {
+        let event =
+            mq::Message { message_type: Some(MqType::Event as i32), ..request("", "chat.RoomEvent", vec![]) };
+        dropped(&[(BINARY, event.encode_to_vec())], "client-event").await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_to_no_server_request_is_dropped() {
-    let frames: Vec<_> = ["S7", "S", "Sx", "C0", "S18446744073709551616", ""]
-        .map(|id| (BINARY, response(id, "x.AskResponse").encode_to_vec()))
-        .into();
-    dropped(&frames, "unsolicited-response").await;
+    crate::common::bounded(async {
+        let frames: Vec<_> = ["S7", "S", "Sx", "C0", "S18446744073709551616", ""]
+            .map(|id| (BINARY, response(id, "x.AskResponse").encode_to_vec()))
+            .into();
+        dropped(&frames, "unsolicited-response").await;
+    })
+    .await
 }
 
 /// A server request answered by another connection, then by its own after it timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_or_late_response_is_dropped() {
-    let gw = start_test(|c| c.gateway.server_request_timeout = 300 * MS).await;
-    let (mut asked, mut other) = (gw.raw().await, gw.raw().await);
-    asked.call("x.Hello", vec![]).await;
-    let (conn, handle) = (gw.backend.last_conn(), gw.backend.handle());
-    let result = tokio::spawn(async move { handle.server_request(conn, "x.Ask", vec![5]).await });
-    let req = asked.next_message().await;
-    assert_eq!(
-        (req.request_id.as_deref(), req.r#type.as_str(), req.message_type),
-        (Some("S0"), "x.Ask", Some(MqType::Request as i32))
-    );
-    // Another connection answers it: not its question.
-    other.send(&response("S0", "x.AskResponse")).await;
-    other.call("mq.PingPong", vec![8, 1]).await;
-    gw.expect(r#"clientmq_frames_dropped_total{reason="unsolicited-response"}"#, 1.0).await;
-    // The asked one answers after the server request timed out.
-    let outcome = tokio::time::timeout(Duration::from_secs(2), result).await.unwrap().unwrap();
-    assert_eq!(outcome, Err(ServerRequestError::Timeout));
-    asked.send(&response("S0", "x.AskResponse")).await;
-    asked.call("mq.PingPong", vec![8, 1]).await;
-    gw.expect(r#"clientmq_frames_dropped_total{reason="late-response"}"#, 1.0).await;
-    gw.still_serves(2).await;
-    asked.close_politely().await;
-    other.close_politely().await;
-    gw.settles(0).await;
+    crate::common::bounded(async {
+        let gw = start_test(|c| c.gateway.server_request_timeout = 300 * MS).await;
+        let (mut asked, mut other) = (gw.raw().await, gw.raw().await);
+        asked.call("x.Hello", vec![]).await;
+        let (conn, handle) = (gw.backend.last_conn(), gw.backend.handle());
+        let result = tokio::spawn(async move { handle.server_request(conn, "x.Ask", vec![5]).await });
+        let req = asked.next_message().await;
+        assert_eq!(
+            (req.request_id.as_deref(), req.r#type.as_str(), req.message_type),
+            (Some("S0"), "x.Ask", Some(MqType::Request as i32))
+        );
+        // Another connection answers it: not its question.
+        other.send(&response("S0", "x.AskResponse")).await;
+        other.call("mq.PingPong", vec![8, 1]).await;
+        gw.expect(r#"clientmq_frames_dropped_total{reason="unsolicited-response"}"#, 1.0).await;
+        // The asked one answers after the server request timed out.
+        let outcome = tokio::time::timeout(Duration::from_secs(2), result).await.unwrap().unwrap();
+        assert_eq!(outcome, Err(ServerRequestError::Timeout));
+        asked.send(&response("S0", "x.AskResponse")).await;
+        asked.call("mq.PingPong", vec![8, 1]).await;
+        gw.expect(r#"clientmq_frames_dropped_total{reason="late-response"}"#, 1.0).await;
+        gw.still_serves(2).await;
+        asked.close_politely().await;
+        other.close_politely().await;
+        gw.settles(0).await;
+    })
+    .await
 }

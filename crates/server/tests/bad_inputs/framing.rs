@@ -45,105 +45,141 @@ async fn failed_with(bytes: &[u8], code: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmasked_client_frame_is_a_protocol_error() {
-    let mut frame = vec![0x80 | BINARY, 3];
-    frame.extend_from_slice(b"abc");
-    violation(&frame).await;
+    crate::common::bounded(async {
+        let mut frame = vec![0x80 | BINARY, 3];
+        frame.extend_from_slice(b"abc");
+        violation(&frame).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_bits_are_a_protocol_error() {
-    for rsv in [0x40, 0x20, 0x10] {
-        violation(&raw_frame(0x80 | rsv | BINARY, b"abc")).await;
-    }
+    crate::common::bounded(async {
+        for rsv in [0x40, 0x20, 0x10] {
+            violation(&raw_frame(0x80 | rsv | BINARY, b"abc")).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_opcodes_are_a_protocol_error() {
-    for opcode in [0x3, 0x7, 0xB, 0xF] {
-        violation(&raw_frame(0x80 | opcode, b"abc")).await;
-    }
+    crate::common::bounded(async {
+        for opcode in [0x3, 0x7, 0xB, 0xF] {
+            violation(&raw_frame(0x80 | opcode, b"abc")).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragmented_control_frame_is_a_protocol_error() {
-    violation(&raw_frame(PING, b"not final")).await;
+    crate::common::bounded(async {
+        violation(&raw_frame(PING, b"not final")).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_control_frame_is_a_protocol_error() {
-    violation(&encode_frame(PING, &[7u8; 126], None)).await;
+    crate::common::bounded(async {
+        violation(&encode_frame(PING, &[7u8; 126], None)).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_without_a_start_is_a_protocol_error() {
-    violation(&raw_frame(0x80 | CONTINUATION, b"orphan")).await;
+    crate::common::bounded(async {
+        violation(&raw_frame(0x80 | CONTINUATION, b"orphan")).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
-    let mut bytes = raw_frame(BINARY, b"first half");
-    bytes.extend(raw_frame(0x80 | TEXT, b"interloper"));
-    violation(&bytes).await;
+    crate::common::bounded(async {
+        let mut bytes = raw_frame(BINARY, b"first half");
+        bytes.extend(raw_frame(0x80 | TEXT, b"interloper"));
+        violation(&bytes).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_a_text_message_is_failed_1007() {
-    // One frame, and a valid start split from an invalid end across fragments (RFC 6455 §8.1:
-    // the endpoint fails the connection with 1007, §7.4.1).
-    failed_with(&encode_frame(TEXT, &[b'o', b'k', 0xff, 0xfe], None), 1007).await;
-    let mut split = raw_frame(TEXT, &[b'a', 0xe2, 0x82]);
-    split.extend(raw_frame(0x80 | CONTINUATION, &[0x28]));
-    failed_with(&split, 1007).await;
+    crate::common::bounded(async {
+        // One frame, and a valid start split from an invalid end across fragments (RFC 6455 §8.1:
+        // the endpoint fails the connection with 1007, §7.4.1).
+        failed_with(&encode_frame(TEXT, &[b'o', b'k', 0xff, 0xfe], None), 1007).await;
+        let mut split = raw_frame(TEXT, &[b'a', 0xe2, 0x82]);
+        split.extend(raw_frame(0x80 | CONTINUATION, &[0x28]));
+        failed_with(&split, 1007).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_close_frame_is_a_protocol_error() {
-    // A one-byte close payload, and a close reason that is not UTF-8.
-    violation(&encode_frame(CLOSE, &[0x03], None)).await;
-    let mut bad_reason = 1000u16.to_be_bytes().to_vec();
-    bad_reason.extend_from_slice(&[0xc3, 0x28]);
-    violation(&encode_frame(CLOSE, &bad_reason, None)).await;
+    crate::common::bounded(async {
+        // A one-byte close payload, and a close reason that is not UTF-8.
+        violation(&encode_frame(CLOSE, &[0x03], None)).await;
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.extend_from_slice(&[0xc3, 0x28]);
+        violation(&encode_frame(CLOSE, &bad_reason, None)).await;
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_with_an_invalid_code_is_a_protocol_error() {
-    for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
-        violation(&encode_frame(CLOSE, &close_payload(code, "x"), None)).await;
-    }
+    crate::common::bounded(async {
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
+            violation(&encode_frame(CLOSE, &close_payload(code, "x"), None)).await;
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_frame_then_eof_is_lost_1006() {
-    let gw = start_test(|_| {}).await;
-    let mut raw = gw.raw().await;
-    gw.settles(1).await;
-    let frame = encode_frame(BINARY, &[1u8; 100], None);
-    raw.write(&frame[..20]).await;
-    raw.stream.shutdown().await.unwrap();
-    let ending = raw.ending().await;
-    assert_eq!(ending.code(), None, "{ending:?}");
-    gw.settles(0).await;
-    gw.expect(r#"clientmq_disconnects_total{path="lost",code="1006"}"#, 1.0).await;
-    gw.still_serves(0).await;
+    crate::common::bounded(async {
+        let gw = start_test(|_| {}).await;
+        let mut raw = gw.raw().await;
+        gw.settles(1).await;
+        let frame = encode_frame(BINARY, &[1u8; 100], None);
+        raw.write(&frame[..20]).await;
+        raw.stream.shutdown().await.unwrap();
+        let ending = raw.ending().await;
+        assert_eq!(ending.code(), None, "{ending:?}");
+        gw.settles(0).await;
+        gw.expect(r#"clientmq_disconnects_total{path="lost",code="1006"}"#, 1.0).await;
+        gw.still_serves(0).await;
+    })
+    .await
 }
 
 /// Over `--max-frame-bytes` (4096 here), however it is sent: closed with 1009 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_message_is_closed_1009() {
-    let one_frame = encode_frame(BINARY, &[0u8; 5000], None);
-    // Only a header that declares 2^40 bytes: refused before a byte of payload is read.
-    let declared = encode_frame(BINARY, &[], Some(1 << 40));
-    // Fragments each under the limit, together over it.
-    let mut fragments = raw_frame(BINARY, &[0u8; 2000]);
-    fragments.extend(raw_frame(CONTINUATION, &[0u8; 2000]));
-    fragments.extend(raw_frame(0x80 | CONTINUATION, &[0u8; 2000]));
-    for (name, bytes) in [("one frame", one_frame), ("declared", declared), ("fragments", fragments)] {
-        let (gw, ending) = send(&bytes).await;
-        assert_eq!(ending.code(), Some(1009), "{name}: {ending:?}");
-        gw.settles(0).await;
-        gw.expect(r#"clientmq_disconnects_total{path="lost",code="1009"}"#, 1.0).await;
-        gw.still_serves(0).await;
-    }
+    crate::common::bounded(async {
+        let one_frame = encode_frame(BINARY, &[0u8; 5000], None);
+        // Only a header that declares 2^40 bytes: refused before a byte of payload is read.
+        let declared = encode_frame(BINARY, &[], Some(1 << 40));
+        // Fragments each under the limit, together over it.
+        let mut fragments = raw_frame(BINARY, &[0u8; 2000]);
+        fragments.extend(raw_frame(CONTINUATION, &[0u8; 2000]));
+        fragments.extend(raw_frame(0x80 | CONTINUATION, &[0u8; 2000]));
+        for (name, bytes) in [("one frame", one_frame), ("declared", declared), ("fragments", fragments)] {
+            let (gw, ending) = send(&bytes).await;
+            assert_eq!(ending.code(), Some(1009), "{name}: {ending:?}");
+            gw.settles(0).await;
+            gw.expect(r#"clientmq_disconnects_total{path="lost",code="1009"}"#, 1.0).await;
+            gw.still_serves(0).await;
+        }
+    })
+    .await
 }
 
 /// Pings are answered by the core within the connection's frame rate (DESIGN "Trust boundary":
@@ -151,13 +187,19 @@ async fn an_oversize_message_is_closed_1009() {
 /// with 1008 after a burst of refused frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_rate_limited_like_any_frame() {
-    control_flood(PING).await;
+    crate::common::bounded(async {
+        control_flood(PING).await;
+    })
+    .await
 }
 
 /// Unsolicited pongs cost a token like any frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsolicited_pong_flood_is_rate_limited_like_any_frame() {
-    control_flood(PONG).await;
+    crate::common::bounded(async {
+        control_flood(PONG).await;
+    })
+    .await
 }
 
 async fn control_flood(opcode: u8) {
@@ -202,12 +244,15 @@ async fn control_flood(opcode: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_with_a_payload_is_answered_with_the_same_payload() {
-    // Not a bad input, the baseline of the two above: one ping, one pong, nothing counted.
-    let gw = start_test(|_| {}).await;
-    let mut raw = gw.raw().await;
-    raw.frame(PING, b"hello").await;
-    let pong = raw.read().await.unwrap();
-    assert_eq!((pong.opcode, pong.payload.as_slice()), (PONG, &b"hello"[..]));
-    raw.close_politely().await;
-    gw.still_serves(0).await;
+    crate::common::bounded(async {
+        // Not a bad input, the baseline of the two above: one ping, one pong, nothing counted.
+        let gw = start_test(|_| {}).await;
+        let mut raw = gw.raw().await;
+        raw.frame(PING, b"hello").await;
+        let pong = raw.read().await.unwrap();
+        assert_eq!((pong.opcode, pong.payload.as_slice()), (PONG, &b"hello"[..]));
+        raw.close_politely().await;
+        gw.still_serves(0).await;
+    })
+    .await
 }

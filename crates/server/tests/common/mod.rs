@@ -40,3 +40,17 @@ pub fn metric(server: &clientmq_server::Server, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |v| v.trim().parse().expect("a number"))
 }
+
+/// How long any one test over sockets and processes may take. Each wait a test can name has its
+/// own, shorter deadline; this one catches the rest, so a regression that leaves a wait
+/// unanswered fails its test (and drops, so kills, the processes it started) instead of hanging CI.
+/// Generous: it includes a first `npm ci` on a fresh machine (bounded itself at 3 minutes).
+pub const TEST_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Runs a test body under [`TEST_DEADLINE`].
+pub async fn bounded<F: std::future::Future>(test: F) -> F::Output {
+    match tokio::time::timeout(TEST_DEADLINE, test).await {
+        Ok(out) => out,
+        Err(_) => panic!("the test did not end within {TEST_DEADLINE:?}: a wait was never answered"),
+    }
+}

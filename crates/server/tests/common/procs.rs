@@ -172,11 +172,14 @@ pub async fn npm_ci(dir: &Path, marker: &str) {
     if dir.join("node_modules").join(marker).exists() {
         return;
     }
-    let out = Command::new("npm")
+    let install = Command::new("npm")
         .args(["ci", "--ignore-scripts", "--no-audit", "--no-fund"])
         .current_dir(dir)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), install)
         .await
+        .unwrap_or_else(|_| panic!("`npm ci` in {} did not finish within 3 minutes", dir.display()))
         .expect("npm runs (Node.js with npm is needed for this test)");
     assert!(
         out.status.success(),
