@@ -39,3 +39,11 @@ bench *ARGS:
 fuzz CASES="10000000":
     FUZZ_CASES={{CASES}} cargo test --release -p clientmq-core --test fuzz -- --ignored --test-threads=1 --nocapture
     FUZZ_CASES={{CASES}} cargo test --release -p clientmq-server --test fuzz -- --ignored --test-threads=1 --nocapture
+
+# Mutation testing (`cargo install cargo-mutants`): the core against its own tests, then the
+# server's shard bookkeeping (shards, their handles and routes, admission) against the loopback,
+# bad-input and embedded tests and the simulator's scenarios, regressions and explored block.
+# Reports go to target/mutants/; docs/mutants.md has the last run and why each survivor lives.
+mutants JOBS="2":
+    cargo mutants -p clientmq-core --test-package clientmq-core --profile mutants -j {{JOBS}} --timeout 120 -o target/mutants/core
+    cargo mutants -p clientmq-server -f 'crates/server/src/shard/mod.rs' -f 'crates/server/src/shard/handle.rs' -f 'crates/server/src/shard/ready.rs' -f crates/server/src/admission.rs --test-package clientmq-server,clientmq-sim --profile mutants -j {{JOBS}} --timeout 300 -o target/mutants/server --cargo-test-arg=--lib --cargo-test-arg=--test=loopback --cargo-test-arg=--test=bad_inputs --cargo-test-arg=--test=embedded --cargo-test-arg=--test=scenarios --cargo-test-arg=--test=regressions --cargo-test-arg=--test=explore_block

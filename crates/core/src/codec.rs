@@ -155,6 +155,9 @@ mod tests {
     fn bad_frames_get_typed_errors() {
         assert_eq!(decode(&Frame::Text(String::new()), 10), Err(CodecError::Empty));
         assert_eq!(decode(&Frame::Binary(vec![0; 11]), 10), Err(CodecError::TooLarge { len: 11, max: 10 }));
+        // The bound is inclusive: a frame of exactly the limit is decoded.
+        let exact = encode(&sample(), Encoding::Binary);
+        assert_eq!(decode(&exact, exact.len()), Ok(sample()));
         assert_eq!(decode(&Frame::Text("%%%".into()), 10), Err(CodecError::InvalidBase64));
         assert!(matches!(decode(&Frame::Binary(vec![0xff; 4]), 10), Err(CodecError::InvalidMessage(_))));
         let untyped = mq::Message { r#type: String::new(), ..sample() };

@@ -157,3 +157,31 @@ impl Config {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_zero_limit_or_timeout_is_refused_by_name() {
+        assert_eq!(Config::default().validate(), Ok(()));
+        type Zero = fn(&mut Config);
+        let zeroed: [(&str, Zero); 10] = [
+            ("max_connections", |c| c.max_connections = 0),
+            ("max_pending_requests", |c| c.max_pending_requests = 0),
+            ("max_pending_server_requests", |c| c.max_pending_server_requests = 0),
+            ("max_message_size", |c| c.max_message_size = 0),
+            ("max_outbound_message_size", |c| c.max_outbound_message_size = 0),
+            ("request_burst", |c| c.request_burst = 0),
+            ("heartbeat_interval", |c| c.heartbeat_interval = Duration::ZERO),
+            ("close_timeout", |c| c.close_timeout = Duration::ZERO),
+            ("request_timeout", |c| c.request_timeout = Duration::ZERO),
+            ("server_request_timeout", |c| c.server_request_timeout = Duration::ZERO),
+        ];
+        for (name, zero) in zeroed {
+            let mut c = Config::default();
+            zero(&mut c);
+            assert_eq!(c.validate(), Err(ConfigError::Zero(name)));
+        }
+    }
+}

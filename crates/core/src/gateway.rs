@@ -361,10 +361,9 @@ impl Gateway {
 
     // ---- internals shared with requests.rs ----
 
+    /// Time never goes back: an input stamped before the latest one counts at the latest.
     fn advance(&mut self, now: Instant) -> Instant {
-        if now > self.now {
-            self.now = now;
-        }
+        self.now = self.now.max(now);
         self.now
     }
 

@@ -95,3 +95,141 @@ impl Gateway {
         Ok(())
     }
 }
+
+/// The checker's teeth: each invariant, broken by hand in a sound gateway, is reported as itself;
+/// and a sound gateway passes at the very instant of each deadline.
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::codec::{self, Encoding};
+    use crate::event::Topic;
+    use crate::gateway::{Admission, Input, Peer};
+    use crate::proto::mq;
+    use crate::{Config, close};
+
+    const NS: Duration = Duration::from_nanos(1);
+
+    /// A gateway at `t0` with two connections, the first with a request pending.
+    fn sound() -> (Gateway, [ConnectionId; 2], Instant) {
+        let t0 = Instant::now();
+        let rng = Box::new(rand::rngs::StdRng::seed_from_u64(1));
+        let mut gw = Gateway::new(Config::default(), rng, t0).unwrap();
+        let peer = Peer { addr: "10.0.0.1:5000".parse().unwrap(), headers: Vec::new() };
+        let mut open = || match gw.open(&peer, t0) {
+            Admission::Accepted(id) => id,
+            other => panic!("{other:?}"),
+        };
+        let ids = [open(), open()];
+        let request = mq::Message {
+            request_id: Some("C0".into()),
+            r#type: "x.Y".into(),
+            message_type: Some(mq::message::MessageType::Request as i32),
+            ..Default::default()
+        };
+        let frame = codec::encode(&request, Encoding::Binary);
+        gw.handle(Input::Frame { conn: ids[0], frame }, t0);
+        assert_eq!(gw.pending_requests(), 1);
+        assert_eq!(gw.check_invariants(), Ok(()));
+        (gw, ids, t0)
+    }
+
+    #[test]
+    fn a_sound_gateway_passes_at_each_deadline_and_fails_just_after() {
+        let (mut gw, [a, b], t0) = sound();
+        let config = gw.config().clone();
+        gw.handle(Input::Close { conn: b, close: close::DRAIN }, t0);
+        // Exactly at the close deadline, before its timer is handled: sound.
+        gw.handle(Input::Pong { conn: a, payload: Vec::new() }, t0 + config.close_timeout);
+        assert_eq!(gw.check_invariants(), Ok(()));
+        gw.now += NS;
+        assert_eq!(gw.check_invariants(), Err(InvariantViolation::ClosingTooLong(b)));
+        gw.now -= NS;
+        gw.handle_timeout(t0 + config.close_timeout);
+        gw.handle(Input::Pong { conn: a, payload: Vec::new() }, t0 + config.request_timeout);
+        assert_eq!(gw.check_invariants(), Ok(()));
+        gw.now += NS;
+        assert!(matches!(gw.check_invariants(), Err(InvariantViolation::PendingTooLong(_))));
+    }
+
+    #[test]
+    fn each_broken_invariant_is_reported_as_itself() {
+        type Break = fn(&mut Gateway, [ConnectionId; 2]);
+        type Expect = fn(&InvariantViolation) -> bool;
+        let cases: [(Break, Expect); 9] = [
+            (
+                |gw, _| gw.stats.total += 1,
+                |v| matches!(v, InvariantViolation::Count { open: 2, total: 3, .. }),
+            ),
+            (
+                |gw, _| gw.config.max_connections = 1,
+                |v| matches!(v, InvariantViolation::OverLimit { open: 2, limit: 1 }),
+            ),
+            (
+                |gw, [a, _]| {
+                    let at = gw.registry.get(&a).unwrap().heartbeat_at.unwrap();
+                    gw.timers.disarm(at, Timer::Heartbeat(a));
+                },
+                |v| matches!(v, InvariantViolation::Timers(_)),
+            ),
+            (
+                |gw, [a, _]| {
+                    let token = *gw.requests.keys().next().unwrap();
+                    gw.registry.get_mut(&a).unwrap().pending.remove(&token);
+                },
+                |v| matches!(v, InvariantViolation::OrphanRequest(_)),
+            ),
+            (
+                |gw, _| gw.closing += 1,
+                |v| matches!(v, InvariantViolation::ClosingCount { counted: 1, scanned: 0 }),
+            ),
+            (
+                |gw, [_, b]| {
+                    let now = gw.now;
+                    gw.timers.arm(now, Timer::CloseDeadline(b));
+                },
+                |v| matches!(v, InvariantViolation::TimerCount { .. }),
+            ),
+            (
+                |gw, [a, _]| {
+                    gw.registry.get_mut(&a).unwrap().rooms.insert("r".into());
+                },
+                |v| matches!(v, InvariantViolation::Subscriptions),
+            ),
+            (
+                // Listed in the table, not by the connection: the counts differ.
+                |gw, [a, _]| {
+                    gw.registry.subscribe(&a, Topic::Room, "r", 10);
+                    gw.registry.get_mut(&a).unwrap().rooms.remove("r");
+                },
+                |v| matches!(v, InvariantViolation::Subscriptions),
+            ),
+            (
+                // The same counts, the wrong member.
+                |gw, [a, b]| {
+                    gw.registry.subscribe(&b, Topic::Room, "r", 10);
+                    gw.registry.get_mut(&b).unwrap().rooms.remove("r");
+                    gw.registry.get_mut(&a).unwrap().rooms.insert("r".into());
+                },
+                |v| matches!(v, InvariantViolation::Subscriptions),
+            ),
+        ];
+        for (i, (break_it, expected)) in cases.into_iter().enumerate() {
+            let (mut gw, ids, _) = sound();
+            break_it(&mut gw, ids);
+            let found = gw.check_invariants();
+            assert!(found.as_ref().is_err_and(expected), "case {i}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_timer_missing_on_one_connection_is_named() {
+        let (mut gw, [_, b], _) = sound();
+        let at = gw.registry.get(&b).unwrap().heartbeat_at.unwrap();
+        gw.timers.disarm(at, Timer::Heartbeat(b));
+        assert_eq!(gw.check_invariants(), Err(InvariantViolation::Timers(b)));
+    }
+}

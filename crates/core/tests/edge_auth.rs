@@ -191,6 +191,9 @@ fn over_long_tokens_are_not_decoded() {
     let token = format!("DIGEST:{}", "A".repeat(MAX_TOKEN_LEN));
     assert_eq!(auth.verify(&token, 0), Err(TokenRefusal::TooLong { len: token.len(), max: MAX_TOKEN_LEN }));
     assert_eq!(auth.verify(&token, 0).unwrap_err().label(), "too-long");
+    // The bound is inclusive: a token of exactly the limit is read (and refused for what it is).
+    let at_limit = &token[..MAX_TOKEN_LEN];
+    assert_eq!(auth.verify(at_limit, 0).unwrap_err().label(), "malformed");
 }
 
 #[test]
@@ -222,6 +225,7 @@ fn secrets_file() {
     assert_eq!(auth.len(), 2);
     let debug = format!("{auth:?}");
     assert_eq!(debug, r#"EdgeAuth { applications: ["app-1", "app-2"] }"#);
+    assert!(!auth.is_empty());
     assert!(EdgeAuth::parse("").expect("empty").is_empty());
     assert!(EdgeAuth::parse("# only\n\n").expect("comments").is_empty());
 }
@@ -379,5 +383,22 @@ proptest! {
         } else {
             prop_assert_eq!(result, Err(TokenRefusal::Expired { expires_ms: expires, now_ms: now }));
         }
+    }
+}
+
+#[test]
+fn required_tags_are_read_by_kind_and_written_back_whole() {
+    let cases = [
+        ("roomId:r1", RequiredTag::RoomId("r1".into())),
+        ("roomAlias:lobby", RequiredTag::RoomAlias("lobby".into())),
+        ("channelId:c1", RequiredTag::ChannelId("c1".into())),
+        ("channelAlias:news", RequiredTag::ChannelAlias("news".into())),
+        ("roomId:a:b", RequiredTag::RoomId("a:b".into())),
+        ("other:x", RequiredTag::Tag("other:x".into())),
+        ("plain", RequiredTag::Tag("plain".into())),
+    ];
+    for (tag, parsed) in cases {
+        assert_eq!(RequiredTag::parse(tag), parsed, "{tag}");
+        assert_eq!(parsed.to_tag(), tag);
     }
 }

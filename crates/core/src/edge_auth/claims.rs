@@ -180,11 +180,8 @@ fn expires_to_ms(expires: &Number) -> u64 {
     if let Some(ms) = expires.as_u64() {
         return ms;
     }
-    match expires.as_f64() {
-        // `as` saturates: beyond u64::MAX is u64::MAX.
-        Some(ms) if ms > 0.0 => ms.ceil() as u64,
-        _ => 0,
-    }
+    // `as` saturates: a negative time is 0, beyond u64::MAX is u64::MAX.
+    expires.as_f64().map_or(0, |ms| ms.ceil() as u64)
 }
 
 fn string(claims: &Map<String, Value>, name: &'static str) -> Result<Option<String>, TokenRefusal> {

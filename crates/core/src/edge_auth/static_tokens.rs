@@ -95,6 +95,9 @@ mod tests {
         assert!(!StaticTokens::default().accepts("anything"));
         assert!(!StaticTokens::new([""]).accepts(""));
         assert!(StaticTokens::new([""]).is_empty());
+        assert!(!StaticTokens::new(["a"]).is_empty());
+        let collected: StaticTokens = ["x", "y"].into_iter().collect();
+        assert!(collected.accepts("y") && collected.len() == 2);
     }
 
     proptest::proptest! {

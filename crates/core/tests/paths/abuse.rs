@@ -120,6 +120,45 @@ fn unsolicited_pongs_cost_a_token_but_a_pong_while_closing_is_free() {
 }
 
 #[test]
+fn over_the_rate_only_requests_are_answered_other_messages_are_dropped() {
+    let mut h = limited(1, 1);
+    let a = h.open();
+    h.request(a, "C0", "x.Y", vec![], Encoding::Binary);
+    h.take_outputs();
+    // An event with a request id, over the rate: dropped, never answered rate-limited.
+    let event = mq::Message {
+        request_id: Some("C1".into()),
+        r#type: "x.Event".into(),
+        message_type: Some(mq::message::MessageType::Event as i32),
+        ..Default::default()
+    };
+    h.input(Input::Frame { conn: a, frame: clientmq_core::codec::encode(&event, Encoding::Binary) });
+    assert!(h.sent_to(a).is_empty(), "{:?}", h.sent_to(a));
+    assert!(
+        h.events_of(a).iter().any(|k| matches!(k, EventKind::Dropped { reason: DropReason::RateLimited }))
+    );
+}
+
+/// Opens a connection, sends request `C0` and answers it with `payload`: what was sent.
+fn answered(config: Config, payload: Vec<u8>) -> Vec<Output> {
+    let mut h = Harness::new(config);
+    let a = h.open();
+    h.request(a, "C0", "x.Y", vec![], Encoding::Binary);
+    let token = h.backend_tokens()[0].0;
+    h.take_outputs();
+    h.input(Input::BackendReply { token, result: Ok(Reply { reply_type: String::new(), payload }) });
+    h.take_outputs().into_iter().filter(|o| matches!(o, Output::Send { .. })).collect()
+}
+
+#[test]
+fn an_answer_of_exactly_the_outbound_limit_is_sent() {
+    let unlimited = answered(Config::default(), vec![7; 150]);
+    let Some(Output::Send { frame, .. }) = unlimited.first() else { panic!("{unlimited:?}") };
+    let exact = Config { max_outbound_message_size: frame.len(), ..Config::default() };
+    assert_eq!(answered(exact, vec![7; 150]), unlimited, "the answer itself, not mq.Error");
+}
+
+#[test]
 fn nothing_larger_than_the_outbound_limit_is_sent() {
     let mut h = Harness::new(Config { max_outbound_message_size: 200, ..Config::default() });
     let a = h.open();

@@ -144,3 +144,22 @@ fn an_unreachable_backend_or_no_worker_answers_at_once_with_its_reason() {
     assert_eq!(BackendError::Unavailable.reason(), "unavailable");
     assert_eq!(BackendError::NoWorker.reason(), "no-worker");
 }
+
+#[test]
+fn a_join_or_subscription_naming_no_room_holds_no_interest() {
+    let mut h = Harness::new(bus_config());
+    let a = h.open();
+    h.request(a, "C0", "chat.JoinRoom", join(""), Encoding::Binary);
+    let fetch = chat::FetchRoomConversation {
+        room_id: String::new(),
+        options: vec![chat::RoomConversationOption::Subscribe as i32],
+        ..Default::default()
+    };
+    h.request(a, "C1", "chat.FetchRoomConversation", fetch.encode_to_vec(), Encoding::Binary);
+    assert_eq!(h.backend_tokens().len(), 2, "both go to the backend");
+    assert_eq!(interest(&mut h), vec![], "no interest in a room without a name");
+    // The same subscription naming its room does hold interest.
+    let fetch = chat::FetchRoomConversation { room_id: "r1".into(), ..fetch };
+    h.request(a, "C2", "chat.FetchRoomConversation", fetch.encode_to_vec(), Encoding::Binary);
+    assert_eq!(interest(&mut h), vec![(Topic::Conversation, "r1".into(), true)]);
+}

@@ -3,6 +3,7 @@
 
 mod abuse;
 mod harness;
+mod identity;
 mod interest;
 mod lifecycle;
 mod messages;
