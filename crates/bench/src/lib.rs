@@ -10,10 +10,12 @@
 //!   per connection, read from `/proc/<pid>/status` before and after.
 //! - [`churn`]: connections opened and closed in a loop; cycles per second.
 //!
-//! [`suite`] runs all of them against the three servers ([`servers`]), plus the simulator's figures,
+//! [`suite`] runs all of them against the three servers ([`servers`]), the request load through
+//! the NATS bus ([`bus`]), plus the simulator's figures,
 //! and writes the table of `BENCHMARKS.md` ([`report`]). Loopback only: [`target::Target`]
 //! refuses any other address.
 
+pub mod bus;
 pub mod churn;
 pub mod frame;
 pub mod idle;

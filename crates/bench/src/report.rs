@@ -37,10 +37,22 @@ impl Row {
     }
 }
 
+/// One figure of the bus table: the embedded backend, and the same load through NATS with one and
+/// with two gateways (`bus::SYSTEMS`).
+#[derive(Debug, Clone, Default)]
+pub struct BusRow {
+    pub figure: String,
+    pub values: [Option<f64>; 3],
+    pub decimals: usize,
+    pub runs: String,
+}
+
 /// Everything a suite run measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     pub rows: Vec<Row>,
+    /// The bus figures, when measured.
+    pub bus: Vec<BusRow>,
     pub notes: Vec<String>,
     pub machine: String,
     pub date: String,
@@ -89,9 +101,22 @@ pub fn render(res: &Results) -> String {
             row.target,
         );
     }
+    if !res.bus.is_empty() {
+        let [a, b, c] = crate::bus::SYSTEMS;
+        let _ =
+            writeln!(s, "\nThrough the bus (gateway -> nats-server -> `clientmq-chat` worker), same load:\n");
+        let _ = writeln!(s, "| figure | {a} | {b} | {c} |\n|---|---:|---:|---:|");
+        for row in &res.bus {
+            let [a, b, c] = row.values.map(|v| value(v, row.decimals));
+            let _ = writeln!(s, "| {} | {a} | {b} | {c} |", row.figure);
+        }
+    }
     let _ = writeln!(s, "\nEvery run:\n");
     for row in res.rows.iter().filter(|r| !r.runs.is_empty()) {
         let _ = writeln!(s, "- {}: {}", row.figure, row.runs);
+    }
+    for row in res.bus.iter().filter(|r| !r.runs.is_empty()) {
+        let _ = writeln!(s, "- bus, {}: {}", row.figure, row.runs);
     }
     if !res.notes.is_empty() {
         let _ = writeln!(s, "\nNotes from this run:\n");
@@ -186,5 +211,15 @@ mod tests {
         );
         assert!(text.contains("| sim | 80 | - | - | - | - | >= 0.8 x baseline | met |"), "{text}");
         assert!(text.contains("- requests/s: 80, 80\n"), "{text}");
+        assert!(!text.contains("Through the bus"), "no bus table without bus rows");
+        let bus = BusRow {
+            figure: "rps".into(),
+            values: [Some(3.0), None, Some(1.5)],
+            decimals: 1,
+            runs: "r".into(),
+        };
+        let text = render(&Results { bus: vec![bus], ..Results::default() });
+        assert!(text.contains("| rps | 3.0 | - | 1.5 |"), "{text}");
+        assert!(text.contains("- bus, rps: r\n"), "{text}");
     }
 }

@@ -131,8 +131,21 @@ impl Outcome {
 
 /// Runs request mode against `target`.
 pub async fn run(target: &Target, opts: &RequestOpts) -> RequestReport {
-    let (conns, connect_errors, connect_error) =
-        target::open_many(target, opts.connections, opts.sources, 0, opts.connect_concurrency).await;
+    run_spread(std::slice::from_ref(target), opts).await
+}
+
+/// Runs request mode with the connections spread evenly over `targets` (several gateways of one
+/// system), measured as one run.
+pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport {
+    let (mut conns, mut connect_errors, mut connect_error) = (Vec::new(), 0, None);
+    for (i, target) in targets.iter().enumerate() {
+        let share = opts.connections / targets.len() + usize::from(i < opts.connections % targets.len());
+        let (open, errors, first) =
+            target::open_many(target, share, opts.sources, 0, opts.connect_concurrency).await;
+        conns.extend(open);
+        connect_errors += errors;
+        connect_error = connect_error.or(first);
+    }
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + opts.warmup;
     let plan = Plan {

@@ -42,6 +42,10 @@ impl Drop for ServerProc {
 pub struct Binaries {
     pub server: PathBuf,
     pub baseline: PathBuf,
+    /// The chat worker for the bus (`clientmq-chat`).
+    pub chat: PathBuf,
+    /// `nats-server`, for the bus figures.
+    pub nats: PathBuf,
     /// The Node.js runtime that runs the seed gateway.
     pub node: PathBuf,
     /// The seed gateway's project directory (`bench/seed-gateway`: `server.js`, its lock file).
@@ -51,13 +55,32 @@ pub struct Binaries {
 
 impl Binaries {
     /// clientmq-server with the embedded backend (dev tokens: the load never authenticates, but
-    /// the binary wants a token policy), seeded, logging warnings only, plus `extra` flags.
+    /// the binary wants a token policy), seeded, logging warnings only, plus `extra` flags. The
+    /// abuse limits are off: every load connection comes from loopback, and a closed loop sends
+    /// far more than a person's 50 requests a second.
     pub async fn clientmq(&self, log: &str, extra: &[&str]) -> Result<ServerProc, String> {
         let port = free_port()?;
         let mut args = vec!["--dev-accept-any-token".to_owned(), "--seed".into(), "1".into()];
+        args.extend(["--max-connections-per-address", "0", "--max-requests-per-sec", "0"].map(str::to_owned));
         args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));
         spawn(&self.server, &args, &self.logs.join(format!("{log}.log")), port).await
+    }
+
+    /// nats-server on a free loopback port; its client URL is `nats://` + the target's address.
+    pub async fn nats_server(&self, log: &str) -> Result<ServerProc, String> {
+        let port = free_port()?;
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string()].map(str::to_owned);
+        spawn(&self.nats, &args, &self.logs.join(format!("{log}.log")), port).await.map_err(|e| {
+            format!("{e} (the bus figures need nats-server: `apt-get install nats-server`, or --nats-bin)")
+        })
+    }
+
+    /// The chat worker on the bus at `nats_url`.
+    pub fn chat_worker(&self, log: &str, nats_url: &str) -> Result<Worker, String> {
+        let args = ["--nats", nats_url, "--seed", "1"].map(str::to_owned);
+        let (child, pid) = start(&self.chat, &args, &self.logs.join(format!("{log}.log")))?;
+        Ok(Worker { child, pid })
     }
 
     /// The echo baseline, plus `extra` flags.
@@ -133,7 +156,14 @@ fn free_port() -> Result<u16, String> {
     port.map_err(|e| format!("no free loopback port: {e}"))
 }
 
-async fn spawn(bin: &Path, args: &[String], log: &Path, port: u16) -> Result<ServerProc, String> {
+/// A process that listens on no port of its own (a bus worker); killed when dropped.
+pub struct Worker {
+    #[allow(dead_code)] // held to be killed on drop
+    child: Child,
+    pub pid: u32,
+}
+
+fn start(bin: &Path, args: &[String], log: &Path) -> Result<(Child, u32), String> {
     let file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = file.try_clone().map_err(|e| e.to_string())?;
     let child = Command::new(bin)
@@ -145,7 +175,12 @@ async fn spawn(bin: &Path, args: &[String], log: &Path, port: u16) -> Result<Ser
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
-    let pid = child.id().ok_or("server exited at once")?;
+    let pid = child.id().ok_or_else(|| format!("{} exited at once", bin.display()))?;
+    Ok((child, pid))
+}
+
+async fn spawn(bin: &Path, args: &[String], log: &Path, port: u16) -> Result<ServerProc, String> {
+    let (child, pid) = start(bin, args, log)?;
     let target = Target::parse(&format!("ws://127.0.0.1:{port}/ws"))?;
     let server = ServerProc { child, pid, target };
     for _ in 0..400 {

@@ -31,7 +31,7 @@ const BASELINE: usize = 1;
 const SEED: usize = 2;
 /// Flags clientmq-server and the seed gateway both take: room for every connection the suite
 /// opens (the seed's default limit is 2,000).
-const GATEWAY_FLAGS: [&str; 2] = ["--max-connections", "20000"];
+pub const GATEWAY_FLAGS: [&str; 2] = ["--max-connections", "20000"];
 /// The same for idle runs, with heartbeats every 2 s so several run while connections are held.
 const IDLE_GATEWAY_FLAGS: [&str; 4] = ["--max-connections", "20000", "--heartbeat-secs", "2"];
 
@@ -55,7 +55,7 @@ pub struct SuiteOpts {
     pub command: String,
 }
 
-fn log(line: impl AsRef<str>) {
+pub fn log(line: impl AsRef<str>) {
     eprintln!("[bench] {}", line.as_ref());
 }
 
@@ -95,6 +95,7 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         requests(opts, &servers, &mut res).await;
         churn(opts, &servers, &mut res).await;
     }
+    crate::bus::rows(opts, &mut res).await?;
     idle_memory(opts, &mut res).await?;
     if let Some(sim) = &opts.sim_bin {
         res.rows.extend(sim_rows(opts, sim).await);
@@ -225,9 +226,15 @@ async fn requests(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results
             ("server user-space CPU µs per request", |m| m.server_user_us),
             ("load generator CPU µs per request", |m| m.load_cpu_us),
         ];
-        for (what, pick) in cpus {
+        for (i, (what, pick)) in cpus.into_iter().enumerate() {
             let figure = format!("{what}, {conns} connections");
-            res.rows.push(pair_row(figure, &values(&ms, pick), 1, "(diagnostic)"));
+            let mut row = pair_row(figure, &values(&ms, pick), 1, "(diagnostic)");
+            if i == 0 {
+                // The CPU target: the server's whole cost of a request next to a bare echo.
+                row.target = "<= 1.5 x baseline".into();
+                row.met = row.ratio().map(|r| r <= 1.5);
+            }
+            res.rows.push(row);
         }
         let errors: u64 = ms.iter().flatten().map(|m| m.report.errors + m.report.connect_errors).sum();
         res.notes
@@ -268,8 +275,8 @@ async fn requests(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results
         let figure = format!("{name} latency ms at {rate:.0} req/s (half of peak), 100 connections");
         let mut row = pair_row(figure, &values(&ms, |m| pick(&m.report).as_secs_f64() * 1e3), 3, "");
         if name == "p99" {
-            row.target = "< 2 ms".into();
-            row.met = row.clientmq.map(|v| v < 2.0);
+            row.target = "<= 1.5 x baseline".into();
+            row.met = row.ratio().map(|r| r <= 1.5);
         }
         res.rows.push(row);
     }
@@ -303,8 +310,10 @@ async fn churn(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results) {
     .await;
     let figure =
         format!("churn: connections opened and closed per second ({} loops)", opts.churn_concurrency);
-    let mut row = pair_row(figure, &values(&rs, ChurnReport::per_sec), 0, ">= 0.8 x baseline");
-    row.met = row.ratio().map(|r| r >= 0.8);
+    // No worse than before the connection I/O was rewritten (0.98 x on 2026-11-26), within the
+    // machine's noise.
+    let mut row = pair_row(figure, &values(&rs, ChurnReport::per_sec), 0, ">= 0.9 x baseline");
+    row.met = row.ratio().map(|r| r >= 0.9);
     res.rows.push(row);
     // Both gateways count open connections; after churn each must be back to 0.
     let gauge = async |i: usize| {
@@ -388,8 +397,8 @@ async fn idle_memory(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> 
         rs.iter().filter_map(IdleReport::bytes_per_connection).map(|v| v / 1024.0).collect()
     });
     let figure = format!("idle memory KiB per connection at {n} connections (server VmRSS)");
-    let mut row = pair_row(figure, &kib, 1, "<= 10 KiB");
-    row.met = row.clientmq.map(|v| v <= 10.0);
+    let mut row = pair_row(figure, &kib, 1, "<= 5 KiB");
+    row.met = row.clientmq.map(|v| v <= 5.0);
     res.rows.push(row);
     // For reference: the baseline with tungstenite's default buffers.
     let defaults = bins.baseline("baseline-idle-defaults", &["--tungstenite-defaults"]).await?;
@@ -451,11 +460,12 @@ async fn sim_rows(opts: &SuiteOpts, sim: &Path) -> Vec<Row> {
         figure: "simulator: simulated/wall time, incident-seed-leak (2,000 clients, 600 s)".into(),
         clientmq: median(&ratios),
         decimals: 0,
-        target: ">= 300x".into(),
+        // No worse than before the connection I/O was rewritten (415x), within the noise.
+        target: ">= 375x".into(),
         runs: runs(&ratios, 0),
         ..Row::default()
     };
-    replay.met = replay.clientmq.map(|r| r >= 300.0);
+    replay.met = replay.clientmq.map(|r| r >= 375.0);
     let failure = opts.binaries.logs.join("explore-failure.toml");
     let out = Command::new(sim)
         .args(["explore", "--seeds", &opts.explore_seeds.to_string(), "--out"])

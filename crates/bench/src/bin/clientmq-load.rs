@@ -116,6 +116,12 @@ struct SuiteArgs {
     server_bin: PathBuf,
     #[arg(long, default_value = "target/release/clientmq-baseline")]
     baseline_bin: PathBuf,
+    /// The chat worker, for the bus figures.
+    #[arg(long, default_value = "target/release/clientmq-chat")]
+    chat_bin: PathBuf,
+    /// nats-server, for the bus figures.
+    #[arg(long, default_value = "nats-server")]
+    nats_bin: PathBuf,
     /// Node.js (20 or later), which runs the seed gateway.
     #[arg(long, default_value = "node")]
     node_bin: PathBuf,
@@ -246,6 +252,8 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             let SuiteArgs {
                 server_bin,
                 baseline_bin,
+                chat_bin,
+                nats_bin,
                 node_bin,
                 seed_gateway,
                 sim_bin,
@@ -265,6 +273,8 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 binaries: Binaries {
                     server: server_bin,
                     baseline: baseline_bin,
+                    chat: chat_bin,
+                    nats: nats_bin,
                     node: node_bin,
                     seed_gateway,
                     logs,
