@@ -84,7 +84,8 @@ impl Conn {
     }
 
     /// Reads what the socket has (up to a share) and turns every whole frame into an input for
-    /// the core (`inputs`); answers pings and echoes a close frame itself.
+    /// the core (`inputs`); echoes a close frame itself. Pings are inputs too: the core answers
+    /// them within the connection's frame rate.
     pub fn read(&mut self, scratch: &mut [u8], max_message: usize, inputs: &mut Vec<Input>) -> Flow {
         // Bytes that came with the upgrade request are parsed before anything is read.
         if !self.partial.is_empty() {
