@@ -161,6 +161,8 @@ impl Stats {
 ///   an ended id is traced as stray and changes nothing.
 /// - **Bounds**: every connection state but `Open` has a deadline (close timeout), every request a
 ///   deadline (request timeouts); per-connection pending requests and subscriptions are capped.
+///   Every frame a client sends (data, ping, pong, garbage) costs a token of its rate; a ping is
+///   answered ([`Output::Pong`]) only within it.
 /// - **Randomness** (connection ids) comes only from the RNG handed to [`Gateway::new`].
 pub struct Gateway {
     pub(crate) config: Config,
