@@ -11,11 +11,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::procs::{Log, Proc, collect, free_port, http_get, npm_ci, scrape, wait_for};
-use tokio::process::Command;
+use common::procs::{Log, Proc, free_port, http_get, node_harness, npm_ci, scrape, wait_for};
 
 const APP: &str = "clientmq-edge-app";
 const SECRET: &str = "edge-s3cret-for-the-sdk-test";
@@ -96,32 +94,15 @@ async fn the_sdk_authenticates_with_edge_auth_tokens_and_the_server_enforces_the
         npm_ci(&interop_dir(), "phenix-edge-auth/package.json").await;
         npm_ci(&interop_dir(), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
         let started = tokio::time::Instant::now();
-        let mut harness = Command::new("node")
-            .arg("edge-auth.js")
-            .current_dir(interop_dir())
-            .env("CLIENTMQ_PORT", port.to_string())
-            .env("CLIENTMQ_EDGE_APP", APP)
-            .env("CLIENTMQ_EDGE_SECRET", SECRET)
-            .env("CLIENTMQ_TOKEN", STATIC_TOKEN)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts (Node.js is needed for this test)");
-        collect(harness.stdout.take().unwrap(), "harness".into(), log.clone());
-        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
-        let status = tokio::time::timeout(HARNESS_DEADLINE, harness.wait()).await;
-        // Let the collectors take the last lines.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let transcript = log.lock().unwrap().join("\n");
+        let port_text = port.to_string();
+        let env = [
+            ("CLIENTMQ_PORT", port_text.as_str()),
+            ("CLIENTMQ_EDGE_APP", APP),
+            ("CLIENTMQ_EDGE_SECRET", SECRET),
+            ("CLIENTMQ_TOKEN", STATIC_TOKEN),
+        ];
+        let transcript = node_harness("edge-auth.js", &interop_dir(), &env, HARNESS_DEADLINE, &log).await;
         println!("--- transcript ({:?}) ---\n{transcript}\n--- end ---", started.elapsed());
-        match status {
-            Ok(Ok(s)) => assert!(s.success(), "the edge-auth harness failed ({s}):\n{transcript}"),
-            Ok(Err(e)) => panic!("waiting for the harness: {e}"),
-            Err(_) => {
-                panic!("the edge-auth harness did not finish within {HARNESS_DEADLINE:?}:\n{transcript}")
-            }
-        }
 
         // Every step, in order, then the verdict.
         let lines: Vec<&str> = transcript.lines().filter_map(|l| l.strip_prefix("[harness] ")).collect();

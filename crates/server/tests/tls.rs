@@ -4,12 +4,10 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
-use common::procs::{Log, Proc, collect, free_port, npm_ci, wait_listening};
+use common::procs::{Log, Proc, free_port, node_harness, npm_ci, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
 
 const TOKEN: &str = "tls-token";
 
@@ -49,23 +47,13 @@ async fn the_sdk_connects_over_wss_and_plain_http_to_the_tls_port_is_dropped() {
 
         let interop = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop");
         npm_ci(&interop, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
-        let mut harness = Command::new("node")
-            .arg("tls.js")
-            .current_dir(&interop)
-            .env("CLIENTMQ_PORT", port.to_string())
-            .env("CLIENTMQ_TOKEN", TOKEN)
-            .env("NODE_EXTRA_CA_CERTS", &cert_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts (Node.js is needed for this test)");
-        collect(harness.stdout.take().unwrap(), "harness".into(), log.clone());
-        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
-        let status = tokio::time::timeout(Duration::from_secs(60), harness.wait()).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let transcript = log.lock().unwrap().join("\n");
-        assert!(matches!(status, Ok(Ok(s)) if s.success()), "the TLS harness failed:\n{transcript}");
+        let (port, ca) = (port.to_string(), cert_path.display().to_string());
+        let env = [
+            ("CLIENTMQ_PORT", port.as_str()),
+            ("CLIENTMQ_TOKEN", TOKEN),
+            ("NODE_EXTRA_CA_CERTS", ca.as_str()),
+        ];
+        let transcript = node_harness("tls.js", &interop, &env, Duration::from_secs(60), &log).await;
         assert!(transcript.contains("ok - tls harness passed"), "{transcript}");
         server.terminate(Duration::from_secs(15)).await;
         std::fs::remove_dir_all(&dir).unwrap();

@@ -189,3 +189,35 @@ pub async fn npm_ci(dir: &Path, marker: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `node SCRIPT` in `dir` with `env` until it exits 0, within `within`; its output goes to
+/// `log` tagged `harness`. Panics with the transcript otherwise; returns the transcript.
+pub async fn node_harness(
+    script: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+    within: Duration,
+    log: &Log,
+) -> String {
+    let mut harness = Command::new("node")
+        .arg(script)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node starts (Node.js is needed for this test)");
+    collect(harness.stdout.take().unwrap(), "harness".into(), log.clone());
+    collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+    let status = tokio::time::timeout(within, harness.wait()).await;
+    // Let the collectors take the last lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let transcript = log.lock().unwrap().join("\n");
+    match status {
+        Ok(Ok(s)) => assert!(s.success(), "{script} failed ({s}):\n{transcript}"),
+        Ok(Err(e)) => panic!("waiting for {script}: {e}"),
+        Err(_) => panic!("{script} did not finish within {within:?}:\n{transcript}"),
+    }
+    transcript
+}
