@@ -65,3 +65,70 @@ impl<B: Backend> Shard<B> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use clientmq_core::{ConnectionId, Target};
+
+    use crate::Server;
+    use crate::backend::EchoBackend;
+    use crate::config::{InvariantSink, ServerConfig};
+
+    /// A two-shard server in checked mode, and what its checker reported.
+    fn checked_server() -> (Server, Arc<Mutex<Vec<String>>>) {
+        let reported = Arc::new(Mutex::new(Vec::new()));
+        let sink = reported.clone();
+        let config = ServerConfig {
+            shards: 2,
+            check: Some(InvariantSink(Arc::new(move |broken| sink.lock().unwrap().push(broken)))),
+            ..ServerConfig::default()
+        };
+        (Server::start(config, Arc::new(EchoBackend)), reported)
+    }
+
+    /// Makes every shard take a step (a room event reaches each of them), then lets them run:
+    /// on the test's one-thread runtime, a yield runs every task woken before it.
+    async fn step_every_shard(server: &Server) {
+        server.handle().deliver(Target::Room("nobody".into()), "chat.Nothing", Vec::new()).await;
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sound_server_reports_nothing() {
+        let (server, reported) = checked_server();
+        step_every_shard(&server).await;
+        assert_eq!(*reported.lock().unwrap(), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn a_route_left_behind_is_reported_by_every_shard() {
+        let (server, reported) = checked_server();
+        let stale: ConnectionId = "A".repeat(clientmq_core::ID_LEN).parse().expect("an id");
+        server.handle().routes.write().unwrap().insert(stale, 1);
+        step_every_shard(&server).await;
+        let reported = reported.lock().unwrap();
+        assert_eq!(reported.len(), 2, "{reported:?}");
+        for (shard, broken) in reported.iter().enumerate() {
+            assert!(broken.contains(&format!("shard {shard}")), "{broken}");
+            assert!(broken.contains("1 routes for 0 open connections"), "{broken}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_admission_permit_never_released_is_reported() {
+        let (server, reported) = checked_server();
+        let admission = server.inner.admission.clone().expect("two shards admit globally");
+        admission.permits.clone().try_acquire_owned().unwrap().forget();
+        step_every_shard(&server).await;
+        let reported = reported.lock().unwrap();
+        assert_eq!(reported.len(), 2, "{reported:?}");
+        assert!(
+            reported[0].contains("admission permits: 1999 available + 0 held + 0 admitting != 2000"),
+            "{reported:?}"
+        );
+    }
+}
