@@ -69,6 +69,28 @@ fn ids_use_the_whole_alphabet() {
     assert_eq!(format!("{id:?}"), format!("ConnectionId({id})"));
 }
 
+/// Ids are uniform over the alphabet: a byte that `% 62` would map unevenly is redrawn, so no
+/// character is likelier than another (a guessable id is a session someone else can resume).
+#[test]
+fn ids_are_uniform_over_the_alphabet() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let mut counts = std::collections::BTreeMap::<char, f64>::new();
+    let draws = 10_000;
+    for _ in 0..draws {
+        for c in ConnectionId::random(&mut rng).as_str().chars() {
+            *counts.entry(c).or_default() += 1.0;
+        }
+    }
+    let n = (draws * clientmq_core::ID_LEN) as f64;
+    let p = 1.0 / 62.0;
+    let sigma = (n * p * (1.0 - p)).sqrt();
+    for (c, count) in counts {
+        // Six standard deviations (~430 in 320,000): one favoured character of a biased draw
+        // (5 byte values of 249 instead of 4 of 248) is ~1,260 over.
+        assert!((count - n * p).abs() < 6.0 * sigma, "{c:?} drawn {count} times of {n}, expected {}", n * p);
+    }
+}
+
 #[test]
 fn lost_transports_have_distinct_labels_and_their_codes() {
     let all = [
