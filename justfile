@@ -44,6 +44,8 @@ fuzz CASES="10000000":
 # server's shard bookkeeping (shards, their handles and routes, admission) against the loopback,
 # bad-input and embedded tests and the simulator's scenarios, regressions and explored block.
 # Reports go to target/mutants/; docs/mutants.md has the last run and why each survivor lives.
+# The server run skips cargo-mutants' baseline, which would run only the mutated package's tests
+# (without the simulator's targets); `just test` is that baseline.
 mutants JOBS="2":
     cargo mutants -p clientmq-core --test-package clientmq-core --profile mutants -j {{JOBS}} --timeout 120 -o target/mutants/core
-    cargo mutants -p clientmq-server -f 'crates/server/src/shard/mod.rs' -f 'crates/server/src/shard/handle.rs' -f 'crates/server/src/shard/ready.rs' -f crates/server/src/admission.rs --test-package clientmq-server,clientmq-sim --profile mutants -j {{JOBS}} --timeout 300 -o target/mutants/server --cargo-test-arg=--lib --cargo-test-arg=--test=loopback --cargo-test-arg=--test=bad_inputs --cargo-test-arg=--test=embedded --cargo-test-arg=--test=scenarios --cargo-test-arg=--test=regressions --cargo-test-arg=--test=explore_block
+    cargo mutants -f 'crates/server/src/shard/mod.rs' -f 'crates/server/src/shard/handle.rs' -f 'crates/server/src/shard/ready.rs' -f crates/server/src/admission.rs --test-package clientmq-server --test-package clientmq-sim --profile mutants -j {{JOBS}} --baseline skip --timeout 300 --build-timeout 900 -o target/mutants/server --cargo-test-arg=--lib --cargo-test-arg=--test=loopback --cargo-test-arg=--test=bad_inputs --cargo-test-arg=--test=embedded --cargo-test-arg=--test=scenarios --cargo-test-arg=--test=regressions --cargo-test-arg=--test=explore_block
