@@ -62,3 +62,31 @@ async fn bad_settings_are_refused_with_a_clear_error() {
     })
     .await
 }
+
+/// The README's run command, `cargo run --release -p clientmq-server -- ...`, needs cargo to know
+/// which of the package's binaries to run.
+#[tokio::test]
+async fn cargo_run_of_the_package_runs_the_server() {
+    common::bounded(async {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
+        assert!(
+            readme.contains("cargo run --release -p clientmq-server -- "),
+            "the README's run command changed"
+        );
+        let out = Command::new(env!("CARGO"))
+            .args(["metadata", "--no-deps", "--offline", "--format-version", "1", "--manifest-path"])
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let metadata = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            metadata.contains(r#""default_run":"clientmq-server""#),
+            "no default-run for clientmq-server"
+        );
+    })
+    .await
+}
