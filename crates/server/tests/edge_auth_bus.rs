@@ -69,13 +69,7 @@ impl Client {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        let msg = mq::Message {
-            request_id: Some(id.clone()),
-            r#type: ty.into(),
-            payload,
-            message_type: Some(mq::message::MessageType::Request as i32),
-            ..Default::default()
-        };
+        let msg = common::request(&id, ty, payload);
         self.ws.send(Message::Binary(msg.encode_to_vec().into())).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {

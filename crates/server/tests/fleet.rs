@@ -66,13 +66,7 @@ impl Raw {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> (String, Vec<u8>) {
         let id = format!("C{}", self.next);
         self.next += 1;
-        let msg = mq::Message {
-            request_id: Some(id.clone()),
-            r#type: ty.into(),
-            payload,
-            message_type: Some(mq::message::MessageType::Request as i32),
-            ..Default::default()
-        };
+        let msg = common::request(&id, ty, payload);
         let Frame::Binary(bytes) = codec::encode(&msg, Encoding::Binary) else { unreachable!() };
         rawws::write_frame(&mut self.stream, rawws::BINARY, &bytes).await.unwrap();
         let answer = async {

@@ -73,15 +73,7 @@ async fn connect(addr: SocketAddr) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap().0
 }
 
-fn request(request_id: &str, ty: &str, payload: Vec<u8>) -> mq::Message {
-    mq::Message {
-        request_id: Some(request_id.into()),
-        r#type: ty.into(),
-        payload,
-        message_type: Some(mq::message::MessageType::Request as i32),
-        ..Default::default()
-    }
-}
+use common::request;
 
 fn text(msg: &mq::Message) -> Message {
     match codec::encode(msg, Encoding::Base64Text) {

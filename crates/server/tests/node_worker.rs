@@ -72,14 +72,7 @@ impl Client {
     async fn request(&mut self, ty: &str, payload: &[u8]) -> String {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        let msg = mq::Message {
-            request_id: Some(id.clone()),
-            r#type: ty.into(),
-            payload: payload.to_vec(),
-            message_type: Some(MessageType::Request as i32),
-            ..Default::default()
-        };
-        self.send(&msg).await;
+        self.send(&common::request(&id, ty, payload.to_vec())).await;
         id
     }
 

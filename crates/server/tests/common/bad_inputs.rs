@@ -194,16 +194,7 @@ impl<B> Gw<B> {
     }
 }
 
-/// A request message.
-pub fn request(id: &str, ty: &str, payload: Vec<u8>) -> mq::Message {
-    mq::Message {
-        request_id: Some(id.into()),
-        r#type: ty.into(),
-        payload,
-        message_type: Some(MqType::Request as i32),
-        ..Default::default()
-    }
-}
+pub use crate::common::request;
 
 /// The reason of an `mq.Error` answer, `None` for any other answer.
 pub fn error_reason(msg: &mq::Message) -> Option<String> {

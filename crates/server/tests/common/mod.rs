@@ -7,6 +7,19 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+/// A request message.
+#[allow(dead_code)] // not every test binary that includes this module sends requests
+pub fn request(id: &str, ty: &str, payload: Vec<u8>) -> clientmq_core::proto::mq::Message {
+    use clientmq_core::proto::mq;
+    mq::Message {
+        request_id: Some(id.into()),
+        r#type: ty.into(),
+        payload,
+        message_type: Some(mq::message::MessageType::Request as i32),
+        ..Default::default()
+    }
+}
+
 /// Connects to `ws://127.0.0.1:{port}/ws`, retrying for up to 5 s while the binary starts.
 #[allow(dead_code)]
 pub async fn connect_when_up(port: u16) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
