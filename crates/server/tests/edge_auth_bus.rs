@@ -9,14 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clientmq_core::edge_auth::{Claims, RequiredTag, TokenType};
 use clientmq_core::proto::{mq, pcast};
-use common::procs::{Log, Nats, Proc, free_port, http_get, npm_ci, wait_for};
+use common::procs::{Log, Nats, Proc, free_port, http_get, interop_dir, node_worker, npm_ci, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -29,10 +28,6 @@ const STATIC_TOKEN: &str = "bus-static-token";
 const PREFIX: &str = "edgebus";
 const WAIT: Duration = Duration::from_secs(5);
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
 
 /// A token minted now by `phenix-edge-auth`, and its claims JSON exactly as signed.
 async fn mint(args: &[&str]) -> (String, String) {
@@ -179,13 +174,7 @@ async fn claims_over_the_bus(log: Log) {
         http_get(port, "/readyz").await.0 == 200
     })
     .await;
-    let worker_js = interop_dir().join("worker.js").display().to_string();
-    let worker = Proc::spawn("node", &[worker_js, nats.url(), PREFIX.to_owned()], "worker", &log);
-    wait_for(Duration::from_secs(20), "@@worker ready", &log, || {
-        let ready = log.lock().unwrap().iter().any(|l| l == "[worker] @@worker ready");
-        async move { ready }
-    })
-    .await;
+    let worker = node_worker(&nats, PREFIX, &log).await;
 
     // A static token: the worker gets the Authenticate without claims headers.
     let mut a = Client::connect(port).await;

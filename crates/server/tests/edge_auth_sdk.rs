@@ -10,10 +10,9 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::procs::{Log, Proc, free_port, http_get, node_harness, npm_ci, scrape, wait_for};
+use common::procs::{Log, Proc, free_port, http_get, interop_dir, node_harness, npm_ci, scrape, wait_for};
 
 const APP: &str = "clientmq-edge-app";
 const SECRET: &str = "edge-s3cret-for-the-sdk-test";
@@ -51,10 +50,6 @@ const REFUSALS: [(&str, f64); 9] = [
     ("room", 2.0),
     ("malformed", 0.0),
 ];
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_authenticates_with_edge_auth_tokens_and_the_server_enforces_their_claims() {

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -16,7 +15,7 @@ use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
 use clientmq_server::rawws;
 use common::procs::{
-    Log, Nats, Proc, collect, free_port, http_get, npm_ci, scrape, wait_for, wait_listening,
+    Log, Nats, Proc, collect, free_port, http_get, interop_dir, npm_ci, scrape, wait_for, wait_listening,
 };
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -26,10 +25,6 @@ use tokio::process::Command;
 const TOKEN: &str = "fleet-token";
 const GRACE_SECS: u64 = 4;
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
 
 /// A TCP proxy whose upstream can be switched: what a load balancer does for clients whose
 /// gateway died.

@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::procs::{Log, collect, free_port, npm_ci};
+use common::procs::{Log, collect, free_port, interop_dir, npm_ci};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -26,10 +25,6 @@ Install it, then run the tests again:
   macOS:         brew install node
   any system:    https://nodejs.org/en/download (or nvm: https://github.com/nvm-sh/nvm)
 To skip this test explicitly (never in CI), set CLIENTMQ_SKIP_INTEROP=1.";
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
 
 async fn tool_version(tool: &str) -> Option<String> {
     let out = Command::new(tool).arg("--version").output().await.ok()?;

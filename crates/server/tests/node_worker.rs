@@ -8,12 +8,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use common::procs::{Log, Nats, Proc, free_port, http_get, npm_ci, scrape, wait_for};
+use common::procs::{Log, Nats, Proc, free_port, http_get, node_worker, scrape, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -34,10 +33,6 @@ const DEADLINE: Duration = Duration::from_secs(90);
 const OPEN: &str = "clientmq_connections_open";
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-fn interop_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
-}
 
 fn error_reason(msg: &mq::Message) -> String {
     assert_eq!(msg.r#type, "mq.Error", "{msg:?}");
@@ -234,19 +229,6 @@ async fn start_gateway(log: &Log) -> (Nats, Proc, u16) {
     (nats, gateway, port)
 }
 
-/// `node interop/worker.js` on `nats`, once it says it is ready.
-async fn start_worker(nats: &Nats, log: &Log) -> Proc {
-    npm_ci(&interop_dir(), "nats").await;
-    let worker_js = interop_dir().join("worker.js").to_string_lossy().into_owned();
-    let worker = Proc::spawn("node", &[worker_js, nats.url(), PREFIX.to_owned()], "worker", log);
-    wait_for(Duration::from_secs(20), "@@worker ready", log, || {
-        let ready = log.lock().unwrap().iter().any(|l| l == "[worker] @@worker ready");
-        async move { ready }
-    })
-    .await;
-    worker
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_worker_written_from_the_doc_serves_clients_through_the_gateway() {
     common::bounded(async {
@@ -266,7 +248,7 @@ async fn serve_clients(log: Log) {
     expect_no_worker(&mut a, "pcast.Authenticate", &auth.encode_to_vec()).await;
 
     // --- The worker. ---
-    let worker = start_worker(&nats, &log).await;
+    let worker = node_worker(&nats, PREFIX, &log).await;
 
     // --- Authentication: the gateway refuses a wrong token itself; the worker sees only the good. ---
     let refused = a.authenticate("not-the-token").await;
@@ -425,7 +407,7 @@ async fn the_gateway_applies_what_a_worker_publishes_under_its_subjects_in_publi
 async fn publish_order(log: Log) {
     const ROUNDS: usize = 50;
     let (nats, gateway, port) = start_gateway(&log).await;
-    let worker = start_worker(&nats, &log).await;
+    let worker = node_worker(&nats, PREFIX, &log).await;
     let mut a = Client::connect("a", port, Encoding::Base64Text).await;
     assert_eq!(a.authenticate(TOKEN).await.status, "ok");
     let (mut event_first, mut reply_first) = (0, 0);

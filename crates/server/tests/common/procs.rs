@@ -17,6 +17,26 @@ const NATS_HELP: &str = "\
 These tests run a real NATS server, and `nats-server` was not found on PATH.
 Install it (Debian/Ubuntu: `apt-get install nats-server`; .ci/run does this), then run the tests again.";
 
+/// The Node.js side of the tests: the SDK harnesses, the worker written from docs/nats.md, and
+/// their npm packages.
+pub fn interop_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+}
+
+/// `node interop/worker.js` (the worker written from docs/nats.md) on `nats` under `prefix`,
+/// once it says it is ready.
+pub async fn node_worker(nats: &Nats, prefix: &str, log: &Log) -> Proc {
+    npm_ci(&interop_dir(), "nats").await;
+    let worker_js = interop_dir().join("worker.js").display().to_string();
+    let worker = Proc::spawn("node", &[worker_js, nats.url(), prefix.to_owned()], "worker", log);
+    wait_for(Duration::from_secs(20), "@@worker ready", log, || {
+        let ready = log.lock().unwrap().iter().any(|l| l == "[worker] @@worker ready");
+        async move { ready }
+    })
+    .await;
+    worker
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
