@@ -421,3 +421,54 @@ async fn drain_answers_in_flight_requests_before_3333_and_serve_returns() {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_close_echo() {
+    common::bounded(async {
+        const ANSWERS: usize = 40;
+        const PAYLOAD: usize = 240 * 1024;
+        let mut c = config();
+        c.max_frame_bytes = 256 * 1024;
+        c.gateway.max_message_size = 256 * 1024;
+        // The echo backend answers at once, so every answer is queued before the close is read.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::start(c, Arc::new(clientmq_server::EchoBackend));
+        let runner = server.clone();
+        tokio::spawn(async move { runner.run(listener).await });
+        // A small receive window stops the kernel buffering everything: most of the 9.6 MB of
+        // answers stays queued in the server when the close arrives.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(16 * 1024).unwrap();
+        let mut raw = socket.connect(addr).await.unwrap();
+        assert_eq!(rawws::upgrade(&mut raw, "/ws", &[]).await.unwrap(), 101);
+        for i in 0..ANSWERS {
+            let req = request(&format!("C{i}"), "x.Echo", vec![i as u8; PAYLOAD]).encode_to_vec();
+            rawws::write_frame(&mut raw, rawws::BINARY, &req).await.unwrap();
+        }
+        rawws::write_frame(&mut raw, rawws::CLOSE, &rawws::close_payload(1000, "")).await.unwrap();
+        // The close handshake is done for the server (it released the connection) while most
+        // answers still wait in its queue, beyond what the kernel's buffers hold (4 MiB here):
+        // every answer it queued, then its close echo, must still arrive. A request in the
+        // same read as the close is not answered (the client left), so the answers are a prefix.
+        eventually(WAIT, "released", || server.open_connections() == 0).await;
+        let mut answered = 0;
+        let echo = loop {
+            let frame = read_frame(&mut raw).await.expect("answers and the close echo before EOF");
+            if frame.opcode != rawws::BINARY {
+                break frame;
+            }
+            let answer = codec::decode(&clientmq_core::Frame::Binary(frame.payload), usize::MAX).unwrap();
+            assert_eq!(answer.request_id, Some(format!("C{answered}")));
+            assert_eq!(answer.payload, vec![answered as u8; PAYLOAD]);
+            answered += 1;
+        };
+        assert_eq!(echo.close_code(), Some(1000));
+        assert_eq!(read_frame(&mut raw).await, None, "then the server closes the socket");
+        let queued = metric(&server, r#"clientmq_requests_total{type="other",outcome="ok"}"#);
+        assert_eq!(answered as f64, queued, "every answer the server queued arrived");
+        assert!(answered * PAYLOAD > 6 << 20, "only {answered} answers were queued at the close");
+        assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="client",code="1000"}"#), 1.0);
+    })
+    .await
+}
