@@ -8,6 +8,31 @@ use crate::backend::Backend;
 
 /// Checked mode checks every step of a shard with fewer connections than this.
 const CHECK_EVERY_STEP_BELOW: usize = 8;
+/// Checked mode: wake-ups at one instant after which a shard counts as spinning. The simulator's
+/// clock stands still within a step, so a shard that wakes for ever (a deadline left in the past)
+/// would hang the run instead of failing it; real work at one instant takes far fewer.
+const SPIN_WAKES: u32 = 100_000;
+
+/// Checked mode's count of wake-ups at the current instant.
+pub(super) struct SpinWatch {
+    at: std::time::Instant,
+    wakes: u32,
+}
+
+impl SpinWatch {
+    pub fn new() -> SpinWatch {
+        SpinWatch { at: super::now(), wakes: 0 }
+    }
+
+    /// Counts a wake-up at `now`: whether it is the [`SPIN_WAKES`]-th at that one instant.
+    fn tick(&mut self, now: std::time::Instant) -> bool {
+        if now != self.at {
+            *self = SpinWatch { at: now, wakes: 0 };
+        }
+        self.wakes += 1;
+        self.wakes == SPIN_WAKES
+    }
+}
 
 impl<B: Backend> Shard<B> {
     /// Checks after every step while the shard is small (every explored fault schedule), and
@@ -23,6 +48,17 @@ impl<B: Backend> Shard<B> {
         if let Err(broken) = self.check_invariants() {
             (sink.0)(format!("shard {}: {broken}", self.index));
         }
+    }
+
+    /// Checked mode: whether the shard has woken [`SPIN_WAKES`] times without time passing. It
+    /// reports that, and the caller stops the shard so the step (and the run) can end.
+    pub(super) fn spinning(&self, watch: &mut SpinWatch) -> bool {
+        let Some(sink) = &self.check else { return false };
+        if !watch.tick(super::now()) {
+            return false;
+        }
+        (sink.0)(format!("shard {}: woke {SPIN_WAKES} times with no time passing: it spins", self.index));
+        true
     }
 
     /// Checked mode: the core's invariants, then this shard's bookkeeping against the core.
@@ -97,14 +133,29 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[test]
+    fn wake_ups_count_as_spinning_only_all_at_one_instant() {
+        let start = std::time::Instant::now();
+        let mut watch = super::SpinWatch { at: start, wakes: 0 };
+        for _ in 1..super::SPIN_WAKES {
+            assert!(!watch.tick(start));
+        }
+        assert!(watch.tick(start), "the last wake-up allowed at one instant");
+        let mut moving = super::SpinWatch { at: start, wakes: 0 };
+        let later = |i: u32| start + std::time::Duration::from_nanos(u64::from(i / 2));
+        assert!((0..2 * super::SPIN_WAKES).all(|i| !moving.tick(later(i))), "time passes: no spin");
+    }
+
+    // A paused clock moves only when every task waits: a shard that spins stands it still and is
+    // reported as spinning, instead of hanging the test on its one thread.
+    #[tokio::test(start_paused = true)]
     async fn a_sound_server_reports_nothing() {
         let (server, reported) = checked_server();
         step_every_shard(&server).await;
         assert_eq!(*reported.lock().unwrap(), Vec::<String>::new());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_route_left_behind_is_reported_by_every_shard() {
         let (server, reported) = checked_server();
         let stale: ConnectionId = "A".repeat(clientmq_core::ID_LEN).parse().expect("an id");
@@ -118,7 +169,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn an_admission_permit_never_released_is_reported() {
         let (server, reported) = checked_server();
         let admission = server.inner.admission.clone().expect("two shards admit globally");

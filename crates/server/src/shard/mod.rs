@@ -136,6 +136,7 @@ enum Wake {
 impl<B: Backend> Shard<B> {
     pub async fn run(mut self) {
         let mut sleep = Box::pin(tokio::time::sleep_until(Instant::now()));
+        let mut watch = check::SpinWatch::new();
         loop {
             let deadline = self.next_deadline();
             if let Some(at) = deadline {
@@ -175,6 +176,9 @@ impl<B: Backend> Shard<B> {
                 Wake::Ready => self.poll_sockets(),
             }
             self.flush();
+            if self.spinning(&mut watch) {
+                break;
+            }
         }
     }
 
