@@ -1,28 +1,17 @@
 //! A gateway on the simulated bus announces itself every second on `P.gateway.G.alive` with its
 //! open connections summed over its shards (docs/nats.md), as connections come and go.
 
-use std::io;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
 use clientmq_server::bus::contract::header;
 use clientmq_server::bus::gateway::BusBackend;
 use clientmq_server::bus::{Bus, Subscription};
-use clientmq_server::{Listener, Server, ServerConfig, rawws};
+use clientmq_server::{Server, ServerConfig, rawws};
 use clientmq_sim::bus::{SimBus, serve_broker};
+use clientmq_sim::run::SimListener;
 
 const BUS: &str = "bus:4222";
-
-struct SimListener(turmoil::net::TcpListener);
-
-impl Listener for SimListener {
-    type Stream = turmoil::net::TcpStream;
-
-    async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
-        self.0.accept().await
-    }
-}
 
 fn now() -> Duration {
     turmoil::sim_elapsed().unwrap_or_default()

@@ -28,7 +28,7 @@ pub const BUS: &str = "bus:4222";
 const PREFIX: &str = "clientmq";
 
 /// turmoil's listener behind the server's [`Listener`] trait.
-struct SimListener(turmoil::net::TcpListener);
+pub struct SimListener(pub turmoil::net::TcpListener);
 
 impl Listener for SimListener {
     type Stream = turmoil::net::TcpStream;

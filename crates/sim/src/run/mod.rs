@@ -17,7 +17,7 @@ use crate::check::{Checker, FleetLimits, Limits, Sample, Violation};
 use crate::scenario::{Scenario, SnapshotMode};
 use crate::trace::{Record, Source, Trace};
 
-pub use hosts::server_config;
+pub use hosts::{SimListener, server_config};
 
 /// The end state of a run, as counted from the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
