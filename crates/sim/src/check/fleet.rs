@@ -3,8 +3,9 @@
 //!
 //! - A session is attached to at most one connection at a time.
 //! - The sessions of a dead gateway's connections are detached within the documented bound: 5 s
-//!   without announcements plus the worker's 1 s tick, counted from the death or from the
-//!   worker's return to the bus, whichever is later (a worker away from the bus counts nobody gone).
+//!   without announcements plus the worker's 1 s tick plus the bus's delivery time (its last
+//!   announcement may still be on the way), counted from the death or from the worker's return
+//!   to the bus, whichever is later (a worker away from the bus counts nobody gone).
 //! - A detached session ends (its member leaves every room: the worker's own invariants hold
 //!   after every step) within its grace period, unless a connection resumes it first.
 //! - The worker's state keeps its invariants after every step.

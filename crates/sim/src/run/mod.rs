@@ -19,6 +19,10 @@ use crate::trace::{Record, Source, Trace};
 
 pub use hosts::{SimListener, server_config};
 
+/// The longest a message takes between two hosts (turmoil's default, set explicitly because the
+/// fleet's bound below counts on it).
+pub const MAX_LATENCY: Duration = Duration::from_millis(100);
+
 /// The end state of a run, as counted from the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndState {
@@ -140,6 +144,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let duration = scenario.duration();
     let tick = Duration::from_millis(scenario.tick_ms);
     let mut sim = turmoil::Builder::new()
+        .max_message_latency(MAX_LATENCY)
         .simulation_duration(duration + Duration::from_secs(3600))
         .tick_duration(tick)
         .rng_seed(scenario.seed)
@@ -194,7 +199,9 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     if let Some(fleet) = &scenario.fleet {
         use clientmq_server::bus::contract::{ANNOUNCE_EVERY, GATEWAY_SILENT_AFTER};
         let fleet_limits = FleetLimits {
-            gone_within: GATEWAY_SILENT_AFTER + ANNOUNCE_EVERY,
+            // A worker counts silence from the arrival of a gateway's last announcement, which
+            // may still be on its way when the gateway dies.
+            gone_within: MAX_LATENCY + GATEWAY_SILENT_AFTER + ANNOUNCE_EVERY,
             grace: fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64),
             tolerance: tick * 2,
         };
