@@ -42,7 +42,8 @@ fuzz CASES="10000000":
 
 # Mutation testing (`cargo install cargo-mutants`): the core against its own tests, then the
 # server's shard bookkeeping (shards, their handles and routes, admission) against the loopback,
-# bad-input and embedded tests and the simulator's scenarios, regressions and explored block.
+# bad-input and embedded tests and the simulator's scenarios, regressions, explored block and
+# bus announcements.
 # Reports go to target/mutants/; docs/mutants.md has the last run and why each survivor lives.
 # The server run skips cargo-mutants' baseline, which would run only the mutated package's tests
 # (without the simulator's targets); `just test` is that baseline.
