@@ -140,7 +140,7 @@ mod tests {
         for _ in 1..super::SPIN_WAKES {
             assert!(!watch.tick(start));
         }
-        assert!(watch.tick(start), "the last wake-up allowed at one instant");
+        assert!(watch.tick(start), "the 100,000th wake-up at one instant is a spin");
         let mut moving = super::SpinWatch { at: start, wakes: 0 };
         let later = |i: u32| start + std::time::Duration::from_nanos(u64::from(i / 2));
         assert!((0..2 * super::SPIN_WAKES).all(|i| !moving.tick(later(i))), "time passes: no spin");
