@@ -59,6 +59,13 @@ async fn start(
     config: ServerConfig,
     backend: Arc<TestBackend>,
 ) -> (Server, SocketAddr, tokio::task::JoinHandle<usize>) {
+    start_with(config, backend).await
+}
+
+async fn start_with<B: Backend>(
+    config: ServerConfig,
+    backend: Arc<B>,
+) -> (Server, SocketAddr, tokio::task::JoinHandle<usize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = Server::start(config, backend);
@@ -431,11 +438,7 @@ async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_
         c.max_frame_bytes = 256 * 1024;
         c.gateway.max_message_size = 256 * 1024;
         // The echo backend answers at once, so every answer is queued before the close is read.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = Server::start(c, Arc::new(clientmq_server::EchoBackend));
-        let runner = server.clone();
-        tokio::spawn(async move { runner.run(listener).await });
+        let (server, addr, _) = start_with(c, Arc::new(clientmq_server::EchoBackend)).await;
         // A small receive window stops the kernel buffering everything: most of the 9.6 MB of
         // answers stays queued in the server when the close arrives.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
