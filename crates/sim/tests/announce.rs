@@ -8,14 +8,9 @@ use clientmq_server::bus::contract::header;
 use clientmq_server::bus::gateway::BusBackend;
 use clientmq_server::bus::{Bus, Subscription};
 use clientmq_server::{Server, ServerConfig, rawws};
-use clientmq_sim::bus::{SimBus, serve_broker};
-use clientmq_sim::run::SimListener;
-
-const BUS: &str = "bus:4222";
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
-}
+use clientmq_sim::bus::SimBus;
+use clientmq_sim::run::{BUS, SimListener, bus_host};
+use clientmq_sim::trace::now;
 
 /// Sleeps until `secs` of simulated time.
 async fn until(secs: f64) {
@@ -32,10 +27,7 @@ fn a_gateway_announces_its_open_connections_every_second() -> turmoil::Result {
         .epoch(UNIX_EPOCH)
         .simulation_duration(Duration::from_secs(30))
         .build();
-    sim.host("bus", || async {
-        serve_broker(4222).await?;
-        Ok(())
-    });
+    bus_host(&mut sim);
     sim.host("gateway", || async {
         let mut config = ServerConfig { shards: 2, seed: Some(1), ..ServerConfig::default() };
         config.gateway.route_key = "g1".into();

@@ -9,14 +9,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use clientmq_server::bus::{Bus, BusError, BusMessage, BusStatus, NO_RESPONDERS, Subscription};
 use clientmq_sim::bus::proto::{Frame, FrameReader};
-use clientmq_sim::bus::{SimBus, SimSubscription, serve_broker, subject_matches, valid_subject};
+use clientmq_sim::bus::{SimBus, SimSubscription, subject_matches, valid_subject};
+use clientmq_sim::run::{BUS, bus_host};
+use clientmq_sim::trace::now;
 use tokio::io::AsyncWriteExt;
-
-const BUS: &str = "bus:4222";
-
-fn now() -> Duration {
-    turmoil::sim_elapsed().unwrap_or_default()
-}
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
@@ -118,10 +114,7 @@ fn sim(seed: u64) -> turmoil::Sim<'static> {
         .epoch(UNIX_EPOCH)
         .simulation_duration(Duration::from_secs(120))
         .build();
-    sim.host("bus", || async {
-        serve_broker(4222).await?;
-        Ok(())
-    });
+    bus_host(&mut sim);
     sim
 }
 

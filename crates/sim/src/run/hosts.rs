@@ -145,7 +145,7 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str, ind
 }
 
 /// The bus host: a broker with NATS core's semantics; a restart loses everything it held.
-pub(super) fn bus(sim: &mut turmoil::Sim<'_>) {
+pub fn bus(sim: &mut turmoil::Sim<'_>) {
     sim.host("bus", || async {
         serve_broker(4222).await?;
         Ok(())

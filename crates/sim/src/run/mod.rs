@@ -17,7 +17,7 @@ use crate::check::{Checker, FleetLimits, Limits, Sample, Violation};
 use crate::scenario::{Scenario, SnapshotMode};
 use crate::trace::{Record, Source, Trace};
 
-pub use hosts::{SimListener, server_config};
+pub use hosts::{BUS, SimListener, bus as bus_host, server_config};
 
 /// The longest a message takes between two hosts (turmoil's default, set explicitly because the
 /// fleet's bound below counts on it).
