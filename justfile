@@ -4,9 +4,17 @@
 run *ARGS:
     cargo run --release -p clientmq-server -- --dev-accept-any-token {{ARGS}}
 
-# Every test of the workspace, simulator and SDK interop included.
+# Every test of the workspace, simulator and SDK interop included (needs Node.js and Python).
 test:
     cargo test --workspace
+
+# The fast inner loop: formatting, lints, then the unit and simulator tests; no Node.js, no NATS.
+check:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+    cargo test --workspace --lib --bins
+    cargo test -p clientmq-core --tests
+    cargo test -p clientmq-sim --tests
 
 # Formatting and lints, as CI runs them.
 lint:
@@ -41,12 +49,10 @@ fuzz CASES="10000000":
     FUZZ_CASES={{CASES}} cargo test --release -p clientmq-server --test fuzz -- --ignored --test-threads=1 --nocapture
 
 # Mutation testing (`cargo install cargo-mutants`): the core against its own tests, then the
-# server's shard bookkeeping (shards, their handles and routes, admission) against the loopback,
-# bad-input and embedded tests and the simulator's scenarios, regressions, explored block and
-# bus announcements.
-# Reports go to target/mutants/; docs/mutants.md has the last run and why each survivor lives.
-# The server run skips cargo-mutants' baseline, which would run only the mutated package's tests
-# (without the simulator's targets); `just test` is that baseline.
+# server's shard bookkeeping against the tests mutants.list names (that file says why each file
+# and test is there). Reports go to target/mutants/; docs/mutants.md has the last run and why
+# each survivor lives. The server run skips cargo-mutants' baseline, which would run only the
+# mutated package's tests (without the simulator's targets); `just test` is that baseline.
 mutants JOBS="2":
     cargo mutants -p clientmq-core --test-package clientmq-core --profile mutants -j {{JOBS}} --timeout 120 -o target/mutants/core
-    cargo mutants -f 'crates/server/src/shard/mod.rs' -f 'crates/server/src/shard/handle.rs' -f 'crates/server/src/shard/ready.rs' -f crates/server/src/admission.rs --test-package clientmq-server --test-package clientmq-sim --profile mutants -j {{JOBS}} --baseline skip --timeout 180 --build-timeout 900 -o target/mutants/server --cargo-test-arg=--lib --cargo-test-arg=--test=loopback --cargo-test-arg=--test=bad_inputs --cargo-test-arg=--test=embedded --cargo-test-arg=--test=scenarios --cargo-test-arg=--test=regressions --cargo-test-arg=--test=explore_block --cargo-test-arg=--test=announce
+    cargo mutants $(sed -n 's/^file  *\([^ #]*\).*/-f \1/p' mutants.list) $(sed -n 's/^test  *\([^ #]*\).*/--cargo-test-arg=\1/p' mutants.list) --test-package clientmq-server --test-package clientmq-sim --profile mutants -j {{JOBS}} --baseline skip --timeout 180 --build-timeout 900 -o target/mutants/server

@@ -115,7 +115,7 @@ const str = (fields, number) => {
     return v && v.length ? v[v.length - 1].toString('utf8') : undefined;
 };
 
-// pcast.Authenticate: 6 connectionId, 7 sessionId, 10 connectionRouteKey (PROTOCOL.md).
+// pcast.Authenticate: 6 connectionId, 7 sessionId, 10 connectionRouteKey (docs/PROTOCOL.md).
 const decodeAuthenticate = (data) => {
     const f = decode(data);
     return { connectionId: str(f, 6), sessionId: str(f, 7), connectionRouteKey: str(f, 10) };

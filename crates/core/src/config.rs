@@ -16,7 +16,7 @@ impl CloseReason {
     }
 }
 
-/// Close codes the gateway sends (PROTOCOL.md, "Server close codes") and the standard ones it reports.
+/// Close codes the gateway sends (docs/PROTOCOL.md, "Server close codes") and the standard ones it reports.
 pub mod close {
     use super::CloseReason;
 

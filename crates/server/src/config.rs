@@ -4,18 +4,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::Parser;
 use clap::builder::FalseyValueParser;
-use clap::{Parser, ValueEnum};
+use clientmq_bus::process::LogFormat;
 
-use crate::chat::ChatConfig;
 use crate::tokens::TokenError;
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use clientmq_chat::{ChatArgs, ChatConfig};
 
 /// clientmq-server: a WebSocket gateway for the MQ protocol.
 #[derive(Debug, Clone, Parser)]
@@ -118,7 +112,7 @@ pub struct Args {
     #[arg(long, env = "CLIENTMQ_NATS")]
     pub nats: Option<String>,
     /// Prefix of every subject on the bus (docs/nats.md).
-    #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = crate::bus::contract::DEFAULT_PREFIX)]
+    #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_bus::contract::DEFAULT_PREFIX)]
     pub nats_prefix: String,
     /// This gateway's name on the bus; a random suffix makes each process unique, since a
     /// restarted gateway is a new one to the workers.
@@ -128,58 +122,6 @@ pub struct Args {
 
 /// Takes a trace event and the index of the shard it came from.
 pub type TraceFn = dyn Fn(usize, &clientmq_core::Event) + Send + Sync;
-
-/// Bounds of the chat logic, shared by the server's embedded backend and `clientmq-chat`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct ChatArgs {
-    /// Seconds a session outlives its connection; re-authenticating with its id within them resumes it.
-    #[arg(long, env = "CLIENTMQ_SESSION_GRACE_SECS", default_value_t = 30.0)]
-    pub session_grace_secs: f64,
-    /// Seconds an empty chat room is kept before it is forgotten.
-    #[arg(long, env = "CLIENTMQ_ROOM_IDLE_SECS", default_value_t = 3600.0)]
-    pub room_idle_secs: f64,
-    /// Sessions at once (attached or in their grace period); more get status `capacity`.
-    #[arg(long, env = "CLIENTMQ_MAX_SESSIONS", default_value_t = 10_000)]
-    pub max_sessions: usize,
-    /// Chat rooms at once.
-    #[arg(long, env = "CLIENTMQ_MAX_ROOMS", default_value_t = 1_000)]
-    pub max_rooms: usize,
-    /// Members per chat room.
-    #[arg(long, env = "CLIENTMQ_MAX_ROOM_MEMBERS", default_value_t = 1_000)]
-    pub max_room_members: usize,
-    /// Rooms one session may be in at once.
-    #[arg(long, env = "CLIENTMQ_MAX_ROOMS_PER_SESSION", default_value_t = 64)]
-    pub max_rooms_per_session: usize,
-    /// Chat messages kept per room (the oldest is dropped first).
-    #[arg(long, env = "CLIENTMQ_MAX_CHAT_HISTORY", default_value_t = 100)]
-    pub max_chat_history: usize,
-    /// Bytes of one chat message's text; longer ones get status `too-large`.
-    #[arg(long, env = "CLIENTMQ_MAX_CHAT_MESSAGE_BYTES", default_value_t = 4096)]
-    pub max_chat_message_bytes: usize,
-}
-
-impl ChatArgs {
-    /// Settings of the chat logic. `wall_clock_start_ms` is left at 0 for the caller to set from
-    /// the system clock.
-    pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
-        // Every membership must fit the connection's subscription table (room + conversation).
-        let most = clientmq_core::Config::default().max_subscriptions / 2;
-        if self.max_rooms_per_session > most {
-            return Err(ArgsError::RoomsPerSession(most));
-        }
-        Ok(ChatConfig {
-            session_grace: non_negative_secs("session-grace-secs", self.session_grace_secs)?,
-            room_idle: non_negative_secs("room-idle-secs", self.room_idle_secs)?,
-            max_sessions: positive("max-sessions", self.max_sessions)?,
-            max_rooms: positive("max-rooms", self.max_rooms)?,
-            max_members_per_room: positive("max-room-members", self.max_room_members)?,
-            max_rooms_per_session: positive("max-rooms-per-session", self.max_rooms_per_session)?,
-            max_history: self.max_chat_history,
-            max_message_bytes: positive("max-chat-message-bytes", self.max_chat_message_bytes)?,
-            ..ChatConfig::default()
-        })
-    }
-}
 
 /// Receives every gateway trace event as it happens, with the index of the shard it came from
 /// (the simulator records them; production logs them through `tracing` instead).
@@ -256,12 +198,10 @@ pub enum ArgsError {
     Gateway(#[from] clientmq_core::ConfigError),
     #[error("--{0} must be greater than zero")]
     Zero(&'static str),
-    #[error("--{0} must be zero or a positive number of seconds")]
-    NonNegativeSeconds(&'static str),
     #[error(transparent)]
     Tokens(#[from] TokenError),
-    #[error("--max-rooms-per-session must be at most {0}: each room takes two gateway subscriptions")]
-    RoomsPerSession(usize),
+    #[error(transparent)]
+    Chat(#[from] clientmq_chat::ConfigError),
     #[error(
         "--gateway-name and --nats-prefix may hold only letters, digits, - and _ (and dots in the prefix)"
     )]
@@ -274,10 +214,6 @@ fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
     Duration::try_from_secs_f64(value).ok().filter(|d| !d.is_zero()).ok_or(ArgsError::Seconds(name))
 }
 
-fn non_negative_secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
-    Duration::try_from_secs_f64(value).map_err(|_| ArgsError::NonNegativeSeconds(name))
-}
-
 fn positive(name: &'static str, value: usize) -> Result<usize, ArgsError> {
     if value == 0 { Err(ArgsError::Zero(name)) } else { Ok(value) }
 }
@@ -286,7 +222,7 @@ impl Args {
     /// Settings of the embedded backend. `wall_clock_start_ms` is left at 0 for the caller to
     /// set from the system clock.
     pub fn chat_config(&self) -> Result<ChatConfig, ArgsError> {
-        self.chat.chat_config()
+        Ok(self.chat.chat_config()?)
     }
 
     /// The gateway's route key on the bus: its name and a random suffix, or `None` without a bus.
@@ -294,8 +230,8 @@ impl Args {
         if self.nats.is_none() {
             return Ok(None);
         }
-        if !crate::bus::contract::token_ok(&self.gateway_name)
-            || !crate::bus::contract::token_ok(&self.nats_prefix.replace('.', ""))
+        if !clientmq_bus::contract::token_ok(&self.gateway_name)
+            || !clientmq_bus::contract::token_ok(&self.nats_prefix.replace('.', ""))
         {
             return Err(ArgsError::BusName);
         }

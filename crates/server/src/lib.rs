@@ -1,22 +1,20 @@
-//! clientmq-server: binds the sans-IO [`clientmq_core::Gateway`] to tokio and tokio-tungstenite.
+//! clientmq-server: binds the sans-IO [`clientmq_core::Gateway`] to tokio. It frames WebSocket
+//! itself (`ws`), using tungstenite only to derive the upgrade's accept key.
 //!
 //! [`serve`] is generic over the listener and stream types, so that the simulator runs this very
 //! code on turmoil's sockets while production runs it on `tokio::net`.
 //!
 //! Layout: `http` reads request heads and answers the plain endpoints; `conn` is the task of one
 //! WebSocket; `shard` owns a gateway core and routes its outputs; `metrics` renders Prometheus
-//! text; `backend` is the port to the services behind the gateway.
+//! text; `backends` is the port to the services behind the gateway, with the embedded (chat in
+//! process) and bus (workers on NATS) backends.
 
 mod admission;
-pub mod backend;
-pub mod bus;
-pub mod chat;
-pub mod cli;
+mod backends;
 pub mod config;
 mod conn;
 pub mod http;
 pub mod metrics;
-pub mod rawws;
 pub mod shard;
 pub mod tls;
 pub mod tokens;
@@ -35,9 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore};
 
 use admission::{AddressSlots, GlobalAdmission};
-pub use backend::{Backend, EchoBackend};
-pub use chat::{ChatConfig, EmbeddedBackend};
-pub use config::{Args, InvariantSink, LogFormat, ServerConfig, TraceSink};
+pub use backends::bus::BusBackend;
+pub use backends::embedded::EmbeddedBackend;
+pub use backends::{Backend, EchoBackend};
+pub use config::{Args, InvariantSink, ServerConfig, TraceSink};
 use conn::Socket;
 use http::Head;
 use metrics::{Metrics, ShardGauges};

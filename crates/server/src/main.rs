@@ -5,10 +5,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use clientmq_server::bus::gateway::BusBackend;
-use clientmq_server::bus::nats::NatsBus;
-use clientmq_server::cli::{init_logging, shutdown_signal};
-use clientmq_server::{Args, EmbeddedBackend, serve};
+use clientmq_bus::nats::NatsBus;
+use clientmq_bus::process::{init_logging, shutdown_signal};
+use clientmq_server::{Args, BusBackend, EmbeddedBackend, serve};
 
 fn main() -> ExitCode {
     let args = Args::parse();

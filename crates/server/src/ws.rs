@@ -204,7 +204,7 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rawws;
+    use clientmq_testkit::rawws;
     use proptest::prelude::*;
 
     fn client(opcode: u8, payload: &[u8]) -> Vec<u8> {

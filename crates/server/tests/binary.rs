@@ -15,7 +15,7 @@ fn free_port() -> u16 {
 
 #[tokio::test]
 async fn sigterm_drains_with_3333_and_exits_zero() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let port = free_port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
             .env("CLIENTMQ_LISTEN", format!("127.0.0.1:{port}"))
@@ -49,7 +49,7 @@ async fn sigterm_drains_with_3333_and_exits_zero() {
 
 #[tokio::test]
 async fn bad_settings_are_refused_with_a_clear_error() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
             .args(["--close-timeout-secs", "0"])
             .kill_on_drop(true)
@@ -67,7 +67,7 @@ async fn bad_settings_are_refused_with_a_clear_error() {
 /// which of the package's binaries to run.
 #[tokio::test]
 async fn cargo_run_of_the_package_runs_the_server() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let readme =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
         assert!(

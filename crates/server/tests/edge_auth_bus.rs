@@ -15,7 +15,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clientmq_core::edge_auth::{Claims, RequiredTag, TokenType};
 use clientmq_core::proto::{mq, pcast};
-use common::procs::{Log, Nats, Proc, free_port, http_get, interop_dir, node_worker, npm_ci, wait_for};
+use clientmq_testkit::nats::Nats;
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get, interop_dir, node_worker, npm_ci, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -64,7 +65,7 @@ impl Client {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        let msg = common::request(&id, ty, payload);
+        let msg = clientmq_testkit::request(&id, ty, payload);
         self.ws.send(Message::Binary(msg.encode_to_vec().into())).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
@@ -132,7 +133,7 @@ fn claims_seen(whoami: &[(String, String)]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_gets_the_verified_claims_of_an_edge_auth_token_in_headers() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let log = Log::default();
         let outcome = tokio::time::timeout(DEADLINE, claims_over_the_bus(log.clone())).await;
         let transcript = log.lock().unwrap().join("\n");
@@ -228,7 +229,7 @@ async fn claims_over_the_bus(log: Log) {
     assert_eq!(c.authentications_seen().await, seen, "the worker saw neither refused Authenticate");
     for (reason, expected) in [("bad-digest", 1.0), ("session", 1.0)] {
         let series = format!("clientmq_token_refusals_total{{reason=\"{reason}\"}}");
-        assert_eq!(common::procs::scrape(port, &series).await, expected, "{series}");
+        assert_eq!(clientmq_testkit::procs::scrape(port, &series).await, expected, "{series}");
     }
 
     for client in [a, b, c, d] {

@@ -12,7 +12,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::procs::{Log, Proc, free_port, http_get, interop_dir, node_harness, npm_ci, scrape, wait_for};
+use clientmq_testkit::procs::{
+    Log, Proc, free_port, http_get, interop_dir, node_harness, npm_ci, scrape, wait_for,
+};
 
 const APP: &str = "clientmq-edge-app";
 const SECRET: &str = "edge-s3cret-for-the-sdk-test";
@@ -53,7 +55,7 @@ const REFUSALS: [(&str, f64); 9] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_authenticates_with_edge_auth_tokens_and_the_server_enforces_their_claims() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let dir = std::env::temp_dir().join(format!("clientmq-edge-auth-sdk-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let secrets = dir.join("edge-auth");

@@ -8,12 +8,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clientmq_chat::ChatConfig;
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use clientmq_server::chat::ChatConfig;
-use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{EmbeddedBackend, Server, ServerConfig};
-use common::{eventually, metric};
+use clientmq_testkit::deadline::eventually;
+use clientmq_testkit::rawws::{self, RawFrame};
+use common::metric;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
@@ -297,7 +298,7 @@ impl Raw {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_and_unsupported_requests_get_mq_errors() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (_server, _backend, addr) = start(Duration::from_secs(30)).await;
         let mut c = Client::connect(addr).await;
         let reason = |m: &mq::Message| {
@@ -366,7 +367,7 @@ impl Victim {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_way_a_connection_ends_leaves_no_subscription_or_member_behind() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (server, backend, addr) = start(150 * MS).await;
         let mut observer = Client::connect(addr).await;
         observer.authenticate().await;
@@ -454,7 +455,7 @@ async fn hear_everything_so_far(barrier: &mut Client, other: &mut Client, other_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_bye_the_connection_hears_nothing_more_from_its_rooms() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (server, _backend, addr) = start(Duration::from_secs(30)).await;
         let mut observer = Client::connect(addr).await;
         observer.authenticate().await;
@@ -487,7 +488,7 @@ async fn after_bye_the_connection_hears_nothing_more_from_its_rooms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_again() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         // A grace period no slow test machine outlasts: this test resumes, it does not expire.
         let (server, backend, addr) = start_with(Duration::from_secs(30), Duration::from_secs(60)).await;
         let mut observer = Client::connect(addr).await;

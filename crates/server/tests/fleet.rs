@@ -13,10 +13,12 @@ use std::time::{Duration, Instant};
 
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use clientmq_server::rawws;
-use common::procs::{
-    Log, Nats, Proc, collect, free_port, http_get, interop_dir, npm_ci, scrape, wait_for, wait_listening,
+use clientmq_testkit::nats::Nats;
+use clientmq_testkit::procs::{
+    Log, Proc, collect, free_port, http_get, interop_dir, npm_ci, scrape, wait_for, wait_listening,
+    workspace_binary,
 };
+use clientmq_testkit::rawws;
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -61,7 +63,7 @@ impl Raw {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> (String, Vec<u8>) {
         let id = format!("C{}", self.next);
         self.next += 1;
-        let msg = common::request(&id, ty, payload);
+        let msg = clientmq_testkit::request(&id, ty, payload);
         let Frame::Binary(bytes) = codec::encode(&msg, Encoding::Binary) else { unreachable!() };
         rawws::write_frame(&mut self.stream, rawws::BINARY, &bytes).await.unwrap();
         let answer = async {
@@ -180,15 +182,16 @@ async fn nothing_left(gw2: u16, alias: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let dir = interop_dir();
         npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
         let log = Log::default();
         let mut nats = Nats::start(&log).await;
+        let chat_binary = workspace_binary("clientmq-chat").display().to_string();
         let grace = GRACE_SECS.to_string();
         let worker_args =
             ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"].map(str::to_owned);
-        let worker = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &worker_args, "chat", &log);
+        let worker = Proc::spawn(&chat_binary, &worker_args, "chat", &log);
         let (p1, p2) = (free_port(), free_port());
         let gw1 = gateway(&nats, p1, "gw1", &log);
         let gw2 = gateway(&nats, p2, "gw2", &log);

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::procs::{Log, collect, free_port, interop_dir, npm_ci};
+use clientmq_testkit::procs::{Log, collect, free_port, interop_dir, npm_ci};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -93,7 +93,7 @@ async fn drain(mut server: Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_phenix_web_sdk_works_against_the_server() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         if std::env::var("CLIENTMQ_SKIP_INTEROP").is_ok_and(|v| v == "1") {
             // Straight to stderr: libtest captures eprintln!, and this must not go unnoticed.
             let bar = "!".repeat(72);

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Encoding, Reply, Target, codec};
-use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{Backend, GatewayHandle, Server, ServerConfig};
-use common::{eventually, metric};
+use clientmq_testkit::deadline::eventually;
+use clientmq_testkit::rawws::{self, RawFrame};
+use common::metric;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
@@ -80,7 +81,7 @@ async fn connect(addr: SocketAddr) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap().0
 }
 
-use common::request;
+use clientmq_testkit::request;
 
 fn text(msg: &mq::Message) -> Message {
     match codec::encode(msg, Encoding::Base64Text) {
@@ -127,7 +128,7 @@ async fn read_frame(s: &mut TcpStream) -> Option<RawFrame> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_close_never_answered_is_forced_and_the_count_returns() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut c = config();
         c.gateway.heartbeat_interval = 200 * MS;
         let (server, addr, _) = start(c, Arc::default()).await;
@@ -170,7 +171,7 @@ async fn server_close_never_answered_is_forced_and_the_count_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_answering_pings_is_closed_3334() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut c = config();
         c.gateway.heartbeat_interval = 100 * MS;
         let (server, addr, _) = start(c, Arc::default()).await;
@@ -196,7 +197,7 @@ async fn a_client_that_stops_answering_pings_is_closed_3334() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_over_the_limit_gets_exactly_n_1013_and_never_exceeds_it() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut c = config();
         c.gateway.max_connections = 40;
         let (server, addr, _) = start(c, Arc::default()).await;
@@ -251,7 +252,7 @@ async fn a_flood_over_the_limit_gets_exactly_n_1013_and_never_exceeds_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_truncated_and_unknown_frames_are_dropped_and_counted() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (server, addr, _) = start(config(), Arc::default()).await;
         let mut ws = connect(addr).await;
         let valid = request("C1", "some.UnknownType", vec![7]).encode_to_vec();
@@ -282,7 +283,7 @@ async fn garbage_truncated_and_unknown_frames_are_dropped_and_counted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_frame_closes_1009() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (server, addr, _) = start(config(), Arc::default()).await;
         let mut ws = connect(addr).await;
         ws.send(Message::Binary(vec![0u8; 10_000].into())).await.unwrap();
@@ -296,7 +297,7 @@ async fn oversize_frame_closes_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut c = config();
         c.outbound_queue = 8;
         let backend = Arc::new(TestBackend::default());
@@ -322,7 +323,7 @@ async fn a_slow_consumer_is_closed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handshake_never_finished_is_dropped() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (server, addr, _) = start(config(), Arc::default()).await;
         let mut s = TcpStream::connect(addr).await.unwrap();
         tokio::io::AsyncWriteExt::write_all(&mut s, b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
@@ -338,7 +339,7 @@ async fn a_handshake_never_finished_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn x_forwarded_for_only_from_a_trusted_proxy() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let auth =
             pcast::Authenticate { authentication_token: "t".into(), ..Default::default() }.encode_to_vec();
         for (trusted, expected) in [(false, "127.0.0.1"), (true, "203.0.113.5")] {
@@ -363,7 +364,7 @@ async fn x_forwarded_for_only_from_a_trusted_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn origin_allow_list_and_plain_endpoints() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut c = config();
         c.allowed_origins = vec!["https://app.example".into()];
         // Long enough that the drain below is still under way while the endpoints are checked.
@@ -400,7 +401,7 @@ async fn origin_allow_list_and_plain_endpoints() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_answers_in_flight_requests_before_3333_and_serve_returns() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let backend = Arc::new(TestBackend { delay: 400 * MS, ..TestBackend::default() });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -431,7 +432,7 @@ async fn drain_answers_in_flight_requests_before_3333_and_serve_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_close_echo() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         const ANSWERS: usize = 40;
         const PAYLOAD: usize = 240 * 1024;
         let mut c = config();

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use common::procs::{Log, Nats, Proc, free_port, http_get, node_worker, scrape, wait_for};
+use clientmq_testkit::nats::Nats;
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get, node_worker, scrape, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -67,7 +68,7 @@ impl Client {
     async fn request(&mut self, ty: &str, payload: &[u8]) -> String {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        self.send(&common::request(&id, ty, payload.to_vec())).await;
+        self.send(&clientmq_testkit::request(&id, ty, payload.to_vec())).await;
         id
     }
 
@@ -231,7 +232,7 @@ async fn start_gateway(log: &Log) -> (Nats, Proc, u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_worker_written_from_the_doc_serves_clients_through_the_gateway() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         with_deadline(serve_clients).await;
     })
     .await
@@ -398,7 +399,7 @@ async fn serve_clients(log: Log) {
 /// requests to the shard from tasks of their own).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_applies_what_a_worker_publishes_under_its_subjects_in_publish_order() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         with_deadline(publish_order).await;
     })
     .await

@@ -6,14 +6,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::procs::{Log, Proc, free_port, node_harness, npm_ci, wait_listening};
+use clientmq_testkit::procs::{Log, Proc, free_port, node_harness, npm_ci, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "tls-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdk_connects_over_wss_and_plain_http_to_the_tls_port_is_dropped() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let dir = tempdir("clientmq-tls-test");
         let cert =
             rcgen::generate_simple_self_signed(["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();

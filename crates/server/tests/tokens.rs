@@ -59,7 +59,7 @@ async fn stop(mut child: Child) -> String {
 
 #[tokio::test]
 async fn dev_mode_list_file_and_none() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let dir = std::env::temp_dir().join(format!("clientmq-tokens-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tokens");
@@ -110,7 +110,7 @@ async fn dev_mode_list_file_and_none() {
 
 #[tokio::test]
 async fn token_settings_that_cannot_work_are_refused() {
-    common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let cases: [&[&str]; 4] = [
             &["--dev-accept-any-token", "--tokens", "a"],
             &["--tokens-file", "/nonexistent/clientmq-tokens"],

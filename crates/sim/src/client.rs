@@ -1,11 +1,11 @@
-//! Scripted clients. They speak WebSocket by hand (clientmq_server::rawws), so they can
+//! Scripted clients. They speak WebSocket by hand (clientmq_testkit::rawws), so they can
 //! misbehave below any WebSocket library: skip close replies, ignore pings, reset, stall.
 
 use std::time::Duration;
 
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
-use clientmq_server::rawws::{self, RawFrame};
+use clientmq_testkit::rawws::{self, RawFrame};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;

@@ -5,9 +5,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use clientmq_chat::worker::WorkerEvent;
 use clientmq_core::event::Secs;
 use clientmq_core::{ConnectionId, EventKind};
-use clientmq_server::chat::worker::WorkerEvent;
 
 /// One process of a simulated host: the host's name and how many times it was restarted before
 /// this process started. A restart starts a new process; what the old one did belongs to it,

@@ -4,13 +4,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use clientmq_server::bus::contract::header;
-use clientmq_server::bus::gateway::BusBackend;
-use clientmq_server::bus::{Bus, Subscription};
-use clientmq_server::{Server, ServerConfig, rawws};
+use clientmq_bus::contract::header;
+use clientmq_bus::{Bus, Subscription};
+use clientmq_server::BusBackend;
+use clientmq_server::{Server, ServerConfig};
 use clientmq_sim::bus::SimBus;
 use clientmq_sim::run::{BUS, SimListener, bus_host};
 use clientmq_sim::trace::now;
+use clientmq_testkit::rawws;
 
 /// Sleeps until `secs` of simulated time.
 async fn until(secs: f64) {

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use clientmq_server::bus::{Bus, BusError, BusMessage, BusStatus, NO_RESPONDERS, Subscription};
+use clientmq_bus::{Bus, BusError, BusMessage, BusStatus, NO_RESPONDERS, Subscription};
 use clientmq_sim::bus::proto::{Frame, FrameReader};
 use clientmq_sim::bus::{SimBus, SimSubscription, subject_matches, valid_subject};
 use clientmq_sim::run::{BUS, bus_host};
@@ -819,9 +819,9 @@ fn the_same_seed_gives_the_same_delivery_trace() {
 /// 503 by the broker, one after by the worker (here `mq.Error`, the connection has no session).
 #[test]
 fn the_chat_worker_serves_requests_over_the_simulated_bus() -> turmoil::Result {
-    use clientmq_server::ChatConfig;
-    use clientmq_server::bus::contract::{Subjects, header};
-    use clientmq_server::chat::worker::{self, WorkerConfig};
+    use clientmq_bus::contract::{Subjects, header};
+    use clientmq_chat::ChatConfig;
+    use clientmq_chat::worker::{self, WorkerConfig};
 
     let mut sim = sim(9);
     let log = Log::default();

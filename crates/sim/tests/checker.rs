@@ -212,8 +212,8 @@ fn violation_classes_drop_what_varies_between_runs() {
 
 mod fleet {
     use super::*;
-    use clientmq_server::chat::Fact;
-    use clientmq_server::chat::worker::WorkerEvent;
+    use clientmq_chat::Fact;
+    use clientmq_chat::worker::WorkerEvent;
     use clientmq_sim::check::FleetLimits;
 
     const FLEET: FleetLimits = FleetLimits {

@@ -6,7 +6,7 @@
 //! keeps an independent model of what the gateway must have done (which connections exist and in
 //! which phase, which requests and server requests are in flight, who is subscribed to what) and,
 //! after every single call into the gateway, drains every output and trace event, checks each one
-//! against the model and then checks the invariants of DESIGN.md ("The one rule"):
+//! against the model and then checks the invariants of docs/ARCHITECTURE.md ("The one rule"):
 //!
 //! - `check_invariants` holds; open == registry size == total - disconnected == accepted ids -
 //!   distinct disconnected ids; the limit is never exceeded;

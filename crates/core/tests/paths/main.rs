@@ -1,4 +1,4 @@
-//! One test per row of DESIGN.md's table "Every path of the seed", named after the row, and the
+//! One test per row of docs/ARCHITECTURE.md's table "Every path of the seed", named after the row, and the
 //! paths a bus backend adds (interest, subscriptions it decides, unreachable workers).
 
 mod abuse;

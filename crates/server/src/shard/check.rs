@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Shard;
-use crate::backend::Backend;
+use crate::backends::Backend;
 
 /// Checked mode checks every step of a shard with fewer connections than this.
 const CHECK_EVERY_STEP_BELOW: usize = 8;
@@ -109,7 +109,7 @@ mod tests {
     use clientmq_core::{ConnectionId, Target};
 
     use crate::Server;
-    use crate::backend::EchoBackend;
+    use crate::backends::EchoBackend;
     use crate::config::{InvariantSink, ServerConfig};
 
     /// A two-shard server in checked mode, and what its checker reported.

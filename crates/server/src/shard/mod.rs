@@ -27,7 +27,7 @@ pub use handle::GatewayHandle;
 use ready::{ConnWake, Ready};
 
 use crate::admission::{AddressSlot, GlobalAdmission};
-use crate::backend::Backend;
+use crate::backends::Backend;
 use crate::config::{InvariantSink, TraceSink};
 use crate::conn::{Conn, Flow, Socket};
 use crate::metrics::{Metrics, ShardGauges};

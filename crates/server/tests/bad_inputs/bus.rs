@@ -5,14 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientmq_server::bus::contract::DEFAULT_PREFIX;
-use clientmq_server::bus::gateway::BusBackend;
-use clientmq_server::bus::nats::NatsBus;
-use clientmq_server::chat::ChatConfig;
-use clientmq_server::chat::worker::{self, WorkerConfig};
+use clientmq_bus::contract::DEFAULT_PREFIX;
+use clientmq_bus::nats::NatsBus;
+use clientmq_chat::ChatConfig;
+use clientmq_chat::worker::{self, WorkerConfig};
+use clientmq_server::BusBackend;
 
-use crate::common::procs::{Log, Nats};
 use crate::harness::{Raw, WAIT, config, error_reason, http, start};
+use clientmq_testkit::nats::Nats;
+use clientmq_testkit::procs::Log;
 
 const GATEWAY: &str = "gw-badinputs";
 
@@ -34,7 +35,7 @@ async fn until_served(addr: std::net::SocketAddr, log: &Log) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavailable() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let log = Log::default();
         let mut nats = Nats::start(&log).await;
         let worker_bus = Arc::new(NatsBus::connect(&nats.url(), "chat-badinputs").await.unwrap());

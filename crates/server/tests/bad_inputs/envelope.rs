@@ -6,7 +6,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use clientmq_core::ServerRequestError;
 use clientmq_core::proto::mq;
-use clientmq_server::rawws::{BINARY, TEXT};
+use clientmq_testkit::rawws::{BINARY, TEXT};
 use prost::Message as _;
 
 use crate::harness::{MS, MqType, request, start_test};
@@ -40,7 +40,7 @@ async fn dropped(frames: &[(u8, Vec<u8>)], reason: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_frames_are_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         dropped(&[(TEXT, vec![]), (BINARY, vec![])], "empty").await;
     })
     .await
@@ -48,7 +48,7 @@ async fn empty_frames_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_that_is_not_base64_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let frames =
             [(TEXT, b"!!! not base64 !!!".to_vec()), (TEXT, b"QUJD=QUJD".to_vec()), (TEXT, "é".into())];
         dropped(&frames, "invalid-base64").await;
@@ -58,7 +58,7 @@ async fn text_that_is_not_base64_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_protobuf_are_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let valid = request("R1", "x.Echo", vec![7; 20]).encode_to_vec();
         let frames = [
             (BINARY, vec![0xff, 0xff, 0xff]),
@@ -74,7 +74,7 @@ async fn bytes_that_are_not_protobuf_are_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_without_a_type_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let untyped = request("R1", "", vec![1]).encode_to_vec();
         // Only a request id: no type field at all.
         let bare = mq::Message { request_id: Some("R2".into()), ..Default::default() }.encode_to_vec();
@@ -85,7 +85,7 @@ async fn a_message_without_a_type_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_request_id_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let none = mq::Message { request_id: None, ..request("", "x.Echo", vec![]) }.encode_to_vec();
         let empty = request("", "x.Echo", vec![]).encode_to_vec();
         dropped(&[(BINARY, none), (BINARY, empty)], "missing-request-id").await;
@@ -95,7 +95,7 @@ async fn a_request_without_a_request_id_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_message_type_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let frames: Vec<_> = [3, 7, -1]
             .map(|t| {
                 (
@@ -111,7 +111,7 @@ async fn an_unknown_message_type_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_event_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let event =
             mq::Message { message_type: Some(MqType::Event as i32), ..request("", "chat.RoomEvent", vec![]) };
         dropped(&[(BINARY, event.encode_to_vec())], "client-event").await;
@@ -121,7 +121,7 @@ async fn a_client_event_is_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_to_no_server_request_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let frames: Vec<_> = ["S7", "S", "Sx", "C0", "S18446744073709551616", ""]
             .map(|id| (BINARY, response(id, "x.AskResponse").encode_to_vec()))
             .into();
@@ -133,7 +133,7 @@ async fn a_response_to_no_server_request_is_dropped() {
 /// A server request answered by another connection, then by its own after it timed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_or_late_response_is_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.gateway.server_request_timeout = 300 * MS).await;
         let (mut asked, mut other) = (gw.raw().await, gw.raw().await);
         asked.call("x.Hello", vec![]).await;

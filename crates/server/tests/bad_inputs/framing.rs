@@ -1,6 +1,6 @@
 //! WebSocket framing (RFC 6455 §5): frames no library would send, written byte by byte.
 
-use clientmq_server::rawws::{self, BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode_frame};
+use clientmq_testkit::rawws::{self, BINARY, CLOSE, PING, PONG, TEXT, close_payload, encode_frame};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
@@ -45,7 +45,7 @@ async fn failed_with(bytes: &[u8], code: u16) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unmasked_client_frame_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut frame = vec![0x80 | BINARY, 3];
         frame.extend_from_slice(b"abc");
         violation(&frame).await;
@@ -55,7 +55,7 @@ async fn an_unmasked_client_frame_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserved_bits_are_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         for rsv in [0x40, 0x20, 0x10] {
             violation(&raw_frame(0x80 | rsv | BINARY, b"abc")).await;
         }
@@ -65,7 +65,7 @@ async fn reserved_bits_are_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_opcodes_are_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         for opcode in [0x3, 0x7, 0xB, 0xF] {
             violation(&raw_frame(0x80 | opcode, b"abc")).await;
         }
@@ -75,7 +75,7 @@ async fn unknown_opcodes_are_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fragmented_control_frame_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         violation(&raw_frame(PING, b"not final")).await;
     })
     .await
@@ -83,7 +83,7 @@ async fn a_fragmented_control_frame_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_control_frame_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         violation(&encode_frame(PING, &[7u8; 126], None)).await;
     })
     .await
@@ -91,7 +91,7 @@ async fn an_oversize_control_frame_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continuation_without_a_start_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         violation(&raw_frame(0x80 | CONTINUATION, b"orphan")).await;
     })
     .await
@@ -99,7 +99,7 @@ async fn a_continuation_without_a_start_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let mut bytes = raw_frame(BINARY, b"first half");
         bytes.extend(raw_frame(0x80 | TEXT, b"interloper"));
         violation(&bytes).await;
@@ -109,7 +109,7 @@ async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_a_text_message_is_failed_1007() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         // One frame, and a valid start split from an invalid end across fragments (RFC 6455 §8.1:
         // the endpoint fails the connection with 1007, §7.4.1).
         failed_with(&encode_frame(TEXT, &[b'o', b'k', 0xff, 0xfe], None), 1007).await;
@@ -122,7 +122,7 @@ async fn invalid_utf8_in_a_text_message_is_failed_1007() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_close_frame_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         // A one-byte close payload, and a close reason that is not UTF-8.
         violation(&encode_frame(CLOSE, &[0x03], None)).await;
         let mut bad_reason = 1000u16.to_be_bytes().to_vec();
@@ -134,7 +134,7 @@ async fn a_malformed_close_frame_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_close_with_an_invalid_code_is_a_protocol_error() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         for code in [0u16, 999, 1004, 1005, 1006, 1015, 2999, 5000] {
             violation(&encode_frame(CLOSE, &close_payload(code, "x"), None)).await;
         }
@@ -144,7 +144,7 @@ async fn a_close_with_an_invalid_code_is_a_protocol_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_frame_then_eof_is_lost_1006() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let mut raw = gw.raw().await;
         gw.settles(1).await;
@@ -163,7 +163,7 @@ async fn a_truncated_frame_then_eof_is_lost_1006() {
 /// Over `--max-frame-bytes` (4096 here), however it is sent: closed with 1009 at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_message_is_closed_1009() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let one_frame = encode_frame(BINARY, &[0u8; 5000], None);
         // Only a header that declares 2^40 bytes: refused before a byte of payload is read.
         let declared = encode_frame(BINARY, &[], Some(1 << 40));
@@ -182,12 +182,12 @@ async fn an_oversize_message_is_closed_1009() {
     .await
 }
 
-/// Pings are answered by the core within the connection's frame rate (DESIGN "Trust boundary":
+/// Pings are answered by the core within the connection's frame rate (docs/ARCHITECTURE.md, "Trust boundary":
 /// every frame counts, garbage included): a flood of pings is a flood like any other, closed
 /// with 1008 after a burst of refused frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_flood_is_rate_limited_like_any_frame() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         control_flood(PING).await;
     })
     .await
@@ -196,7 +196,7 @@ async fn a_ping_flood_is_rate_limited_like_any_frame() {
 /// Unsolicited pongs cost a token like any frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unsolicited_pong_flood_is_rate_limited_like_any_frame() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         control_flood(PONG).await;
     })
     .await
@@ -244,7 +244,7 @@ async fn control_flood(opcode: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ping_with_a_payload_is_answered_with_the_same_payload() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         // Not a bad input, the baseline of the two above: one ping, one pong, nothing counted.
         let gw = start_test(|_| {}).await;
         let mut raw = gw.raw().await;

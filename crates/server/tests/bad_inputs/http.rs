@@ -47,7 +47,7 @@ fn tls_pair() -> (Acceptor, TlsConnector) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_port_drops_plain_http_and_unfinished_handshakes() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let (acceptor, connector) = tls_pair();
         let gw = start_test(|c| c.tls = Some(acceptor)).await;
         let failed = || gw.metric("clientmq_tls_handshakes_failed_total");
@@ -58,7 +58,7 @@ async fn tls_port_drops_plain_http_and_unfinished_handshakes() {
         let (out, took) = drained(&mut plain).await;
         assert!(!String::from_utf8_lossy(&out).contains("HTTP/1.1"), "no plain answer: {out:?}");
         assert!(took < HANDSHAKE, "refused at once, not at the timeout ({took:?})");
-        crate::common::eventually(WAIT, "one TLS failure counted", || failed() == 1.0).await;
+        clientmq_testkit::deadline::eventually(WAIT, "one TLS failure counted", || failed() == 1.0).await;
 
         // A ClientHello that never finishes, and a socket that says nothing: dropped at the timeout.
         for opening in [&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..], &[][..]] {
@@ -68,7 +68,7 @@ async fn tls_port_drops_plain_http_and_unfinished_handshakes() {
             assert!(out.is_empty() || !String::from_utf8_lossy(&out).contains("HTTP/1.1"));
             assert!(took >= HANDSHAKE - 50 * MS, "not before the handshake timeout ({took:?})");
         }
-        crate::common::eventually(WAIT, "three TLS failures counted", || failed() == 3.0).await;
+        clientmq_testkit::deadline::eventually(WAIT, "three TLS failures counted", || failed() == 3.0).await;
         gw.expect("clientmq_http_responses_total{status=\"400\"}", 0.0).await;
 
         // A real TLS client is still served.
@@ -84,7 +84,7 @@ async fn tls_port_drops_plain_http_and_unfinished_handshakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_socket_is_dropped_at_the_handshake_timeout() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let mut s = gw.tcp().await;
         let (out, took) = drained(&mut s).await;
@@ -100,7 +100,7 @@ async fn a_silent_socket_is_dropped_at_the_handshake_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slowloris_is_dropped_at_the_handshake_timeout_however_it_trickles() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let (mut rd, mut wr) = gw.tcp().await.into_split();
         let reader = tokio::spawn(async move { drained(&mut rd).await });
@@ -131,7 +131,7 @@ async fn slowloris_is_dropped_at_the_handshake_timeout_however_it_trickles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_get_400() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let mut too_many_headers = "GET /ws HTTP/1.1\r\n".to_owned();
         for i in 0..60 {
@@ -157,7 +157,7 @@ async fn malformed_heads_get_400() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_head_gets_431() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         // Exactly the bound, without an end: the server reads it all, then refuses.
         let mut head = b"GET /ws HTTP/1.1\r\nX-Big: ".to_vec();
@@ -172,7 +172,7 @@ async fn an_oversize_head_gets_431() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrades_without_key_or_upgrade_headers_or_get_get_400() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let cases = [
             upgrade_head("GET", "/ws", &["Sec-WebSocket-Key"], ""),
@@ -196,7 +196,7 @@ async fn upgrades_without_key_or_upgrade_headers_or_get_get_400() {
 /// the example) AND a `Sec-WebSocket-Version` header naming the versions it does speak.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_or_missing_websocket_version_is_refused_426_naming_version_13() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let wrong = upgrade_head("GET", "/ws", &["Sec-WebSocket-Version"], "Sec-WebSocket-Version: 8\r\n");
         let missing = upgrade_head("GET", "/ws", &["Sec-WebSocket-Version"], "");
@@ -219,7 +219,7 @@ async fn a_wrong_or_missing_websocket_version_is_refused_426_naming_version_13()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_and_non_get_endpoints_get_404() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|_| {}).await;
         let cases = [
             b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
@@ -240,7 +240,7 @@ async fn unknown_paths_and_non_get_endpoints_get_404() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_or_missing_origin_gets_403() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.allowed_origins = vec!["https://app.example".into()]).await;
         let cases = [
             upgrade_head("GET", "/ws", &[], "Origin: https://evil.example\r\n"),
@@ -263,7 +263,7 @@ async fn a_bad_or_missing_origin_gets_403() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshakes_over_the_limit_are_dropped_at_accept() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.max_handshakes = 2).await;
         let mut silent = [gw.tcp().await, gw.tcp().await];
         // Let the accept loop take both: each holds a handshake place until its timeout.
@@ -285,7 +285,7 @@ async fn handshakes_over_the_limit_are_dropped_at_accept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_while_draining_gets_503() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.gateway.close_timeout = WAIT).await;
         // A client that never answers the drain's close keeps the server draining meanwhile.
         let mut stubborn = gw.raw().await;

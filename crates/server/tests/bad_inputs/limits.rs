@@ -2,14 +2,14 @@
 
 use clientmq_core::Target;
 use clientmq_core::proto::mq;
-use clientmq_server::rawws::BINARY;
+use clientmq_testkit::rawws::BINARY;
 use prost::Message as _;
 
 use crate::harness::{MS, Raw, WAIT, error_reason, request, start_test};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_pending_limit_get_too_many_requests() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| {
             c.gateway.max_pending_requests = 2;
             c.gateway.request_timeout = 300 * MS;
@@ -45,7 +45,7 @@ async fn requests_over_the_pending_limit_get_too_many_requests() {
 /// anything else is dropped), and one refused frame more than the burst closes it with 1008.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_is_refused_rate_limited_then_closed_1008() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| {
             c.gateway.max_requests_per_sec = 1;
             c.gateway.request_burst = 5;
@@ -61,7 +61,7 @@ async fn a_flood_is_refused_rate_limited_then_closed_1008() {
             flood.push(request(&format!("C{i}"), "x.Echo", vec![]).encode_to_vec());
         }
         let bytes: Vec<u8> =
-            flood.iter().flat_map(|m| clientmq_server::rawws::encode_frame(BINARY, m, None)).collect();
+            flood.iter().flat_map(|m| clientmq_testkit::rawws::encode_frame(BINARY, m, None)).collect();
         raw.write(&bytes).await;
         let ending = raw.ending().await;
         let answers: Vec<mq::Message> =
@@ -93,7 +93,7 @@ async fn a_flood_is_refused_rate_limited_then_closed_1008() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_or_event_over_the_outbound_limit_is_replaced_or_dropped() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.gateway.max_outbound_message_size = 600).await;
         let mut raw = gw.raw().await;
         // The echo of 1000 bytes is too large to send: the client gets mq.Error{too-large} instead.
@@ -115,7 +115,7 @@ async fn an_answer_or_event_over_the_outbound_limit_is_replaced_or_dropped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_per_address_limit_are_closed_1008() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| {
             c.max_connections_per_address = 2;
             c.shards = 2;
@@ -139,7 +139,7 @@ async fn connections_over_the_per_address_limit_are_closed_1008() {
 /// to get more places.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_x_forwarded_for_does_not_dodge_the_per_address_limit() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.max_connections_per_address = 1).await;
         let first = Raw::upgrade(gw.tcp().await, &[("X-Forwarded-For", "203.0.113.1")]).await;
         gw.settles(1).await;
@@ -154,7 +154,7 @@ async fn a_forged_x_forwarded_for_does_not_dodge_the_per_address_limit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_closed_1013() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         for shards in [1, 2] {
             let gw = start_test(|c| {
                 c.gateway.max_connections = 2;
@@ -176,7 +176,7 @@ async fn connections_over_the_limit_are_closed_1013() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_3335() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.outbound_queue = 4).await;
         let mut raw = gw.raw().await;
         raw.call("x.Hello", vec![]).await;
@@ -201,7 +201,7 @@ async fn a_client_that_never_reads_is_closed_3335() {
 /// Ignores the heartbeat's pings, then ignores the close that follows: 3334, forced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_answers_pings_or_the_close_is_forced_3334() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_test(|c| c.gateway.heartbeat_interval = 150 * MS).await;
         let mut raw = gw.raw().await;
         let mut close = None;

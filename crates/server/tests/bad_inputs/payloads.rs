@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
+use clientmq_chat::ChatConfig;
 use clientmq_core::proto::{chat, pcast};
 use clientmq_server::EmbeddedBackend;
-use clientmq_server::chat::ChatConfig;
 use prost::Message as _;
 
 use crate::harness::{Gw, Raw, config, error_reason, start};
@@ -36,7 +36,7 @@ fn status_of<R: prost::Message + Default>(msg: &clientmq_core::proto::mq::Messag
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_get_mq_error_malformed() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_chat().await;
         let mut raw = gw.raw().await;
         // Read by the gateway: refused there, never forwarded.
@@ -65,7 +65,7 @@ async fn malformed_payloads_get_mq_error_malformed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_before_authenticate_are_unauthorized() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_chat().await;
         let mut raw = gw.raw().await;
         let room = chat::Room { name: "r".into(), ..Default::default() };
@@ -87,7 +87,7 @@ async fn requests_before_authenticate_are_unauthorized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_request_types_are_unsupported() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_chat().await;
         let mut raw = gw.raw().await;
         authenticate(&mut raw).await;
@@ -105,7 +105,7 @@ async fn unknown_request_types_are_unsupported() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_and_out_of_range_fields_get_a_status() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_chat().await;
         let mut raw = gw.raw().await;
         let session = authenticate(&mut raw).await;

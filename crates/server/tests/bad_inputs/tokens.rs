@@ -54,7 +54,7 @@ async fn authenticate(raw: &mut Raw<tokio::net::TcpStream>, token: &str, session
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_are_refused_unauthorized_with_their_reason() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_with(checked()).await;
         let mut raw = gw.raw().await;
         let cases: [(&str, Option<&str>, &str); 14] = [
@@ -101,7 +101,7 @@ async fn bad_tokens_are_refused_unauthorized_with_their_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_outside_the_tokens_room_is_unauthorized() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_with(checked()).await;
         let mut raw = gw.raw().await;
         // Limited to room `my-room.123456`.
@@ -123,7 +123,7 @@ async fn a_join_outside_the_tokens_room_is_unauthorized() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_token_source_every_token_is_denied() {
-    crate::common::bounded(async {
+    clientmq_testkit::deadline::bounded(async {
         let gw = start_with(TokenPolicy::DenyAll).await;
         let mut raw = gw.raw().await;
         assert_eq!(authenticate(&mut raw, "anything", None).await, "unauthorized");

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use clientmq_server::bus::{BusMessage, NO_RESPONDERS};
+use clientmq_bus::{BusMessage, NO_RESPONDERS};
 use tokio::sync::{mpsc, oneshot};
 
 use super::proto::{Frame, FrameReader, MAX_PAYLOAD, message_size};

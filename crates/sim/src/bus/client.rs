@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
-use clientmq_server::bus::{Bus, BusError, BusMessage, BusStatus, StatusCell, Subscription};
+use clientmq_bus::{Bus, BusError, BusMessage, BusStatus, StatusCell, Subscription};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 

@@ -1,5 +1,5 @@
 //! A simulated bus with NATS core's semantics, for turmoil: a broker host
-//! ([`serve_broker`]) and a client ([`SimBus`], a [`clientmq_server::bus::Bus`]) that speak a
+//! ([`serve_broker`]) and a client ([`SimBus`], a [`clientmq_bus::Bus`]) that speak a
 //! small framed protocol over `turmoil::net` TCP, so the gateway and worker code that runs on
 //! NATS in production runs unchanged in the simulator, with the network faults turmoil makes.
 //!
@@ -59,8 +59,8 @@
 //! crash or bounce, which drops a runtime's tasks in an order that depends on process-global
 //! task ids, still closes the sockets in one order.
 //!
-//! [`NO_RESPONDERS`]: clientmq_server::bus::NO_RESPONDERS
-//! [`StatusCell`]: clientmq_server::bus::StatusCell
+//! [`NO_RESPONDERS`]: clientmq_bus::NO_RESPONDERS
+//! [`StatusCell`]: clientmq_bus::StatusCell
 
 mod broker;
 mod client;

@@ -1,7 +1,7 @@
 //! The wire form of the simulated bus: length-prefixed frames (see the module doc of
 //! [`crate::bus`] for the table). Decoding is pure and never panics on any byte string.
 
-use clientmq_server::bus::BusMessage;
+use clientmq_bus::BusMessage;
 
 /// Largest payload plus encoded headers of one message, as NATS's default `max_payload`.
 pub const MAX_PAYLOAD: usize = 1024 * 1024;

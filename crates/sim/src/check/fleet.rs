@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use clientmq_chat::Fact;
+use clientmq_chat::worker::WorkerEvent;
 use clientmq_core::ConnectionId;
-use clientmq_server::chat::Fact;
-use clientmq_server::chat::worker::WorkerEvent;
 
 use super::{Violation, violation};
 

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clientmq_server::bus::gateway::BusBackend;
-use clientmq_server::chat::ChatConfig;
-use clientmq_server::chat::worker::{self, WorkerConfig, WorkerObserver};
+use clientmq_chat::ChatConfig;
+use clientmq_chat::worker::{self, WorkerConfig, WorkerObserver};
+use clientmq_server::BusBackend;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
 
 use super::faults::{Crash, act, instant};

@@ -197,7 +197,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     };
     let mut checker = Checker::new(limits);
     if let Some(fleet) = &scenario.fleet {
-        use clientmq_server::bus::contract::{ANNOUNCE_EVERY, GATEWAY_SILENT_AFTER};
+        use clientmq_bus::contract::{ANNOUNCE_EVERY, GATEWAY_SILENT_AFTER};
         let fleet_limits = FleetLimits {
             // A worker counts silence from the arrival of a gateway's last announcement, which
             // may still be on its way when the gateway dies.

@@ -1,38 +1,22 @@
-//! The embedded backend: sessions (`pcast.Authenticate`, `pcast.Bye`) and chat rooms (`chat.*`)
-//! in memory, so the binary is useful on its own. The logic is the synchronous [`ChatState`],
-//! the same code `clientmq-chat` serves as a worker on the bus ([`worker`]); [`EmbeddedBackend`]
-//! puts it behind the [`Backend`] trait, hands its events to the gateway in the order they were
-//! produced, and runs its timers on `tokio::time` (virtual under simulation).
-//!
-//! Membership lives here, and so does every decision about subscriptions: the gateway does not
-//! read replies for them ([`Backend::decides_subscriptions`]). Each change (a join, a
-//! conversation subscribe, a leave, `pcast.Bye`, a session resumed or taken over by another
-//! connection) travels in the same ordered queue as the events around it, so a subscription and
-//! the events it should or should not hear are applied in the order they happened. A session
-//! keeps its rooms through a reconnect within its grace period, and the connection that resumes
-//! it hears them at once; the SDK's own re-join (option `reenter`) then changes nothing.
-
-mod config;
-mod rooms;
-mod state;
-mod wire;
-pub mod worker;
+//! The embedded backend: the chat application ([`ChatState`], from `clientmq-chat`) in this
+//! process, so the binary is useful on its own. [`EmbeddedBackend`] puts the state behind the
+//! [`Backend`] trait, hands what it decides (events and subscription changes) to the gateway in
+//! the order it was decided, and runs its timers on `tokio::time` (virtual under simulation).
+//! The gateway does not read replies for subscriptions ([`Backend::decides_subscriptions`]): the
+//! chat state sends every change in one ordered queue with the events around it.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
+use clientmq_chat::{ChatConfig, ChatInvariant, ChatState, ChatStats, Outgoing};
 use clientmq_core::proto::pcast;
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, mpsc};
 
-use crate::backend::Backend;
+use super::Backend;
 use crate::shard::GatewayHandle;
-
-pub use config::ChatConfig;
-pub use state::{ChatInvariant, ChatState, ChatStats, Fact};
-pub use wire::{Delivery, Outgoing, Subscription, reason, status};
 
 /// Mixed into the server seed so the backend's ids do not repeat the shards' connection ids.
 const SEED_SALT: u64 = 0x6368_6174;
@@ -223,6 +207,3 @@ async fn sleep_until(deadline: Option<std::time::Instant>) {
         None => std::future::pending().await,
     }
 }
-
-#[cfg(test)]
-mod tests;

@@ -1,4 +1,4 @@
-//! The embedded backend's state machine, driven directly with synthetic time.
+//! The chat state machine, driven directly with synthetic time.
 
 use std::time::{Duration, Instant};
 

@@ -19,8 +19,8 @@ use clientmq_core::{ConnectionId, Reply, Topic};
 use prost::Message;
 use rand::rngs::StdRng;
 
-use super::config::ChatConfig;
-use super::wire::{self, Limits, Outgoing, reason, status};
+use crate::config::ChatConfig;
+use crate::wire::{self, Limits, Outgoing, reason, status};
 
 /// Connection ids remembered after they end, so a request that raced past its connection's end
 /// cannot bind a session to a connection that is already gone.

@@ -10,8 +10,8 @@
 //! puts on it (docs/nats.md is the same contract, for authors of workers in other languages).
 
 pub mod contract;
-pub mod gateway;
 pub mod nats;
+pub mod process;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};

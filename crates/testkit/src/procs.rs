@@ -1,6 +1,5 @@
-//! Processes the bus tests start: nats-server on a free loopback port, the server and worker
-//! binaries, each killed when dropped and their output kept for the failure message.
-#![allow(dead_code)] // each test binary uses a part
+//! Processes the tests start (the server and worker binaries, Node.js harnesses), each killed
+//! when dropped and their output kept for the failure message; loopback ports and HTTP probes.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -10,17 +9,29 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::nats::Nats;
+
 /// Every line the processes of a test printed, tagged by process.
 pub type Log = Arc<Mutex<Vec<String>>>;
-
-const NATS_HELP: &str = "\
-These tests run a real NATS server, and `nats-server` was not found on PATH.
-Install it (Debian/Ubuntu: `apt-get install nats-server`; .ci/run does this), then run the tests again.";
 
 /// The Node.js side of the tests: the SDK harnesses, the worker written from docs/nats.md, and
 /// their npm packages.
 pub fn interop_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../interop")
+    workspace_dir().join("interop")
+}
+
+/// The workspace's root directory.
+pub fn workspace_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The workspace's target directory (`CARGO_TARGET_DIR` when the build set one): where tools the
+/// tests install for themselves are kept.
+pub fn target_dir() -> std::path::PathBuf {
+    match option_env!("CARGO_TARGET_DIR") {
+        Some(dir) => Path::new(dir).to_owned(),
+        None => workspace_dir().join("target"),
+    }
 }
 
 /// `node interop/worker.js` (the worker written from docs/nats.md) on `nats` under `prefix`,
@@ -37,6 +48,24 @@ pub async fn node_worker(nats: &Nats, prefix: &str, log: &Log) -> Proc {
     worker
 }
 
+/// A binary of another package of the workspace, from the profile directory the running test
+/// was built into. `cargo test --workspace` builds every package's binaries before it runs any
+/// test (each package with a binary has integration tests); a test run on its own needs
+/// `cargo build -p PACKAGE` first, which the panic says.
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test>: the binaries sit in target/<profile>.
+    let profile_dir = exe.parent().and_then(Path::parent).expect("a profile directory");
+    let binary = profile_dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        binary.exists(),
+        "{} is not built: run `cargo build -p {name}` (or the whole `cargo test --workspace`)",
+        binary.display()
+    );
+    binary
+}
+
+/// A loopback port nobody listens on now (the OS's pick).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -94,43 +123,6 @@ impl Proc {
         self.signal("-TERM");
         let status = tokio::time::timeout(within, self.child.wait()).await.expect("exits in time").unwrap();
         assert!(status.success(), "{} exits 0 on SIGTERM: {status:?}", self.tag);
-    }
-}
-
-/// A nats-server on a loopback port of its own.
-pub struct Nats {
-    pub port: u16,
-    proc: Option<Proc>,
-    log: Log,
-}
-
-impl Nats {
-    /// Starts nats-server and waits until it accepts connections.
-    pub async fn start(log: &Log) -> Nats {
-        let mut nats = Nats { port: free_port(), proc: None, log: log.clone() };
-        nats.restart().await;
-        nats
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Stops the server at once (SIGKILL: clients see their connections reset).
-    pub async fn stop(&mut self) {
-        if let Some(proc) = self.proc.take() {
-            proc.kill().await;
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub async fn restart(&mut self) {
-        if std::process::Command::new("nats-server").arg("--version").output().is_err() {
-            panic!("{NATS_HELP}");
-        }
-        let args = ["-a", "127.0.0.1", "-p", &self.port.to_string()].map(str::to_owned);
-        self.proc = Some(Proc::spawn("nats-server", &args, "nats", &self.log));
-        wait_listening(self.port, "nats-server").await;
     }
 }
 

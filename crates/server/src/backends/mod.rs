@@ -9,6 +9,9 @@ use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Topic};
 
 use crate::shard::GatewayHandle;
 
+pub mod bus;
+pub mod embedded;
+
 /// A backend the gateway forwards client requests to. One instance serves every shard.
 pub trait Backend: Send + Sync + 'static {
     /// Called once at start with a handle for deliveries and server-initiated requests.

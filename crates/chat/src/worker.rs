@@ -26,12 +26,12 @@ use clientmq_core::{ConnectionId, Target};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::wire::{Outgoing, reason};
-use super::{ChatConfig, ChatState, wire};
-use crate::bus::contract::{
+use crate::wire::{Outgoing, reason};
+use crate::{ChatConfig, ChatState, wire};
+use clientmq_bus::contract::{
     self, ANNOUNCE_EVERY, CHAT_QUEUE, GATEWAY_SILENT_AFTER, IDS_PER_MESSAGE, Subjects, ToGateway, header,
 };
-use crate::bus::{Bus, BusMessage, BusStatus, Subscription};
+use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
 
 /// A list sent to a gateway (orphans) is sent again after this long without an answer.
 const RESEND_AFTER: Duration = Duration::from_secs(2);
@@ -54,7 +54,7 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerEvent {
     /// Which connection holds which session changed.
-    Fact(super::Fact),
+    Fact(crate::Fact),
     /// A gateway was counted gone: its connections were treated as disconnected.
     GatewayGone { gateway: String, connections: usize },
     /// A gateway counted gone was heard from again.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, Encoding, Frame, Reply, codec};
-use clientmq_server::rawws::{self, RawFrame};
 use clientmq_server::{Backend, GatewayHandle, Server, ServerConfig};
+use clientmq_testkit::rawws::{self, RawFrame};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -194,7 +194,7 @@ impl<B> Gw<B> {
     }
 }
 
-pub use crate::common::request;
+pub use clientmq_testkit::request;
 
 /// The reason of an `mq.Error` answer, `None` for any other answer.
 pub fn error_reason(msg: &mq::Message) -> Option<String> {

@@ -1,8 +1,13 @@
-//! What the binaries share: logging set-up and the shutdown signal.
+//! What every clientmq process shares: its log format, logging set-up and the shutdown signal.
 
 use tracing_subscriber::EnvFilter;
 
-use crate::LogFormat;
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Logs to stdout in `format`; `CLIENTMQ_LOG` sets the filter (default `info`).
 pub fn init_logging(format: LogFormat) {

@@ -6,8 +6,8 @@ use clientmq_core::Topic;
 use clientmq_core::proto::chat;
 use clientmq_core::proto::chat::RoomEventType;
 
-use super::state::{ChatState, Deadline, ROOM_ID_LEN, Room};
-use super::wire::{self, status};
+use crate::state::{ChatState, Deadline, ROOM_ID_LEN, Room};
+use crate::wire::{self, status};
 
 fn is_set(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())

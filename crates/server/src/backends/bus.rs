@@ -25,9 +25,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
-use super::{Bus, BusMessage, NO_RESPONDERS, Subscription};
-use crate::backend::Backend;
+use clientmq_bus::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
+use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
+
+use super::Backend;
 use crate::shard::GatewayHandle;
 
 /// A request waiting for its reply: whose, under which core token, until when.

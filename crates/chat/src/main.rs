@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use clientmq_server::LogFormat;
-use clientmq_server::bus::nats::NatsBus;
-use clientmq_server::chat::worker::{self, WorkerConfig};
-use clientmq_server::cli::{init_logging, shutdown_signal};
-use clientmq_server::config::ChatArgs;
+use clientmq_bus::nats::NatsBus;
+use clientmq_bus::process::{LogFormat, init_logging, shutdown_signal};
+use clientmq_chat::ChatArgs;
+use clientmq_chat::worker::{self, WorkerConfig};
 
 /// clientmq-chat: sessions and chat rooms as a worker on the NATS bus.
 #[derive(Debug, Parser)]
@@ -21,7 +20,7 @@ struct Args {
     #[arg(long, env = "CLIENTMQ_NATS")]
     nats: String,
     /// Prefix of every subject on the bus; the gateways' must be the same.
-    #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_server::bus::contract::DEFAULT_PREFIX)]
+    #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_bus::contract::DEFAULT_PREFIX)]
     nats_prefix: String,
     /// Seed for session and room ids; random from the OS when absent.
     #[arg(long, env = "CLIENTMQ_SEED")]
