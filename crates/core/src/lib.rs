@@ -11,20 +11,15 @@ pub mod edge_auth;
 pub mod event;
 mod gateway;
 mod ids;
-mod invariants;
+pub mod port;
 pub mod proto;
 mod registry;
-mod requests;
-mod server_requests;
-mod subscriptions;
 mod timers;
 
 pub use auth::{Refusal, TokenPolicy};
 pub use codec::{CodecError, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
-pub use gateway::{
-    Admission, BackendError, BackendRequest, Gateway, Input, InvariantViolation, Output, Peer, Reply,
-    ServerRequestError, Stats, Target, client_address,
-};
+pub use gateway::{Admission, Gateway, Input, InvariantViolation, Output, Peer, Stats, client_address};
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};
+pub use port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};

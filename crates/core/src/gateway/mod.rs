@@ -10,13 +10,18 @@ use crate::ConnectionId;
 use crate::codec::Frame;
 use crate::config::{CloseReason, Config, ConfigError, close};
 use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
+use crate::port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
 use crate::proto::pcast;
 use crate::registry::{Connection, Registry, State};
 use crate::timers::{Timer, Timers};
 
-pub use crate::invariants::InvariantViolation;
-pub use crate::requests::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
-pub(crate) use crate::requests::{Charge, PendingRequest, PendingServerRequest};
+mod invariants;
+mod requests;
+mod server_requests;
+mod subscriptions;
+
+pub use invariants::InvariantViolation;
+pub(crate) use requests::{Charge, PendingRequest, PendingServerRequest};
 
 /// What the transport knows about a new connection once its upgrade is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,10 +1,11 @@
 //! Server-initiated requests: a backend asks a client, the client's answer comes back.
 
+use super::requests::{PendingServerRequest, message};
+use super::{Gateway, Output};
 use crate::ConnectionId;
 use crate::event::{DropReason, EventKind, Stray};
-use crate::gateway::{Gateway, Output};
+use crate::port::{Reply, ServerRequestError};
 use crate::proto::mq;
-use crate::requests::{PendingServerRequest, Reply, ServerRequestError, message};
 use crate::timers::Timer;
 
 use mq::message::MessageType;

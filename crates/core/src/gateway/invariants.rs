@@ -1,7 +1,7 @@
 //! The gateway's internal invariants, checked on demand by tests and the simulator.
 
+use super::Gateway;
 use crate::ConnectionId;
-use crate::gateway::Gateway;
 use crate::registry::State;
 use crate::timers::Timer;
 

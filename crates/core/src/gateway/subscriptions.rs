@@ -4,12 +4,13 @@
 
 use prost::Message as _;
 
+use super::requests::{Intent, message};
+use super::{Gateway, Output};
 use crate::ConnectionId;
 use crate::event::{DropReason, EventKind, Stray, Topic};
-use crate::gateway::{Gateway, Output};
+use crate::port::Target;
 use crate::proto::{chat, mq, pcast};
 use crate::registry::Subscribe;
-use crate::requests::{Intent, Target, message};
 
 use mq::message::MessageType;
 
