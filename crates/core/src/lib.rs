@@ -14,6 +14,7 @@ mod ids;
 pub mod port;
 pub mod proto;
 mod registry;
+pub mod seed;
 mod timers;
 
 pub use auth::{Refusal, TokenPolicy};

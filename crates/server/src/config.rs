@@ -8,8 +8,14 @@ use clap::Parser;
 use clap::builder::FalseyValueParser;
 use clientmq_bus::process::LogFormat;
 
+use crate::observe::{InvariantSink, TraceSink};
+
 use crate::tokens::TokenError;
 use clientmq_chat::{ChatArgs, ChatConfig};
+
+/// The production defaults, written once in [`ServerConfig::default`] (and the core's
+/// `Config::default`); every flag's default reads them.
+static DEFAULT: std::sync::LazyLock<ServerConfig> = std::sync::LazyLock::new(ServerConfig::default);
 
 /// clientmq-server: a WebSocket gateway for the MQ protocol.
 #[derive(Debug, Clone, Parser)]
@@ -19,54 +25,54 @@ pub struct Args {
     #[arg(long, env = "CLIENTMQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Open connections allowed at once; more are closed with 1013.
-    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS", default_value_t = 2000)]
+    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS", default_value_t = DEFAULT.gateway.max_connections)]
     pub max_connections: usize,
     /// Heartbeat (ping) interval in seconds; no pong by the next one closes with 3334.
-    #[arg(long, env = "CLIENTMQ_HEARTBEAT_SECS", default_value_t = 20.0)]
+    #[arg(long, env = "CLIENTMQ_HEARTBEAT_SECS", default_value_t = DEFAULT.gateway.heartbeat_interval.as_secs_f64())]
     pub heartbeat_secs: f64,
     /// Seconds a server-initiated close waits for the client's close frame before abort.
-    #[arg(long, env = "CLIENTMQ_CLOSE_TIMEOUT_SECS", default_value_t = 5.0)]
+    #[arg(long, env = "CLIENTMQ_CLOSE_TIMEOUT_SECS", default_value_t = DEFAULT.gateway.close_timeout.as_secs_f64())]
     pub close_timeout_secs: f64,
     /// Seconds a request may wait on the backend before `mq.Error{timeout}`.
-    #[arg(long, env = "CLIENTMQ_REQUEST_TIMEOUT_SECS", default_value_t = 15.0)]
+    #[arg(long, env = "CLIENTMQ_REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT.gateway.request_timeout.as_secs_f64())]
     pub request_timeout_secs: f64,
     /// Client requests in flight per connection.
-    #[arg(long, env = "CLIENTMQ_MAX_PENDING_REQUESTS", default_value_t = 64)]
+    #[arg(long, env = "CLIENTMQ_MAX_PENDING_REQUESTS", default_value_t = DEFAULT.gateway.max_pending_requests)]
     pub max_pending_requests: usize,
     /// Seconds over which drain spreads its closes.
-    #[arg(long, env = "CLIENTMQ_DRAIN_WINDOW_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "CLIENTMQ_DRAIN_WINDOW_SECS", default_value_t = DEFAULT.gateway.drain_window.as_secs_f64())]
     pub drain_window_secs: f64,
     /// Seconds after drain starts at which the process exits even if connections remain.
-    #[arg(long, env = "CLIENTMQ_DRAIN_DEADLINE_SECS", default_value_t = 30.0)]
+    #[arg(long, env = "CLIENTMQ_DRAIN_DEADLINE_SECS", default_value_t = DEFAULT.drain_deadline.as_secs_f64())]
     pub drain_deadline_secs: f64,
     /// Seconds a client has to complete the HTTP upgrade.
-    #[arg(long, env = "CLIENTMQ_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10.0)]
+    #[arg(long, env = "CLIENTMQ_HANDSHAKE_TIMEOUT_SECS", default_value_t = DEFAULT.handshake_timeout.as_secs_f64())]
     pub handshake_timeout_secs: f64,
     /// Largest WebSocket message in bytes; larger ones close with 1009.
-    #[arg(long, env = "CLIENTMQ_MAX_FRAME_BYTES", default_value_t = 256 * 1024)]
+    #[arg(long, env = "CLIENTMQ_MAX_FRAME_BYTES", default_value_t = DEFAULT.max_frame_bytes)]
     pub max_frame_bytes: usize,
     /// Frames queued per connection before it counts as a slow consumer (closed with 3335).
-    #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE", default_value_t = 256)]
+    #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE", default_value_t = DEFAULT.outbound_queue)]
     pub outbound_queue: usize,
     /// Largest message the server sends, in bytes: a larger answer becomes mq.Error{too-large},
     /// a larger event is dropped.
-    #[arg(long, env = "CLIENTMQ_MAX_OUTBOUND_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "CLIENTMQ_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT.gateway.max_outbound_message_size)]
     pub max_outbound_bytes: usize,
     /// Frames a connection may send per second, sustained; over it requests get
     /// mq.Error{rate-limited}. 0: no limit.
-    #[arg(long, env = "CLIENTMQ_MAX_REQUESTS_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "CLIENTMQ_MAX_REQUESTS_PER_SEC", default_value_t = DEFAULT.gateway.max_requests_per_sec)]
     pub max_requests_per_sec: u32,
     /// Frames a connection may send at once above its rate; a burst more of refused frames in a
     /// row closes it with 1008 rate-limit-exceeded.
-    #[arg(long, env = "CLIENTMQ_REQUEST_BURST", default_value_t = 100)]
+    #[arg(long, env = "CLIENTMQ_REQUEST_BURST", default_value_t = DEFAULT.gateway.request_burst)]
     pub request_burst: u32,
     /// Connections one client address (after trusted proxies) may hold; more are closed with
     /// 1008 address-limit-exceeded. 0: no limit.
-    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 100)]
+    #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = DEFAULT.max_connections_per_address)]
     pub max_connections_per_address: usize,
     /// Upgrades and plain HTTP requests still reading their head at once; more sockets are
     /// dropped at accept.
-    #[arg(long, env = "CLIENTMQ_MAX_HANDSHAKES", default_value_t = 1024)]
+    #[arg(long, env = "CLIENTMQ_MAX_HANDSHAKES", default_value_t = DEFAULT.max_handshakes)]
     pub max_handshakes: usize,
     /// PEM certificate chain: with --tls-key, the port serves wss:// and https:// (rustls).
     #[arg(long, env = "CLIENTMQ_TLS_CERT", requires = "tls_key")]
@@ -120,32 +126,6 @@ pub struct Args {
     pub gateway_name: String,
 }
 
-/// Takes a trace event and the index of the shard it came from.
-pub type TraceFn = dyn Fn(usize, &clientmq_core::Event) + Send + Sync;
-
-/// Receives every gateway trace event as it happens, with the index of the shard it came from
-/// (the simulator records them; production logs them through `tracing` instead).
-#[derive(Clone)]
-pub struct TraceSink(pub std::sync::Arc<TraceFn>);
-
-impl std::fmt::Debug for TraceSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("TraceSink")
-    }
-}
-
-/// Checked mode (the simulator's): after every step each shard checks its core's invariants
-/// and its own bookkeeping (connection handles, routes, admission permits) and reports what is
-/// broken here. Costs O(connections) per step, so production leaves it off.
-#[derive(Clone)]
-pub struct InvariantSink(pub std::sync::Arc<dyn Fn(String) + Send + Sync>);
-
-impl std::fmt::Debug for InvariantSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("InvariantSink")
-    }
-}
-
 /// Everything `serve` needs, in typed form.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -179,7 +159,7 @@ impl Default for ServerConfig {
             outbound_queue: 256,
             allowed_origins: Vec::new(),
             drain_deadline: Duration::from_secs(30),
-            max_connections_per_address: 0,
+            max_connections_per_address: 100,
             max_handshakes: 1024,
             tls: None,
             seed: None,

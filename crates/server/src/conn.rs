@@ -14,7 +14,7 @@ use clientmq_core::{ConnectionId, Frame, Input, LostReason};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::admission::AddressSlot;
-use crate::shard::ready::ConnWake;
+use crate::ready::ConnWake;
 use crate::ws::{self, Assembly, Message, ProtocolError};
 
 /// What a connection's socket is: any stream (TCP, TLS, simulated).

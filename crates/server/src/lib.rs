@@ -11,21 +11,25 @@
 
 mod admission;
 mod backends;
+mod command;
 pub mod config;
 mod conn;
 pub mod http;
-pub mod metrics;
-pub mod shard;
+mod metrics;
+mod observe;
+mod port;
+mod ready;
+mod shard;
 pub mod tls;
 pub mod tokens;
-pub mod ws;
+mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use clientmq_core::{Peer, client_address, close};
@@ -33,15 +37,17 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Notify, Semaphore};
 
 use admission::{AddressSlots, GlobalAdmission};
+pub use backends::EchoBackend;
 pub use backends::bus::BusBackend;
 pub use backends::embedded::EmbeddedBackend;
-pub use backends::{Backend, EchoBackend};
-pub use config::{Args, InvariantSink, ServerConfig, TraceSink};
+use command::Command;
+pub use config::{Args, ServerConfig};
 use conn::Socket;
 use http::Head;
 use metrics::{Metrics, ShardGauges};
-pub use shard::GatewayHandle;
-use shard::{Command, Shard};
+pub use observe::{InvariantSink, TraceFn, TraceSink};
+pub use port::{Backend, GatewayHandle};
+use shard::Shard;
 use tls::MaybeTls;
 
 /// A source of connections: `tokio::net::TcpListener` in production, turmoil's in simulation.
@@ -77,6 +83,10 @@ struct Inner {
     /// exactly). A registered connection's permit lives in its shard's handle.
     admission: Option<Arc<GlobalAdmission>>,
     handshakes: Arc<Semaphore>,
+    /// The tasks of sockets still in their handshake, by accept order: a simulated death drops
+    /// them in that order (dropped with the runtime instead, they would go in task id order,
+    /// which is global to the process, and a replay in the same process would differ).
+    handshaking: Mutex<(u64, BTreeMap<u64, tokio::task::AbortHandle>)>,
     address_slots: Option<Arc<AddressSlots>>,
     next_shard: AtomicUsize,
     /// The backend's readiness (a bus backend is not ready while the bus is away).
@@ -95,7 +105,7 @@ impl Server {
         let mut senders = Vec::with_capacity(shards);
         let mut receivers = Vec::with_capacity(shards);
         for _ in 0..shards {
-            let (tx, rx) = shard::command_channel();
+            let (tx, rx) = command::command_channel();
             senders.push(tx);
             receivers.push(rx);
         }
@@ -147,6 +157,7 @@ impl Server {
                 drain_started: Notify::new(),
                 admission,
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
+                handshaking: Mutex::default(),
                 address_slots: (config.max_connections_per_address > 0)
                     .then(|| AddressSlots::new(config.max_connections_per_address)),
                 next_shard: AtomicUsize::new(0),
@@ -192,6 +203,11 @@ impl Server {
         for shard in self.inner.handle.shards.iter() {
             let _ = shard.try_send(Command::AbortAll);
         }
+        let tasks =
+            std::mem::take(&mut self.inner.handshaking.lock().unwrap_or_else(PoisonError::into_inner).1);
+        for task in tasks.into_values() {
+            task.abort();
+        }
     }
 
     /// Accepts connections until drain has finished: every connection gone, or the drain
@@ -207,7 +223,17 @@ impl Server {
                             continue;
                         };
                         let server = self.clone();
-                        tokio::spawn(async move { server.connection(stream, addr, permit).await });
+                        let mut handshaking =
+                            self.inner.handshaking.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (next, tasks) = &mut *handshaking;
+                        let seq = *next;
+                        *next += 1;
+                        let task = tokio::spawn(async move {
+                            let done = HandshakeDone(server.clone(), seq);
+                            server.connection(stream, addr, permit).await;
+                            drop(done);
+                        });
+                        tasks.insert(seq, task.abort_handle());
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "accept failed");
@@ -402,6 +428,15 @@ impl Server {
         {
             global.admitting.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Forgets a handshake task's abort handle when the task ends, however it ends.
+struct HandshakeDone(Server, u64);
+
+impl Drop for HandshakeDone {
+    fn drop(&mut self) {
+        self.0.inner.handshaking.lock().unwrap_or_else(PoisonError::into_inner).1.remove(&self.1);
     }
 }
 

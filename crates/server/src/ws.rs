@@ -196,6 +196,7 @@ impl Assembly {
     }
 
     /// Whether a message is half received (memory held while a client is between frames).
+    #[cfg(test)]
     pub fn is_partial(&self) -> bool {
         self.partial.is_some()
     }

@@ -31,7 +31,7 @@ const TICK_MS: u64 = 10;
 /// groups, and a random timeline of faults and actions. Expectations are only the invariants
 /// (always checked).
 pub fn scenario_for(seed: u64) -> Scenario {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = StdRng::seed_from_u64(clientmq_core::seed::derive(seed, "explore/schedule"));
     let mut clients = Vec::new();
     for behaviour in Behaviour::ALL {
         if rng.random_bool(0.5) {
@@ -70,6 +70,9 @@ pub fn scenario_for(seed: u64) -> Scenario {
         handshake_timeout_secs: Some(5.0),
         outbound_queue: Some(rng.random_range(2..64)),
         shards: Some(rng.random_range(1..=4)),
+        tokens: vec!["sim-token".into()],
+        // Explored runs drain at any time and run on; the process's exit is not modelled.
+        drain_deadline_secs: Some(3600.0),
         ..ServerSettings::default()
     };
     let mut timeline: Vec<Step> = Vec::new();
@@ -109,7 +112,7 @@ pub fn scenario_for(seed: u64) -> Scenario {
         expect: Expect::default(),
     };
     // A separate stream, so a seed's single-gateway scenario stays what it was without fleets.
-    let mut fleet_rng = StdRng::seed_from_u64(seed ^ 0xf1ee7);
+    let mut fleet_rng = StdRng::seed_from_u64(clientmq_core::seed::derive(seed, "explore/fleet"));
     if fleet_rng.random_bool(0.35) {
         make_fleet(&mut scenario, &mut fleet_rng);
     }

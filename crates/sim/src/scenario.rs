@@ -58,10 +58,22 @@ pub enum SnapshotMode {
     Timeline,
 }
 
-/// Gateway settings; unset ones keep the production defaults.
+/// Gateway settings; unset ones keep the production defaults (`ServerConfig::default()`, the
+/// same values `clientmq-server --help` shows), whoever may authenticate included: nobody.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
+    /// Static tokens that may authenticate (`--tokens`); the simulated clients send `sim-token`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<String>,
+    /// Seconds after a drain starts at which the process exits. The simulator does not model
+    /// that exit (the host's tasks stop where they are), so a scenario that drains and runs on
+    /// past this sets it beyond its duration.
+    pub drain_deadline_secs: Option<f64>,
+    pub max_connections_per_address: Option<usize>,
+    pub max_requests_per_sec: Option<u32>,
+    pub request_burst: Option<u32>,
+    pub max_handshakes: Option<usize>,
     pub max_connections: Option<usize>,
     pub heartbeat_secs: Option<f64>,
     pub close_timeout_secs: Option<f64>,

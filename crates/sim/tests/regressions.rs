@@ -13,6 +13,13 @@
 //! sessions just past the 6 s the checker allowed from the death ("session ... of a dead
 //! gateway's connection still attached"). The bound now includes the bus's delivery time; the
 //! scenario must still detach later than 6 s after the death, and pass.
+//!
+//! When every seed of a run came to be derived by name from the scenario's root seed, and a
+//! dying gateway's sockets still in their handshake came to die at the start of its last step
+//! (in accept order, so that replays in one process agree), the same files met other instants:
+//! each explore-seed restart was moved onto the nearest later instant where the dying gateway
+//! still acts (as `explore::aim_every_restart` aims them), and announcement-in-flight's seed
+//! onto the first (50006151) that again has gw3's last announcement in flight at its death.
 
 use std::path::Path;
 use std::time::Duration;

@@ -28,8 +28,7 @@ use tokio::time::Instant;
 use clientmq_bus::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
 use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 
-use super::Backend;
-use crate::shard::GatewayHandle;
+use crate::port::{Backend, GatewayHandle};
 
 /// A request waiting for its reply: whose, under which core token, until when.
 struct Waiting {

@@ -15,11 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, mpsc};
 
-use super::Backend;
-use crate::shard::GatewayHandle;
-
-/// Mixed into the server seed so the backend's ids do not repeat the shards' connection ids.
-const SEED_SALT: u64 = 0x6368_6174;
+use crate::port::{Backend, GatewayHandle};
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
@@ -72,7 +68,7 @@ impl EmbeddedBackend {
     /// tests' case); without it they come from the OS.
     pub fn new(config: ChatConfig, seed: Option<u64>) -> Self {
         let rng = match seed {
-            Some(seed) => StdRng::seed_from_u64(seed ^ SEED_SALT),
+            Some(seed) => StdRng::seed_from_u64(clientmq_core::seed::derive(seed, "chat")),
             None => rand::make_rng(),
         };
         let (queue, receiver) = mpsc::unbounded_channel();

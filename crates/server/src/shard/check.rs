@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::Shard;
-use crate::backends::Backend;
+use crate::port::Backend;
 
 /// Checked mode checks every step of a shard with fewer connections than this.
 const CHECK_EVERY_STEP_BELOW: usize = 8;
@@ -110,7 +110,8 @@ mod tests {
 
     use crate::Server;
     use crate::backends::EchoBackend;
-    use crate::config::{InvariantSink, ServerConfig};
+    use crate::config::ServerConfig;
+    use crate::observe::InvariantSink;
 
     /// A two-shard server in checked mode, and what its checker reported.
     fn checked_server() -> (Server, Arc<Mutex<Vec<String>>>) {

@@ -5,66 +5,31 @@
 //! deliveries and answers) and its own timer.
 
 mod check;
-mod handle;
-pub(crate) mod ready;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use clientmq_core::{
-    Admission, CloseReason, ConnectionId, Gateway, Input, Output, Peer, Reply, ServerRequestError,
+    Admission, CloseReason, ConnectionId, Gateway, Input, Output, Reply, ServerRequestError,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-pub use handle::GatewayHandle;
-use ready::{ConnWake, Ready};
-
 use crate::admission::{AddressSlot, GlobalAdmission};
-use crate::backends::Backend;
-use crate::config::{InvariantSink, TraceSink};
+use crate::command::{Command, Routes};
 use crate::conn::{Conn, Flow, Socket};
 use crate::metrics::{Metrics, ShardGauges};
+use crate::observe::{InvariantSink, TraceSink};
+use crate::port::Backend;
+use crate::ready::{ConnWake, Ready};
 use crate::ws;
 
-pub(crate) enum Command {
-    /// A connection whose upgrade completed, to admit or refuse here.
-    Open {
-        peer: Peer,
-        socket: Box<dyn Socket>,
-        /// Bytes the client sent after its upgrade request, already read.
-        read_ahead: Vec<u8>,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-        slot: Option<AddressSlot>,
-    },
-    /// A connection refused by a limit judged outside this shard, to close here.
-    Refuse {
-        close: CloseReason,
-        /// The count the refusal was judged against: every shard's open connections plus
-        /// admissions in flight.
-        open: usize,
-        socket: Box<dyn Socket>,
-    },
-    Input(Input),
-    ServerRequest {
-        conn: ConnectionId,
-        request_type: String,
-        payload: Vec<u8>,
-        reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
-    },
-    Drain,
-    /// Drop every connection's transport at once, in id order (a simulated process death).
-    AbortAll,
-}
-
-/// Commands queued per shard before senders wait.
-const COMMAND_QUEUE: usize = 4096;
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
 /// How long a released or refused socket may take to flush its last frames (and read the
@@ -72,10 +37,6 @@ const BATCH: usize = 64;
 const LINGER: Duration = Duration::from_secs(1);
 /// The shard's read buffer, shared by all its connections.
 pub(crate) const SCRATCH: usize = 16 * 1024;
-
-/// Which shard holds which connection, for deliveries and server requests. Routing only: the
-/// shards' registries remain the only count.
-pub type Routes = Arc<RwLock<HashMap<ConnectionId, usize>>>;
 
 pub(crate) struct Shard<B> {
     pub index: usize,
@@ -114,15 +75,11 @@ pub(crate) struct Shard<B> {
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
     let rng = match seed {
-        Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(index as u64)),
+        Some(seed) => StdRng::seed_from_u64(clientmq_core::seed::derive(seed, &format!("shard/{index}"))),
         None => rand::make_rng(),
     };
     Gateway::new(config.clone(), Box::new(rng), Instant::now().into_std())
         .expect("config validated by caller")
-}
-
-pub(crate) fn command_channel() -> (mpsc::Sender<Command>, mpsc::Receiver<Command>) {
-    mpsc::channel(COMMAND_QUEUE)
 }
 
 /// What woke the shard.
@@ -270,6 +227,12 @@ impl<B: Backend> Shard<B> {
                     self.departed.push((conn.permit.take(), conn.slot.take()));
                 }
                 self.lingering.clear();
+                // Callers waiting on server requests learn of the death now, in token order
+                // (dropped with the task instead, shards would go in task id order, which is
+                // global to the process).
+                for (_, reply) in std::mem::take(&mut self.server_requests) {
+                    let _ = reply.send(Err(ServerRequestError::Disconnected));
+                }
                 self.check = None;
             }
         }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clientmq_chat::ChatConfig;
 use clientmq_chat::worker::{self, WorkerConfig, WorkerObserver};
+use clientmq_core::seed::derive;
 use clientmq_server::BusBackend;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
 
@@ -79,7 +80,7 @@ pub fn server_config(
     let shards = s.shards.unwrap_or(1).max(1);
     let mut c = ServerConfig { shards, seed: Some(seed), ..ServerConfig::default() };
     let g = &mut c.gateway;
-    g.tokens = clientmq_core::TokenPolicy::AcceptAny;
+    g.tokens = clientmq_server::tokens::policy(false, &s.tokens, None, None).expect("static tokens");
     g.max_connections = s.max_connections.unwrap_or(g.max_connections);
     g.heartbeat_interval = secs(s.heartbeat_secs, g.heartbeat_interval);
     g.close_timeout = secs(s.close_timeout_secs, g.close_timeout);
@@ -87,12 +88,15 @@ pub fn server_config(
     g.server_request_timeout = g.request_timeout;
     g.drain_window = secs(s.drain_window_secs, g.drain_window);
     g.max_pending_requests = s.max_pending_requests.unwrap_or(g.max_pending_requests);
+    g.max_requests_per_sec = s.max_requests_per_sec.unwrap_or(g.max_requests_per_sec);
+    g.request_burst = s.request_burst.unwrap_or(g.request_burst);
+    c.max_connections_per_address = s.max_connections_per_address.unwrap_or(c.max_connections_per_address);
+    c.max_handshakes = s.max_handshakes.unwrap_or(c.max_handshakes);
     c.handshake_timeout = secs(s.handshake_timeout_secs, c.handshake_timeout);
     c.outbound_queue = s.outbound_queue.unwrap_or(c.outbound_queue);
     c.max_frame_bytes = s.max_frame_bytes.unwrap_or(c.max_frame_bytes);
     c.gateway.max_message_size = c.max_frame_bytes;
-    // The run ends by the scenario's clock, not by a drain deadline.
-    c.drain_deadline = Duration::from_secs(3600);
+    c.drain_deadline = secs(s.drain_deadline_secs, c.drain_deadline);
     let (sink, tag, plant) = (trace.clone(), proc.clone(), options.plant.clone());
     c.trace = Some(TraceSink(Arc::new(move |shard: usize, e: &clientmq_core::Event| {
         let shard = (shards > 1).then_some(shard as u16);
@@ -109,14 +113,15 @@ pub fn server_config(
     c
 }
 
-/// A gateway host: on each start a new process (its own seed, so connection ids never repeat),
+/// A gateway host: on each start a new process (its own seed, derived by the host's name and
+/// incarnation, so connection ids never repeat),
 /// with the embedded backend, or in a fleet on the bus under a route key of its own.
-pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str, index: u64) {
+pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
     let incarnation = Arc::new(AtomicU64::new(0));
     let (world, host_name) = (world.clone(), host.to_owned());
     sim.host(host, move || {
         let n = incarnation.fetch_add(1, Ordering::Relaxed);
-        let seed = world.scenario.seed.wrapping_add(n * 7919).wrapping_add(index * 104_729);
+        let seed = derive(world.scenario.seed, &format!("{host_name}/{n}"));
         let proc = Proc::new(&host_name, n as u32);
         let mut config =
             server_config(&world.scenario, seed, &world.trace, &proc, &world.broken, &world.options);
@@ -167,7 +172,7 @@ pub(super) fn chat_worker(sim: &mut turmoil::Sim<'_>, world: &World, host: &str,
         let config = WorkerConfig {
             prefix: PREFIX.into(),
             chat: ChatConfig { session_grace: grace, ..ChatConfig::default() },
-            seed: Some(seed.wrapping_add(n * 31).wrapping_add(0x6368)),
+            seed: Some(derive(seed, &format!("{host_name}/{n}"))),
             name: name.clone(),
             observer: Some(observer),
         };

@@ -147,7 +147,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
         .max_message_latency(MAX_LATENCY)
         .simulation_duration(duration + Duration::from_secs(3600))
         .tick_duration(tick)
-        .rng_seed(scenario.seed)
+        .rng_seed(clientmq_core::seed::derive(scenario.seed, "net"))
         .epoch(UNIX_EPOCH)
         .tcp_capacity(scenario.tcp_capacity)
         .build();
@@ -168,8 +168,8 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
             hosts::chat_worker(&mut sim, &world, &host, grace);
         }
     }
-    for (index, host) in world.gateway_hosts().iter().enumerate() {
-        hosts::gateway(&mut sim, &world, host, index as u64);
+    for host in world.gateway_hosts() {
+        hosts::gateway(&mut sim, &world, &host);
     }
     let crashes: BTreeMap<String, Arc<Crash>> = (0..scenario.clients.len())
         .map(|i| (scenario.clients[i].name.clone(), hosts::clients(&mut sim, &world, i)))
