@@ -9,16 +9,15 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::frame::{self, Answer};
+use crate::plan::{GATEWAY_FLAGS, SuiteOpts, log, round};
 use crate::procfs;
-use crate::report::{BusRow, Results, runs};
+use crate::report::{BusRow, Results, SYSTEMS, runs};
 use crate::request::{self, RequestOpts, RequestReport};
 use crate::servers::Binaries;
 use crate::stats::median;
-use crate::suite::{GATEWAY_FLAGS, SuiteOpts, log, round};
 use crate::target::{self, Target};
 
 /// The systems compared, in the order of the bus table's columns.
-pub const SYSTEMS: [&str; 3] = ["embedded backend", "NATS, 1 gateway", "NATS, 2 gateways"];
 /// Where a system's CPU time is spent, in the order of the table's rows.
 const ROLES: [&str; 3] = ["gateways", "nats-server", "worker"];
 const NATS_ONE: usize = 1;

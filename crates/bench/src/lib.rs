@@ -19,6 +19,7 @@ pub mod bus;
 pub mod churn;
 pub mod frame;
 pub mod idle;
+pub mod plan;
 pub mod procfs;
 pub mod report;
 pub mod request;

@@ -4,6 +4,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The columns of the bus table: the same request load through each system.
+pub const SYSTEMS: [&str; 3] = ["embedded backend", "NATS, 1 gateway", "NATS, 2 gateways"];
+
 pub const BEGIN: &str = "<!-- bench:begin (written by `just bench`; edit outside these markers) -->";
 pub const END: &str = "<!-- bench:end -->";
 
@@ -38,7 +41,7 @@ impl Row {
 }
 
 /// One figure of the bus table: the embedded backend, and the same load through NATS with one and
-/// with two gateways (`bus::SYSTEMS`).
+/// with two gateways ([`SYSTEMS`]).
 #[derive(Debug, Clone, Default)]
 pub struct BusRow {
     pub figure: String,
@@ -102,7 +105,7 @@ pub fn render(res: &Results) -> String {
         );
     }
     if !res.bus.is_empty() {
-        let [a, b, c] = crate::bus::SYSTEMS;
+        let [a, b, c] = SYSTEMS;
         let _ =
             writeln!(s, "\nThrough the bus (gateway -> nats-server -> `clientmq-chat` worker), same load:\n");
         let _ = writeln!(s, "| figure | {a} | {b} | {c} |\n|---|---:|---:|---:|");

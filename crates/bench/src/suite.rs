@@ -3,7 +3,7 @@
 //! go first, repeated, medians kept), the simulator's figures, and the table written into
 //! `BENCHMARKS.md`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,10 +11,11 @@ use tokio::process::Command;
 
 use crate::churn::{self, ChurnOpts, ChurnReport};
 use crate::idle::{self, IdleOpts, IdleReport};
+use crate::plan::{GATEWAY_FLAGS, SuiteOpts, log, round};
 use crate::procfs;
 use crate::report::{self, Results, Row, runs};
 use crate::request::{self, RequestOpts, RequestReport};
-use crate::servers::{Binaries, Handle, ServerProc};
+use crate::servers::{Handle, ServerProc};
 use crate::stats::median;
 
 /// Connections of the idle-memory figure, unless the open-file limit is lower.
@@ -29,35 +30,8 @@ const PEERS: [&str; 3] = ["clientmq", "baseline", "Node seed"];
 const CLIENTMQ: usize = 0;
 const BASELINE: usize = 1;
 const SEED: usize = 2;
-/// Flags clientmq-server and the seed gateway both take: room for every connection the suite
-/// opens (the seed's default limit is 2,000).
-pub const GATEWAY_FLAGS: [&str; 2] = ["--max-connections", "20000"];
 /// The same for idle runs, with heartbeats every 2 s so several run while connections are held.
 const IDLE_GATEWAY_FLAGS: [&str; 4] = ["--max-connections", "20000", "--heartbeat-secs", "2"];
-
-#[derive(Debug, Clone)]
-pub struct SuiteOpts {
-    pub binaries: Binaries,
-    pub sim_bin: Option<PathBuf>,
-    /// This binary, for the idle workers.
-    pub load_bin: PathBuf,
-    /// The repository root (the simulator's scenarios are read from it).
-    pub repo: PathBuf,
-    pub out: Option<PathBuf>,
-    pub repeats: usize,
-    pub warmup: Duration,
-    pub duration: Duration,
-    pub idle_connections: Option<usize>,
-    pub idle_hold: Duration,
-    pub churn_concurrency: usize,
-    pub explore_seeds: u64,
-    /// The command line recorded in the file.
-    pub command: String,
-}
-
-pub fn log(line: impl AsRef<str>) {
-    eprintln!("[bench] {}", line.as_ref());
-}
 
 /// Runs the suite. Progress goes to stderr; the results are returned and written to `opts.out`.
 pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
@@ -105,11 +79,6 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         log(format!("wrote {}", out.display()));
     }
     Ok(res)
-}
-
-/// The order of round `r`: each server goes first in turn, and the others follow in column order.
-pub fn round(r: usize) -> [usize; 3] {
-    [r % 3, (r + 1) % 3, (r + 2) % 3]
 }
 
 /// Runs `f` on each server `repeats` times, one round at a time (see [`round`]); results are in

@@ -10,3 +10,16 @@ pub mod pcast {
 pub mod chat {
     include!(concat!(env!("OUT_DIR"), "/chat.rs"));
 }
+
+impl mq::Message {
+    /// A client request: `ty` with its `payload`, answered under `request_id`.
+    pub fn request(request_id: &str, ty: &str, payload: Vec<u8>) -> Self {
+        mq::Message {
+            request_id: Some(request_id.to_owned()),
+            r#type: ty.to_owned(),
+            payload,
+            message_type: Some(mq::message::MessageType::Request as i32),
+            ..Default::default()
+        }
+    }
+}

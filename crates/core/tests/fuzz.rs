@@ -4,9 +4,6 @@
 //! with `crates/server/tests/fuzz.rs` (the HTTP head parser). `FUZZ_CASES` (default 100000),
 //! `FUZZ_SEED` and `FUZZ_FROM` steer a run; a failure prints its replay command and input.
 
-#[path = "fuzz/mutate.rs"]
-mod mutate;
-
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -14,8 +11,8 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use clientmq_core::codec::{self, CodecError, Encoding, Frame};
 use clientmq_core::edge_auth::{Claims, EdgeAuth, MAX_TOKEN_LEN, RequiredTag, TokenRefusal, TokenType};
 use clientmq_core::proto::mq;
+use clientmq_testkit::mutate::{Plan, mutate, random_bytes, random_string, show_bytes};
 use hmac::{Hmac, KeyInit, Mac};
-use mutate::{Plan, mutate, random_bytes, random_string, show_bytes};
 use prost::Message as _;
 use rand::RngExt;
 use rand::rngs::SmallRng;

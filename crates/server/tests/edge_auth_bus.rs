@@ -16,7 +16,8 @@ use base64::engine::general_purpose::STANDARD;
 use clientmq_core::edge_auth::{Claims, RequiredTag, TokenType};
 use clientmq_core::proto::{mq, pcast};
 use clientmq_testkit::nats::Nats;
-use clientmq_testkit::procs::{Log, Proc, free_port, http_get, interop_dir, node_worker, npm_ci, wait_for};
+use clientmq_testkit::node::{interop_dir, node_worker, npm_ci};
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -65,7 +66,7 @@ impl Client {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        let msg = clientmq_testkit::request(&id, ty, payload);
+        let msg = clientmq_core::proto::mq::Message::request(&id, ty, payload);
         self.ws.send(Message::Binary(msg.encode_to_vec().into())).await.unwrap();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {

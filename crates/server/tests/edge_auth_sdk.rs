@@ -12,9 +12,8 @@ mod common;
 
 use std::time::Duration;
 
-use clientmq_testkit::procs::{
-    Log, Proc, free_port, http_get, interop_dir, node_harness, npm_ci, scrape, wait_for,
-};
+use clientmq_testkit::node::{interop_dir, node_harness, npm_ci};
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get, scrape, wait_for};
 
 const APP: &str = "clientmq-edge-app";
 const SECRET: &str = "edge-s3cret-for-the-sdk-test";

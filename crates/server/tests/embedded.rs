@@ -50,16 +50,6 @@ async fn start_with(heartbeat: Duration, grace: Duration) -> (Server, Arc<Embedd
     (server, backend, addr)
 }
 
-fn request(id: &str, ty: &str, payload: Vec<u8>) -> mq::Message {
-    mq::Message {
-        request_id: Some(id.into()),
-        r#type: ty.into(),
-        payload,
-        message_type: Some(MqType::Request as i32),
-        ..Default::default()
-    }
-}
-
 fn decode_response<R: prost::Message + Default>(ty: &str, msg: &mq::Message) -> R {
     assert_eq!(msg.r#type, format!("{ty}Response"), "{msg:?}");
     R::decode(msg.payload.as_slice()).unwrap()
@@ -154,7 +144,8 @@ impl Client {
     async fn request(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
         let id = format!("C{}", self.next);
         self.next += 1;
-        let Frame::Text(text) = codec::encode(&request(&id, ty, payload), Encoding::Base64Text) else {
+        let Frame::Text(text) = codec::encode(&mq::Message::request(&id, ty, payload), Encoding::Base64Text)
+        else {
             unreachable!()
         };
         self.tx.send(Message::Text(text.into())).await.unwrap();
@@ -263,7 +254,7 @@ impl Raw {
     async fn call<R: prost::Message + Default>(&mut self, ty: &str, req: impl prost::Message) -> R {
         let id = format!("C{}", self.next);
         self.next += 1;
-        let msg = request(&id, ty, req.encode_to_vec()).encode_to_vec();
+        let msg = mq::Message::request(&id, ty, req.encode_to_vec()).encode_to_vec();
         rawws::write_frame(&mut self.s, rawws::BINARY, &msg).await.unwrap();
         loop {
             let msg = self.next_message().await;

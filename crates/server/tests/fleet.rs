@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
 use clientmq_testkit::nats::Nats;
+use clientmq_testkit::node::{interop_dir, npm_ci};
 use clientmq_testkit::procs::{
-    Log, Proc, collect, free_port, http_get, interop_dir, npm_ci, scrape, wait_for, wait_listening,
-    workspace_binary,
+    Log, Proc, collect, free_port, http_get, scrape, wait_for, wait_listening, workspace_binary,
 };
 use clientmq_testkit::rawws;
 use prost::Message as _;
@@ -63,7 +63,7 @@ impl Raw {
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> (String, Vec<u8>) {
         let id = format!("C{}", self.next);
         self.next += 1;
-        let msg = clientmq_testkit::request(&id, ty, payload);
+        let msg = clientmq_core::proto::mq::Message::request(&id, ty, payload);
         let Frame::Binary(bytes) = codec::encode(&msg, Encoding::Binary) else { unreachable!() };
         rawws::write_frame(&mut self.stream, rawws::BINARY, &bytes).await.unwrap();
         let answer = async {

@@ -3,16 +3,13 @@
 //! core's harnesses (`crates/core/tests/fuzz.rs`, whose mutator this shares). `FUZZ_CASES`,
 //! `FUZZ_SEED` and `FUZZ_FROM` steer a run; a failure prints its replay command and input.
 
-#[path = "../../core/tests/fuzz/mutate.rs"]
-mod mutate;
-
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use clientmq_server::http::{Head, HeadError, MAX_HEAD, Prefixed, read_head};
-use mutate::{Plan, mutate, random_bytes, show_bytes};
+use clientmq_testkit::mutate::{Plan, mutate, random_bytes, show_bytes};
 use rand::RngExt;
 use rand::rngs::SmallRng;
 use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};

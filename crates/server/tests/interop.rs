@@ -11,7 +11,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientmq_testkit::procs::{Log, collect, free_port, interop_dir, npm_ci};
+use clientmq_testkit::node::{interop_dir, npm_ci};
+use clientmq_testkit::procs::{Log, collect, free_port};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
 

@@ -81,8 +81,6 @@ async fn connect(addr: SocketAddr) -> Ws {
     tokio_tungstenite::connect_async(format!("ws://{addr}/ws")).await.unwrap().0
 }
 
-use clientmq_testkit::request;
-
 fn text(msg: &mq::Message) -> Message {
     match codec::encode(msg, Encoding::Base64Text) {
         clientmq_core::Frame::Text(t) => Message::Text(t.into()),
@@ -161,7 +159,7 @@ async fn server_close_never_answered_is_forced_and_the_count_returns() {
         assert_eq!(metric(&server, "clientmq_connections_open"), 1.0);
         assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="forced",code="3334"}"#), 1.0);
         // The polite client answered every ping and is still there.
-        polite_tx.send(text(&request("C0", "x.Echo", vec![]))).await.unwrap();
+        polite_tx.send(text(&mq::Message::request("C0", "x.Echo", vec![]))).await.unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(3), replies.recv()).await.unwrap().unwrap();
         assert_eq!(decode(&reply).request_id.as_deref(), Some("C0"));
         assert_eq!(server.open_connections(), 1);
@@ -244,7 +242,7 @@ async fn a_flood_over_the_limit_gets_exactly_n_1013_and_never_exceeds_it() {
         one.close(None).await.unwrap();
         eventually(WAIT, "39 open", || server.open_connections() == 39).await;
         let mut newcomer = connect(addr).await;
-        newcomer.send(text(&request("C0", "x.Echo", vec![]))).await.unwrap();
+        newcomer.send(text(&mq::Message::request("C0", "x.Echo", vec![]))).await.unwrap();
         assert!(close_code(&next_message(&mut newcomer).await.unwrap()).is_none());
     })
     .await
@@ -255,13 +253,13 @@ async fn garbage_truncated_and_unknown_frames_are_dropped_and_counted() {
     clientmq_testkit::deadline::bounded(async {
         let (server, addr, _) = start(config(), Arc::default()).await;
         let mut ws = connect(addr).await;
-        let valid = request("C1", "some.UnknownType", vec![7]).encode_to_vec();
+        let valid = mq::Message::request("C1", "some.UnknownType", vec![7]).encode_to_vec();
         ws.send(Message::Text("!!! not base64 !!!".into())).await.unwrap();
         ws.send(Message::Binary(vec![0xff, 0xff, 0xff].into())).await.unwrap();
         ws.send(Message::Binary(valid[..valid.len() / 2].to_vec().into())).await.unwrap();
         let event = mq::Message {
             message_type: Some(mq::message::MessageType::Event as i32),
-            ..request("", "x.E", vec![])
+            ..mq::Message::request("", "x.E", vec![])
         };
         ws.send(text(&event)).await.unwrap();
         // The connection is fine: an unknown request type still reaches the backend and is answered.
@@ -304,7 +302,7 @@ async fn a_slow_consumer_is_closed() {
         let (server, addr, _) = start(c, backend.clone()).await;
         // Authenticate so the test learns the connection id, then never read again.
         let mut raw = raw_upgrade(addr, &[]).await;
-        let auth = request("C0", "x.Hello", vec![]).encode_to_vec();
+        let auth = mq::Message::request("C0", "x.Hello", vec![]).encode_to_vec();
         rawws::write_frame(&mut raw, rawws::BINARY, &auth).await.unwrap();
         eventually(WAIT, "request seen", || !backend.seen.lock().unwrap().is_empty()).await;
         let conn: ConnectionId = backend.seen.lock().unwrap()[0].conn;
@@ -350,7 +348,7 @@ async fn x_forwarded_for_only_from_a_trusted_proxy() {
             let backend = Arc::new(TestBackend::default());
             let (_server, addr, _) = start(c, backend.clone()).await;
             let mut raw = raw_upgrade(addr, &[("X-Forwarded-For", "203.0.113.5")]).await;
-            let msg = request("C0", "pcast.Authenticate", auth.clone()).encode_to_vec();
+            let msg = mq::Message::request("C0", "pcast.Authenticate", auth.clone()).encode_to_vec();
             rawws::write_frame(&mut raw, rawws::BINARY, &msg).await.unwrap();
             eventually(WAIT, "authenticate seen", || !backend.seen.lock().unwrap().is_empty()).await;
             let seen = backend.seen.lock().unwrap()[0].clone();
@@ -412,7 +410,7 @@ async fn drain_answers_in_flight_requests_before_3333_and_serve_returns() {
         let mut clients = Vec::new();
         for i in 0..3 {
             let mut ws = connect(addr).await;
-            ws.send(text(&request(&format!("C{i}"), "x.Slow", vec![]))).await.unwrap();
+            ws.send(text(&mq::Message::request(&format!("C{i}"), "x.Slow", vec![]))).await.unwrap();
             clients.push(ws);
         }
         eventually(WAIT, "requests in flight", || backend.seen.lock().unwrap().len() == 3).await;
@@ -447,7 +445,8 @@ async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_
         let mut raw = socket.connect(addr).await.unwrap();
         assert_eq!(rawws::upgrade(&mut raw, "/ws", &[]).await.unwrap(), 101);
         for i in 0..ANSWERS {
-            let req = request(&format!("C{i}"), "x.Echo", vec![i as u8; PAYLOAD]).encode_to_vec();
+            let req =
+                mq::Message::request(&format!("C{i}"), "x.Echo", vec![i as u8; PAYLOAD]).encode_to_vec();
             rawws::write_frame(&mut raw, rawws::BINARY, &req).await.unwrap();
         }
         rawws::write_frame(&mut raw, rawws::CLOSE, &rawws::close_payload(1000, "")).await.unwrap();

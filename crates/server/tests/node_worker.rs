@@ -13,7 +13,8 @@ use std::time::Duration;
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
 use clientmq_testkit::nats::Nats;
-use clientmq_testkit::procs::{Log, Proc, free_port, http_get, node_worker, scrape, wait_for};
+use clientmq_testkit::node::node_worker;
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get, scrape, wait_for};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::net::TcpStream;
@@ -68,7 +69,7 @@ impl Client {
     async fn request(&mut self, ty: &str, payload: &[u8]) -> String {
         let id = format!("C{}", self.next_id);
         self.next_id += 1;
-        self.send(&clientmq_testkit::request(&id, ty, payload.to_vec())).await;
+        self.send(&clientmq_core::proto::mq::Message::request(&id, ty, payload.to_vec())).await;
         id
     }
 

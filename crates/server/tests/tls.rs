@@ -6,7 +6,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use clientmq_testkit::procs::{Log, Proc, free_port, node_harness, npm_ci, wait_listening};
+use clientmq_testkit::node::{node_harness, npm_ci};
+use clientmq_testkit::procs::{Log, Proc, free_port, wait_listening};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "tls-token";

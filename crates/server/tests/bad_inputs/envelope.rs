@@ -9,14 +9,14 @@ use clientmq_core::proto::mq;
 use clientmq_testkit::rawws::{BINARY, TEXT};
 use prost::Message as _;
 
-use crate::harness::{MS, MqType, request, start_test};
+use crate::harness::{MS, MqType, start_test};
 
 fn b64(bytes: &[u8]) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes()
 }
 
 fn response(id: &str, ty: &str) -> mq::Message {
-    mq::Message { message_type: Some(MqType::Response as i32), ..request(id, ty, vec![1]) }
+    mq::Message { message_type: Some(MqType::Response as i32), ..mq::Message::request(id, ty, vec![1]) }
 }
 
 /// Sends `frames` on one connection, then a request: its answer must be the first thing back
@@ -59,7 +59,7 @@ async fn text_that_is_not_base64_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_that_are_not_protobuf_are_dropped() {
     clientmq_testkit::deadline::bounded(async {
-        let valid = request("R1", "x.Echo", vec![7; 20]).encode_to_vec();
+        let valid = mq::Message::request("R1", "x.Echo", vec![7; 20]).encode_to_vec();
         let frames = [
             (BINARY, vec![0xff, 0xff, 0xff]),
             (TEXT, b64(&[0xff, 0xff, 0xff])),
@@ -75,7 +75,7 @@ async fn bytes_that_are_not_protobuf_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_without_a_type_is_dropped() {
     clientmq_testkit::deadline::bounded(async {
-        let untyped = request("R1", "", vec![1]).encode_to_vec();
+        let untyped = mq::Message::request("R1", "", vec![1]).encode_to_vec();
         // Only a request id: no type field at all.
         let bare = mq::Message { request_id: Some("R2".into()), ..Default::default() }.encode_to_vec();
         dropped(&[(BINARY, untyped.clone()), (TEXT, b64(&untyped)), (BINARY, bare)], "missing-type").await;
@@ -86,8 +86,9 @@ async fn a_message_without_a_type_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_request_id_is_dropped() {
     clientmq_testkit::deadline::bounded(async {
-        let none = mq::Message { request_id: None, ..request("", "x.Echo", vec![]) }.encode_to_vec();
-        let empty = request("", "x.Echo", vec![]).encode_to_vec();
+        let none =
+            mq::Message { request_id: None, ..mq::Message::request("", "x.Echo", vec![]) }.encode_to_vec();
+        let empty = mq::Message::request("", "x.Echo", vec![]).encode_to_vec();
         dropped(&[(BINARY, none), (BINARY, empty)], "missing-request-id").await;
     })
     .await
@@ -100,7 +101,8 @@ async fn an_unknown_message_type_is_dropped() {
             .map(|t| {
                 (
                     BINARY,
-                    mq::Message { message_type: Some(t), ..request("R1", "x.Echo", vec![]) }.encode_to_vec(),
+                    mq::Message { message_type: Some(t), ..mq::Message::request("R1", "x.Echo", vec![]) }
+                        .encode_to_vec(),
                 )
             })
             .into();
@@ -112,8 +114,10 @@ async fn an_unknown_message_type_is_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_event_is_dropped() {
     clientmq_testkit::deadline::bounded(async {
-        let event =
-            mq::Message { message_type: Some(MqType::Event as i32), ..request("", "chat.RoomEvent", vec![]) };
+        let event = mq::Message {
+            message_type: Some(MqType::Event as i32),
+            ..mq::Message::request("", "chat.RoomEvent", vec![])
+        };
         dropped(&[(BINARY, event.encode_to_vec())], "client-event").await;
     })
     .await

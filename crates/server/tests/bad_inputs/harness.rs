@@ -194,8 +194,6 @@ impl<B> Gw<B> {
     }
 }
 
-pub use clientmq_testkit::request;
-
 /// The reason of an `mq.Error` answer, `None` for any other answer.
 pub fn error_reason(msg: &mq::Message) -> Option<String> {
     (msg.r#type == "mq.Error").then(|| mq::Error::decode(msg.payload.as_slice()).expect("an mq.Error").reason)
@@ -285,7 +283,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Raw<S> {
     pub async fn call(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
         let id = format!("C{}", self.next);
         self.next += 1;
-        self.send(&request(&id, ty, payload)).await;
+        self.send(&mq::Message::request(&id, ty, payload)).await;
         let answer = self.next_message().await;
         assert_eq!(answer.request_id.as_deref(), Some(id.as_str()), "{answer:?}");
         assert_eq!(answer.message_type, Some(MqType::Response as i32));

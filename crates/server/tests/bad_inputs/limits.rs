@@ -5,7 +5,7 @@ use clientmq_core::proto::mq;
 use clientmq_testkit::rawws::BINARY;
 use prost::Message as _;
 
-use crate::harness::{MS, Raw, WAIT, error_reason, request, start_test};
+use crate::harness::{MS, Raw, WAIT, error_reason, start_test};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_over_the_pending_limit_get_too_many_requests() {
@@ -16,9 +16,9 @@ async fn requests_over_the_pending_limit_get_too_many_requests() {
         })
         .await;
         let mut raw = gw.raw().await;
-        raw.send(&request("C0", "x.Hang", vec![])).await;
-        raw.send(&request("C1", "x.Hang", vec![])).await;
-        raw.send(&request("C2", "x.Echo", vec![])).await;
+        raw.send(&mq::Message::request("C0", "x.Hang", vec![])).await;
+        raw.send(&mq::Message::request("C1", "x.Hang", vec![])).await;
+        raw.send(&mq::Message::request("C2", "x.Echo", vec![])).await;
         let refused = raw.next_message().await;
         assert_eq!(refused.request_id.as_deref(), Some("C2"));
         assert_eq!(error_reason(&refused).as_deref(), Some("too-many-requests"));
@@ -54,11 +54,11 @@ async fn a_flood_is_refused_rate_limited_then_closed_1008() {
         let mut raw = gw.raw().await;
         let mut flood = Vec::new();
         for i in 0..5 {
-            flood.push(request(&format!("C{i}"), "x.Echo", vec![]).encode_to_vec());
+            flood.push(mq::Message::request(&format!("C{i}"), "x.Echo", vec![]).encode_to_vec());
         }
         flood.push(vec![0xff, 0xff]); // garbage over the rate: dropped
         for i in 5..11 {
-            flood.push(request(&format!("C{i}"), "x.Echo", vec![]).encode_to_vec());
+            flood.push(mq::Message::request(&format!("C{i}"), "x.Echo", vec![]).encode_to_vec());
         }
         let bytes: Vec<u8> =
             flood.iter().flat_map(|m| clientmq_testkit::rawws::encode_frame(BINARY, m, None)).collect();

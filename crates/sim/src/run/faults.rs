@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clientmq_server::Server;
 
-use super::hosts::World;
+use super::world::World;
 use crate::scenario::{Action, BackendMode};
 use crate::trace::{self, Record, Source, Trace};
 

@@ -2,11 +2,10 @@
 //! the bus and the chat workers of a fleet, client groups, and the control client that carries
 //! out the timeline's actions inside the simulation.
 
-use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clientmq_chat::ChatConfig;
@@ -16,11 +15,12 @@ use clientmq_server::BusBackend;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
 
 use super::faults::{Crash, act, instant};
+use super::world::World;
 use super::{Broken, RunOptions};
 use crate::backend::SimBackend;
 use crate::bus::{SimBus, serve_broker};
 use crate::client;
-use crate::scenario::{BackendMode, Scenario};
+use crate::scenario::Scenario;
 use crate::trace::{self, Proc, Record, Trace};
 
 /// Where the simulated bus listens.
@@ -36,32 +36,6 @@ impl Listener for SimListener {
 
     async fn accept(&mut self) -> io::Result<(Self::Stream, SocketAddr)> {
         self.0.accept().await
-    }
-}
-
-/// What the hosts of one run share.
-#[derive(Clone)]
-pub(super) struct World {
-    pub scenario: Scenario,
-    pub trace: Trace,
-    pub broken: Broken,
-    pub options: RunOptions,
-    pub mode: Arc<Mutex<BackendMode>>,
-    /// The running process of each gateway host, by host name.
-    pub gateways: Arc<Mutex<BTreeMap<String, Server>>>,
-}
-
-impl World {
-    pub fn gateway_hosts(&self) -> Vec<String> {
-        match &self.scenario.fleet {
-            Some(fleet) => fleet.gateway_hosts(),
-            None => vec!["gateway".to_owned()],
-        }
-    }
-
-    /// The running gateway processes, in host order.
-    pub fn servers(&self) -> Vec<Server> {
-        self.gateways.lock().expect("gateways").values().cloned().collect()
     }
 }
 

@@ -5,13 +5,14 @@
 
 mod faults;
 mod hosts;
+mod world;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant as WallInstant, UNIX_EPOCH};
 
 use faults::{Crash, instant};
-use hosts::World;
+use world::World;
 
 use crate::check::{Checker, FleetLimits, Limits, Sample, Violation};
 use crate::scenario::{Scenario, SnapshotMode};
