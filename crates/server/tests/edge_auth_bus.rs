@@ -7,22 +7,17 @@
 //! Needs nats-server, Node.js and npm (`npm ci --ignore-scripts` runs once in interop/ when the
 //! packages are missing).
 
-mod common;
-
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use clientmq_core::edge_auth::{Claims, RequiredTag, TokenType};
 use clientmq_core::proto::{mq, pcast};
+use clientmq_testkit::client::Client as TestClient;
 use clientmq_testkit::nats::Nats;
 use clientmq_testkit::node::{interop_dir, node_worker, npm_ci};
 use clientmq_testkit::procs::{Log, Proc, free_port, http_get, wait_for};
-use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const APP: &str = "bus-edge-app";
 const SECRET: &str = "bus-edge-s3cret";
@@ -52,35 +47,16 @@ async fn mint(args: &[&str]) -> (String, String) {
     (field("token"), field("claims"))
 }
 
-/// A WebSocket client speaking MQ in binary frames.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    next_id: u32,
-}
+/// A client speaking MQ in binary frames, with this test's requests.
+struct Client(TestClient);
 
 impl Client {
     async fn connect(port: u16) -> Client {
-        Client { ws: common::connect_when_up(port).await, next_id: 0 }
+        Client(TestClient::connect_when_up(port).await)
     }
 
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> mq::Message {
-        let id = format!("C{}", self.next_id);
-        self.next_id += 1;
-        let msg = clientmq_core::proto::mq::Message::request(&id, ty, payload);
-        self.ws.send(Message::Binary(msg.encode_to_vec().into())).await.unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await;
-            match next.unwrap_or_else(|_| panic!("no answer to {ty} within {WAIT:?}")) {
-                Some(Ok(Message::Binary(b))) => {
-                    let reply = mq::Message::decode(b.as_ref()).unwrap();
-                    assert_eq!(reply.request_id.as_deref(), Some(id.as_str()), "{reply:?}");
-                    return reply;
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                other => panic!("expected the answer to {ty}, got {other:?}"),
-            }
-        }
+        self.0.call(ty, payload).await
     }
 
     async fn authenticate(&mut self, token: &str, session: Option<&str>) -> pcast::AuthenticateResponse {
@@ -110,8 +86,12 @@ impl Client {
 
     /// Closes politely and reads until the server's close.
     async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        self.0.close(1000, "").await;
+        while let Some(Ok(Some(frame))) = self.0.next_frame_within(WAIT).await {
+            if frame.opcode == clientmq_testkit::rawws::CLOSE {
+                break;
+            }
+        }
     }
 
     /// How many `pcast.Authenticate` the worker has seen (`demo.Stats`).

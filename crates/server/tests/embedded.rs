@@ -12,8 +12,8 @@ use clientmq_chat::ChatConfig;
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_core::{Encoding, Frame, codec};
 use clientmq_server::{EmbeddedBackend, Server, ServerConfig};
+use clientmq_testkit::client::Client as TestClient;
 use clientmq_testkit::deadline::eventually;
-use clientmq_testkit::rawws::{self, RawFrame};
 use common::metric;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -223,53 +223,23 @@ impl Drop for Client {
 }
 
 /// A client below the WebSocket library, to end a connection by reset or by going mute.
-struct Raw {
-    s: TcpStream,
-    next: u32,
-    /// Every event received, kept until the test clears it.
-    events: Vec<mq::Message>,
-}
+struct Raw(TestClient);
 
 impl Raw {
     async fn connect(addr: SocketAddr) -> Raw {
-        let mut s = TcpStream::connect(addr).await.unwrap();
-        assert_eq!(rawws::upgrade(&mut s, "/ws", &[]).await.unwrap(), 101);
-        Raw { s, next: 0, events: Vec::new() }
-    }
-
-    /// The next message, answering pings meanwhile.
-    async fn next_message(&mut self) -> mq::Message {
-        loop {
-            let read = tokio::time::timeout(Duration::from_secs(3), rawws::read_frame(&mut self.s)).await;
-            let frame: RawFrame = read.expect("a frame in time").unwrap().expect("not EOF");
-            match frame.opcode {
-                rawws::PING => rawws::write_frame(&mut self.s, rawws::PONG, &frame.payload).await.unwrap(),
-                rawws::BINARY => return codec::decode(&Frame::Binary(frame.payload), usize::MAX).unwrap(),
-                other => panic!("unexpected opcode {other}"),
-            }
-        }
+        Raw(TestClient::connect(addr).await)
     }
 
     /// Sends a binary request and waits for its answer, keeping the events that come first.
     async fn call<R: prost::Message + Default>(&mut self, ty: &str, req: impl prost::Message) -> R {
-        let id = format!("C{}", self.next);
-        self.next += 1;
-        let msg = mq::Message::request(&id, ty, req.encode_to_vec()).encode_to_vec();
-        rawws::write_frame(&mut self.s, rawws::BINARY, &msg).await.unwrap();
-        loop {
-            let msg = self.next_message().await;
-            if msg.request_id.as_deref() == Some(id.as_str()) {
-                return decode_response(ty, &msg);
-            }
-            self.events.push(msg);
-        }
+        self.0.call_decoded(ty, req).await
     }
 
     /// Waits until this connection has heard `what` about `room`.
     async fn hears(&mut self, room: &str, what: &str) {
-        while !heard(&self.events, room).iter().any(|w| w == what) {
-            let msg = self.next_message().await;
-            self.events.push(msg);
+        while !heard(&self.0.events, room).iter().any(|w| w == what) {
+            let msg = self.0.recv().await;
+            self.0.events.push(msg);
         }
     }
 
@@ -346,7 +316,7 @@ impl Victim {
             (Victim::Raw(r), End::Reset) => {
                 // Linger 0 makes the drop send a reset; it does not block.
                 #[allow(deprecated)]
-                r.s.set_linger(Some(Duration::ZERO)).unwrap();
+                r.0.stream.set_linger(Some(Duration::ZERO)).unwrap();
                 drop(r);
             }
             // Mute: read nothing, answer nothing, until the server gives up on it.
@@ -507,7 +477,7 @@ async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_a
             .await;
         second.hears(&room, "MemberUpdated back").await;
         second.hears(&room, "message welcome").await;
-        second.events.clear();
+        second.0.events.clear();
 
         // Taken over by a third connection while the second is still open: the room follows.
         let mut third = Raw::connect(addr).await;
@@ -532,7 +502,7 @@ async fn a_generic_client_resuming_its_session_hears_its_rooms_without_joining_a
         second.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "second")).await;
         observer.call::<chat::JoinRoomResponse>("chat.JoinRoom", join(&barrier_room, "observer")).await;
         second.hears(&barrier_room, "MemberJoined observer").await;
-        assert_eq!(heard(&second.events, &room), Vec::<String>::new());
+        assert_eq!(heard(&second.0.events, &room), Vec::<String>::new());
         backend.check_invariants().unwrap();
     })
     .await

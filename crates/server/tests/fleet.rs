@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use clientmq_core::proto::{chat, mq, pcast};
-use clientmq_core::{Encoding, Frame, codec};
+use clientmq_testkit::client::Client as TestClient;
 use clientmq_testkit::nats::Nats;
 use clientmq_testkit::node::{interop_dir, npm_ci};
 use clientmq_testkit::procs::{
     Log, Proc, collect, free_port, http_get, scrape, wait_for, wait_listening, workspace_binary,
 };
-use clientmq_testkit::rawws;
 use prost::Message as _;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -47,38 +46,19 @@ async fn proxy(target: Arc<AtomicU16>) -> u16 {
 }
 
 /// A client below any WebSocket library, for checks the SDK cannot make.
-struct Raw {
-    stream: TcpStream,
-    next: u32,
-}
+struct Raw(TestClient);
 
 impl Raw {
     async fn connect(port: u16) -> Raw {
-        let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        assert_eq!(rawws::upgrade(&mut stream, "/ws", &[]).await.unwrap(), 101);
-        Raw { stream, next: 0 }
+        Raw(TestClient::connect(("127.0.0.1", port)).await)
     }
 
-    /// Sends a request and waits (at most 20 s) for its answer: its type and payload.
+    /// Sends a request and waits (at most 20 s: faults are under way) for its answer: its type
+    /// and payload.
     async fn call(&mut self, ty: &str, payload: Vec<u8>) -> (String, Vec<u8>) {
-        let id = format!("C{}", self.next);
-        self.next += 1;
-        let msg = clientmq_core::proto::mq::Message::request(&id, ty, payload);
-        let Frame::Binary(bytes) = codec::encode(&msg, Encoding::Binary) else { unreachable!() };
-        rawws::write_frame(&mut self.stream, rawws::BINARY, &bytes).await.unwrap();
-        let answer = async {
-            loop {
-                let frame = rawws::read_frame(&mut self.stream).await.unwrap().expect("an answer before EOF");
-                if frame.opcode != rawws::BINARY {
-                    continue;
-                }
-                let msg = codec::decode(&Frame::Binary(frame.payload), usize::MAX).unwrap();
-                if msg.request_id.as_deref() == Some(&id) {
-                    return (msg.r#type, msg.payload);
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), answer).await.expect("an answer within 20 s")
+        let id = self.0.request(ty, payload).await;
+        let answer = self.0.answer_within(&id, Duration::from_secs(20)).await;
+        (answer.r#type, answer.payload)
     }
 
     async fn authenticate(&mut self) -> (String, Vec<u8>) {
@@ -94,8 +74,8 @@ impl Raw {
     }
 
     async fn close(mut self) {
-        let _ = rawws::write_frame(&mut self.stream, rawws::CLOSE, &rawws::close_payload(1000, "done")).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), rawws::read_frame(&mut self.stream)).await;
+        self.0.close(1000, "done").await;
+        let _ = self.0.next_frame_within(Duration::from_secs(2)).await;
     }
 }
 
@@ -105,15 +85,13 @@ fn reason(payload: &[u8]) -> String {
 
 /// Whether a fresh client on `port` authenticates: gateway, bus and worker all answer.
 async fn serves(port: u16) -> bool {
-    let Ok(Ok(mut s)) =
+    let Ok(Ok(s)) =
         tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(("127.0.0.1", port))).await
     else {
         return false;
     };
-    if !matches!(rawws::upgrade(&mut s, "/ws", &[]).await, Ok(101)) {
-        return false;
-    }
-    let mut raw = Raw { stream: s, next: 0 };
+    let Ok(client) = TestClient::upgrade(s, &[]).await else { return false };
+    let mut raw = Raw(client);
     let (ty, payload) = raw.authenticate().await;
     let ok = ty == "pcast.AuthenticateResponse"
         && pcast::AuthenticateResponse::decode(payload.as_slice()).is_ok_and(|r| r.status == "ok");

@@ -5,16 +5,14 @@
 //! Needs Node.js and npm (`npm ci --ignore-scripts` runs once if `interop/node_modules` is
 //! missing). `CLIENTMQ_SKIP_INTEROP=1` skips it explicitly; CI never sets it.
 
-mod common;
-
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clientmq_testkit::node::{interop_dir, npm_ci};
-use clientmq_testkit::procs::{Log, collect, free_port};
+use clientmq_testkit::procs::{Log, Proc, collect, free_port, http_get};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const TOKEN: &str = "interop-token";
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,64 +30,34 @@ async fn tool_version(tool: &str) -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-/// Starts the server binary on `port` with a known token, its settings all from flags.
-fn start_server(port: u16, log: &Log) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientmq-server"));
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLIENTMQ_")) {
-        cmd.env_remove(key);
-    }
-    let mut child = cmd
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--tokens", TOKEN, "--shards", "2"])
-        .args(["--drain-window-secs", "0.2", "--close-timeout-secs", "2", "--drain-deadline-secs", "10"])
-        .env("CLIENTMQ_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the server binary starts");
-    collect(child.stdout.take().unwrap(), "server".into(), log.clone());
-    collect(child.stderr.take().unwrap(), "server".into(), log.clone());
-    child
-}
-
-async fn healthy(port: u16) -> bool {
-    use tokio::io::AsyncReadExt;
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else { return false };
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.is_err() {
-        return false;
-    }
-    let mut out = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(1), s.read_to_string(&mut out)).await;
-    out.starts_with("HTTP/1.1 200")
-}
-
-/// Starts the server and waits until it answers; retries while the port is still being released.
-async fn start_healthy_server(port: u16, log: &Log) -> Child {
+/// Starts the server binary on `port` with a known token, its settings all from flags, and waits
+/// until it answers; retries while the port is still being released.
+async fn start_healthy_server(port: u16, log: &Log) -> Proc {
+    let args = ["--listen", &format!("127.0.0.1:{port}"), "--tokens", TOKEN, "--shards", "2"]
+        .into_iter()
+        .chain(["--drain-window-secs", "0.2", "--close-timeout-secs", "2", "--drain-deadline-secs", "10"])
+        .map(str::to_owned)
+        .collect::<Vec<_>>();
     for _ in 0..20 {
-        let mut child = start_server(port, log);
+        let mut server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", log);
         for _ in 0..100 {
-            if healthy(port).await {
-                return child;
+            if http_get(port, "/healthz").await.0 == 200 {
+                return server;
             }
-            if child.try_wait().unwrap().is_some() {
+            if server.child.try_wait().unwrap().is_some() {
                 break; // e.g. the port was not free yet
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = child.kill().await;
+        server.kill().await;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("the server did not come up on port {port}:\n{}", log.lock().unwrap().join("\n"));
 }
 
 /// SIGTERM, which drains the server; it must exit 0.
-async fn drain(mut server: Child) {
-    let pid = server.id().expect("running").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
-    assert!(killed.success());
-    let status =
-        tokio::time::timeout(Duration::from_secs(15), server.wait()).await.expect("drains in time").unwrap();
-    assert!(status.success(), "the drained server exits 0: {status:?}");
+async fn drain(server: Proc) {
+    server.terminate(Duration::from_secs(15)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

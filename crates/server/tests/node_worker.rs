@@ -5,21 +5,16 @@
 //! Needs nats-server, Node.js and npm (`npm ci --ignore-scripts` runs once in interop/ when the
 //! `nats` package is missing).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use clientmq_core::Encoding;
 use clientmq_core::proto::{mq, pcast};
-use clientmq_core::{Encoding, Frame, codec};
+use clientmq_testkit::client::Client as TestClient;
 use clientmq_testkit::nats::Nats;
 use clientmq_testkit::node::node_worker;
 use clientmq_testkit::procs::{Log, Proc, free_port, http_get, scrape, wait_for};
-use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use mq::message::MessageType;
 
@@ -34,88 +29,34 @@ const AT_ONCE: Duration = Duration::from_millis(500);
 const DEADLINE: Duration = Duration::from_secs(90);
 const OPEN: &str = "clientmq_connections_open";
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
 fn error_reason(msg: &mq::Message) -> String {
     assert_eq!(msg.r#type, "mq.Error", "{msg:?}");
     mq::Error::decode(msg.payload.as_slice()).expect("an mq.Error").reason
 }
 
-/// One WebSocket client speaking the MQ protocol in one encoding.
+/// One client speaking the MQ protocol in one encoding, strict about what arrives when.
 struct Client {
     name: &'static str,
-    ws: Ws,
-    encoding: Encoding,
-    next_id: u32,
+    c: TestClient,
 }
 
 impl Client {
     async fn connect(name: &'static str, port: u16, encoding: Encoding) -> Client {
-        let ws = common::connect_when_up(port).await;
-        Client { name, ws, encoding, next_id: 0 }
-    }
-
-    async fn send(&mut self, msg: &mq::Message) {
-        let frame = match codec::encode(msg, self.encoding) {
-            Frame::Text(t) => Message::Text(t.into()),
-            Frame::Binary(b) => Message::Binary(b.into()),
-        };
-        if let Err(e) = self.ws.send(frame).await {
-            panic!("{}: send failed: {e}", self.name);
-        }
+        Client { name, c: TestClient::connect_when_up(port).await.with_encoding(encoding).named(name) }
     }
 
     /// Sends a request; returns its request id.
     async fn request(&mut self, ty: &str, payload: &[u8]) -> String {
-        let id = format!("C{}", self.next_id);
-        self.next_id += 1;
-        self.send(&clientmq_core::proto::mq::Message::request(&id, ty, payload.to_vec())).await;
-        id
+        self.c.request(ty, payload.to_vec()).await
     }
 
     /// Answers a server request.
     async fn respond(&mut self, request_id: &str, ty: &str, payload: &[u8]) {
-        let msg = mq::Message {
-            request_id: Some(request_id.into()),
-            r#type: ty.into(),
-            payload: payload.to_vec(),
-            message_type: Some(MessageType::Response as i32),
-            ..Default::default()
-        };
-        self.send(&msg).await;
-    }
-
-    /// The next message, within `within`, or `None`; it must come in this client's encoding.
-    async fn recv_within(&mut self, within: Duration) -> Option<mq::Message> {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let next = match tokio::time::timeout_at(deadline, self.ws.next()).await {
-                Err(_) => return None,
-                Ok(next) => next,
-            };
-            let frame = match next {
-                Some(Ok(Message::Text(t))) => Frame::Text(t.to_string()),
-                Some(Ok(Message::Binary(b))) => Frame::Binary(b.to_vec()),
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                other => panic!("{}: expected a data frame, got {other:?}", self.name),
-            };
-            let (text, expect_text) =
-                (matches!(frame, Frame::Text(_)), self.encoding == Encoding::Base64Text);
-            if text != expect_text {
-                panic!("{}: a frame in the wrong encoding: {frame:?}", self.name);
-            }
-            match codec::decode(&frame, usize::MAX) {
-                Ok(msg) => return Some(msg),
-                Err(e) => panic!("{}: undecodable frame {frame:?}: {e}", self.name),
-            }
-        }
+        self.c.respond(request_id, ty, payload.to_vec()).await;
     }
 
     async fn recv(&mut self) -> mq::Message {
-        match self.recv_within(WAIT).await {
-            Some(msg) => msg,
-            None => panic!("{}: nothing arrived within {WAIT:?}", self.name),
-        }
+        self.c.recv().await
     }
 
     /// The next message, which must be the response to `id`.
@@ -161,8 +102,12 @@ impl Client {
 
     /// Closes politely and reads until the server's close.
     async fn close(mut self) {
-        let _ = self.ws.close(None).await;
-        let _ = tokio::time::timeout(WAIT, async { while let Some(Ok(_)) = self.ws.next().await {} }).await;
+        self.c.close(1000, "").await;
+        while let Some(Ok(Some(frame))) = self.c.next_frame_within(WAIT).await {
+            if frame.opcode == clientmq_testkit::rawws::CLOSE {
+                break;
+            }
+        }
     }
 }
 

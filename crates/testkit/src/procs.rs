@@ -90,8 +90,11 @@ impl Proc {
         assert!(sent.success(), "kill {signal} {pid}");
     }
 
-    /// SIGKILL, and waits for the process to be gone.
+    /// SIGKILL, and waits for the process to be gone (at once if it already is).
     pub async fn kill(mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         self.signal("-KILL");
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("killed");
     }
