@@ -10,6 +10,7 @@
 //! puts on it (docs/nats.md is the same contract, for authors of workers in other languages).
 
 pub mod contract;
+pub mod gateways;
 pub mod nats;
 pub mod process;
 

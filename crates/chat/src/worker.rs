@@ -15,9 +15,11 @@
 //!   the worker asks the gateway which of its connections are gone (sync) and ends those. While
 //!   the worker itself is away from the bus it declares nobody gone.
 //!
+//! What is not chat (routes, gateway liveness, orphans, sync) is `clientmq_bus::gateways`, the
+//! worker side of docs/nats.md that any stateful worker needs.
+//!
 //! Sessions live in this worker's memory: run one instance.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,13 +30,9 @@ use rand::rngs::StdRng;
 
 use crate::wire::{Outgoing, reason};
 use crate::{ChatConfig, ChatState, wire};
-use clientmq_bus::contract::{
-    self, ANNOUNCE_EVERY, CHAT_QUEUE, GATEWAY_SILENT_AFTER, IDS_PER_MESSAGE, Subjects, ToGateway, header,
-};
+use clientmq_bus::contract::{self, ANNOUNCE_EVERY, CHAT_QUEUE, Subjects, ToGateway, header};
+use clientmq_bus::gateways::{Answered, Gateways};
 use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
-
-/// A list sent to a gateway (orphans) is sent again after this long without an answer.
-const RESEND_AFTER: Duration = Duration::from_secs(2);
 
 /// What `clientmq-chat` needs.
 #[derive(Debug, Clone)]
@@ -90,43 +88,13 @@ impl std::fmt::Debug for WorkerObserver {
     }
 }
 
-/// What the worker knows of one gateway.
-#[derive(Debug)]
-struct Gateway {
-    last_seen: Instant,
-    /// Its bus epoch at the last announcement: a new one means it reconnected to the bus.
-    epoch: Option<u64>,
-    /// Counted gone: its connections were treated as disconnected.
-    gone: bool,
-    /// Connections whose sessions were detached while it was counted gone, still to be told.
-    orphans: BTreeSet<ConnectionId>,
-    /// The orphans last sent, when, and under which number, until the gateway acknowledges
-    /// that very message.
-    told: Option<(Instant, u64, Vec<ConnectionId>)>,
-    sent_lists: u64,
-}
-
-impl Gateway {
-    fn new(now: Instant) -> Self {
-        Gateway {
-            last_seen: now,
-            epoch: None,
-            gone: false,
-            orphans: BTreeSet::new(),
-            told: None,
-            sent_lists: 0,
-        }
-    }
-}
-
 struct Worker<B> {
     bus: Arc<B>,
     subjects: Subjects,
     name: String,
     state: ChatState,
-    /// The gateway of every connection that sent a request and has not ended.
-    routes: BTreeMap<ConnectionId, String>,
-    gateways: BTreeMap<String, Gateway>,
+    /// Which gateway each connection came through, and each gateway's liveness.
+    gateways: Gateways,
     observer: Option<WorkerObserver>,
 }
 
@@ -147,20 +115,14 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     let mut chat = subscribe(&*bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await;
     let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
     let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
-    let mut inbox = subscribe(&*bus, &format!("{}.wk.{}.>", subjects.prefix(), config.name), None).await;
+    let gateways = Gateways::new(subjects.clone(), &config.name);
+    let mut inbox = subscribe(&*bus, &gateways.inbox(), None).await;
     let mut state = ChatState::new(config.chat, rng, now());
     if config.observer.is_some() {
         state.keep_facts();
     }
-    let mut w = Worker {
-        observer: config.observer,
-        state,
-        bus: bus.clone(),
-        subjects,
-        name: config.name,
-        routes: BTreeMap::new(),
-        gateways: BTreeMap::new(),
-    };
+    let mut w =
+        Worker { observer: config.observer, state, bus: bus.clone(), subjects, name: config.name, gateways };
     tracing::info!(worker = %w.name, "chat worker serving pcast.* and chat.*");
     let mut seen = bus.status();
     tokio::pin!(shutdown);
@@ -250,7 +212,7 @@ impl<B: Bus> Worker<B> {
                         self.subjects.room(clientmq_core::Topic::Conversation, room)
                     }
                     Target::Connection(conn) => {
-                        self.subjects.gateway(self.routes.get(conn)?, ToGateway::Event)
+                        self.subjects.gateway(self.gateways.route_of(conn)?, ToGateway::Event)
                     }
                 };
                 let mut msg = BusMessage::new(subject, payload).with(header::TYPE, event_type);
@@ -260,7 +222,7 @@ impl<B: Bus> Worker<B> {
                 Some(msg)
             }
             Outgoing::Subscription(s) => {
-                let g = self.routes.get(&s.conn)?;
+                let g = self.gateways.route_of(&s.conn)?;
                 let name = if s.subscribe { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
                 let msg = BusMessage::new(self.subjects.gateway(g, ToGateway::Subscription), Vec::new())
                     .with(header::CONNECTION, s.conn.to_string())
@@ -268,10 +230,6 @@ impl<B: Bus> Worker<B> {
                 Some(msg)
             }
         }
-    }
-
-    fn seen(&mut self, g: &str) -> &mut Gateway {
-        self.gateways.entry(g.to_owned()).or_insert_with(|| Gateway::new(now()))
     }
 
     /// A latency probe, as the embedded backend answers it: the payload back, no state.
@@ -294,9 +252,9 @@ impl<B: Bus> Worker<B> {
                 .await;
         };
         // A request is proof of life, as good as an announcement.
-        self.revive(&g).await;
-        self.seen(&g).last_seen = now();
-        self.routes.insert(conn, g);
+        if self.gateways.request_from(&g, conn, now()) {
+            self.tell(WorkerEvent::GatewayBack { gateway: g });
+        }
         let claims = msg
             .header(header::APPLICATION)
             .zip(msg.header(header::CLAIMS))
@@ -316,95 +274,27 @@ impl<B: Bus> Worker<B> {
 
     /// A connection is over as far as the worker is concerned: its session's grace starts.
     fn end(&mut self, conn: ConnectionId) {
-        self.routes.remove(&conn);
+        self.gateways.forget(&conn);
         self.state.disconnected(conn, now());
     }
 
     async fn alive(&mut self, msg: BusMessage) {
-        let Some(g) = self.subjects.parse_alive(&msg.subject).map(str::to_owned) else { return };
-        self.revive(&g).await;
-        let epoch = msg.header(header::BUS_EPOCH).and_then(|e| e.parse::<u64>().ok());
-        let gateway = self.seen(&g);
-        gateway.last_seen = now();
-        let reconnected = gateway.epoch.is_some() && gateway.epoch != epoch;
-        gateway.epoch = epoch;
-        if reconnected {
-            // It was away from the bus: its disconnect notices of that time may be lost.
-            self.sync(&g).await;
+        let Some(announced) = self.gateways.announced(&msg, now()) else { return };
+        if announced.revived {
+            self.tell(WorkerEvent::GatewayBack { gateway: announced.gateway });
         }
-        self.send_orphans(&g).await;
-    }
-
-    /// A gateway counted gone is heard from again: its orphans are still to be told.
-    async fn revive(&mut self, g: &str) {
-        if let Some(gateway) = self.gateways.get_mut(g)
-            && gateway.gone
-        {
-            tracing::info!(gateway = %g, orphans = gateway.orphans.len(), "gateway back");
-            gateway.gone = false;
-            gateway.told = None;
-            self.tell(WorkerEvent::GatewayBack { gateway: g.to_owned() });
-        }
-    }
-
-    async fn send_orphans(&mut self, g: &str) {
-        let Some(gateway) = self.gateways.get_mut(g) else { return };
-        let due = gateway.told.as_ref().is_none_or(|(at, _, _)| now() >= *at + RESEND_AFTER);
-        if gateway.gone || gateway.orphans.is_empty() || !due {
-            return;
-        }
-        let ids: Vec<ConnectionId> = gateway.orphans.iter().take(IDS_PER_MESSAGE).copied().collect();
-        gateway.sent_lists += 1;
-        let n = gateway.sent_lists;
-        gateway.told = Some((now(), n, ids.clone()));
-        let reply = format!("{}.wk.{}.orphans.{g}.{n}", self.subjects.prefix(), self.name);
-        let msg = BusMessage::new(self.subjects.gateway(g, ToGateway::Orphans), contract::ids_payload(&ids))
-            .reply_to(reply);
-        self.publish(msg).await;
-    }
-
-    /// Asks gateway `g` which of the connections the worker knows there are gone.
-    async fn sync(&mut self, g: &str) {
-        let known: Vec<ConnectionId> =
-            self.routes.iter().filter(|(_, gw)| gw.as_str() == g).map(|(id, _)| *id).collect();
-        let reply = format!("{}.wk.{}.sync.{g}", self.subjects.prefix(), self.name);
-        for chunk in known.chunks(IDS_PER_MESSAGE) {
-            let msg =
-                BusMessage::new(self.subjects.gateway(g, ToGateway::Sync), contract::ids_payload(chunk))
-                    .reply_to(reply.clone());
+        for msg in announced.publish {
             self.publish(msg).await;
         }
     }
 
     /// A gateway answered a sync or an orphans list.
     async fn answer(&mut self, msg: BusMessage) {
-        // `P.wk.<worker>.<kind>.<gateway>[.<n>]`
-        let rest = msg.subject.rsplit_once(".wk.").map(|(_, r)| r).unwrap_or_default();
-        let mut parts = rest.split('.');
-        let (_, kind, g, n) = (parts.next(), parts.next(), parts.next().unwrap_or_default(), parts.next());
-        match kind {
-            Some("sync") => {
-                for conn in contract::parse_ids(&msg.payload) {
-                    if self.routes.get(&conn).map(String::as_str) == Some(g) {
-                        self.end(conn);
-                    }
-                }
-                self.flush().await;
+        if let Answered::Sync(ended) = self.gateways.answered(&msg) {
+            for conn in ended {
+                self.end(conn);
             }
-            Some("orphans") => {
-                // The gateway closed what it was sent; the rest (if any) goes with the next
-                // announcement.
-                if let Some(gateway) = self.gateways.get_mut(g)
-                    && let Some((_, sent_as, _)) = &gateway.told
-                    && n.and_then(|n| n.parse::<u64>().ok()) == Some(*sent_as)
-                    && let Some((_, _, sent)) = gateway.told.take()
-                {
-                    for id in sent {
-                        gateway.orphans.remove(&id);
-                    }
-                }
-            }
-            _ => {}
+            self.flush().await;
         }
     }
 
@@ -412,13 +302,7 @@ impl<B: Bus> Worker<B> {
     async fn tick(&mut self) {
         self.state.expire(now());
         if self.bus.status().connected {
-            let silent: Vec<String> = self
-                .gateways
-                .iter()
-                .filter(|(_, gw)| !gw.gone && now() >= gw.last_seen + GATEWAY_SILENT_AFTER)
-                .map(|(g, _)| g.clone())
-                .collect();
-            for g in silent {
+            for g in self.gateways.silent(now()) {
                 self.gone(&g);
             }
         }
@@ -428,8 +312,7 @@ impl<B: Bus> Worker<B> {
     /// Gateway `g` is counted gone: each of its connections is treated as disconnected, and the
     /// ones with a session are remembered as orphans in case it comes back.
     fn gone(&mut self, g: &str) {
-        let conns: Vec<ConnectionId> =
-            self.routes.iter().filter(|(_, gw)| gw.as_str() == g).map(|(id, _)| *id).collect();
+        let conns = self.gateways.connections_on(g);
         tracing::warn!(gateway = %g, connections = conns.len(), "gateway silent; its sessions are detached");
         self.tell(WorkerEvent::GatewayGone { gateway: g.to_owned(), connections: conns.len() });
         let bound: Vec<ConnectionId> =
@@ -437,9 +320,7 @@ impl<B: Bus> Worker<B> {
         for conn in conns {
             self.end(conn);
         }
-        let gateway = self.seen(g);
-        gateway.gone = true;
-        gateway.orphans.extend(bound);
+        self.gateways.gone(g, bound, now());
     }
 
     /// The worker's own bus connection changed. Back after an absence: every gateway gets a
@@ -455,10 +336,8 @@ impl<B: Bus> Worker<B> {
         if !after.connected || after.epoch == before.epoch {
             return;
         }
-        let gateways: Vec<String> = self.gateways.keys().cloned().collect();
-        for g in gateways {
-            self.seen(&g).last_seen = now();
-            self.sync(&g).await;
+        for msg in self.gateways.worker_back(now()) {
+            self.publish(msg).await;
         }
     }
 }

@@ -46,7 +46,7 @@ use conn::Socket;
 use http::Head;
 use metrics::{Metrics, ShardGauges};
 pub use observe::{InvariantSink, TraceFn, TraceSink};
-pub use port::{Backend, GatewayHandle};
+pub use port::{Backend, Connections};
 use shard::Shard;
 use tls::MaybeTls;
 
@@ -74,7 +74,7 @@ pub struct Server {
 
 struct Inner {
     config: ServerConfig,
-    handle: GatewayHandle,
+    handle: Connections,
     gauges: Arc<Vec<ShardGauges>>,
     metrics: Arc<Metrics>,
     draining: AtomicBool,
@@ -109,7 +109,7 @@ impl Server {
             senders.push(tx);
             receivers.push(rx);
         }
-        let handle = GatewayHandle { shards: Arc::new(senders), routes: routes.clone() };
+        let handle = Connections { shards: Arc::new(senders), routes: routes.clone() };
         let admission = (shards > 1).then(|| {
             let max = config.gateway.max_connections;
             Arc::new(GlobalAdmission {
@@ -170,7 +170,7 @@ impl Server {
         }
     }
 
-    pub fn handle(&self) -> &GatewayHandle {
+    pub fn handle(&self) -> &Connections {
         &self.inner.handle
     }
 

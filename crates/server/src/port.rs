@@ -1,5 +1,5 @@
 //! The backend port (the seed's MQWorker): the [`Backend`] trait, through which client requests
-//! go out, and the [`GatewayHandle`], through which a backend answers, pushes events,
+//! go out, and the [`Connections`], through which a backend answers, pushes events,
 //! subscription changes and server requests to connections on any shard.
 
 use std::future::Future;
@@ -14,14 +14,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::command::{Command, Routes};
 
-/// A cloneable handle for the backend (and operators) to reach connections on any shard.
+/// A cloneable handle through which a backend (and operators) reach connections on any shard:
+/// answers, events, subscription changes, server requests, closes. The backend port's other half.
 #[derive(Clone)]
-pub struct GatewayHandle {
+pub struct Connections {
     pub(crate) shards: Arc<Vec<mpsc::Sender<Command>>>,
     pub(crate) routes: Routes,
 }
 
-impl GatewayHandle {
+impl Connections {
     fn shard_of(&self, conn: &ConnectionId) -> Option<&mpsc::Sender<Command>> {
         let shard = *self.routes.read().expect("routes lock").get(conn)?;
         self.shards.get(shard)
@@ -131,7 +132,7 @@ impl GatewayHandle {
 /// A backend the gateway forwards client requests to. One instance serves every shard.
 pub trait Backend: Send + Sync + 'static {
     /// Called once at start with a handle for deliveries and server-initiated requests.
-    fn attach(&self, _gateway: GatewayHandle) {}
+    fn attach(&self, _gateway: Connections) {}
 
     /// Answers one client request. The gateway bounds it with the request timeout: a future
     /// that never finishes is dropped and the client gets `mq.Error{timeout}`. A backend that
@@ -141,7 +142,7 @@ pub trait Backend: Send + Sync + 'static {
         std::future::ready(Err(BackendError::Unavailable))
     }
 
-    /// Whether answers come back through [`GatewayHandle::answer`] instead of from the future of
+    /// Whether answers come back through [`Connections::answer`] instead of from the future of
     /// [`Backend::request`]: a bus backend, so that an answer and whatever it sends the
     /// connection around it reach the connection's shard in one order.
     fn answers_itself(&self) -> bool {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Encoding, Reply, Target, codec};
-use clientmq_server::{Backend, GatewayHandle, Server, ServerConfig};
+use clientmq_server::{Backend, Connections, Server, ServerConfig};
 use clientmq_testkit::deadline::eventually;
 use clientmq_testkit::rawws::{self, RawFrame};
 use common::metric;
@@ -29,11 +29,11 @@ const WAIT: Duration = Duration::from_secs(3);
 struct TestBackend {
     delay: Duration,
     seen: Mutex<Vec<BackendRequest>>,
-    gateway: Mutex<Option<GatewayHandle>>,
+    gateway: Mutex<Option<Connections>>,
 }
 
 impl Backend for TestBackend {
-    fn attach(&self, gateway: GatewayHandle) {
+    fn attach(&self, gateway: Connections) {
         *self.gateway.lock().unwrap() = Some(gateway);
     }
 

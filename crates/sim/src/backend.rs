@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clientmq_core::proto::pcast;
 use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Topic};
-use clientmq_server::{Backend, GatewayHandle};
+use clientmq_server::{Backend, Connections};
 
 use crate::scenario::BackendMode;
 
@@ -16,7 +16,7 @@ pub struct SimBackend<B> {
     inner: Arc<B>,
     mode: Arc<Mutex<BackendMode>>,
     /// For a failing mode's answers, when the inner backend answers itself.
-    gateway: Arc<std::sync::OnceLock<GatewayHandle>>,
+    gateway: Arc<std::sync::OnceLock<Connections>>,
 }
 
 impl<B: Backend> SimBackend<B> {
@@ -36,7 +36,7 @@ impl<B: Backend> SimBackend<B> {
 }
 
 impl<B: Backend> Backend for SimBackend<B> {
-    fn attach(&self, gateway: GatewayHandle) {
+    fn attach(&self, gateway: Connections) {
         let _ = self.gateway.set(gateway.clone());
         self.inner.attach(gateway);
     }

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use clientmq_bus::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
 use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 
-use crate::port::{Backend, GatewayHandle};
+use crate::port::{Backend, Connections};
 
 /// A request waiting for its reply: whose, under which core token, until when.
 struct Waiting {
@@ -78,7 +78,7 @@ impl<B> Shared<B> {
     }
 
     /// The bus went away: nothing in flight will be answered.
-    async fn fail_pending(&self, gateway: &GatewayHandle) {
+    async fn fail_pending(&self, gateway: &Connections) {
         let all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (_, w) in all {
             gateway.answer(w.conn, w.token, Err(BackendError::Unavailable)).await;
@@ -128,7 +128,7 @@ fn error_reply(reason: &str) -> Reply {
 }
 
 impl<B: Bus> Backend for BusBackend<B> {
-    fn attach(&self, gateway: GatewayHandle) {
+    fn attach(&self, gateway: Connections) {
         let Some(writer) = self.writer.lock().unwrap_or_else(PoisonError::into_inner).take() else {
             tracing::error!("a bus backend serves one gateway; second attach ignored");
             return;
@@ -198,7 +198,7 @@ impl<B: Bus> Backend for BusBackend<B> {
 }
 
 /// The ordered writer: requests, notices and interest, one at a time, in order.
-async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, gateway: GatewayHandle) {
+async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, gateway: Connections) {
     // Rooms and conversations subscribed, with the shards that want them and their reader.
     let mut rooms: BTreeMap<(Topic, String), (BTreeSet<usize>, JoinHandle<()>)> = BTreeMap::new();
     while let Some(op) = ops.recv().await {
@@ -251,7 +251,7 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
     }
 }
 
-async fn read_room<S: Subscription>(mut sub: S, topic: Topic, room: String, gateway: GatewayHandle) {
+async fn read_room<S: Subscription>(mut sub: S, topic: Topic, room: String, gateway: Connections) {
     while let Some(msg) = sub.next().await {
         let Some(event_type) = msg.header(header::TYPE) else { continue };
         let target = match topic {
@@ -263,7 +263,7 @@ async fn read_room<S: Subscription>(mut sub: S, topic: Topic, room: String, gate
 }
 
 /// Everything addressed to this gateway, in the order it was published.
-async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
+async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
     let subject = s.subjects.to_gateway(&s.route_key);
     let mut sub = loop {
         match s.bus.subscribe(&subject, None).await {
@@ -345,7 +345,7 @@ async fn respond<B: Bus>(bus: &B, msg: &BusMessage, mut answer: BusMessage) {
 }
 
 /// Announces the gateway every second; fails requests in flight when the bus goes away.
-async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: GatewayHandle) {
+async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
     let mut seen = s.bus.status();
     loop {
         let status = s.bus.status();

@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, mpsc};
 
-use crate::port::{Backend, GatewayHandle};
+use crate::port::{Backend, Connections};
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
@@ -131,7 +131,7 @@ impl Drop for EmbeddedBackend {
 }
 
 impl Backend for EmbeddedBackend {
-    fn attach(&self, gateway: GatewayHandle) {
+    fn attach(&self, gateway: Connections) {
         let receiver = self.pending_receiver.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(mut receiver) = receiver else {
             tracing::error!("the embedded backend serves one gateway; second attach ignored");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{BackendError, BackendRequest, Encoding, Frame, Reply, codec};
-use clientmq_server::{Backend, GatewayHandle, Server, ServerConfig};
+use clientmq_server::{Backend, Connections, Server, ServerConfig};
 use clientmq_testkit::rawws::{self, RawFrame};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -69,11 +69,11 @@ pub fn config() -> ServerConfig {
 #[derive(Default)]
 pub struct TestBackend {
     pub seen: Mutex<Vec<BackendRequest>>,
-    pub gateway: Mutex<Option<GatewayHandle>>,
+    pub gateway: Mutex<Option<Connections>>,
 }
 
 impl TestBackend {
-    pub fn handle(&self) -> GatewayHandle {
+    pub fn handle(&self) -> Connections {
         self.gateway.lock().unwrap().clone().expect("attached")
     }
 
@@ -84,7 +84,7 @@ impl TestBackend {
 }
 
 impl Backend for TestBackend {
-    fn attach(&self, gateway: GatewayHandle) {
+    fn attach(&self, gateway: Connections) {
         *self.gateway.lock().unwrap() = Some(gateway);
     }
 

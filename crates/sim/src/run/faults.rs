@@ -85,7 +85,7 @@ pub(super) fn apply(
         _ => None,
     };
     if let Some((host, restart)) = ending {
-        if let Some(server) = world.gateways.lock().expect("gateways").remove(host) {
+        if let Some(server) = world.servers.lock().expect("servers").remove(host) {
             server.abort_connections();
         }
         let before = world.trace.len();

@@ -116,7 +116,7 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
                     Server::start(config, Arc::new(SimBackend::sharing(bus, world.mode.clone())))
                 }
             };
-            world.gateways.lock().expect("gateways").insert(host, server.clone());
+            world.servers.lock().expect("servers").insert(host, server.clone());
             server.run(listener).await;
             Ok(())
         }

@@ -158,7 +158,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
         broken: Broken::default(),
         options: options.clone(),
         mode: Arc::new(Mutex::new(scenario.backend)),
-        gateways: Arc::default(),
+        servers: Arc::default(),
     };
     let trace = world.trace.clone();
     let broken = world.broken.clone();

@@ -18,7 +18,7 @@ pub(super) struct World {
     pub options: RunOptions,
     pub mode: Arc<Mutex<BackendMode>>,
     /// The running process of each gateway host, by host name.
-    pub gateways: Arc<Mutex<BTreeMap<String, Server>>>,
+    pub servers: Arc<Mutex<BTreeMap<String, Server>>>,
 }
 
 impl World {
@@ -31,6 +31,6 @@ impl World {
 
     /// The running gateway processes, in host order.
     pub fn servers(&self) -> Vec<Server> {
-        self.gateways.lock().expect("gateways").values().cloned().collect()
+        self.servers.lock().expect("servers").values().cloned().collect()
     }
 }
