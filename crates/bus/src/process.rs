@@ -9,11 +9,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs to stdout in `format`; `CLIENTMQ_LOG` sets the filter (default `info`).
+/// Logs to stdout in `format`; `CLIENTMQ_LOG` sets the filter (default `info`). Colours only
+/// when stdout is a terminal: a log file or collector gets no escape codes.
 pub fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("CLIENTMQ_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     match format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_ansi(ansi).with_env_filter(filter).init(),
         LogFormat::Json => tracing_subscriber::fmt().json().with_env_filter(filter).init(),
     }
 }

@@ -5,13 +5,10 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use clientmq_testkit::procs::free_port;
 use futures_util::StreamExt;
 use tokio::process::Command;
 use tokio_tungstenite::tungstenite::Message;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 #[tokio::test]
 async fn sigterm_drains_with_3333_and_exits_zero() {
@@ -87,6 +84,28 @@ async fn cargo_run_of_the_package_runs_the_server() {
             metadata.contains(r#""default_run":"clientmq-server""#),
             "no default-run for clientmq-server"
         );
+    })
+    .await
+}
+
+/// Logs written to a pipe (a file, a collector) carry no colour codes.
+#[tokio::test]
+async fn logs_to_a_pipe_have_no_colour_codes() {
+    clientmq_testkit::deadline::bounded(async {
+        // The port is taken: the binary logs why it cannot listen, and exits.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let listen = taken.local_addr().unwrap().to_string();
+        let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
+            .args(["--listen", &listen, "--dev-accept-any-token"])
+            .env("CLIENTMQ_LOG", "info")
+            .kill_on_drop(true)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        let logs = String::from_utf8_lossy(&out.stdout);
+        assert!(logs.contains("cannot listen"), "{logs}");
+        assert!(!logs.contains('\u{1b}'), "escape codes in piped logs: {logs:?}");
     })
     .await
 }

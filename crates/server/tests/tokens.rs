@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_core::{Frame, codec};
+use clientmq_testkit::procs::free_port;
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 use tokio_tungstenite::tungstenite::Message;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn binary() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientmq-server"));
