@@ -27,9 +27,10 @@ sim:
 
 # Replay one scenario, writing its trace and plot next to it in target/.
 replay NAME *ARGS:
-    cargo run --release -p clientmq-sim -- replay {{NAME}} --trace target/{{NAME}}.trace --plot target/{{NAME}}.svg {{ARGS}}
+    cargo run --release -p clientmq-sim -- replay {{NAME}} --trace target/{{file_stem(NAME)}}.trace --plot target/{{file_stem(NAME)}}.svg {{ARGS}}
 
-# Random fault schedules, on every core, collecting every failure (shrunk).
+# Random fault schedules, on every core, collecting every failure (shrunk, written under
+# target/explore/).
 explore SEEDS="10000" FROM="0":
     cargo run --release -p clientmq-sim -- explore --seeds {{SEEDS}} --from {{FROM}} --keep-going
 

@@ -24,7 +24,7 @@
 //   demo.Stats          how many requests of each type it saw, `TYPE COUNT` lines, sorted.
 //
 // Two probes of the ordering docs/nats.md promises for everything a worker publishes under a
-// gateway's subjects (the test checks them in an ignored test: the gateway does not keep it yet):
+// gateway's subjects (crates/server/tests/node_worker.rs checks that the gateway keeps it):
 //
 //   demo.ReplyThenNotify  answers first, then publishes the `demo.Note` event.
 //   demo.AskThenReply     sends `demo.Question` (the payload) without waiting, then answers.

@@ -199,7 +199,7 @@ async fn requests(opts: &SuiteOpts, servers: &[ServerProc; 3], res: &mut Results
             let figure = format!("{what}, {conns} connections");
             let mut row = pair_row(figure, &values(&ms, pick), 1, "(diagnostic)");
             if i == 0 {
-                // The CPU target: the server's whole cost of a request next to a bare echo.
+                // The CPU target: the server's whole cost of a request next to a bare echo.
                 row.target = "<= 1.5 x baseline".into();
                 row.met = row.ratio().map(|r| r <= 1.5);
             }

@@ -20,6 +20,12 @@ pub fn init_logging(format: LogFormat) {
     }
 }
 
+/// The environment variable of a flag (`max-frame-bytes` -> `CLIENTMQ_MAX_FRAME_BYTES`): every
+/// flag of the binaries has one, named so; errors about a setting name both.
+pub fn env_var(flag: &str) -> String {
+    format!("CLIENTMQ_{}", flag.to_ascii_uppercase().replace('-', "_"))
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

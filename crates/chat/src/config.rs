@@ -3,6 +3,8 @@
 //! check. Each default is written once, in [`ChatConfig::default`]; the flags read it.
 
 use std::sync::LazyLock;
+
+use clientmq_bus::process::env_var;
 use std::time::Duration;
 
 /// Settings of the chat logic.
@@ -89,11 +91,13 @@ pub struct ChatArgs {
 /// A chat flag that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--{0} must be greater than zero")]
+    #[error("--{0} ({env}) must be greater than zero", env = env_var(.0))]
     Zero(&'static str),
-    #[error("--{0} must be zero or a positive number of seconds")]
+    #[error("--{0} ({env}) must be zero or a positive number of seconds", env = env_var(.0))]
     NonNegativeSeconds(&'static str),
-    #[error("--max-rooms-per-session must be at most {0}: each room takes two gateway subscriptions")]
+    #[error(
+        "--max-rooms-per-session (CLIENTMQ_MAX_ROOMS_PER_SESSION) must be at most {0}: each room takes two gateway subscriptions"
+    )]
     RoomsPerSession(usize),
 }
 

@@ -34,7 +34,7 @@ fn a_flag_that_cannot_work_is_refused_by_name() {
     let out = chat(&["--nats", "nats://127.0.0.1:1", "--max-sessions", "0"]);
     assert_eq!(out.status.code(), Some(2));
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("--max-sessions must be greater than zero"), "{said}");
+    assert!(said.contains("--max-sessions (CLIENTMQ_MAX_SESSIONS) must be greater than zero"), "{said}");
 }
 
 #[test]

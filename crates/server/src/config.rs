@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::FalseyValueParser;
-use clientmq_bus::process::LogFormat;
+use clientmq_bus::process::{LogFormat, env_var};
 
 use crate::observe::{InvariantSink, TraceSink};
 
@@ -172,18 +172,18 @@ impl Default for ServerConfig {
 /// A flag that cannot work.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ArgsError {
-    #[error("--{0} must be a positive number of seconds")]
+    #[error("--{0} ({env}) must be a positive number of seconds", env = env_var(.0))]
     Seconds(&'static str),
     #[error(transparent)]
     Gateway(#[from] clientmq_core::ConfigError),
-    #[error("--{0} must be greater than zero")]
+    #[error("--{0} ({env}) must be greater than zero", env = env_var(.0))]
     Zero(&'static str),
     #[error(transparent)]
     Tokens(#[from] TokenError),
     #[error(transparent)]
     Chat(#[from] clientmq_chat::ConfigError),
     #[error(
-        "--gateway-name and --nats-prefix may hold only letters, digits, - and _ (and dots in the prefix)"
+        "--gateway-name (CLIENTMQ_GATEWAY_NAME) and --nats-prefix (CLIENTMQ_NATS_PREFIX) may hold only letters, digits, - and _ (and dots in the prefix)"
     )]
     BusName,
     #[error(transparent)]
@@ -227,13 +227,13 @@ impl Args {
 
     pub fn server_config(&self) -> Result<ServerConfig, ArgsError> {
         let gateway = clientmq_core::Config {
-            max_connections: self.max_connections,
             heartbeat_interval: secs("heartbeat-secs", self.heartbeat_secs)?,
             close_timeout: secs("close-timeout-secs", self.close_timeout_secs)?,
             request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
             server_request_timeout: secs("request-timeout-secs", self.request_timeout_secs)?,
-            max_pending_requests: self.max_pending_requests,
-            max_message_size: self.max_frame_bytes,
+            max_connections: positive("max-connections", self.max_connections)?,
+            max_pending_requests: positive("max-pending-requests", self.max_pending_requests)?,
+            max_message_size: positive("max-frame-bytes", self.max_frame_bytes)?,
             max_outbound_message_size: positive("max-outbound-bytes", self.max_outbound_bytes)?,
             max_requests_per_sec: self.max_requests_per_sec,
             request_burst: u32::try_from(positive("request-burst", self.request_burst as usize)?)

@@ -26,6 +26,15 @@ fn main() -> ExitCode {
     chat.wall_clock_start_ms = start_ms;
     config.gateway.wall_clock_start_ms = start_ms;
     init_logging(args.log_format);
+    if args.nats.is_some()
+        && chat != (clientmq_chat::ChatConfig { wall_clock_start_ms: start_ms, ..Default::default() })
+    {
+        // Shared environment files set them for both binaries; on a bus only the worker uses them.
+        tracing::warn!(
+            "chat settings (--session-grace-secs, --max-sessions, ...) are ignored with --nats: \
+             set them on clientmq-chat, which serves the chat on the bus"
+        );
+    }
     clientmq_server::tokens::announce(&config.gateway.tokens);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {

@@ -44,18 +44,40 @@ async fn sigterm_drains_with_3333_and_exits_zero() {
     .await
 }
 
+/// Every setting that cannot work is refused before anything starts, with exit code 2 and a
+/// message naming its flag and its environment variable.
 #[tokio::test]
-async fn bad_settings_are_refused_with_a_clear_error() {
+async fn bad_settings_are_refused_naming_the_flag_and_its_variable() {
     clientmq_testkit::deadline::bounded(async {
-        let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
-            .args(["--close-timeout-secs", "0"])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("close-timeout-secs"), "{stderr}");
+        for (flag, value, said) in [
+            (
+                "--close-timeout-secs",
+                "0",
+                "--close-timeout-secs (CLIENTMQ_CLOSE_TIMEOUT_SECS) must be a positive",
+            ),
+            (
+                "--max-frame-bytes",
+                "0",
+                "--max-frame-bytes (CLIENTMQ_MAX_FRAME_BYTES) must be greater than zero",
+            ),
+            (
+                "--max-connections",
+                "0",
+                "--max-connections (CLIENTMQ_MAX_CONNECTIONS) must be greater than zero",
+            ),
+            ("--max-pending-requests", "0", "(CLIENTMQ_MAX_PENDING_REQUESTS) must be greater than zero"),
+            ("--max-sessions", "0", "--max-sessions (CLIENTMQ_MAX_SESSIONS) must be greater than zero"),
+        ] {
+            let out = Command::new(env!("CARGO_BIN_EXE_clientmq-server"))
+                .args([flag, value])
+                .kill_on_drop(true)
+                .output()
+                .await
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(stderr.contains(said), "{flag} {value}: {stderr}");
+        }
     })
     .await
 }
@@ -106,6 +128,41 @@ async fn logs_to_a_pipe_have_no_colour_codes() {
         let logs = String::from_utf8_lossy(&out.stdout);
         assert!(logs.contains("cannot listen"), "{logs}");
         assert!(!logs.contains('\u{1b}'), "escape codes in piped logs: {logs:?}");
+    })
+    .await
+}
+
+/// On a bus the chat settings belong to `clientmq-chat`: a gateway given them says it ignores
+/// them, and says nothing when none is given.
+#[tokio::test]
+async fn chat_settings_given_to_a_gateway_on_a_bus_are_named_as_ignored() {
+    use clientmq_testkit::procs::{Log, Proc, wait_for};
+    clientmq_testkit::deadline::bounded(async {
+        const IGNORED: &str =
+            "chat settings (--session-grace-secs, --max-sessions, ...) are ignored with --nats";
+        let run = |extra: &[&str]| {
+            let log = Log::default();
+            let mut args = vec!["--nats", "nats://127.0.0.1:1", "--listen", "127.0.0.1:0"];
+            args.extend_from_slice(extra);
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+            (Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "gateway", &log), log)
+        };
+        let (with, log) = run(&["--session-grace-secs", "5"]);
+        wait_for(Duration::from_secs(10), "the warning", &log, || {
+            let said = log.lock().unwrap().iter().any(|l| l.contains(IGNORED));
+            async move { said }
+        })
+        .await;
+        with.kill().await;
+        let (without, log) = run(&[]);
+        wait_for(Duration::from_secs(10), "the bus line", &log, || {
+            let said =
+                log.lock().unwrap().iter().any(|l| l.contains("client requests go to workers on the bus"));
+            async move { said }
+        })
+        .await;
+        without.kill().await;
+        assert!(!log.lock().unwrap().iter().any(|l| l.contains(IGNORED)), "{:?}", log.lock().unwrap());
     })
     .await
 }

@@ -1,5 +1,5 @@
 //! Random fault schedules: each seed enables a random subset of behaviours and faults over a
-//! base scenario, runs it, and reports failures shrunk to their essence with the exact replay
+//! scenario, runs it, and reports failures shrunk to their essence with the exact replay
 //! command.
 //!
 //! Faults land where they are hardest to get right: besides uniformly random instants, a fault
@@ -369,11 +369,21 @@ pub fn main(opts: &ExploreOpts) -> ExitCode {
         eprintln!("  shrunk from {} to {}", f.original, Size::of(&f.shrunk));
         let mut shrunk = f.shrunk.clone();
         shrunk.description = format!("explore seed {} shrunk: {}", f.seed, f.failure);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && let Err(e) = std::fs::create_dir_all(dir)
+        {
+            eprintln!("cannot create {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
         if let Err(e) = std::fs::write(&path, shrunk.to_toml()) {
             eprintln!("cannot write {}: {e}", path.display());
             return ExitCode::from(2);
         }
-        eprintln!("  replay with: cargo run -p clientmq-sim -- replay {}", path.display());
+        eprintln!(
+            "  written to {}; replay with: cargo run -p clientmq-sim -- replay {}",
+            path.display(),
+            path.display()
+        );
     }
     let secs = started.elapsed().as_secs_f64();
     let ran = report.passed + report.failures.len() as u64;

@@ -34,7 +34,7 @@ enum Command {
         #[arg(long, default_value = "scenarios")]
         dir: PathBuf,
     },
-    /// Run random fault schedules over a base scenario.
+    /// Run random scenarios (client mixes, shards, fleets, fault schedules), one per seed.
     Explore {
         /// How many seeds to try.
         #[arg(long, default_value_t = 100)]
@@ -43,7 +43,7 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         from: u64,
         /// Where a failing scenario is written, shrunk (`NAME-SEED.toml` when several fail).
-        #[arg(long, default_value = "explore-failure.toml")]
+        #[arg(long, default_value = "target/explore/explore-failure.toml")]
         out: PathBuf,
         /// Seeds run in parallel (each stays deterministic); 0 means one per CPU core.
         #[arg(long, default_value_t = 0)]
