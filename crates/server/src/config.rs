@@ -24,6 +24,10 @@ pub struct Args {
     /// Address to listen on (HTTP and WebSocket on one port).
     #[arg(long, env = "CLIENTMQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve /metrics, /healthz and /readyz on this address (plain HTTP, for operators) and no
+    /// longer on the public port; without it they are on the public port.
+    #[arg(long, env = "CLIENTMQ_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// Open connections allowed at once; more are closed with 1013.
     #[arg(long, env = "CLIENTMQ_MAX_CONNECTIONS", default_value_t = DEFAULT.gateway.max_connections)]
     pub max_connections: usize,
@@ -135,6 +139,9 @@ pub struct ServerConfig {
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
     pub allowed_origins: Vec<String>,
+    /// The operator endpoints (/metrics, /healthz, /readyz) are served on an admin port
+    /// ([`crate::Server::serve_admin`]), not on the public one.
+    pub admin_port: bool,
     pub drain_deadline: Duration,
     /// Connections one client address (after trusted proxies) may hold; more are closed with
     /// 1008 `address-limit-exceeded`. 0: no limit.
@@ -158,6 +165,7 @@ impl Default for ServerConfig {
             max_frame_bytes: 256 * 1024,
             outbound_queue: 256,
             allowed_origins: Vec::new(),
+            admin_port: false,
             drain_deadline: Duration::from_secs(30),
             max_connections_per_address: 100,
             max_handshakes: 1024,
@@ -265,6 +273,7 @@ impl Args {
             max_frame_bytes: self.max_frame_bytes,
             outbound_queue: self.outbound_queue,
             allowed_origins: self.allowed_origins.clone(),
+            admin_port: self.admin_listen.is_some(),
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
             max_connections_per_address: self.max_connections_per_address,
             max_handshakes: positive("max-handshakes", self.max_handshakes)?,

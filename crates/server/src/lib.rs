@@ -333,20 +333,9 @@ impl Server {
         };
         let path = head.path.split('?').next().unwrap_or_default();
         let reply = match (head.method.as_str(), path) {
-            ("GET", "/metrics") => {
-                let body = self.metrics_text();
-                Some(("200 OK", "text/plain; version=0.0.4; charset=utf-8", body.into_bytes()))
-            }
-            ("GET", "/healthz") => Some(("200 OK", "text/plain", b"ok\n".to_vec())),
-            ("GET", "/readyz") if self.is_draining() => {
-                Some(("503 Service Unavailable", "text/plain", b"draining\n".to_vec()))
-            }
-            ("GET", "/readyz") if !(self.inner.backend_ready)() => {
-                Some(("503 Service Unavailable", "text/plain", b"backend unavailable\n".to_vec()))
-            }
-            ("GET", "/readyz") => Some(("200 OK", "text/plain", b"ready\n".to_vec())),
             (_, "/ws") => None,
-            _ => Some(("404 Not Found", "text/plain", b"not found\n".to_vec())),
+            _ if self.inner.config.admin_port => Some(not_found()),
+            (method, path) => Some(self.operator_endpoint(method, path)),
         };
         if let Some((status, content_type, body)) = reply {
             return self.answer(&mut stream, status, content_type, &body).await;
@@ -374,6 +363,56 @@ impl Server {
         drop(handshake);
         let peer = Peer { addr, headers: forwarded_headers(&head) };
         self.admit(Box::new(stream), head.rest, peer).await;
+    }
+
+    /// /metrics, /healthz and /readyz; anything else is 404.
+    fn operator_endpoint(&self, method: &str, path: &str) -> (&'static str, &'static str, Vec<u8>) {
+        match (method, path) {
+            ("GET", "/metrics") => {
+                let body = self.metrics_text();
+                ("200 OK", "text/plain; version=0.0.4; charset=utf-8", body.into_bytes())
+            }
+            ("GET", "/healthz") => ("200 OK", "text/plain", b"ok\n".to_vec()),
+            ("GET", "/readyz") if self.is_draining() => {
+                ("503 Service Unavailable", "text/plain", b"draining\n".to_vec())
+            }
+            ("GET", "/readyz") if !(self.inner.backend_ready)() => {
+                ("503 Service Unavailable", "text/plain", b"backend unavailable\n".to_vec())
+            }
+            ("GET", "/readyz") => ("200 OK", "text/plain", b"ready\n".to_vec()),
+            _ => not_found(),
+        }
+    }
+
+    /// Serves the operator endpoints on `listener` (plain HTTP, one request per connection) for
+    /// as long as the server runs; with [`ServerConfig::admin_port`] the public port no longer
+    /// does. Bounded like the public port: handshake timeout, [`ADMIN_CONNECTIONS`] at once.
+    pub fn serve_admin<L: Listener>(&self, mut listener: L) -> tokio::task::JoinHandle<()> {
+        let server = self.clone();
+        let slots = Arc::new(Semaphore::new(ADMIN_CONNECTIONS));
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "admin accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else { continue };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let timeout = server.inner.config.handshake_timeout;
+                    if let Ok(Ok(head)) = tokio::time::timeout(timeout, http::read_head(&mut stream)).await {
+                        let path = head.path.split('?').next().unwrap_or_default();
+                        let (status, content_type, body) = server.operator_endpoint(&head.method, path);
+                        server.answer(&mut stream, status, content_type, &body).await;
+                    }
+                    drop(slot);
+                });
+            }
+        })
     }
 
     fn upgrade_refusal(&self, head: &Head) -> Option<&'static str> {
@@ -440,6 +479,13 @@ impl Drop for HandshakeDone {
     }
 }
 
+/// Admin connections served at once; more are dropped at accept.
+pub const ADMIN_CONNECTIONS: usize = 64;
+
+fn not_found() -> (&'static str, &'static str, Vec<u8>) {
+    ("404 Not Found", "text/plain", b"not found\n".to_vec())
+}
+
 /// Only the headers the core reads travel with the connection.
 fn forwarded_headers(head: &Head) -> Vec<(String, String)> {
     head.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case("x-forwarded-for")).cloned().collect()
@@ -457,10 +503,17 @@ where
     L: Listener,
     B: Backend,
 {
-    let server = Server::start(config, backend);
-    let runner = server.clone();
-    let run = tokio::spawn(async move { runner.run(listener).await });
-    shutdown.await;
-    server.drain().await;
-    run.await.unwrap_or_else(|_| server.open_connections())
+    Server::start(config, backend).serve_until(listener, shutdown).await
+}
+
+impl Server {
+    /// Accepts on `listener` until `shutdown` resolves, then drains. Returns the number of
+    /// connections still open when it stopped (0 after a complete drain).
+    pub async fn serve_until<L: Listener>(&self, listener: L, shutdown: impl Future<Output = ()>) -> usize {
+        let runner = self.clone();
+        let run = tokio::spawn(async move { runner.run(listener).await });
+        shutdown.await;
+        self.drain().await;
+        run.await.unwrap_or_else(|_| self.open_connections())
+    }
 }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use clientmq_bus::nats::NatsBus;
 use clientmq_bus::process::{init_logging, shutdown_signal};
-use clientmq_server::{Args, BusBackend, EmbeddedBackend, serve};
+use clientmq_server::{Args, Backend, BusBackend, EmbeddedBackend, Server, ServerConfig};
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -45,6 +45,19 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let admin = match args.admin_listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(admin) => {
+                    tracing::info!(admin = %addr, "operator endpoints (/metrics, /healthz, /readyz) on the admin port");
+                    Some(admin)
+                }
+                Err(e) => {
+                    tracing::error!(admin = %addr, error = %e, "cannot listen");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
         let left = match (&args.nats, route_key) {
             (Some(url), Some(route_key)) => {
@@ -59,14 +72,28 @@ fn main() -> ExitCode {
                 config.gateway.route_key = route_key.clone();
                 let timeout = config.gateway.request_timeout;
                 let backend = Arc::new(BusBackend::new(bus, &args.nats_prefix, &route_key, timeout));
-                serve(listener, config, backend, shutdown_signal()).await
+                run(listener, admin, config, backend).await
             }
             _ => {
                 let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
-                serve(listener, config, backend, shutdown_signal()).await
+                run(listener, admin, config, backend).await
             }
         };
         tracing::info!(left, "drained; exiting");
         ExitCode::SUCCESS
     })
+}
+
+/// Serves until SIGTERM or SIGINT, then drains; the operator endpoints on `admin` if given.
+async fn run<B: Backend>(
+    listener: tokio::net::TcpListener,
+    admin: Option<tokio::net::TcpListener>,
+    config: ServerConfig,
+    backend: Arc<B>,
+) -> usize {
+    let server = Server::start(config, backend);
+    if let Some(admin) = admin {
+        server.serve_admin(admin);
+    }
+    server.serve_until(listener, shutdown_signal()).await
 }

@@ -166,3 +166,37 @@ async fn chat_settings_given_to_a_gateway_on_a_bus_are_named_as_ignored() {
     })
     .await
 }
+
+/// With --admin-listen the operator endpoints move to the admin port: the public port serves
+/// WebSockets and 404 for them, the admin port serves them and nothing else.
+#[tokio::test]
+async fn the_operator_endpoints_move_to_the_admin_port() {
+    use clientmq_testkit::client::Client;
+    use clientmq_testkit::procs::{Log, Proc, http_get, scrape, wait_listening};
+    clientmq_testkit::deadline::bounded(async {
+        let (public, admin) = (free_port(), free_port());
+        let log = Log::default();
+        let args =
+            ["--listen", &format!("127.0.0.1:{public}"), "--admin-listen", &format!("127.0.0.1:{admin}")]
+                .map(str::to_owned);
+        let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
+        wait_listening(public, "the public port").await;
+        wait_listening(admin, "the admin port").await;
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            assert_eq!(http_get(admin, path).await.0, 200, "{path} on the admin port");
+            assert_eq!(http_get(public, path).await.0, 404, "{path} on the public port");
+        }
+        assert_eq!(http_get(admin, "/ws").await.0, 404, "no WebSocket on the admin port");
+        let _client = Client::connect(("127.0.0.1", public)).await;
+        let open = "clientmq_connections_open";
+        for _ in 0..100 {
+            if scrape(admin, open).await == 1.0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(scrape(admin, open).await, 1.0, "the admin port counts the public port's connection");
+        server.kill().await;
+    })
+    .await
+}
