@@ -49,7 +49,7 @@ async fn the_example_client_chats_in_a_room_by_alias() {
             let read: Vec<&str> = lines
                 .iter()
                 .filter_map(|l| l.strip_prefix(&format!("[{who}] ")))
-                .filter(|l| l.contains(": h"))
+                .filter(|l| l.starts_with("alice: ") || l.starts_with("bob: "))
                 .collect();
             assert_eq!(
                 read,
