@@ -42,6 +42,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
     },
     Drain,
+    /// Who may authenticate from now on (a reload of the token files).
+    Tokens(clientmq_core::TokenPolicy),
     /// Drop every connection's transport at once, in id order (a simulated process death).
     AbortAll,
 }

@@ -83,6 +83,9 @@ struct Inner {
     /// exactly). A registered connection's permit lives in its shard's handle.
     admission: Option<Arc<GlobalAdmission>>,
     handshakes: Arc<Semaphore>,
+    /// The TLS certificate new handshakes present (replaced by a reload; open connections keep
+    /// theirs).
+    tls: RwLock<Option<tls::Acceptor>>,
     /// The tasks of sockets still in their handshake, by accept order: a simulated death drops
     /// them in that order (dropped with the runtime instead, they would go in task id order,
     /// which is global to the process, and a replay in the same process would differ).
@@ -158,6 +161,7 @@ impl Server {
                 admission,
                 handshakes: Arc::new(Semaphore::new(config.max_handshakes)),
                 handshaking: Mutex::default(),
+                tls: RwLock::new(config.tls.clone()),
                 address_slots: (config.max_connections_per_address > 0)
                     .then(|| AddressSlots::new(config.max_connections_per_address)),
                 next_shard: AtomicUsize::new(0),
@@ -186,6 +190,23 @@ impl Server {
     /// The Prometheus text exposition.
     pub fn metrics_text(&self) -> String {
         self.inner.metrics.render(&self.inner.gauges)
+    }
+
+    /// Who may authenticate from now on, on every shard: open connections and sessions stay.
+    pub async fn set_tokens(&self, tokens: clientmq_core::TokenPolicy) {
+        for shard in self.inner.handle.shards.iter() {
+            let _ = shard.send(Command::Tokens(tokens.clone())).await;
+        }
+    }
+
+    /// The certificate new TLS handshakes present from now on; open connections keep theirs.
+    pub fn set_tls(&self, acceptor: tls::Acceptor) {
+        *self.inner.tls.write().unwrap_or_else(PoisonError::into_inner) = Some(acceptor);
+    }
+
+    /// Counts a reload of `what` on SIGHUP (`clientmq_reloads_total{what,outcome}`).
+    pub fn reloaded(&self, what: &str, ok: bool) {
+        self.inner.metrics.reloaded(what, ok);
     }
 
     /// Stops admitting and closes every connection with 3333 over the drain window.
@@ -270,7 +291,8 @@ impl Server {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let stream = match &self.inner.config.tls {
+        let acceptor = self.inner.tls.read().unwrap_or_else(PoisonError::into_inner).clone();
+        let stream = match acceptor {
             None => MaybeTls::Plain(stream),
             Some(acceptor) => {
                 match tokio::time::timeout(self.inner.config.handshake_timeout, acceptor.0.accept(stream))

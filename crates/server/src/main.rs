@@ -72,11 +72,11 @@ fn main() -> ExitCode {
                 config.gateway.route_key = route_key.clone();
                 let timeout = config.gateway.request_timeout;
                 let backend = Arc::new(BusBackend::new(bus, &args.nats_prefix, &route_key, timeout));
-                run(listener, admin, config, backend).await
+                run(listener, admin, config, backend, &args).await
             }
             _ => {
                 let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
-                run(listener, admin, config, backend).await
+                run(listener, admin, config, backend, &args).await
             }
         };
         tracing::info!(left, "drained; exiting");
@@ -90,10 +90,64 @@ async fn run<B: Backend>(
     admin: Option<tokio::net::TcpListener>,
     config: ServerConfig,
     backend: Arc<B>,
+    args: &Args,
 ) -> usize {
     let server = Server::start(config, backend);
     if let Some(admin) = admin {
         server.serve_admin(admin);
     }
+    tokio::spawn(reload_on_sighup(server.clone(), args.clone()));
     server.serve_until(listener, shutdown_signal()).await
+}
+
+/// On each SIGHUP, reads the token files (`--tokens-file`, `--edge-auth-file`) and the TLS
+/// certificate and key again. What reads cleanly takes effect for new authentications and
+/// handshakes; open connections stay. What does not keeps the previous material, says why in the
+/// log and counts `clientmq_reloads_total{what,outcome="failed"}`.
+async fn reload_on_sighup(server: Server, args: Args) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: secrets reload only with a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            if args.tokens_file.is_some() || args.edge_auth_file.is_some() {
+                let files = (args.tokens_file.as_deref(), args.edge_auth_file.as_deref());
+                match clientmq_server::tokens::policy(
+                    args.dev_accept_any_token,
+                    &args.tokens,
+                    files.0,
+                    files.1,
+                ) {
+                    Ok(tokens) => {
+                        clientmq_server::tokens::announce(&tokens);
+                        server.set_tokens(tokens).await;
+                        server.reloaded("tokens", true);
+                        tracing::info!("SIGHUP: token files reloaded");
+                    }
+                    Err(e) => {
+                        server.reloaded("tokens", false);
+                        tracing::error!(error = %e, "SIGHUP: token files not reloaded; the previous tokens stay");
+                    }
+                }
+            }
+            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+                match clientmq_server::tls::acceptor(cert, key) {
+                    Ok(acceptor) => {
+                        server.set_tls(clientmq_server::tls::Acceptor(acceptor));
+                        server.reloaded("tls", true);
+                        tracing::info!("SIGHUP: TLS certificate and key reloaded");
+                    }
+                    Err(e) => {
+                        server.reloaded("tls", false);
+                        tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays");
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (server, args);
 }

@@ -63,6 +63,7 @@ pub struct Metrics {
     tls_refused: Counter,
     handshakes_timed_out: Counter,
     http_responses: Family<Labels, Counter>,
+    reloads: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -95,6 +96,7 @@ impl Metrics {
             tls_refused: Counter::default(),
             handshakes_timed_out: Counter::default(),
             http_responses: Family::default(),
+            reloads: Family::default(),
             registry: Registry::default(),
         };
         registry.register("connections_open", "Open connections (the registries' size)", m.open.clone());
@@ -108,6 +110,11 @@ impl Metrics {
         registry.register("rtt_seconds", "Heartbeat round trip time", m.rtt.clone());
         registry.register("frames_dropped", "Incoming frames dropped, by reason", m.dropped.clone());
         registry.register("subscriptions", "Room and conversation subscriptions", m.subscriptions.clone());
+        registry.register(
+            "reloads",
+            "Reloads of secrets on SIGHUP, by what (tokens, tls) and outcome (ok, failed: the old stay)",
+            m.reloads.clone(),
+        );
         registry.register(
             "requests_refused",
             "Requests the gateway answered itself with mq.Error, by reason",
@@ -184,6 +191,12 @@ impl Metrics {
 
     pub fn handshake_refused(&self) {
         self.handshakes_refused.inc();
+    }
+
+    /// A reload of `what` (`tokens`, `tls`) took effect (`ok`) or was refused.
+    pub fn reloaded(&self, what: &str, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&vec![("what", what.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
     pub fn tls_refused(&self) {

@@ -84,7 +84,8 @@ impl Proc {
         Proc { child, tag: tag.to_owned() }
     }
 
-    fn signal(&self, signal: &str) {
+    /// Sends `signal` (`-HUP`, `-TERM`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running").to_string();
         let sent = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
         assert!(sent.success(), "kill {signal} {pid}");

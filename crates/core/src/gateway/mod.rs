@@ -291,6 +291,12 @@ impl Gateway {
         }
     }
 
+    /// Who may authenticate from now on (the operator rotated the secrets). Connections and
+    /// their sessions stay as they are; the next `pcast.Authenticate` is judged by `tokens`.
+    pub fn set_tokens(&mut self, tokens: crate::auth::TokenPolicy) {
+        self.config.tokens = tokens;
+    }
+
     /// The next action for the I/O layer.
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()

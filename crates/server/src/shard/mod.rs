@@ -217,6 +217,7 @@ impl<B: Backend> Shard<B> {
                 self.gw.handle(Input::ServerRequest { token, conn, request_type, payload }, now);
             }
             Command::Drain => self.gw.handle(Input::Drain, now),
+            Command::Tokens(tokens) => self.gw.set_tokens(tokens),
             Command::AbortAll => {
                 // The sockets go, in id order (BTreeMaps), so a simulated death replays exactly.
                 // The process runs to the end of its last step as it was: the core still counts

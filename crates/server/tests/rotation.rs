@@ -1,0 +1,198 @@
+//! Secrets rotate without a restart: SIGHUP reads the token files and the TLS certificate again.
+//! New authentications and handshakes use the new material; the connections already open stay
+//! (an SDK client in a room keeps hearing it); a file that does not read keeps the old material
+//! and counts `clientmq_reloads_total{outcome="failed"}`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clientmq_core::proto::{mq, pcast};
+use clientmq_testkit::client::Client;
+use clientmq_testkit::node::npm_ci;
+use clientmq_testkit::procs::{Log, Proc, free_port, scrape, wait_for, wait_listening, workspace_dir};
+use prost::Message as _;
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether `token` authenticates a fresh connection on `port`.
+async fn authenticates<S>(client: &mut Client<S>, token: &str) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let auth = pcast::Authenticate { authentication_token: token.into(), ..Default::default() };
+    let reply = client.call("pcast.Authenticate", auth.encode_to_vec()).await;
+    assert_eq!(reply.r#type, "pcast.AuthenticateResponse", "{reply:?}");
+    pcast::AuthenticateResponse::decode(reply.payload.as_slice()).unwrap().status == "ok"
+}
+
+async fn fresh_authenticates(port: u16, token: &str) -> bool {
+    authenticates(&mut Client::connect(("127.0.0.1", port)).await, token).await
+}
+
+async fn reloads(port: u16, what: &str, outcome: &str) -> f64 {
+    scrape(port, &format!("clientmq_reloads_total{{what=\"{what}\",outcome=\"{outcome}\"}}")).await
+}
+
+/// SIGHUP, then waits for the reload of `what` to be counted with `outcome`, `count` times in all.
+async fn hup(server: &Proc, port: u16, what: &str, outcome: &str, count: f64, log: &Log) {
+    server.signal("-HUP");
+    wait_for(Duration::from_secs(10), &format!("{what} reload {outcome}"), log, || async move {
+        reloads(port, what, outcome).await == count
+    })
+    .await;
+}
+
+fn chat(port: u16, name: &str, token: &str, send: &[&str], until: usize, log: &Log) -> Proc {
+    let script = workspace_dir().join("examples/chat.js").display().to_string();
+    let uri = format!("ws://127.0.0.1:{port}");
+    let mut args =
+        vec![script, "--uri".into(), uri, "--token".into(), token.into(), "--room".into(), "lobby".into()];
+    args.extend(["--name".into(), name.into(), "--until".into(), until.to_string()]);
+    for text in send {
+        args.extend(["--send".into(), (*text).to_owned()]);
+    }
+    Proc::spawn("node", &args, name, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_files_rotate_on_sighup_and_nobody_is_dropped() {
+    clientmq_testkit::deadline::bounded(async {
+        npm_ci(&workspace_dir().join("examples"), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        let dir = tempdir("clientmq-rotation");
+        let (tokens, edge) = (dir.join("tokens"), dir.join("edge-auth"));
+        std::fs::write(&tokens, "# before\nold-token\n").unwrap();
+        std::fs::write(&edge, "app-1 secret-1\n").unwrap();
+        let log = Log::default();
+        let port = free_port();
+        let args = [
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--tokens-file".into(),
+            tokens.display().to_string(),
+            "--edge-auth-file".into(),
+            edge.display().to_string(),
+        ];
+        let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
+        wait_listening(port, "the server").await;
+
+        // Connected before any rotation: an SDK client in a room, and a raw client.
+        let bob = chat(port, "bob", "old-token", &[], 1, &log);
+        wait_for(Duration::from_secs(20), "bob in the room", &log, || {
+            let inside = log.lock().unwrap().iter().any(|l| l.starts_with("[bob] in room lobby"));
+            async move { inside }
+        })
+        .await;
+        let mut early = Client::connect(("127.0.0.1", port)).await;
+        assert!(authenticates(&mut early, "old-token").await);
+
+        // A new token file: new authentications use it, the old token is refused from now on.
+        std::fs::write(&tokens, "new-token\n").unwrap();
+        hup(&server, port, "tokens", "ok", 1.0, &log).await;
+        assert!(fresh_authenticates(port, "new-token").await, "the new token authenticates");
+        assert!(!fresh_authenticates(port, "old-token").await, "the old token no longer does");
+
+        // A file that does not read keeps what was there, says why and counts it.
+        std::fs::write(&edge, "a line without its secret\n").unwrap();
+        hup(&server, port, "tokens", "failed", 1.0, &log).await;
+        assert!(fresh_authenticates(port, "new-token").await, "the previous tokens stay");
+        assert!(log.lock().unwrap().iter().any(|l| l.contains("token files not reloaded")));
+        std::fs::remove_file(&tokens).unwrap();
+        hup(&server, port, "tokens", "failed", 2.0, &log).await;
+        assert!(fresh_authenticates(port, "new-token").await, "the previous tokens stay");
+        assert!(!log.lock().unwrap().iter().any(|l| l.contains("secret-1")), "no secret in the log");
+
+        // Nobody was dropped: the early connection answers, and bob, authenticated with the old
+        // token, hears alice, who came in with the new one.
+        let ping = early.call("mq.PingPong", mq::PingPong::default().encode_to_vec()).await;
+        assert_eq!(ping.r#type, "mq.PingPongResponse", "{ping:?}");
+        let alice = chat(port, "alice", "new-token", &["after the rotation"], 1, &log);
+        for mut proc in [alice, bob] {
+            let status = tokio::time::timeout(Duration::from_secs(30), proc.child.wait()).await;
+            let transcript = log.lock().unwrap().join("\n");
+            assert!(matches!(status, Ok(Ok(s)) if s.success()), "{} failed:\n{transcript}", proc.tag);
+        }
+        assert!(log.lock().unwrap().iter().any(|l| l == "[bob] alice: after the rotation"));
+        assert_eq!(scrape(port, "clientmq_reloads_total{what=\"tls\",outcome=\"ok\"}").await, 0.0);
+        server.kill().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
+}
+
+/// A TLS client that trusts only `cert` (PEM).
+fn tls_connector(cert: &str) -> tokio_rustls::TlsConnector {
+    use tokio_rustls::rustls::{
+        ClientConfig, RootCertStore, pki_types::CertificateDer, pki_types::pem::PemObject,
+    };
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()).unwrap();
+    let config = ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+async fn tls_client(
+    port: u16,
+    trusts: &str,
+) -> std::io::Result<Client<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tls_connector(trusts).connect(name, tcp).await?;
+    Ok(Client::upgrade(tls, &[]).await.expect("the upgrade over TLS"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tls_certificate_rotates_on_sighup_and_open_connections_stay() {
+    clientmq_testkit::deadline::bounded(async {
+        let dir = tempdir("clientmq-tls-rotation");
+        let names = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let (first, second) = (
+            rcgen::generate_simple_self_signed(names.clone()).unwrap(),
+            rcgen::generate_simple_self_signed(names).unwrap(),
+        );
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, first.cert.pem()).unwrap();
+        std::fs::write(&key, first.signing_key.serialize_pem()).unwrap();
+        let log = Log::default();
+        let (port, admin) = (free_port(), free_port());
+        let args = [
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--tokens".into(),
+            "t".into(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ];
+        let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
+        wait_listening(admin, "the admin port").await;
+        let mut early = tls_client(port, &first.cert.pem()).await.expect("the first certificate");
+        assert!(authenticates(&mut early, "t").await);
+        assert!(tls_client(port, &second.cert.pem()).await.is_err(), "the second is not presented yet");
+
+        // A certificate without its key does not load: the first stays.
+        std::fs::write(&cert, second.cert.pem()).unwrap();
+        hup(&server, admin, "tls", "failed", 1.0, &log).await;
+        assert!(tls_client(port, &first.cert.pem()).await.is_ok(), "the previous certificate stays");
+
+        std::fs::write(&key, second.signing_key.serialize_pem()).unwrap();
+        hup(&server, admin, "tls", "ok", 1.0, &log).await;
+        let mut late = tls_client(port, &second.cert.pem()).await.expect("the second certificate");
+        assert!(authenticates(&mut late, "t").await);
+        assert!(tls_client(port, &first.cert.pem()).await.is_err(), "the first is no longer presented");
+        // The connection made under the first certificate is still served.
+        let ping = early.call("mq.PingPong", mq::PingPong::default().encode_to_vec()).await;
+        assert_eq!(ping.r#type, "mq.PingPongResponse", "{ping:?}");
+        server.kill().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    })
+    .await
+}
