@@ -83,6 +83,16 @@ impl Gateways {
         Gateways { subjects, worker: worker.to_owned(), routes: BTreeMap::new(), gateways: BTreeMap::new() }
     }
 
+    /// How many gateways this worker has heard from (and tracks).
+    pub fn len(&self) -> usize {
+        self.gateways.len()
+    }
+
+    /// Whether it has heard from none.
+    pub fn is_empty(&self) -> bool {
+        self.gateways.is_empty()
+    }
+
     /// Where gateways answer this worker: `P.wk.<worker>.>`.
     pub fn inbox(&self) -> String {
         format!("{}.wk.{}.>", self.subjects.prefix(), self.worker)

@@ -12,6 +12,7 @@
 //! `reenter`) then changes nothing.
 
 mod config;
+pub mod metrics;
 mod rooms;
 mod state;
 mod wire;

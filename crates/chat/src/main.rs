@@ -10,6 +10,7 @@ use clap::Parser;
 use clientmq_bus::nats::NatsBus;
 use clientmq_bus::process::{LogFormat, init_logging, shutdown_signal};
 use clientmq_chat::ChatArgs;
+use clientmq_chat::metrics::WorkerMetrics;
 use clientmq_chat::worker::{self, WorkerConfig};
 
 /// clientmq-chat: sessions and chat rooms as a worker on the NATS bus.
@@ -22,6 +23,10 @@ struct Args {
     /// Prefix of every subject on the bus; the gateways' must be the same.
     #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_bus::contract::DEFAULT_PREFIX)]
     nats_prefix: String,
+    /// Serve /healthz, /readyz (connected to the bus) and /metrics here (plain HTTP); none when
+    /// absent. Its own variable: a gateway's CLIENTMQ_LISTEN may be in the same environment.
+    #[arg(long, env = "CLIENTMQ_CHAT_LISTEN")]
+    listen: Option<std::net::SocketAddr>,
     /// Seed for session and room ids; random from the OS when absent.
     #[arg(long, env = "CLIENTMQ_SEED")]
     seed: Option<u64>,
@@ -55,7 +60,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let config = WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None };
+        let metrics = match args.listen {
+            None => None,
+            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(listener) => {
+                    tracing::info!(listen = %addr, "/healthz, /readyz and /metrics");
+                    let metrics = Arc::new(WorkerMetrics::new());
+                    tokio::spawn(metrics.clone().serve(listener));
+                    Some(metrics)
+                }
+                Err(e) => {
+                    tracing::error!(listen = %addr, error = %e, "cannot listen");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let config =
+            WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None, metrics };
         worker::run(bus, config, shutdown_signal()).await;
         ExitCode::SUCCESS
     })

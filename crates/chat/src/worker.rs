@@ -28,6 +28,7 @@ use clientmq_core::{ConnectionId, Target};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use crate::metrics::WorkerMetrics;
 use crate::wire::{Outgoing, reason};
 use crate::{ChatConfig, ChatState, wire};
 use clientmq_bus::contract::{self, ANNOUNCE_EVERY, CHAT_QUEUE, Subjects, ToGateway, header};
@@ -46,6 +47,8 @@ pub struct WorkerConfig {
     /// Told what the worker decided, step by step (the simulator's checked mode); also makes the
     /// worker check its state's invariants after every step.
     pub observer: Option<WorkerObserver>,
+    /// Where the worker counts what an operator sees on `--listen` (none in the simulator).
+    pub metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// What a worker reports to its observer.
@@ -96,6 +99,7 @@ struct Worker<B> {
     /// Which gateway each connection came through, and each gateway's liveness.
     gateways: Gateways,
     observer: Option<WorkerObserver>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 fn now() -> Instant {
@@ -121,8 +125,19 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     if config.observer.is_some() {
         state.keep_facts();
     }
-    let mut w =
-        Worker { observer: config.observer, state, bus: bus.clone(), subjects, name: config.name, gateways };
+    let metrics = config.metrics;
+    if let Some(m) = &metrics {
+        m.bus(bus.status().connected, false);
+    }
+    let mut w = Worker {
+        observer: config.observer,
+        state,
+        bus: bus.clone(),
+        subjects,
+        name: config.name,
+        gateways,
+        metrics,
+    };
     tracing::info!(worker = %w.name, "chat worker serving pcast.* and chat.*");
     let mut seen = bus.status();
     tokio::pin!(shutdown);
@@ -260,6 +275,9 @@ impl<B: Bus> Worker<B> {
             .zip(msg.header(header::CLAIMS))
             .and_then(|(application, claims)| contract::parse_claims(application, claims));
         let answer = self.state.handle(conn, &request_type, &msg.payload, claims.as_ref(), now());
+        if let Some(m) = &self.metrics {
+            m.request(&request_type, answer.reply_type == "mq.Error");
+        }
         self.flush().await;
         self.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
     }
@@ -301,6 +319,9 @@ impl<B: Bus> Worker<B> {
     /// Timers: sessions' grace periods and idle rooms, gateways gone silent.
     async fn tick(&mut self) {
         self.state.expire(now());
+        if let Some(m) = &self.metrics {
+            m.sizes(&self.state.stats(), self.gateways.len());
+        }
         if self.bus.status().connected {
             for g in self.gateways.silent(now()) {
                 self.gone(&g);
@@ -326,6 +347,9 @@ impl<B: Bus> Worker<B> {
     /// The worker's own bus connection changed. Back after an absence: every gateway gets a
     /// fresh silence window and is asked which connections ended meanwhile.
     async fn bus_changed(&mut self, before: BusStatus, after: BusStatus) {
+        if let Some(m) = &self.metrics {
+            m.bus(after.connected, after.connected && after.epoch != before.epoch);
+        }
         if before.connected != after.connected || before.epoch != after.epoch {
             if before.connected && after.connected {
                 // Lost and back between two looks: say both.

@@ -122,11 +122,11 @@ fn gateway(nats: &Nats, port: u16, name: &str, log: &Log) -> Proc {
 
 /// The bus goes away: the gateway says it is not ready and answers requests at once with
 /// `unavailable`; then it comes back and the worker answers again.
-async fn bus_outage(nats: &mut Nats, gw2: u16, log: &Log) {
+async fn bus_outage(nats: &mut Nats, gw2: u16, worker: u16, log: &Log) {
     let mut raw = Raw::connect(gw2).await;
     nats.stop().await;
     wait_for(Duration::from_secs(15), "/readyz 503 while the bus is away", log, || async {
-        http_get(gw2, "/readyz").await.0 == 503
+        http_get(gw2, "/readyz").await.0 == 503 && http_get(worker, "/readyz").await.0 == 503
     })
     .await;
     let started = Instant::now();
@@ -137,9 +137,13 @@ async fn bus_outage(nats: &mut Nats, gw2: u16, log: &Log) {
     raw.close().await;
     nats.restart().await;
     wait_for(Duration::from_secs(20), "/readyz 200 again", log, || async {
-        http_get(gw2, "/readyz").await.0 == 200
+        http_get(gw2, "/readyz").await.0 == 200 && http_get(worker, "/readyz").await.0 == 200
     })
     .await;
+    assert!(
+        scrape(worker, "clientmq_chat_bus_reconnects_total").await >= 1.0,
+        "the worker counts its return"
+    );
     wait_for(Duration::from_secs(20), "the worker answering again", log, || serves(gw2)).await;
 }
 
@@ -167,12 +171,19 @@ async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
         let mut nats = Nats::start(&log).await;
         let chat_binary = workspace_binary("clientmq-chat").display().to_string();
         let grace = GRACE_SECS.to_string();
-        let worker_args =
-            ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"].map(str::to_owned);
+        let worker_port = free_port();
+        let worker_listen = format!("127.0.0.1:{worker_port}");
+        let worker_args = ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"]
+            .into_iter()
+            .chain(["--listen", &worker_listen])
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
         let worker = Proc::spawn(&chat_binary, &worker_args, "chat", &log);
         let (p1, p2) = (free_port(), free_port());
         let gw1 = gateway(&nats, p1, "gw1", &log);
         let gw2 = gateway(&nats, p2, "gw2", &log);
+        wait_listening(worker_port, "the worker's /healthz").await;
+        assert_eq!(http_get(worker_port, "/healthz").await.0, 200);
         for port in [p1, p2] {
             wait_listening(port, "a gateway").await;
             wait_for(Duration::from_secs(20), "gateway, bus and worker to serve", &log, || serves(port))
@@ -210,7 +221,7 @@ async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
                         stdin.write_all(b"done\n").await.unwrap();
                     }
                     "@@clientmq stop-nats" => {
-                        bus_outage(&mut nats, p2, &log).await;
+                        bus_outage(&mut nats, p2, worker_port, &log).await;
                         stdin.write_all(b"done\n").await.unwrap();
                     }
                     other => {
@@ -231,6 +242,16 @@ async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
         println!("{transcript}");
         assert!(transcript.contains("ok - fleet harness passed"), "{transcript}");
         nothing_left(p2, &room.expect("the harness names its room")).await;
+        // The worker's own view, on its --listen port: what it served, and whom it tracks.
+        let served = |ty: &str| format!("clientmq_chat_requests_total{{type=\"{ty}\",outcome=\"ok\"}}");
+        assert!(scrape(worker_port, &served("pcast.Authenticate")).await >= 2.0);
+        assert!(scrape(worker_port, &served("chat.GetRoomInfo")).await >= 1.0);
+        wait_for(Duration::from_secs(5), "the worker's gauges", &log, || async {
+            scrape(worker_port, "clientmq_chat_gateways").await >= 2.0
+                && scrape(worker_port, "clientmq_chat_rooms").await >= 1.0
+                && scrape(worker_port, "clientmq_chat_bus_connected").await == 1.0
+        })
+        .await;
         gw2.terminate(Duration::from_secs(15)).await;
         worker.terminate(Duration::from_secs(5)).await;
         nats.stop().await;

@@ -833,6 +833,7 @@ fn the_chat_worker_serves_requests_over_the_simulated_bus() -> turmoil::Result {
             seed: Some(1),
             name: "w1".into(),
             observer: None,
+            metrics: None,
         };
         worker::run(SimBus::connect(BUS, "worker"), config, until(6.0)).await;
         Ok(())

@@ -45,6 +45,7 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
             seed: Some(5),
             name: "chat-badinputs".into(),
             observer: None,
+            metrics: None,
         };
         let (stop_worker, stopped) = tokio::sync::oneshot::channel::<()>();
         let worker = tokio::spawn(worker::run(worker_bus, worker_config, async {

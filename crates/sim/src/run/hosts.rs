@@ -149,6 +149,7 @@ pub(super) fn chat_worker(sim: &mut turmoil::Sim<'_>, world: &World, host: &str,
             seed: Some(derive(seed, &format!("{host_name}/{n}"))),
             name: name.clone(),
             observer: Some(observer),
+            metrics: None,
         };
         async move {
             worker::run(SimBus::connect(BUS, &name), config, std::future::pending()).await;

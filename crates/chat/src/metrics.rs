@@ -1,0 +1,159 @@
+//! What `clientmq-chat` tells an operator on its `--listen` port: `/healthz`, `/readyz` (on the
+//! bus) and `/metrics` (Prometheus text). The worker updates the counters as it goes and the
+//! gauges once a second (they cost a pass over the state).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::ChatStats;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The worker's metrics, all prefixed `clientmq_chat_`.
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    registry: Registry,
+    requests: Family<Labels, Counter>,
+    sessions: Gauge,
+    detached: Gauge,
+    rooms: Gauge,
+    members: Gauge,
+    gateways: Gauge,
+    bus_connected: Gauge,
+    bus_reconnects: Counter,
+    connected: AtomicBool,
+}
+
+impl Default for WorkerMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WorkerMetrics {
+    pub fn new() -> Self {
+        let mut m = WorkerMetrics {
+            registry: Registry::with_prefix("clientmq_chat"),
+            requests: Family::default(),
+            sessions: Gauge::default(),
+            detached: Gauge::default(),
+            rooms: Gauge::default(),
+            members: Gauge::default(),
+            gateways: Gauge::default(),
+            bus_connected: Gauge::default(),
+            bus_reconnects: Counter::default(),
+            connected: AtomicBool::new(false),
+        };
+        let r = &mut m.registry;
+        r.register(
+            "requests",
+            "Requests served, by type and outcome (ok, or error: an mq.Error)",
+            m.requests.clone(),
+        );
+        r.register("sessions", "Sessions, attached or in their grace period", m.sessions.clone());
+        r.register(
+            "sessions_detached",
+            "Sessions in their grace period, without a connection",
+            m.detached.clone(),
+        );
+        r.register("rooms", "Chat rooms", m.rooms.clone());
+        r.register("members", "Memberships over all rooms", m.members.clone());
+        r.register(
+            "gateways",
+            "Gateways this worker tracks (heard from, and not forgotten)",
+            m.gateways.clone(),
+        );
+        r.register("bus_connected", "1 while the worker is connected to the bus", m.bus_connected.clone());
+        r.register("bus_reconnects", "Times the worker came back to the bus", m.bus_reconnects.clone());
+        m
+    }
+
+    /// A request of `ty` was answered; `error` when the answer was an `mq.Error`.
+    pub fn request(&self, ty: &str, error: bool) {
+        let outcome = if error { "error" } else { "ok" };
+        self.requests.get_or_create(&vec![("type", ty.to_owned()), ("outcome", outcome.to_owned())]).inc();
+    }
+
+    /// The state's sizes and the gateways tracked, once a second.
+    pub fn sizes(&self, stats: &ChatStats, gateways: usize) {
+        self.sessions.set(stats.sessions as i64);
+        self.detached.set(stats.detached as i64);
+        self.rooms.set(stats.rooms as i64);
+        self.members.set(stats.members as i64);
+        self.gateways.set(gateways as i64);
+    }
+
+    /// The worker's bus connection came (`connected`) or went; `back` when it came back after
+    /// an absence.
+    pub fn bus(&self, connected: bool, back: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.bus_connected.set(i64::from(connected));
+        if back {
+            self.bus_reconnects.inc();
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Answers `/healthz`, `/readyz` and `/metrics` on `listener` until the process ends: one
+    /// request per connection, each bounded in time and size.
+    pub async fn serve(self: std::sync::Arc<Self>, listener: tokio::net::TcpListener) {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let metrics = self.clone();
+            tokio::spawn(async move {
+                let Ok(Some(path)) =
+                    tokio::time::timeout(Duration::from_secs(5), request_path(&mut stream)).await
+                else {
+                    return;
+                };
+                let ready = metrics.connected.load(Ordering::Relaxed);
+                let (status, body) = match path.as_str() {
+                    "/healthz" => ("200 OK", "ok\n".to_owned()),
+                    "/readyz" if ready => ("200 OK", "ready\n".to_owned()),
+                    "/readyz" => ("503 Service Unavailable", "not connected to the bus\n".to_owned()),
+                    "/metrics" => ("200 OK", metrics.render()),
+                    _ => ("404 Not Found", "not found\n".to_owned()),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    }
+}
+
+/// The path of a `GET` request (its query dropped), once its head has arrived; `None` for
+/// anything else or a head over 8 KiB.
+async fn request_path(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut buf).await.ok()?;
+        if n == 0 || head.len() + n > 8 * 1024 {
+            return None;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = std::str::from_utf8(&head).ok()?.lines().next()?;
+    let mut parts = line.split(' ');
+    let (method, target) = (parts.next()?, parts.next()?);
+    (method == "GET").then(|| target.split('?').next().unwrap_or_default().to_owned())
+}
