@@ -348,7 +348,7 @@ impl<B: Bus> Worker<B> {
     /// fresh silence window and is asked which connections ended meanwhile.
     async fn bus_changed(&mut self, before: BusStatus, after: BusStatus) {
         if let Some(m) = &self.metrics {
-            m.bus(after.connected, after.connected && after.epoch != before.epoch);
+            m.bus(after.connected, after.connected && after.epoch != before.epoch && after.epoch > 1);
         }
         if before.connected != after.connected || before.epoch != after.epoch {
             if before.connected && after.connected {

@@ -112,7 +112,8 @@ impl Server {
             senders.push(tx);
             receivers.push(rx);
         }
-        let handle = Connections { shards: Arc::new(senders), routes: routes.clone() };
+        let handle =
+            Connections { shards: Arc::new(senders), routes: routes.clone(), metrics: metrics.clone() };
         let admission = (shards > 1).then(|| {
             let max = config.gateway.max_connections;
             Arc::new(GlobalAdmission {

@@ -64,6 +64,64 @@ pub struct Metrics {
     handshakes_timed_out: Counter,
     http_responses: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
+    pub(crate) bus: BusMetrics,
+}
+
+/// What the bus backend reports (all zero with the embedded backend).
+#[derive(Default)]
+pub(crate) struct BusMetrics {
+    connected: Gauge,
+    reconnects: Counter,
+    answers: Family<Labels, Counter>,
+    publish_failures: Counter,
+    announcements: Counter,
+}
+
+impl BusMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "bus_connected",
+            "1 while the gateway is connected to the bus",
+            self.connected.clone(),
+        );
+        registry.register(
+            "bus_reconnects",
+            "Times the gateway came back to the bus",
+            self.reconnects.clone(),
+        );
+        registry.register(
+            "bus_answers",
+            "Requests the bus backend answered itself, by reason (no-worker, unavailable)",
+            self.answers.clone(),
+        );
+        registry.register(
+            "bus_publish_failures",
+            "Messages the bus did not take",
+            self.publish_failures.clone(),
+        );
+        registry.register("bus_announcements", "Announcements published", self.announcements.clone());
+    }
+
+    pub fn connected(&self, connected: bool) {
+        self.connected.set(i64::from(connected));
+    }
+
+    pub fn reconnected(&self) {
+        self.reconnects.inc();
+    }
+
+    /// The backend answered a request itself with `mq.Error{reason}`.
+    pub fn answered(&self, reason: &str) {
+        self.answers.get_or_create(&vec![("reason", reason.to_owned())]).inc();
+    }
+
+    pub fn publish_failed(&self) {
+        self.publish_failures.inc();
+    }
+
+    pub fn announced(&self) {
+        self.announcements.inc();
+    }
 }
 
 impl Default for Metrics {
@@ -97,6 +155,7 @@ impl Metrics {
             handshakes_timed_out: Counter::default(),
             http_responses: Family::default(),
             reloads: Family::default(),
+            bus: BusMetrics::default(),
             registry: Registry::default(),
         };
         registry.register("connections_open", "Open connections (the registries' size)", m.open.clone());
@@ -110,6 +169,7 @@ impl Metrics {
         registry.register("rtt_seconds", "Heartbeat round trip time", m.rtt.clone());
         registry.register("frames_dropped", "Incoming frames dropped, by reason", m.dropped.clone());
         registry.register("subscriptions", "Room and conversation subscriptions", m.subscriptions.clone());
+        m.bus.register(&mut registry);
         registry.register(
             "reloads",
             "Reloads of secrets on SIGHUP, by what (tokens, tls) and outcome (ok, failed: the old stay)",

@@ -20,9 +20,15 @@ use crate::command::{Command, Routes};
 pub struct Connections {
     pub(crate) shards: Arc<Vec<mpsc::Sender<Command>>>,
     pub(crate) routes: Routes,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Connections {
+    /// Where the bus backend counts what an operator sees of the bus.
+    pub(crate) fn bus_metrics(&self) -> &crate::metrics::BusMetrics {
+        &self.metrics.bus
+    }
+
     fn shard_of(&self, conn: &ConnectionId) -> Option<&mpsc::Sender<Command>> {
         let shard = *self.routes.read().expect("routes lock").get(conn)?;
         self.shards.get(shard)

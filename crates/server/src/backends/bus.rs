@@ -81,7 +81,7 @@ impl<B> Shared<B> {
     async fn fail_pending(&self, gateway: &Connections) {
         let all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (_, w) in all {
-            gateway.answer(w.conn, w.token, Err(BackendError::Unavailable)).await;
+            answer(gateway, w.conn, w.token, Err(BackendError::Unavailable)).await;
         }
     }
 
@@ -206,14 +206,17 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             Op::Request { token, msg } => {
                 if let Err(e) = s.bus.publish(msg).await {
                     tracing::debug!(error = %e, "request not published");
+                    gateway.bus_metrics().publish_failed();
                     if let Some(w) = s.take(token) {
-                        gateway.answer(w.conn, w.token, Err(BackendError::Unavailable)).await;
+                        answer(&gateway, w.conn, w.token, Err(BackendError::Unavailable)).await;
                     }
                 }
             }
-            Op::Answer { conn, token, result } => gateway.answer(conn, token, result).await,
+            // Decided here, without a worker: malformed, or unavailable while the bus is away.
+            Op::Answer { conn, token, result } => answer(&gateway, conn, token, result).await,
             Op::Publish(msg) => {
                 if s.bus.publish(msg).await.is_err() {
+                    gateway.bus_metrics().publish_failed();
                     s.dropped_notices.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -280,13 +283,12 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
         match (what, conn) {
             (ToGateway::Reply(token), _) => {
                 let Some(w) = s.take(token) else { continue }; // timed out, or not ours
-                let result = if msg.status == Some(NO_RESPONDERS) {
-                    Err(BackendError::NoWorker)
+                if msg.status == Some(NO_RESPONDERS) {
+                    answer(&gateway, w.conn, w.token, Err(BackendError::NoWorker)).await;
                 } else {
                     let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
-                    Ok(Reply { reply_type, payload: msg.payload })
-                };
-                gateway.answer(w.conn, w.token, result).await;
+                    gateway.answer(w.conn, w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
+                }
             }
             (ToGateway::Event, Some(conn)) => {
                 if let Some(event_type) = msg.header(header::TYPE) {
@@ -305,7 +307,7 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
                 // on its own.
                 let request_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
                 let started = gateway.begin_server_request(conn, &request_type, msg.payload.clone()).await;
-                let bus = s.bus.clone();
+                let (bus, gateway) = (s.bus.clone(), gateway.clone());
                 tokio::spawn(async move {
                     let answer = match started {
                         Ok(answer) => answer.await,
@@ -315,7 +317,7 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
                         Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
                         Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
                     };
-                    respond(&*bus, &msg, answer).await;
+                    respond(&*bus, &gateway, &msg, answer).await;
                 });
             }
             (ToGateway::Sync, _) => {
@@ -323,13 +325,13 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
                     .into_iter()
                     .filter(|id| !gateway.is_connected(id))
                     .collect();
-                respond(&*s.bus, &msg, BusMessage::new("", contract::ids_payload(&gone))).await;
+                respond(&*s.bus, &gateway, &msg, BusMessage::new("", contract::ids_payload(&gone))).await;
             }
             (ToGateway::Orphans, _) => {
                 for id in contract::parse_ids(&msg.payload).into_iter().take(IDS_PER_MESSAGE) {
                     gateway.close(id, close::SESSION_LOST).await;
                 }
-                respond(&*s.bus, &msg, BusMessage::new("", Vec::new())).await;
+                respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await;
             }
             (_, None) => tracing::debug!(subject = %msg.subject, "message without a valid connection header"),
         }
@@ -337,11 +339,27 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
 }
 
 /// Publishes `answer` to `msg`'s reply subject, if it has one.
-async fn respond<B: Bus>(bus: &B, msg: &BusMessage, mut answer: BusMessage) {
+async fn respond<B: Bus>(bus: &B, gateway: &Connections, msg: &BusMessage, mut answer: BusMessage) {
     if let Some(reply) = &msg.reply {
         answer.subject = reply.clone();
-        let _ = bus.publish(answer).await;
+        if bus.publish(answer).await.is_err() {
+            gateway.bus_metrics().publish_failed();
+        }
     }
+}
+
+/// An answer the bus backend decided itself (no worker was asked, or none took it), counted by
+/// its reason.
+async fn answer(gateway: &Connections, conn: ConnectionId, token: u64, result: Result<Reply, BackendError>) {
+    let reason = match &result {
+        Err(e) => Some(e.reason()),
+        Ok(reply) if reply.reply_type == "mq.Error" => Some("malformed"),
+        Ok(_) => None,
+    };
+    if let Some(reason) = reason {
+        gateway.bus_metrics().answered(reason);
+    }
+    gateway.answer(conn, token, result).await;
 }
 
 /// Announces the gateway every second; fails requests in flight when the bus goes away.
@@ -353,6 +371,12 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
         if seen.connected && (!status.connected || status.epoch != seen.epoch) {
             s.fail_pending(&gateway).await;
         }
+        let metrics = gateway.bus_metrics();
+        metrics.connected(status.connected);
+        // Epochs count connections: the first is not a reconnect.
+        if status.connected && status.epoch != seen.epoch && status.epoch > 1 {
+            metrics.reconnected();
+        }
         s.forget_expired();
         seen = status;
         if status.connected {
@@ -360,7 +384,10 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
                 .with(header::GATEWAY, s.route_key.as_str())
                 .with(header::CONNECTIONS, gateway.open_connections().to_string())
                 .with(header::BUS_EPOCH, status.epoch.to_string());
-            let _ = s.bus.publish(msg).await;
+            match s.bus.publish(msg).await {
+                Ok(()) => metrics.announced(),
+                Err(_) => metrics.publish_failed(),
+            }
         }
         // Biased: a fixed branch order keeps simulated runs reproducible.
         tokio::select! {

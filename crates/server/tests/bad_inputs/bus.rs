@@ -71,6 +71,11 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
         let answer = raw.call("nobody.Serves", vec![1]).await;
         assert_eq!(error_reason(&answer).as_deref(), Some("no-worker"));
         gw.expect(failed, failed_before + 1.0).await;
+        assert!(gw.metric(r#"clientmq_bus_answers_total{reason="no-worker"}"#) >= 1.0);
+        assert!(gw.metric(r#"clientmq_bus_answers_total{reason="malformed"}"#) >= 8.0);
+        assert!(gw.metric("clientmq_bus_announcements_total") >= 1.0);
+        assert_eq!(gw.metric("clientmq_bus_connected"), 1.0);
+        assert_eq!(gw.metric("clientmq_bus_reconnects_total"), 0.0);
 
         // The bus goes away: requests fail at once, and /readyz says so.
         nats.stop().await;
@@ -84,10 +89,14 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
         assert_eq!(error_reason(&answer).as_deref(), Some("unavailable"));
         assert!(started.elapsed() < Duration::from_millis(500), "at once: {:?}", started.elapsed());
         gw.expect(r#"clientmq_requests_total{type="chat.GetRoomInfo",outcome="failed"}"#, 1.0).await;
+        assert!(gw.metric(r#"clientmq_bus_answers_total{reason="unavailable"}"#) >= 1.0);
+        gw.expect("clientmq_bus_connected", 0.0).await;
 
         // It comes back: so does service, and the count is exact throughout.
         nats.restart().await;
         until_served(gw.addr, &log).await;
+        gw.expect("clientmq_bus_connected", 1.0).await;
+        gw.expect("clientmq_bus_reconnects_total", 1.0).await;
         gw.still_serves(1).await;
         raw.close_politely().await;
         gw.settles(0).await;
