@@ -26,6 +26,18 @@ pub fn env_var(flag: &str) -> String {
     format!("CLIENTMQ_{}", flag.to_ascii_uppercase().replace('-', "_"))
 }
 
+/// Binds `addr`, or logs why it cannot (`what` names the flag) and returns `None`: the binary
+/// then exits with a failure.
+pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Option<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(addr).await {
+        Ok(listener) => Some(listener),
+        Err(e) => {
+            tracing::error!(%addr, flag = what, error = %e, "cannot listen");
+            None
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use clientmq_bus::nats::NatsBus;
-use clientmq_bus::process::{LogFormat, init_logging, shutdown_signal};
+use clientmq_bus::process::{LogFormat, bind, init_logging, shutdown_signal};
 use clientmq_chat::ChatArgs;
 use clientmq_chat::metrics::WorkerMetrics;
 use clientmq_chat::worker::{self, WorkerConfig};
@@ -62,18 +62,13 @@ fn main() -> ExitCode {
         };
         let metrics = match args.listen {
             None => None,
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(listener) => {
-                    tracing::info!(listen = %addr, "/healthz, /readyz and /metrics");
-                    let metrics = Arc::new(WorkerMetrics::new());
-                    tokio::spawn(metrics.clone().serve(listener));
-                    Some(metrics)
-                }
-                Err(e) => {
-                    tracing::error!(listen = %addr, error = %e, "cannot listen");
-                    return ExitCode::FAILURE;
-                }
-            },
+            Some(addr) => {
+                let Some(listener) = bind(addr, "--listen").await else { return ExitCode::FAILURE };
+                tracing::info!(listen = %addr, "/healthz, /readyz and /metrics");
+                let metrics = Arc::new(WorkerMetrics::new());
+                tokio::spawn(metrics.clone().serve(listener));
+                Some(metrics)
+            }
         };
         let config =
             WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None, metrics };

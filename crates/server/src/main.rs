@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 use clientmq_bus::nats::NatsBus;
-use clientmq_bus::process::{init_logging, shutdown_signal};
+use clientmq_bus::process::{bind, init_logging, shutdown_signal};
 use clientmq_server::{Args, Backend, BusBackend, EmbeddedBackend, Server, ServerConfig};
 
 fn main() -> ExitCode {
@@ -38,25 +38,14 @@ fn main() -> ExitCode {
     clientmq_server::tokens::announce(&config.gateway.tokens);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
-        let listener = match tokio::net::TcpListener::bind(args.listen).await {
-            Ok(listener) => listener,
-            Err(e) => {
-                tracing::error!(listen = %args.listen, error = %e, "cannot listen");
-                return ExitCode::FAILURE;
-            }
-        };
+        let Some(listener) = bind(args.listen, "--listen").await else { return ExitCode::FAILURE };
         let admin = match args.admin_listen {
             None => None,
-            Some(addr) => match tokio::net::TcpListener::bind(addr).await {
-                Ok(admin) => {
-                    tracing::info!(admin = %addr, "operator endpoints (/metrics, /healthz, /readyz) on the admin port");
-                    Some(admin)
-                }
-                Err(e) => {
-                    tracing::error!(admin = %addr, error = %e, "cannot listen");
-                    return ExitCode::FAILURE;
-                }
-            },
+            Some(addr) => {
+                let Some(admin) = bind(addr, "--admin-listen").await else { return ExitCode::FAILURE };
+                tracing::info!(admin = %addr, "operator endpoints (/metrics, /healthz, /readyz) on the admin port");
+                Some(admin)
+            }
         };
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
         let left = match (&args.nats, route_key) {

@@ -151,23 +151,10 @@ where
 async fn start_gateway(log: &Log) -> (Nats, Proc, u16) {
     let nats = Nats::start(log).await;
     let port = free_port();
-    let gateway_args = [
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--nats",
-        &nats.url(),
-        "--nats-prefix",
-        PREFIX,
-        "--tokens",
-        TOKEN,
-        "--shards",
-        "2",
-        "--drain-window-secs",
-        "0.2",
-        "--close-timeout-secs",
-        "2",
-    ]
-    .map(str::to_owned);
+    let (listen, url) = (format!("127.0.0.1:{port}"), nats.url());
+    let bus = ["--listen", &listen, "--nats", &url, "--nats-prefix", PREFIX, "--tokens", TOKEN];
+    let quick = ["--shards", "2", "--drain-window-secs", "0.2", "--close-timeout-secs", "2"];
+    let gateway_args: Vec<String> = bus.iter().chain(&quick).map(|a| (*a).to_owned()).collect();
     let gateway = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &gateway_args, "gateway", log);
     wait_for(WAIT, "the gateway ready (/readyz 200: on the bus)", log, || async {
         http_get(port, "/readyz").await.0 == 200

@@ -13,6 +13,10 @@ use clientmq_testkit::node::npm_ci;
 use clientmq_testkit::procs::{Log, Proc, free_port, scrape, wait_for, wait_listening, workspace_dir};
 use prost::Message as _;
 
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| (*a).to_owned()).collect()
+}
+
 fn tempdir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -51,11 +55,12 @@ async fn hup(server: &Proc, port: u16, what: &str, outcome: &str, count: f64, lo
 fn chat(port: u16, name: &str, token: &str, send: &[&str], until: usize, log: &Log) -> Proc {
     let script = workspace_dir().join("examples/chat.js").display().to_string();
     let uri = format!("ws://127.0.0.1:{port}");
-    let mut args =
-        vec![script, "--uri".into(), uri, "--token".into(), token.into(), "--room".into(), "lobby".into()];
-    args.extend(["--name".into(), name.into(), "--until".into(), until.to_string()]);
+    let until = until.to_string();
+    let mut args = owned(&[
+        &script, "--uri", &uri, "--token", token, "--room", "lobby", "--name", name, "--until", &until,
+    ]);
     for text in send {
-        args.extend(["--send".into(), (*text).to_owned()]);
+        args.extend(owned(&["--send", text]));
     }
     Proc::spawn("node", &args, name, log)
 }
@@ -70,14 +75,9 @@ async fn token_files_rotate_on_sighup_and_nobody_is_dropped() {
         std::fs::write(&edge, "app-1 secret-1\n").unwrap();
         let log = Log::default();
         let port = free_port();
-        let args = [
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--tokens-file".into(),
-            tokens.display().to_string(),
-            "--edge-auth-file".into(),
-            edge.display().to_string(),
-        ];
+        let (listen, tokens_arg, edge_arg) =
+            (format!("127.0.0.1:{port}"), tokens.display().to_string(), edge.display().to_string());
+        let args = owned(&["--listen", &listen, "--tokens-file", &tokens_arg, "--edge-auth-file", &edge_arg]);
         let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
         wait_listening(port, "the server").await;
 
@@ -160,18 +160,12 @@ async fn the_tls_certificate_rotates_on_sighup_and_open_connections_stay() {
         std::fs::write(&key, first.signing_key.serialize_pem()).unwrap();
         let log = Log::default();
         let (port, admin) = (free_port(), free_port());
-        let args = [
-            "--listen".to_owned(),
-            format!("127.0.0.1:{port}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin}"),
-            "--tokens".into(),
-            "t".into(),
-            "--tls-cert".into(),
-            cert.display().to_string(),
-            "--tls-key".into(),
-            key.display().to_string(),
-        ];
+        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+        let (cert_arg, key_arg) = (cert.display().to_string(), key.display().to_string());
+        let tls = ["--tls-cert", &cert_arg, "--tls-key", &key_arg];
+        let args = owned(
+            &[&["--listen", &listen, "--admin-listen", &admin_listen, "--tokens", "t"][..], &tls].concat(),
+        );
         let server = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, "server", &log);
         wait_listening(admin, "the admin port").await;
         let mut early = tls_client(port, &first.cert.pem()).await.expect("the first certificate");
