@@ -1,7 +1,7 @@
 //! The gateway state machine: registry, heartbeats, close handshakes, drain.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use rand_core::Rng;
@@ -16,46 +16,14 @@ use crate::registry::{Connection, Registry, State};
 use crate::timers::{Timer, Timers};
 
 mod invariants;
+mod peer;
 mod requests;
 mod server_requests;
 mod subscriptions;
 
 pub use invariants::InvariantViolation;
+pub use peer::{Peer, client_address};
 pub(crate) use requests::{Charge, PendingRequest, PendingServerRequest};
-
-/// What the transport knows about a new connection once its upgrade is complete.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// The socket's peer address.
-    pub addr: SocketAddr,
-    /// Request headers of the upgrade; only `X-Forwarded-For` is read, and only from a trusted proxy.
-    pub headers: Vec<(String, String)>,
-}
-
-/// The client's address: the socket peer, or, when the peer is a trusted proxy, the nearest
-/// untrusted hop of X-Forwarded-For (read right to left, so a client cannot forge its way in).
-pub fn client_address(trusted_proxies: &[IpAddr], peer: &Peer) -> IpAddr {
-    let trusted = |ip: &IpAddr| trusted_proxies.contains(ip);
-    let peer_ip = peer.addr.ip();
-    if !trusted(&peer_ip) {
-        return peer_ip;
-    }
-    let hops = peer
-        .headers
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case("x-forwarded-for"))
-        .flat_map(|(_, value)| value.split(','))
-        .map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .collect::<Vec<_>>();
-    for hop in hops.into_iter().rev() {
-        match hop {
-            Some(ip) if trusted(&ip) => continue,
-            Some(ip) => return ip,
-            None => break, // a garbled hop: trust nothing further left
-        }
-    }
-    peer_ip
-}
 
 /// Answer to [`Gateway::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
