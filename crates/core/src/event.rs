@@ -118,6 +118,9 @@ impl DropReason {
 pub enum RequestOutcome {
     /// The backend answered and the answer went out.
     Ok,
+    /// The backend answered with an `mq.Error` of its own (unauthorized, malformed, ...), which
+    /// went out ([`EventKind::BackendRefused`] says why).
+    Error,
     /// The backend failed: `mq.Error{failed}`.
     Failed,
     /// No answer within the request timeout: `mq.Error{timeout}`.
@@ -129,8 +132,9 @@ pub enum RequestOutcome {
 }
 
 impl RequestOutcome {
-    pub const ALL: [RequestOutcome; 5] = [
+    pub const ALL: [RequestOutcome; 6] = [
         RequestOutcome::Ok,
+        RequestOutcome::Error,
         RequestOutcome::Failed,
         RequestOutcome::Timeout,
         RequestOutcome::Refused,
@@ -140,6 +144,7 @@ impl RequestOutcome {
     pub fn label(self) -> &'static str {
         match self {
             RequestOutcome::Ok => "ok",
+            RequestOutcome::Error => "error",
             RequestOutcome::Failed => "failed",
             RequestOutcome::Timeout => "timeout",
             RequestOutcome::Refused => "refused",
@@ -206,32 +211,96 @@ pub struct Event {
 /// shown); `RequestRefused`: a request the gateway answered itself with `mq.Error{reason}`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum EventKind {
-    Opened { remote: IpAddr, open: usize },
-    Rejected { code: u16, open: usize },
-    Dropped { reason: DropReason },
-    Forwarded { request_id: String, request_type: String, token: u64 },
-    Answered { request_id: String, request_type: String, outcome: RequestOutcome, elapsed: Duration },
-    LateReply { token: u64 },
-    Authenticated { session_id: String },
-    Subscribed { topic: Topic, room: String },
-    Unsubscribed { topic: Topic, room: String },
-    SubscriptionLimit { room: String },
-    Delivered { event_type: String },
-    ServerRequestSent { request_id: String, request_type: String },
-    ServerRequestDone { request_id: String, outcome: &'static str },
+    Opened {
+        remote: IpAddr,
+        open: usize,
+    },
+    Rejected {
+        code: u16,
+        open: usize,
+    },
+    Dropped {
+        reason: DropReason,
+    },
+    Forwarded {
+        request_id: String,
+        request_type: String,
+        token: u64,
+    },
+    Answered {
+        request_id: String,
+        request_type: String,
+        outcome: RequestOutcome,
+        elapsed: Duration,
+    },
+    LateReply {
+        token: u64,
+    },
+    Authenticated {
+        session_id: String,
+    },
+    Subscribed {
+        topic: Topic,
+        room: String,
+    },
+    Unsubscribed {
+        topic: Topic,
+        room: String,
+    },
+    SubscriptionLimit {
+        room: String,
+    },
+    Delivered {
+        event_type: String,
+    },
+    ServerRequestSent {
+        request_id: String,
+        request_type: String,
+    },
+    ServerRequestDone {
+        request_id: String,
+        outcome: &'static str,
+    },
     PingSent,
-    Pong { rtt: Duration },
+    Pong {
+        rtt: Duration,
+    },
     UnexpectedPong,
-    CloseSent { code: u16, reason: &'static str },
-    PeerClosed { code: Option<u16> },
+    CloseSent {
+        code: u16,
+        reason: &'static str,
+    },
+    PeerClosed {
+        code: Option<u16>,
+    },
     CloseTimeout,
     SendFailed,
-    Disconnected { path: DisconnectPath, code: u16, open: usize },
-    Stray { what: Stray, after_end: bool },
-    DrainStarted { open: usize },
-    DrainDeferred { pending: usize },
-    TokenRefused { reason: &'static str },
-    RequestRefused { reason: &'static str },
+    Disconnected {
+        path: DisconnectPath,
+        code: u16,
+        open: usize,
+    },
+    Stray {
+        what: Stray,
+        after_end: bool,
+    },
+    DrainStarted {
+        open: usize,
+    },
+    DrainDeferred {
+        pending: usize,
+    },
+    TokenRefused {
+        reason: &'static str,
+    },
+    RequestRefused {
+        reason: &'static str,
+    },
+    /// The backend answered a request with `mq.Error{reason}` (the reasons clientmq's backends
+    /// use; any other is `other`, so a worker cannot grow the metric's labels without bound).
+    BackendRefused {
+        reason: &'static str,
+    },
 }
 
 /// Renders a client-supplied string safely on one line: control characters, spaces and
@@ -331,6 +400,7 @@ impl fmt::Display for EventKind {
             DrainDeferred { pending } => write!(f, "drain-deferred pending={pending}"),
             TokenRefused { reason } => write!(f, "token-refused reason={reason}"),
             RequestRefused { reason } => write!(f, "request-refused reason={reason}"),
+            BackendRefused { reason } => write!(f, "backend-refused reason={reason}"),
         }
     }
 }

@@ -59,6 +59,7 @@ pub struct Metrics {
     dropped: Family<Labels, Counter>,
     token_refusals: Family<Labels, Counter>,
     requests_refused: Family<Labels, Counter>,
+    backend_refusals: Family<Labels, Counter>,
     handshakes_refused: Counter,
     tls_refused: Counter,
     handshakes_timed_out: Counter,
@@ -150,6 +151,7 @@ impl Metrics {
             dropped: Family::default(),
             token_refusals: Family::default(),
             requests_refused: Family::default(),
+            backend_refusals: Family::default(),
             handshakes_refused: Counter::default(),
             tls_refused: Counter::default(),
             handshakes_timed_out: Counter::default(),
@@ -179,6 +181,11 @@ impl Metrics {
             "requests_refused",
             "Requests the gateway answered itself with mq.Error, by reason",
             m.requests_refused.clone(),
+        );
+        registry.register(
+            "backend_refusals",
+            "Requests the backend answered with mq.Error, by reason (outcome=\"error\" in requests)",
+            m.backend_refusals.clone(),
         );
         registry.register(
             "handshakes_refused",
@@ -238,6 +245,9 @@ impl Metrics {
             EventKind::Pong { rtt } => self.rtt.observe(rtt.as_secs_f64()),
             EventKind::Dropped { reason } => {
                 self.dropped.get_or_create(&vec![("reason", reason.label().to_owned())]).inc();
+            }
+            EventKind::BackendRefused { reason } => {
+                self.backend_refusals.get_or_create(&vec![("reason", (*reason).to_owned())]).inc();
             }
             EventKind::RequestRefused { reason } => {
                 self.requests_refused.get_or_create(&vec![("reason", (*reason).to_owned())]).inc();

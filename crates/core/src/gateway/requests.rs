@@ -110,6 +110,16 @@ pub(crate) fn message(
     }
 }
 
+/// The reasons clientmq's backends answer `mq.Error` with; any other is `other` (a worker's
+/// reason is a metric label: it must not grow without bound).
+const BACKEND_REASONS: [&str; 7] =
+    ["unauthorized", "unsupported", "malformed", "no-worker", "unavailable", "failed", "timeout"];
+
+fn refusal_reason(payload: &[u8]) -> &'static str {
+    let reason = mq::Error::decode(payload).map(|e| e.reason).unwrap_or_default();
+    BACKEND_REASONS.iter().find(|r| **r == reason).copied().unwrap_or("other")
+}
+
 impl Gateway {
     pub(crate) fn on_frame(&mut self, id: ConnectionId, frame: Frame) {
         let Some(conn) = self.registry.get(&id) else {
@@ -424,9 +434,17 @@ impl Gateway {
                 {
                     self.apply_intent(id, intent, &reply.payload);
                 }
+                // The backend's own mq.Error: an error to the operator, by its reason.
+                let refused = (reply_type == "mq.Error").then(|| refusal_reason(&reply.payload));
                 let msg = message(MessageType::Response, Some(&req.request_id), &reply_type, reply.payload);
                 self.send_message(id, Some(req.encoding), msg);
-                RequestOutcome::Ok
+                match refused {
+                    Some(reason) => {
+                        self.trace(Some(id), EventKind::BackendRefused { reason });
+                        RequestOutcome::Error
+                    }
+                    None => RequestOutcome::Ok,
+                }
             }
             Err(error) => {
                 self.send_error(id, &req.request_id, req.encoding, error.reason());

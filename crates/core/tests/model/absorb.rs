@@ -394,6 +394,8 @@ impl Harness {
             RequestOutcome::Timeout => assert_eq!(reason, Some(Some("timeout".to_owned()))),
             RequestOutcome::Failed => assert_eq!(reason, Some(Some("failed".to_owned()))),
             RequestOutcome::Ok => assert_eq!(reason, Some(None), "{rid} ok without a reply"),
+            // The model's backend answers with its types or fails; it never decides an mq.Error.
+            RequestOutcome::Error => panic!("{rid}: the model's backend never answers mq.Error"),
         }
         *self.outcomes.entry(outcome).or_default() += 1;
     }

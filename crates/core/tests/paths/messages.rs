@@ -270,3 +270,39 @@ fn backend_driven_subscriptions_and_answers_from_the_wrong_connection() {
     h.input(Input::Frame { conn: a, frame: codec::encode(&answer, Encoding::Base64Text) });
     assert_eq!(h.gw.pending_server_requests(), 0);
 }
+
+/// An `mq.Error` the backend decided (finding 6 of docs/bad-inputs.md) goes out as it is and is
+/// an error, by its reason, not an answered request; a reason no clientmq backend uses is
+/// `other`, so a worker cannot grow the metric's labels.
+#[test]
+fn a_backends_own_mq_error_is_an_error_by_its_reason() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.request(id, "C0", "chat.CreateRoom", vec![1], Encoding::Binary);
+    h.request(id, "C1", "chat.CreateRoom", vec![2], Encoding::Binary);
+    let tokens = h.backend_tokens();
+    let refusal = |reason: &str| {
+        Ok(Reply {
+            reply_type: "mq.Error".into(),
+            payload: mq::Error { reason: reason.into() }.encode_to_vec(),
+        })
+    };
+    h.input(Input::BackendReply { token: tokens[0].0, result: refusal("unauthorized") });
+    h.input(Input::BackendReply { token: tokens[1].0, result: refusal("a reason of its own") });
+    let sent = h.sent_to(id);
+    assert_eq!(
+        sent.iter().map(|(_, m)| error_reason(m)).collect::<Vec<_>>(),
+        ["unauthorized", "a reason of its own"]
+    );
+    let said: Vec<String> = h
+        .events_of(id)
+        .iter()
+        .filter_map(|k| match k {
+            EventKind::BackendRefused { reason } => Some(format!("refused {reason}")),
+            EventKind::Answered { outcome, .. } => Some(format!("answered {}", outcome.label())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(said, ["refused unauthorized", "answered error", "refused other", "answered error"]);
+    assert_eq!(h.gw.stats().requests.get(&RequestOutcome::Error), Some(&2));
+}

@@ -49,13 +49,15 @@ async fn malformed_payloads_get_mq_error_malformed() {
         }
         gw.expect(r#"clientmq_requests_refused_total{reason="malformed"}"#, 4.0).await;
         gw.expect(r#"clientmq_requests_total{type="chat.JoinRoom",outcome="refused"}"#, 1.0).await;
-        // Read by the backend: answered there, counted as an answer.
+        // Read by the backend: its mq.Error, counted as an error by its reason (finding 6).
         for ty in ["chat.CreateRoom", "chat.SendMessageToRoom", "pcast.Bye"] {
             let answer = raw.call(ty, GARBAGE.to_vec()).await;
             assert_eq!(error_reason(&answer).as_deref(), Some("malformed"), "{ty}");
         }
         gw.expect(r#"clientmq_requests_refused_total{reason="malformed"}"#, 4.0).await;
-        gw.expect(r#"clientmq_requests_total{type="chat.CreateRoom",outcome="ok"}"#, 1.0).await;
+        gw.expect(r#"clientmq_backend_refusals_total{reason="malformed"}"#, 3.0).await;
+        gw.expect(r#"clientmq_requests_total{type="chat.CreateRoom",outcome="error"}"#, 1.0).await;
+        assert_eq!(gw.metric(r#"clientmq_requests_total{type="chat.CreateRoom",outcome="ok"}"#), 0.0);
         gw.still_serves(1).await;
         raw.close_politely().await;
         gw.settles(0).await;
@@ -75,9 +77,10 @@ async fn requests_before_authenticate_are_unauthorized() {
         for (ty, payload) in [("chat.CreateRoom", create), ("chat.JoinRoom", join), ("pcast.Bye", bye)] {
             let answer = raw.call(ty, payload).await;
             assert_eq!(error_reason(&answer).as_deref(), Some("unauthorized"), "{ty}");
-            let series = format!("clientmq_requests_total{{type=\"{ty}\",outcome=\"ok\"}}");
+            let series = format!("clientmq_requests_total{{type=\"{ty}\",outcome=\"error\"}}");
             gw.expect(&series, 1.0).await;
         }
+        gw.expect(r#"clientmq_backend_refusals_total{reason="unauthorized"}"#, 3.0).await;
         gw.still_serves(1).await;
         raw.close_politely().await;
         gw.settles(0).await;
@@ -95,7 +98,8 @@ async fn unknown_request_types_are_unsupported() {
             let answer = raw.call(ty, vec![1, 2, 3]).await;
             assert_eq!(error_reason(&answer).as_deref(), Some("unsupported"), "{ty}");
         }
-        gw.expect(r#"clientmq_requests_total{type="other",outcome="ok"}"#, 4.0).await;
+        gw.expect(r#"clientmq_requests_total{type="other",outcome="error"}"#, 4.0).await;
+        gw.expect(r#"clientmq_backend_refusals_total{reason="unsupported"}"#, 4.0).await;
         gw.still_serves(1).await;
         raw.close_politely().await;
         gw.settles(0).await;
