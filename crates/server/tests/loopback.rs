@@ -470,6 +470,11 @@ async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_
         assert_eq!(read_frame(&mut raw).await, None, "then the server closes the socket");
         let queued = metric(&server, r#"clientmq_requests_total{type="other",outcome="ok"}"#);
         assert_eq!(answered as f64, queued, "every answer the server queued arrived");
+        // A request read with the close is not answered (the client left) but it is counted:
+        // every request the client sent is in the metrics, answered or undeliverable.
+        let undeliverable =
+            metric(&server, r#"clientmq_requests_total{type="other",outcome="undeliverable"}"#);
+        assert_eq!(queued + undeliverable, ANSWERS as f64, "every request is counted once");
         assert!(answered * PAYLOAD > 6 << 20, "only {answered} answers were queued at the close");
         assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="client",code="1000"}"#), 1.0);
     })

@@ -306,3 +306,20 @@ fn a_backends_own_mq_error_is_an_error_by_its_reason() {
     assert_eq!(said, ["refused unauthorized", "answered error", "refused other", "answered error"]);
     assert_eq!(h.gw.stats().requests.get(&RequestOutcome::Error), Some(&2));
 }
+
+/// A request read together with the client's close frame (the same read, so no answer can come
+/// before the close): the client left, so it gets no answer, but the request is counted, once,
+/// as undeliverable; the backend's answer, when it comes, is traced as late.
+#[test]
+fn a_request_read_with_the_clients_close_is_counted_not_answered() {
+    let mut h = Harness::new(Config::default());
+    let id = h.open();
+    h.request(id, "C0", "chat.GetRoomInfo", Vec::new(), Encoding::Binary);
+    h.input(Input::PeerClosed { conn: id, code: Some(1000) });
+    let token = h.backend_tokens()[0].0;
+    assert_eq!(h.gw.stats().requests.get(&RequestOutcome::Undeliverable), Some(&1));
+    h.input(Input::BackendReply { token, result: ok_reply("", chat::GetRoomInfoResponse::default()) });
+    assert!(h.sent_to(id).is_empty(), "no answer after the client's close");
+    assert_eq!(h.gw.stats().requests.values().sum::<u64>(), 1, "counted once");
+    assert_eq!(h.gw.open_connections(), 0);
+}
