@@ -290,6 +290,10 @@ pub enum EventKind {
     DrainDeferred {
         pending: usize,
     },
+    /// A flood past a burst of refusals: the 1008 close waits for these requests' answers.
+    FloodDeferred {
+        pending: usize,
+    },
     TokenRefused {
         reason: &'static str,
     },
@@ -398,6 +402,7 @@ impl fmt::Display for EventKind {
             Stray { what, after_end: false } => write!(f, "stray {} unknown", what.label()),
             DrainStarted { open } => write!(f, "drain-started open={open}"),
             DrainDeferred { pending } => write!(f, "drain-deferred pending={pending}"),
+            FloodDeferred { pending } => write!(f, "flood-deferred pending={pending}"),
             TokenRefused { reason } => write!(f, "token-refused reason={reason}"),
             RequestRefused { reason } => write!(f, "request-refused reason={reason}"),
             BackendRefused { reason } => write!(f, "backend-refused reason={reason}"),

@@ -34,6 +34,9 @@ pub(crate) struct Connection {
     pub drain_at: Option<Instant>,
     /// Drain wants it closed as soon as its in-flight requests are answered.
     pub drain_due: bool,
+    /// It flooded past a burst of refusals: closed 1008 as soon as the requests it had sent
+    /// before are answered (or time out); until then its frames are dropped.
+    pub flood_due: bool,
     /// The request rate's token bucket, in thousandths of a frame, and when it was last filled.
     pub bucket: (u64, Instant),
     /// Frames refused in a row for the rate.
@@ -67,6 +70,7 @@ impl Connection {
             room_tag: None,
             drain_at: None,
             drain_due: false,
+            flood_due: false,
             bucket: (u64::from(burst) * 1000, now),
             strikes: 0,
         }

@@ -558,9 +558,13 @@ impl Gateway {
         }
     }
 
-    /// Closes a drained connection once its last in-flight request has been answered.
-    pub(crate) fn finish_drain_if_idle(&mut self, id: ConnectionId) {
-        if self.registry.get(&id).is_some_and(|c| c.drain_due && c.pending.is_empty()) {
+    /// Closes a connection whose close waits for its in-flight requests (a drain, or a flood's
+    /// 1008) once the last of them is answered or timed out.
+    pub(crate) fn close_when_idle(&mut self, id: ConnectionId) {
+        let Some(conn) = self.registry.get(&id).filter(|c| c.pending.is_empty()) else { return };
+        if conn.flood_due {
+            self.start_close(id, close::RATE_LIMIT);
+        } else if conn.drain_due {
             self.start_close(id, close::DRAIN);
         }
     }

@@ -128,6 +128,9 @@ impl Gateway {
         if !conn.is_open() {
             return self.drop_frame(id, DropReason::NotOpen);
         }
+        if conn.flood_due {
+            return self.drop_frame(id, DropReason::RateLimited);
+        }
         let within_rate = match self.charge(id) {
             Charge::Within => true,
             Charge::Over => false,
@@ -241,11 +244,21 @@ impl Gateway {
     pub(crate) fn charge(&mut self, id: ConnectionId) -> Charge {
         let (now, per_sec, burst) = (self.now, self.config.max_requests_per_sec, self.config.request_burst);
         let Some(conn) = self.registry.get_mut(&id).filter(|c| c.is_open()) else { return Charge::Closed };
+        if conn.flood_due {
+            return Charge::Closed; // its close waits for answers owed; nothing more is taken
+        }
         let within = conn.take_token(now, per_sec, burst);
         conn.strikes = if within { 0 } else { conn.strikes + 1 };
         if conn.strikes > burst {
-            // A full burst more after being refused: it is not listening.
-            self.start_close(id, close::RATE_LIMIT);
+            // A full burst more after being refused: it is not listening. What it was promised
+            // (requests accepted before) is answered first, then the close goes out.
+            let pending = conn.pending.len();
+            if pending == 0 {
+                self.start_close(id, close::RATE_LIMIT);
+            } else {
+                conn.flood_due = true;
+                self.trace(Some(id), EventKind::FloodDeferred { pending });
+            }
             return Charge::Closed;
         }
         if within { Charge::Within } else { Charge::Over }
@@ -453,7 +466,7 @@ impl Gateway {
         };
         self.release_request_interest(&req);
         self.count_answer(id, &req.request_id, &req.request_type, outcome, req.started);
-        self.finish_drain_if_idle(id);
+        self.close_when_idle(id);
     }
 
     /// A request left `requests`: the interest it held goes (after its reply was applied, so a
@@ -475,7 +488,7 @@ impl Gateway {
         };
         self.release_request_interest(&req);
         self.count_answer(id, &req.request_id, &req.request_type, outcome, req.started);
-        self.finish_drain_if_idle(id);
+        self.close_when_idle(id);
     }
 
     /// A pending request of a connection that is ending: forget it; a late reply is traced.

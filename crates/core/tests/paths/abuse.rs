@@ -58,7 +58,17 @@ fn frames_that_are_not_requests_count_and_are_dropped_over_the_rate() {
 fn a_sender_that_keeps_going_past_a_full_burst_of_refusals_is_closed_1008() {
     let mut h = limited(1, 3);
     let a = h.open();
-    for i in 0..3 + 3 {
+    for i in 0..3 {
+        h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
+    }
+    // The three within the rate were answered before the flood goes on.
+    for (token, _, _) in h.backend_tokens() {
+        h.input(Input::BackendReply {
+            token,
+            result: Ok(Reply { reply_type: String::new(), payload: Vec::new() }),
+        });
+    }
+    for i in 3..3 + 3 {
         h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
     }
     assert!(h.closes_of(a).is_empty(), "three refusals are a warning");
@@ -66,6 +76,57 @@ fn a_sender_that_keeps_going_past_a_full_burst_of_refusals_is_closed_1008() {
     assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code]);
     h.input(Input::PeerClosed { conn: a, code: Some(1008) });
     assert_eq!(h.gw.open_connections(), 0);
+}
+
+/// Finding 7 of docs/bad-inputs.md: the requests accepted before a flood tipped over are still
+/// answered, then the 1008 close goes out; what the flooder sends meanwhile is dropped.
+#[test]
+fn a_flood_close_waits_for_the_answers_to_the_requests_accepted_before_it() {
+    let mut h = limited(1, 3);
+    let a = h.open();
+    for i in 0..3 + 3 + 1 {
+        h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
+    }
+    let accepted = h.backend_tokens();
+    assert_eq!(accepted.len(), 3, "three within the rate went to the backend");
+    assert!(h.closes_of(a).is_empty(), "the close waits for their answers");
+    assert!(h.events_of(a).contains(&&EventKind::FloodDeferred { pending: 3 }));
+    h.request(a, "C7", "x.Y", vec![], Encoding::Binary);
+    assert_eq!(h.backend_tokens().len(), 3, "nothing more is taken");
+    let answer = |h: &mut Harness, i: usize| {
+        let token = accepted[i].0;
+        h.input(Input::BackendReply {
+            token,
+            result: Ok(Reply { reply_type: String::new(), payload: Vec::new() }),
+        });
+    };
+    answer(&mut h, 0);
+    answer(&mut h, 1);
+    assert!(h.closes_of(a).is_empty(), "one still owed");
+    answer(&mut h, 2);
+    assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code], "then the close");
+    let answered: Vec<_> = h
+        .sent_to(a)
+        .into_iter()
+        .filter(|(_, m)| m.r#type == "x.YResponse")
+        .filter_map(|(_, m)| m.request_id)
+        .collect();
+    assert_eq!(answered, ["C0", "C1", "C2"], "every accepted request answered before the close");
+    h.input(Input::PeerClosed { conn: a, code: Some(1008) });
+    assert_eq!(h.gw.open_connections(), 0);
+}
+
+/// A flooder whose accepted requests are never answered is closed once they time out.
+#[test]
+fn a_deferred_flood_close_is_bounded_by_the_request_timeout() {
+    let mut h = limited(1, 3);
+    let a = h.open();
+    for i in 0..3 + 3 + 1 {
+        h.request(a, &format!("C{i}"), "x.Y", vec![], Encoding::Binary);
+    }
+    assert!(h.closes_of(a).is_empty());
+    h.advance(Config::default().request_timeout);
+    assert_eq!(h.closes_of(a), vec![close::RATE_LIMIT.code]);
 }
 
 fn pongs_to(h: &mut Harness, id: clientmq_core::ConnectionId) -> Vec<Vec<u8>> {
