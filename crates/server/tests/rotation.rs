@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
 use clientmq_testkit::client::Client;
-use clientmq_testkit::node::npm_ci;
+use clientmq_testkit::node::{interop_dir, npm_ci};
 use clientmq_testkit::procs::{Log, Proc, free_port, scrape, wait_for, wait_listening, workspace_dir};
 use prost::Message as _;
 
@@ -52,6 +52,19 @@ async fn hup(server: &Proc, port: u16, what: &str, outcome: &str, count: f64, lo
     .await;
 }
 
+/// A digest token of application `app-1` under `secret` (the phenix-edge-auth package mints it).
+async fn mint(secret: &str) -> String {
+    let out = tokio::process::Command::new("node")
+        .args(["edge-auth.js", "mint", "--application", "app-1", "--secret", secret, "--auth-only"])
+        .current_dir(interop_dir())
+        .output()
+        .await
+        .expect("node runs");
+    assert!(out.status.success(), "mint: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines().find_map(|l| l.strip_prefix("token ")).expect("a token line").to_owned()
+}
+
 fn chat(port: u16, name: &str, token: &str, send: &[&str], until: usize, log: &Log) -> Proc {
     let script = workspace_dir().join("examples/chat.js").display().to_string();
     let uri = format!("ws://127.0.0.1:{port}");
@@ -69,6 +82,9 @@ fn chat(port: u16, name: &str, token: &str, send: &[&str], until: usize, log: &L
 async fn token_files_rotate_on_sighup_and_nobody_is_dropped() {
     clientmq_testkit::deadline::bounded(async {
         npm_ci(&workspace_dir().join("examples"), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        npm_ci(&interop_dir(), "phenix-edge-auth/package.json").await;
+        // EdgeAuth digest tokens of one application, under its old and its new secret.
+        let (digest_old, digest_new) = (mint("secret-1").await, mint("secret-2").await);
         let dir = tempdir("clientmq-rotation");
         let (tokens, edge) = (dir.join("tokens"), dir.join("edge-auth"));
         std::fs::write(&tokens, "# before\nold-token\n").unwrap();
@@ -90,12 +106,17 @@ async fn token_files_rotate_on_sighup_and_nobody_is_dropped() {
         .await;
         let mut early = Client::connect(("127.0.0.1", port)).await;
         assert!(authenticates(&mut early, "old-token").await);
+        assert!(fresh_authenticates(port, &digest_old).await, "the digest under the first secret");
+        assert!(!fresh_authenticates(port, &digest_new).await, "not yet under the second");
 
-        // A new token file: new authentications use it, the old token is refused from now on.
+        // New files: new authentications use them, the old token and secret are refused.
         std::fs::write(&tokens, "new-token\n").unwrap();
+        std::fs::write(&edge, "app-1 secret-2\n").unwrap();
         hup(&server, port, "tokens", "ok", 1.0, &log).await;
         assert!(fresh_authenticates(port, "new-token").await, "the new token authenticates");
         assert!(!fresh_authenticates(port, "old-token").await, "the old token no longer does");
+        assert!(fresh_authenticates(port, &digest_new).await, "the digest under the new secret");
+        assert!(!fresh_authenticates(port, &digest_old).await, "not under the old one");
 
         // A file that does not read keeps what was there, says why and counts it.
         std::fs::write(&edge, "a line without its secret\n").unwrap();
@@ -105,7 +126,12 @@ async fn token_files_rotate_on_sighup_and_nobody_is_dropped() {
         std::fs::remove_file(&tokens).unwrap();
         hup(&server, port, "tokens", "failed", 2.0, &log).await;
         assert!(fresh_authenticates(port, "new-token").await, "the previous tokens stay");
-        assert!(!log.lock().unwrap().iter().any(|l| l.contains("secret-1")), "no secret in the log");
+        assert!(fresh_authenticates(port, &digest_new).await, "and the previous secrets");
+        let secrets = ["secret-1", "secret-2"];
+        assert!(
+            !log.lock().unwrap().iter().any(|l| secrets.iter().any(|s| l.contains(s))),
+            "no secret in the log"
+        );
 
         // Nobody was dropped: the early connection answers, and bob, authenticated with the old
         // token, hears alice, who came in with the new one.
