@@ -66,16 +66,28 @@ async fn mint(secret: &str) -> String {
 }
 
 fn chat(port: u16, name: &str, token: &str, send: &[&str], until: usize, log: &Log) -> Proc {
+    chat_over(&format!("ws://127.0.0.1:{port}"), &[], (name, token), send, until, log)
+}
+
+/// The example client on `uri` (`wss://` with `NODE_EXTRA_CA_CERTS` in `env`) as `who` (name,
+/// token).
+fn chat_over(
+    uri: &str,
+    env: &[(&str, &str)],
+    who: (&str, &str),
+    send: &[&str],
+    until: usize,
+    log: &Log,
+) -> Proc {
     let script = workspace_dir().join("examples/chat.js").display().to_string();
-    let uri = format!("ws://127.0.0.1:{port}");
-    let until = until.to_string();
+    let (name, token, until) = (who.0, who.1, until.to_string());
     let mut args = owned(&[
-        &script, "--uri", &uri, "--token", token, "--room", "lobby", "--name", name, "--until", &until,
+        &script, "--uri", uri, "--token", token, "--room", "lobby", "--name", name, "--until", &until,
     ]);
     for text in send {
         args.extend(owned(&["--send", text]));
     }
-    Proc::spawn("node", &args, name, log)
+    Proc::spawn_with_env("node", &args, env, name, log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,6 +208,19 @@ async fn the_tls_certificate_rotates_on_sighup_and_open_connections_stay() {
         wait_listening(admin, "the admin port").await;
         let mut early = tls_client(port, &first.cert.pem()).await.expect("the first certificate");
         assert!(authenticates(&mut early, "t").await);
+        // An SDK client over wss://, trusting the first certificate only, in a room.
+        npm_ci(&workspace_dir().join("examples"), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        let (ca_first, ca_second) = (dir.join("ca-first.pem"), dir.join("ca-second.pem"));
+        std::fs::write(&ca_first, first.cert.pem()).unwrap();
+        std::fs::write(&ca_second, second.cert.pem()).unwrap();
+        let (ca_first, ca_second) = (ca_first.display().to_string(), ca_second.display().to_string());
+        let uri = format!("wss://localhost:{port}");
+        let bob = chat_over(&uri, &[("NODE_EXTRA_CA_CERTS", &ca_first)], ("bob", "t"), &[], 1, &log);
+        wait_for(Duration::from_secs(20), "bob in the room", &log, || {
+            let inside = log.lock().unwrap().iter().any(|l| l.starts_with("[bob] in room lobby"));
+            async move { inside }
+        })
+        .await;
         assert!(tls_client(port, &second.cert.pem()).await.is_err(), "the second is not presented yet");
 
         // A certificate without its key does not load: the first stays.
@@ -208,9 +233,18 @@ async fn the_tls_certificate_rotates_on_sighup_and_open_connections_stay() {
         let mut late = tls_client(port, &second.cert.pem()).await.expect("the second certificate");
         assert!(authenticates(&mut late, "t").await);
         assert!(tls_client(port, &first.cert.pem()).await.is_err(), "the first is no longer presented");
-        // The connection made under the first certificate is still served.
+        // The connections made under the first certificate are still served: the raw one answers,
+        // and bob hears alice, who trusts only the second.
         let ping = early.call("mq.PingPong", mq::PingPong::default().encode_to_vec()).await;
         assert_eq!(ping.r#type, "mq.PingPongResponse", "{ping:?}");
+        let trust_second = [("NODE_EXTRA_CA_CERTS", ca_second.as_str())];
+        let alice = chat_over(&uri, &trust_second, ("alice", "t"), &["new cert"], 1, &log);
+        for mut proc in [alice, bob] {
+            let status = tokio::time::timeout(Duration::from_secs(30), proc.child.wait()).await;
+            let transcript = log.lock().unwrap().join("\n");
+            assert!(matches!(status, Ok(Ok(s)) if s.success()), "{} failed:\n{transcript}", proc.tag);
+        }
+        assert!(log.lock().unwrap().iter().any(|l| l == "[bob] alice: new cert"));
         server.kill().await;
         std::fs::remove_dir_all(&dir).unwrap();
     })

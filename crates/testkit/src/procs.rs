@@ -66,12 +66,24 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(program: &str, args: &[String], tag: &str, log: &Log) -> Proc {
+        Proc::spawn_with_env(program, args, &[], tag, log)
+    }
+
+    /// [`Proc::spawn`] with more environment variables.
+    pub fn spawn_with_env(
+        program: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+        tag: &str,
+        log: &Log,
+    ) -> Proc {
         let mut cmd = Command::new(program);
         for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLIENTMQ_")) {
             cmd.env_remove(key);
         }
         let mut child = cmd
             .args(args)
+            .envs(env.iter().copied())
             .env("CLIENTMQ_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
