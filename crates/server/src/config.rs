@@ -233,6 +233,23 @@ impl Args {
         Ok(Some(format!("{}-{suffix}", self.gateway_name)))
     }
 
+    /// Who may authenticate: the dev flag, `--tokens` and the token files, read now (at start,
+    /// and again on each SIGHUP).
+    pub fn token_policy(&self) -> Result<clientmq_core::TokenPolicy, TokenError> {
+        let files = (self.tokens_file.as_deref(), self.edge_auth_file.as_deref());
+        crate::tokens::policy(self.dev_accept_any_token, &self.tokens, files.0, files.1)
+    }
+
+    /// The TLS certificate and key, read now (at start, and again on each SIGHUP); `None` for a
+    /// plain port.
+    pub fn tls_acceptor(&self) -> Result<Option<crate::tls::Acceptor>, crate::tls::TlsError> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Ok(Some(crate::tls::Acceptor(crate::tls::acceptor(cert, key)?))),
+            (None, None) => Ok(None),
+            _ => Err(crate::tls::TlsError::Half),
+        }
+    }
+
     pub fn server_config(&self) -> Result<ServerConfig, ArgsError> {
         let gateway = clientmq_core::Config {
             heartbeat_interval: secs("heartbeat-secs", self.heartbeat_secs)?,
@@ -250,12 +267,7 @@ impl Args {
                 .map_err(|_| ArgsError::Seconds("drain-window-secs"))?,
             trusted_proxies: self.trusted_proxies.clone(),
             route_key: self.listen.to_string(),
-            tokens: crate::tokens::policy(
-                self.dev_accept_any_token,
-                &self.tokens,
-                self.tokens_file.as_deref(),
-                self.edge_auth_file.as_deref(),
-            )?,
+            tokens: self.token_policy()?,
             ..clientmq_core::Config::default()
         };
         gateway.validate()?;
@@ -277,11 +289,7 @@ impl Args {
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
             max_connections_per_address: self.max_connections_per_address,
             max_handshakes: positive("max-handshakes", self.max_handshakes)?,
-            tls: match (&self.tls_cert, &self.tls_key) {
-                (Some(cert), Some(key)) => Some(crate::tls::Acceptor(crate::tls::acceptor(cert, key)?)),
-                (None, None) => None,
-                _ => return Err(crate::tls::TlsError::Half.into()),
-            },
+            tls: self.tls_acceptor()?,
             seed: self.seed,
             trace: None,
             check: None,

@@ -103,13 +103,7 @@ async fn reload_on_sighup(server: Server, args: Args) {
         };
         while hup.recv().await.is_some() {
             if args.tokens_file.is_some() || args.edge_auth_file.is_some() {
-                let files = (args.tokens_file.as_deref(), args.edge_auth_file.as_deref());
-                match clientmq_server::tokens::policy(
-                    args.dev_accept_any_token,
-                    &args.tokens,
-                    files.0,
-                    files.1,
-                ) {
+                match args.token_policy() {
                     Ok(tokens) => {
                         clientmq_server::tokens::announce(&tokens);
                         server.set_tokens(tokens).await;
@@ -122,10 +116,12 @@ async fn reload_on_sighup(server: Server, args: Args) {
                     }
                 }
             }
-            if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-                match clientmq_server::tls::acceptor(cert, key) {
-                    Ok(acceptor) => {
-                        server.set_tls(clientmq_server::tls::Acceptor(acceptor));
+            if args.tls_cert.is_some() {
+                match args.tls_acceptor() {
+                    // Half the pair cannot happen here: the flags were checked at start.
+                    Ok(None) => {}
+                    Ok(Some(acceptor)) => {
+                        server.set_tls(acceptor);
                         server.reloaded("tls", true);
                         tracing::info!("SIGHUP: TLS certificate and key reloaded");
                     }
