@@ -7,13 +7,14 @@
 //
 // Options: --uri (the server's base uri; the SDK adds /ws), --token, --room (an alias), --name,
 // --send TEXT (repeatable; without it, every line typed on stdin is sent), --until N (exit 0
-// once N messages have been printed; without it, run until Ctrl-C).
+// once N messages have been printed; 0: as soon as the --send messages are acknowledged;
+// without it, run until Ctrl-C).
 'use strict';
 
 const sdk = require('phenix-web-sdk/dist/phenix-node-sdk.js');
 
 function options(argv) {
-    const out = {uri: 'ws://127.0.0.1:8080', token: '', room: 'lobby', name: 'guest', send: [], until: 0};
+    const out = {uri: 'ws://127.0.0.1:8080', token: '', room: 'lobby', name: 'guest', send: [], until: null};
     for (let i = 0; i < argv.length; i += 2) {
         const [flag, value] = [argv[i], argv[i + 1]];
         if (value === undefined) {
@@ -101,6 +102,9 @@ async function main() {
     if (opts.send.length > 0) {
         for (const text of opts.send) {
             await send(text);
+        }
+        if (opts.until === 0) {
+            done();
         }
     } else {
         require('node:readline').createInterface({input: process.stdin}).on('line', (line) => {
