@@ -81,14 +81,6 @@ pub struct Config {
     pub route_key: String,
     /// Ended connection ids remembered, so a late event about one is traced as late, not unknown.
     pub ended_memory: usize,
-    /// Read successful replies (JoinRoom, LeaveRoom, FetchRoomConversation with `Subscribe`) to
-    /// update the subscription tables, as the seed did. A backend that decides subscriptions
-    /// itself turns this off and sends every change as [`crate::Input::Subscription`], in one
-    /// order with its replies.
-    pub subscriptions_from_replies: bool,
-    /// Report [`crate::Output::Interest`] when the first subscriber of a room or conversation
-    /// arrives or the last one leaves (a bus backend subscribes to rooms by interest).
-    pub report_interest: bool,
     /// Who may authenticate; checked here before the backend sees a `pcast.Authenticate`.
     pub tokens: crate::auth::TokenPolicy,
     /// Milliseconds since the Unix epoch at the gateway's start (its `now` at
@@ -116,8 +108,6 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             route_key: "clientmq".to_owned(),
             ended_memory: 4096,
-            subscriptions_from_replies: true,
-            report_interest: false,
             tokens: crate::auth::TokenPolicy::DenyAll,
             wall_clock_start_ms: 0,
         }

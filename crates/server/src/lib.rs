@@ -46,7 +46,7 @@ use conn::Socket;
 use http::Head;
 use metrics::{Metrics, ShardGauges};
 pub use observe::{InvariantSink, TraceFn, TraceSink};
-pub use port::{Backend, Connections};
+pub use port::{Answer, Backend, Connections};
 use shard::Shard;
 use tls::MaybeTls;
 
@@ -98,10 +98,8 @@ struct Inner {
 
 impl Server {
     /// Starts the shards. Must be called inside a tokio runtime.
-    pub fn start<B: Backend>(mut config: ServerConfig, backend: Arc<B>) -> Server {
+    pub fn start<B: Backend>(config: ServerConfig, backend: Arc<B>) -> Server {
         let shards = config.shards.max(1);
-        config.gateway.subscriptions_from_replies = !backend.decides_subscriptions();
-        config.gateway.report_interest = backend.wants_interest();
         let gauges: Arc<Vec<ShardGauges>> = Arc::new((0..shards).map(|_| ShardGauges::default()).collect());
         let metrics = Arc::new(Metrics::new());
         let routes = Arc::new(RwLock::new(HashMap::new()));
@@ -127,7 +125,6 @@ impl Server {
                 index,
                 gw: shard::new_gateway(&config.gateway, config.seed, index),
                 rx,
-                tx: handle.shards[index].downgrade(),
                 conns: BTreeMap::new(),
                 lingering: BTreeMap::new(),
                 ready: Arc::default(),
@@ -138,7 +135,6 @@ impl Server {
                 gauges: gauges.clone(),
                 metrics: metrics.clone(),
                 routes: routes.clone(),
-                backend_timeout: config.gateway.request_timeout + Duration::from_secs(1),
                 trace: config.trace.clone(),
                 check: config.check.clone(),
                 admission: admission.clone(),

@@ -93,11 +93,13 @@ impl Connections {
         Ok(async move { answer.await.unwrap_or(Err(ServerRequestError::Disconnected)) })
     }
 
-    /// The answer to a client request of `conn` (core token `token`), from a backend that
-    /// answers itself: handed to the connection's shard in order with everything else the
-    /// backend handed it before. Nothing when the connection is gone.
-    pub async fn answer(&self, conn: ConnectionId, token: u64, result: Result<Reply, BackendError>) {
-        if let Some(shard) = self.shard_of(&conn) {
+    /// The answer to the client request `token` ([`BackendRequest::token`]) that the backend
+    /// answers [`Answer::Later`]: handed to the request's shard in order with everything this
+    /// task handed it before. An answer after the gateway gave up (the request timed out, its
+    /// connection ended) is traced there as late.
+    pub async fn answer(&self, token: u64, result: Result<Reply, BackendError>) {
+        let (shard, token) = split_token(token, self.shards.len());
+        if let Some(shard) = self.shards.get(shard) {
             let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
         }
     }
@@ -135,52 +137,55 @@ impl Connections {
     }
 }
 
-/// A backend the gateway forwards client requests to. One instance serves every shard.
+/// The token a backend sees for shard `index`'s core token `token` (shards number their
+/// requests separately): unique across shards, and it names the shard.
+pub(crate) fn backend_token(token: u64, index: usize, shards: usize) -> u64 {
+    token * shards as u64 + index as u64
+}
+
+/// The shard and core token of a backend token: [`backend_token`] undone.
+fn split_token(token: u64, shards: usize) -> (usize, u64) {
+    let shards = shards.max(1) as u64;
+    ((token % shards) as usize, token / shards)
+}
+
+/// How a backend answers a request: at once, or later through the handle (as a Phoenix
+/// channel's `handle_in` returns `{:reply, ..}` or `{:noreply, ..}` and replies later).
+#[derive(Debug)]
+pub enum Answer {
+    /// The answer, known when the request is handed over (the embedded chat, the echo).
+    Now(Result<Reply, BackendError>),
+    /// The backend answers later, once, through [`Connections::answer`] from any task: in order
+    /// with the events and subscription changes it sent that connection before (a bus backend).
+    /// The gateway times the request out on its own; an answer after that is traced as late.
+    Later,
+}
+
+/// A backend the gateway forwards client requests to; one instance serves every shard. The
+/// shards call it from their own tasks, so no method may block: work that waits goes to a task
+/// of its own, which reaches connections through the [`Connections`] handle.
+///
+/// Subscriptions are the backend's to decide: it sends every change through
+/// [`Connections::set_subscription`], before the answer to the request that caused it. The
+/// gateway reads only the session from a successful `pcast.Authenticate` answer.
 pub trait Backend: Send + Sync + 'static {
-    /// Called once at start with a handle for deliveries and server-initiated requests.
-    fn attach(&self, _gateway: Connections) {}
+    /// Called once at start with the handle to every connection.
+    fn attach(&self, _connections: Connections) {}
 
-    /// Answers one client request. The gateway bounds it with the request timeout: a future
-    /// that never finishes is dropped and the client gets `mq.Error{timeout}`. A backend that
-    /// answers itself ([`Backend::answers_itself`]) is never asked.
-    fn request(&self, req: BackendRequest) -> impl Future<Output = Result<Reply, BackendError>> + Send {
-        let _ = req;
-        std::future::ready(Err(BackendError::Unavailable))
-    }
+    /// A client request (`req.token` names it to [`Connections::answer`]).
+    fn request(&self, req: BackendRequest) -> Answer;
 
-    /// Whether answers come back through [`Connections::answer`] instead of from the future of
-    /// [`Backend::request`]: a bus backend, so that an answer and whatever it sends the
-    /// connection around it reach the connection's shard in one order.
-    fn answers_itself(&self) -> bool {
-        false
-    }
-
-    /// Starts a request of a backend that answers itself. The gateway times it out on its own;
-    /// an answer after that is traced as late.
-    fn submit(&self, _req: BackendRequest) {}
+    /// A shard gained (`on`) or lost its interest in a room's or a conversation's events: a
+    /// first subscriber, a request naming the room in flight, or the last of them gone. Called
+    /// in order with [`Backend::request`]: an interest reported before a request is in place
+    /// before that request goes out.
+    fn interest(&self, _shard: usize, _topic: Topic, _room: &str, _on: bool) {}
 
     /// A connection ended (`pcast.ConnectionDisconnected`).
     fn disconnected(&self, _event: pcast::ConnectionDisconnected) {}
 
     /// A heartbeat round trip was measured.
     fn rtt(&self, _conn: ConnectionId, _rtt: Duration) {}
-
-    /// Whether this backend decides subscriptions itself, sending every change through the
-    /// handle in one order with its events and replies, instead of the gateway reading them from
-    /// replies (the seed's way, and the default).
-    fn decides_subscriptions(&self) -> bool {
-        false
-    }
-
-    /// Whether it wants [`Backend::interest`] calls.
-    fn wants_interest(&self) -> bool {
-        false
-    }
-
-    /// A shard gained (`on`) or lost its interest in a room's or a conversation's events. Called
-    /// in order with [`Backend::request`]: an interest reported before a request is in place
-    /// before that request goes out.
-    fn interest(&self, _shard: usize, _topic: Topic, _room: &str, _on: bool) {}
 
     /// Whether the backend can serve now (`/readyz` is 503 while it cannot).
     fn ready(&self) -> bool {

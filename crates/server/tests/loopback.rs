@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Encoding, Reply, Target, codec};
-use clientmq_server::{Backend, Connections, Server, ServerConfig};
+use clientmq_core::{BackendRequest, ConnectionId, Encoding, Reply, Target, codec};
+use clientmq_server::{Answer, Backend, Connections, Server, ServerConfig};
 use clientmq_testkit::deadline::eventually;
 use clientmq_testkit::rawws::{self, RawFrame};
 use common::metric;
@@ -37,10 +37,18 @@ impl Backend for TestBackend {
         *self.gateway.lock().unwrap() = Some(gateway);
     }
 
-    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+    fn request(&self, req: BackendRequest) -> Answer {
         self.seen.lock().unwrap().push(req.clone());
-        tokio::time::sleep(self.delay).await;
-        Ok(Reply { reply_type: String::new(), payload: req.payload })
+        let reply = Ok(Reply { reply_type: String::new(), payload: req.payload });
+        if self.delay.is_zero() {
+            return Answer::Now(reply);
+        }
+        let (gateway, delay) = (self.gateway.lock().unwrap().clone().expect("attached"), self.delay);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            gateway.answer(req.token, reply).await;
+        });
+        Answer::Later
     }
 }
 

@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clientmq_core::proto::pcast;
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Topic};
-use clientmq_server::{Backend, Connections};
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Topic};
+use clientmq_server::{Answer, Backend, Connections};
 
 use crate::scenario::BackendMode;
 
@@ -15,7 +15,7 @@ use crate::scenario::BackendMode;
 pub struct SimBackend<B> {
     inner: Arc<B>,
     mode: Arc<Mutex<BackendMode>>,
-    /// For a failing mode's answers, when the inner backend answers itself.
+    /// For a slow mode's answers, given after the delay.
     gateway: Arc<std::sync::OnceLock<Connections>>,
 }
 
@@ -41,44 +41,23 @@ impl<B: Backend> Backend for SimBackend<B> {
         self.inner.attach(gateway);
     }
 
-    fn answers_itself(&self) -> bool {
-        self.inner.answers_itself()
-    }
-
-    fn submit(&self, req: BackendRequest) {
+    fn request(&self, req: BackendRequest) -> Answer {
         let mode = *self.mode.lock().expect("mode lock");
         match mode {
-            BackendMode::Normal => self.inner.submit(req),
+            BackendMode::Normal => self.inner.request(req),
             BackendMode::Slow { delay_secs } => {
-                let inner = self.inner.clone();
+                let (inner, gateway) = (self.inner.clone(), self.gateway.get().cloned());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs_f64(delay_secs)).await;
-                    inner.submit(req);
-                });
-            }
-            BackendMode::Fail => {
-                let gateway = self.gateway.get().cloned();
-                tokio::spawn(async move {
-                    if let Some(gateway) = gateway {
-                        let failed = Err(BackendError::Failed("scripted failure".into()));
-                        gateway.answer(req.conn, req.token, failed).await;
+                    let token = req.token;
+                    if let (Answer::Now(result), Some(gateway)) = (inner.request(req), gateway) {
+                        gateway.answer(token, result).await;
                     }
                 });
+                Answer::Later
             }
-            BackendMode::Hang => {}
-        }
-    }
-
-    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
-        let mode = *self.mode.lock().expect("mode lock");
-        match mode {
-            BackendMode::Normal => self.inner.request(req).await,
-            BackendMode::Slow { delay_secs } => {
-                tokio::time::sleep(Duration::from_secs_f64(delay_secs)).await;
-                self.inner.request(req).await
-            }
-            BackendMode::Fail => Err(BackendError::Failed("scripted failure".into())),
-            BackendMode::Hang => std::future::pending().await,
+            BackendMode::Fail => Answer::Now(Err(BackendError::Failed("scripted failure".into()))),
+            BackendMode::Hang => Answer::Later,
         }
     }
 
@@ -88,14 +67,6 @@ impl<B: Backend> Backend for SimBackend<B> {
 
     fn rtt(&self, conn: ConnectionId, rtt: Duration) {
         self.inner.rtt(conn, rtt);
-    }
-
-    fn decides_subscriptions(&self) -> bool {
-        self.inner.decides_subscriptions()
-    }
-
-    fn wants_interest(&self) -> bool {
-        self.inner.wants_interest()
     }
 
     fn interest(&self, shard: usize, topic: Topic, room: &str, on: bool) {

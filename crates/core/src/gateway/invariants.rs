@@ -1,6 +1,7 @@
 //! The gateway's internal invariants, checked on demand by tests and the simulator.
 
 use super::Gateway;
+use super::requests::Intent;
 use crate::ConnectionId;
 use crate::registry::State;
 use crate::timers::Timer;
@@ -83,7 +84,7 @@ impl Gateway {
         if !self.registry.tables_consistent() {
             return Err(InvariantViolation::Subscriptions);
         }
-        let holding = self.requests.values().filter(|r| r.interest.is_some()).count();
+        let holding = self.requests.values().filter(|r| matches!(r.intent, Some(Intent::Hear(..)))).count();
         let held = self.registry.pending_interest();
         if holding != held {
             return Err(InvariantViolation::Interest { held, holding });

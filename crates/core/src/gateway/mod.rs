@@ -89,7 +89,7 @@ pub enum Output {
     ServerRequestDone { token: u64, result: Result<Reply, ServerRequestError> },
     /// The gateway now has (`on`) or no longer has an interest in a room's or a conversation's
     /// events: a first subscriber, or a request about to subscribe one (a join naming the room),
-    /// or the last of them gone. Only with [`crate::Config::report_interest`].
+    /// or the last of them gone. A backend on a bus subscribes to rooms by it; others ignore it.
     Interest { topic: crate::event::Topic, room: String, on: bool },
 }
 

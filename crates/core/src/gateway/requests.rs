@@ -40,36 +40,17 @@ pub(crate) enum Unfit {
     Token(Refusal),
 }
 
-/// What a successful reply changes in the gateway's own tables.
+/// What the gateway does around a request besides forwarding it. Subscriptions are the
+/// backend's to decide ([`crate::Input::Subscription`]); the gateway reads only the session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Intent {
-    /// The connection gets the session the reply names, and the room limit of its token.
-    Authenticate {
-        room_tag: Option<RequiredTag>,
-    },
-    Join {
-        room_id: Option<String>,
-    },
-    Leave {
-        room_id: String,
-    },
-    SubscribeConversation {
-        room_id: String,
-    },
-}
-
-impl Intent {
-    /// The room or conversation a request will likely subscribe its connection to, when it
-    /// names it (a join by alias does not).
-    fn interest(&self) -> Option<(Topic, String)> {
-        match self {
-            Intent::Join { room_id: Some(room) } if !room.is_empty() => Some((Topic::Room, room.clone())),
-            Intent::SubscribeConversation { room_id } if !room_id.is_empty() => {
-                Some((Topic::Conversation, room_id.clone()))
-            }
-            _ => None,
-        }
-    }
+    /// A successful reply names the connection's session; the connection gets the room limit
+    /// of its token.
+    Authenticate { room_tag: Option<RequiredTag> },
+    /// A join or a subscribing fetch that names its room: the gateway hears the room while the
+    /// request is in flight, so nothing published right after the backend's decision is missed
+    /// (see [`crate::Output::Interest`]).
+    Hear(Topic, String),
 }
 
 #[derive(Debug, Clone)]
@@ -82,8 +63,6 @@ pub(crate) struct PendingRequest {
     pub started: Instant,
     pub deadline: Instant,
     pub intent: Option<Intent>,
-    /// Interest held while the request is in flight (see [`crate::Output::Interest`]).
-    pub interest: Option<(Topic, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -197,10 +176,7 @@ impl Gateway {
                 return self.refuse_token(id, &request_id, &msg.r#type, encoding, &refusal);
             }
         };
-        // A join or a conversation subscribe naming its room: hear the room from before the
-        // backend decides, so nothing published right after its decision is missed.
-        let interest = intent.as_ref().and_then(Intent::interest).filter(|_| self.config.report_interest);
-        if let Some((topic, room)) = &interest {
+        if let Some(Intent::Hear(topic, room)) = &intent {
             self.hold_interest(*topic, room);
         }
         let token = self.next_token;
@@ -232,7 +208,6 @@ impl Gateway {
                 started: self.now,
                 deadline,
                 intent,
-                interest,
             },
         );
         self.push(Output::Backend(backend));
@@ -294,17 +269,21 @@ impl Gateway {
                 if !auth::may_join(conn.room_tag.as_ref(), join.room_id.as_deref(), join.alias.as_deref()) {
                     return Err(Unfit::Token(Refusal::Room));
                 }
-                plain(payload, Some(Intent::Join { room_id: join.room_id }))
+                let hear =
+                    join.room_id.filter(|room| !room.is_empty()).map(|room| Intent::Hear(Topic::Room, room));
+                plain(payload, hear)
             }
             "chat.LeaveRoom" => {
-                let leave = chat::LeaveRoom::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
-                plain(payload, Some(Intent::Leave { room_id: leave.room_id }))
+                chat::LeaveRoom::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
+                plain(payload, None)
             }
             "chat.FetchRoomConversation" => {
                 let fetch =
                     chat::FetchRoomConversation::decode(payload.as_slice()).map_err(|_| Unfit::Malformed)?;
                 let subscribe = fetch.options.contains(&(chat::RoomConversationOption::Subscribe as i32));
-                plain(payload, subscribe.then_some(Intent::SubscribeConversation { room_id: fetch.room_id }))
+                let hear = (subscribe && !fetch.room_id.is_empty())
+                    .then_some(Intent::Hear(Topic::Conversation, fetch.room_id));
+                plain(payload, hear)
             }
             _ => plain(payload, None),
         }
@@ -442,10 +421,10 @@ impl Gateway {
                 let expected = format!("{}Response", req.request_type);
                 let reply_type =
                     if reply.reply_type.is_empty() { expected.clone() } else { reply.reply_type };
-                if let Some(intent) = &req.intent
+                if let Some(Intent::Authenticate { room_tag }) = &req.intent
                     && reply_type == expected
                 {
-                    self.apply_intent(id, intent, &reply.payload);
+                    self.read_session(id, room_tag, &reply.payload);
                 }
                 // The backend's own mq.Error: an error to the operator, by its reason.
                 let refused = (reply_type == "mq.Error").then(|| refusal_reason(&reply.payload));
@@ -469,10 +448,10 @@ impl Gateway {
         self.close_when_idle(id);
     }
 
-    /// A request left `requests`: the interest it held goes (after its reply was applied, so a
-    /// subscription it brought keeps the interest without a gap).
+    /// A request left `requests`: the interest it held goes (after its reply, so a subscription
+    /// the backend sent before it keeps the interest without a gap).
     fn release_request_interest(&mut self, req: &PendingRequest) {
-        if let Some((topic, room)) = &req.interest {
+        if let Some(Intent::Hear(topic, room)) = &req.intent {
             self.release_interest(*topic, room);
         }
     }

@@ -1,75 +1,37 @@
-//! Subscriptions: what a successful reply changes in the tables (when the gateway reads
-//! replies), what the backend changes itself, and deliveries to a connection, a room or a
-//! conversation.
+//! Subscriptions and the session: the session a successful authentication names, the
+//! subscriptions the backend decides, the interest they add up to, and deliveries to a
+//! connection, a room or a conversation.
 
 use prost::Message as _;
 
-use super::requests::{Intent, message};
+use super::requests::message;
 use super::{Gateway, Output};
 use crate::ConnectionId;
+use crate::edge_auth::RequiredTag;
 use crate::event::{DropReason, EventKind, Stray, Topic};
 use crate::port::Target;
-use crate::proto::{chat, mq, pcast};
+use crate::proto::{mq, pcast};
 use crate::registry::Subscribe;
 
 use mq::message::MessageType;
 
-fn is_ok(status: &str) -> bool {
-    status == "ok"
-}
-
 impl Gateway {
-    pub(crate) fn apply_intent(&mut self, id: ConnectionId, intent: &Intent, payload: &[u8]) {
-        // A backend that decides subscriptions sends them itself; the session is still read here.
-        if !self.config.subscriptions_from_replies && !matches!(intent, Intent::Authenticate { .. }) {
+    /// A successful authentication's reply names the session the connection now has.
+    pub(crate) fn read_session(&mut self, id: ConnectionId, room_tag: &Option<RequiredTag>, payload: &[u8]) {
+        let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
             return;
-        }
-        match intent {
-            Intent::Authenticate { room_tag } => {
-                let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {
-                    return;
-                };
-                if let (true, Some(session)) = (is_ok(&resp.status), resp.session_id) {
-                    if let Some(conn) = self.registry.get_mut(&id) {
-                        conn.session_id = Some(session.clone());
-                        conn.room_tag = room_tag.clone();
-                    }
-                    self.trace(Some(id), EventKind::Authenticated { session_id: session });
-                }
+        };
+        if let (true, Some(session)) = (resp.status == "ok", resp.session_id) {
+            if let Some(conn) = self.registry.get_mut(&id) {
+                conn.session_id = Some(session.clone());
+                conn.room_tag = room_tag.clone();
             }
-            Intent::Join { room_id } => {
-                let Ok(resp) = chat::JoinRoomResponse::decode(payload) else {
-                    return;
-                };
-                // Joining by alias: the room id is only known from the answer.
-                let room = resp.room.and_then(|r| r.room_id).or_else(|| room_id.clone());
-                if let (true, Some(room)) = (is_ok(&resp.status), room) {
-                    self.subscribe(id, Topic::Room, room);
-                }
-            }
-            Intent::Leave { room_id } => {
-                let Ok(resp) = chat::LeaveRoomResponse::decode(payload) else {
-                    return;
-                };
-                if is_ok(&resp.status) {
-                    for topic in [Topic::Room, Topic::Conversation] {
-                        self.unsubscribe(id, topic, room_id);
-                    }
-                }
-            }
-            Intent::SubscribeConversation { room_id } => {
-                let Ok(resp) = chat::FetchRoomConversationResponse::decode(payload) else {
-                    return;
-                };
-                if is_ok(&resp.status) {
-                    self.subscribe(id, Topic::Conversation, room_id.clone());
-                }
-            }
+            self.trace(Some(id), EventKind::Authenticated { session_id: session });
         }
     }
 
-    /// The backend adds or removes a subscription itself (a resumed session, `pcast.Bye`, a
-    /// session taken over by another connection).
+    /// The backend adds or removes a subscription (a join, a leave, a resumed session,
+    /// `pcast.Bye`, a session taken over by another connection).
     pub(crate) fn on_subscription(&mut self, id: ConnectionId, topic: Topic, room: String, subscribe: bool) {
         if !self.registry.contains(&id) {
             return self.stray(id, Stray::Subscription);
@@ -117,7 +79,7 @@ impl Gateway {
     /// Reports a change of interest in `room`, given whether there was interest before.
     pub(crate) fn interest_after(&mut self, topic: Topic, room: &str, had: bool) {
         let has = self.registry.has_interest(topic, room);
-        if self.config.report_interest && had != has {
+        if had != has {
             self.push(Output::Interest { topic, room: room.to_owned(), on: has });
         }
     }

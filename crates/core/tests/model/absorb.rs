@@ -74,7 +74,11 @@ impl Harness {
                             if conn.to_string() == p.connection_id),
                     "publish without an end: {p:?}"
                 ),
-                Output::Interest { .. } => panic!("interest reported without report_interest: {out:?}"),
+                Output::Interest { topic, room, on } => {
+                    let key = (*topic, room.clone());
+                    let changed = if *on { self.interest.insert(key) } else { self.interest.remove(&key) };
+                    assert!(changed, "interest in {topic:?} {room} reported {on} twice");
+                }
                 Output::Pong { .. } => panic!("a pong without a client ping: {out:?}"),
                 Output::ServerRequestDone { token, result } => {
                     assert!(self.sr_issued.contains(token), "unknown token {token}");
@@ -176,6 +180,9 @@ impl Harness {
             assert!(answered_now.contains(rid), "{rid} sent without an Answered");
         }
         self.check();
+        // Interest is checked against the model's own above and in the invariants; the callers
+        // check the rest.
+        outs.retain(|o| !matches!(o, Output::Interest { .. }));
         Batch { outs, evs }
     }
 
@@ -310,6 +317,10 @@ impl Harness {
             },
         );
         self.conn_mut(conn).pending.insert(req.token);
+        // The room a request names is heard before the request goes out.
+        if let Some(hear) = self.pending[&req.token].hears() {
+            assert!(self.interest.contains(&hear), "{hear:?} not heard before {} went out", req.token);
+        }
     }
 
     fn on_disconnected(

@@ -27,14 +27,15 @@ impl Harness {
         let open = p.as_ref().is_some_and(|p| self.conns[&p.conn].phase == Phase::Open);
         let mut sub_events = Vec::new();
         let mut expect_drain_close = false;
+        // What a backend decides before it answers: the subscriptions the request brings.
+        let mut decided: Vec<(Topic, String, bool)> = Vec::new();
         if let (Some(p), true) = (&p, open) {
-            let limit = self.cfg.max_subscriptions;
             let c = self.conns.get_mut(&p.conn).expect("pending on a known conn");
             expect_drain_close = c.drain_due && c.pending.len() == 1;
-            // A successful reply of the request's own type changes the gateway's tables.
             if let ReplyKind::Ok { ok: true, ty: ReplyTy::Default | ReplyTy::Explicit, room, session } = kind
             {
                 match p.request_type.as_str() {
+                    // The only thing the gateway reads from a reply: the session.
                     "pcast.Authenticate" => {
                         if let Some(s) = session {
                             let session_id = format!("session-{s}");
@@ -44,24 +45,25 @@ impl Harness {
                     }
                     "chat.JoinRoom" => {
                         let room = room.map(|r| ROOMS[r].to_owned()).or(p.room.clone());
-                        if let Some(room) = room {
-                            c.subscribe(Topic::Room, room, limit, &mut sub_events);
-                        }
+                        decided.extend(room.map(|room| (Topic::Room, room, true)));
                     }
                     "chat.LeaveRoom" => {
                         let room = p.room.clone().expect("leave names its room");
                         for topic in [Topic::Room, Topic::Conversation] {
-                            if c.topic(topic).remove(&room) {
-                                sub_events.push(EventKind::Unsubscribed { topic, room: room.clone() });
-                            }
+                            decided.push((topic, room.clone(), false));
                         }
                     }
                     "chat.FetchRoomConversation" if p.subscribe => {
                         let room = p.room.clone().expect("fetch names its room");
-                        c.subscribe(Topic::Conversation, room, limit, &mut sub_events);
+                        decided.push((Topic::Conversation, room, true));
                     }
                     _ => {}
                 }
+            }
+        }
+        if let Some(p) = &p {
+            for (topic, room, subscribe) in decided {
+                self.decide_subscription(p.conn, topic, room, subscribe);
             }
         }
         self.gw.handle(Input::BackendReply { token, result: result.clone() }, self.stamp());
@@ -163,6 +165,34 @@ impl Harness {
         if let Some(stray) = stray {
             assert_eq!(b.kinds(), vec![&stray]);
         }
+    }
+
+    pub(crate) fn op_subscription(&mut self, sel: Sel, topic: Topic, room: usize, subscribe: bool) {
+        let conn = self.resolve(sel);
+        self.decide_subscription(conn, topic, ROOMS[room].to_owned(), subscribe);
+    }
+
+    /// The backend subscribes `conn` (or unsubscribes it): the gateway's tables follow, up to
+    /// the limit, for a connection still registered (closing ones too); anything else is stray.
+    fn decide_subscription(&mut self, conn: ConnectionId, topic: Topic, room: String, subscribe: bool) {
+        let limit = self.cfg.max_subscriptions;
+        let mut expected = Vec::new();
+        match self.conns.get_mut(&conn).filter(|c| c.phase != Phase::Ended) {
+            Some(c) if subscribe => c.subscribe(topic, room.clone(), limit, &mut expected),
+            Some(c) => {
+                if c.topic(topic).remove(&room) {
+                    expected.push(EventKind::Unsubscribed { topic, room: room.clone() });
+                }
+            }
+            None => expected.push(EventKind::Stray {
+                what: Stray::Subscription,
+                after_end: self.recent_ended.contains(&conn),
+            }),
+        }
+        self.gw.handle(Input::Subscription { conn, topic, room, subscribe }, self.stamp());
+        let b = self.absorb(&Ctx::Subscription);
+        assert!(b.outs.iter().all(|o| matches!(o, Output::Interest { .. })), "{:?}", b.outs);
+        assert_eq!(b.kinds(), expected.iter().collect::<Vec<_>>());
     }
 
     pub(crate) fn op_server_request(&mut self, sel: Sel) {

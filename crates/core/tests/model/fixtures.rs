@@ -38,8 +38,6 @@ pub(crate) fn config() -> Config {
         trusted_proxies: vec![IpAddr::V4(PROXY)],
         route_key: "model-route".to_owned(),
         ended_memory: 4,
-        subscriptions_from_replies: true,
-        report_interest: false,
         // The model's own token "t" is accepted: refusals have their own path tests.
         tokens: TokenPolicy::Check { tokens: StaticTokens::new(["t"]), edge: EdgeAuth::default() },
         wall_clock_start_ms: 0,

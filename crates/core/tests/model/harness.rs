@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use clientmq_core::{Config, ConnectionId, DisconnectPath, Gateway, LostReason, RequestOutcome};
+use clientmq_core::{Config, ConnectionId, DisconnectPath, Gateway, LostReason, RequestOutcome, Topic};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -42,6 +42,9 @@ pub(crate) struct Harness {
     pub(crate) sr_next_token: u64,
     pub(crate) sr_issued: BTreeSet<u64>,
     pub(crate) sr_done: BTreeSet<u64>,
+    /// The rooms and conversations the gateway said it has an interest in
+    /// ([`clientmq_core::Output::Interest`]).
+    pub(crate) interest: BTreeSet<(Topic, String)>,
     /// What happened, by kind: shows the generator reaches every path.
     pub(crate) tally: BTreeMap<String, u64>,
     /// How far in the past the current operation's inputs are stamped.
@@ -82,6 +85,7 @@ impl Harness {
             sr_next_token: 0,
             sr_issued: BTreeSet::new(),
             sr_done: BTreeSet::new(),
+            interest: BTreeSet::new(),
             tally: BTreeMap::new(),
             late: Duration::ZERO,
         }
@@ -147,6 +151,9 @@ impl Harness {
             Op::SendFailed(conn) => self.op_send_failed(*conn),
             Op::Reply { token, kind } => self.op_reply(*token, *kind),
             Op::Deliver(to) => self.op_deliver(*to),
+            Op::Subscription { conn, topic, room, subscribe } => {
+                self.op_subscription(*conn, *topic, *room, *subscribe)
+            }
             Op::ServerRequest(conn) => self.op_server_request(*conn),
             Op::Drain => self.op_drain(),
             Op::Advance(ms) => self.advance_to(self.now + Duration::from_millis(*ms)),

@@ -48,6 +48,15 @@ impl Harness {
             assert_eq!(gw.subscribers(topic, room), model, "{topic:?} {room}");
         }
         assert_eq!(gw.subscriptions(), held);
+        // Interest: exactly the rooms some connection is subscribed to or a request in flight
+        // names.
+        let mut wanted: BTreeSet<(Topic, String)> = BTreeSet::new();
+        for c in self.conns.values().filter(|c| c.phase != Phase::Ended) {
+            wanted.extend(c.rooms.iter().map(|r| (Topic::Room, r.clone())));
+            wanted.extend(c.conversations.iter().map(|r| (Topic::Conversation, r.clone())));
+        }
+        wanted.extend(self.pending.values().filter_map(|p| p.hears()));
+        assert_eq!(self.interest, wanted, "interest reported");
 
         // Nothing overstays its deadline.
         let now = self.now;
@@ -90,6 +99,7 @@ impl Harness {
         assert_eq!(gw.pending_requests(), 0, "requests leaked");
         assert_eq!(gw.pending_server_requests(), 0, "server requests leaked");
         assert_eq!(gw.subscriptions(), 0, "subscriptions leaked");
+        assert!(self.interest.is_empty(), "interest leaked: {:?}", self.interest);
         assert_eq!(gw.poll_timeout(), None, "timers leaked");
         let stats = gw.stats();
         assert_eq!(stats.disconnected(), stats.total);

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use clientmq_core::{Config, LostReason};
+use clientmq_core::{Config, LostReason, Topic};
 use proptest::prelude::*;
 
 use crate::fixtures::config;
@@ -148,6 +148,13 @@ pub(crate) enum Op {
         kind: ReplyKind,
     },
     Deliver(DeliverTo),
+    /// The backend subscribes a connection to `ROOMS[room]`, or unsubscribes it.
+    Subscription {
+        conn: Sel,
+        topic: Topic,
+        room: usize,
+        subscribe: bool,
+    },
     ServerRequest(Sel),
     Drain,
     /// Milliseconds.
@@ -250,6 +257,8 @@ pub(crate) fn op() -> impl Strategy<Value = Op> {
         3 => sel().prop_map(Op::SendFailed),
         35 => (token, reply_kind()).prop_map(|(token, kind)| Op::Reply { token, kind }),
         10 => deliver.prop_map(Op::Deliver),
+        6 => (sel(), prop_oneof![Just(Topic::Room), Just(Topic::Conversation)], 0..4usize, any::<bool>())
+            .prop_map(|(conn, topic, room, subscribe)| Op::Subscription { conn, topic, room, subscribe }),
         12 => sel().prop_map(Op::ServerRequest),
         1 => Just(Op::Drain),
         24 => prop_oneof![3 => 0..1_000u64, 1 => 0..30_000u64].prop_map(Op::Advance),

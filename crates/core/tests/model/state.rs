@@ -88,6 +88,19 @@ pub(crate) struct Pending {
     pub(crate) encoding: Encoding,
 }
 
+impl Pending {
+    /// The room or conversation the gateway hears while this request is in flight: a join or a
+    /// subscribing fetch that names it.
+    pub(crate) fn hears(&self) -> Option<(Topic, String)> {
+        let room = self.room.clone().filter(|r| !r.is_empty())?;
+        match self.request_type.as_str() {
+            "chat.JoinRoom" => Some((Topic::Room, room)),
+            "chat.FetchRoomConversation" if self.subscribe => Some((Topic::Conversation, room)),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct ServerReq {
     pub(crate) conn: ConnectionId,
@@ -136,6 +149,7 @@ pub(crate) enum Ctx {
         payload: Vec<u8>,
     },
     Drain,
+    Subscription,
 }
 
 /// What one call produced.

@@ -1,5 +1,5 @@
-//! A backend that decides subscriptions itself (the bus), and the interest a gateway reports so
-//! that it hears a room from before the backend's decision to its last member's end.
+//! Subscriptions the backend decides, and the interest a gateway reports so that it hears a room
+//! from before the backend's decision to its last member's end.
 
 use clientmq_core::proto::{chat, pcast};
 use clientmq_core::{BackendError, Config, Encoding, Input, Output, Topic};
@@ -8,12 +8,7 @@ use prost::Message as _;
 use crate::harness::{Harness, SEC, auth_payload, error_reason, ok_reply};
 
 fn bus_config() -> Config {
-    Config {
-        subscriptions_from_replies: false,
-        report_interest: true,
-        tokens: clientmq_core::TokenPolicy::AcceptAny,
-        ..Config::default()
-    }
+    Config { tokens: clientmq_core::TokenPolicy::AcceptAny, ..Config::default() }
 }
 
 /// Interest outputs so far, as (topic, room, on), and forgets them.

@@ -90,9 +90,10 @@ fn response_ready_but_socket_no_longer_open_dropped() {
 }
 
 #[test]
-fn successful_join_leave_and_conversation_subscribe_update_subscriptions() {
+fn subscriptions_are_the_backends_and_replies_change_none() {
     let mut h = Harness::new(Config::default());
     let id = h.open();
+    let sub = |topic, subscribe| Input::Subscription { conn: id, topic, room: "room-1".into(), subscribe };
     let join = chat::JoinRoom { alias: Some("lobby".into()), ..Default::default() };
     h.request(id, "C0", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
     let fetch = chat::FetchRoomConversation {
@@ -102,17 +103,16 @@ fn successful_join_leave_and_conversation_subscribe_update_subscriptions() {
         ..Default::default()
     };
     h.request(id, "C1", "chat.FetchRoomConversation", fetch.encode_to_vec(), Encoding::Base64Text);
-    // A failed join changes nothing.
-    h.request(id, "C2", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
     let t = h.backend_tokens();
+    // A successful join's reply alone subscribes nothing: the seed read replies, this gateway
+    // takes what the backend decides.
     let room = chat::Room { room_id: Some("room-1".into()), ..Default::default() };
-    h.input(Input::BackendReply {
-        token: t[0].0,
-        result: ok_reply(
-            "chat.JoinRoomResponse",
-            chat::JoinRoomResponse { status: "ok".into(), room: Some(room), ..Default::default() },
-        ),
-    });
+    let joined = chat::JoinRoomResponse { status: "ok".into(), room: Some(room), ..Default::default() };
+    h.input(Input::BackendReply { token: t[0].0, result: ok_reply("chat.JoinRoomResponse", joined) });
+    assert_eq!(h.gw.subscriptions(), 0);
+    // The backend's decisions, then its answer.
+    h.input(sub(Topic::Room, true));
+    h.input(sub(Topic::Conversation, true));
     h.input(Input::BackendReply {
         token: t[1].0,
         result: ok_reply(
@@ -120,15 +120,11 @@ fn successful_join_leave_and_conversation_subscribe_update_subscriptions() {
             chat::FetchRoomConversationResponse { status: "ok".into(), ..Default::default() },
         ),
     });
-    h.input(Input::BackendReply {
-        token: t[2].0,
-        result: ok_reply(
-            "",
-            chat::JoinRoomResponse { status: "room-not-found".into(), ..Default::default() },
-        ),
-    });
     assert_eq!(h.gw.subscribers(Topic::Room, "room-1"), vec![id]);
     assert_eq!(h.gw.subscribers(Topic::Conversation, "room-1"), vec![id]);
+    assert_eq!(h.gw.subscriptions(), 2);
+    // Twice is once.
+    h.input(sub(Topic::Room, true));
     assert_eq!(h.gw.subscriptions(), 2);
     // Room deliveries reach subscribers.
     h.take_outputs();
@@ -141,14 +137,26 @@ fn successful_join_leave_and_conversation_subscribe_update_subscriptions() {
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1.message_type, Some(MessageType::Event as i32));
     assert_eq!(sent[0].1.r#type, "chat.RoomEvent");
+    // A successful leave's reply alone unsubscribes nothing either.
     let leave = chat::LeaveRoom { room_id: "room-1".into(), ..Default::default() };
-    h.request(id, "C3", "chat.LeaveRoom", leave.encode_to_vec(), Encoding::Base64Text);
+    h.request(id, "C2", "chat.LeaveRoom", leave.encode_to_vec(), Encoding::Base64Text);
     let token = h.backend_tokens()[0].0;
     h.input(Input::BackendReply {
         token,
         result: ok_reply("", chat::LeaveRoomResponse { status: "ok".into() }),
     });
+    assert_eq!(h.gw.subscriptions(), 2);
+    h.input(sub(Topic::Room, false));
+    h.input(sub(Topic::Conversation, false));
     assert_eq!(h.gw.subscriptions(), 0);
+    // A decision about a connection that is gone is stray, and changes nothing.
+    h.input(Input::TransportLost { conn: id, reason: clientmq_core::LostReason::Eof });
+    h.input(sub(Topic::Room, true));
+    assert_eq!(h.gw.subscriptions(), 0);
+    assert!(h.events_of(id).iter().any(|k| matches!(
+        k,
+        EventKind::Stray { what: clientmq_core::Stray::Subscription, after_end: true }
+    )));
 }
 
 #[test]

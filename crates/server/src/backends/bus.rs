@@ -5,7 +5,7 @@
 //!   gateway reads everything addressed to it (replies, events to a connection, subscription
 //!   changes, server requests, sync and orphans) from one subscription and hands each to the
 //!   connection's shard from that one reader, so it applies what a worker published in the
-//!   order it was published (this backend answers itself: [`Backend::answers_itself`]).
+//!   order it was published (this backend answers [`Answer::Later`], through the handle).
 //! - Room and conversation events come from `P.room.<R>` / `P.conv.<R>`, subscribed while some
 //!   shard has interest. Interest and requests go out through one ordered writer, so a join's
 //!   interest is subscribed before the join itself is published.
@@ -28,11 +28,10 @@ use tokio::time::Instant;
 use clientmq_bus::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header};
 use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 
-use crate::port::{Backend, Connections};
+use crate::port::{Answer, Backend, Connections};
 
-/// A request waiting for its reply: whose, under which core token, until when.
+/// A request waiting for its reply: under which gateway token, until when.
 struct Waiting {
-    conn: ConnectionId,
     token: u64,
     until: Instant,
 }
@@ -45,7 +44,6 @@ enum Op {
     },
     /// An answer the gateway gives without asking anyone (unavailable, malformed).
     Answer {
-        conn: ConnectionId,
         token: u64,
         result: Result<Reply, BackendError>,
     },
@@ -81,7 +79,7 @@ impl<B> Shared<B> {
     async fn fail_pending(&self, gateway: &Connections) {
         let all = std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
         for (_, w) in all {
-            answer(gateway, w.conn, w.token, Err(BackendError::Unavailable)).await;
+            answer(gateway, w.token, Err(BackendError::Unavailable)).await;
         }
     }
 
@@ -138,25 +136,23 @@ impl<B: Bus> Backend for BusBackend<B> {
         tokio::spawn(announce(self.shared.clone(), gateway));
     }
 
-    fn answers_itself(&self) -> bool {
-        true
-    }
-
-    fn submit(&self, req: BackendRequest) {
+    fn request(&self, req: BackendRequest) -> Answer {
         let s = &self.shared;
-        let (conn, token) = (req.conn, req.token);
-        let answer = |result| Op::Answer { conn, token, result };
+        let token = req.token;
+        let answer = |result| Op::Answer { token, result };
+        // Even an answer decided here goes through the writer: in order after what it was
+        // asked before.
         if !s.bus.status().connected {
             let _ = s.ops.send(answer(Err(BackendError::Unavailable)));
-            return;
+            return Answer::Later;
         }
         let Some(subject) = s.subjects.request(&req.request_type) else {
             let _ = s.ops.send(answer(Ok(error_reply("malformed"))));
-            return;
+            return Answer::Later;
         };
         let ours = s.next_token.fetch_add(1, Ordering::Relaxed);
         let until = Instant::now() + s.request_timeout + Duration::from_secs(1);
-        s.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(ours, Waiting { conn, token, until });
+        s.pending.lock().unwrap_or_else(PoisonError::into_inner).insert(ours, Waiting { token, until });
         let mut msg = BusMessage::new(subject, req.payload)
             .reply_to(s.subjects.reply(&s.route_key, ours))
             .with(header::GATEWAY, s.route_key.as_str())
@@ -170,6 +166,7 @@ impl<B: Bus> Backend for BusBackend<B> {
             msg = msg.with(name, value);
         }
         let _ = s.ops.send(Op::Request { token: ours, msg });
+        Answer::Later
     }
 
     fn disconnected(&self, event: pcast::ConnectionDisconnected) {
@@ -178,14 +175,6 @@ impl<B: Bus> Backend for BusBackend<B> {
             .with(header::GATEWAY, s.route_key.as_str())
             .with(header::CONNECTION, event.connection_id.as_str());
         let _ = s.ops.send(Op::Publish(msg));
-    }
-
-    fn decides_subscriptions(&self) -> bool {
-        true
-    }
-
-    fn wants_interest(&self) -> bool {
-        true
     }
 
     fn interest(&self, shard: usize, topic: Topic, room: &str, on: bool) {
@@ -208,12 +197,12 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
                     tracing::debug!(error = %e, "request not published");
                     gateway.bus_metrics().publish_failed();
                     if let Some(w) = s.take(token) {
-                        answer(&gateway, w.conn, w.token, Err(BackendError::Unavailable)).await;
+                        answer(&gateway, w.token, Err(BackendError::Unavailable)).await;
                     }
                 }
             }
             // Decided here, without a worker: malformed, or unavailable while the bus is away.
-            Op::Answer { conn, token, result } => answer(&gateway, conn, token, result).await,
+            Op::Answer { token, result } => answer(&gateway, token, result).await,
             Op::Publish(msg) => {
                 if s.bus.publish(msg).await.is_err() {
                     gateway.bus_metrics().publish_failed();
@@ -284,10 +273,10 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
             (ToGateway::Reply(token), _) => {
                 let Some(w) = s.take(token) else { continue }; // timed out, or not ours
                 if msg.status == Some(NO_RESPONDERS) {
-                    answer(&gateway, w.conn, w.token, Err(BackendError::NoWorker)).await;
+                    answer(&gateway, w.token, Err(BackendError::NoWorker)).await;
                 } else {
                     let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
-                    gateway.answer(w.conn, w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
+                    gateway.answer(w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
                 }
             }
             (ToGateway::Event, Some(conn)) => {
@@ -350,7 +339,7 @@ async fn respond<B: Bus>(bus: &B, gateway: &Connections, msg: &BusMessage, mut a
 
 /// An answer the bus backend decided itself (no worker was asked, or none took it), counted by
 /// its reason.
-async fn answer(gateway: &Connections, conn: ConnectionId, token: u64, result: Result<Reply, BackendError>) {
+async fn answer(gateway: &Connections, token: u64, result: Result<Reply, BackendError>) {
     let reason = match &result {
         Err(e) => Some(e.reason()),
         Ok(reply) if reply.reply_type == "mq.Error" => Some("malformed"),
@@ -359,7 +348,7 @@ async fn answer(gateway: &Connections, conn: ConnectionId, token: u64, result: R
     if let Some(reason) = reason {
         gateway.bus_metrics().answered(reason);
     }
-    gateway.answer(conn, token, result).await;
+    gateway.answer(token, result).await;
 }
 
 /// Announces the gateway every second; fails requests in flight when the bus goes away.

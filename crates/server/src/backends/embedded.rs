@@ -2,20 +2,20 @@
 //! process, so the binary is useful on its own. [`EmbeddedBackend`] puts the state behind the
 //! [`Backend`] trait, hands what it decides (events and subscription changes) to the gateway in
 //! the order it was decided, and runs its timers on `tokio::time` (virtual under simulation).
-//! The gateway does not read replies for subscriptions ([`Backend::decides_subscriptions`]): the
-//! chat state sends every change in one ordered queue with the events around it.
+//! Answers are [`Answer::Now`]; the subscription changes a request caused go through the queue
+//! ahead of it, with the events around them.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use clientmq_chat::{ChatConfig, ChatInvariant, ChatState, ChatStats, Outgoing};
 use clientmq_core::proto::pcast;
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply};
+use clientmq_core::{BackendRequest, ConnectionId, Reply};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{Notify, mpsc};
 
-use crate::port::{Backend, Connections};
+use crate::port::{Answer, Backend, Connections};
 
 fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
@@ -155,14 +155,14 @@ impl Backend for EmbeddedBackend {
         tokio::spawn(run_timers(state, timer, self.outlet.clone()));
     }
 
-    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+    fn request(&self, req: BackendRequest) -> Answer {
         // A latency probe needs no session and no state: echo it without taking the lock.
         if req.request_type == "mq.PingPong" {
-            return Ok(Reply { reply_type: "mq.PingPongResponse".into(), payload: req.payload });
+            return Answer::Now(Ok(Reply { reply_type: "mq.PingPongResponse".into(), payload: req.payload }));
         }
-        Ok(self.with_state(|s| {
+        Answer::Now(Ok(self.with_state(|s| {
             s.handle(req.conn, &req.request_type, &req.payload, req.claims.as_deref(), now())
-        }))
+        })))
     }
 
     fn disconnected(&self, event: pcast::ConnectionDisconnected) {
@@ -170,10 +170,6 @@ impl Backend for EmbeddedBackend {
             Ok(conn) => self.with_state(|s| s.disconnected(conn, now())),
             Err(_) => tracing::warn!(id = %event.connection_id, "disconnect of a malformed connection id"),
         }
-    }
-
-    fn decides_subscriptions(&self) -> bool {
-        true
     }
 }
 

@@ -2,12 +2,10 @@
 //! tests and benchmarks), [`embedded`] (the chat application in this process) and [`bus`]
 //! (workers on NATS).
 
-use std::future::Future;
-
 use clientmq_core::proto::pcast;
-use clientmq_core::{BackendError, BackendRequest, Reply};
+use clientmq_core::{BackendRequest, Reply};
 
-use crate::port::Backend;
+use crate::port::{Answer, Backend};
 
 pub mod bus;
 pub mod embedded;
@@ -18,7 +16,7 @@ pub mod embedded;
 pub struct EchoBackend;
 
 impl Backend for EchoBackend {
-    fn request(&self, req: BackendRequest) -> impl Future<Output = Result<Reply, BackendError>> + Send {
+    fn request(&self, req: BackendRequest) -> Answer {
         let reply = if req.request_type == "pcast.Authenticate" {
             use prost::Message as _;
             let resp = pcast::AuthenticateResponse {
@@ -30,6 +28,6 @@ impl Backend for EchoBackend {
         } else {
             Reply { reply_type: String::new(), payload: req.payload }
         };
-        std::future::ready(Ok(reply))
+        Answer::Now(Ok(reply))
     }
 }

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll, Waker};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use clientmq_core::{
@@ -26,7 +26,7 @@ use crate::command::{Command, Routes};
 use crate::conn::{Conn, Flow, Socket};
 use crate::metrics::{Metrics, ShardGauges};
 use crate::observe::{InvariantSink, TraceSink};
-use crate::port::Backend;
+use crate::port::{self, Answer, Backend};
 use crate::ready::{ConnWake, Ready};
 use crate::ws;
 
@@ -42,7 +42,6 @@ pub(crate) struct Shard<B> {
     pub index: usize,
     pub gw: Gateway,
     pub rx: mpsc::Receiver<Command>,
-    pub tx: mpsc::WeakSender<Command>,
     /// The sockets of the registered connections.
     pub conns: BTreeMap<ConnectionId, Conn>,
     /// Sockets no longer registered that finish their close (a release's last frames, a
@@ -56,7 +55,6 @@ pub(crate) struct Shard<B> {
     pub gauges: Arc<Vec<ShardGauges>>,
     pub metrics: Arc<Metrics>,
     pub routes: Routes,
-    pub backend_timeout: Duration,
     pub trace: Option<TraceSink>,
     pub check: Option<InvariantSink>,
     pub admission: Option<Arc<GlobalAdmission>>,
@@ -334,25 +332,12 @@ impl<B: Backend> Shard<B> {
             }
             Output::Abort { conn } => self.forget(&conn, true),
             Output::Release { conn } => self.forget(&conn, false),
-            Output::Backend(req) if self.backend.answers_itself() => self.backend.submit(req),
-            Output::Backend(req) => {
+            Output::Backend(mut req) => {
                 let token = req.token;
-                let backend = self.backend.clone();
-                let mut answer = Box::pin(async move { backend.request(req).await });
-                // An answer that is ready at once (most of the embedded backend's) is taken here:
-                // no task, no channel hop, no wake-up. A pending one re-registers its real waker
-                // when the task polls it.
-                if let Poll::Ready(result) = answer.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-                    return self.gw.handle(Input::BackendReply { token, result }, now());
+                req.token = port::backend_token(token, self.index, self.gauges.len());
+                if let Answer::Now(result) = self.backend.request(req) {
+                    self.gw.handle(Input::BackendReply { token, result }, now());
                 }
-                let Some(shard) = self.tx.upgrade() else { return };
-                let timeout = self.backend_timeout;
-                tokio::spawn(async move {
-                    // The core times the request out for the client; this bound frees the task.
-                    if let Ok(result) = tokio::time::timeout(timeout, answer).await {
-                        let _ = shard.send(Command::Input(Input::BackendReply { token, result })).await;
-                    }
-                });
             }
             Output::Publish(event) => self.backend.disconnected(event),
             Output::Interest { topic, room, on } => self.backend.interest(self.index, topic, &room, on),

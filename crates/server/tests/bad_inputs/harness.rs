@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
-use clientmq_core::{BackendError, BackendRequest, Encoding, Frame, Reply, codec};
-use clientmq_server::{Backend, Connections, Server, ServerConfig};
+use clientmq_core::{BackendRequest, Encoding, Frame, Reply, codec};
+use clientmq_server::{Answer, Backend, Connections, Server, ServerConfig};
 use clientmq_testkit::rawws::{self, RawFrame};
 use prost::Message as _;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -88,20 +88,20 @@ impl Backend for TestBackend {
         *self.gateway.lock().unwrap() = Some(gateway);
     }
 
-    async fn request(&self, req: BackendRequest) -> Result<Reply, BackendError> {
+    fn request(&self, req: BackendRequest) -> Answer {
         self.seen.lock().unwrap().push(req.clone());
-        match req.request_type.as_str() {
-            "x.Hang" => std::future::pending().await,
+        Answer::Now(Ok(match req.request_type.as_str() {
+            "x.Hang" => return Answer::Later,
             "pcast.Authenticate" => {
                 let resp = pcast::AuthenticateResponse {
                     status: "ok".into(),
                     session_id: Some(req.conn.to_string()),
                     ..Default::default()
                 };
-                Ok(Reply { reply_type: "pcast.AuthenticateResponse".into(), payload: resp.encode_to_vec() })
+                Reply { reply_type: "pcast.AuthenticateResponse".into(), payload: resp.encode_to_vec() }
             }
-            _ => Ok(Reply { reply_type: String::new(), payload: req.payload }),
-        }
+            _ => Reply { reply_type: String::new(), payload: req.payload },
+        }))
     }
 }
 
