@@ -22,7 +22,6 @@ mod ready;
 mod shard;
 pub mod tls;
 pub mod tokens;
-mod ws;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;

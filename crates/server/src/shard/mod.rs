@@ -23,12 +23,12 @@ use tokio::time::Instant;
 
 use crate::admission::{AddressSlot, GlobalAdmission};
 use crate::command::{Command, Routes};
+use crate::conn::ws;
 use crate::conn::{Conn, Flow, Socket};
 use crate::metrics::{Metrics, ShardGauges};
 use crate::observe::{InvariantSink, TraceSink};
 use crate::port::{self, Answer, Backend};
 use crate::ready::{ConnWake, Ready};
-use crate::ws;
 
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
