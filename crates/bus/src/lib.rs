@@ -9,6 +9,7 @@
 //! (what was published in between is lost). `contract` names the subjects and headers clientmq
 //! puts on it (docs/nats.md is the same contract, for authors of workers in other languages).
 
+pub mod access;
 pub mod contract;
 pub mod gateways;
 pub mod nats;
@@ -108,6 +109,11 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Resolves once the status differs from `seen`.
     fn changed(&self, seen: BusStatus) -> impl Future<Output = ()> + Send;
+
+    /// Connection attempts that failed since start: (refused for the credentials, other).
+    fn failures(&self) -> (u64, u64) {
+        (0, 0)
+    }
 }
 
 /// Messages of one subscription, in the order they arrived.
@@ -125,6 +131,9 @@ pub struct StatusCell {
     /// The epoch shifted left by one, the lowest bit set while connected.
     word: AtomicU64,
     notify: Notify,
+    /// Connection attempts the server refused for the credentials, and that failed otherwise.
+    refused: AtomicU64,
+    failed: AtomicU64,
 }
 
 impl StatusCell {
@@ -146,6 +155,17 @@ impl StatusCell {
         if changed.is_ok() {
             self.notify.notify_waiters();
         }
+    }
+
+    /// A connection attempt failed: `refused` when the server refused the credentials.
+    pub fn count_failure(&self, refused: bool) {
+        let counter = if refused { &self.refused } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connection attempts that failed since start: (refused for the credentials, other).
+    pub fn failures(&self) -> (u64, u64) {
+        (self.refused.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
     }
 
     pub async fn changed(&self, seen: BusStatus) {

@@ -10,6 +10,7 @@ use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
 use futures_util::StreamExt;
 
 use super::{Bus, BusError, BusMessage, BusStatus, StatusCell, Subscription};
+use crate::access::Access;
 
 /// The client pings the server this often and counts it gone after two missed pongs, so a
 /// silent network cut is noticed within about three periods.
@@ -23,34 +24,70 @@ pub struct NatsBus {
 }
 
 impl NatsBus {
-    /// Connects to `url` (`nats://host:port`) as `name`. Returns at once: the first connection
-    /// and every later one happen in the background, visible through [`Bus::status`].
+    /// Connects to an open NATS server at `url` (`nats://host:port`) as `name`: [`NatsBus::open`]
+    /// with no credentials and no TLS (tests and a local fleet).
     pub async fn connect(url: &str, name: &str) -> Result<NatsBus, BusError> {
+        let args = crate::access::NatsArgs { nats: Some(url.to_owned()), ..Default::default() };
+        let access =
+            args.access().map_err(|e| BusError::Refused(e.to_string()))?.ok_or(BusError::Disconnected)?;
+        NatsBus::open(&access, name).await
+    }
+
+    /// Connects to the servers of `access`, with its credentials and TLS, as `name`. Returns at
+    /// once: the first connection and every later one happen in the background, visible through
+    /// [`Bus::status`]; each uses the credentials last loaded into `access`.
+    pub async fn open(access: &Access, name: &str) -> Result<NatsBus, BusError> {
         let status = Arc::new(StatusCell::default());
         let events = status.clone();
-        let client = ConnectOptions::new()
-            .name(name)
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .ping_interval(PING_EVERY)
-            .connection_timeout(Duration::from_secs(2))
-            .reconnect_delay_callback(|attempt| {
-                let doubling = Duration::from_millis(50).saturating_mul(1 << attempt.min(8));
-                doubling.min(MAX_BACKOFF)
-            })
-            .event_callback(move |event| {
-                let status = events.clone();
-                async move {
-                    match event {
-                        Event::Connected => status.set_connected(true),
-                        Event::Disconnected => status.set_connected(false),
-                        other => tracing::info!(event = %other, "bus event"),
+        let credentials = access.clone();
+        let mut options = ConnectOptions::with_auth_callback(move |nonce| {
+            let credentials = credentials.clone();
+            async move { credentials.auth(&nonce) }
+        })
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .ping_interval(PING_EVERY)
+        .connection_timeout(Duration::from_secs(2))
+        .reconnect_delay_callback(|attempt| {
+            let doubling = Duration::from_millis(50).saturating_mul(1 << attempt.min(8));
+            doubling.min(MAX_BACKOFF)
+        })
+        .event_callback(move |event| {
+            let status = events.clone();
+            async move {
+                match event {
+                    Event::Connected => status.set_connected(true),
+                    Event::Disconnected => status.set_connected(false),
+                    Event::ClientError(e) => {
+                        let refused = e.to_string().contains("authorization");
+                        status.count_failure(refused);
+                        if refused {
+                            tracing::error!(error = %e, "NATS refused this process's credentials; retrying");
+                        } else {
+                            tracing::warn!(error = %e, "cannot connect to NATS; retrying");
+                        }
                     }
+                    other => tracing::info!(event = %other, "bus event"),
                 }
-            })
-            .connect(url)
-            .await
+            }
+        });
+        if let Some(tls) = &access.tls {
+            options = options.require_tls(true);
+            if let Some(ca) = &tls.ca {
+                options = options.add_root_certificates(ca.clone());
+            }
+            if let Some((cert, key)) = &tls.cert_and_key {
+                options = options.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        let servers = access
+            .servers()
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| BusError::Refused(e.to_string()))?;
+        let client = options.connect(servers).await.map_err(|e| BusError::Refused(e.to_string()))?;
         if client.connection_state() == async_nats::connection::State::Connected && !status.get().connected {
             // Connected before the callback was registered to see it.
             status.set_connected(true);
@@ -126,6 +163,10 @@ impl Bus for NatsBus {
 
     async fn changed(&self, seen: BusStatus) {
         self.status.changed(seen).await
+    }
+
+    fn failures(&self) -> (u64, u64) {
+        self.status.failures()
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use clientmq_bus::access::{Access, NatsArgs};
 use clientmq_bus::nats::NatsBus;
 use clientmq_bus::process::{LogFormat, bind, init_logging, shutdown_signal};
 use clientmq_chat::ChatArgs;
@@ -17,9 +18,9 @@ use clientmq_chat::worker::{self, WorkerConfig};
 #[derive(Debug, Parser)]
 #[command(name = "clientmq-chat", version, about)]
 struct Args {
-    /// NATS server (nats://HOST:PORT).
-    #[arg(long, env = "CLIENTMQ_NATS")]
-    nats: String,
+    /// The bus (--nats is required); credentials and TLS: docs/nats.md.
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Prefix of every subject on the bus; the gateways' must be the same.
     #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_bus::contract::DEFAULT_PREFIX)]
     nats_prefix: String,
@@ -40,8 +41,14 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     // Gateways verify tokens before anything reaches a worker.
-    let mut chat = match args.chat.chat_config() {
-        Ok(chat) => chat,
+    let configs =
+        args.chat.chat_config().map_err(|e| e.to_string()).and_then(|chat| match args.nats.access() {
+            Ok(Some(access)) => Ok((chat, access)),
+            Ok(None) => Err("--nats (CLIENTMQ_NATS) is required: the worker serves on the bus".to_owned()),
+            Err(e) => Err(e.to_string()),
+        });
+    let (mut chat, access) = match configs {
+        Ok(configs) => configs,
         Err(e) => {
             eprintln!("clientmq-chat: {e}");
             return ExitCode::from(2);
@@ -53,13 +60,15 @@ fn main() -> ExitCode {
     let name = format!("chat-{}", std::process::id());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
-        let bus = match NatsBus::connect(&args.nats, &name).await {
+        let servers = access.servers().join(",");
+        let bus = match NatsBus::open(&access, &name).await {
             Ok(bus) => Arc::new(bus),
             Err(e) => {
-                tracing::error!(nats = %args.nats, error = %e, "cannot use the bus");
+                tracing::error!(nats = %servers, error = %e, "cannot use the bus");
                 return ExitCode::FAILURE;
             }
         };
+        tracing::info!(nats = %servers, auth = access.method(), tls = access.tls.is_some(), "serving chat on the bus");
         let metrics = match args.listen {
             None => None,
             Some(addr) => {
@@ -70,9 +79,40 @@ fn main() -> ExitCode {
                 Some(metrics)
             }
         };
+        tokio::spawn(reload_on_sighup(access, metrics.clone()));
         let config =
             WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None, metrics };
         worker::run(bus, config, shutdown_signal()).await;
         ExitCode::SUCCESS
     })
+}
+
+/// On each SIGHUP, loads the NATS credentials again: the next connection to NATS uses them; the
+/// one in place stays. A file that does not read keeps the previous credentials.
+async fn reload_on_sighup(access: Access, metrics: Option<Arc<WorkerMetrics>>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: credentials reload only with a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let result = access.reload();
+            if let Some(m) = &metrics {
+                m.reloaded(result.is_ok());
+            }
+            match result {
+                Ok(()) => tracing::info!(
+                    auth = access.method(),
+                    "SIGHUP: NATS credentials reloaded; the next connection to NATS uses them"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: NATS credentials not reloaded; the previous ones stay")
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (access, metrics);
 }

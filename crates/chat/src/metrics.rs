@@ -2,6 +2,7 @@
 //! bus) and `/metrics` (Prometheus text). The worker updates the counters as it goes and the
 //! gauges once a second (they cost a pass over the state).
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -28,6 +29,10 @@ pub struct WorkerMetrics {
     gateways: Gauge,
     bus_connected: Gauge,
     bus_reconnects: Counter,
+    connect_failures: Family<Labels, Counter>,
+    /// The failure totals already counted.
+    failures_seen: Mutex<(u64, u64)>,
+    reloads: Family<Labels, Counter>,
     connected: AtomicBool,
 }
 
@@ -49,6 +54,9 @@ impl WorkerMetrics {
             gateways: Gauge::default(),
             bus_connected: Gauge::default(),
             bus_reconnects: Counter::default(),
+            connect_failures: Family::default(),
+            failures_seen: Mutex::new((0, 0)),
+            reloads: Family::default(),
             connected: AtomicBool::new(false),
         };
         let r = &mut m.registry;
@@ -72,7 +80,36 @@ impl WorkerMetrics {
         );
         r.register("bus_connected", "1 while the worker is connected to the bus", m.bus_connected.clone());
         r.register("bus_reconnects", "Times the worker came back to the bus", m.bus_reconnects.clone());
+        r.register(
+            "bus_connect_failures",
+            "Connection attempts to the bus that failed, by reason (refused: the credentials; other)",
+            m.connect_failures.clone(),
+        );
+        r.register(
+            "reloads",
+            "Reloads of the NATS credentials on SIGHUP, by outcome (ok, failed: the old stay)",
+            m.reloads.clone(),
+        );
         m
+    }
+
+    /// The bus client's failure totals (refused for the credentials, other), once a second.
+    pub fn connect_failures(&self, total: (u64, u64)) {
+        let mut seen = self.failures_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (reason, now, before) in [("refused", total.0, seen.0), ("other", total.1, seen.1)] {
+            if now > before {
+                self.connect_failures
+                    .get_or_create(&vec![("reason", reason.to_owned())])
+                    .inc_by(now - before);
+            }
+        }
+        *seen = total;
+    }
+
+    /// A SIGHUP reload of the NATS credentials (`ok`, or failed and the old ones stay).
+    pub fn reloaded(&self, ok: bool) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.reloads.get_or_create(&vec![("what", "nats".to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 
     /// A request of `ty` was answered; `error` when the answer was an `mq.Error`.

@@ -321,6 +321,7 @@ impl<B: Bus> Worker<B> {
         self.state.expire(now());
         if let Some(m) = &self.metrics {
             m.sizes(&self.state.stats(), self.gateways.len());
+            m.connect_failures(self.bus.failures());
         }
         if self.bus.status().connected {
             for g in self.gateways.silent(now()) {

@@ -117,10 +117,10 @@ pub struct Args {
     /// The embedded backend's (or the chat worker's) bounds.
     #[command(flatten)]
     pub chat: ChatArgs,
-    /// NATS server (nats://HOST:PORT) through which backend workers serve every client request;
-    /// without it the embedded backend serves them in this process.
-    #[arg(long, env = "CLIENTMQ_NATS")]
-    pub nats: Option<String>,
+    /// NATS: with `--nats`, backend workers on the bus serve every client request; without it
+    /// the embedded backend serves them in this process. Credentials and TLS: docs/nats.md.
+    #[command(flatten)]
+    pub nats: clientmq_bus::access::NatsArgs,
     /// Prefix of every subject on the bus (docs/nats.md).
     #[arg(long, env = "CLIENTMQ_NATS_PREFIX", default_value = clientmq_bus::contract::DEFAULT_PREFIX)]
     pub nats_prefix: String,
@@ -196,6 +196,8 @@ pub enum ArgsError {
     BusName,
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Nats(#[from] clientmq_bus::access::AccessError),
 }
 
 fn secs(name: &'static str, value: f64) -> Result<Duration, ArgsError> {
@@ -215,7 +217,7 @@ impl Args {
 
     /// The gateway's route key on the bus: its name and a random suffix, or `None` without a bus.
     pub fn bus_route_key(&self) -> Result<Option<String>, ArgsError> {
-        if self.nats.is_none() {
+        if self.nats.nats.is_none() {
             return Ok(None);
         }
         if !clientmq_bus::contract::token_ok(&self.gateway_name)

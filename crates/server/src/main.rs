@@ -5,15 +5,17 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use clientmq_bus::access::Access;
 use clientmq_bus::nats::NatsBus;
 use clientmq_bus::process::{bind, init_logging, shutdown_signal};
 use clientmq_server::{Args, Backend, BusBackend, EmbeddedBackend, Server, ServerConfig};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let configs =
-        args.server_config().and_then(|server| Ok((server, args.chat_config()?, args.bus_route_key()?)));
-    let (mut config, mut chat, route_key) = match configs {
+    let configs = args
+        .server_config()
+        .and_then(|server| Ok((server, args.chat_config()?, args.bus_route_key()?, args.nats.access()?)));
+    let (mut config, mut chat, route_key, access) = match configs {
         Ok(configs) => configs,
         Err(e) => {
             eprintln!("clientmq-server: {e}");
@@ -26,7 +28,7 @@ fn main() -> ExitCode {
     chat.wall_clock_start_ms = start_ms;
     config.gateway.wall_clock_start_ms = start_ms;
     init_logging(args.log_format);
-    if args.nats.is_some()
+    if access.is_some()
         && chat != (clientmq_chat::ChatConfig { wall_clock_start_ms: start_ms, ..Default::default() })
     {
         // Shared environment files set them for both binaries; on a bus only the worker uses them.
@@ -48,24 +50,25 @@ fn main() -> ExitCode {
             }
         };
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
-        let left = match (&args.nats, route_key) {
-            (Some(url), Some(route_key)) => {
-                let bus = match NatsBus::connect(url, &route_key).await {
+        let left = match (access, route_key) {
+            (Some(access), Some(route_key)) => {
+                let servers = access.servers().join(",");
+                let bus = match NatsBus::open(&access, &route_key).await {
                     Ok(bus) => Arc::new(bus),
                     Err(e) => {
-                        tracing::error!(nats = %url, error = %e, "cannot use the bus");
+                        tracing::error!(nats = %servers, error = %e, "cannot use the bus");
                         return ExitCode::FAILURE;
                     }
                 };
-                tracing::info!(nats = %url, gateway = %route_key, prefix = %args.nats_prefix, "client requests go to workers on the bus");
+                tracing::info!(nats = %servers, auth = access.method(), tls = access.tls.is_some(), gateway = %route_key, prefix = %args.nats_prefix, "client requests go to workers on the bus");
                 config.gateway.route_key = route_key.clone();
                 let timeout = config.gateway.request_timeout;
                 let backend = Arc::new(BusBackend::new(bus, &args.nats_prefix, &route_key, timeout));
-                run(listener, admin, config, backend, &args).await
+                run(listener, admin, config, backend, &args, Some(access)).await
             }
             _ => {
                 let backend = Arc::new(EmbeddedBackend::new(chat, config.seed));
-                run(listener, admin, config, backend, &args).await
+                run(listener, admin, config, backend, &args, None).await
             }
         };
         tracing::info!(left, "drained; exiting");
@@ -80,20 +83,22 @@ async fn run<B: Backend>(
     config: ServerConfig,
     backend: Arc<B>,
     args: &Args,
+    access: Option<Access>,
 ) -> usize {
     let server = Server::start(config, backend);
     if let Some(admin) = admin {
         server.serve_admin(admin);
     }
-    tokio::spawn(reload_on_sighup(server.clone(), args.clone()));
+    tokio::spawn(reload_on_sighup(server.clone(), args.clone(), access));
     server.serve_until(listener, shutdown_signal()).await
 }
 
-/// On each SIGHUP, reads the token files (`--tokens-file`, `--edge-auth-file`) and the TLS
-/// certificate and key again. What reads cleanly takes effect for new authentications and
-/// handshakes; open connections stay. What does not keeps the previous material, says why in the
-/// log and counts `clientmq_reloads_total{what,outcome="failed"}`.
-async fn reload_on_sighup(server: Server, args: Args) {
+/// On each SIGHUP, reads the token files (`--tokens-file`, `--edge-auth-file`), the TLS
+/// certificate and key, and the NATS credentials again. What reads cleanly takes effect for new
+/// authentications, handshakes and connections to NATS; open connections stay. What does not
+/// keeps the previous material, says why in the log and counts
+/// `clientmq_reloads_total{what,outcome="failed"}`.
+async fn reload_on_sighup(server: Server, args: Args, access: Option<Access>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -131,8 +136,23 @@ async fn reload_on_sighup(server: Server, args: Args) {
                     }
                 }
             }
+            if let Some(access) = &access {
+                match access.reload() {
+                    Ok(()) => {
+                        server.reloaded("nats", true);
+                        tracing::info!(
+                            auth = access.method(),
+                            "SIGHUP: NATS credentials reloaded; the next connection to NATS uses them"
+                        );
+                    }
+                    Err(e) => {
+                        server.reloaded("nats", false);
+                        tracing::error!(error = %e, "SIGHUP: NATS credentials not reloaded; the previous ones stay");
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = (server, args);
+    let _ = (server, args, access);
 }

@@ -76,6 +76,7 @@ pub(crate) struct BusMetrics {
     answers: Family<Labels, Counter>,
     publish_failures: Counter,
     announcements: Counter,
+    connect_failures: Family<Labels, Counter>,
 }
 
 impl BusMetrics {
@@ -101,6 +102,20 @@ impl BusMetrics {
             self.publish_failures.clone(),
         );
         registry.register("bus_announcements", "Announcements published", self.announcements.clone());
+        registry.register(
+            "bus_connect_failures",
+            "Connection attempts to the bus that failed, by reason (refused: the credentials; other)",
+            self.connect_failures.clone(),
+        );
+    }
+
+    /// Connection attempts that failed since the last call: `refused` for the credentials.
+    pub fn connect_failed(&self, refused: u64, other: u64) {
+        for (reason, n) in [("refused", refused), ("other", other)] {
+            if n > 0 {
+                self.connect_failures.get_or_create(&vec![("reason", reason.to_owned())]).inc_by(n);
+            }
+        }
     }
 
     pub fn connected(&self, connected: bool) {
@@ -174,7 +189,7 @@ impl Metrics {
         m.bus.register(&mut registry);
         registry.register(
             "reloads",
-            "Reloads of secrets on SIGHUP, by what (tokens, tls) and outcome (ok, failed: the old stay)",
+            "Reloads of secrets on SIGHUP, by what (tokens, tls, nats) and outcome (ok, failed: the old stay)",
             m.reloads.clone(),
         );
         registry.register(

@@ -152,6 +152,12 @@ impl Nats {
         }
     }
 
+    /// Reloads its configuration file (SIGHUP): clients whose credentials no longer pass are
+    /// disconnected, new ones are judged by the new file.
+    pub fn reload(&self) {
+        self.proc.as_ref().expect("running").signal("-HUP");
+    }
+
     /// Starts it again on the same port.
     pub async fn restart(&mut self) {
         let binary = tokio::task::spawn_blocking(nats_server).await.expect("the nats-server lookup");

@@ -354,6 +354,7 @@ async fn answer(gateway: &Connections, token: u64, result: Result<Reply, Backend
 /// Announces the gateway every second; fails requests in flight when the bus goes away.
 async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
     let mut seen = s.bus.status();
+    let mut failures = (0, 0);
     loop {
         let status = s.bus.status();
         // Gone, or gone and back between two looks: replies in flight may be lost either way.
@@ -362,6 +363,9 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
         }
         let metrics = gateway.bus_metrics();
         metrics.connected(status.connected);
+        let now = s.bus.failures();
+        metrics.connect_failed(now.0 - failures.0, now.1 - failures.1);
+        failures = now;
         // Epochs count connections: the first is not a reconnect.
         if status.connected && status.epoch != seen.epoch && status.epoch > 1 {
             metrics.reconnected();
