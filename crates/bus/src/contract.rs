@@ -91,8 +91,7 @@ impl Subjects {
     /// Where a client request of `request_type` goes; `None` for a type that is not a valid
     /// subject (the gateway answers it `mq.Error{malformed}`).
     pub fn request(&self, request_type: &str) -> Option<String> {
-        let valid = !request_type.is_empty() && request_type.split('.').all(token_ok);
-        valid.then(|| format!("{}.req.{request_type}", self.prefix))
+        type_ok(request_type).then(|| format!("{}.req.{request_type}", self.prefix))
     }
 
     /// Every request type of a service (`chat` serves `chat.*`).
@@ -175,6 +174,12 @@ impl Subjects {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".gateway.")?;
         rest.strip_suffix(".alive").filter(|g| token_ok(g))
     }
+}
+
+/// Whether `ty` is a message type name: subject tokens joined by dots (`chat.RoomEvent`). Request
+/// types must be (they become subjects); a worker's event and reply types must be too.
+pub fn type_ok(ty: &str) -> bool {
+    !ty.is_empty() && ty.split('.').all(token_ok)
 }
 
 /// Characters a subject token (and a gateway route key) may hold here.

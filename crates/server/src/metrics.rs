@@ -77,6 +77,7 @@ pub(crate) struct BusMetrics {
     publish_failures: Counter,
     announcements: Counter,
     connect_failures: Family<Labels, Counter>,
+    dropped: Family<Labels, Counter>,
 }
 
 impl BusMetrics {
@@ -107,6 +108,16 @@ impl BusMetrics {
             "Connection attempts to the bus that failed, by reason (refused: the credentials; other)",
             self.connect_failures.clone(),
         );
+        registry.register(
+            "bus_dropped",
+            "Messages from workers not applied, by reason (docs/bad-inputs.md, the bus rows)",
+            self.dropped.clone(),
+        );
+    }
+
+    /// A worker's message was not applied, for `reason`.
+    pub fn dropped(&self, reason: &str) {
+        self.dropped.get_or_create(&vec![("reason", reason.to_owned())]).inc();
     }
 
     /// Connection attempts that failed since the last call: `refused` for the credentials.

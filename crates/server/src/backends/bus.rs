@@ -245,7 +245,13 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
 
 async fn read_room<S: Subscription>(mut sub: S, topic: Topic, room: String, gateway: Connections) {
     while let Some(msg) = sub.next().await {
-        let Some(event_type) = msg.header(header::TYPE) else { continue };
+        let event_type = match event_type(&msg) {
+            Ok(ty) => ty,
+            Err(dropped) => {
+                gateway.bus_metrics().dropped(dropped.reason());
+                continue;
+            }
+        };
         let target = match topic {
             Topic::Room => Target::Room(room.clone()),
             Topic::Conversation => Target::Conversation(room.clone()),
@@ -268,63 +274,163 @@ async fn read_inbox<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
     };
     while let Some(msg) = sub.next().await {
         let Some(what) = s.subjects.parse_to_gateway(&s.route_key, &msg.subject) else { continue };
-        let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
-        match (what, conn) {
-            (ToGateway::Reply(token), _) => {
-                let Some(w) = s.take(token) else { continue }; // timed out, or not ours
-                if msg.status == Some(NO_RESPONDERS) {
-                    answer(&gateway, w.token, Err(BackendError::NoWorker)).await;
-                } else {
-                    let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
-                    gateway.answer(w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
-                }
+        if let Err(dropped) = take(&s, &gateway, what, msg).await {
+            gateway.bus_metrics().dropped(dropped.reason());
+        }
+    }
+}
+
+/// Why a message from a worker was not applied (docs/bad-inputs.md, the bus rows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dropped {
+    /// No `Clientmq-Connection`, or not a connection id.
+    ConnectionHeader,
+    /// A connection this gateway does not hold.
+    UnknownConnection,
+    /// An event or server request without `Clientmq-Type`.
+    NoType,
+    /// A `Clientmq-Type` that is not a message type name.
+    BadType,
+    /// A subscription value that is not `room R` or `conversation R`.
+    BadHeader,
+    /// A sync or orphans list longer than [`IDS_PER_MESSAGE`].
+    OversizedList,
+    /// A sync or orphans list with a line that is not a connection id.
+    BadList,
+}
+
+impl Dropped {
+    fn reason(self) -> &'static str {
+        match self {
+            Dropped::ConnectionHeader => "connection-header",
+            Dropped::UnknownConnection => "unknown-connection",
+            Dropped::NoType => "no-type",
+            Dropped::BadType => "bad-type",
+            Dropped::BadHeader => "bad-header",
+            Dropped::OversizedList => "oversized-list",
+            Dropped::BadList => "bad-list",
+        }
+    }
+}
+
+/// The type a worker gave an event or a request: present, and a message type name.
+fn event_type(msg: &BusMessage) -> Result<&str, Dropped> {
+    let ty = msg.header(header::TYPE).ok_or(Dropped::NoType)?;
+    if contract::type_ok(ty) { Ok(ty) } else { Err(Dropped::BadType) }
+}
+
+/// Applies one message addressed to this gateway, or says why not (a request to a client is
+/// answered even then: its worker waits for the answer).
+async fn take<B: Bus>(
+    s: &Shared<B>,
+    gateway: &Connections,
+    what: ToGateway,
+    msg: BusMessage,
+) -> Result<(), Dropped> {
+    if let ToGateway::Reply(token) = what {
+        let Some(w) = s.take(token) else { return Ok(()) }; // timed out, or not ours
+        if msg.status == Some(NO_RESPONDERS) {
+            answer(gateway, w.token, Err(BackendError::NoWorker)).await;
+            return Ok(());
+        }
+        let reply_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
+        if !reply_type.is_empty() && !contract::type_ok(&reply_type) {
+            gateway.answer(w.token, Err(BackendError::Failed("reply type".into()))).await;
+            return Err(Dropped::BadType);
+        }
+        gateway.answer(w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
+        return Ok(());
+    }
+    if let ToGateway::Sync | ToGateway::Orphans = what {
+        let ids = match id_list(&msg.payload) {
+            Ok(ids) => ids,
+            Err(dropped) => {
+                let label = if dropped == Dropped::OversizedList { "too-many-ids" } else { "malformed" };
+                respond(&*s.bus, gateway, &msg, BusMessage::new("", Vec::new()).with(header::ERROR, label))
+                    .await;
+                return Err(dropped);
             }
-            (ToGateway::Event, Some(conn)) => {
-                if let Some(event_type) = msg.header(header::TYPE) {
-                    gateway.deliver(Target::Connection(conn), event_type, msg.payload.clone()).await;
-                }
+        };
+        let answer = if what == ToGateway::Sync {
+            let gone: Vec<&ConnectionId> = ids.iter().filter(|id| !gateway.is_connected(id)).collect();
+            contract::ids_payload(gone)
+        } else {
+            for id in ids {
+                gateway.close(id, close::SESSION_LOST).await;
             }
-            (ToGateway::Subscription, Some(conn)) => {
-                for (name, subscribe) in [(header::SUBSCRIBE, true), (header::UNSUBSCRIBE, false)] {
-                    for (topic, room) in msg.headers_named(name).filter_map(contract::parse_topic_value) {
-                        gateway.set_subscription(conn, topic, &room, subscribe).await;
+            Vec::new()
+        };
+        respond(&*s.bus, gateway, &msg, BusMessage::new("", answer)).await;
+        return Ok(());
+    }
+    // The rest is about one connection.
+    let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
+    let checked = match conn {
+        None => Err(Dropped::ConnectionHeader),
+        Some(conn) if !gateway.is_connected(&conn) => Err(Dropped::UnknownConnection),
+        Some(conn) => Ok(conn),
+    };
+    match what {
+        ToGateway::Event => {
+            let (conn, ty) = (checked?, event_type(&msg)?);
+            gateway.deliver(Target::Connection(conn), ty, msg.payload.clone()).await;
+        }
+        ToGateway::Subscription => {
+            let conn = checked?;
+            let mut bad = false;
+            for (name, subscribe) in [(header::SUBSCRIBE, true), (header::UNSUBSCRIBE, false)] {
+                for value in msg.headers_named(name) {
+                    match contract::parse_topic_value(value) {
+                        Some((topic, room)) => gateway.set_subscription(conn, topic, &room, subscribe).await,
+                        None => bad = true,
                     }
                 }
             }
-            (ToGateway::Request, Some(conn)) => {
-                // Handed to the shard here, in order; only the wait for the client's answer runs
-                // on its own.
-                let request_type = msg.header(header::TYPE).unwrap_or_default().to_owned();
-                let started = gateway.begin_server_request(conn, &request_type, msg.payload.clone()).await;
-                let (bus, gateway) = (s.bus.clone(), gateway.clone());
-                tokio::spawn(async move {
-                    let answer = match started {
-                        Ok(answer) => answer.await,
-                        Err(e) => Err(e),
-                    };
-                    let answer = match answer {
-                        Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
-                        Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
-                    };
-                    respond(&*bus, &gateway, &msg, answer).await;
-                });
+            if bad {
+                return Err(Dropped::BadHeader);
             }
-            (ToGateway::Sync, _) => {
-                let gone: Vec<ConnectionId> = contract::parse_ids(&msg.payload)
-                    .into_iter()
-                    .filter(|id| !gateway.is_connected(id))
-                    .collect();
-                respond(&*s.bus, &gateway, &msg, BusMessage::new("", contract::ids_payload(&gone))).await;
-            }
-            (ToGateway::Orphans, _) => {
-                for id in contract::parse_ids(&msg.payload).into_iter().take(IDS_PER_MESSAGE) {
-                    gateway.close(id, close::SESSION_LOST).await;
-                }
-                respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await;
-            }
-            (_, None) => tracing::debug!(subject = %msg.subject, "message without a valid connection header"),
         }
+        ToGateway::Request => {
+            let refused = match (checked, event_type(&msg)) {
+                (Err(dropped), _) => Some(("not-connected", dropped)),
+                (_, Err(dropped)) => Some(("malformed", dropped)),
+                _ => None,
+            };
+            if let Some((label, dropped)) = refused {
+                respond(&*s.bus, gateway, &msg, BusMessage::new("", Vec::new()).with(header::ERROR, label))
+                    .await;
+                return Err(dropped);
+            }
+            // Handed to the shard here, in order; only the wait for the client's answer runs
+            // on its own.
+            let (conn, request_type) = (checked?, event_type(&msg)?.to_owned());
+            let started = gateway.begin_server_request(conn, &request_type, msg.payload.clone()).await;
+            let (bus, gateway) = (s.bus.clone(), gateway.clone());
+            tokio::spawn(async move {
+                let answer = match started {
+                    Ok(answer) => answer.await,
+                    Err(e) => Err(e),
+                };
+                let answer = match answer {
+                    Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
+                    Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
+                };
+                respond(&*bus, &gateway, &msg, answer).await;
+            });
+        }
+        ToGateway::Reply(_) | ToGateway::Sync | ToGateway::Orphans => {}
     }
+    Ok(())
+}
+
+/// A sync or orphans list: connection ids, one a line, at most [`IDS_PER_MESSAGE`].
+fn id_list(payload: &[u8]) -> Result<Vec<ConnectionId>, Dropped> {
+    let text = std::str::from_utf8(payload).map_err(|_| Dropped::BadList)?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.len() > IDS_PER_MESSAGE {
+        return Err(Dropped::OversizedList);
+    }
+    lines.into_iter().map(|l| l.parse().map_err(|_| Dropped::BadList)).collect()
 }
 
 /// Publishes `answer` to `msg`'s reply subject, if it has one.

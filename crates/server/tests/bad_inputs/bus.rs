@@ -1,6 +1,7 @@
 //! The bus (docs/nats.md): a gateway whose requests go to workers over a real nats-server, with
 //! the chat worker in this process. What the gateway answers itself when a request cannot go to
-//! a worker: a type that is not a subject, nobody serving the type, the bus away.
+//! a worker: a type that is not a subject, nobody serving the type, the bus away. And the bus as
+//! an input: what a worker may send a gateway wrong.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -102,6 +103,147 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
         gw.settles(0).await;
         let _ = stop_worker.send(());
         let _ = tokio::time::timeout(WAIT, worker).await;
+    })
+    .await
+}
+
+const PROBED: &str = "gw-badbus";
+
+/// What a worker on the bus may send a gateway wrong (rows 76 to 81): each is dropped and
+/// counted by reason, a request or a list gets an error answer, nothing reaches a client, and
+/// what is well formed around it still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
+    use clientmq_bus::contract::{Subjects, header, ids_payload};
+    use clientmq_bus::{Bus, BusMessage, Subscription};
+    use clientmq_core::ConnectionId;
+    use clientmq_core::proto::mq;
+
+    clientmq_testkit::deadline::bounded(async {
+        let log = Log::default();
+        let nats = Nats::start(&log).await;
+        let subjects = Subjects::new(DEFAULT_PREFIX);
+        // The test is the worker: it answers `x.Probe` (and echoes `mq.PingPong`), answers
+        // `x.BadReply` with a type that is not one, and hands over each request's connection id.
+        let worker = Arc::new(NatsBus::connect(&nats.url(), "wk-test").await.unwrap());
+        let mut requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
+        let mut answers = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.test.>"), None).await.unwrap();
+        let (conns, mut conn_of) = tokio::sync::mpsc::unbounded_channel();
+        let replier = worker.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = requests.next().await {
+                let ty = match msg.subject.rsplit_once(".req.").map_or("", |(_, ty)| ty) {
+                    "x.BadReply" => "bad type",
+                    "mq.PingPong" => "mq.PingPongResponse",
+                    _ => "x.ProbeResponse",
+                };
+                let reply =
+                    BusMessage::new(msg.reply.clone().unwrap(), msg.payload.clone()).with(header::TYPE, ty);
+                let _ = conns.send(msg.header(header::CONNECTION).unwrap().to_owned());
+                replier.publish(reply).await.unwrap();
+            }
+        });
+        let mut c = config();
+        c.gateway.route_key = PROBED.into();
+        let bus = Arc::new(NatsBus::connect(&nats.url(), PROBED).await.unwrap());
+        let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, PROBED, c.gateway.request_timeout));
+        let gw = start(c, backend).await;
+        let mut raw = gw.raw().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while raw.call("x.Probe", vec![1]).await.r#type != "x.ProbeResponse" {
+            assert!(tokio::time::Instant::now() < deadline, "the probe is never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn = conn_of.recv().await.unwrap();
+        let to = |what| subjects.gateway(PROBED, what);
+        let dropped = |reason: &str| format!("clientmq_bus_dropped_total{{reason=\"{reason}\"}}");
+        let send = |msg: BusMessage| {
+            let worker = worker.clone();
+            async move { worker.publish(msg).await.unwrap() }
+        };
+        use clientmq_bus::contract::ToGateway::{Event, Orphans, Request, Subscription as Sub, Sync};
+
+        // Row 76: no connection header, or one that is not an id.
+        send(BusMessage::new(to(Event), vec![1]).with(header::TYPE, "x.Ev")).await;
+        send(
+            BusMessage::new(to(Event), vec![1])
+                .with(header::TYPE, "x.Ev")
+                .with(header::CONNECTION, "not an id"),
+        )
+        .await;
+        gw.expect(&dropped("connection-header"), 2.0).await;
+        // Row 77: a connection this gateway does not hold; a request to it is answered.
+        let stranger = "0123456789abcdefghijABCDEFGHIJ01";
+        assert!(stranger.parse::<ConnectionId>().is_ok());
+        send(
+            BusMessage::new(to(Event), vec![1]).with(header::TYPE, "x.Ev").with(header::CONNECTION, stranger),
+        )
+        .await;
+        let ask = BusMessage::new(to(Request), vec![1])
+            .with(header::TYPE, "x.Ask")
+            .with(header::CONNECTION, stranger);
+        send(ask.reply_to(format!("{DEFAULT_PREFIX}.wk.test.r1"))).await;
+        let answer = answers.next().await.unwrap();
+        assert_eq!(answer.header(header::ERROR), Some("not-connected"));
+        gw.expect(&dropped("unknown-connection"), 2.0).await;
+        // Row 78: events and requests without a type, or with one that is not a type name.
+        send(BusMessage::new(to(Event), vec![1]).with(header::CONNECTION, conn.as_str())).await;
+        for bad in ["a b", "x.*", "x.>", "", "x..y"] {
+            let ev = BusMessage::new(to(Event), vec![1]).with(header::CONNECTION, conn.as_str());
+            send(ev.with(header::TYPE, bad)).await;
+        }
+        let ask = BusMessage::new(to(Request), vec![1])
+            .with(header::TYPE, "x y")
+            .with(header::CONNECTION, conn.as_str());
+        send(ask.reply_to(format!("{DEFAULT_PREFIX}.wk.test.r2"))).await;
+        let answer = answers.next().await.unwrap();
+        assert_eq!(answer.header(header::ERROR), Some("malformed"));
+        gw.expect(&dropped("no-type"), 1.0).await;
+        gw.expect(&dropped("bad-type"), 6.0).await;
+        // Row 79: a reply whose type is not a type name: the client gets mq.Error{failed}.
+        let answer = raw.call("x.BadReply", vec![1]).await;
+        assert_eq!(error_reason(&answer).as_deref(), Some("failed"));
+        gw.expect(&dropped("bad-type"), 7.0).await;
+        // Row 80: a subscription value that is not one: ignored, the good one beside it applied.
+        let sub = BusMessage::new(to(Sub), Vec::new()).with(header::CONNECTION, conn.as_str());
+        send(sub.with(header::SUBSCRIBE, "bogus").with(header::SUBSCRIBE, "room lobby")).await;
+        gw.expect(&dropped("bad-header"), 1.0).await;
+        gw.expect("clientmq_subscriptions", 1.0).await;
+        // A room event with a bad type is dropped at the room's reader too.
+        let room = subjects.room(clientmq_core::Topic::Room, "lobby");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while gw.metric(&dropped("bad-type")) < 8.0 {
+            // Repeated until the gateway's room subscription is in place at the server.
+            send(BusMessage::new(room.clone(), vec![1]).with(header::TYPE, "not a type")).await;
+            assert!(tokio::time::Instant::now() < deadline, "the room event is never dropped");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Row 81: a sync list too long, an orphans list with a line that is no id (naming the
+        // client too): refused whole, answered, nothing closed.
+        let many: Vec<ConnectionId> = (0..4097).map(|_| stranger.parse().unwrap()).collect();
+        let sync =
+            BusMessage::new(to(Sync), ids_payload(&many)).reply_to(format!("{DEFAULT_PREFIX}.wk.test.s1"));
+        send(sync).await;
+        assert_eq!(answers.next().await.unwrap().header(header::ERROR), Some("too-many-ids"));
+        let list = format!("{conn}\nnot-an-id\n").into_bytes();
+        send(BusMessage::new(to(Orphans), list).reply_to(format!("{DEFAULT_PREFIX}.wk.test.o1"))).await;
+        assert_eq!(answers.next().await.unwrap().header(header::ERROR), Some("malformed"));
+        gw.expect(&dropped("oversized-list"), 1.0).await;
+        gw.expect(&dropped("bad-list"), 1.0).await;
+
+        // Nothing of it reached the client, which is still open and served: the next event it
+        // gets is the first well-formed one.
+        let good = BusMessage::new(to(Event), vec![7]).with(header::CONNECTION, conn.as_str());
+        send(good.with(header::TYPE, "x.Good")).await;
+        let event = raw.next_message().await;
+        assert_eq!(
+            (event.r#type.as_str(), event.message_type),
+            ("x.Good", Some(mq::message::MessageType::Event as i32))
+        );
+        assert_eq!(raw.call("x.Probe", vec![2]).await.r#type, "x.ProbeResponse");
+        gw.still_serves(1).await;
+        raw.close_politely().await;
+        gw.settles(0).await;
     })
     .await
 }
