@@ -164,15 +164,15 @@ impl Subjects {
         format!("{}.gateway.{g}.alive", self.prefix)
     }
 
-    /// Every gateway's announcement.
+    /// Every gateway's announcement (a gateway's route key may be more than one token).
     pub fn alive_all(&self) -> String {
-        format!("{}.gateway.*.alive", self.prefix)
+        format!("{}.gateway.>", self.prefix)
     }
 
     /// The gateway an announcement came from.
     pub fn parse_alive<'a>(&self, subject: &'a str) -> Option<&'a str> {
         let rest = subject.strip_prefix(&self.prefix)?.strip_prefix(".gateway.")?;
-        rest.strip_suffix(".alive").filter(|g| token_ok(g))
+        rest.strip_suffix(".alive").filter(|g| route_key_ok(g))
     }
 }
 
@@ -182,7 +182,13 @@ pub fn type_ok(ty: &str) -> bool {
     !ty.is_empty() && ty.split('.').all(token_ok)
 }
 
-/// Characters a subject token (and a gateway route key) may hold here.
+/// Whether `g` is a gateway route key: subject tokens joined by dots. `clientmq-server`'s are
+/// `NAME.INSTANCE`, so that NATS permissions can be given per gateway name (docs/nats.md).
+pub fn route_key_ok(g: &str) -> bool {
+    type_ok(g)
+}
+
+/// Characters a subject token may hold here.
 pub fn token_ok(token: &str) -> bool {
     !token.is_empty() && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
@@ -273,13 +279,16 @@ mod tests {
             ToGateway::Sync,
             ToGateway::Orphans,
         ] {
-            let subject = s.gateway("gw-ab12", what.clone());
-            assert!(subject.starts_with("clientmq.gw.gw-ab12."));
-            assert_eq!(s.parse_to_gateway("gw-ab12", &subject), Some(what));
-            assert_eq!(s.parse_to_gateway("gw-other", &subject), None);
+            let subject = s.gateway("gw.ab12", what.clone());
+            assert!(subject.starts_with("clientmq.gw.gw.ab12."));
+            assert_eq!(s.parse_to_gateway("gw.ab12", &subject), Some(what));
+            assert_eq!(s.parse_to_gateway("gw.other", &subject), None);
+            assert_eq!(s.parse_to_gateway("gw", &subject), None);
         }
         assert_eq!(s.parse_alive(&s.alive("gw-1")), Some("gw-1"));
-        assert_eq!(s.parse_alive("clientmq.gateway.a.b.alive"), None);
+        assert_eq!(s.parse_alive(&s.alive("gw.k3x9a1pq")), Some("gw.k3x9a1pq"));
+        assert_eq!(s.parse_alive("clientmq.gateway.a..b.alive"), None);
+        assert_eq!(s.parse_alive("clientmq.gateway.alive"), None);
     }
 
     #[test]

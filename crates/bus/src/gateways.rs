@@ -190,10 +190,15 @@ impl Gateways {
 
     /// A message on the worker's inbox: a gateway answered a sync or an orphans list.
     pub fn answered(&mut self, msg: &BusMessage) -> Answered {
-        // `P.wk.<worker>.<kind>.<gateway>[.<n>]`
+        // `P.wk.<worker>.sync.<gateway>` or `P.wk.<worker>.orphans.<gateway>.<n>`, where a
+        // gateway's route key may be more than one token.
         let rest = msg.subject.rsplit_once(".wk.").map(|(_, r)| r).unwrap_or_default();
-        let mut parts = rest.split('.');
-        let (_, kind, g, n) = (parts.next(), parts.next(), parts.next().unwrap_or_default(), parts.next());
+        let (kind, tail) = rest.split_once('.').and_then(|(_, r)| r.split_once('.')).unzip();
+        let tail = tail.unwrap_or_default();
+        let (g, n) = match kind {
+            Some("orphans") => tail.rsplit_once('.').map_or((tail, None), |(g, n)| (g, Some(n))),
+            _ => (tail, None),
+        };
         match kind {
             Some("sync") => Answered::Sync(
                 contract::parse_ids(&msg.payload)
@@ -267,34 +272,34 @@ mod tests {
         let s = Subjects::new("p");
         let mut gws = Gateways::new(s.clone(), "w1");
         let t0 = Instant::now();
-        assert!(!gws.request_from("gw1", conn(1), t0));
-        assert!(!gws.request_from("gw1", conn(2), t0));
-        assert_eq!(gws.route_of(&conn(1)), Some("gw1"));
+        assert!(!gws.request_from("gw1.x", conn(1), t0));
+        assert!(!gws.request_from("gw1.x", conn(2), t0));
+        assert_eq!(gws.route_of(&conn(1)), Some("gw1.x"));
         assert!(gws.silent(t0 + GATEWAY_SILENT_AFTER - Duration::from_millis(1)).is_empty());
         let t1 = t0 + GATEWAY_SILENT_AFTER;
-        assert_eq!(gws.silent(t1), ["gw1"]);
-        assert_eq!(gws.connections_on("gw1"), [conn(1), conn(2)]);
+        assert_eq!(gws.silent(t1), ["gw1.x"]);
+        assert_eq!(gws.connections_on("gw1.x"), [conn(1), conn(2)]);
         gws.forget(&conn(1));
         gws.forget(&conn(2));
-        gws.gone("gw1", [conn(2)], t1);
+        gws.gone("gw1.x", [conn(2)], t1);
         assert!(gws.silent(t1).is_empty(), "counted gone once");
 
-        let back = gws.announced(&announce(&s, "gw1", 1), t1).unwrap();
+        let back = gws.announced(&announce(&s, "gw1.x", 1), t1).unwrap();
         assert!(back.revived);
         let [orphans] = back.publish.as_slice() else { panic!("{:?}", back.publish) };
-        assert_eq!(orphans.subject, s.gateway("gw1", ToGateway::Orphans));
+        assert_eq!(orphans.subject, s.gateway("gw1.x", ToGateway::Orphans));
         assert_eq!(contract::parse_ids(&orphans.payload), [conn(2)]);
         // Unanswered: not again before RESEND_AFTER, then again under a new number.
-        assert!(gws.announced(&announce(&s, "gw1", 1), t1).unwrap().publish.is_empty());
-        let again = gws.announced(&announce(&s, "gw1", 1), t1 + RESEND_AFTER).unwrap().publish;
+        assert!(gws.announced(&announce(&s, "gw1.x", 1), t1).unwrap().publish.is_empty());
+        let again = gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER).unwrap().publish;
         let reply = again[0].reply.clone().unwrap();
-        assert_eq!(reply, "p.wk.w1.orphans.gw1.2");
+        assert_eq!(reply, "p.wk.w1.orphans.gw1.x.2");
         // An acknowledgement of the first list changes nothing; of the last, ends the telling.
-        let ack = |n: u64| BusMessage::new(format!("p.wk.w1.orphans.gw1.{n}"), Vec::new());
+        let ack = |n: u64| BusMessage::new(format!("p.wk.w1.orphans.gw1.x.{n}"), Vec::new());
         assert_eq!(gws.answered(&ack(1)), Answered::Orphans);
-        assert_eq!(gws.announced(&announce(&s, "gw1", 1), t1 + RESEND_AFTER * 2).unwrap().publish.len(), 1);
+        assert_eq!(gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER * 2).unwrap().publish.len(), 1);
         assert_eq!(gws.answered(&ack(3)), Answered::Orphans);
-        assert!(gws.announced(&announce(&s, "gw1", 1), t1 + RESEND_AFTER * 4).unwrap().publish.is_empty());
+        assert!(gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER * 4).unwrap().publish.is_empty());
     }
 
     #[test]
@@ -302,22 +307,22 @@ mod tests {
         let s = Subjects::new("p");
         let mut gws = Gateways::new(s.clone(), "w1");
         let t0 = Instant::now();
-        gws.request_from("gw1", conn(1), t0);
-        gws.request_from("gw2", conn(2), t0);
-        assert!(gws.announced(&announce(&s, "gw1", 1), t0).unwrap().publish.is_empty());
+        gws.request_from("gw1.x", conn(1), t0);
+        gws.request_from("gw2.x", conn(2), t0);
+        assert!(gws.announced(&announce(&s, "gw1.x", 1), t0).unwrap().publish.is_empty());
         // A new epoch: the gateway reconnected, its disconnect notices may be lost.
-        let sync = gws.announced(&announce(&s, "gw1", 2), t0).unwrap().publish;
+        let sync = gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish;
         assert_eq!(sync.len(), 1);
-        assert_eq!(sync[0].subject, s.gateway("gw1", ToGateway::Sync));
-        assert_eq!(sync[0].reply.as_deref(), Some("p.wk.w1.sync.gw1"));
+        assert_eq!(sync[0].subject, s.gateway("gw1.x", ToGateway::Sync));
+        assert_eq!(sync[0].reply.as_deref(), Some("p.wk.w1.sync.gw1.x"));
         assert_eq!(contract::parse_ids(&sync[0].payload), [conn(1)]);
         // Only connections still routed through the answering gateway are ended.
-        let answer = BusMessage::new("p.wk.w1.sync.gw1", contract::ids_payload(&[conn(1), conn(2)]));
+        let answer = BusMessage::new("p.wk.w1.sync.gw1.x", contract::ids_payload(&[conn(1), conn(2)]));
         assert_eq!(gws.answered(&answer), Answered::Sync(vec![conn(1)]));
-        assert_eq!(gws.answered(&BusMessage::new("p.wk.w1.other.gw1", Vec::new())), Answered::Unknown);
+        assert_eq!(gws.answered(&BusMessage::new("p.wk.w1.other.gw1.x", Vec::new())), Answered::Unknown);
         // The worker back from an absence: every gateway's silence starts again, each is asked.
         let later = t0 + GATEWAY_SILENT_AFTER * 2;
-        assert_eq!(gws.silent(later), ["gw1", "gw2"]);
+        assert_eq!(gws.silent(later), ["gw1.x", "gw2.x"]);
         assert_eq!(gws.worker_back(later).len(), 2);
         assert!(gws.silent(later).is_empty());
     }

@@ -258,7 +258,7 @@ impl<B: Bus> Worker<B> {
         let Some(reply) = msg.reply.clone() else { return };
         let prefix = format!("{}.req.", self.subjects.prefix());
         let request_type = msg.subject.strip_prefix(&prefix).unwrap_or_default().to_owned();
-        let g = msg.header(header::GATEWAY).filter(|g| contract::token_ok(g)).map(str::to_owned);
+        let g = msg.header(header::GATEWAY).filter(|g| contract::route_key_ok(g)).map(str::to_owned);
         let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
         let (Some(g), Some(conn)) = (g, conn) else {
             let refused = wire::error(reason::MALFORMED);

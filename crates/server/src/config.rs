@@ -215,7 +215,8 @@ impl Args {
         Ok(self.chat.chat_config()?)
     }
 
-    /// The gateway's route key on the bus: its name and a random suffix, or `None` without a bus.
+    /// The gateway's route key on the bus, `NAME.INSTANCE` (a random instance), or `None`
+    /// without a bus.
     pub fn bus_route_key(&self) -> Result<Option<String>, ArgsError> {
         if self.nats.nats.is_none() {
             return Ok(None);
@@ -232,7 +233,8 @@ impl Args {
                 .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
                 .collect()
         };
-        Ok(Some(format!("{}-{suffix}", self.gateway_name)))
+        // Two tokens: NATS permissions can then name every instance of a gateway (docs/nats.md).
+        Ok(Some(format!("{}.{suffix}", self.gateway_name)))
     }
 
     /// Who may authenticate: the dev flag, `--tokens` and the token files, read now (at start,

@@ -3,7 +3,8 @@
 //! worker by NKey. The unmodified SDK chats through two gateways; a gateway's user cannot read
 //! the requests or write to another gateway, nobody connects without credentials; a gateway
 //! with credentials the server refuses is unready (log line, metric) until the server accepts
-//! them; credentials rotate on SIGHUP; no secret appears in any log, `--help` or error.
+//! them; credentials rotate on SIGHUP, certificates and authorities at the next connection; no
+//! secret appears in any log, `--help` or error.
 //!
 //! Needs nats-server (installed by the test kit when missing), Node.js and npm.
 
@@ -28,7 +29,7 @@ struct Pki {
     client: (PathBuf, PathBuf),
 }
 
-fn pki(dir: &Path) -> Pki {
+fn issue(dir: &Path) -> Pki {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     };
@@ -53,13 +54,20 @@ fn pki(dir: &Path) -> Pki {
     Pki { ca: ca_path, server, client }
 }
 
-/// The production configuration of docs/nats.md, with this test's files and secrets; `late`
-/// adds the user `gateway3` with `late_password`.
+/// The production configuration of docs/nats.md, with this test's files and secrets: gateway
+/// users `gw1` and `gw2`, each limited to its own gateway's subjects; `late` adds `gw3`.
 fn config(pki: &Pki, worker_nkey: &str, late_password: Option<&str>) -> String {
     let p = PREFIX;
-    let late = late_password.map_or(String::new(), |pass| {
-        format!("{{ user: gateway3, password: \"{pass}\", permissions: $GATEWAY }}")
-    });
+    let gateway = |name: &str, password: &str| {
+        format!(
+            r#"{{ user: {name}, password: "{password}", permissions: {{
+      publish: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.{name}.*.alive"] }}
+      subscribe: {{ allow: ["{p}.gw.{name}.>", "{p}.room.*", "{p}.conv.*"] }}
+      allow_responses: true
+    }} }}"#
+        )
+    };
+    let late = late_password.map_or(String::new(), |pass| gateway("gw3", pass));
     format!(
         r#"
 tls {{
@@ -70,22 +78,20 @@ tls {{
   timeout: 2
 }}
 authorization {{
-  GATEWAY = {{
-    publish: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.*.alive"] }}
-    subscribe: {{ allow: ["{p}.gw.*.>", "{p}.room.*", "{p}.conv.*"] }}
-    allow_responses: true
-  }}
   WORKER = {{
     publish: {{ allow: ["{p}.gw.>", "{p}.room.*", "{p}.conv.*"] }}
-    subscribe: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.*.alive", "{p}.wk.*.>"] }}
+    subscribe: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.>", "{p}.wk.*.>"] }}
   }}
   users: [
-    {{ user: gateway, password: "{GATEWAY_PASSWORD}", permissions: $GATEWAY }}
+    {gw1}
+    {gw2}
     {{ nkey: {worker_nkey}, permissions: $WORKER }}
     {late}
   ]
 }}
 "#,
+        gw1 = gateway("gw1", GATEWAY_PASSWORD),
+        gw2 = gateway("gw2", GATEWAY_PASSWORD),
         cert = pki.server.0.display(),
         key = pki.server.1.display(),
         ca = pki.ca.display(),
@@ -154,7 +160,7 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
     clientmq_testkit::deadline::bounded(async {
         let dir = std::env::temp_dir().join(format!("clientmq-nats-secure-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let pki = pki(&dir);
+        let pki = issue(&dir);
         let worker_key = nkeys::KeyPair::new_user();
         let worker_seed = worker_key.seed().unwrap();
         let seed_file = dir.join("worker.nk");
@@ -189,14 +195,13 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
         let password_file = dir.join("gateway.pass");
         std::fs::write(&password_file, format!("{GATEWAY_PASSWORD}\n")).unwrap();
         let (gw1_port, gw2_port) = (free_port(), free_port());
-        let in_url = vec!["--nats".to_owned(), format!("nats://gateway:{GATEWAY_PASSWORD}@{plain}")];
+        let in_url = vec!["--nats".to_owned(), format!("nats://gw1:{GATEWAY_PASSWORD}@{plain}")];
         let _gw1 = gateway(gw1_port, &in_url, &pki, "gw1", &log);
-        let in_file =
-            ["--nats", &format!("nats://{plain}"), "--nats-user", "gateway", "--nats-password-file"]
-                .into_iter()
-                .map(str::to_owned)
-                .chain([password_file.display().to_string()])
-                .collect::<Vec<_>>();
+        let in_file = ["--nats", &format!("nats://{plain}"), "--nats-user", "gw2", "--nats-password-file"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain([password_file.display().to_string()])
+            .collect::<Vec<_>>();
         let _gw2 = gateway(gw2_port, &in_file, &pki, "gw2", &log);
         for (port, what) in [(chat_port, "the worker"), (gw1_port, "gateway 1"), (gw2_port, "gateway 2")] {
             wait_for(WAIT, &format!("{what} ready on the bus"), &log, || ready(port)).await;
@@ -210,27 +215,27 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
             node_harness("secure.js", &interop_dir(), &env, Duration::from_secs(90), &Log::default()).await;
         assert!(transcript.contains("ok - secure fleet harness passed"), "{transcript}");
 
-        // A gateway's user cannot read the requests, nor write to another gateway.
+        // A gateway's user can neither read the requests or what is sent to another gateway,
+        // nor write to another gateway.
         let url = format!("nats://{plain}");
-        let said =
-            refusals(&url, &pki, ("gateway", GATEWAY_PASSWORD), "clientmq.req.>", "clientmq.gw.gw9-x.event")
-                .await;
-        assert!(
-            said.iter().any(|e| e.contains("permissions violation for subscription to \"clientmq.req.>\"")),
-            "{said:?}"
-        );
-        assert!(
-            said.iter()
-                .any(|e| e.contains("permissions violation for publish to \"clientmq.gw.gw9-x.event\"")),
-            "{said:?}"
-        );
+        let refused = |said: &[String], what: &str| {
+            let line = format!("permissions violation for {what}");
+            assert!(said.iter().any(|e| e.contains(&line)), "no `{line}` in {said:?}");
+        };
+        let gw1 = ("gw1", GATEWAY_PASSWORD);
+        let said = refusals(&url, &pki, gw1, "clientmq.req.>", "clientmq.gw.gw2.x.event").await;
+        refused(&said, "subscription to \"clientmq.req.>\"");
+        refused(&said, "publish to \"clientmq.gw.gw2.x.event\"");
+        let said = refusals(&url, &pki, gw1, "clientmq.gw.gw2.>", "clientmq.gateway.gw2.x.alive").await;
+        refused(&said, "subscription to \"clientmq.gw.gw2.>\"");
+        refused(&said, "publish to \"clientmq.gateway.gw2.x.alive\"");
 
         // A gateway whose credentials the server refuses: unready, said in its log and counted,
         // until the server accepts them.
         let late_file = dir.join("late.pass");
         std::fs::write(&late_file, LATE_PASSWORD).unwrap();
         let gw3_port = free_port();
-        let late = ["--nats", &url, "--nats-user", "gateway3", "--nats-password-file"]
+        let late = ["--nats", &url, "--nats-user", "gw3", "--nats-password-file"]
             .into_iter()
             .map(str::to_owned)
             .chain([late_file.display().to_string()])
@@ -261,11 +266,15 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
         })
         .await;
         std::fs::write(&conf, config(&pki, &worker_key.public_key(), Some(ROTATED_PASSWORD))).unwrap();
+        // And the TLS material: a new authority, server and client certificates, in the same
+        // files. Every process reads them again when it connects; the old authority would not
+        // accept the new server.
+        let rotated = issue(&dir);
+        assert_eq!(rotated.ca, pki.ca);
         nats.stop().await;
         nats.restart().await;
-        for (port, what) in
-            [(gw1_port, "gateway 1"), (gw2_port, "gateway 2"), (gw3_port, "gateway 3 (rotated)")]
-        {
+        let back = [(chat_port, "the worker"), (gw1_port, "gateway 1"), (gw2_port, "gateway 2")];
+        for (port, what) in back.into_iter().chain([(gw3_port, "gateway 3 (rotated)")]) {
             wait_for(WAIT, &format!("{what} back on the restarted bus"), &log, || ready(port)).await;
         }
 

@@ -200,7 +200,7 @@ async fn serve_clients(log: Log) {
     let field = |name: &str| {
         whoami.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).unwrap_or_default().to_owned()
     };
-    assert!(field("gateway").starts_with("gw-"), "{whoami}");
+    assert!(field("gateway").starts_with("gw."), "{whoami}");
     assert_eq!(field("connection").len(), 32, "{whoami}");
     assert_eq!(field("session"), session_a, "{whoami}");
     assert_eq!(field("remote"), "127.0.0.1", "{whoami}");

@@ -58,7 +58,7 @@ fn a_gateway_dying_with_its_announcement_in_flight_is_counted_gone_within_the_bo
         let line = outcome.records.iter().find(|r| r.to_string().contains(what));
         line.unwrap_or_else(|| panic!("no `{what}` in the trace")).at
     };
-    let (died, gone) = (at("sim gw3 restarted"), at("gateway-gone gw3-0"));
+    let (died, gone) = (at("sim gw3 restarted"), at("gateway-gone gw3.0"));
     let late = gone - died;
     assert!(late > Duration::from_secs(6), "detached {late:?} after the death: the case is no longer met");
     assert!(late <= clientmq_sim::run::MAX_LATENCY + Duration::from_secs(6), "{late:?}");

@@ -109,7 +109,7 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
                     Server::start(config, Arc::new(SimBackend::sharing(embedded, world.mode.clone())))
                 }
                 Some(_) => {
-                    let route_key = format!("{host}-{n}");
+                    let route_key = format!("{host}.{n}");
                     config.gateway.route_key = route_key.clone();
                     let timeout = config.gateway.request_timeout;
                     let bus = BusBackend::new(SimBus::connect(BUS, &route_key), PREFIX, &route_key, timeout);
