@@ -54,11 +54,7 @@ async function main() {
     step('three SDK clients authenticate through two gateways');
 
     const alias = `fleet-${process.pid}`;
-    const created = await new Promise((resolve, reject) => alice.rooms.createRoom({
-        name: 'Fleet room', description: 'two gateways, one worker', type: 'MultiPartyChat', alias
-    }, (error, response) => (error ? reject(error) : resolve(response))));
-    assert.equal(created.status, 'ok');
-    const roomId = created.room.getRoomId();
+    const roomId = await alice.createRoom('Fleet room', alias);
     await alice.enter(roomId, null);
     await bob.enter(null, alias);
     await carol.enter(roomId, null);

@@ -180,6 +180,15 @@ class Client {
         return room ? room.getObservableMembers().getValue().map((m) => m.getSessionId()).sort() : [];
     }
 
+    // Creates a chat room reachable by `alias`; returns its id.
+    async createRoom(name, alias) {
+        const created = await call(`${this.name} creates ${name}`, (cb) => this.rooms.createRoom({
+            name, description: name, type: 'MultiPartyChat', alias
+        }, cb));
+        assert.equal(created.status, 'ok', `${this.name} creates ${name}`);
+        return created.room.getRoomId();
+    }
+
     async enter(roomId, alias) {
         const response = await call(`${this.name} enters the room`, (cb) => this.rooms.enterRoom(roomId, alias, cb));
 

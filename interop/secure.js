@@ -25,11 +25,7 @@ async function main() {
     step('two SDK clients authenticate through two gateways');
 
     const alias = `secure-${process.pid}`;
-    const created = await new Promise((resolve, reject) => alice.rooms.createRoom({
-        name: 'Secure room', description: 'a bus with TLS and permissions', type: 'MultiPartyChat', alias
-    }, (error, response) => (error ? reject(error) : resolve(response))));
-    assert.equal(created.status, 'ok');
-    await alice.enter(created.room.getRoomId(), null);
+    await alice.enter(await alice.createRoom('Secure room', alias), null);
     await bob.enter(null, alias);
     const both = [alice.sessionId, bob.sessionId].sort();
     for (const client of [alice, bob]) {

@@ -285,6 +285,24 @@ impl Access {
         Ok(())
     }
 
+    /// [`Access::reload`] on SIGHUP, its outcome logged; whether it took.
+    pub fn reload_logged(&self) -> bool {
+        match self.reload() {
+            Ok(()) => {
+                let auth = self.method();
+                tracing::info!(
+                    auth,
+                    "SIGHUP: NATS credentials reloaded; the next connection to NATS uses them"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: NATS credentials not reloaded; the previous ones stay");
+                false
+            }
+        }
+    }
+
     /// The client's answer to a server's challenge: the credentials last loaded, the nonce
     /// signed where an NKey is involved.
     pub(crate) fn auth(&self, nonce: &[u8]) -> Result<async_nats::Auth, async_nats::AuthError> {

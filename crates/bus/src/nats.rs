@@ -33,6 +33,23 @@ impl NatsBus {
         NatsBus::open(&access, name).await
     }
 
+    /// [`NatsBus::open`] for a binary: logs where and how it connects (never a secret), or why
+    /// it cannot.
+    pub async fn open_logged(access: &Access, name: &str) -> Option<NatsBus> {
+        let servers = access.servers().join(",");
+        match NatsBus::open(access, name).await {
+            Ok(bus) => {
+                let (auth, tls) = (access.method(), access.tls.is_some());
+                tracing::info!(nats = %servers, auth, tls, name, "connecting to the bus");
+                Some(bus)
+            }
+            Err(e) => {
+                tracing::error!(nats = %servers, error = %e, "cannot use the bus");
+                None
+            }
+        }
+    }
+
     /// Connects to the servers of `access`, with its credentials and TLS, as `name`. Returns at
     /// once: the first connection and every later one happen in the background, visible through
     /// [`Bus::status`]; each uses the credentials last loaded into `access`.

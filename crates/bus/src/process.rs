@@ -38,6 +38,28 @@ pub async fn bind(addr: std::net::SocketAddr, what: &str) -> Option<tokio::net::
     }
 }
 
+/// Runs `reload` on every SIGHUP, one at a time, for as long as the process lives (at once done
+/// where there are no signals).
+pub async fn each_sighup<F, Fut>(mut reload: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("no SIGHUP handler: secrets reload only with a restart");
+            return;
+        };
+        while hup.recv().await.is_some() {
+            reload().await;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = &mut reload;
+}
+
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use clientmq_bus::access::{Access, NatsArgs};
 use clientmq_bus::nats::NatsBus;
-use clientmq_bus::process::{LogFormat, bind, init_logging, shutdown_signal};
+use clientmq_bus::process::{LogFormat, bind, each_sighup, init_logging, shutdown_signal};
 use clientmq_chat::ChatArgs;
 use clientmq_chat::metrics::WorkerMetrics;
 use clientmq_chat::worker::{self, WorkerConfig};
@@ -60,15 +60,8 @@ fn main() -> ExitCode {
     let name = format!("chat-{}", std::process::id());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
-        let servers = access.servers().join(",");
-        let bus = match NatsBus::open(&access, &name).await {
-            Ok(bus) => Arc::new(bus),
-            Err(e) => {
-                tracing::error!(nats = %servers, error = %e, "cannot use the bus");
-                return ExitCode::FAILURE;
-            }
-        };
-        tracing::info!(nats = %servers, auth = access.method(), tls = access.tls.is_some(), "serving chat on the bus");
+        let Some(bus) = NatsBus::open_logged(&access, &name).await else { return ExitCode::FAILURE };
+        let bus = Arc::new(bus);
         let metrics = match args.listen {
             None => None,
             Some(addr) => {
@@ -90,29 +83,12 @@ fn main() -> ExitCode {
 /// On each SIGHUP, loads the NATS credentials again: the next connection to NATS uses them; the
 /// one in place stays. A file that does not read keeps the previous credentials.
 async fn reload_on_sighup(access: Access, metrics: Option<Arc<WorkerMetrics>>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("no SIGHUP handler: credentials reload only with a restart");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let result = access.reload();
-            if let Some(m) = &metrics {
-                m.reloaded(result.is_ok());
-            }
-            match result {
-                Ok(()) => tracing::info!(
-                    auth = access.method(),
-                    "SIGHUP: NATS credentials reloaded; the next connection to NATS uses them"
-                ),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: NATS credentials not reloaded; the previous ones stay")
-                }
-            }
+    each_sighup(move || {
+        let took = access.reload_logged();
+        if let Some(m) = &metrics {
+            m.reloaded(took);
         }
-    }
-    #[cfg(not(unix))]
-    let _ = (access, metrics);
+        std::future::ready(())
+    })
+    .await
 }

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use clientmq_bus::access::Access;
 use clientmq_bus::nats::NatsBus;
-use clientmq_bus::process::{bind, init_logging, shutdown_signal};
+use clientmq_bus::process::{bind, each_sighup, init_logging, shutdown_signal};
 use clientmq_server::{Args, Backend, BusBackend, EmbeddedBackend, Server, ServerConfig};
 
 fn main() -> ExitCode {
@@ -52,15 +52,11 @@ fn main() -> ExitCode {
         tracing::info!(listen = %args.listen, shards = config.shards, max_connections = config.gateway.max_connections, "clientmq-server listening; WebSocket at /ws");
         let left = match (access, route_key) {
             (Some(access), Some(route_key)) => {
-                let servers = access.servers().join(",");
-                let bus = match NatsBus::open(&access, &route_key).await {
-                    Ok(bus) => Arc::new(bus),
-                    Err(e) => {
-                        tracing::error!(nats = %servers, error = %e, "cannot use the bus");
-                        return ExitCode::FAILURE;
-                    }
+                let Some(bus) = NatsBus::open_logged(&access, &route_key).await else {
+                    return ExitCode::FAILURE;
                 };
-                tracing::info!(nats = %servers, auth = access.method(), tls = access.tls.is_some(), gateway = %route_key, prefix = %args.nats_prefix, "client requests go to workers on the bus");
+                let bus = Arc::new(bus);
+                tracing::info!(gateway = %route_key, prefix = %args.nats_prefix, "client requests go to workers on the bus");
                 config.gateway.route_key = route_key.clone();
                 let timeout = config.gateway.request_timeout;
                 let backend = Arc::new(BusBackend::new(bus, &args.nats_prefix, &route_key, timeout));
@@ -99,60 +95,44 @@ async fn run<B: Backend>(
 /// keeps the previous material, says why in the log and counts
 /// `clientmq_reloads_total{what,outcome="failed"}`.
 async fn reload_on_sighup(server: Server, args: Args, access: Option<Access>) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("no SIGHUP handler: secrets reload only with a restart");
-            return;
-        };
-        while hup.recv().await.is_some() {
-            if args.tokens_file.is_some() || args.edge_auth_file.is_some() {
-                match args.token_policy() {
-                    Ok(tokens) => {
-                        clientmq_server::tokens::announce(&tokens);
-                        server.set_tokens(tokens).await;
-                        server.reloaded("tokens", true);
-                        tracing::info!("SIGHUP: token files reloaded");
-                    }
-                    Err(e) => {
-                        server.reloaded("tokens", false);
-                        tracing::error!(error = %e, "SIGHUP: token files not reloaded; the previous tokens stay");
-                    }
-                }
+    each_sighup(move || {
+        let (server, args, access) = (server.clone(), args.clone(), access.clone());
+        async move { reload(&server, &args, access.as_ref()).await }
+    })
+    .await
+}
+
+async fn reload(server: &Server, args: &Args, access: Option<&Access>) {
+    if args.tokens_file.is_some() || args.edge_auth_file.is_some() {
+        match args.token_policy() {
+            Ok(tokens) => {
+                clientmq_server::tokens::announce(&tokens);
+                server.set_tokens(tokens).await;
+                server.reloaded("tokens", true);
+                tracing::info!("SIGHUP: token files reloaded");
             }
-            if args.tls_cert.is_some() {
-                match args.tls_acceptor() {
-                    // Half the pair cannot happen here: the flags were checked at start.
-                    Ok(None) => {}
-                    Ok(Some(acceptor)) => {
-                        server.set_tls(acceptor);
-                        server.reloaded("tls", true);
-                        tracing::info!("SIGHUP: TLS certificate and key reloaded");
-                    }
-                    Err(e) => {
-                        server.reloaded("tls", false);
-                        tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays");
-                    }
-                }
-            }
-            if let Some(access) = &access {
-                match access.reload() {
-                    Ok(()) => {
-                        server.reloaded("nats", true);
-                        tracing::info!(
-                            auth = access.method(),
-                            "SIGHUP: NATS credentials reloaded; the next connection to NATS uses them"
-                        );
-                    }
-                    Err(e) => {
-                        server.reloaded("nats", false);
-                        tracing::error!(error = %e, "SIGHUP: NATS credentials not reloaded; the previous ones stay");
-                    }
-                }
+            Err(e) => {
+                server.reloaded("tokens", false);
+                tracing::error!(error = %e, "SIGHUP: token files not reloaded; the previous tokens stay");
             }
         }
     }
-    #[cfg(not(unix))]
-    let _ = (server, args, access);
+    if args.tls_cert.is_some() {
+        match args.tls_acceptor() {
+            // Half the pair cannot happen here: the flags were checked at start.
+            Ok(None) => {}
+            Ok(Some(acceptor)) => {
+                server.set_tls(acceptor);
+                server.reloaded("tls", true);
+                tracing::info!("SIGHUP: TLS certificate and key reloaded");
+            }
+            Err(e) => {
+                server.reloaded("tls", false);
+                tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the previous one stays");
+            }
+        }
+    }
+    if let Some(access) = access {
+        server.reloaded("nats", access.reload_logged());
+    }
 }
