@@ -11,6 +11,7 @@
 //! (answers received in it count for throughput, requests started and answered in it for
 //! latency); then each connection sends a close and is dropped, all within bounded time.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -58,10 +59,12 @@ pub struct RequestReport {
     /// Connections that opened.
     pub connections: usize,
     pub connect_errors: u64,
-    /// Answers received in the measured window.
+    /// Answers received in the measured window (an `mq.Error` is not an answer here).
     pub completed: u64,
-    /// Wrong or missing answers, closed or failed connections, over the whole run.
+    /// Wrong or missing answers, `mq.Error`s, closed or failed connections, over the whole run.
     pub errors: u64,
+    /// The `mq.Error` answers among the errors, by reason (`rate-limited`, ...).
+    pub refused: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     pub window: Duration,
     pub latency: Latency,
@@ -83,7 +86,7 @@ impl RequestReport {
     pub fn summary(&self) -> String {
         let rate = self.rate.map(|r| format!(" offered={r:.0}/s")).unwrap_or_default();
         format!(
-            "connections={} rps={:.0}{rate} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={} \
+            "connections={} rps={:.0}{rate} p50_ms={} p99_ms={} p999_ms={} max_ms={} errors={}{} \
              connect_errors={} request_bytes={} answer_bytes={} answer={}{}",
             self.connections,
             self.rps(),
@@ -92,6 +95,7 @@ impl RequestReport {
             stats::ms(self.latency.p999),
             stats::ms(self.latency.max),
             self.errors,
+            refused(&self.refused),
             self.connect_errors,
             self.request_bytes,
             self.answer_bytes,
@@ -111,10 +115,20 @@ struct Plan {
     interval: Option<Duration>,
 }
 
+/// ` refused={reason:count,...}`, or nothing when there were none.
+fn refused(by_reason: &BTreeMap<String, u64>) -> String {
+    if by_reason.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = by_reason.iter().map(|(reason, n)| format!("{reason}:{n}")).collect();
+    format!(" refused={{{}}}", list.join(","))
+}
+
 #[derive(Default)]
 struct Outcome {
     completed: u64,
     errors: u64,
+    refused: BTreeMap<String, u64>,
     first_error: Option<String>,
     hist: Option<Histogram<u64>>,
     request_bytes: usize,
@@ -173,6 +187,9 @@ pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport
         };
         total.completed += o.completed;
         total.errors += o.errors;
+        for (reason, n) in o.refused {
+            *total.refused.entry(reason).or_default() += n;
+        }
         if total.first_error.is_none() {
             total.first_error = o.first_error;
         }
@@ -190,6 +207,7 @@ pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport
         connect_errors,
         completed: total.completed,
         errors: total.errors,
+        refused: total.refused,
         first_error: total.first_error,
         window: opts.duration,
         latency: Latency::of(&hist),
@@ -255,11 +273,20 @@ async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
         answered_at = Instant::now();
         match frame::check_answer(&answer, &id) {
             Answer::Matched(ty) => {
+                let reason = frame::error_reason(&answer);
                 if out.answer.is_none() {
-                    let reason = frame::error_reason(&answer).map(|r| format!("{{{r}}}")).unwrap_or_default();
-                    out.answer = Some(format!("{ty}{reason}"));
+                    let shown = reason.as_ref().map(|r| format!("{{{r}}}")).unwrap_or_default();
+                    out.answer = Some(format!("{ty}{shown}"));
                     out.request_bytes = request_bytes;
                     out.answer_bytes = answer.len();
+                }
+                // A refusal (rate-limited, too-many-requests, ...) is not service: an error, by
+                // reason, out of the throughput and the latencies.
+                if ty == "mq.Error" {
+                    let reason = reason.unwrap_or_else(|| "undecodable".into());
+                    out.error(format!("mq.Error{{{reason}}}"));
+                    *out.refused.entry(reason).or_default() += 1;
+                    continue;
                 }
                 if answered_at >= plan.measure_from && answered_at < plan.end {
                     out.completed += 1;
@@ -285,4 +312,77 @@ pub(crate) async fn close(mut ws: Ws) {
         while let Some(Ok(_)) = ws.next().await {}
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use clientmq_core::codec;
+    use clientmq_core::proto::mq;
+    use prost::Message as _;
+
+    use super::*;
+
+    /// A server that refuses every other request with `mq.Error{rate-limited}` and answers the
+    /// rest.
+    async fn half_refusing() -> Target {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok(mut ws) = tokio_tungstenite::accept_async(socket).await else { return };
+                    let mut n = 0u64;
+                    while let Some(Ok(Message::Text(text))) = ws.next().await {
+                        let frame = codec::Frame::Text(text.as_str().to_owned());
+                        let request = codec::decode(&frame, usize::MAX).unwrap();
+                        n += 1;
+                        let (ty, payload) = if n.is_multiple_of(2) {
+                            ("mq.Error", mq::Error { reason: "rate-limited".into() }.encode_to_vec())
+                        } else {
+                            ("mq.PingPongResponse", request.payload)
+                        };
+                        let answer = mq::Message {
+                            request_id: request.request_id,
+                            r#type: ty.into(),
+                            payload,
+                            message_type: Some(mq::message::MessageType::Response as i32),
+                            ..Default::default()
+                        };
+                        let codec::Frame::Text(out) = codec::encode(&answer, codec::Encoding::Base64Text)
+                        else {
+                            unreachable!()
+                        };
+                        if ws.send(Message::Text(out.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Target::parse(&url).unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn refusals_are_errors_by_reason_and_not_throughput() {
+        let opts = RequestOpts {
+            connections: 2,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(400),
+            ..RequestOpts::default()
+        };
+        let report = run(&half_refusing().await, &opts).await;
+        let refused = report.refused.get("rate-limited").copied().unwrap_or(0);
+        assert!(refused > 10, "{}", report.summary());
+        assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+        assert_eq!(report.errors, refused, "{}", report.summary());
+        // Every other answer is a refusal: what is counted as served is about the other half of
+        // all answers, and never includes a refusal.
+        assert!(report.completed > 0 && report.completed <= refused + 2, "{}", report.summary());
+        assert!(
+            report.summary().contains(&format!("refused={{rate-limited:{refused}}}")),
+            "{}",
+            report.summary()
+        );
+        assert_eq!(report.first_error.as_deref(), Some("mq.Error{rate-limited}"));
+    }
 }
