@@ -21,6 +21,14 @@ use clientmq_core::ConnectionId;
 
 use super::{Violation, violation};
 
+/// docs/nats.md, "Liveness, loss and recovery", as the checker reads it: a gateway announces
+/// itself every second, and a worker counts it gone 5 s after its last announcement reached it
+/// (checking every second). Written here from the contract, never read from the production
+/// constants (`clientmq_bus::contract`) the checker holds the code to: a bound changed there must
+/// fail here, not move the check with it.
+pub const CONTRACT_ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
+pub const CONTRACT_SILENT_AFTER: Duration = Duration::from_secs(5);
+
 /// What the fleet checker holds the fleet to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FleetLimits {
@@ -44,6 +52,18 @@ pub struct FleetCheck {
     /// Detached sessions, by when they were detached: each must end or be resumed in time.
     end_due: BTreeSet<(Duration, String)>,
     end_due_of: BTreeMap<String, Duration>,
+}
+
+impl FleetLimits {
+    /// The contract's bounds on a bus that delivers within `latency`, for sessions with `grace`:
+    /// a dead gateway's last announcement may still be on its way when it dies.
+    pub fn contract(latency: Duration, grace: Duration, tolerance: Duration) -> Self {
+        FleetLimits {
+            gone_within: latency + CONTRACT_SILENT_AFTER + CONTRACT_ANNOUNCE_EVERY,
+            grace,
+            tolerance,
+        }
+    }
 }
 
 impl FleetCheck {

@@ -198,14 +198,8 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     };
     let mut checker = Checker::new(limits);
     if let Some(fleet) = &scenario.fleet {
-        use clientmq_bus::contract::{ANNOUNCE_EVERY, GATEWAY_SILENT_AFTER};
-        let fleet_limits = FleetLimits {
-            // A worker counts silence from the arrival of a gateway's last announcement, which
-            // may still be on its way when the gateway dies.
-            gone_within: MAX_LATENCY + GATEWAY_SILENT_AFTER + ANNOUNCE_EVERY,
-            grace: fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64),
-            tolerance: tick * 2,
-        };
+        let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
+        let fleet_limits = FleetLimits::contract(MAX_LATENCY, grace, tick * 2);
         checker = checker.with_fleet(fleet_limits, fleet.worker_hosts());
     }
     let mut violation = None;
