@@ -1,6 +1,7 @@
-//! The ways to authenticate to NATS that `nats_secure.rs` does not run, each against a real
-//! nats-server configured for it: a token (right and wrong), and a `.creds` file in operator mode
-//! (a user JWT signed by an account signed by an operator, as `nsc` issues them).
+//! The NATS binding against real nats-servers: the ways to authenticate that `nats_secure.rs`
+//! does not run, each on a server configured for it (a token, right and wrong; a `.creds` file in
+//! operator mode, a user JWT signed by an account signed by an operator, as `nsc` issues them),
+//! and what the binding must carry whatever the headers (a reply subject).
 
 use std::path::Path;
 use std::time::Duration;
@@ -147,6 +148,43 @@ async fn a_creds_file_connects_in_operator_mode_and_nothing_else_does() {
         wait_for(WAIT, "the stranger's refusals counted", &log, || async { refused.failures().0 >= 2 }).await;
         assert!(!refused.status().connected);
         let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}
+
+/// Sync and orphans lists travel without headers and must keep their reply subject (a planted
+/// bug of #21 dropped it, and only a real server showed it): with and without headers, the
+/// subscriber gets the reply subject and its answer arrives there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_subject_travels_with_and_without_headers() {
+    clientmq_testkit::deadline::bounded(async {
+        let log = Log::default();
+        let nats = Nats::start(&log).await;
+        let asker = connected(&nats, NatsArgs::default(), &log).await;
+        let answerer = connected(&nats, NatsArgs::default(), &log).await;
+        let mut asked = answerer.subscribe("bind.ask", None).await.unwrap();
+        let mut answers = asker.subscribe("bind.answer.>", None).await.unwrap();
+        for (n, headers) in [(1, false), (2, true)] {
+            let mut msg = BusMessage::new("bind.ask", vec![n]).reply_to(format!("bind.answer.{n}"));
+            if headers {
+                msg = msg.with("Clientmq-Type", "x.Ask");
+            }
+            // Repeated until the answerer's subscription is in place at the server.
+            let got = loop {
+                asker.publish(msg.clone()).await.unwrap();
+                if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(200), asked.next()).await {
+                    break got;
+                }
+            };
+            assert_eq!(got.reply.as_deref(), Some(format!("bind.answer.{n}").as_str()), "headers: {headers}");
+            assert_eq!(got.headers.is_empty(), !headers);
+            answerer.publish(BusMessage::new(got.reply.unwrap(), vec![n, n])).await.unwrap();
+            let answer = tokio::time::timeout(WAIT, answers.next()).await.unwrap().unwrap();
+            assert_eq!(
+                (answer.subject.as_str(), answer.payload.as_slice()),
+                (format!("bind.answer.{n}").as_str(), [n, n].as_slice())
+            );
+        }
     })
     .await;
 }
