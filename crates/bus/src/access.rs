@@ -410,10 +410,30 @@ fn split_userinfo(url: &str) -> Result<(String, Option<(Option<String>, Secret)>
     let clean =
         if path.is_empty() { format!("{scheme}://{host}") } else { format!("{scheme}://{host}/{path}") };
     let creds = match userinfo.split_once(':') {
-        Some((user, password)) => (Some(user.to_owned()), Secret(password.to_owned())),
-        None => (None, Secret(userinfo.to_owned())),
+        Some((user, password)) => {
+            (Some(percent_decoded(user).ok_or_else(bad)?), Secret(percent_decoded(password).ok_or_else(bad)?))
+        }
+        None => (None, Secret(percent_decoded(userinfo).ok_or_else(bad)?)),
     };
     Ok((clean, Some(creds)))
+}
+
+/// A URL's user part as meant: `%40` is `@`, and so on (RFC 3986); `None` when it is not UTF-8
+/// or a `%` is not followed by two hex digits.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
 }
 
 /// A URL as it may be shown: its user part, if any, replaced.

@@ -44,6 +44,20 @@ fn credentials_in_the_url_leave_it_and_are_used() {
 }
 
 #[test]
+fn the_user_part_of_a_url_is_percent_decoded() {
+    let a = access(args("nats://gw%2B1:p%40ss%3Aw0rd%25@127.0.0.1:4222"));
+    let auth = a.auth(b"").unwrap();
+    assert_eq!((auth.username.as_deref(), auth.password.as_deref()), (Some("gw+1"), Some("p@ss:w0rd%")));
+    for bad in ["nats://u:p%4@h:1", "nats://u:p%zz@h:1", "nats://u:%ff%fe@h:1"] {
+        let e = args(bad).access().expect_err(bad);
+        assert!(
+            matches!(e, AccessError::BadUrl(ref shown) if shown.starts_with("nats://<credentials>@")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
 fn no_nats_is_none_and_plain_urls_need_nothing() {
     assert!(NatsArgs::default().access().unwrap().is_none());
     let a = access(args("nats://127.0.0.1:4222"));
