@@ -10,8 +10,9 @@
 //                       a session this worker issued). The gateway has checked the token already.
 //   demo.Echo           the payload unchanged, as `demo.EchoResponse`.
 //   demo.Notify         an event `demo.Note` to the requesting connection, then the answer.
-//   demo.Join           subscribes the connection to the room named by the payload (UTF-8), then
-//                       answers; the connection's last joined room is remembered.
+//   demo.Join           subscribes the connection to the room named by the payload (UTF-8), waits
+//                       for the gateway to acknowledge it (it then hears the room), then answers;
+//                       the connection's last joined room is remembered.
 //   demo.Shout          publishes the payload to that room as `demo.Shouted`, then answers.
 //   demo.Ask            asks the requesting connection `demo.Question` (the payload), waits for
 //                       its answer and answers with the client's payload, or with
@@ -206,9 +207,16 @@ async function handle(nc, msg, type) {
         case 'demo.Join': {
             const room = Buffer.from(msg.data).toString('utf8');
             if (!room) return ['mq.Error', encodeError('no-room')];
-            nc.publish(subjects.subscription(g), new Uint8Array(0), {
-                headers: hdrs([['Clientmq-Connection', c], ['Clientmq-Subscribe', `room ${room}`]]),
-            });
+            // With a reply subject, the gateway answers once it hears the room (its subscription
+            // is in place at the server): a Shout right after this answer reaches the joiner.
+            try {
+                await nc.request(subjects.subscription(g), new Uint8Array(0), {
+                    timeout: 1000,
+                    headers: hdrs([['Clientmq-Connection', c], ['Clientmq-Subscribe', `room ${room}`]]),
+                });
+            } catch (err) {
+                log(`subscription not acknowledged: ${err.message}`);
+            }
             rooms.set(connKey(g, c), room);
             return ['', new Uint8Array(0)];
         }

@@ -107,6 +107,11 @@ pub trait Bus: Send + Sync + 'static {
 
     fn status(&self) -> BusStatus;
 
+    /// Resolves once the server has processed everything this client sent before (a round
+    /// trip): a subscription made before is then in place. Fails while disconnected, or if the
+    /// connection is lost first.
+    fn flush(&self) -> impl Future<Output = Result<(), BusError>> + Send;
+
     /// Resolves once the status differs from `seen`.
     fn changed(&self, seen: BusStatus) -> impl Future<Output = ()> + Send;
 

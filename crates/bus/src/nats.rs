@@ -174,6 +174,13 @@ impl Bus for NatsBus {
         sub.map(NatsSubscription).map_err(|e| BusError::Refused(e.to_string()))
     }
 
+    async fn flush(&self) -> Result<(), BusError> {
+        if !self.status.get().connected {
+            return Err(BusError::Disconnected);
+        }
+        self.client.flush().await.map_err(|e| BusError::Refused(e.to_string()))
+    }
+
     fn status(&self) -> BusStatus {
         self.status.get()
     }

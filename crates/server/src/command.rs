@@ -42,6 +42,9 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<Reply, ServerRequestError>>,
     },
     Drain,
+    /// Answered once the shard has handled every command sent before this one and carried out
+    /// what they caused (the interest they changed is with the backend).
+    Settled(oneshot::Sender<()>),
     /// Who may authenticate from now on (a reload of the token files).
     Tokens(clientmq_core::TokenPolicy),
     /// Drop every connection's transport at once, in id order (a simulated process death).

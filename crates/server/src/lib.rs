@@ -142,6 +142,7 @@ impl Server {
                 check_address_slots: config.max_connections_per_address > 0,
                 outbound_queue: config.outbound_queue,
                 departed: Vec::new(),
+                settled: Vec::new(),
                 max_frame_bytes: config.max_frame_bytes,
             };
             tokio::spawn(shard.run());

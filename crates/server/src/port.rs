@@ -66,6 +66,17 @@ impl Connections {
         }
     }
 
+    /// Resolves once `conn`'s shard has handled everything handed to it before (by this task) and
+    /// carried out what it caused: a subscription sent before has been applied, and the interest
+    /// it changed reported to the backend. At once for a connection that is gone.
+    pub async fn settled(&self, conn: ConnectionId) {
+        let Some(shard) = self.shard_of(&conn) else { return };
+        let (done, settled) = oneshot::channel();
+        if shard.send(Command::Settled(done)).await.is_ok() {
+            let _ = settled.await;
+        }
+    }
+
     /// Sends a request to a client and waits for its answer (or the server request timeout).
     pub async fn server_request(
         &self,

@@ -267,6 +267,18 @@ async fn serve_clients(log: Log) {
     // a is not in "lobby 1": its next message is the answer to its next request.
     let echo = a.call("demo.Echo", b"quiet?").await;
     assert_eq!(echo.payload, b"quiet?");
+    // No interest window: the worker answers a join once the gateway acknowledged the
+    // subscription, so a room joined is heard at once (a fresh room each time: the gateway must
+    // subscribe to it at the server first).
+    for n in 0..20 {
+        let room = format!("fresh-{n}");
+        assert_eq!(a.call("demo.Join", room.as_bytes()).await.r#type, "demo.JoinResponse");
+        let id = a.request("demo.Shout", b"at once").await;
+        let mut got = [a.recv().await, a.recv().await];
+        got.sort_by_key(|m| m.message_type);
+        assert_eq!(got[0].request_id.as_deref(), Some(id.as_str()), "{room}: {got:?}");
+        assert_eq!((got[1].r#type.as_str(), got[1].payload.as_slice()), ("demo.Shouted", &b"at once"[..]));
+    }
 
     // --- Ask: a server request to the client; its answer becomes the answer to the request. ---
     let ask = a.request("demo.Ask", b"what is six times seven?").await;

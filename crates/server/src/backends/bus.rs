@@ -48,6 +48,9 @@ enum Op {
         result: Result<Reply, BackendError>,
     },
     Publish(BusMessage),
+    /// Answers a subscription message once the interest asked before it is in place at the
+    /// server.
+    Acknowledge(BusMessage),
     Interest {
         shard: usize,
         topic: Topic,
@@ -203,6 +206,14 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             }
             // Decided here, without a worker: malformed, or unavailable while the bus is away.
             Op::Answer { token, result } => answer(&gateway, token, result).await,
+            Op::Acknowledge(msg) => {
+                // The subscriptions of the interest ops before this one are sent; a round trip
+                // makes sure the server has them.
+                match s.bus.flush().await {
+                    Ok(()) => respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await,
+                    Err(e) => tracing::debug!(error = %e, "subscription not acknowledged"),
+                }
+            }
             Op::Publish(msg) => {
                 if s.bus.publish(msg).await.is_err() {
                     gateway.bus_metrics().publish_failed();
@@ -385,6 +396,12 @@ async fn take<B: Bus>(
                         None => bad = true,
                     }
                 }
+            }
+            // Asked to: answered once the change is applied and the interest it brought is in
+            // place at the server (docs/nats.md), so what the worker publishes next is heard.
+            if msg.reply.is_some() {
+                gateway.settled(conn).await;
+                let _ = s.ops.send(Op::Acknowledge(msg));
             }
             if bad {
                 return Err(Dropped::BadHeader);

@@ -69,6 +69,8 @@ pub(crate) struct Shard<B> {
     /// What aborted connections held (a simulated death), kept taken until the shard is gone.
     pub departed: Vec<(Option<tokio::sync::OwnedSemaphorePermit>, Option<AddressSlot>)>,
     pub max_frame_bytes: usize,
+    /// [`Command::Settled`] callers, answered at the end of the next flush.
+    pub settled: Vec<oneshot::Sender<()>>,
 }
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
@@ -215,6 +217,7 @@ impl<B: Backend> Shard<B> {
                 self.gw.handle(Input::ServerRequest { token, conn, request_type, payload }, now);
             }
             Command::Drain => self.gw.handle(Input::Drain, now),
+            Command::Settled(done) => self.settled.push(done),
             Command::Tokens(tokens) => self.gw.set_tokens(tokens),
             Command::AbortAll => {
                 // The sockets go, in id order (BTreeMaps), so a simulated death replays exactly.
@@ -288,6 +291,9 @@ impl<B: Backend> Shard<B> {
         g.permits.store(self.held_permits, Ordering::Relaxed);
         if self.check.is_some() {
             self.checked_mode_step();
+        }
+        for done in self.settled.drain(..) {
+            let _ = done.send(());
         }
     }
 

@@ -247,3 +247,69 @@ async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
     })
     .await
 }
+
+const ACKED: &str = "gw-acked";
+
+/// A subscription sent with a reply subject is answered once the gateway hears the room at the
+/// server: a room event published the moment the answer arrives reaches the connection, each of
+/// 30 times, on a fresh room each time (docs/nats.md, "Subscriptions").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_subscription_hears_the_room_at_once() {
+    use clientmq_bus::contract::{Subjects, ToGateway, header};
+    use clientmq_bus::{Bus, BusMessage, Subscription};
+    use clientmq_core::proto::mq;
+
+    clientmq_testkit::deadline::bounded(async {
+        let log = Log::default();
+        let nats = Nats::start(&log).await;
+        let subjects = Subjects::new(DEFAULT_PREFIX);
+        let worker = Arc::new(NatsBus::connect(&nats.url(), "wk-acks").await.unwrap());
+        let mut requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
+        let mut acks = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.acks.>"), None).await.unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while worker.flush().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the test's worker never connects");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut c = config();
+        c.gateway.route_key = ACKED.into();
+        let bus = Arc::new(NatsBus::connect(&nats.url(), ACKED).await.unwrap());
+        let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, ACKED, c.gateway.request_timeout));
+        let gw = start(c, backend).await;
+        gw.expect("clientmq_bus_connected", 1.0).await;
+        let mut raw = gw.raw().await;
+        // The client's first request names its connection (and is answered).
+        raw.send(&mq::Message::request("C0", "x.Hello", vec![1])).await;
+        let hello = tokio::time::timeout(WAIT, requests.next()).await.expect("forwarded").unwrap();
+        let conn = hello.header(header::CONNECTION).unwrap().to_owned();
+        worker
+            .publish(
+                BusMessage::new(hello.reply.clone().unwrap(), vec![]).with(header::TYPE, "x.HelloResponse"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(raw.next_message().await.r#type, "x.HelloResponse");
+        for n in 0..30 {
+            let room = format!("fresh-{n}");
+            let sub = BusMessage::new(subjects.gateway(ACKED, ToGateway::Subscription), Vec::new())
+                .with(header::CONNECTION, conn.as_str())
+                .with(header::SUBSCRIBE, format!("room {room}"))
+                .reply_to(format!("{DEFAULT_PREFIX}.wk.acks.{n}"));
+            worker.publish(sub).await.unwrap();
+            let ack = tokio::time::timeout(WAIT, acks.next()).await.expect("acknowledged").unwrap();
+            assert_eq!(ack.subject, format!("{DEFAULT_PREFIX}.wk.acks.{n}"));
+            let event = BusMessage::new(subjects.room(clientmq_core::Topic::Room, &room), vec![n as u8]);
+            worker.publish(event.with(header::TYPE, "x.RoomEvent")).await.unwrap();
+            let heard = raw.next_message().await;
+            assert_eq!(
+                (heard.r#type.as_str(), heard.payload.as_slice()),
+                ("x.RoomEvent", &[n as u8][..]),
+                "{room}"
+            );
+        }
+        gw.expect("clientmq_subscriptions", 30.0).await;
+        raw.close_politely().await;
+        gw.settles(0).await;
+    })
+    .await
+}

@@ -48,6 +48,12 @@ struct State {
     link: Option<mpsc::UnboundedSender<Vec<u8>>>,
     /// The broker answered the handshake PING on `link`: PUB frames go there too.
     connected: bool,
+    /// PINGs sent and PONGs received on `link`: the broker answers them in order, so the PONG
+    /// of the nth PING means it has processed everything sent before that PING.
+    pings_sent: u64,
+    pongs_seen: u64,
+    /// [`Bus::flush`] callers waiting for the PONG of their PING, by its number.
+    flushes: Vec<(u64, tokio::sync::oneshot::Sender<()>)>,
 }
 
 struct Entry {
@@ -67,6 +73,22 @@ impl State {
     fn send(&self, frame: &Frame) {
         if let (Some(link), Ok(bytes)) = (&self.link, frame.encode()) {
             let _ = link.send(bytes);
+        }
+    }
+
+    /// Queues a PING on the current connection; its number.
+    fn ping(&mut self) -> u64 {
+        self.send(&Frame::Ping);
+        self.pings_sent += 1;
+        self.pings_sent
+    }
+
+    /// A PONG came: the flushes it answers are done.
+    fn pong(&mut self) {
+        self.pongs_seen += 1;
+        let seen = self.pongs_seen;
+        for (_, done) in self.flushes.extract_if(.., |(n, _)| *n <= seen) {
+            let _ = done.send(());
         }
     }
 }
@@ -124,8 +146,10 @@ async fn session(inner: &Inner, stream: turmoil::net::TcpStream) -> bool {
             send(Frame::Sub { sid, subject: e.subject.clone(), queue: e.queue.clone() });
         }
         state.link = Some(link.clone());
+        // A new connection numbers its pings afresh; flushes of the last one were failed.
+        (state.pings_sent, state.pongs_seen) = (0, 0);
+        state.ping();
     }
-    send(Frame::Ping);
     let mut pings_out = 1;
     let mut ticker = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -140,15 +164,16 @@ async fn session(inner: &Inner, stream: turmoil::net::TcpStream) -> bool {
                 if pings_out >= MAX_PINGS_OUT {
                     break;
                 }
-                send(Frame::Ping);
+                inner.state().ping();
                 pings_out += 1;
             }
             frame = frames.next(read.get()) => match frame {
                 Ok(Some(Frame::Pong)) => {
                     pings_out = 0;
+                    let mut state = inner.state();
+                    state.pong();
                     if !connected {
                         connected = true;
-                        let mut state = inner.state();
                         state.connected = true;
                         inner.status.set_connected(true);
                     }
@@ -167,6 +192,7 @@ async fn session(inner: &Inner, stream: turmoil::net::TcpStream) -> bool {
     let mut state = inner.state();
     state.link = None;
     state.connected = false;
+    state.flushes.clear();
     if connected {
         inner.status.set_connected(false);
     }
@@ -226,6 +252,21 @@ impl Bus for SimBus {
         state.subs.insert(sid, Entry { subject: subject.to_owned(), queue, deliver });
         state.send(&sub);
         Ok(SimSubscription { sid, messages, bus: Arc::downgrade(&self.inner) })
+    }
+
+    async fn flush(&self) -> Result<(), BusError> {
+        let done = {
+            let mut state = self.inner.state();
+            if !state.connected {
+                return Err(BusError::Disconnected);
+            }
+            let n = state.ping();
+            let (done, waits) = tokio::sync::oneshot::channel();
+            state.flushes.push((n, done));
+            waits
+        };
+        // Dropped unanswered when the connection goes.
+        done.await.map_err(|_| BusError::Disconnected)
     }
 
     fn status(&self) -> BusStatus {
