@@ -6,13 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientmq_bus::contract::DEFAULT_PREFIX;
-use clientmq_bus::nats::NatsBus;
+use clientmq_bus::contract::{DEFAULT_PREFIX, Subjects, header};
+use clientmq_bus::nats::{NatsBus, NatsSubscription};
+use clientmq_bus::{Bus, BusMessage, Subscription};
 use clientmq_chat::ChatConfig;
 use clientmq_chat::worker::{self, WorkerConfig};
+use clientmq_core::proto::mq;
 use clientmq_server::BusBackend;
 
-use crate::harness::{Raw, WAIT, config, error_reason, http, start};
+use crate::harness::{Gw, Raw, WAIT, config, error_reason, http, start};
 use clientmq_testkit::nats::Nats;
 use clientmq_testkit::procs::Log;
 
@@ -107,6 +109,36 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
     .await
 }
 
+/// A nats-server and a gateway on it named `route_key`, served by the test itself as a worker:
+/// the worker's bus, subscribed to every request and to its inbox `P.wk.<inbox>.>`, both in
+/// place at the server before the gateway starts.
+struct Played {
+    _nats: Nats,
+    gw: Gw<BusBackend<NatsBus>>,
+    worker: Arc<NatsBus>,
+    requests: NatsSubscription,
+    inbox: NatsSubscription,
+}
+
+async fn played_worker(route_key: &str, inbox: &str) -> Played {
+    let nats = Nats::start(&Log::default()).await;
+    let worker = Arc::new(NatsBus::connect(&nats.url(), &format!("wk-{inbox}")).await.unwrap());
+    let requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
+    let inbox = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.{inbox}.>"), None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while worker.flush().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the test's worker never connects");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = config();
+    c.gateway.route_key = route_key.into();
+    let bus = Arc::new(NatsBus::connect(&nats.url(), route_key).await.unwrap());
+    let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, route_key, c.gateway.request_timeout));
+    let gw = start(c, backend).await;
+    gw.expect("clientmq_bus_connected", 1.0).await;
+    Played { _nats: nats, gw, worker, requests, inbox }
+}
+
 const PROBED: &str = "gw-badbus";
 
 /// What a worker on the bus may send a gateway wrong (rows 76 to 81): each is dropped and
@@ -114,20 +146,15 @@ const PROBED: &str = "gw-badbus";
 /// what is well formed around it still works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
-    use clientmq_bus::contract::{Subjects, header, ids_payload};
-    use clientmq_bus::{Bus, BusMessage, Subscription};
+    use clientmq_bus::contract::ids_payload;
     use clientmq_core::ConnectionId;
-    use clientmq_core::proto::mq;
 
     clientmq_testkit::deadline::bounded(async {
-        let log = Log::default();
-        let nats = Nats::start(&log).await;
         let subjects = Subjects::new(DEFAULT_PREFIX);
         // The test is the worker: it answers `x.Probe` (and echoes `mq.PingPong`), answers
         // `x.BadReply` with a type that is not one, and hands over each request's connection id.
-        let worker = Arc::new(NatsBus::connect(&nats.url(), "wk-test").await.unwrap());
-        let mut requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
-        let mut answers = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.test.>"), None).await.unwrap();
+        let Played { _nats, gw, worker, mut requests, inbox: mut answers } =
+            played_worker(PROBED, "test").await;
         let (conns, mut conn_of) = tokio::sync::mpsc::unbounded_channel();
         let replier = worker.clone();
         tokio::spawn(async move {
@@ -143,11 +170,6 @@ async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
                 replier.publish(reply).await.unwrap();
             }
         });
-        let mut c = config();
-        c.gateway.route_key = PROBED.into();
-        let bus = Arc::new(NatsBus::connect(&nats.url(), PROBED).await.unwrap());
-        let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, PROBED, c.gateway.request_timeout));
-        let gw = start(c, backend).await;
         let mut raw = gw.raw().await;
         let deadline = tokio::time::Instant::now() + WAIT;
         while raw.call("x.Probe", vec![1]).await.r#type != "x.ProbeResponse" {
@@ -255,28 +277,11 @@ const ACKED: &str = "gw-acked";
 /// 30 times, on a fresh room each time (docs/nats.md, "Subscriptions").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_subscription_hears_the_room_at_once() {
-    use clientmq_bus::contract::{Subjects, ToGateway, header};
-    use clientmq_bus::{Bus, BusMessage, Subscription};
-    use clientmq_core::proto::mq;
+    use clientmq_bus::contract::ToGateway;
 
     clientmq_testkit::deadline::bounded(async {
-        let log = Log::default();
-        let nats = Nats::start(&log).await;
         let subjects = Subjects::new(DEFAULT_PREFIX);
-        let worker = Arc::new(NatsBus::connect(&nats.url(), "wk-acks").await.unwrap());
-        let mut requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
-        let mut acks = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.acks.>"), None).await.unwrap();
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while worker.flush().await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "the test's worker never connects");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let mut c = config();
-        c.gateway.route_key = ACKED.into();
-        let bus = Arc::new(NatsBus::connect(&nats.url(), ACKED).await.unwrap());
-        let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, ACKED, c.gateway.request_timeout));
-        let gw = start(c, backend).await;
-        gw.expect("clientmq_bus_connected", 1.0).await;
+        let Played { _nats, gw, worker, mut requests, inbox: mut acks } = played_worker(ACKED, "acks").await;
         let mut raw = gw.raw().await;
         // The client's first request names its connection (and is answered).
         raw.send(&mq::Message::request("C0", "x.Hello", vec![1])).await;
