@@ -24,9 +24,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clientmq_core::proto::chat::JoinRoom;
 use clientmq_core::{ConnectionId, Target};
-use prost::Message as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -93,7 +91,7 @@ impl std::fmt::Debug for WorkerObserver {
     }
 }
 
-struct Worker<B: Bus> {
+struct Worker<B> {
     bus: Arc<B>,
     subjects: Subjects,
     name: String,
@@ -102,15 +100,7 @@ struct Worker<B: Bus> {
     gateways: Gateways,
     observer: Option<WorkerObserver>,
     metrics: Option<Arc<WorkerMetrics>>,
-    /// Gateways' answers to subscriptions sent with a reply subject (`P.wk.<worker>.ack.<n>`),
-    /// and the number of the last one asked.
-    acks: B::Subscription,
-    last_ack: u64,
 }
-
-/// How long a join by alias waits for its gateway to say it hears the room, before it is
-/// answered anyway (a gateway that does not acknowledge subscriptions costs this much a join).
-const ACK_WAIT: Duration = Duration::from_secs(1);
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -131,7 +121,6 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
     let gateways = Gateways::new(subjects.clone(), &config.name);
     let mut inbox = subscribe(&*bus, &gateways.inbox(), None).await;
-    let acks = subscribe(&*bus, &format!("{}.wk.{}.ack.*", subjects.prefix(), config.name), None).await;
     let mut state = ChatState::new(config.chat, rng, now());
     if config.observer.is_some() {
         state.keep_facts();
@@ -148,8 +137,6 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
         name: config.name,
         gateways,
         metrics,
-        acks,
-        last_ack: 0,
     };
     tracing::info!(worker = %w.name, "chat worker serving pcast.* and chat.*");
     let mut seen = bus.status();
@@ -231,37 +218,6 @@ impl<B: Bus> Worker<B> {
         }
     }
 
-    /// [`Worker::flush`], where `joining`'s subscription to a room goes with a reply subject and
-    /// what follows it waits for the gateway's answer (at most [`ACK_WAIT`]): the room's events
-    /// published after it reach the connection.
-    async fn flush_heard(&mut self, joining: ConnectionId) {
-        for item in self.state.take_outgoing() {
-            let heard = matches!(&item, Outgoing::Subscription(s)
-                if s.conn == joining && s.subscribe && s.topic == clientmq_core::Topic::Room);
-            let Some(mut msg) = self.outgoing(item) else { continue };
-            if !heard {
-                self.publish(msg).await;
-                continue;
-            }
-            self.last_ack += 1;
-            let reply = format!("{}.wk.{}.ack.{}", self.subjects.prefix(), self.name, self.last_ack);
-            msg = msg.reply_to(reply.clone());
-            self.publish(msg).await;
-            let acks = &mut self.acks;
-            let answered = tokio::time::timeout(ACK_WAIT, async {
-                // An answer to an earlier join that timed out may come first.
-                while let Some(ack) = acks.next().await {
-                    if ack.subject == reply {
-                        return;
-                    }
-                }
-            });
-            if answered.await.is_err() {
-                tracing::debug!(%joining, "no acknowledgement of a room subscription; answering anyway");
-            }
-        }
-    }
-
     fn outgoing(&self, item: Outgoing) -> Option<BusMessage> {
         match item {
             Outgoing::Event(wire::Delivery { target, event_type, payload }) => {
@@ -321,13 +277,6 @@ impl<B: Bus> Worker<B> {
         let answer = self.state.handle(conn, &request_type, &msg.payload, claims.as_ref(), now());
         if let Some(m) = &self.metrics {
             m.request(&request_type, answer.reply_type == "mq.Error");
-        }
-        // Joined by alias: the gateway could not hear the room before (it did not know it), so
-        // the subscription waits for the gateway's word that it does (docs/nats.md).
-        let by_alias = request_type == "chat.JoinRoom"
-            && JoinRoom::decode(msg.payload.as_slice()).is_ok_and(|j| j.room_id.is_none_or(|r| r.is_empty()));
-        if by_alias {
-            self.flush_heard(conn).await;
         }
         self.flush().await;
         self.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;

@@ -337,8 +337,7 @@ async fn polite(who: &Who, group: &ClientGroup) {
 }
 
 impl Client {
-    /// Creates the room `lobby` (or finds it), joins it (by id, or by alias) and subscribes to its
-    /// conversation.
+    /// Creates the room `lobby` (or finds it), joins it and subscribes to its conversation.
     async fn enter_lobby(&mut self) -> Option<String> {
         let session = self.session_id.clone().unwrap_or_default();
         let room = chat::Room {
@@ -358,13 +357,8 @@ impl Client {
             state: chat::MemberState::Active as i32,
             ..Default::default()
         };
-        // Half the clients (by name) join by alias, as the SDK's enterRoom(null, alias) does: the
-        // gateway cannot hear the room before the worker's answer, which then waits for the
-        // gateway to acknowledge the subscription (docs/nats.md).
-        let by_alias = self.who.name.bytes().last().is_some_and(|b| b % 2 == 1);
         let join = chat::JoinRoom {
-            room_id: (!by_alias).then(|| room_id.clone()),
-            alias: by_alias.then(|| "lobby".to_owned()),
+            room_id: Some(room_id.clone()),
             session_id: session.clone(),
             member,
             ..Default::default()
