@@ -357,8 +357,7 @@ async fn take<B: Bus>(
             Ok(ids) => ids,
             Err(dropped) => {
                 let label = if dropped == Dropped::OversizedList { "too-many-ids" } else { "malformed" };
-                respond(&*s.bus, gateway, &msg, BusMessage::new("", Vec::new()).with(header::ERROR, label))
-                    .await;
+                respond(&*s.bus, gateway, &msg, error_answer(label)).await;
                 return Err(dropped);
             }
         };
@@ -408,19 +407,20 @@ async fn take<B: Bus>(
             }
         }
         ToGateway::Request => {
-            let refused = match (checked, event_type(&msg)) {
-                (Err(dropped), _) => Some(("not-connected", dropped)),
-                (_, Err(dropped)) => Some(("malformed", dropped)),
-                _ => None,
+            let asked = checked.and_then(|conn| Ok((conn, event_type(&msg)?.to_owned())));
+            let (conn, request_type) = match asked {
+                Ok(asked) => asked,
+                Err(dropped) => {
+                    let label = match dropped {
+                        Dropped::ConnectionHeader | Dropped::UnknownConnection => "not-connected",
+                        _ => "malformed",
+                    };
+                    respond(&*s.bus, gateway, &msg, error_answer(label)).await;
+                    return Err(dropped);
+                }
             };
-            if let Some((label, dropped)) = refused {
-                respond(&*s.bus, gateway, &msg, BusMessage::new("", Vec::new()).with(header::ERROR, label))
-                    .await;
-                return Err(dropped);
-            }
             // Handed to the shard here, in order; only the wait for the client's answer runs
             // on its own.
-            let (conn, request_type) = (checked?, event_type(&msg)?.to_owned());
             let started = gateway.begin_server_request(conn, &request_type, msg.payload.clone()).await;
             let (bus, gateway) = (s.bus.clone(), gateway.clone());
             tokio::spawn(async move {
@@ -430,7 +430,7 @@ async fn take<B: Bus>(
                 };
                 let answer = match answer {
                     Ok(reply) => BusMessage::new("", reply.payload).with(header::TYPE, reply.reply_type),
-                    Err(e) => BusMessage::new("", Vec::new()).with(header::ERROR, e.label()),
+                    Err(e) => error_answer(e.label()),
                 };
                 respond(&*bus, &gateway, &msg, answer).await;
             });
@@ -448,6 +448,11 @@ fn id_list(payload: &[u8]) -> Result<Vec<ConnectionId>, Dropped> {
         return Err(Dropped::OversizedList);
     }
     lines.into_iter().map(|l| l.parse().map_err(|_| Dropped::BadList)).collect()
+}
+
+/// An empty answer that says why with `Clientmq-Error`.
+fn error_answer(label: &str) -> BusMessage {
+    BusMessage::new("", Vec::new()).with(header::ERROR, label)
 }
 
 /// Publishes `answer` to `msg`'s reply subject, if it has one.
