@@ -107,9 +107,11 @@ pub trait Bus: Send + Sync + 'static {
 
     fn status(&self) -> BusStatus;
 
-    /// Resolves once the server has processed everything this client sent before (a round
-    /// trip): a subscription made before is then in place. Fails while disconnected, or if the
-    /// connection is lost first.
+    /// Resolves once everything this client sent before is written to the server. The server
+    /// handles one client's messages in order, so a subscription made before is in place when
+    /// it handles what this client sends next; for another client's messages nothing is
+    /// promised (async-nats does not wait for the server here; the simulated bus does). Fails
+    /// while disconnected.
     fn flush(&self) -> impl Future<Output = Result<(), BusError>> + Send;
 
     /// Resolves once the status differs from `seen`.
@@ -118,6 +120,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Connection attempts that failed since start: (refused for the credentials, other).
     fn failures(&self) -> (u64, u64) {
         (0, 0)
+    }
+
+    /// The failed connection attempts since `seen` (the totals its caller last saw), by kind,
+    /// and `seen` moved on: what a metric adds on each look.
+    fn new_failures(&self, seen: &mut (u64, u64)) -> (u64, u64) {
+        let now = self.failures();
+        let new = (now.0 - seen.0, now.1 - seen.1);
+        *seen = now;
+        new
     }
 }
 

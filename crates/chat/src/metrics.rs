@@ -2,7 +2,6 @@
 //! bus) and `/metrics` (Prometheus text). The worker updates the counters as it goes and the
 //! gauges once a second (they cost a pass over the state).
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -30,8 +29,6 @@ pub struct WorkerMetrics {
     bus_connected: Gauge,
     bus_reconnects: Counter,
     connect_failures: Family<Labels, Counter>,
-    /// The failure totals already counted.
-    failures_seen: Mutex<(u64, u64)>,
     reloads: Family<Labels, Counter>,
     connected: AtomicBool,
 }
@@ -55,7 +52,6 @@ impl WorkerMetrics {
             bus_connected: Gauge::default(),
             bus_reconnects: Counter::default(),
             connect_failures: Family::default(),
-            failures_seen: Mutex::new((0, 0)),
             reloads: Family::default(),
             connected: AtomicBool::new(false),
         };
@@ -93,17 +89,13 @@ impl WorkerMetrics {
         m
     }
 
-    /// The bus client's failure totals (refused for the credentials, other), once a second.
-    pub fn connect_failures(&self, total: (u64, u64)) {
-        let mut seen = self.failures_seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (reason, now, before) in [("refused", total.0, seen.0), ("other", total.1, seen.1)] {
-            if now > before {
-                self.connect_failures
-                    .get_or_create(&vec![("reason", reason.to_owned())])
-                    .inc_by(now - before);
+    /// Connection attempts that failed since the last call: `refused` for the credentials.
+    pub fn connect_failed(&self, refused: u64, other: u64) {
+        for (reason, n) in [("refused", refused), ("other", other)] {
+            if n > 0 {
+                self.connect_failures.get_or_create(&vec![("reason", reason.to_owned())]).inc_by(n);
             }
         }
-        *seen = total;
     }
 
     /// A SIGHUP reload of the NATS credentials (`ok`, or failed and the old ones stay).

@@ -100,6 +100,8 @@ struct Worker<B> {
     gateways: Gateways,
     observer: Option<WorkerObserver>,
     metrics: Option<Arc<WorkerMetrics>>,
+    /// The bus client's failure totals the metrics have counted.
+    failures_seen: (u64, u64),
 }
 
 fn now() -> Instant {
@@ -137,6 +139,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
         name: config.name,
         gateways,
         metrics,
+        failures_seen: (0, 0),
     };
     tracing::info!(worker = %w.name, "chat worker serving pcast.* and chat.*");
     let mut seen = bus.status();
@@ -321,7 +324,8 @@ impl<B: Bus> Worker<B> {
         self.state.expire(now());
         if let Some(m) = &self.metrics {
             m.sizes(&self.state.stats(), self.gateways.len());
-            m.connect_failures(self.bus.failures());
+            let (refused, other) = self.bus.new_failures(&mut self.failures_seen);
+            m.connect_failed(refused, other);
         }
         if self.bus.status().connected {
             for g in self.gateways.silent(now()) {

@@ -164,18 +164,17 @@ async fn a_reply_subject_travels_with_and_without_headers() {
         let answerer = connected(&nats, NatsArgs::default(), &log).await;
         let mut asked = answerer.subscribe("bind.ask", None).await.unwrap();
         let mut answers = asker.subscribe("bind.answer.>", None).await.unwrap();
+        // Both subscriptions in place at the server before anything is published: one message
+        // each, no retries to leave a stale copy behind.
+        clientmq_testkit::nats::in_place(&answerer, &mut asked, "bind.ask").await;
+        clientmq_testkit::nats::in_place(&asker, &mut answers, "bind.answer.probe").await;
         for (n, headers) in [(1, false), (2, true)] {
             let mut msg = BusMessage::new("bind.ask", vec![n]).reply_to(format!("bind.answer.{n}"));
             if headers {
                 msg = msg.with("Clientmq-Type", "x.Ask");
             }
-            // Repeated until the answerer's subscription is in place at the server.
-            let got = loop {
-                asker.publish(msg.clone()).await.unwrap();
-                if let Ok(Some(got)) = tokio::time::timeout(Duration::from_millis(200), asked.next()).await {
-                    break got;
-                }
-            };
+            asker.publish(msg).await.unwrap();
+            let got = tokio::time::timeout(WAIT, asked.next()).await.unwrap().unwrap();
             assert_eq!(got.reply.as_deref(), Some(format!("bind.answer.{n}").as_str()), "headers: {headers}");
             assert_eq!(got.headers.is_empty(), !headers);
             answerer.publish(BusMessage::new(got.reply.unwrap(), vec![n, n])).await.unwrap();

@@ -168,6 +168,23 @@ impl Nats {
     }
 }
 
+/// Waits (at most 10 s) until `sub`, a subscription of `bus`, is in place at the server: `bus`
+/// publishes one probe to `subject` (which `sub` matches; retried only while `bus` is not yet
+/// connected) and `sub` must yield it. The server takes one client's messages in order, so the
+/// probe comes back only once the subscription is there; then other clients' messages reach it
+/// too. The probe is consumed here: `sub` yields nothing else of it later.
+pub async fn in_place<B: clientmq_bus::Bus>(bus: &B, sub: &mut B::Subscription, subject: &str) {
+    use clientmq_bus::Subscription as _;
+    let within = Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + within;
+    while bus.publish(clientmq_bus::BusMessage::new(subject, b"probe".to_vec())).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "not connected to publish to {subject}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let probe = tokio::time::timeout(within, sub.next()).await;
+    assert!(matches!(probe, Ok(Some(_))), "the subscription matching {subject} never came in place");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -207,8 +207,9 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             // Decided here, without a worker: malformed, or unavailable while the bus is away.
             Op::Answer { token, result } => answer(&gateway, token, result).await,
             Op::Acknowledge(msg) => {
-                // The subscriptions of the interest ops before this one are sent; a round trip
-                // makes sure the server has them.
+                // The subscriptions of the interest ops before this one went out on this same
+                // connection, so the server has them when it routes this answer: a worker that
+                // publishes once it has the answer is heard.
                 match s.bus.flush().await {
                     Ok(()) => respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await,
                     Err(e) => tracing::debug!(error = %e, "subscription not acknowledged"),
@@ -491,9 +492,8 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
         }
         let metrics = gateway.bus_metrics();
         metrics.connected(status.connected);
-        let now = s.bus.failures();
-        metrics.connect_failed(now.0 - failures.0, now.1 - failures.1);
-        failures = now;
+        let (refused, other) = s.bus.new_failures(&mut failures);
+        metrics.connect_failed(refused, other);
         // Epochs count connections: the first is not a reconnect.
         if status.connected && status.epoch != seen.epoch && status.epoch > 1 {
             metrics.reconnected();

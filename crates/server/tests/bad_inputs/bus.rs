@@ -15,7 +15,7 @@ use clientmq_core::proto::mq;
 use clientmq_server::BusBackend;
 
 use crate::harness::{Gw, Raw, WAIT, config, error_reason, http, start};
-use clientmq_testkit::nats::Nats;
+use clientmq_testkit::nats::{Nats, in_place};
 use clientmq_testkit::procs::Log;
 
 const GATEWAY: &str = "gw-badinputs";
@@ -123,20 +123,17 @@ struct Played {
 async fn played_worker(route_key: &str, inbox: &str) -> Played {
     let nats = Nats::start(&Log::default()).await;
     let worker = Arc::new(NatsBus::connect(&nats.url(), &format!("wk-{inbox}")).await.unwrap());
-    let requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
-    let inbox = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.{inbox}.>"), None).await.unwrap();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while worker.flush().await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the test's worker never connects");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut requests = worker.subscribe(&format!("{DEFAULT_PREFIX}.req.>"), None).await.unwrap();
+    let mut answers = worker.subscribe(&format!("{DEFAULT_PREFIX}.wk.{inbox}.>"), None).await.unwrap();
+    in_place(&*worker, &mut requests, &format!("{DEFAULT_PREFIX}.req.x.Probe")).await;
+    in_place(&*worker, &mut answers, &format!("{DEFAULT_PREFIX}.wk.{inbox}.probe")).await;
     let mut c = config();
     c.gateway.route_key = route_key.into();
     let bus = Arc::new(NatsBus::connect(&nats.url(), route_key).await.unwrap());
     let backend = Arc::new(BusBackend::new(bus, DEFAULT_PREFIX, route_key, c.gateway.request_timeout));
     let gw = start(c, backend).await;
     gw.expect("clientmq_bus_connected", 1.0).await;
-    Played { _nats: nats, gw, worker, requests, inbox }
+    Played { _nats: nats, gw, worker, requests, inbox: answers }
 }
 
 const PROBED: &str = "gw-badbus";
