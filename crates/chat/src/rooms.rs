@@ -6,7 +6,7 @@ use clientmq_core::Topic;
 use clientmq_core::proto::chat;
 use clientmq_core::proto::chat::RoomEventType;
 
-use crate::state::{ChatState, Deadline, ROOM_ID_LEN, Room};
+use crate::state::{ChatState, Deadline, Fact, ROOM_ID_LEN, Room};
 use crate::wire::{self, status};
 
 fn is_set(value: &Option<String>) -> Option<&str> {
@@ -134,6 +134,8 @@ impl ChatState {
                     .members
                     .insert(session.to_owned(), member.clone());
                 self.sessions.get_mut(session).expect("bound").rooms.insert(room_id.clone());
+                let (session_id, room) = (session.to_owned(), room_id.clone());
+                self.note(Fact::Hears { session: session_id, topic: Topic::Room, room });
                 self.set_idle(&room_id, false);
                 // Subscribed first: the member hears its own arrival and everything after it.
                 self.subscribe_connection(session, Topic::Room, &room_id);
@@ -194,6 +196,7 @@ impl ChatState {
             if let Some(conn) = s.conn {
                 self.outbox.extend(wire::unsubscribe(conn, room_id));
             }
+            self.note(Fact::Left { session: session.to_owned(), room: room_id.to_owned() });
         }
         let Some(room) = self.rooms.get_mut(room_id) else { return };
         let Some(member) = room.members.remove(session) else { return };
@@ -345,7 +348,10 @@ impl ChatState {
         // Remembered for a resume too.
         if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
             let s = self.sessions.get_mut(session).expect("a member's session");
-            s.conversations.insert(req.room_id.clone());
+            if s.conversations.insert(req.room_id.clone()) {
+                let (session, room) = (session.to_owned(), req.room_id.clone());
+                self.note(Fact::Hears { session, topic: Topic::Conversation, room });
+            }
             self.subscribe_connection(session, Topic::Conversation, &req.room_id);
         }
         let room = &self.rooms[&req.room_id];

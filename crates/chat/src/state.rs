@@ -122,6 +122,17 @@ pub enum Fact {
     Ended {
         session: String,
     },
+    /// The session now hears a room's events (it joined) or its conversation (it subscribed).
+    Hears {
+        session: String,
+        topic: Topic,
+        room: String,
+    },
+    /// The session left a room: it hears neither its events nor its conversation.
+    Left {
+        session: String,
+        room: String,
+    },
 }
 
 impl std::fmt::Display for Fact {
@@ -130,6 +141,10 @@ impl std::fmt::Display for Fact {
             Fact::Bound { conn, session } => write!(f, "bound {conn} session={session}"),
             Fact::Unbound { conn, session } => write!(f, "unbound {conn} session={session}"),
             Fact::Ended { session } => write!(f, "session-ended session={session}"),
+            Fact::Hears { session, topic, room } => {
+                write!(f, "hears {} room={room} session={session}", topic.label())
+            }
+            Fact::Left { session, room } => write!(f, "left room={room} session={session}"),
         }
     }
 }
@@ -179,7 +194,7 @@ impl ChatState {
         self.journal.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
-    fn note(&mut self, fact: Fact) {
+    pub(super) fn note(&mut self, fact: Fact) {
         if let Some(journal) = &mut self.journal {
             journal.push(fact);
         }
