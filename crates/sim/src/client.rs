@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use clientmq_core::proto::{chat, mq, pcast};
-use clientmq_core::{Encoding, Frame, codec};
+use clientmq_core::{Encoding, Frame, Topic, codec};
 use clientmq_testkit::rawws::{self, RawFrame};
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use turmoil::net::TcpStream;
 
 use crate::scenario::{Behaviour, ClientGroup};
-use crate::trace::Trace;
+use crate::trace::{Change, Digest, Heard, Seen, Trace};
 
 /// The port every gateway listens on.
 const GATEWAY_PORT: u16 = 8080;
@@ -53,20 +53,27 @@ impl Who {
         self.trace.client(&self.name, what);
     }
 
-    /// Where the next connection goes (a load balancer's round robin over the group's gateways).
-    fn next_gateway(&self) -> (String, u16) {
+    /// Where the next connection goes (a load balancer's round robin over the group's gateways),
+    /// and its number.
+    fn next_gateway(&self) -> ((String, u16), u32) {
         let n = self.connects.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        (self.gateways[n % self.gateways.len()].clone(), GATEWAY_PORT)
+        ((self.gateways[n % self.gateways.len()].clone(), GATEWAY_PORT), n as u32)
     }
 }
 
 struct Client {
     who: Who,
+    /// This connection's number among the client's connections.
+    conn: u32,
+    /// Its end was traced.
+    over: bool,
     stream: TcpStream,
     manners: Manners,
     encoding: Encoding,
     next_request: u32,
     session_id: Option<String>,
+    /// The code of the server's close frame, once one came.
+    closed_with: Option<u16>,
 }
 
 /// Runs one client of `group` to the end of its script.
@@ -87,12 +94,14 @@ pub async fn run(group: ClientGroup, index: usize, trace: Trace, gateways: Vec<S
         Behaviour::Flood => flood(who, &group).await,
         Behaviour::SdkReconnect => sdk_reconnect(who).await,
         Behaviour::SlowReader => slow_reader(who).await,
+        Behaviour::Member => member(who, &group).await,
     }
 }
 
 impl Client {
     async fn connect(who: &Who, manners: Manners) -> Option<Client> {
-        let mut stream = match TcpStream::connect(who.next_gateway()).await {
+        let (gateway, conn) = who.next_gateway();
+        let mut stream = match TcpStream::connect(gateway.clone()).await {
             Ok(s) => s,
             Err(e) => {
                 who.note(format!("connect-failed {}", e.kind()));
@@ -110,13 +119,38 @@ impl Client {
                 return None;
             }
         }
-        who.note("connected");
+        who.trace.seen(&who.name, conn, Seen::Connected { gateway: gateway.0 });
         let encoding = Encoding::Base64Text;
-        Some(Client { who: who.clone(), stream, manners, encoding, next_request: 0, session_id: None })
+        let who = who.clone();
+        Some(Client {
+            who,
+            conn,
+            over: false,
+            stream,
+            manners,
+            encoding,
+            next_request: 0,
+            session_id: None,
+            closed_with: None,
+        })
     }
 
     fn note(&self, what: impl Into<String>) {
         self.who.note(what);
+    }
+
+    fn seen(&self, seen: Seen) {
+        self.who.trace.seen(&self.who.name, self.conn, seen);
+    }
+
+    /// Traces the end of the connection as the client saw it; what it sees after that (an EOF
+    /// after a close frame) is a note.
+    fn over(&mut self, how: impl Into<String>) {
+        if std::mem::replace(&mut self.over, true) {
+            self.note(how);
+        } else {
+            self.seen(Seen::Ended(how.into()));
+        }
     }
 
     async fn send_message(&mut self, msg: &mq::Message) -> bool {
@@ -177,6 +211,7 @@ impl Client {
             }
             rawws::CLOSE => {
                 let code = frame.close_code();
+                self.closed_with = self.closed_with.or(code);
                 if self.manners.answer_close {
                     let _ = rawws::write_frame(&mut self.stream, rawws::CLOSE, &frame.payload).await;
                 }
@@ -217,7 +252,10 @@ impl Client {
                 None
             }
             Ok(MessageType::Event) => {
-                self.note(format!("event type={}", msg.r#type));
+                match heard(&msg) {
+                    Some(heard) => self.seen(Seen::Event(heard)),
+                    None => self.note(format!("event type={}", msg.r#type)),
+                }
                 None
             }
             _ => {
@@ -257,26 +295,48 @@ impl Client {
             session_id: self.session_id.clone(),
             ..Default::default()
         };
+        if let Some(session) = &self.session_id {
+            self.seen(Seen::Resume(session.clone()));
+        }
         let Some(reply) = self.call("pcast.Authenticate", auth.encode_to_vec()).await else { return false };
         if let Ok(resp) = pcast::AuthenticateResponse::decode(reply.payload.as_slice())
             && resp.status == "ok"
         {
             self.session_id = resp.session_id;
+            self.seen(Seen::Session(self.session_id.clone().unwrap_or_default()));
             return true;
         }
         false
     }
 
-    /// Records how a pump ended.
-    fn ended(&self, how: Pump) {
+    /// Records how a pump ended: a server's close or the socket's end is the connection's end.
+    fn ended(&mut self, how: Pump) {
         match how {
-            Pump::Closed(Some(code)) => self.note(format!("closed-by-server code={code}")),
-            Pump::Closed(None) => self.note("closed-by-server code=none"),
-            Pump::Eof => self.note("eof"),
-            Pump::Error => self.note("transport-error"),
+            Pump::Closed(Some(code)) => self.over(format!("closed-by-server code={code}")),
+            Pump::Closed(None) => self.over("closed-by-server code=none"),
+            Pump::Eof => self.over("eof"),
+            Pump::Error => self.over("transport-error"),
             Pump::Deadline => self.note("deadline"),
             Pump::Response(_) => {}
         }
+    }
+
+    /// Gives the connection up without a close frame (its socket is dropped).
+    fn abandon(mut self) {
+        if !self.over {
+            self.over("abandoned");
+        }
+    }
+
+    /// Sends a request that changes what the session hears and waits for its answer; true if
+    /// it was `ok`.
+    async fn change(&mut self, change: Change, ty: &str, payload: Vec<u8>) -> Option<mq::Message> {
+        self.seen(Seen::Asked(change.clone()));
+        let reply = self.call(ty, payload).await?;
+        if status_of(&reply).as_deref() == Some("ok") {
+            self.seen(Seen::Done(change));
+        }
+        Some(reply)
     }
 
     /// Closes politely with `code` and waits for the server's answer.
@@ -289,7 +349,10 @@ impl Client {
             match self.pump(Some(deadline), None).await {
                 Pump::Closed(code) => self.note(format!("close-answered code={}", code.map_or(0, |c| c))),
                 Pump::Response(_) => continue,
-                other => return self.ended(other),
+                other => {
+                    self.ended(other);
+                    return self.abandon();
+                }
             }
         }
     }
@@ -315,28 +378,137 @@ async fn polite(who: &Who, group: &ClientGroup) {
     let Some(mut c) = Client::connect(who, POLITE).await else { return };
     let leave_at = Instant::now() + Duration::from_secs_f64(group.stay_secs);
     if !c.authenticate().await {
-        return;
+        return c.abandon();
     }
-    let Some(room_id) = c.enter_lobby().await else { return };
-    for i in 0..group.requests {
-        let message = chat::ChatMessage { message: format!("{} says {i}", who.name), ..Default::default() };
-        let send = chat::SendMessageToRoom { room_id: room_id.clone(), chat_message: message };
-        if c.call("chat.SendMessageToRoom", send.encode_to_vec()).await.is_none() {
-            return;
-        }
+    let Some(room_id) = c.enter_lobby().await else { return c.abandon() };
+    if !c.chat(&room_id, 0..group.requests).await {
+        return c.abandon();
     }
     match c.pump(Some(leave_at), None).await {
         Pump::Deadline => {}
         other => return c.ended(other),
     }
-    let leave =
-        chat::LeaveRoom { room_id, session_id: c.session_id.clone().unwrap_or_default(), timestamp: 0 };
-    if c.call("chat.LeaveRoom", leave.encode_to_vec()).await.is_some() {
+    if c.leave(&room_id).await {
         c.close(1000).await;
     }
 }
 
+/// A chat member as the SDK is one: it enters the lobby, chats, leaves and enters again on the
+/// same connection, takes its own session over with a second connection while the first is
+/// still open (odd `requests`), chats on, and leaves at `stay_secs`. Closed by the server with
+/// anything but 1000, 4000 or 4001, it reconnects (attempt^2 s apart, 4 attempts) and resumes
+/// its session, which hears its rooms again without joining.
+async fn member(who: &Who, group: &ClientGroup) {
+    let leave_at = Instant::now() + Duration::from_secs_f64(group.stay_secs);
+    let mut session: Option<String> = None;
+    let mut room: Option<String> = None;
+    let mut attempt = 0u32;
+    loop {
+        if attempt > 0 {
+            if attempt > 4 {
+                return who.note("backoff-limit-reached");
+            }
+            tokio::time::sleep(Duration::from_secs(u64::from(attempt * attempt))).await;
+        }
+        attempt += 1;
+        let Some(mut c) = Client::connect(who, POLITE).await else { continue };
+        c.session_id = session.clone();
+        if !c.authenticate().await {
+            c.abandon();
+            continue;
+        }
+        if c.session_id != session {
+            room = None; // a new session is in no room
+        }
+        session = c.session_id.clone();
+        let fresh = room.is_none();
+        if fresh {
+            room = c.enter_lobby().await;
+        }
+        let Some(room_id) = room.clone() else { return c.abandon() };
+        if fresh {
+            let ok = c.chat(&room_id, 0..group.requests).await
+                && c.leave(&room_id).await
+                && c.enter_lobby().await.is_some();
+            if !ok {
+                c.abandon();
+                continue;
+            }
+            if group.requests % 2 == 1 {
+                c = c.take_over().await;
+            }
+            if !c.chat(&room_id, group.requests..group.requests * 2).await {
+                c.abandon();
+                continue;
+            }
+        }
+        match c.pump(Some(leave_at), None).await {
+            Pump::Deadline => {}
+            other => {
+                let code = c.closed_with;
+                c.ended(other);
+                if matches!(code, Some(1000 | 4000 | 4001)) {
+                    return;
+                }
+                continue;
+            }
+        }
+        if c.leave(&room_id).await {
+            c.close(1000).await;
+        }
+        return;
+    }
+}
+
 impl Client {
+    /// Sends chat messages numbered `range` to a room; false if the connection ended.
+    async fn chat(&mut self, room_id: &str, range: std::ops::Range<usize>) -> bool {
+        for i in range {
+            let text = format!("{} says {i}", self.who.name);
+            let message = chat::ChatMessage { message: text, ..Default::default() };
+            let send = chat::SendMessageToRoom { room_id: room_id.to_owned(), chat_message: message };
+            if self.call("chat.SendMessageToRoom", send.encode_to_vec()).await.is_none() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Leaves a room; false if the connection ended.
+    async fn leave(&mut self, room_id: &str) -> bool {
+        let session_id = self.session_id.clone().unwrap_or_default();
+        let leave = chat::LeaveRoom { room_id: room_id.to_owned(), session_id, timestamp: 0 };
+        let change = Change::Leave(room_id.to_owned());
+        self.change(change, "chat.LeaveRoom", leave.encode_to_vec()).await.is_some()
+    }
+
+    /// Authenticates a second connection as this one's session: the new one holds the session
+    /// and hears its rooms; this one, left open, keeps reading for five seconds, then closes.
+    /// Returns the connection that holds the session (this one if the takeover failed or took
+    /// over a second: meanwhile this one is not read).
+    async fn take_over(self) -> Client {
+        let who = self.who.clone();
+        let session = self.session_id.clone();
+        let next = tokio::time::timeout(Duration::from_secs(1), async move {
+            let mut next = Client::connect(&who, POLITE).await?;
+            next.session_id = session;
+            if next.authenticate().await {
+                return Some(next);
+            }
+            next.abandon();
+            None
+        });
+        let Ok(Some(next)) = next.await else { return self };
+        let mut old = self;
+        tokio::spawn(async move {
+            match old.pump(Some(Instant::now() + Duration::from_secs(5)), None).await {
+                Pump::Deadline => old.close(1000).await,
+                other => old.ended(other),
+            }
+        });
+        next
+    }
+
     /// Creates the room `lobby` (or finds it), joins it and subscribes to its conversation.
     async fn enter_lobby(&mut self) -> Option<String> {
         let session = self.session_id.clone().unwrap_or_default();
@@ -363,7 +535,11 @@ impl Client {
             member,
             ..Default::default()
         };
-        self.call("chat.JoinRoom", join.encode_to_vec()).await?;
+        let change = Change::Join(room_id.clone());
+        let joined = self.change(change, "chat.JoinRoom", join.encode_to_vec()).await?;
+        if status_of(&joined).as_deref() != Some("ok") {
+            return None;
+        }
         let fetch = chat::FetchRoomConversation {
             session_id: session,
             room_id: room_id.clone(),
@@ -371,8 +547,53 @@ impl Client {
             options: vec![chat::RoomConversationOption::Subscribe as i32],
             ..Default::default()
         };
-        self.call("chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
+        let change = Change::Listen(room_id.clone());
+        self.change(change, "chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
         Some(room_id)
+    }
+}
+
+/// The `status` of a chat or pcast response (field 1 of each of them); none for an `mq.Error`.
+fn status_of(reply: &mq::Message) -> Option<String> {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Status {
+        #[prost(string, tag = "1")]
+        status: String,
+    }
+    if reply.r#type == "mq.Error" {
+        return None;
+    }
+    Status::decode(reply.payload.as_slice()).ok().map(|s| s.status)
+}
+
+/// A room or conversation event, as the checker reads it.
+fn heard(msg: &mq::Message) -> Option<Heard> {
+    let digest = Digest::of(&msg.r#type, &msg.payload);
+    match msg.r#type.as_str() {
+        "chat.RoomEvent" => {
+            let e = chat::RoomEvent::decode(msg.payload.as_slice()).ok()?;
+            let what = match chat::RoomEventType::try_from(e.event_type) {
+                Ok(chat::RoomEventType::MemberJoined) => "member-joined",
+                Ok(chat::RoomEventType::MemberLeft) => "member-left",
+                Ok(chat::RoomEventType::MemberUpdated) => "member-updated",
+                Ok(chat::RoomEventType::RoomUpdated) => "room-updated",
+                Ok(chat::RoomEventType::RoomEnded) => "room-ended",
+                Err(_) => "unknown",
+            };
+            Some(Heard {
+                topic: Topic::Room,
+                room: e.room_id,
+                actor: e.session_id,
+                what: what.into(),
+                digest,
+            })
+        }
+        "chat.RoomConversationEvent" => {
+            let e = chat::RoomConversationEvent::decode(msg.payload.as_slice()).ok()?;
+            let (topic, room, actor) = (Topic::Conversation, e.room_id, e.session_id);
+            Some(Heard { topic, room, actor, what: "message".into(), digest })
+        }
+        _ => None,
     }
 }
 
@@ -403,7 +624,7 @@ async fn double_close(who: &Who) {
 }
 
 async fn slowloris(who: &Who) {
-    let Ok(mut s) = TcpStream::connect(who.next_gateway()).await else { return };
+    let Ok(mut s) = TcpStream::connect(who.next_gateway().0).await else { return };
     let _ = s.write_all(b"GET /ws HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\n").await;
     who.note("upgrade-stalled");
     let mut buf = [0u8; 64];

@@ -177,10 +177,14 @@ pub enum Behaviour {
     SdkReconnect,
     /// Upgrades, then never reads again.
     SlowReader,
+    /// A chat member: enters the lobby, chats, leaves and re-enters on the same connection,
+    /// takes its session over with a second connection (odd `requests`), resumes it after a
+    /// server's close, leaves at `stay_secs`.
+    Member,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 11] = [
+    pub const ALL: [Behaviour; 12] = [
         Behaviour::Polite,
         Behaviour::IgnoreClose,
         Behaviour::MutePongs,
@@ -192,6 +196,7 @@ impl Behaviour {
         Behaviour::Flood,
         Behaviour::SdkReconnect,
         Behaviour::SlowReader,
+        Behaviour::Member,
     ];
 }
 

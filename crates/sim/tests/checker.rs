@@ -220,6 +220,8 @@ mod fleet {
         gone_within: Duration::from_secs(6),
         grace: Duration::from_secs(10),
         tolerance: Duration::from_millis(20),
+        quiet_within: Duration::from_secs(1),
+        orphans_within: Duration::from_secs(3),
     };
 
     fn opened_on(host: &str, t: f64, n: u8, open: usize) -> Record {

@@ -18,12 +18,16 @@ use super::{
     write_frames,
 };
 
+/// Told of every message the broker routed, with the names (from CONNECT) of the clients it
+/// went to, in client order.
+pub type RouteObserver = Arc<dyn Fn(&BusMessage, Vec<String>) + Send + Sync>;
+
 /// Runs a broker on `port` of this turmoil host until the host stops. Run it as the host's
 /// software itself (not inside `tokio::spawn`): the broker's state then outlives its clients'
 /// tasks when the host is crashed or bounced, and their sockets close in client order.
-pub async fn serve_broker(port: u16) -> std::io::Result<()> {
+pub async fn serve_broker(port: u16, observer: Option<RouteObserver>) -> std::io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    let broker = Arc::new(Mutex::new(Broker::default()));
+    let broker = Arc::new(Mutex::new(Broker { observer, ..Broker::default() }));
     loop {
         let (stream, _) = listener.accept().await?;
         let (read, write, home) = split(stream);
@@ -36,6 +40,7 @@ pub async fn serve_broker(port: u16) -> std::io::Result<()> {
             b.next_id += 1;
             let client = Client {
                 connected: false,
+                name: String::new(),
                 subs: BTreeMap::new(),
                 out,
                 pending: pending.clone(),
@@ -61,11 +66,14 @@ struct Broker {
     next_id: u64,
     /// The member (connection id, sid) each queue group gave its last message to.
     turns: BTreeMap<String, (u64, u64)>,
+    observer: Option<RouteObserver>,
 }
 
 struct Client {
     /// CONNECT was received.
     connected: bool,
+    /// The name it connected with.
+    name: String,
     subs: BTreeMap<u64, Sub>,
     out: mpsc::UnboundedSender<Vec<u8>>,
     /// Bytes queued to `out` and not yet written.
@@ -101,7 +109,10 @@ impl Broker {
             return false;
         }
         match frame {
-            Frame::Connect { .. } => client.connected = true,
+            Frame::Connect { name } => {
+                client.connected = true;
+                client.name = name;
+            }
             Frame::Sub { sid, subject, queue } => {
                 // As nats-server: an invalid subscription is refused, the connection stays.
                 let queue_ok = queue.as_deref().is_none_or(|q| !q.chars().any(char::is_whitespace));
@@ -144,13 +155,16 @@ impl Broker {
         }
         let mut delivered = false;
         let mut slow = Vec::new();
-        let deliver = |(id, sid): (u64, u64), slow: &mut Vec<u64>| {
+        let mut delivered_to = Vec::new();
+        let mut deliver = |(id, sid): (u64, u64), slow: &mut Vec<u64>| {
             if slow.contains(&id) {
                 return false;
             }
             let frame = Frame::Msg { sid, msg: BusMessage { status: None, ..msg.clone() } };
             let sent = self.clients[&id].send(&frame);
-            if !sent {
+            if sent {
+                delivered_to.push(id);
+            } else {
                 slow.push(id);
             }
             sent
@@ -173,6 +187,10 @@ impl Broker {
             }
         }
         self.turns.extend(turns);
+        if let Some(observer) = &self.observer {
+            // A client with two matching subscriptions is named twice: it got two copies.
+            observer(&msg, delivered_to.iter().map(|id| self.clients[id].name.clone()).collect());
+        }
         if !delivered && let Some(reply) = &msg.reply {
             self.no_responders(from, &msg.subject, reply, &mut slow);
         }

@@ -74,7 +74,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub use broker::serve_broker;
+pub use broker::{RouteObserver, serve_broker};
 pub use client::{SimBus, SimSubscription};
 
 /// How often a client pings the broker.

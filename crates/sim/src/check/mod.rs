@@ -16,8 +16,12 @@ use clientmq_core::{ConnectionId, DisconnectPath, EventKind, RequestOutcome};
 use crate::trace::{Body, Proc, Record, Source};
 
 mod fleet;
+mod hearing;
+mod weather;
 
 pub use fleet::{FleetCheck, FleetLimits};
+pub use hearing::HearingCheck;
+pub use weather::Weather;
 
 /// What the checker holds the gateway to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,9 @@ pub struct Checker {
     max_open: usize,
     /// A fleet's checks, and its worker hosts.
     fleet: Option<(FleetCheck, BTreeSet<String>)>,
+    /// What a fleet's chat clients hear.
+    hearing: Option<HearingCheck>,
+    weather: Weather,
 }
 
 fn violation<T>(at: Duration, conn: Option<ConnectionId>, message: String) -> Result<T, Violation> {
@@ -129,12 +136,16 @@ impl Checker {
             codes: BTreeMap::new(),
             max_open: 0,
             fleet: None,
+            hearing: None,
+            weather: Weather::default(),
         }
     }
 
     /// Also checks a fleet whose chat workers run on `workers` (host names).
     pub fn with_fleet(mut self, limits: FleetLimits, workers: impl IntoIterator<Item = String>) -> Self {
-        self.fleet = Some((FleetCheck::new(limits), workers.into_iter().collect()));
+        let workers: BTreeSet<String> = workers.into_iter().collect();
+        self.fleet = Some((FleetCheck::new(limits).with_workers(workers.iter().cloned()), workers));
+        self.hearing = Some(HearingCheck::new(crate::run::PREFIX));
         self
     }
 
@@ -198,6 +209,9 @@ impl Checker {
                 format!("{proc}: request {request_id} pending past the request timeout"),
             );
         }
+        if let Some(hearing) = &self.hearing {
+            hearing.check_time(at)?;
+        }
         match &self.fleet {
             Some((fleet, _)) => fleet.check_time(at),
             None => Ok(()),
@@ -209,6 +223,13 @@ impl Checker {
         self.check_time(record.at)?;
         match (&record.source, &record.body) {
             (Source::Sim, Body::Note(note)) => {
+                self.weather.note(record.at, note);
+                if let Some((fleet, _)) = &mut self.fleet {
+                    fleet.note(record.at, note);
+                }
+                if let Some(hearing) = &mut self.hearing {
+                    hearing.note(note);
+                }
                 if let Some(host) = note.strip_suffix(" restarted") {
                     // A killed host that is restarted only starts: no process ends.
                     if !self.dead_hosts.remove(host) {
@@ -222,14 +243,41 @@ impl Checker {
                 Ok(())
             }
             (Source::Gateway { proc, shard }, Body::Gateway { conn, kind }) => {
-                self.gateway_event(record.at, proc, *shard, *conn, kind)
+                self.gateway_event(record.at, proc, *shard, *conn, kind)?;
+                if let (
+                    Some(hearing),
+                    Some(conn),
+                    EventKind::CloseSent { .. } | EventKind::Disconnected { .. },
+                ) = (&mut self.hearing, conn, kind)
+                {
+                    hearing.closing(*conn);
+                }
+                match (&mut self.fleet, conn) {
+                    (Some((fleet, _)), Some(conn)) => fleet.gateway_event(record.at, proc, *conn, kind),
+                    _ => Ok(()),
+                }
             }
             (Source::Worker(proc), Body::Worker(event)) => {
                 self.alive(record.at, proc, None)?;
+                if let (Some(hearing), clientmq_chat::worker::WorkerEvent::Fact(fact)) =
+                    (&mut self.hearing, event)
+                {
+                    hearing.fact(fact);
+                }
                 match &mut self.fleet {
                     Some((fleet, _)) => fleet.worker_event(record.at, event),
                     None => Ok(()),
                 }
+            }
+            (Source::Client(client), Body::Seen { conn, seen }) => match &mut self.hearing {
+                Some(hearing) => hearing.seen(record.at, client, *conn, seen),
+                None => Ok(()),
+            },
+            (_, Body::Published { subject, digest, .. }) => {
+                if let Some(hearing) = &mut self.hearing {
+                    hearing.published(record.at, subject, *digest, &self.weather);
+                }
+                Ok(())
             }
             _ => Ok(()),
         }

@@ -18,15 +18,17 @@ use super::faults::{Crash, act, instant};
 use super::world::World;
 use super::{Broken, RunOptions};
 use crate::backend::SimBackend;
-use crate::bus::{SimBus, serve_broker};
+use crate::bus::{RouteObserver, SimBus, serve_broker};
 use crate::client;
 use crate::scenario::Scenario;
-use crate::trace::{self, Proc, Record, Trace};
+use crate::trace::{self, Body, Digest, Proc, Record, Source, Trace};
+use clientmq_bus::BusMessage;
+use clientmq_bus::contract::{Subjects, header::TYPE};
 
 /// Where the simulated bus listens.
 pub const BUS: &str = "bus:4222";
 /// Subject prefix of a simulated fleet.
-const PREFIX: &str = "clientmq";
+pub const PREFIX: &str = "clientmq";
 
 /// turmoil's listener behind the server's [`Listener`] trait.
 pub struct SimListener(pub turmoil::net::TcpListener);
@@ -124,10 +126,24 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
 }
 
 /// The bus host: a broker with NATS core's semantics; a restart loses everything it held.
-pub fn bus(sim: &mut turmoil::Sim<'_>) {
-    sim.host("bus", || async {
-        serve_broker(4222).await?;
-        Ok(())
+pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
+    sim.host("bus", move || {
+        // Room events are traced with where they went: what the checker holds deliveries to.
+        let observer = trace.clone().map(|trace| -> RouteObserver {
+            let subjects = Subjects::new(PREFIX);
+            Arc::new(move |msg: &BusMessage, to: Vec<String>| {
+                if subjects.parse_room(&msg.subject).is_some() {
+                    let ty = msg.header(TYPE).unwrap_or_default();
+                    let digest = Digest::of(ty, &msg.payload);
+                    let body = Body::Published { subject: msg.subject.clone(), digest, to };
+                    trace.push(Record { at: trace::now(), source: Source::Bus, body });
+                }
+            })
+        });
+        async move {
+            serve_broker(4222, observer).await?;
+            Ok(())
+        }
     });
 }
 

@@ -18,7 +18,7 @@ use crate::check::{Checker, FleetLimits, Limits, Sample, Violation};
 use crate::scenario::{Scenario, SnapshotMode};
 use crate::trace::{Record, Source, Trace};
 
-pub use hosts::{BUS, SimListener, bus as bus_host, server_config};
+pub use hosts::{BUS, PREFIX, SimListener, bus as bus_host, server_config};
 
 /// The longest a message takes between two hosts (turmoil's default, set explicitly because the
 /// fleet's bound below counts on it).
@@ -163,7 +163,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let trace = world.trace.clone();
     let broken = world.broken.clone();
     if let Some(fleet) = &scenario.fleet {
-        hosts::bus(&mut sim);
+        hosts::bus(&mut sim, Some(world.trace.clone()));
         let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
         for host in fleet.worker_hosts() {
             hosts::chat_worker(&mut sim, &world, &host, grace);
@@ -296,7 +296,8 @@ fn expectations(scenario: &Scenario, end: &EndState, records: &[Record]) -> Vec<
             .filter(|r| match &r.body {
                 crate::trace::Body::Note(note) => note.contains(what.as_str()),
                 crate::trace::Body::Worker(event) => event.to_string().contains(what.as_str()),
-                crate::trace::Body::Gateway { .. } => false,
+                crate::trace::Body::Seen { seen, .. } => seen.to_string().contains(what.as_str()),
+                crate::trace::Body::Gateway { .. } | crate::trace::Body::Published { .. } => false,
             })
             .count() as u64;
         if got < *n {

@@ -17,9 +17,12 @@ use std::time::Duration;
 
 use clientmq_chat::Fact;
 use clientmq_chat::worker::WorkerEvent;
-use clientmq_core::ConnectionId;
+use clientmq_core::{ConnectionId, EventKind, RequestOutcome};
 
 use super::{Violation, violation};
+use crate::trace::Proc;
+
+mod subs;
 
 /// docs/nats.md, "Liveness, loss and recovery", as the checker reads it: a gateway announces
 /// itself every second, and a worker counts it gone 5 s after its last announcement reached it
@@ -28,6 +31,12 @@ use super::{Violation, violation};
 /// fail here, not move the check with it.
 pub const CONTRACT_ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 pub const CONTRACT_SILENT_AFTER: Duration = Duration::from_secs(5);
+/// docs/nats.md: a worker sends a returning gateway its orphans list, and again every ~2 s
+/// (with an announcement) until answered.
+pub const CONTRACT_ORPHANS_AGAIN: Duration = Duration::from_secs(2);
+/// How long the gateway's subscriptions may lag what the worker decided: one hop of the bus
+/// (the worker's subscription message) and the gateway's step, with room to spare.
+pub const QUIET_AFTER_HOPS: Duration = Duration::from_secs(1);
 
 /// What the fleet checker holds the fleet to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +45,10 @@ pub struct FleetLimits {
     pub gone_within: Duration,
     pub grace: Duration,
     pub tolerance: Duration,
+    /// A connection's subscriptions agree with its session's rooms this long after a change.
+    pub quiet_within: Duration,
+    /// An orphan of a gateway that came back is closed this long after (the path being calm).
+    pub orphans_within: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -52,6 +65,10 @@ pub struct FleetCheck {
     /// Detached sessions, by when they were detached: each must end or be resumed in time.
     end_due: BTreeSet<(Duration, String)>,
     end_due_of: BTreeMap<String, Duration>,
+    /// Connections' subscriptions against their sessions'.
+    subs: subs::Subs,
+    /// The worker hosts: a path to the worker runs through them.
+    workers: Vec<String>,
 }
 
 impl FleetLimits {
@@ -62,6 +79,10 @@ impl FleetLimits {
             gone_within: latency + CONTRACT_SILENT_AFTER + CONTRACT_ANNOUNCE_EVERY,
             grace,
             tolerance,
+            quiet_within: QUIET_AFTER_HOPS + latency,
+            // The list may be lost once more on the way back: a second one, riding the
+            // announcement after ~2 s, and its hop.
+            orphans_within: CONTRACT_ORPHANS_AGAIN + CONTRACT_ANNOUNCE_EVERY + latency * 2,
         }
     }
 }
@@ -78,10 +99,20 @@ impl FleetCheck {
             detach_due_of: BTreeMap::new(),
             end_due: BTreeSet::new(),
             end_due_of: BTreeMap::new(),
+            subs: subs::Subs::default(),
+            workers: Vec::new(),
         }
     }
 
+    /// The worker hosts, whose faults the delivery checks take into account.
+    pub fn with_workers(mut self, workers: impl IntoIterator<Item = String>) -> Self {
+        self.workers = workers.into_iter().collect();
+        self.subs.workers = self.workers.clone();
+        self
+    }
+
     pub fn check_time(&self, at: Duration) -> Result<(), Violation> {
+        self.subs.check_time(at, &self.limits)?;
         let l = &self.limits;
         if self.worker_connected
             && let Some((died, conn)) = self.detach_due.first()
@@ -105,6 +136,7 @@ impl FleetCheck {
     /// A gateway process died with these connections open.
     pub fn gateway_died(&mut self, at: Duration, conns: impl IntoIterator<Item = ConnectionId>) {
         for conn in conns {
+            self.subs.ended(conn);
             if self.conn_session.contains_key(&conn) {
                 self.detach_due.insert((at, conn));
                 self.detach_due_of.insert(conn, at);
@@ -114,8 +146,59 @@ impl FleetCheck {
 
     /// The worker process died: what it knew is gone, and so are its obligations.
     pub fn worker_died(&mut self) {
-        let limits = self.limits;
-        *self = FleetCheck::new(limits);
+        let mut subs = std::mem::take(&mut self.subs);
+        subs.worker_died();
+        let workers = std::mem::take(&mut self.workers);
+        *self = FleetCheck { subs, workers, ..FleetCheck::new(self.limits) };
+    }
+
+    /// A fault of the timeline: what the worker sent over a disturbed path may be lost (NATS
+    /// core), so connections then waiting for the worker's subscriptions are no longer held
+    /// to them.
+    pub fn note(&mut self, at: Duration, note: &str) {
+        self.subs.weather.note(at, note);
+        let mut words = note.split(' ');
+        match (words.next(), words.next()) {
+            (Some("bus"), Some("restarted")) => self.subs.disturbed(|_| true),
+            (Some("partition-bus"), Some(host)) if self.workers.iter().any(|w| w == host) => {
+                self.subs.disturbed(|_| true)
+            }
+            (Some("partition-bus"), Some(host)) => self.subs.disturbed(|proc| &*proc.host == host),
+            _ => {}
+        }
+    }
+
+    /// What a gateway process reported about one of its connections.
+    pub fn gateway_event(
+        &mut self,
+        at: Duration,
+        proc: &Proc,
+        conn: ConnectionId,
+        kind: &EventKind,
+    ) -> Result<(), Violation> {
+        let session = self.conn_session.get(&conn);
+        match kind {
+            EventKind::Opened { .. } => self.subs.opened(proc, conn),
+            EventKind::Disconnected { .. } => self.subs.ended(conn),
+            EventKind::Subscribed { topic, room } => {
+                self.subs.subscribed(at, &self.limits, conn, (*topic, room.clone()), true, session)
+            }
+            EventKind::Unsubscribed { topic, room } => {
+                self.subs.subscribed(at, &self.limits, conn, (*topic, room.clone()), false, session)
+            }
+            EventKind::Answered { request_type, outcome: RequestOutcome::Ok, .. } => {
+                return self.subs.answered(at, conn, request_type, session);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Rechecks the connection holding `session`, if any.
+    fn recheck_session(&mut self, at: Duration, session: &str) {
+        if let Some(conn) = self.session_conn.get(session).copied() {
+            self.subs.recheck(at, &self.limits, conn, Some(&session.to_owned()));
+        }
     }
 
     pub fn worker_event(&mut self, at: Duration, event: &WorkerEvent) -> Result<(), Violation> {
@@ -129,6 +212,7 @@ impl FleetCheck {
                 self.clear_end_due(session);
                 self.session_conn.insert(session.clone(), *conn);
                 self.conn_session.insert(*conn, session.clone());
+                self.subs.recheck(at, &self.limits, *conn, Some(session));
             }
             WorkerEvent::Fact(Fact::Unbound { conn, session }) => {
                 self.conn_session.remove(conn);
@@ -141,11 +225,33 @@ impl FleetCheck {
                 self.clear_end_due(session);
                 self.end_due.insert((at, session.clone()));
                 self.end_due_of.insert(session.clone(), at);
+                self.subs.recheck(at, &self.limits, *conn, None);
             }
             WorkerEvent::Fact(Fact::Ended { session }) => {
                 self.clear_end_due(session);
+                self.subs.session_ended(session);
                 if let Some(conn) = self.session_conn.remove(session) {
                     self.conn_session.remove(&conn);
+                    self.subs.recheck(at, &self.limits, conn, None);
+                }
+            }
+            WorkerEvent::Fact(Fact::Hears { session, topic, room }) => {
+                self.subs.hears(session, (*topic, room.clone()), true);
+                self.recheck_session(at, session);
+            }
+            WorkerEvent::Fact(Fact::Left { session, room }) => {
+                self.subs.hears(session, (clientmq_core::Topic::Room, room.clone()), false);
+                self.recheck_session(at, session);
+            }
+            WorkerEvent::GatewayGone { gateway, .. } => {
+                if let Some(proc) = proc_of(gateway) {
+                    let bound = &self.conn_session;
+                    self.subs.gateway_gone(&proc, |c| bound.contains_key(c));
+                }
+            }
+            WorkerEvent::GatewayBack { gateway } => {
+                if let Some(proc) = proc_of(gateway) {
+                    self.subs.gateway_back(at, &self.limits, &proc);
                 }
             }
             WorkerEvent::Bus { connected } => {
@@ -155,7 +261,6 @@ impl FleetCheck {
                 self.worker_connected = *connected;
             }
             WorkerEvent::Broken(what) => return violation(at, None, format!("worker: {what}")),
-            WorkerEvent::GatewayGone { .. } | WorkerEvent::GatewayBack { .. } => {}
         }
         Ok(())
     }
@@ -165,4 +270,10 @@ impl FleetCheck {
             self.end_due.remove(&(since, session.to_owned()));
         }
     }
+}
+
+/// The gateway process a route key (`HOST.INCARNATION`, as the simulator names them) names.
+fn proc_of(route_key: &str) -> Option<Proc> {
+    let (host, n) = route_key.rsplit_once('.')?;
+    Some(Proc::new(host, n.parse().ok()?))
 }

@@ -1,0 +1,274 @@
+//! What each connection is subscribed to at its gateway, held to what the worker decided its
+//! session hears (its [`Fact::Hears`] and [`Fact::Left`]):
+//!
+//! - **Subscribed before answered.** When a gateway answers a request on a connection, the
+//!   connection is subscribed to everything the worker had decided its session hears: the
+//!   subscriptions a worker sends go out before its reply. A reply that overtakes them would
+//!   let the client act on a room it does not hear yet.
+//! - **Quiet instants agree.** A connection's subscriptions differ from its session's rooms and
+//!   conversations (nothing, once its session is gone or taken over) for at most
+//!   [`FleetLimits::quiet_within`], unless the bus between its gateway and the worker is cut off
+//!   or settling ([`Weather`]), the worker died since it opened (what it knew is gone), or its
+//!   gateway was counted gone (the next rule's business).
+//! - **Orphans are closed.** A connection whose gateway was counted gone while it had a session
+//!   ends within [`FleetLimits::orphans_within`] of its gateway's return, counted from when the
+//!   path between the gateway and the worker is calm again, whatever lists or answers the bus
+//!   lost on the way.
+//!
+//! [`Fact::Hears`]: clientmq_chat::Fact::Hears
+//! [`Fact::Left`]: clientmq_chat::Fact::Left
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use clientmq_core::{ConnectionId, Topic};
+
+use super::super::weather::Weather;
+use super::super::{Violation, violation};
+use super::FleetLimits;
+use crate::trace::Proc;
+
+type Subject = (Topic, String);
+
+#[derive(Debug, Clone)]
+struct Conn {
+    proc: Proc,
+    subs: BTreeSet<Subject>,
+    /// Open when the worker died: the worker that followed knows nothing of it.
+    unknown: bool,
+    /// Had a session when its gateway was counted gone: an orphan if the gateway comes back.
+    orphan: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct Subs {
+    conns: BTreeMap<ConnectionId, Conn>,
+    hears: BTreeMap<String, BTreeSet<Subject>>,
+    /// Connections whose subscriptions disagree with their session's, by when they must agree.
+    mismatch: BTreeSet<(Duration, ConnectionId)>,
+    mismatch_of: BTreeMap<ConnectionId, Duration>,
+    /// Orphans of a gateway that came back, by when they must be closed.
+    orphans: BTreeSet<(Duration, ConnectionId)>,
+    orphan_of: BTreeMap<ConnectionId, Duration>,
+    /// The faults so far, and the worker hosts (a path to the worker runs through them).
+    pub(super) weather: Weather,
+    pub(super) workers: Vec<String>,
+}
+
+impl Subs {
+    pub(super) fn opened(&mut self, proc: &Proc, conn: ConnectionId) {
+        let c = Conn { proc: proc.clone(), subs: BTreeSet::new(), unknown: false, orphan: false };
+        self.conns.insert(conn, c);
+    }
+
+    pub(super) fn ended(&mut self, conn: ConnectionId) {
+        self.conns.remove(&conn);
+        self.clear(conn);
+        if let Some(due) = self.orphan_of.remove(&conn) {
+            self.orphans.remove(&(due, conn));
+        }
+    }
+
+    pub(super) fn subscribed(
+        &mut self,
+        at: Duration,
+        limits: &FleetLimits,
+        conn: ConnectionId,
+        subject: Subject,
+        on: bool,
+        session: Option<&String>,
+    ) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if on {
+                c.subs.insert(subject);
+            } else {
+                c.subs.remove(&subject);
+            }
+        }
+        self.recheck(at, limits, conn, session);
+    }
+
+    /// What a session hears changed (`on`: it hears `subject`; off: it left the room).
+    pub(super) fn hears(&mut self, session: &str, subject: Subject, on: bool) {
+        let hears = self.hears.entry(session.to_owned()).or_default();
+        if on {
+            hears.insert(subject);
+        } else {
+            hears.retain(|(_, room)| *room != subject.1);
+        }
+    }
+
+    pub(super) fn session_ended(&mut self, session: &str) {
+        self.hears.remove(session);
+    }
+
+    /// A gateway answered a request on `conn`, bound to `session`.
+    pub(super) fn answered(
+        &self,
+        at: Duration,
+        conn: ConnectionId,
+        request_type: &str,
+        session: Option<&String>,
+    ) -> Result<(), Violation> {
+        let Some(c) = self.conns.get(&conn) else { return Ok(()) };
+        let Some(session) = session.filter(|_| !c.unknown && !c.orphan) else { return Ok(()) };
+        let missing: Vec<String> = self
+            .hears
+            .get(session)
+            .into_iter()
+            .flatten()
+            .filter(|s| !c.subs.contains(*s))
+            .map(|(topic, room)| format!("{} {room}", topic.label()))
+            .collect();
+        if !missing.is_empty() {
+            return violation(
+                at,
+                Some(conn),
+                format!(
+                    "{}: answered {request_type} before subscribing it to {}",
+                    c.proc,
+                    missing.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Compares a connection's subscriptions with its session's.
+    pub(super) fn recheck(
+        &mut self,
+        at: Duration,
+        limits: &FleetLimits,
+        conn: ConnectionId,
+        session: Option<&String>,
+    ) {
+        let agree = match self.conns.get(&conn) {
+            None => true,
+            Some(c) if c.unknown || c.orphan => true,
+            Some(c) => {
+                let empty = BTreeSet::new();
+                let hears = session.and_then(|s| self.hears.get(s)).unwrap_or(&empty);
+                *hears == c.subs
+            }
+        };
+        if agree {
+            self.clear(conn);
+        } else if self.calm_from(&conn).is_none_or(|calm| at < calm) {
+            // Disagreeing while the path is cut off or settling: what is on its way may be lost.
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.unknown = true;
+            }
+            self.clear(conn);
+        } else if !self.mismatch_of.contains_key(&conn) {
+            let due = at + limits.quiet_within;
+            self.mismatch.insert((due, conn));
+            self.mismatch_of.insert(conn, due);
+        }
+    }
+
+    fn clear(&mut self, conn: ConnectionId) {
+        if let Some(due) = self.mismatch_of.remove(&conn) {
+            self.mismatch.remove(&(due, conn));
+        }
+    }
+
+    /// The path between the worker and the gateways `on` picks was disturbed: a connection whose
+    /// subscriptions were on their way may never get them.
+    pub(super) fn disturbed(&mut self, on: impl Fn(&Proc) -> bool) {
+        let waiting: Vec<ConnectionId> = self.mismatch_of.keys().copied().collect();
+        for id in waiting {
+            if let Some(c) = self.conns.get_mut(&id)
+                && on(&c.proc)
+            {
+                c.unknown = true;
+                self.clear(id);
+            }
+        }
+    }
+
+    /// The worker died: what it decided is gone with it, and nothing is due.
+    pub(super) fn worker_died(&mut self) {
+        for c in self.conns.values_mut() {
+            c.unknown = true;
+        }
+        self.hears.clear();
+        self.mismatch.clear();
+        self.mismatch_of.clear();
+        self.orphans.clear();
+        self.orphan_of.clear();
+    }
+
+    /// Gateway process `proc` was counted gone: its connections with a session are orphans.
+    pub(super) fn gateway_gone(&mut self, proc: &Proc, bound: impl Fn(&ConnectionId) -> bool) {
+        let orphans: Vec<ConnectionId> =
+            self.conns.iter().filter(|(id, c)| c.proc == *proc && bound(id)).map(|(id, _)| *id).collect();
+        for id in orphans {
+            if let Some(c) = self.conns.get_mut(&id) {
+                c.orphan = true;
+            }
+            self.clear(id);
+        }
+    }
+
+    /// Gateway process `proc` is back: its orphans are to be closed.
+    pub(super) fn gateway_back(&mut self, at: Duration, limits: &FleetLimits, proc: &Proc) {
+        let due = at + limits.orphans_within;
+        for (id, c) in &self.conns {
+            if c.proc == *proc && c.orphan && !self.orphan_of.contains_key(id) {
+                self.orphans.insert((due, *id));
+                self.orphan_of.insert(*id, due);
+            }
+        }
+    }
+
+    /// From when the path between a connection's gateway and the worker counts as calm.
+    fn calm_from(&self, conn: &ConnectionId) -> Option<Duration> {
+        let c = self.conns.get(conn)?;
+        let path = std::iter::once(&*c.proc.host).chain(self.workers.iter().map(String::as_str));
+        self.weather.calm_from(path)
+    }
+
+    pub(super) fn check_time(&self, at: Duration, limits: &FleetLimits) -> Result<(), Violation> {
+        let late = |due: Duration, conn: &ConnectionId, within: Duration| {
+            self.calm_from(conn).is_some_and(|calm| due.max(calm + within) + limits.tolerance < at)
+        };
+        // Past due but exempt (its path is not calm) is skipped, not a stop: a gateway cut off
+        // for good must not hide the others.
+        let overdue = |set: &BTreeSet<(Duration, ConnectionId)>| {
+            set.iter()
+                .take_while(|(due, _)| *due + limits.tolerance < at)
+                .map(|(due, c)| (*due, *c))
+                .collect::<Vec<_>>()
+        };
+        let within = limits.quiet_within;
+        if let Some((due, conn)) = overdue(&self.mismatch).into_iter().find(|(due, c)| late(*due, c, within))
+        {
+            let conn = &conn;
+            let c = &self.conns[conn];
+            let subs: Vec<String> = c.subs.iter().map(|(t, r)| format!("{} {r}", t.label())).collect();
+            return violation(
+                at,
+                Some(*conn),
+                format!(
+                    "{}: subscribed to [{}], which is not what its session hears, since {:?}",
+                    c.proc,
+                    subs.join(", "),
+                    due - limits.quiet_within
+                ),
+            );
+        }
+        let within = limits.orphans_within;
+        if let Some((_, conn)) = overdue(&self.orphans).into_iter().find(|(due, c)| late(*due, c, within)) {
+            let c = &self.conns[&conn];
+            return violation(
+                at,
+                Some(conn),
+                format!(
+                    "{}: orphaned by the worker and still open {:?} after its gateway came back",
+                    c.proc, limits.orphans_within
+                ),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! The fleet's delivery invariants have teeth: each fires on a trace that breaks it, names the
+//! client or connection, and stays quiet on the same trace without the break or with a fault
+//! that excuses it.
+
+use std::time::Duration;
+
+use clientmq_chat::Fact;
+use clientmq_chat::worker::WorkerEvent;
+use clientmq_core::{ConnectionId, DisconnectPath, EventKind, RequestOutcome, Topic};
+use clientmq_sim::check::{Checker, FleetLimits, Limits};
+use clientmq_sim::trace::{Body, Change, Digest, Heard, Proc, Record, Seen, Source};
+
+const LIMITS: Limits = Limits {
+    max_connections: 10,
+    close_timeout: Duration::from_secs(5),
+    request_timeout: Duration::from_secs(15),
+    tolerance: Duration::from_millis(20),
+};
+
+const FLEET: FleetLimits = FleetLimits {
+    gone_within: Duration::from_secs(6),
+    grace: Duration::from_secs(30),
+    tolerance: Duration::from_millis(20),
+    quiet_within: Duration::from_secs(1),
+    orphans_within: Duration::from_secs(3),
+};
+
+const ROOM: &str = "r1";
+
+fn id(n: u8) -> ConnectionId {
+    format!("{}", (b'a' + n) as char).repeat(32).parse().unwrap()
+}
+
+fn at(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs)
+}
+
+fn gw(t: f64, n: u8, kind: EventKind) -> Record {
+    Record::gateway(at(t), Proc::new("gw1", 0), None, Some(id(n)), kind)
+}
+
+fn worker(t: f64, event: WorkerEvent) -> Record {
+    Record::worker(at(t), Proc::new("chat1", 0), event)
+}
+
+fn fact(t: f64, fact: Fact) -> Record {
+    worker(t, WorkerEvent::Fact(fact))
+}
+
+fn client(t: f64, conn: u32, seen: Seen) -> Record {
+    Record { at: at(t), source: Source::Client("east-0".into()), body: Body::Seen { conn, seen } }
+}
+
+fn subject(topic: Topic) -> String {
+    clientmq_bus::contract::Subjects::new("clientmq").room(topic, ROOM)
+}
+
+fn published(t: f64, digest: u32) -> Record {
+    let body =
+        Body::Published { subject: subject(Topic::Room), digest: Digest(digest), to: vec!["gw1.0".into()] };
+    Record { at: at(t), source: Source::Bus, body }
+}
+
+fn heard(t: f64, conn: u32, digest: u32) -> Record {
+    let heard = Heard {
+        topic: Topic::Room,
+        room: ROOM.into(),
+        actor: "s9".into(),
+        what: "member-joined".into(),
+        digest: Digest(digest),
+    };
+    client(t, conn, Seen::Event(heard))
+}
+
+fn subscribed(t: f64, n: u8) -> Record {
+    gw(t, n, EventKind::Subscribed { topic: Topic::Room, room: ROOM.into() })
+}
+
+fn unsubscribed(t: f64, n: u8) -> Record {
+    gw(t, n, EventKind::Unsubscribed { topic: Topic::Room, room: ROOM.into() })
+}
+
+fn answered(t: f64, n: u8, request_type: &str) -> Record {
+    let kind = EventKind::Answered {
+        request_id: "C2".into(),
+        request_type: request_type.into(),
+        outcome: RequestOutcome::Ok,
+        elapsed: Duration::ZERO,
+    };
+    gw(t, n, kind)
+}
+
+fn opened(t: f64, n: u8, open: usize) -> Record {
+    gw(t, n, EventKind::Opened { remote: "10.0.0.1".parse().unwrap(), open })
+}
+
+fn tick(t: f64) -> Record {
+    Record::sim(at(t), "tick")
+}
+
+/// Client east-0 on gw1 (connection a), session s0, joined room r1 at 1.5 s.
+fn joined() -> Vec<Record> {
+    vec![
+        worker(0.1, WorkerEvent::Bus { connected: true }),
+        opened(1.0, 0, 1),
+        client(1.0, 0, Seen::Connected { gateway: "gw1".into() }),
+        fact(1.1, Fact::Bound { conn: id(0), session: "s0".into() }),
+        client(1.2, 0, Seen::Session("s0".into())),
+        client(1.3, 0, Seen::Asked(Change::Join(ROOM.into()))),
+        fact(1.4, Fact::Hears { session: "s0".into(), topic: Topic::Room, room: ROOM.into() }),
+        subscribed(1.45, 0),
+        answered(1.45, 0, "chat.JoinRoom"),
+        client(1.5, 0, Seen::Done(Change::Join(ROOM.into()))),
+    ]
+}
+
+fn first(records: &[Record]) -> Option<String> {
+    let mut checker = Checker::new(LIMITS).with_fleet(FLEET, ["chat1".to_owned()]);
+    records.iter().find_map(|r| checker.observe(r).err()).map(|v| v.to_string())
+}
+
+fn with(extra: impl IntoIterator<Item = Record>) -> Vec<Record> {
+    let mut records = joined();
+    records.extend(extra);
+    records
+}
+
+#[test]
+fn an_event_heard_once_by_a_member_is_clean() {
+    assert_eq!(first(&with([published(2.0, 7), heard(2.1, 0, 7), tick(20.0)])), None);
+}
+
+#[test]
+fn an_event_heard_twice_is_caught() {
+    let v = first(&with([published(2.0, 7), heard(2.1, 0, 7), heard(2.2, 0, 7)])).expect("caught");
+    assert!(
+        v.contains("client east-0/0: heard room member-joined #00000007 2 times; the bus carried it 1 times"),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_event_a_member_never_hears_is_caught_after_the_delivery_bound() {
+    let v = first(&with([published(2.0, 7), tick(4.9)]));
+    assert_eq!(v, None, "not yet due");
+    let v = first(&with([published(2.0, 7), tick(5.1)])).expect("caught");
+    assert!(
+        v.contains("client east-0/0 did not hear room #00000007 of room r1 published at 2.000000s"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_fault_on_the_path_or_the_end_of_the_connection_excuses_a_missing_event() {
+    let cut = with([Record::sim(at(1.9), "partition east"), published(2.0, 7), tick(20.0)]);
+    assert_eq!(first(&cut), None);
+    let restarted = with([published(2.0, 7), Record::sim(at(2.5), "bus restarted"), tick(20.0)]);
+    assert_eq!(first(&restarted), None);
+    let ended = with([published(2.0, 7), client(2.5, 0, Seen::Ended("eof".into())), tick(20.0)]);
+    assert_eq!(first(&ended), None);
+    let closed =
+        with([published(2.0, 7), gw(2.1, 0, EventKind::CloseSent { code: 3335, reason: "x" }), tick(6.0)]);
+    assert_eq!(first(&closed), None);
+    // Settled again: due once more.
+    let settled = with([
+        Record::sim(at(1.9), "partition east"),
+        Record::sim(at(2.0), "repair east"),
+        published(8.0, 7),
+        tick(12.0),
+    ]);
+    assert!(first(&settled).expect("caught").contains("did not hear"));
+}
+
+#[test]
+fn an_event_of_a_room_the_session_left_is_caught() {
+    let left = with([
+        client(2.0, 0, Seen::Asked(Change::Leave(ROOM.into()))),
+        published(2.1, 8),
+        heard(2.15, 0, 8),
+        client(2.2, 0, Seen::Done(Change::Leave(ROOM.into()))),
+        published(2.3, 9),
+        heard(2.4, 0, 9),
+    ]);
+    let v = first(&left).expect("caught");
+    assert!(
+        v.contains("heard room member-joined #00000009 of room r1, which its session s0 did not ask to hear"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_reply_that_overtakes_its_subscription_is_caught() {
+    let mut early = joined();
+    early.retain(|r| !matches!(&r.body, Body::Gateway { kind: EventKind::Subscribed { .. }, .. }));
+    early.push(subscribed(1.46, 0));
+    let v = first(&early).expect("caught");
+    assert!(v.contains("gw1: answered chat.JoinRoom before subscribing it to room r1"), "{v}");
+}
+
+#[test]
+fn a_connection_left_subscribed_after_a_takeover_is_caught() {
+    let takeover = [
+        opened(3.0, 1, 2),
+        fact(3.1, Fact::Unbound { conn: id(0), session: "s0".into() }),
+        fact(3.1, Fact::Bound { conn: id(1), session: "s0".into() }),
+        subscribed(3.15, 1),
+    ];
+    let mut clean = with(takeover.clone());
+    clean.extend([unsubscribed(3.15, 0), tick(10.0)]);
+    assert_eq!(first(&clean), None);
+    let v = first(&with(takeover.into_iter().chain([tick(4.2)]))).expect("caught");
+    assert!(
+        v.contains(&format!(
+            "connection {}: gw1: subscribed to [room r1], which is not what its session hears",
+            id(0)
+        )),
+        "{v}"
+    );
+}
+
+#[test]
+fn an_orphan_left_open_after_its_gateway_came_back_is_caught() {
+    let back = [
+        worker(10.0, WorkerEvent::GatewayGone { gateway: "gw1.0".into(), connections: 1 }),
+        fact(10.0, Fact::Unbound { conn: id(0), session: "s0".into() }),
+        worker(12.0, WorkerEvent::GatewayBack { gateway: "gw1.0".into() }),
+    ];
+    let closed = gw(12.5, 0, EventKind::Disconnected { path: DisconnectPath::Forced, code: 3336, open: 0 });
+    assert_eq!(first(&with(back.clone().into_iter().chain([closed, tick(30.0)]))), None);
+    let v = first(&with(back.clone().into_iter().chain([tick(15.1)]))).expect("caught");
+    assert!(v.contains("orphaned by the worker and still open"), "{v}");
+    // A list lost to a cut is sent again: the bound counts from the repair.
+    let cut =
+        [Record::sim(at(12.1), "partition-bus gw1"), Record::sim(at(13.0), "repair-bus gw1"), tick(20.0)];
+    assert_eq!(first(&with(back.clone().into_iter().chain(cut.clone()))), None);
+    let v = first(&with(back.into_iter().chain(cut).chain([tick(21.1)]))).expect("caught");
+    assert!(v.contains("orphaned by the worker and still open"), "{v}");
+}
