@@ -380,7 +380,7 @@ async fn polite(who: &Who, group: &ClientGroup) {
     if !c.authenticate().await {
         return c.abandon();
     }
-    let Some(room_id) = c.enter_lobby().await else { return c.abandon() };
+    let Some(room_id) = c.enter_lobby(true).await else { return c.abandon() };
     if !c.chat(&room_id, 0..group.requests).await {
         return c.abandon();
     }
@@ -393,7 +393,8 @@ async fn polite(who: &Who, group: &ClientGroup) {
     }
 }
 
-/// A chat member as the SDK is one: it enters the lobby, chats, leaves and enters again on the
+/// A chat member as the SDK is one: it enters the lobby (subscribing to its conversation unless
+/// `requests` is a multiple of 3), chats, leaves and enters again on the
 /// same connection, takes its own session over with a second connection while the first is
 /// still open (odd `requests`), chats on, and leaves at `stay_secs`. Closed by the server with
 /// anything but 1000, 4000 or 4001, it reconnects (attempt^2 s apart, 4 attempts) and resumes
@@ -403,6 +404,8 @@ async fn member(who: &Who, group: &ClientGroup) {
     let mut session: Option<String> = None;
     let mut room: Option<String> = None;
     let mut attempt = 0u32;
+    // Some members read the history without subscribing to the conversation.
+    let listen = !group.requests.is_multiple_of(3);
     loop {
         if attempt > 0 {
             if attempt > 4 {
@@ -423,18 +426,18 @@ async fn member(who: &Who, group: &ClientGroup) {
         session = c.session_id.clone();
         let fresh = room.is_none();
         if fresh {
-            room = c.enter_lobby().await;
+            room = c.enter_lobby(listen).await;
         }
         let Some(room_id) = room.clone() else { return c.abandon() };
         if fresh {
             let ok = c.chat(&room_id, 0..group.requests).await
                 && c.leave(&room_id).await
-                && c.enter_lobby().await.is_some();
+                && c.enter_lobby(listen).await.is_some();
             if !ok {
                 c.abandon();
                 continue;
             }
-            if group.requests % 2 == 1 {
+            if !group.requests.is_multiple_of(2) {
                 c = c.take_over().await;
             }
             if !c.chat(&room_id, group.requests..group.requests * 2).await {
@@ -509,8 +512,9 @@ impl Client {
         next
     }
 
-    /// Creates the room `lobby` (or finds it), joins it and subscribes to its conversation.
-    async fn enter_lobby(&mut self) -> Option<String> {
+    /// Creates the room `lobby` (or finds it), joins it and fetches its conversation, subscribing
+    /// to it if `listen`.
+    async fn enter_lobby(&mut self, listen: bool) -> Option<String> {
         let session = self.session_id.clone().unwrap_or_default();
         let room = chat::Room {
             alias: Some("lobby".into()),
@@ -540,15 +544,20 @@ impl Client {
         if status_of(&joined).as_deref() != Some("ok") {
             return None;
         }
+        let options = if listen { vec![chat::RoomConversationOption::Subscribe as i32] } else { Vec::new() };
         let fetch = chat::FetchRoomConversation {
             session_id: session,
             room_id: room_id.clone(),
             limit: 10,
-            options: vec![chat::RoomConversationOption::Subscribe as i32],
+            options,
             ..Default::default()
         };
-        let change = Change::Listen(room_id.clone());
-        self.change(change, "chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
+        if listen {
+            let change = Change::Listen(room_id.clone());
+            self.change(change, "chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
+        } else {
+            self.call("chat.FetchRoomConversation", fetch.encode_to_vec()).await?;
+        }
         Some(room_id)
     }
 }

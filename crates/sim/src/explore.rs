@@ -113,11 +113,46 @@ pub fn scenario_for(seed: u64) -> Scenario {
     };
     // A separate stream, so a seed's single-gateway scenario stays what it was without fleets.
     let mut fleet_rng = StdRng::seed_from_u64(clientmq_core::seed::derive(seed, "explore/fleet"));
+    let mut lose_orphans = false;
     if fleet_rng.random_bool(0.35) {
         make_fleet(&mut scenario, &mut fleet_rng);
+        lose_orphans = fleet_rng.random_bool(0.5);
     }
     aim_restarts(&mut scenario, &mut rng);
+    if lose_orphans {
+        aim_orphans_loss(&mut scenario, &mut fleet_rng);
+    }
     scenario
+}
+
+/// Cuts a gateway or the worker off the bus again just as the worker tells a returning gateway
+/// its orphans (found by running the scenario once): the list or its answer is lost, and only
+/// sending it again closes the orphans. Uniform instants almost never hit that moment.
+fn aim_orphans_loss(scenario: &mut Scenario, rng: &mut StdRng) {
+    let cuts_a_gateway = scenario
+        .timeline
+        .iter()
+        .any(|s| matches!(&s.action, Action::PartitionBus { host } if host.starts_with("gw")));
+    let Some(fleet) = scenario.fleet.clone() else { return };
+    if !cuts_a_gateway {
+        return;
+    }
+    let back = crate::run(scenario).records.into_iter().find_map(|r| match r.body {
+        crate::trace::Body::Worker(clientmq_chat::worker::WorkerEvent::GatewayBack { gateway }) => {
+            Some((r.at, gateway))
+        }
+        _ => None,
+    });
+    let Some((at, gateway)) = back else { return };
+    let host = match rng.random_bool(0.5) {
+        true => gateway.rsplit_once('.').map_or(gateway.clone(), |(host, _)| host.to_owned()),
+        false => fleet.worker_hosts()[0].clone(),
+    };
+    let tick = TICK_MS as f64 / 1000.0;
+    let at_secs = at.as_secs_f64() + tick * rng.random_range(0..3) as f64;
+    let back_secs = (at_secs + rng.random_range(0.5..4.0_f64)).min(89.0);
+    scenario.timeline.push(Step { at_secs, action: Action::PartitionBus { host: host.clone() } });
+    scenario.timeline.push(Step { at_secs: back_secs, action: Action::RepairBus { host } });
 }
 
 /// Turns an explored scenario into a fleet: 2 or 3 gateways and a chat worker on the bus,
@@ -277,6 +312,8 @@ pub struct Failure {
 /// What an explore run found.
 #[derive(Debug, Default)]
 pub struct Report {
+    /// Seeds that reached each of [`crate::reach::Reach::NAMES`].
+    pub reached: [u64; 4],
     pub passed: u64,
     pub failures: Vec<Failure>,
     pub restarts_busy: usize,
@@ -310,7 +347,11 @@ pub fn explore(opts: &ExploreOpts, options: &RunOptions, progress: bool) -> Repo
                         }
                         shrink::shrink(&scenario, f, options, opts.shrink_budget)
                     });
+                    let reach = crate::reach::reached(&outcome.records).hits();
                     let mut r = report.lock().expect("report lock");
+                    for (n, hit) in r.reached.iter_mut().zip(reach) {
+                        *n += u64::from(hit);
+                    }
                     r.restarts += restarts;
                     r.restarts_busy += outcome.busy_restarts;
                     match (failed, shrunk) {
@@ -397,6 +438,12 @@ pub fn main(opts: &ExploreOpts) -> ExitCode {
         report.restarts_busy,
         report.restarts
     );
+    let reached: Vec<String> = crate::reach::Reach::NAMES
+        .iter()
+        .zip(report.reached)
+        .map(|(name, n)| format!("{name} {n} ({:.0} per 10,000)", n as f64 * 10_000.0 / ran.max(1) as f64))
+        .collect();
+    println!("reached: {}", reached.join(", "));
     if report.failures.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 

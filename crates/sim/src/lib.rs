@@ -12,6 +12,7 @@ pub mod check;
 pub mod client;
 pub mod explore;
 pub mod plot;
+pub mod reach;
 pub mod run;
 pub mod scenario;
 pub mod shrink;

@@ -132,7 +132,10 @@ pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
         let observer = trace.clone().map(|trace| -> RouteObserver {
             let subjects = Subjects::new(PREFIX);
             Arc::new(move |msg: &BusMessage, to: Vec<String>| {
-                if subjects.parse_room(&msg.subject).is_some() {
+                // Orphans lists and their answers too: whether one was lost is what explore
+                // reports reaching.
+                let orphans = msg.subject.ends_with(".orphans") || msg.subject.contains(".orphans.");
+                if subjects.parse_room(&msg.subject).is_some() || orphans {
                     let ty = msg.header(TYPE).unwrap_or_default();
                     let digest = Digest::of(ty, &msg.payload);
                     let body = Body::Published { subject: msg.subject.clone(), digest, to };
