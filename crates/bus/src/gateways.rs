@@ -31,6 +31,8 @@ struct RemoteGateway {
     /// that very message.
     told: Option<(Instant, u64, Vec<ConnectionId>)>,
     sent_lists: u64,
+    /// Its last sync reached nobody (no responders): ask again at its next announcement.
+    sync_lost: bool,
 }
 
 impl RemoteGateway {
@@ -42,6 +44,7 @@ impl RemoteGateway {
             orphans: BTreeSet::new(),
             told: None,
             sent_lists: 0,
+            sync_lost: false,
         }
     }
 }
@@ -149,8 +152,9 @@ impl Gateways {
         gateway.last_seen = now;
         let reconnected = gateway.epoch.is_some() && gateway.epoch != epoch;
         gateway.epoch = epoch;
+        let sync_lost = std::mem::take(&mut gateway.sync_lost);
         let mut publish = Vec::new();
-        if reconnected {
+        if reconnected || sync_lost {
             // It was away from the bus: its disconnect notices of that time may be lost.
             publish.extend(self.sync(&g));
         }
@@ -199,6 +203,17 @@ impl Gateways {
             Some("orphans") => tail.rsplit_once('.').map_or((tail, None), |(g, n)| (g, Some(n))),
             _ => (tail, None),
         };
+        if msg.status.is_some() {
+            // The server's "no responders": the gateway was not subscribed when the list came
+            // (it is reconnecting and its subscriptions are not back yet). Not an answer: an
+            // orphans list goes again after RESEND_AFTER, a sync at the next announcement.
+            if kind == Some("sync")
+                && let Some(gateway) = self.gateways.get_mut(g)
+            {
+                gateway.sync_lost = true;
+            }
+            return Answered::Unknown;
+        }
         match kind {
             Some("sync") => Answered::Sync(
                 contract::parse_ids(&msg.payload)
@@ -294,6 +309,10 @@ mod tests {
         let again = gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER).unwrap().publish;
         let reply = again[0].reply.clone().unwrap();
         assert_eq!(reply, "p.wk.w1.orphans.gw1.x.2");
+        // The server's no-responders status on the reply subject is no acknowledgement.
+        let mut nobody = BusMessage::new("p.wk.w1.orphans.gw1.x.2", Vec::new());
+        nobody.status = Some(crate::NO_RESPONDERS);
+        assert_eq!(gws.answered(&nobody), Answered::Unknown, "so the list goes again below");
         // An acknowledgement of the first list changes nothing; of the last, ends the telling.
         let ack = |n: u64| BusMessage::new(format!("p.wk.w1.orphans.gw1.x.{n}"), Vec::new());
         assert_eq!(gws.answered(&ack(1)), Answered::Orphans);
@@ -319,6 +338,14 @@ mod tests {
         // Only connections still routed through the answering gateway are ended.
         let answer = BusMessage::new("p.wk.w1.sync.gw1.x", contract::ids_payload(&[conn(1), conn(2)]));
         assert_eq!(gws.answered(&answer), Answered::Sync(vec![conn(1)]));
+        // A sync that reached nobody (no responders) is sent again at the next announcement.
+        assert!(gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish.is_empty());
+        let mut nobody = BusMessage::new("p.wk.w1.sync.gw1.x", Vec::new());
+        nobody.status = Some(crate::NO_RESPONDERS);
+        assert_eq!(gws.answered(&nobody), Answered::Unknown);
+        let again = gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish;
+        assert_eq!(again.len(), 1, "{again:?}");
+        assert!(gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish.is_empty(), "once");
         assert_eq!(gws.answered(&BusMessage::new("p.wk.w1.other.gw1.x", Vec::new())), Answered::Unknown);
         // The worker back from an absence: every gateway's silence starts again, each is asked.
         let later = t0 + GATEWAY_SILENT_AFTER * 2;
