@@ -227,6 +227,9 @@ fn an_orphan_left_open_after_its_gateway_came_back_is_caught() {
     ];
     let closed = gw(12.5, 0, EventKind::Disconnected { path: DisconnectPath::Forced, code: 3336, open: 0 });
     assert_eq!(first(&with(back.clone().into_iter().chain([closed, tick(30.0)]))), None);
+    // Closed with 3336 by its gateway: done, whether or not the client answers the close.
+    let closing = gw(12.5, 0, EventKind::CloseSent { code: 3336, reason: "session-lost" });
+    assert_eq!(first(&with(back.clone().into_iter().chain([closing, tick(17.0)]))), None);
     let v = first(&with(back.clone().into_iter().chain([tick(15.1)]))).expect("caught");
     assert!(v.contains("orphaned by the worker and still open"), "{v}");
     // A list lost to a cut is sent again: the bound counts from the repair.

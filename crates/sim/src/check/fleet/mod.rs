@@ -180,6 +180,7 @@ impl FleetCheck {
         match kind {
             EventKind::Opened { .. } => self.subs.opened(proc, conn),
             EventKind::Disconnected { .. } => self.subs.ended(conn),
+            EventKind::CloseSent { .. } => self.subs.closing(conn),
             EventKind::Subscribed { topic, room } => {
                 self.subs.subscribed(at, &self.limits, conn, (*topic, room.clone()), true, session)
             }

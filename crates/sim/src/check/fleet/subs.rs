@@ -11,9 +11,9 @@
 //!   or settling ([`Weather`]), the worker died since it opened (what it knew is gone), or its
 //!   gateway was counted gone (the next rule's business).
 //! - **Orphans are closed.** A connection whose gateway was counted gone while it had a session
-//!   ends within [`FleetLimits::orphans_within`] of its gateway's return, counted from when the
-//!   path between the gateway and the worker is calm again, whatever lists or answers the bus
-//!   lost on the way.
+//!   is closed (or ends) within [`FleetLimits::orphans_within`] of its gateway's return, counted
+//!   from when the path between the gateway and the worker is calm again, whatever lists or
+//!   answers the bus lost on the way.
 //!
 //! [`Fact::Hears`]: clientmq_chat::Fact::Hears
 //! [`Fact::Left`]: clientmq_chat::Fact::Left
@@ -64,6 +64,14 @@ impl Subs {
     pub(super) fn ended(&mut self, conn: ConnectionId) {
         self.conns.remove(&conn);
         self.clear(conn);
+        if let Some(due) = self.orphan_of.remove(&conn) {
+            self.orphans.remove(&(due, conn));
+        }
+    }
+
+    /// The gateway is closing the connection (3336 for an orphan): owed nothing more, whether
+    /// or not the client answers its close frame.
+    pub(super) fn closing(&mut self, conn: ConnectionId) {
         if let Some(due) = self.orphan_of.remove(&conn) {
             self.orphans.remove(&(due, conn));
         }
