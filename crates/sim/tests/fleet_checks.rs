@@ -161,6 +161,25 @@ fn a_fault_on_the_path_or_the_end_of_the_connection_excuses_a_missing_event() {
     let closed =
         with([published(2.0, 7), gw(2.1, 0, EventKind::CloseSent { code: 3335, reason: "x" }), tick(6.0)]);
     assert_eq!(first(&closed), None);
+    // A resume whose connection its gateway closes before the client has the answer.
+    let resume = |close: bool| {
+        let mut r = with([
+            opened(3.0, 1, 2),
+            client(3.0, 1, Seen::Connected { gateway: "gw1".into() }),
+            client(3.0, 1, Seen::Resume("s0".into())),
+            fact(3.1, Fact::Unbound { conn: id(0), session: "s0".into() }),
+            fact(3.1, Fact::Bound { conn: id(1), session: "s0".into() }),
+            unsubscribed(3.12, 0),
+            subscribed(3.12, 1),
+        ]);
+        if close {
+            r.push(gw(3.15, 1, EventKind::CloseSent { code: 3335, reason: "x" }));
+        }
+        r.extend([client(3.2, 1, Seen::Session("s0".into())), published(4.0, 7), tick(7.5)]);
+        r
+    };
+    assert_eq!(first(&resume(true)), None);
+    assert!(first(&resume(false)).expect("caught").contains("client east-0/1 did not hear"));
     // Settled again: due once more.
     let settled = with([
         Record::sim(at(1.9), "partition east"),

@@ -62,8 +62,11 @@ pub struct HearingCheck {
     /// What each session asked to hear, and since when for sure (its answer came).
     wants: BTreeMap<String, BTreeMap<Subject, Option<Duration>>>,
     published: BTreeMap<Digest, u32>,
-    /// Which gateway connection holds each session, by the worker's facts.
+    /// Which gateway connection holds each session, by the worker's facts, both ways.
     conn_session: BTreeMap<ConnectionId, String>,
+    session_conn: BTreeMap<String, ConnectionId>,
+    /// Connections their gateway is closing (or closed).
+    closing: BTreeSet<ConnectionId>,
     due: BTreeSet<(Duration, u64)>,
     dues: BTreeMap<u64, Due>,
     next_due: u64,
@@ -77,6 +80,8 @@ impl HearingCheck {
             wants: BTreeMap::new(),
             published: BTreeMap::new(),
             conn_session: BTreeMap::new(),
+            session_conn: BTreeMap::new(),
+            closing: BTreeSet::new(),
             due: BTreeSet::new(),
             dues: BTreeMap::new(),
             next_due: 0,
@@ -150,9 +155,11 @@ impl HearingCheck {
                     }
                 }
                 self.forget_dues(|d| others.contains(&d.listener));
+                // Its gateway may have started closing it before the answer got here.
+                let closing = self.session_conn.get(session).is_some_and(|c| self.closing.contains(c));
                 if let Some(l) = self.listeners.get_mut(&id) {
                     l.session = Some(session.clone());
-                    l.holds_since = Some(at);
+                    l.holds_since = (!closing).then_some(at);
                 }
             }
             Seen::Asked(change) => {
@@ -239,6 +246,7 @@ impl HearingCheck {
     /// The gateway closes a connection: whoever holds its session is owed nothing more (a
     /// slow consumer's close may never reach it).
     pub fn closing(&mut self, conn: ConnectionId) {
+        self.closing.insert(conn);
         let Some(session) = self.conn_session.get(&conn).cloned() else { return };
         let held: Vec<ListenerId> = (self.listeners.iter())
             .filter(|(_, l)| l.session.as_ref() == Some(&session) && l.holds_since.is_some())
@@ -252,10 +260,14 @@ impl HearingCheck {
         let session = match fact {
             Fact::Bound { conn, session } => {
                 self.conn_session.insert(*conn, session.clone());
+                self.session_conn.insert(session.clone(), *conn);
                 return;
             }
             Fact::Unbound { conn, session } => {
                 self.conn_session.remove(conn);
+                if self.session_conn.get(session) == Some(conn) {
+                    self.session_conn.remove(session);
+                }
                 session
             }
             Fact::Ended { session } => session,
