@@ -112,3 +112,68 @@ pub fn reached(records: &[Record]) -> Reach {
         restarts.iter().any(|t| endings.iter().any(|e| e.abs_diff(*t) <= ENDING_WITHIN));
     reach
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::Digest;
+
+    fn at(ms: u64) -> Duration {
+        Duration::from_millis(ms)
+    }
+
+    fn id(c: char) -> ConnectionId {
+        c.to_string().repeat(32).parse().unwrap()
+    }
+
+    fn gw(ms: u64, conn: char, kind: EventKind) -> Record {
+        Record::gateway(at(ms), Proc::new("gw1", 0), None, Some(id(conn)), kind)
+    }
+
+    fn seen(ms: u64, conn: u32, seen: Seen) -> Record {
+        Record { at: at(ms), source: Source::Client("m-0".into()), body: Body::Seen { conn, seen } }
+    }
+
+    fn published(ms: u64, subject: &str) -> Record {
+        let body = Body::Published { subject: subject.into(), digest: Digest(1), to: Vec::new() };
+        Record { at: at(ms), source: Source::Bus, body }
+    }
+
+    #[test]
+    fn each_hard_state_is_recognised_and_only_when_it_happens() {
+        let sub = |ms, c, on: bool| {
+            let (topic, room) = (Topic::Room, "r".to_owned());
+            let kind = if on {
+                EventKind::Subscribed { topic, room }
+            } else {
+                EventKind::Unsubscribed { topic, room }
+            };
+            gw(ms, c, kind)
+        };
+        let records = vec![
+            published(100, "p.gw.gw1.0.orphans"),
+            published(200, "p.wk.w.orphans.gw1.0.1"),
+            seen(300, 0, Seen::Connected { gateway: "gw1".into() }),
+            seen(400, 0, Seen::Session("s".into())),
+            sub(500, 'a', true),
+            sub(600, 'a', false),
+            sub(3000, 'a', true),
+        ];
+        assert_eq!(reached(&records), Reach::default(), "answered, no takeover, re-joined late");
+        let mut hard = records;
+        hard.extend([
+            published(4000, "p.gw.gw1.0.orphans"),
+            seen(4100, 1, Seen::Connected { gateway: "gw1".into() }),
+            seen(4200, 1, Seen::Session("s".into())),
+            sub(4300, 'a', false),
+            sub(5000, 'a', true),
+            Record::sim(at(6000), "bus restarted"),
+            gw(
+                6500,
+                'a',
+                EventKind::Disconnected { path: clientmq_core::DisconnectPath::Forced, code: 1001, open: 0 },
+            ),
+        ]);
+        assert_eq!(reached(&hard).hits(), [true; 4]);
+    }
+}
