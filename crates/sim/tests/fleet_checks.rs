@@ -251,6 +251,15 @@ fn an_orphan_left_open_after_its_gateway_came_back_is_caught() {
     assert_eq!(first(&with(back.clone().into_iter().chain([closing, tick(17.0)]))), None);
     let v = first(&with(back.clone().into_iter().chain([tick(15.1)]))).expect("caught");
     assert!(v.contains("orphaned by the worker and still open"), "{v}");
+    // The worker that counted it gone died: the next one knows no orphans of it.
+    let forgotten = [
+        worker(10.0, WorkerEvent::GatewayGone { gateway: "gw1.0".into(), connections: 1 }),
+        fact(10.0, Fact::Unbound { conn: id(0), session: "s0".into() }),
+        Record::sim(at(10.01), "chat1 restarted"),
+        Record::worker(at(30.0), Proc::new("chat1", 1), WorkerEvent::GatewayBack { gateway: "gw1.0".into() }),
+        tick(40.0),
+    ];
+    assert_eq!(first(&with(forgotten)), None);
     // A list lost to a cut is sent again: the bound counts from the repair.
     let cut =
         [Record::sim(at(12.1), "partition-bus gw1"), Record::sim(at(13.0), "repair-bus gw1"), tick(20.0)];

@@ -198,6 +198,8 @@ impl Subs {
     pub(super) fn worker_died(&mut self) {
         for c in self.conns.values_mut() {
             c.unknown = true;
+            // Its orphans died with it: the next worker tells a returning gateway only its own.
+            c.orphan = false;
         }
         self.hears.clear();
         self.mismatch.clear();
