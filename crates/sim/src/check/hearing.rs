@@ -317,14 +317,11 @@ impl HearingCheck {
         self.listeners.get(id).and_then(|l| l.session.clone())
     }
 
+    /// Forgets the listeners `ended` picks, with what they were due (dues exist only for
+    /// listeners still known).
     fn end(&mut self, ended: impl Fn(&ListenerId) -> bool) {
         self.listeners.retain(|id, _| !ended(id));
-        let listeners = &self.listeners;
-        let gone: Vec<u64> =
-            self.dues.iter().filter(|(_, d)| !listeners.contains_key(&d.listener)).map(|(n, _)| *n).collect();
-        for n in gone {
-            self.forget(n);
-        }
+        self.forget_dues(|d| ended(&d.listener));
     }
 
     fn forget_dues(&mut self, which: impl Fn(&Due) -> bool) {
