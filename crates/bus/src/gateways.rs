@@ -148,9 +148,15 @@ impl Gateways {
         let g = self.subjects.parse_alive(&msg.subject)?.to_owned();
         let revived = self.revive(&g);
         let epoch = msg.header(header::BUS_EPOCH).and_then(|e| e.parse::<u64>().ok());
+        let routed_here = self.routes.values().any(|r| *r == g);
         let gateway = self.seen(&g, now);
         gateway.last_seen = now;
-        let reconnected = gateway.epoch.is_some() && gateway.epoch != epoch;
+        let reconnected = match gateway.epoch {
+            Some(known) => Some(known) != epoch,
+            // Heard so far only through requests (this worker started after its last
+            // announcement): past its first bus connection, it may have reconnected since them.
+            None => routed_here && epoch.is_some_and(|e| e > 1),
+        };
         gateway.epoch = epoch;
         let sync_lost = std::mem::take(&mut gateway.sync_lost);
         let mut publish = Vec::new();
@@ -352,5 +358,23 @@ mod tests {
         assert_eq!(gws.silent(later), ["gw1.x", "gw2.x"]);
         assert_eq!(gws.worker_back(later).len(), 2);
         assert!(gws.silent(later).is_empty());
+    }
+
+    #[test]
+    fn a_gateway_known_only_by_its_requests_is_asked_for_a_sync_when_first_heard_on_a_later_epoch() {
+        let s = Subjects::new("p");
+        let mut gws = Gateways::new(s.clone(), "w1");
+        let t0 = Instant::now();
+        // Requests but no announcement yet: its epoch when they were sent is unknown.
+        gws.request_from("gw1.x", conn(1), t0);
+        gws.request_from("gw2.x", conn(2), t0);
+        let sync = gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish;
+        assert_eq!(sync.len(), 1, "{sync:?}");
+        assert_eq!(contract::parse_ids(&sync[0].payload), [conn(1)]);
+        assert!(gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish.is_empty(), "once");
+        // Still on its first connection: nothing can have been lost.
+        assert!(gws.announced(&announce(&s, "gw2.x", 1), t0).unwrap().publish.is_empty());
+        // Never heard before at all: nothing to ask about.
+        assert!(gws.announced(&announce(&s, "gw3.x", 5), t0).unwrap().publish.is_empty());
     }
 }
