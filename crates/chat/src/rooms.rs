@@ -42,6 +42,29 @@ impl ChatState {
         self.outbox.push(event);
     }
 
+    /// Tells the room that a member arrived (`before` none), changed, or left (`after` none),
+    /// as the others see it: a member that becomes announced (an audience member made presenter)
+    /// joins, one that stops being announced leaves, an unannounced one is not heard of.
+    fn announce_change(
+        &mut self,
+        actor: &str,
+        room_id: &str,
+        before: Option<&chat::Member>,
+        after: Option<&chat::Member>,
+    ) {
+        let room = &self.rooms[room_id];
+        let before = before.filter(|m| room.announced(m));
+        let after = after.filter(|m| room.announced(m));
+        let (kind, member) = match (before, after) {
+            (None, Some(m)) => (RoomEventType::MemberJoined, m),
+            (Some(_), Some(m)) => (RoomEventType::MemberUpdated, m),
+            (Some(m), None) => (RoomEventType::MemberLeft, m),
+            (None, None) => return,
+        };
+        let member = member.clone();
+        self.emit_room_event(actor, room_id, kind, vec![member]);
+    }
+
     fn set_idle(&mut self, room_id: &str, idle: bool) {
         let until = self.now + self.config.room_idle;
         let Some(room) = self.rooms.get_mut(room_id) else { return };
@@ -84,8 +107,15 @@ impl ChatState {
         if let Some(alias) = alias {
             self.aliases.insert(alias, id.clone());
         }
-        let room =
-            Room { info: info.clone(), members: BTreeMap::new(), history: VecDeque::new(), idle_until: None };
+        // Fixed at creation: a later type change does not make a silent audience heard.
+        let broadcast = [chat::RoomType::Channel as i32, chat::RoomType::TownHall as i32];
+        let room = Room {
+            info: info.clone(),
+            members: BTreeMap::new(),
+            quiet_audience: broadcast.contains(&info.r#type),
+            history: VecDeque::new(),
+            idle_until: None,
+        };
         self.rooms.insert(id.clone(), room);
         // Nobody is in it yet: it is forgotten unless someone joins.
         self.set_idle(&id, true);
@@ -99,7 +129,7 @@ impl ChatState {
                 chat::GetRoomInfoResponse {
                     status: status::OK.to_owned(),
                     room: Some(room.info.clone()),
-                    members: room.members.values().cloned().collect(),
+                    members: room.listed(),
                     options: Vec::new(),
                 }
             }
@@ -139,7 +169,7 @@ impl ChatState {
                 self.set_idle(&room_id, false);
                 // Subscribed first: the member hears its own arrival and everything after it.
                 self.subscribe_connection(session, Topic::Room, &room_id);
-                self.emit_room_event(session, &room_id, RoomEventType::MemberJoined, vec![member.clone()]);
+                self.announce_change(session, &room_id, None, Some(&member));
             }
             // Joining again (the SDK re-enters after a reconnect): an update, if anything changed.
             Some(old) => {
@@ -151,12 +181,7 @@ impl ChatState {
                         .expect("found")
                         .members
                         .insert(session.to_owned(), member.clone());
-                    self.emit_room_event(
-                        session,
-                        &room_id,
-                        RoomEventType::MemberUpdated,
-                        vec![member.clone()],
-                    );
+                    self.announce_change(session, &room_id, Some(old), Some(&member));
                 }
             }
         }
@@ -164,7 +189,7 @@ impl ChatState {
         chat::JoinRoomResponse {
             status: status::OK.to_owned(),
             room: Some(room.info.clone()),
-            members: room.members.values().cloned().collect(),
+            members: room.listed(),
             options: Vec::new(),
             self_: room.members.get(session).cloned(),
         }
@@ -202,7 +227,7 @@ impl ChatState {
         let Some(member) = room.members.remove(session) else { return };
         let empty = room.members.is_empty();
         let left = chat::Member { last_update: now_ms, ..member };
-        self.emit_room_event(session, room_id, RoomEventType::MemberLeft, vec![left]);
+        self.announce_change(session, room_id, Some(&left), None);
         if empty {
             self.set_idle(room_id, true);
         }
@@ -237,6 +262,7 @@ impl ChatState {
         let Some(member) = room.members.get_mut(&target) else {
             return answer(status::NOT_IN_ROOM);
         };
+        let before = member.clone();
         if let Some(name) = update.screen_name {
             member.screen_name = name;
         }
@@ -251,7 +277,7 @@ impl ChatState {
         }
         member.last_update = now_ms;
         let updated = member.clone();
-        self.emit_room_event(session, &room_id, RoomEventType::MemberUpdated, vec![updated]);
+        self.announce_change(session, &room_id, Some(&before), Some(&updated));
         chat::UpdateMemberResponse { status: status::OK.to_owned(), last_update: Some(now_ms) }
     }
 

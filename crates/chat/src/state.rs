@@ -45,9 +45,25 @@ pub(super) struct Room {
     /// `room_id` is always set.
     pub info: chat::Room,
     pub members: BTreeMap<String, chat::Member>,
+    /// A broadcast room (created as a channel or town hall): its audience is not announced or
+    /// listed, or every join would cost a frame to every member (see [`Room::announced`]).
+    pub quiet_audience: bool,
     pub history: VecDeque<chat::ChatMessage>,
     /// When it is forgotten if still empty.
     pub idle_until: Option<Instant>,
+}
+
+impl Room {
+    /// Whether the other members hear of `member` (its joins, changes and departure) and see it
+    /// in member lists: everyone but the audience of a broadcast room.
+    pub fn announced(&self, member: &chat::Member) -> bool {
+        !(self.quiet_audience && member.role == chat::MemberRole::Audience as i32)
+    }
+
+    /// The members others see, in session order.
+    pub fn listed(&self) -> Vec<chat::Member> {
+        self.members.values().filter(|m| self.announced(m)).cloned().collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -538,4 +538,5 @@ fn the_same_seed_gives_the_same_ids() {
     assert_eq!(ids(), ids());
 }
 
+mod broadcast;
 mod subscriptions;
