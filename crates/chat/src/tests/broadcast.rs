@@ -31,7 +31,7 @@ fn a_channels_audience_is_neither_announced_nor_listed_but_hears_everything() {
     let (sp, sv, sw) = (f.login(p), f.login(v), f.login(w));
     let id = create_typed(&mut f, p, chat::RoomType::Channel);
     let presenter = join_as(&mut f, p, &id, as_role("host", chat::MemberRole::Presenter));
-    assert_eq!(listed(&presenter), [sp.clone()]);
+    assert_eq!(listed(&presenter), vec![sp.clone()]);
     assert_eq!(f.room_events(), vec![(id.clone(), RoomEventType::MemberJoined, vec![sp.clone()])]);
 
     // Viewers join quietly: each sees the presenter and itself (as `self`), nobody hears of them.
@@ -42,7 +42,7 @@ fn a_channels_audience_is_neither_announced_nor_listed_but_hears_everything() {
     assert_eq!(f.state.members(&id), sorted([sp.clone(), sv.clone(), sw.clone()]), "members all the same");
     let info: chat::GetRoomInfoResponse =
         f.call(v, "chat.GetRoomInfo", chat::GetRoomInfo { room_id: Some(id.clone()), ..Default::default() });
-    assert_eq!(info.members.iter().map(|m| m.session_id.clone()).collect::<Vec<_>>(), [sp.clone()]);
+    assert_eq!(info.members.iter().map(|m| m.session_id.clone()).collect::<Vec<_>>(), vec![sp.clone()]);
 
     // The audience hears the conversation like anyone.
     assert!(f.fetch(v, &id, 10, None, None).is_empty());
