@@ -41,8 +41,14 @@ review:
 # Benchmarks against a tokio-tungstenite echo baseline and a Node gateway of the seed's design
 # (bench/seed-gateway: needs node and npm), and simulator speed; writes BENCHMARKS.md.
 bench *ARGS:
-    cargo build --release -p clientmq-server -p clientmq-bench -p clientmq-sim
+    cargo build --release -p clientmq-server -p clientmq-chat -p clientmq-bench -p clientmq-sim
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ulimit -n; ./target/release/clientmq-load suite --sim-bin target/release/clientmq-sim --out BENCHMARKS.md {{ARGS}}
+
+# Only the fan-out figures (rooms of members, one publisher) against clientmq, a bare fan-out
+# baseline, the Node seed and clientmq on NATS; rewrites their own block of BENCHMARKS.md.
+bench-fanout *ARGS:
+    cargo build --release -p clientmq-server -p clientmq-chat -p clientmq-bench
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ./target/release/clientmq-load suite --only-fanout --out BENCHMARKS.md --command "just bench-fanout" {{ARGS}}
 
 # Fuzz the codec, the EdgeAuth verifier and the HTTP head reader: CASES each, on one core.
 fuzz CASES="10000000":

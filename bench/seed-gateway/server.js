@@ -262,6 +262,8 @@ class Connection {
         // Set once the gateway started closing; frames that still arrive are dropped.
         this.closing = false;
         this.ended = false;
+        // Fan-out rooms it subscribed to (benchmark only).
+        this.rooms = null;
     }
 }
 
@@ -282,8 +284,13 @@ function onPong() {
 }
 
 function onClose(code, reason) {
-    this[CONNECTION].adapter.ended(this[CONNECTION].connection, code, reason.toString());
+    const {connection} = this[CONNECTION];
+    for (const room of connection.rooms ?? []) rooms.get(room)?.delete(this);
+    this[CONNECTION].adapter.ended(connection, code, reason.toString());
 }
+
+/** Fan-out rooms of the plain protocol: name -> Set of sockets. */
+const rooms = new Map();
 
 function onError(error) {
     // ws closes the socket after an error; `close` follows and ends the connection.
@@ -327,6 +334,8 @@ class Adapter {
     /** One text (base64) or binary frame from the client. */
     frame(connection, data, isBinary) {
         if (connection.closing || connection.ended) return dropped('not-open');
+        // `sub:`/`pub:` (':' is no base64 letter, so no request starts like this).
+        if (!isBinary && data.length > 4 && data[3] === 0x3a) return this.fanout(connection, data.toString());
         let message;
         try {
             const bytes = isBinary ? data : Buffer.from(data.toString('latin1'), 'base64');
@@ -345,6 +354,30 @@ class Adapter {
                 return dropped('client-event');
             default:
                 return dropped('unknown-message-type');
+        }
+    }
+
+    /**
+     * The fan-out benchmark's plain protocol (clientmq-load fanout --plain), broadcast the way
+     * Node servers do it: `sub:ROOM` puts the socket in a room (echoed once done), `pub:ROOM:FRAME`
+     * sends FRAME to every socket of the room in a loop over `ws` clients.
+     */
+    fanout(connection, text) {
+        const [verb, rest] = [text.slice(0, 3), text.slice(4)];
+        if (verb === 'sub') {
+            let room = rooms.get(rest);
+            if (!room) rooms.set(rest, (room = new Set()));
+            room.add(connection.ws);
+            (connection.rooms ??= []).push(rest);
+            connection.ws.send(text);
+        } else if (verb === 'pub') {
+            const at = rest.indexOf(':');
+            const room = rooms.get(rest.slice(0, at));
+            if (!room) return;
+            const frame = rest.slice(at + 1);
+            for (const ws of room) ws.send(frame);
+        } else {
+            dropped('malformed');
         }
     }
 

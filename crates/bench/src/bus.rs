@@ -146,7 +146,7 @@ fn row(figure: &str, values: &[Vec<f64>; 3], decimals: usize) -> BusRow {
 
 /// Waits until a request through `gateway` is answered by the worker (not `mq.Error`): the
 /// gateway is on the bus and the worker has subscribed.
-async fn answered_through(gateway: &Target) -> Result<(), String> {
+pub(crate) async fn answered_through(gateway: &Target) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + READY_WITHIN;
     let mut last = String::from("no answer");
     while tokio::time::Instant::now() < deadline {

@@ -17,6 +17,7 @@
 
 pub mod bus;
 pub mod churn;
+pub mod fanout;
 pub mod frame;
 pub mod idle;
 pub mod plan;

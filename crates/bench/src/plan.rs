@@ -26,6 +26,9 @@ pub struct SuiteOpts {
     pub idle_hold: Duration,
     pub churn_concurrency: usize,
     pub explore_seeds: u64,
+    /// Which parts run: the main block (requests, churn, bus, idle, simulator) and fan-out.
+    pub main: bool,
+    pub fanout: bool,
     /// The command line recorded in the file.
     pub command: String,
 }

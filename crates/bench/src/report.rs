@@ -9,6 +9,9 @@ pub const SYSTEMS: [&str; 3] = ["embedded backend", "NATS, 1 gateway", "NATS, 2 
 
 pub const BEGIN: &str = "<!-- bench:begin (written by `just bench`; edit outside these markers) -->";
 pub const END: &str = "<!-- bench:end -->";
+/// The fan-out block has markers of its own: `just bench-fanout` rewrites it alone.
+pub const FANOUT_BEGIN: &str = "<!-- fanout:begin (written by `just bench`; edit outside these markers) -->";
+pub const FANOUT_END: &str = "<!-- fanout:end -->";
 
 /// One figure, measured on clientmq and (where it applies) on the echo baseline and on the Node
 /// gateway of the seed's design.
@@ -57,6 +60,9 @@ pub struct Results {
     /// The bus figures, when measured.
     pub bus: Vec<BusRow>,
     pub notes: Vec<String>,
+    /// The fan-out figures and their notes, when measured.
+    pub fanout: Vec<crate::fanout::suite::FanRow>,
+    pub fanout_notes: Vec<String>,
     pub machine: String,
     pub date: String,
     /// How runs were done (repeats, warm-up, window), one sentence.
@@ -131,20 +137,44 @@ pub fn render(res: &Results) -> String {
     s
 }
 
-/// Puts `generated` between the markers of `path`, or creates the file around it.
+/// The generated fan-out block, markers included.
+pub fn render_fanout(res: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{FANOUT_BEGIN}");
+    let _ = writeln!(s, "Measured {} on {}.\n", res.date, res.machine);
+    let _ = writeln!(s, "Command: `{}`\n", res.command);
+    s.push_str(&crate::fanout::suite::render(&res.fanout));
+    let _ = writeln!(s, "\nEvery run:\n");
+    for row in res.fanout.iter().filter(|r| !r.runs.is_empty()) {
+        let _ = writeln!(s, "- {}: {}", row.figure, row.runs);
+    }
+    if !res.fanout_notes.is_empty() {
+        let _ = writeln!(s, "\nNotes from this run:\n");
+        for note in &res.fanout_notes {
+            let _ = writeln!(s, "- {note}");
+        }
+    }
+    let _ = writeln!(s, "{FANOUT_END}");
+    s
+}
+
+/// Puts `generated` (a block with its markers) in place of the block with the same markers in
+/// `path`, or adds it (creating the file if needed).
 pub fn write_into(path: &Path, generated: &str) -> std::io::Result<()> {
     let existing = std::fs::read_to_string(path).unwrap_or_default();
     std::fs::write(path, splice(&existing, generated))
 }
 
-/// `existing` with its marked block replaced by `generated`; a new document around `generated`
-/// when there are no markers.
+/// `existing` with the block marked like `generated` (by its first line's marker name) replaced
+/// by `generated`; `generated` added at the end (or a new document around it) when there is none.
 pub fn splice(existing: &str, generated: &str) -> String {
-    let begin = existing.find("<!-- bench:begin");
-    let end = existing.find(END);
+    let name = generated.trim_start().trim_start_matches("<!-- ").split(':').next().unwrap_or_default();
+    let end_marker = format!("<!-- {name}:end -->");
+    let begin = existing.find(&format!("<!-- {name}:begin"));
+    let end = existing.find(&end_marker).map(|e| e + end_marker.len());
     match (begin, end) {
         (Some(b), Some(e)) if b < e => {
-            format!("{}{}{}", &existing[..b], generated.trim_end(), &existing[e + END.len()..])
+            format!("{}{}{}", &existing[..b], generated.trim_end(), &existing[e..])
         }
         _ if existing.trim().is_empty() => format!("# Benchmarks\n\n{generated}"),
         _ => format!("{}\n\n{generated}", existing.trim_end()),
@@ -185,6 +215,13 @@ mod tests {
         assert_eq!(out, format!("# Benchmarks\n\nintro\n\n{BEGIN}\nnew table\n{END}\n\n## Analysis\nkept\n"));
         assert_eq!(splice("", &block), format!("# Benchmarks\n\n{block}"));
         assert_eq!(splice("# Mine\n", &block), format!("# Mine\n\n{block}"));
+        // Each block replaces only the block with its own markers.
+        let fan = format!("{FANOUT_BEGIN}\nfan\n{FANOUT_END}\n");
+        let both = splice(&out, &fan);
+        assert!(both.ends_with(&fan) && both.contains("new table"), "{both}");
+        let again = splice(&both, &format!("{FANOUT_BEGIN}\nfan2\n{FANOUT_END}\n"));
+        assert_eq!(again, both.replace("\nfan\n", "\nfan2\n"));
+        assert_eq!(splice(&again, &block), again);
     }
 
     #[test]

@@ -76,9 +76,29 @@ impl Binaries {
         })
     }
 
+    /// nats-server with its monitoring endpoint (`/varz`) on a second port: (server, monitor).
+    pub async fn nats_server_monitored(&self, log: &str) -> Result<(ServerProc, Target), String> {
+        let (port, monitor) = (free_port()?, free_port()?);
+        let args =
+            ["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()].map(str::to_owned);
+        let server =
+            spawn(&self.nats, &args, &self.logs.join(format!("{log}.log")), port).await.map_err(|e| {
+                format!(
+                    "{e} (the bus figures need nats-server: `apt-get install nats-server`, or --nats-bin)"
+                )
+            })?;
+        Ok((server, Target::parse(&format!("ws://127.0.0.1:{monitor}/"))?))
+    }
+
     /// The chat worker on the bus at `nats_url`.
     pub fn chat_worker(&self, log: &str, nats_url: &str) -> Result<Worker, String> {
-        let args = ["--nats", nats_url, "--seed", "1"].map(str::to_owned);
+        self.chat_worker_with(log, nats_url, &[])
+    }
+
+    /// The chat worker on the bus at `nats_url`, plus `extra` flags.
+    pub fn chat_worker_with(&self, log: &str, nats_url: &str, extra: &[&str]) -> Result<Worker, String> {
+        let mut args = ["--nats", nats_url, "--seed", "1"].map(str::to_owned).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
         let (child, pid) = start(&self.chat, &args, &self.logs.join(format!("{log}.log")))?;
         Ok(Worker { child, pid })
     }

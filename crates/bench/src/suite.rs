@@ -58,6 +58,19 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         "Node seed: `bench/seed-gateway` (the seed's adapter, ClientMQ and worker layers; ws 8, protobufjs 7) \
          in one Node {node} process"
     ));
+    if opts.fanout {
+        let (rows, notes) = crate::fanout::suite::rows(opts).await?;
+        res.fanout = rows;
+        res.fanout_notes = notes;
+        if let Some(out) = &opts.out {
+            let block = report::render_fanout(&res);
+            report::write_into(out, &block).map_err(|e| format!("{}: {e}", out.display()))?;
+            log(format!("wrote the fan-out block of {}", out.display()));
+        }
+    }
+    if !opts.main {
+        return Ok(res);
+    }
     {
         // Request and churn modes share one set of servers.
         let bins = &opts.binaries;

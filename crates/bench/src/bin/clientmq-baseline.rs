@@ -4,12 +4,21 @@
 //! per core, TCP_NODELAY) and the same WebSocket settings (4 KiB reads, unbuffered writes), so
 //! that the difference is clientmq's own work; `--tungstenite-defaults` keeps tungstenite's
 //! defaults instead (a 128 KiB read buffer per connection, zeroed on every read).
+//!
+//! `--fanout` makes it the bare fan-out baseline instead of an echo: a text frame `sub:<room>`
+//! puts the connection in a room (and is echoed once it is), `pub:<room>:<frame>` writes
+//! `<frame>` to every connection in the room. Each connection has a writer task draining an
+//! unbounded queue of shared frames, the idiomatic tokio broadcast; nothing else, no slow-member
+//! bound: the machine's limit, for `clientmq-load fanout --plain`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -29,7 +38,13 @@ struct Args {
     /// Use tungstenite's default WebSocketConfig (ignores --read-buffer).
     #[arg(long)]
     tungstenite_defaults: bool,
+    /// Broadcast `pub:` frames to `sub:` rooms instead of echoing (see the crate doc).
+    #[arg(long)]
+    fanout: bool,
 }
+
+/// Each room's connections: (connection number, its writer's queue).
+type Rooms = Arc<Mutex<HashMap<String, Vec<(u64, mpsc::UnboundedSender<Message>)>>>>;
 
 fn main() -> std::io::Result<()> {
     let args = Args::parse();
@@ -42,8 +57,12 @@ fn main() -> std::io::Result<()> {
         } else {
             WebSocketConfig::default().read_buffer_size(args.read_buffer).write_buffer_size(0)
         };
-        loop {
+        let rooms = Rooms::default();
+        for id in 0u64.. {
             match listener.accept().await {
+                Ok((stream, _)) if args.fanout => {
+                    tokio::spawn(fanout(stream, config, rooms.clone(), id));
+                }
                 Ok((stream, _)) => {
                     tokio::spawn(echo(stream, config));
                 }
@@ -53,7 +72,55 @@ fn main() -> std::io::Result<()> {
                 }
             }
         }
+        Ok(())
     })
+}
+
+async fn fanout(stream: TcpStream, config: WebSocketConfig, rooms: Rooms, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else { return };
+    let (mut sink, mut reader) = ws.split();
+    let (queue, mut frames) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = frames.recv().await {
+            let mut next = Some(frame);
+            while let Some(frame) = next {
+                if sink.feed(frame).await.is_err() {
+                    return;
+                }
+                next = frames.try_recv().ok();
+            }
+            if sink.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut joined = Vec::new();
+    while let Some(Ok(msg)) = reader.next().await {
+        let Message::Text(text) = msg else { continue };
+        if let Some(room) = text.strip_prefix("sub:") {
+            let mut rooms = rooms.lock().expect("rooms");
+            rooms.entry(room.to_owned()).or_default().push((id, queue.clone()));
+            joined.push(room.to_owned());
+            let _ = queue.send(Message::Text(text));
+        } else if let Some((room, frame)) = text.strip_prefix("pub:").and_then(|r| r.split_once(':')) {
+            // One copy of the frame, shared by every queue.
+            let frame = Message::Text(frame.to_owned().into());
+            if let Some(members) = rooms.lock().expect("rooms").get(room) {
+                for (_, member) in members {
+                    let _ = member.send(frame.clone());
+                }
+            }
+        }
+    }
+    let mut rooms = rooms.lock().expect("rooms");
+    for room in joined {
+        if let Some(members) = rooms.get_mut(&room) {
+            members.retain(|(member, _)| *member != id);
+        }
+    }
+    drop(queue);
+    writer.abort();
 }
 
 async fn echo(stream: TcpStream, config: WebSocketConfig) {

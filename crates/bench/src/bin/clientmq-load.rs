@@ -1,4 +1,4 @@
-//! clientmq-load: the load generator. `request`, `idle` and `churn` drive one running server
+//! clientmq-load: the load generator. `request`, `idle`, `churn` and `fanout` drive one running server
 //! (clientmq, the baseline or the Node seed gateway) over loopback; `suite` starts all three and
 //! runs everything, as `just bench` does. Every mode stops by itself.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use clientmq_bench::churn::{self, ChurnOpts};
+use clientmq_bench::fanout::{self, FanoutOpts, Protocol};
 use clientmq_bench::idle::{self, IdleOpts};
 use clientmq_bench::plan::SuiteOpts;
 use clientmq_bench::report;
@@ -105,6 +106,35 @@ enum Mode {
         #[arg(long)]
         metrics: bool,
     },
+    /// Members in rooms and one publisher: deliveries/s, latency from publish to each receipt,
+    /// every message heard once and in order, CPU per delivery and memory per member of `--pid`.
+    Fanout {
+        /// A gateway of the system (repeat for several: members are spread over them).
+        #[arg(long = "url", default_value = "ws://127.0.0.1:8080/ws")]
+        urls: Vec<String>,
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        #[arg(long, default_value_t = 1)]
+        rooms: usize,
+        #[arg(long, default_value_t = 1.0)]
+        warmup_secs: f64,
+        #[arg(long, default_value_t = 3.0)]
+        duration_secs: f64,
+        /// Messages per second over all rooms; full speed without.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// At full speed, messages whose deliveries may be under way at once.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// The plain protocol (`sub:`/`pub:`) of `clientmq-baseline --fanout` and the Node seed.
+        #[arg(long)]
+        plain: bool,
+        #[arg(long, default_value_t = 4)]
+        sources: usize,
+        /// A process whose memory and CPU are read (repeat for several).
+        #[arg(long = "pid")]
+        pids: Vec<u32>,
+    },
     /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
     /// here; writes the table.
     Suite(Box<SuiteArgs>),
@@ -155,6 +185,12 @@ struct SuiteArgs {
     churn_concurrency: usize,
     #[arg(long, default_value_t = 100)]
     explore_seeds: u64,
+    /// Only the fan-out figures (their own block of the file).
+    #[arg(long, conflicts_with = "no_fanout")]
+    only_fanout: bool,
+    /// Everything but the fan-out figures.
+    #[arg(long)]
+    no_fanout: bool,
     /// The command line recorded in the file.
     #[arg(long, default_value = "just bench")]
     command: String,
@@ -241,6 +277,37 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             )
             .await;
         }
+        Mode::Fanout {
+            urls,
+            members,
+            rooms,
+            warmup_secs,
+            duration_secs,
+            rate,
+            window,
+            plain,
+            sources,
+            pids,
+        } => {
+            let targets = urls.iter().map(|u| target(u)).collect::<Result<Vec<_>, _>>()?;
+            let opts = FanoutOpts {
+                members,
+                rooms,
+                warmup: secs(warmup_secs),
+                duration: secs(duration_secs),
+                rate,
+                window,
+                protocol: if plain { Protocol::Plain } else { Protocol::Clientmq },
+                sources,
+                pids,
+                ..FanoutOpts::default()
+            };
+            let report = fanout::run(&targets, &opts).await;
+            println!("{}", report.summary());
+            if !report.clean() {
+                return Err(ExitCode::FAILURE);
+            }
+        }
         Mode::Churn { url, concurrency, warmup_secs, duration_secs, sources, metrics } => {
             let t = target(&url)?;
             let opts =
@@ -268,6 +335,8 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 idle_hold_secs,
                 churn_concurrency,
                 explore_seeds,
+                only_fanout,
+                no_fanout,
                 command,
             } = *args;
             let opts = SuiteOpts {
@@ -291,10 +360,19 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 idle_hold: secs(idle_hold_secs),
                 churn_concurrency,
                 explore_seeds,
+                main: !only_fanout,
+                fanout: !no_fanout,
                 command,
             };
             match suite::run(&opts).await {
-                Ok(res) => print!("{}", report::render(&res)),
+                Ok(res) => {
+                    if !res.fanout.is_empty() {
+                        print!("{}", report::render_fanout(&res));
+                    }
+                    if !res.rows.is_empty() {
+                        print!("{}", report::render(&res));
+                    }
+                }
                 Err(e) => {
                     eprintln!("clientmq-load: {e}");
                     return Err(ExitCode::FAILURE);

@@ -1,0 +1,274 @@
+//! The fan-out figures of the suite: the same rooms and publisher against clientmq (embedded
+//! backend), the bare fan-out baseline, the Node seed's broadcast loop, and clientmq through NATS
+//! with one and with two gateways. Each topology starts fresh processes, so that the first run
+//! of each system reads its memory per member from a process that held no connection before.
+
+use std::fmt::Write as _;
+
+use super::{FanoutOpts, FanoutReport, Protocol};
+use crate::plan::{GATEWAY_FLAGS, SuiteOpts, log};
+use crate::servers::{Binaries, ServerProc};
+use crate::stats::median;
+use crate::target::Target;
+
+/// The systems, in the order of the table's columns.
+pub const SYSTEMS: [&str; 5] = ["clientmq", "baseline", "Node seed", "NATS, 1 gateway", "NATS, 2 gateways"];
+const CLIENTMQ: usize = 0;
+const BASELINE: usize = 1;
+const SEED: usize = 2;
+/// Rooms and members: one room of 10,000, then 100 rooms of 100.
+pub const TOPOLOGIES: [(usize, usize); 2] = [(1, 10_000), (100, 10_000)];
+/// Chat bounds the members need (the defaults allow 1,000 members a room), and a short grace so
+/// that the sessions of one run are gone before the next.
+const CHAT_FLAGS: [&str; 8] = [
+    "--max-room-members",
+    "20000",
+    "--max-sessions",
+    "40000",
+    "--session-grace-secs",
+    "1",
+    "--max-rooms",
+    "1000",
+];
+
+/// One figure for every system.
+#[derive(Debug, Clone, Default)]
+pub struct FanRow {
+    pub figure: String,
+    pub values: [Option<f64>; 5],
+    pub decimals: usize,
+    pub target: String,
+    pub met: Option<bool>,
+    pub runs: String,
+}
+
+/// One system: its gateways (members spread over them), the processes whose CPU and memory
+/// count (the gateways), and the nats-server monitoring port when on the bus.
+struct System {
+    targets: Vec<Target>,
+    pids: Vec<u32>,
+    protocol: Protocol,
+    nats_monitor: Option<Target>,
+}
+
+/// The processes of one topology's systems; killed when dropped.
+struct Fleet {
+    _procs: Vec<ServerProc>,
+    _worker: crate::servers::Worker,
+    systems: Vec<System>,
+}
+
+async fn fleet(bins: &Binaries, tag: &str) -> Result<Fleet, String> {
+    let mut flags = GATEWAY_FLAGS.to_vec();
+    flags.extend(CHAT_FLAGS);
+    let clientmq = bins.clientmq(&format!("fanout-{tag}-clientmq"), &flags).await?;
+    let baseline = bins.baseline(&format!("fanout-{tag}-baseline"), &["--fanout"]).await?;
+    let seed = bins.node_seed(&format!("fanout-{tag}-node-seed"), &GATEWAY_FLAGS).await?;
+    let (nats, monitor) = bins.nats_server_monitored(&format!("fanout-{tag}-nats-server")).await?;
+    let url = format!("nats://{}", nats.target.addr());
+    let worker = bins.chat_worker_with(&format!("fanout-{tag}-worker"), &url, &CHAT_FLAGS)?;
+    let mut gateways = Vec::new();
+    for name in ["gw1", "gw2", "gw3"] {
+        let mut flags = flags.clone();
+        flags.extend(["--nats", &url, "--gateway-name", name]);
+        gateways.push(bins.clientmq(&format!("fanout-{tag}-{name}"), &flags).await?);
+    }
+    for gw in &gateways {
+        crate::bus::answered_through(&gw.target).await?;
+    }
+    let plain = |p: &ServerProc, protocol| System {
+        targets: vec![p.target.clone()],
+        pids: vec![p.pid],
+        protocol,
+        nats_monitor: None,
+    };
+    let bus = |gws: &[&ServerProc]| System {
+        targets: gws.iter().map(|g| g.target.clone()).collect(),
+        pids: gws.iter().map(|g| g.pid).collect(),
+        protocol: Protocol::Clientmq,
+        nats_monitor: Some(monitor.clone()),
+    };
+    let systems = vec![
+        plain(&clientmq, Protocol::Clientmq),
+        plain(&baseline, Protocol::Plain),
+        plain(&seed, Protocol::Plain),
+        bus(&[&gateways[0]]),
+        bus(&[&gateways[1], &gateways[2]]),
+    ];
+    let mut procs = vec![clientmq, baseline, seed, nats];
+    procs.extend(gateways);
+    Ok(Fleet { _procs: procs, _worker: worker, systems })
+}
+
+/// A run and what nats-server sent meanwhile.
+#[derive(Debug, Clone)]
+struct Run {
+    report: FanoutReport,
+    /// nats-server's messages out per published message, on the bus.
+    bus_out_per_publish: Option<f64>,
+}
+
+async fn out_msgs(monitor: &Target) -> Option<f64> {
+    let page = monitor.http_get("/varz").await.ok()?;
+    let at = page.find("\"out_msgs\":")? + "\"out_msgs\":".len();
+    page[at..].split([',', '}']).next()?.trim().parse().ok()
+}
+
+async fn measure(name: &str, system: &System, opts: &FanoutOpts, first_source: u8) -> Run {
+    let opts =
+        FanoutOpts { protocol: system.protocol, pids: system.pids.clone(), first_source, ..opts.clone() };
+    let before = match &system.nats_monitor {
+        Some(m) => out_msgs(m).await,
+        None => None,
+    };
+    let report = super::run(&system.targets, &opts).await;
+    let after = match &system.nats_monitor {
+        Some(m) => out_msgs(m).await,
+        None => None,
+    };
+    let bus_out_per_publish = before.zip(after).map(|(b, a)| (a - b) / report.published.max(1) as f64);
+    log(format!("fanout {name}: {} bus_out/publish={bus_out_per_publish:.2?}", report.summary()));
+    Run { report, bus_out_per_publish }
+}
+
+/// Runs `opts` against every system `repeats` times, each going first in turn.
+async fn in_rounds(repeats: usize, fleet: &Fleet, opts: &FanoutOpts, source: &mut u8) -> [Vec<Run>; 5] {
+    let mut out: [Vec<Run>; 5] = Default::default();
+    for r in 0..repeats.max(1) {
+        for k in 0..SYSTEMS.len() {
+            let i = (r + k) % SYSTEMS.len();
+            // A fresh block of source addresses a run: no run waits on the last one's TIME_WAIT.
+            *source = source.wrapping_add(opts.sources as u8).max(1);
+            if u16::from(*source) + opts.sources as u16 > 250 {
+                *source = 1;
+            }
+            out[i].push(measure(SYSTEMS[i], &fleet.systems[i], opts, *source).await);
+        }
+    }
+    out
+}
+
+fn values(runs: &[Vec<Run>; 5], pick: impl Fn(&Run) -> Option<f64>) -> [Vec<f64>; 5] {
+    runs.each_ref().map(|rs| rs.iter().filter_map(&pick).collect())
+}
+
+fn row(figure: String, values: &[Vec<f64>; 5], decimals: usize) -> FanRow {
+    let runs = SYSTEMS
+        .iter()
+        .zip(values)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(name, v)| format!("{name} {}", crate::report::runs(v, decimals)))
+        .collect::<Vec<_>>()
+        .join("; ");
+    FanRow { figure, values: values.each_ref().map(|v| median(v)), decimals, runs, ..FanRow::default() }
+}
+
+/// `row` with a target on clientmq's median against another column's.
+fn judged(
+    mut row: FanRow,
+    against: usize,
+    at_least: Option<f64>,
+    at_most: Option<f64>,
+    target: &str,
+) -> FanRow {
+    let ratio = row.values[CLIENTMQ].zip(row.values[against].filter(|v| *v != 0.0)).map(|(c, o)| c / o);
+    row.met = ratio.map(|r| at_least.is_none_or(|l| r >= l) && at_most.is_none_or(|m| r <= m));
+    row.target = target.to_owned();
+    row
+}
+
+/// Measures every topology; the rows of the fan-out table and notes.
+pub async fn rows(opts: &SuiteOpts) -> Result<(Vec<FanRow>, Vec<String>), String> {
+    let (mut rows, mut notes) = (Vec::new(), Vec::new());
+    let mut source = 1u8;
+    for (rooms, members) in TOPOLOGIES {
+        let shape = if rooms == 1 {
+            format!("1 room of {members}")
+        } else {
+            format!("{rooms} rooms of {}", members / rooms)
+        };
+        let fleet = fleet(&opts.binaries, &format!("{rooms}x{}", members / rooms)).await?;
+        let base = FanoutOpts {
+            members,
+            rooms,
+            warmup: opts.warmup,
+            duration: opts.duration,
+            sources: 8,
+            ..FanoutOpts::default()
+        };
+        let peak = in_rounds(opts.repeats, &fleet, &base, &mut source).await;
+        let dps = values(&peak, |r| Some(r.report.deliveries_per_sec()));
+        let full = row(format!("deliveries/s at full speed, {shape}"), &dps, 0);
+        rows.push(judged(full.clone(), BASELINE, Some(0.8), None, ">= 0.8 x baseline"));
+        rows.push(judged(
+            FanRow { figure: format!("{} (against the Node seed)", full.figure), ..full },
+            SEED,
+            Some(3.0),
+            None,
+            ">= 3 x Node seed",
+        ));
+        let cpu = values(&peak, |r| r.report.cpu_us_per_delivery());
+        rows.push(row(format!("gateway CPU µs per delivery at full speed, {shape}"), &cpu, 2));
+        // Memory from each system's first run, on a process that held nothing before.
+        let first: [Vec<Run>; 5] = peak.each_ref().map(|rs| rs.iter().take(1).cloned().collect());
+        let mem = values(&first, |r| r.report.kib_per_member());
+        rows.push(row(format!("gateway memory KiB per member (first run), {shape}"), &mem, 2));
+        let bus = values(&peak, |r| r.bus_out_per_publish);
+        rows.push(row(format!("nats-server messages out per published message, {shape}"), &bus, 2));
+
+        // Half of clientmq's peak, the same offered rate for every system.
+        let per_message = (members / rooms) as f64;
+        let rate = median(&dps[CLIENTMQ]).unwrap_or(10_000.0) / 2.0 / per_message;
+        let paced = FanoutOpts { rate: Some(rate), ..base };
+        let timed = in_rounds(opts.repeats, &fleet, &paced, &mut source).await;
+        let at = format!("at {rate:.0} messages/s ({:.0} deliveries/s), {shape}", rate * per_message);
+        for (name, pick) in [("p50", 0), ("p99", 1), ("p999", 2)] {
+            let ms = values(&timed, |r| {
+                let l = &r.report.latency;
+                Some([l.p50, l.p99, l.p999][pick].as_secs_f64() * 1e3)
+            });
+            let row = row(format!("{name} ms from publish to receipt {at}"), &ms, 3);
+            rows.push(if pick == 1 {
+                judged(row, BASELINE, None, Some(1.5), "<= 1.5 x baseline")
+            } else {
+                row
+            });
+        }
+        let all = peak.iter().chain(&timed).flatten();
+        let faults: Vec<String> = all.filter(|r| !r.report.clean()).map(|r| r.report.summary()).collect();
+        notes.push(format!(
+            "fan-out, {shape}: {} runs; every member heard every message once and in order in all but {} of them{}",
+            peak.iter().chain(&timed).map(Vec::len).sum::<usize>(),
+            faults.len(),
+            faults.first().map(|f| format!(" (first: {f})")).unwrap_or_default()
+        ));
+        let bytes = peak[CLIENTMQ].first().map_or(0, |r| r.report.frame_bytes);
+        let plain = peak[BASELINE].first().map_or(0, |r| r.report.frame_bytes);
+        notes.push(format!(
+            "fan-out, {shape}: delivered frame {bytes} bytes from clientmq, {plain} from the plain servers"
+        ));
+    }
+    Ok((rows, notes))
+}
+
+/// The fan-out table, for the generated block.
+pub fn render(rows: &[FanRow]) -> String {
+    let mut s = String::new();
+    let [a, b, c, d, e] = SYSTEMS;
+    let _ = writeln!(s, "| figure | {a} | {b} | {c} | {d} | {e} | target | verdict |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
+    for row in rows {
+        let v = row.values.map(|v| v.map_or("-".into(), |v| format!("{v:.*}", row.decimals)));
+        let verdict = match row.met {
+            Some(true) => "met",
+            Some(false) => "**missed**",
+            None => "",
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |",
+            row.figure, v[0], v[1], v[2], v[3], v[4], row.target
+        );
+    }
+    s
+}
