@@ -41,7 +41,8 @@ pub(crate) struct Conn {
     written: usize,
     /// Frames queued since the socket last took everything.
     pub queued: usize,
-    /// A queue that overflowed: the core is closing the connection; later frames go unsent.
+    /// A queue that overflowed: the core is closing the connection; later frames but the close
+    /// go unsent.
     pub overflowed: bool,
     /// A close frame went out (ours, or the echo of the client's): nothing is sent after it.
     close_sent: bool,
@@ -191,17 +192,25 @@ impl Conn {
         inputs.push(Input::TransportLost { conn: self.id, reason });
     }
 
-    /// Queues a frame; `false` when the queue is over `limit` frames (a slow consumer).
+    /// Queues a frame; `false` when the queue is over `limit` frames (a slow consumer). A close
+    /// frame is queued whatever the queue holds: a slow consumer that reads again (within the
+    /// close handshake and the linger) learns why it was closed (3335), and the queue stays
+    /// bounded, at `limit` frames and one close.
     pub fn send(&mut self, opcode: u8, payload: &[u8], limit: usize) -> bool {
-        if self.overflowed || self.close_sent {
+        if self.close_sent {
+            return true;
+        }
+        if opcode == ws::CLOSE {
+            self.close_sent = true;
+            self.queue(opcode, payload);
+            return true;
+        }
+        if self.overflowed {
             return true;
         }
         if self.queued >= limit {
             self.overflowed = true;
             return false;
-        }
-        if opcode == ws::CLOSE {
-            self.close_sent = true;
         }
         self.queue(opcode, payload);
         true

@@ -315,13 +315,22 @@ async fn a_slow_consumer_is_closed() {
         eventually(WAIT, "request seen", || !backend.seen.lock().unwrap().is_empty()).await;
         let conn: ConnectionId = backend.seen.lock().unwrap()[0].conn;
         let gateway = backend.gateway.lock().unwrap().clone().unwrap();
-        let pusher = tokio::spawn(async move {
-            for _ in 0..20_000 {
-                gateway.deliver(Target::Connection(conn), "x.Blob", vec![0u8; 3000]).await;
+        // More than the socket buffers hold: the queue overflows, the core closes the connection.
+        for _ in 0..4_000 {
+            gateway.deliver(Target::Connection(conn), "x.Blob", vec![0u8; 3000]).await;
+        }
+        // The client reads again, within the close handshake: it finds what fitted, then 3335.
+        let (mut frames, mut close) = (0, None);
+        while let Some(frame) = rawws::read_frame(&mut raw).await.unwrap() {
+            if frame.opcode == rawws::CLOSE {
+                close = frame.close_code();
+                break;
             }
-        });
+            frames += 1;
+        }
+        assert_eq!(close, Some(3335), "after {frames} frames");
+        assert!(frames < 4_000, "the queue was bounded: {frames} frames came");
         eventually(WAIT, "slow consumer closed", || server.open_connections() == 0).await;
-        pusher.abort();
         assert_eq!(metric(&server, r#"clientmq_disconnects_total{path="forced",code="3335"}"#), 1.0);
     })
     .await
