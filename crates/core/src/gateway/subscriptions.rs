@@ -7,6 +7,7 @@ use prost::Message as _;
 use super::requests::message;
 use super::{Gateway, Output};
 use crate::ConnectionId;
+use crate::codec::Broadcast;
 use crate::edge_auth::RequiredTag;
 use crate::event::{DropReason, EventKind, Stray, Topic};
 use crate::port::Target;
@@ -95,13 +96,22 @@ impl Gateway {
             Target::Room(room) => self.registry.subscribers(Topic::Room, &room),
             Target::Conversation(room) => self.registry.subscribers(Topic::Conversation, &room),
         };
+        // Encoded once for all of them; each frame differs only by the session it names.
+        let event = Broadcast::new(&message(MessageType::Event, None, event_type, payload.to_vec()));
         for id in ids {
-            if self.registry.get(&id).is_some_and(|c| c.is_open()) {
-                self.send_message(id, None, message(MessageType::Event, None, event_type, payload.to_vec()));
-                self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
-            } else {
-                self.drop_frame(id, DropReason::NotOpen);
+            let frame = match self.registry.get(&id) {
+                Some(c) if c.is_open() => event.frame(c.session_id.as_deref(), c.encoding),
+                _ => {
+                    self.drop_frame(id, DropReason::NotOpen);
+                    continue;
+                }
+            };
+            if frame.len() > self.config.max_outbound_message_size {
+                self.drop_frame(id, DropReason::OutboundTooLarge);
+                continue;
             }
+            self.push(Output::Send { conn: id, frame });
+            self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
         }
     }
 }
