@@ -145,7 +145,11 @@ impl Server {
                 settled: Vec::new(),
                 max_frame_bytes: config.max_frame_bytes,
             };
-            tokio::spawn(shard.run());
+            // Outside tokio's cooperative budget: one turn of a shard does hundreds of socket
+            // operations (a room event to thousands of members), and with the budget every one
+            // past the 128th came back pending and went round the ready list again. The shard
+            // yields by itself instead (`Shard::run`).
+            tokio::spawn(tokio::task::unconstrained(shard.run()));
         }
         backend.attach(handle.clone());
         Server {

@@ -32,6 +32,9 @@ use crate::ready::{ConnWake, Ready};
 
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
+/// Turns a shard takes in a row without waiting before it yields to the other tasks of its
+/// thread (it runs outside tokio's cooperative budget).
+const TURNS_BEFORE_YIELD: u32 = 16;
 /// How long a released or refused socket may take to flush its last frames (and read the
 /// client's close frame) before it is dropped.
 const LINGER: Duration = Duration::from_secs(1);
@@ -94,6 +97,7 @@ impl<B: Backend> Shard<B> {
     pub async fn run(mut self) {
         let mut sleep = Box::pin(tokio::time::sleep_until(Instant::now()));
         let mut watch = check::SpinWatch::new();
+        let mut busy_turns = 0;
         loop {
             let deadline = self.next_deadline();
             if let Some(at) = deadline {
@@ -102,6 +106,11 @@ impl<B: Backend> Shard<B> {
             // A fixed order (simulated runs replay byte for byte): timers first, so a flood of
             // commands or reads cannot starve heartbeats and deadlines; then commands, then
             // sockets.
+            if busy_turns >= TURNS_BEFORE_YIELD {
+                busy_turns = 0;
+                tokio::task::yield_now().await;
+            }
+            busy_turns += 1;
             let wake = std::future::poll_fn(|cx| {
                 if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Timer);
@@ -112,7 +121,12 @@ impl<B: Backend> Shard<B> {
                     Poll::Pending => {}
                 }
                 self.ready.register(cx.waker());
-                if self.ready.is_empty() { Poll::Pending } else { Poll::Ready(Wake::Ready) }
+                if self.ready.is_empty() {
+                    busy_turns = 0; // it waits: the thread's other tasks get their turn
+                    Poll::Pending
+                } else {
+                    Poll::Ready(Wake::Ready)
+                }
             })
             .await;
             match wake {
