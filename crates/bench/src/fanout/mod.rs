@@ -109,8 +109,10 @@ pub struct FanoutReport {
     /// Resident memory of the watched processes (KiB, summed) before connecting and once set up.
     pub rss_before_kib: u64,
     pub rss_ready_kib: u64,
-    /// CPU seconds (user + system) of the watched processes over the measured window.
+    /// CPU seconds (user + system) of the watched processes over the measured window, and of the
+    /// load generator itself.
     pub cpu_secs: f64,
+    pub load_cpu_secs: f64,
 }
 
 impl FanoutReport {
@@ -141,7 +143,7 @@ impl FanoutReport {
         format!(
             "members={} rooms={} deliveries/s={:.0}{rate} published={} p50_ms={} p99_ms={} p999_ms={} \
              max_ms={} missing={} duplicated={} reordered={} errors={} setup_errors={} setup_s={:.1} \
-             frame_bytes={} cpu_us/delivery={} kib/member={}{}",
+             frame_bytes={} cpu_us/delivery={} load_cpu_us/delivery={} kib/member={}{}",
             self.members,
             self.rooms,
             self.deliveries_per_sec(),
@@ -158,6 +160,7 @@ impl FanoutReport {
             self.setup.as_secs_f64(),
             self.frame_bytes,
             opt(self.cpu_us_per_delivery()),
+            opt((self.delivered > 0).then(|| self.load_cpu_secs * 1e6 / self.delivered as f64)),
             opt(self.kib_per_member()),
             self.first_error.as_ref().map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default(),
         )
@@ -197,8 +200,6 @@ struct Heard {
 pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
     let rooms = opts.rooms.clamp(1, opts.members.max(1));
     let rss = || opts.pids.iter().filter_map(|p| crate::procfs::rss_kib(*p).ok()).sum::<u64>();
-    let cpu =
-        || opts.pids.iter().filter_map(|p| crate::procfs::cpu_secs(*p).ok()).map(|(u, s)| u + s).sum::<f64>();
     let mut report =
         FanoutReport { rooms, rate: opts.rate, rss_before_kib: rss(), ..FanoutReport::default() };
     let setup_started = Instant::now();
@@ -280,22 +281,23 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         })
         .collect();
 
-    let cpu_at_start = Arc::new(Mutex::new(None));
+    // CPU time over the measured window: the watched processes', and this load generator's own.
     let cpu_probe = {
-        let (shared, cpu_at_start) = (shared.clone(), cpu_at_start.clone());
+        let shared = shared.clone();
         let pids = opts.pids.clone();
         tokio::spawn(async move {
+            let read = |pids: &[u32]| {
+                pids.iter().filter_map(|p| crate::procfs::cpu_secs(*p).ok()).map(|(u, s)| u + s).sum::<f64>()
+            };
+            let own = [std::process::id()];
             tokio::time::sleep_until(shared.measure_from).await;
-            let at =
-                pids.iter().filter_map(|p| crate::procfs::cpu_secs(*p).ok()).map(|(u, s)| u + s).sum::<f64>();
-            *cpu_at_start.lock().expect("cpu probe") = Some(at);
+            let (watched, load) = (read(&pids), read(&own));
             tokio::time::sleep_until(shared.end).await;
+            (read(&pids) - watched, read(&own) - load)
         })
     };
     let (sent, publish_errors, publish_error) = publish(publishers, &per_room, opts, &shared).await;
-    let _ = cpu_probe.await;
-    let cpu_end = cpu();
-    report.cpu_secs = cpu_at_start.lock().expect("cpu probe").map_or(0.0, |start| cpu_end - start);
+    (report.cpu_secs, report.load_cpu_secs) = cpu_probe.await.unwrap_or_default();
     report.published = sent.iter().sum();
     report.errors += publish_errors;
     if let Some(e) = publish_error {
