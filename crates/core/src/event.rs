@@ -251,7 +251,9 @@ pub enum EventKind {
         room: String,
     },
     Delivered {
-        event_type: String,
+        /// Shared by every delivery of one event (a room's subscribers): one allocation, not one
+        /// a subscriber.
+        event_type: std::sync::Arc<str>,
     },
     ServerRequestSent {
         request_id: String,
@@ -416,12 +418,12 @@ mod tests {
 
     #[test]
     fn client_strings_cannot_break_the_line() {
-        let kind = EventKind::Delivered { event_type: format!("a b\nc\\{}", "x".repeat(100)) };
+        let kind = EventKind::Delivered { event_type: format!("a b\nc\\{}", "x".repeat(100)).into() };
         let line = kind.to_string();
         assert!(!line.contains('\n'));
         assert!(line.starts_with("delivered type=a\\u{20}b\\nc\\\\x"), "{line}");
         assert!(line.ends_with("..."));
-        assert_eq!(EventKind::Delivered { event_type: String::new() }.to_string(), "delivered type=\"\"");
+        assert_eq!(EventKind::Delivered { event_type: "".into() }.to_string(), "delivered type=\"\"");
     }
 
     #[test]

@@ -428,6 +428,9 @@ async fn listen(
     let (mut distinct, mut highest) = (0u64, None::<u64>);
     let mut batch: Vec<Duration> = Vec::with_capacity(LOCAL_BATCH);
     let mut expected = None;
+    // One timer for the whole run, not one a frame.
+    let grace_over = tokio::time::sleep_until(deadline);
+    tokio::pin!(grace_over);
     loop {
         if expected.is_some_and(|n| distinct >= n) {
             break;
@@ -438,7 +441,7 @@ async fn listen(
                 expected = sent.borrow().as_ref().map(|s| s[room]);
                 continue;
             }
-            _ = tokio::time::sleep_until(deadline) => break,
+            _ = &mut grace_over => break,
         };
         let frame = match frame {
             Ok(f) => f,

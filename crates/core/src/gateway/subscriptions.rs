@@ -98,6 +98,7 @@ impl Gateway {
         };
         // Encoded once for all of them; each frame differs only by the session it names.
         let event = Broadcast::new(&message(MessageType::Event, None, event_type, payload.to_vec()));
+        let traced: std::sync::Arc<str> = event_type.into();
         for id in ids {
             let frame = match self.registry.get(&id) {
                 Some(c) if c.is_open() => event.frame(c.session_id.as_deref(), c.encoding),
@@ -111,7 +112,7 @@ impl Gateway {
                 continue;
             }
             self.push(Output::Send { conn: id, frame });
-            self.trace(Some(id), EventKind::Delivered { event_type: event_type.to_owned() });
+            self.trace(Some(id), EventKind::Delivered { event_type: traced.clone() });
         }
     }
 }
