@@ -60,7 +60,10 @@ impl Binaries {
     /// far more than a person's 50 requests a second.
     pub async fn clientmq(&self, log: &str, extra: &[&str]) -> Result<ServerProc, String> {
         let port = free_port()?;
-        let mut args = vec!["--dev-accept-any-token".to_owned(), "--seed".into(), "1".into()];
+        // Seeded for repeatable runs, each process from its own name: gateways on one bus with
+        // one seed would draw the same connection ids.
+        let seed = log.bytes().fold(1u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+        let mut args = vec!["--dev-accept-any-token".to_owned(), "--seed".into(), seed.to_string()];
         args.extend(["--max-connections-per-address", "0", "--max-requests-per-sec", "0"].map(str::to_owned));
         args.extend(["--listen".to_owned(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));

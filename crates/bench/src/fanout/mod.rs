@@ -60,6 +60,8 @@ pub struct FanoutOpts {
     pub connect_concurrency: usize,
     /// Processes whose memory and CPU time are read (the gateways).
     pub pids: Vec<u32>,
+    /// nats-server's monitoring endpoint, whose messages out are counted over the window.
+    pub nats_monitor: Option<Target>,
 }
 
 impl Default for FanoutOpts {
@@ -77,6 +79,7 @@ impl Default for FanoutOpts {
             first_source: 1,
             connect_concurrency: 64,
             pids: Vec::new(),
+            nats_monitor: None,
         }
     }
 }
@@ -113,6 +116,9 @@ pub struct FanoutReport {
     /// load generator itself.
     pub cpu_secs: f64,
     pub load_cpu_secs: f64,
+    /// Messages published in the measured window, and nats-server's messages out meanwhile.
+    pub published_in_window: u64,
+    pub bus_out: Option<f64>,
 }
 
 impl FanoutReport {
@@ -131,6 +137,11 @@ impl FanoutReport {
             .then(|| self.rss_ready_kib.saturating_sub(self.rss_before_kib) as f64 / self.members as f64)
     }
 
+    /// nats-server's messages out per message published in the window, on the bus.
+    pub fn bus_out_per_publish(&self) -> Option<f64> {
+        self.bus_out.filter(|_| self.published_in_window > 0).map(|out| out / self.published_in_window as f64)
+    }
+
     /// Whether every member heard every message once, in order, and nothing failed.
     pub fn clean(&self) -> bool {
         self.missing + self.duplicated + self.reordered + self.errors + self.setup_errors == 0
@@ -143,7 +154,7 @@ impl FanoutReport {
         format!(
             "members={} rooms={} deliveries/s={:.0}{rate} published={} p50_ms={} p99_ms={} p999_ms={} \
              max_ms={} missing={} duplicated={} reordered={} errors={} setup_errors={} setup_s={:.1} \
-             frame_bytes={} cpu_us/delivery={} load_cpu_us/delivery={} kib/member={}{}",
+             frame_bytes={} cpu_us/delivery={} load_cpu_us/delivery={} kib/member={} bus_out/publish={}{}",
             self.members,
             self.rooms,
             self.deliveries_per_sec(),
@@ -162,6 +173,7 @@ impl FanoutReport {
             opt(self.cpu_us_per_delivery()),
             opt((self.delivered > 0).then(|| self.load_cpu_secs * 1e6 / self.delivered as f64)),
             opt(self.kib_per_member()),
+            opt(self.bus_out_per_publish()),
             self.first_error.as_ref().map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default(),
         )
     }
@@ -179,6 +191,7 @@ struct Shared {
     progress: Notify,
     histograms: Vec<Mutex<Histogram<u64>>>,
     frame_bytes: AtomicU64,
+    published_in_window: AtomicU64,
 }
 
 impl Shared {
@@ -269,6 +282,7 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         progress: Notify::new(),
         histograms: (0..HISTOGRAMS).map(|_| Mutex::new(stats::histogram())).collect(),
         frame_bytes: AtomicU64::new(0),
+        published_in_window: AtomicU64::new(0),
     });
     // The number of messages published to each room, once the publisher is done.
     let (sent_tx, sent_rx) = watch::channel(None::<Vec<u64>>);
@@ -284,7 +298,7 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
     // CPU time over the measured window: the watched processes', and this load generator's own.
     let cpu_probe = {
         let shared = shared.clone();
-        let pids = opts.pids.clone();
+        let (pids, monitor) = (opts.pids.clone(), opts.nats_monitor.clone());
         tokio::spawn(async move {
             let read = |pids: &[u32]| {
                 pids.iter().filter_map(|p| crate::procfs::cpu_secs(*p).ok()).map(|(u, s)| u + s).sum::<f64>()
@@ -292,12 +306,22 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
             let own = [std::process::id()];
             tokio::time::sleep_until(shared.measure_from).await;
             let (watched, load) = (read(&pids), read(&own));
+            let out = match &monitor {
+                Some(m) => nats_out_msgs(m).await,
+                None => None,
+            };
             tokio::time::sleep_until(shared.end).await;
-            (read(&pids) - watched, read(&own) - load)
+            let cpu = (read(&pids) - watched, read(&own) - load);
+            let out_after = match &monitor {
+                Some(m) => nats_out_msgs(m).await,
+                None => None,
+            };
+            (cpu, out.zip(out_after).map(|(b, a)| a - b))
         })
     };
     let (sent, publish_errors, publish_error) = publish(publishers, &per_room, opts, &shared).await;
-    (report.cpu_secs, report.load_cpu_secs) = cpu_probe.await.unwrap_or_default();
+    ((report.cpu_secs, report.load_cpu_secs), report.bus_out) = cpu_probe.await.unwrap_or_default();
+    report.published_in_window = shared.published_in_window.load(Ordering::Relaxed);
     report.published = sent.iter().sum();
     report.errors += publish_errors;
     if let Some(e) = publish_error {
@@ -328,6 +352,13 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
 }
 
 type Sink = SplitSink<Ws, Message>;
+
+/// nats-server's count of messages it sent (`out_msgs` of `/varz`).
+async fn nats_out_msgs(monitor: &Target) -> Option<f64> {
+    let page = monitor.http_get("/varz").await.ok()?;
+    let at = page.find("\"out_msgs\":")? + "\"out_msgs\":".len();
+    page[at..].split([',', '}']).next()?.trim().parse().ok()
+}
 
 /// Publishes until the end; the messages sent to each room, and the errors seen.
 async fn publish(
@@ -400,6 +431,9 @@ async fn publish(
         }
         sent[room] += 1;
         owed += per_room[room];
+        if due >= shared.measure_from {
+            shared.published_in_window.fetch_add(1, Ordering::Relaxed);
+        }
     }
     // Answers to the last sends, then the publishers close.
     tokio::time::sleep(Duration::from_millis(200)).await;

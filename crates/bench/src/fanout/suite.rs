@@ -100,35 +100,23 @@ async fn fleet(bins: &Binaries, tag: &str) -> Result<Fleet, String> {
     Ok(Fleet { _procs: procs, _worker: worker, systems })
 }
 
-/// A run and what nats-server sent meanwhile.
+/// A run.
 #[derive(Debug, Clone)]
 struct Run {
     report: FanoutReport,
-    /// nats-server's messages out per published message, on the bus.
-    bus_out_per_publish: Option<f64>,
-}
-
-async fn out_msgs(monitor: &Target) -> Option<f64> {
-    let page = monitor.http_get("/varz").await.ok()?;
-    let at = page.find("\"out_msgs\":")? + "\"out_msgs\":".len();
-    page[at..].split([',', '}']).next()?.trim().parse().ok()
 }
 
 async fn measure(name: &str, system: &System, opts: &FanoutOpts, first_source: u8) -> Run {
-    let opts =
-        FanoutOpts { protocol: system.protocol, pids: system.pids.clone(), first_source, ..opts.clone() };
-    let before = match &system.nats_monitor {
-        Some(m) => out_msgs(m).await,
-        None => None,
+    let opts = FanoutOpts {
+        protocol: system.protocol,
+        pids: system.pids.clone(),
+        first_source,
+        nats_monitor: system.nats_monitor.clone(),
+        ..opts.clone()
     };
     let report = super::run(&system.targets, &opts).await;
-    let after = match &system.nats_monitor {
-        Some(m) => out_msgs(m).await,
-        None => None,
-    };
-    let bus_out_per_publish = before.zip(after).map(|(b, a)| (a - b) / report.published.max(1) as f64);
-    log(format!("fanout {name}: {} bus_out/publish={bus_out_per_publish:.2?}", report.summary()));
-    Run { report, bus_out_per_publish }
+    log(format!("fanout {name}: {}", report.summary()));
+    Run { report }
 }
 
 /// Runs `opts` against every system `repeats` times, each going first in turn.
@@ -213,7 +201,7 @@ pub async fn rows(opts: &SuiteOpts) -> Result<(Vec<FanRow>, Vec<String>), String
         let first: [Vec<Run>; 5] = peak.each_ref().map(|rs| rs.iter().take(1).cloned().collect());
         let mem = values(&first, |r| r.report.kib_per_member());
         rows.push(row(format!("gateway memory KiB per member (first run), {shape}"), &mem, 2));
-        let bus = values(&peak, |r| r.bus_out_per_publish);
+        let bus = values(&peak, |r| r.report.bus_out_per_publish());
         rows.push(row(format!("nats-server messages out per published message, {shape}"), &bus, 2));
 
         // Half of clientmq's peak, the same offered rate for every system.
