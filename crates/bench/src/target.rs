@@ -85,8 +85,21 @@ pub fn source_addr(index: usize, sources: usize, first: u8) -> Option<IpAddr> {
 
 /// Opens one WebSocket to `target` from `source` (TCP, then the HTTP upgrade).
 pub async fn connect(target: &Target, source: Option<IpAddr>) -> Result<Ws, String> {
+    connect_with(target, source, None).await
+}
+
+/// [`connect`], with the socket's kernel receive buffer set to `receive_buffer` bytes (a client
+/// on a slow link, whose buffers fill early).
+pub async fn connect_with(
+    target: &Target,
+    source: Option<IpAddr>,
+    receive_buffer: Option<u32>,
+) -> Result<Ws, String> {
     let attempt = async {
         let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        if let Some(bytes) = receive_buffer {
+            socket.set_recv_buffer_size(bytes).map_err(|e| format!("receive buffer: {e}"))?;
+        }
         if let Some(ip) = source {
             socket.bind(SocketAddr::new(ip, 0)).map_err(|e| format!("bind {ip}: {e}"))?;
         }

@@ -134,6 +134,9 @@ enum Mode {
         /// A process whose memory and CPU are read (repeat for several).
         #[arg(long = "pid")]
         pids: Vec<u32>,
+        /// Every N-th member never reads (a stalled client); 0 for none.
+        #[arg(long, default_value_t = 0)]
+        slow_every: usize,
     },
     /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
     /// here; writes the table.
@@ -288,6 +291,7 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             plain,
             sources,
             pids,
+            slow_every,
         } => {
             let targets = urls.iter().map(|u| target(u)).collect::<Result<Vec<_>, _>>()?;
             let opts = FanoutOpts {
@@ -300,6 +304,7 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 protocol: if plain { Protocol::Plain } else { Protocol::Clientmq },
                 sources,
                 pids,
+                slow_every,
                 ..FanoutOpts::default()
             };
             let report = fanout::run(&targets, &opts).await;

@@ -13,6 +13,7 @@
 //! and members read until they have heard every message of their room, or a grace ends.
 
 pub mod client;
+pub mod slow;
 pub mod suite;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,8 @@ pub struct FanoutOpts {
     pub pids: Vec<u32>,
     /// nats-server's monitoring endpoint, whose messages out are counted over the window.
     pub nats_monitor: Option<Target>,
+    /// Every `slow_every`-th member never reads (see [`slow`]); 0 for none.
+    pub slow_every: usize,
 }
 
 impl Default for FanoutOpts {
@@ -80,13 +83,14 @@ impl Default for FanoutOpts {
             connect_concurrency: 64,
             pids: Vec::new(),
             nats_monitor: None,
+            slow_every: 0,
         }
     }
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct FanoutReport {
-    /// Members that were set up and heard the run.
+    /// Members that were set up and heard the run (slow ones apart).
     pub members: usize,
     pub rooms: usize,
     /// Members and publishers that could not be set up.
@@ -116,6 +120,13 @@ pub struct FanoutReport {
     /// load generator itself.
     pub cpu_secs: f64,
     pub load_cpu_secs: f64,
+    /// Slow members, and what they found when they read again: how many were closed with
+    /// 3335, and the frames they read in all.
+    pub slow_members: usize,
+    pub slow_closed_3335: usize,
+    pub slow_frames: u64,
+    /// Resident memory of the watched processes (KiB, summed) at the end of the window.
+    pub rss_end_kib: u64,
     /// Messages published in the measured window, and nats-server's messages out meanwhile.
     pub published_in_window: u64,
     pub bus_out: Option<f64>,
@@ -154,7 +165,7 @@ impl FanoutReport {
         format!(
             "members={} rooms={} deliveries/s={:.0}{rate} published={} p50_ms={} p99_ms={} p999_ms={} \
              max_ms={} missing={} duplicated={} reordered={} errors={} setup_errors={} setup_s={:.1} \
-             frame_bytes={} cpu_us/delivery={} load_cpu_us/delivery={} kib/member={} bus_out/publish={}{}",
+             frame_bytes={} cpu_us/delivery={} load_cpu_us/delivery={} kib/member={} bus_out/publish={}{}{}",
             self.members,
             self.rooms,
             self.deliveries_per_sec(),
@@ -174,6 +185,17 @@ impl FanoutReport {
             opt((self.delivered > 0).then(|| self.load_cpu_secs * 1e6 / self.delivered as f64)),
             opt(self.kib_per_member()),
             opt(self.bus_out_per_publish()),
+            if self.slow_members > 0 {
+                format!(
+                    " slow={} slow_read_3335={} slow_frames={} rss_growth_kib={}",
+                    self.slow_members,
+                    self.slow_closed_3335,
+                    self.slow_frames,
+                    self.rss_end_kib as i64 - self.rss_ready_kib as i64
+                )
+            } else {
+                String::new()
+            },
             self.first_error.as_ref().map(|e| format!(" first_error=\"{e}\"")).unwrap_or_default(),
         )
     }
@@ -238,18 +260,19 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
     if publishers.len() < rooms {
         return report;
     }
-    let members: Vec<Result<(Ws, usize), String>> = futures_util::stream::iter(0..opts.members)
+    let members: Vec<Result<(Ws, usize, bool), String>> = futures_util::stream::iter(0..opts.members)
         .map(|n| {
             let target = &targets[n % targets.len()];
             let room = n % rooms;
+            let slow = opts.slow_every > 0 && n % opts.slow_every == opts.slow_every - 1;
             async move {
+                let source = target::source_addr(rooms + n, opts.sources, opts.first_source);
                 let mut ws =
-                    target::connect(target, target::source_addr(rooms + n, opts.sources, opts.first_source))
-                        .await?;
+                    target::connect_with(target, source, slow.then_some(slow::RECEIVE_BUFFER)).await?;
                 client::member(&mut ws, opts.protocol, room, n)
                     .await
                     .map_err(|e| format!("member {n}: {e}"))?;
-                Ok((ws, room))
+                Ok((ws, room, slow))
             }
         })
         .buffer_unordered(opts.connect_concurrency.max(1))
@@ -257,15 +280,18 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         .await;
     let mut per_room = vec![0u64; rooms];
     let mut ready = Vec::with_capacity(members.len());
+    let mut stalled = Vec::new();
     for m in members {
         match m {
-            Ok((ws, room)) => {
+            Ok((ws, _, true)) => stalled.push(ws),
+            Ok((ws, room, false)) => {
                 per_room[room] += 1;
                 ready.push((ws, room));
             }
             Err(e) => note(&mut report, e),
         }
     }
+    report.slow_members = stalled.len();
     report.setup = setup_started.elapsed();
     report.members = ready.len();
     report.rss_ready_kib = rss();
@@ -295,6 +321,7 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         })
         .collect();
 
+    let stalled: Vec<_> = stalled.into_iter().map(|ws| tokio::spawn(slow::hold(ws, shared.end))).collect();
     // CPU time over the measured window: the watched processes', and this load generator's own.
     let cpu_probe = {
         let shared = shared.clone();
@@ -312,15 +339,18 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
             };
             tokio::time::sleep_until(shared.end).await;
             let cpu = (read(&pids) - watched, read(&own) - load);
+            let rss_end = pids.iter().filter_map(|p| crate::procfs::rss_kib(*p).ok()).sum::<u64>();
             let out_after = match &monitor {
                 Some(m) => nats_out_msgs(m).await,
                 None => None,
             };
-            (cpu, out.zip(out_after).map(|(b, a)| a - b))
+            (cpu, out.zip(out_after).map(|(b, a)| a - b), rss_end)
         })
     };
     let (sent, publish_errors, publish_error) = publish(publishers, &per_room, opts, &shared).await;
-    ((report.cpu_secs, report.load_cpu_secs), report.bus_out) = cpu_probe.await.unwrap_or_default();
+    ((report.cpu_secs, report.load_cpu_secs), report.bus_out, report.rss_end_kib) =
+        cpu_probe.await.unwrap_or_default();
+
     report.published_in_window = shared.published_in_window.load(Ordering::Relaxed);
     report.published = sent.iter().sum();
     report.errors += publish_errors;
@@ -328,6 +358,11 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         report.first_error.get_or_insert(e);
     }
     let _ = sent_tx.send(Some(sent));
+    for task in stalled {
+        let found = task.await.unwrap_or_default();
+        report.slow_frames += found.frames;
+        report.slow_closed_3335 += usize::from(found.close == Some(3335));
+    }
     for task in listeners {
         let heard = task
             .await
@@ -543,105 +578,4 @@ fn flush(shared: &Shared, histogram: usize, batch: &mut Vec<Duration>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use tokio::sync::mpsc;
-
-    use super::*;
-
-    /// What the test server does wrong to member number 0 of each room.
-    #[derive(Clone, Copy, PartialEq)]
-    enum Fault {
-        None,
-        DropThird,
-        DoubleThird,
-    }
-
-    /// A plain-protocol fan-out server, in process.
-    async fn plain_server(fault: Fault) -> Target {
-        type Members = Arc<Mutex<BTreeMap<String, Vec<mpsc::UnboundedSender<String>>>>>;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/", listener.local_addr().unwrap());
-        let rooms = Members::default();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let rooms = rooms.clone();
-                tokio::spawn(async move {
-                    let ws = tokio_tungstenite::accept_async(socket).await.unwrap();
-                    let (mut sink, mut stream) = ws.split();
-                    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-                    tokio::spawn(async move {
-                        while let Some(text) = rx.recv().await {
-                            if sink.send(Message::Text(text.into())).await.is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    let mut published = 0u64;
-                    while let Some(Ok(Message::Text(text))) = stream.next().await {
-                        if let Some(room) = text.strip_prefix("sub:") {
-                            rooms.lock().unwrap().entry(room.to_owned()).or_default().push(tx.clone());
-                            let _ = tx.send(text.as_str().to_owned());
-                        } else if let Some((room, frame)) =
-                            text.strip_prefix("pub:").and_then(|r| r.split_once(':'))
-                        {
-                            published += 1;
-                            let rooms = rooms.lock().unwrap();
-                            for (i, member) in rooms[room].iter().enumerate() {
-                                let third = i == 0 && published == 3;
-                                if !(third && fault == Fault::DropThird) {
-                                    let _ = member.send(frame.to_owned());
-                                }
-                                if third && fault == Fault::DoubleThird {
-                                    let _ = member.send(frame.to_owned());
-                                }
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        Target::parse(&url).unwrap()
-    }
-
-    fn opts(rate: Option<f64>) -> FanoutOpts {
-        FanoutOpts {
-            members: 20,
-            rooms: 2,
-            warmup: Duration::from_millis(100),
-            duration: Duration::from_millis(400),
-            rate,
-            protocol: Protocol::Plain,
-            sources: 1,
-            hear_grace: Duration::from_millis(500),
-            ..FanoutOpts::default()
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_member_hears_every_message_of_its_room_once_in_order() {
-        let target = plain_server(Fault::None).await;
-        let paced = run(std::slice::from_ref(&target), &opts(Some(200.0))).await;
-        assert!(paced.clean(), "{}", paced.summary());
-        assert_eq!((paced.members, paced.rooms), (20, 2));
-        // 200 messages/s for 0.5 s, 10 members a room: about 1,000 deliveries, 800 measured.
-        assert!((90..=101).contains(&paced.published), "{}", paced.summary());
-        let per_sec = paced.deliveries_per_sec();
-        assert!((1_500.0..=2_100.0).contains(&per_sec), "{}", paced.summary());
-        assert!(paced.latency.count > 500 && paced.frame_bytes > 200, "{}", paced.summary());
-        let full = run(std::slice::from_ref(&target), &opts(None)).await;
-        assert!(full.clean() && full.published > paced.published, "{}", full.summary());
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lost_or_doubled_delivery_is_counted() {
-        let lost = run(&[plain_server(Fault::DropThird).await], &opts(Some(200.0))).await;
-        // Member 0 of each of the two rooms.
-        assert_eq!((lost.missing, lost.duplicated, lost.reordered), (2, 0, 2), "{}", lost.summary());
-        assert!(!lost.clean());
-        let doubled = run(&[plain_server(Fault::DoubleThird).await], &opts(Some(200.0))).await;
-        assert_eq!((doubled.missing, doubled.duplicated), (0, 2), "{}", doubled.summary());
-        assert!(!doubled.clean());
-    }
-}
+mod tests;
