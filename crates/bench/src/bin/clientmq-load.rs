@@ -137,6 +137,9 @@ enum Mode {
         /// Every N-th member never reads (a stalled client); 0 for none.
         #[arg(long, default_value_t = 0)]
         slow_every: usize,
+        /// Bytes added to every chat message.
+        #[arg(long, default_value_t = 0)]
+        pad_bytes: usize,
     },
     /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
     /// here; writes the table.
@@ -292,6 +295,7 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             sources,
             pids,
             slow_every,
+            pad_bytes,
         } => {
             let targets = urls.iter().map(|u| target(u)).collect::<Result<Vec<_>, _>>()?;
             let opts = FanoutOpts {
@@ -305,6 +309,7 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 sources,
                 pids,
                 slow_every,
+                pad_bytes,
                 ..FanoutOpts::default()
             };
             let report = fanout::run(&targets, &opts).await;

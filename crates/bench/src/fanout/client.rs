@@ -44,13 +44,24 @@ pub fn text(room: usize, seq: u64, nanos: u64) -> String {
     format!("{room} {seq} {nanos}")
 }
 
+/// [`text`] made `pad` bytes longer with a last word of `x`s (larger messages).
+pub fn padded_text(room: usize, seq: u64, nanos: u64, pad: usize) -> String {
+    let mut text = text(room, seq, nanos);
+    if pad > 0 {
+        text.push(' ');
+        text.extend(std::iter::repeat_n('x', pad - 1));
+    }
+    text
+}
+
 /// What a member read from one chat message: (room, seq, nanos).
 pub fn parse_text(text: &str) -> Option<(usize, u64, u64)> {
     let mut parts = text.split(' ');
     let room = parts.next()?.parse().ok()?;
     let seq = parts.next()?.parse().ok()?;
     let nanos = parts.next()?.parse().ok()?;
-    parts.next().is_none().then_some((room, seq, nanos))
+    let padding = parts.next().is_none_or(|p| p.bytes().all(|b| b == b'x'));
+    (padding && parts.next().is_none()).then_some((room, seq, nanos))
 }
 
 /// The text of the chat message a frame carries, if it is a conversation event with one.
@@ -270,6 +281,8 @@ mod tests {
         assert_eq!(parse_text(&text(3, 41, 123_456)), Some((3, 41, 123_456)));
         assert_eq!(parse_text("3 41"), None);
         assert_eq!(parse_text("3 41 5 6"), None);
+        let padded = padded_text(3, 41, 9, 100);
+        assert_eq!((padded.len(), parse_text(&padded)), (text(3, 41, 9).len() + 100, Some((3, 41, 9))));
         let frame = event_frame("fanout-3", text(3, 41, 9), 1_700_000_000_000);
         assert_eq!(heard(&frame).as_deref(), Some("3 41 9"));
         let publish = publish_frame(Protocol::Plain, "fanout-3", "C9", text(3, 1, 2), 0);

@@ -65,6 +65,8 @@ pub struct FanoutOpts {
     pub nats_monitor: Option<Target>,
     /// Every `slow_every`-th member never reads (see [`slow`]); 0 for none.
     pub slow_every: usize,
+    /// Bytes added to every chat message (larger frames).
+    pub pad_bytes: usize,
 }
 
 impl Default for FanoutOpts {
@@ -84,6 +86,7 @@ impl Default for FanoutOpts {
             pids: Vec::new(),
             nats_monitor: None,
             slow_every: 0,
+            pad_bytes: 0,
         }
     }
 }
@@ -456,7 +459,7 @@ async fn publish(
         if due >= shared.end {
             break;
         }
-        let text = client::text(room, sent[room], shared.nanos(due));
+        let text = client::padded_text(room, sent[room], shared.nanos(due), opts.pad_bytes);
         let (sink, room_id) = &mut sinks[room];
         let frame = client::publish_frame(opts.protocol, room_id, &format!("C{}", k + 10), text, wall_ms());
         if let Err(e) = sink.send(Message::Text(frame.into())).await {
