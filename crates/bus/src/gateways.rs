@@ -148,7 +148,9 @@ impl Gateways {
         let g = self.subjects.parse_alive(&msg.subject)?.to_owned();
         let revived = self.revive(&g);
         let epoch = msg.header(header::BUS_EPOCH).and_then(|e| e.parse::<u64>().ok());
-        let routed_here = self.routes.values().any(|r| *r == g);
+        // Scanned only while its epoch is unknown (its first announcement), not every second.
+        let epoch_unknown = self.gateways.get(&g).is_none_or(|gw| gw.epoch.is_none());
+        let routed_here = epoch_unknown && self.routes.values().any(|r| *r == g);
         let gateway = self.seen(&g, now);
         gateway.last_seen = now;
         let reconnected = match gateway.epoch {
