@@ -129,14 +129,16 @@ pub struct Broadcast {
 
 impl Broadcast {
     /// `msg`'s `session_id` is ignored: each frame gets its own.
-    pub fn new(msg: &mq::Message) -> Broadcast {
-        let body = mq::Message { session_id: None, ..msg.clone() }.encode_to_vec();
+    pub fn new(msg: mq::Message) -> Broadcast {
+        let body = mq::Message { session_id: None, ..msg }.encode_to_vec();
         Broadcast { body, tails: Default::default() }
     }
 
     /// The frame of the message with `session_id` set to `session`.
     pub fn frame(&self, session: Option<&str>, encoding: Encoding) -> Frame {
-        let mut head = Vec::with_capacity(session.map_or(0, |s| s.len() + 6));
+        // A binary frame is the head and the body; a text one's head takes at most 2 bytes more.
+        let rest = if encoding == Encoding::Binary { self.body.len() } else { 2 };
+        let mut head = Vec::with_capacity(session.map_or(0, |s| s.len() + 6) + rest);
         if let Some(session) = session {
             prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut head);
             prost::encoding::encode_varint(session.len() as u64, &mut head);
@@ -241,7 +243,7 @@ mod tests {
                 message_type: Some(mq::message::MessageType::Event as i32),
                 ..Default::default()
             };
-            let broadcast = Broadcast::new(&mq::Message { session_id: Some("ignored".into()), ..msg.clone() });
+            let broadcast = Broadcast::new(mq::Message { session_id: Some("ignored".into()), ..msg.clone() });
             let with = mq::Message { session_id: session.clone(), ..msg };
             for enc in [Encoding::Base64Text, Encoding::Binary] {
                 // Twice: the second text frame comes from the cached tail.

@@ -353,8 +353,7 @@ impl Gateway {
         msg.session_id = conn.session_id.clone();
         let encoding = encoding.unwrap_or(conn.encoding);
         let mut frame = codec::encode(&msg, encoding);
-        if frame.len() > self.config.max_outbound_message_size {
-            self.drop_frame(id, DropReason::OutboundTooLarge);
+        if self.dropped_as_too_large(id, &frame) {
             if msg.message_type != Some(MessageType::Response as i32) {
                 return;
             }
@@ -364,6 +363,16 @@ impl Gateway {
             frame = codec::encode(&error, encoding);
         }
         self.push(Output::Send { conn: id, frame });
+    }
+
+    /// Whether `frame` is over `--max-outbound-bytes`: then it is counted as dropped and must not
+    /// be sent.
+    pub(crate) fn dropped_as_too_large(&mut self, id: ConnectionId, frame: &Frame) -> bool {
+        let over = frame.len() > self.config.max_outbound_message_size;
+        if over {
+            self.drop_frame(id, DropReason::OutboundTooLarge);
+        }
+        over
     }
 
     fn count_answer(

@@ -97,7 +97,7 @@ impl Gateway {
             Target::Conversation(room) => self.registry.subscribers(Topic::Conversation, &room),
         };
         // Encoded once for all of them; each frame differs only by the session it names.
-        let event = Broadcast::new(&message(MessageType::Event, None, event_type, payload.to_vec()));
+        let event = Broadcast::new(message(MessageType::Event, None, event_type, payload.to_vec()));
         let traced: std::sync::Arc<str> = event_type.into();
         for id in ids {
             let frame = match self.registry.get(&id) {
@@ -107,8 +107,7 @@ impl Gateway {
                     continue;
                 }
             };
-            if frame.len() > self.config.max_outbound_message_size {
-                self.drop_frame(id, DropReason::OutboundTooLarge);
+            if self.dropped_as_too_large(id, &frame) {
                 continue;
             }
             self.push(Output::Send { conn: id, frame });

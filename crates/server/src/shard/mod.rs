@@ -103,14 +103,14 @@ impl<B: Backend> Shard<B> {
             if let Some(at) = deadline {
                 sleep.as_mut().reset(Instant::from_std(at));
             }
-            // A fixed order (simulated runs replay byte for byte): timers first, so a flood of
-            // commands or reads cannot starve heartbeats and deadlines; then commands, then
-            // sockets.
             if busy_turns >= TURNS_BEFORE_YIELD {
                 busy_turns = 0;
                 tokio::task::yield_now().await;
             }
             busy_turns += 1;
+            // A fixed order (simulated runs replay byte for byte): timers first, so a flood of
+            // commands or reads cannot starve heartbeats and deadlines; then commands, then
+            // sockets.
             let wake = std::future::poll_fn(|cx| {
                 if deadline.is_some() && sleep.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Wake::Timer);
