@@ -17,24 +17,34 @@ pub fn request_id(n: u64) -> String {
     format!("C{n}")
 }
 
-/// The `mq.Message` of request `request_id`.
-pub fn request_message(request_id: &str, origin_ms: u64) -> mq::Message {
-    let ping = mq::PingPong { origin_timestamp: origin_ms, count: None };
+/// The `mq.Message` of request `request_id` of type `ty`.
+pub fn request(request_id: &str, ty: &str, payload: Vec<u8>) -> mq::Message {
     mq::Message {
         request_id: Some(request_id.to_owned()),
-        r#type: REQUEST_TYPE.to_owned(),
-        payload: ping.encode_to_vec(),
+        r#type: ty.to_owned(),
+        payload,
         message_type: Some(mq::message::MessageType::Request as i32),
         ..Default::default()
     }
 }
 
-/// The text frame of request `request_id`: base64 of the encoded message.
-pub fn request_frame(request_id: &str, origin_ms: u64) -> String {
-    match codec::encode(&request_message(request_id, origin_ms), codec::Encoding::Base64Text) {
+/// The `mq.Message` of the benchmark's request `request_id`.
+pub fn request_message(request_id: &str, origin_ms: u64) -> mq::Message {
+    let ping = mq::PingPong { origin_timestamp: origin_ms, count: None };
+    request(request_id, REQUEST_TYPE, ping.encode_to_vec())
+}
+
+/// The text frame of `msg`: base64 of the encoded message, as the SDK sends.
+pub fn base64_text(msg: &mq::Message) -> String {
+    match codec::encode(msg, codec::Encoding::Base64Text) {
         codec::Frame::Text(text) => text,
         codec::Frame::Binary(_) => unreachable!("base64 encoding gives text frames"),
     }
+}
+
+/// The text frame of request `request_id`.
+pub fn request_frame(request_id: &str, origin_ms: u64) -> String {
+    base64_text(&request_message(request_id, origin_ms))
 }
 
 /// What came back for a request.

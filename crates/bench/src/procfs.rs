@@ -39,6 +39,16 @@ pub fn stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
     Some((utime, stime))
 }
 
+/// `VmRSS` of `pids` together, in KiB (a process that cannot be read counts nothing).
+pub fn total_rss_kib(pids: &[u32]) -> u64 {
+    pids.iter().filter_map(|p| rss_kib(*p).ok()).sum()
+}
+
+/// CPU time (user + system) of `pids` together, in seconds.
+pub fn total_cpu_secs(pids: &[u32]) -> f64 {
+    pids.iter().filter_map(|p| cpu_secs(*p).ok()).map(|(user, system)| user + system).sum()
+}
+
 /// Total memory of the machine, in KiB.
 pub fn mem_total_kib() -> Option<u64> {
     status_field_kib(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal")

@@ -75,7 +75,27 @@ pub fn runs(values: &[f64], decimals: usize) -> String {
     values.iter().map(|v| format!("{v:.decimals$}")).collect::<Vec<_>>().join(", ")
 }
 
-fn value(v: Option<f64>, decimals: usize) -> String {
+/// A target's verdict as the tables print it.
+pub fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "",
+    }
+}
+
+/// "- {note}" lines under a heading, when there are notes.
+fn notes(s: &mut String, notes: &[String]) {
+    if !notes.is_empty() {
+        let _ = writeln!(s, "\nNotes from this run:\n");
+        for note in notes {
+            let _ = writeln!(s, "- {note}");
+        }
+    }
+}
+
+/// A figure with `decimals`, or "-".
+pub fn value(v: Option<f64>, decimals: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.decimals$}"))
 }
 
@@ -93,14 +113,9 @@ pub fn render(res: &Results) -> String {
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
     let ratio = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
     for row in &res.rows {
-        let verdict = match row.met {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "",
-        };
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
             row.figure,
             value(row.clientmq, row.decimals),
             value(row.baseline, row.decimals),
@@ -108,6 +123,7 @@ pub fn render(res: &Results) -> String {
             value(row.seed, row.decimals),
             ratio(row.seed_ratio()),
             row.target,
+            verdict(row.met),
         );
     }
     if !res.bus.is_empty() {
@@ -127,12 +143,7 @@ pub fn render(res: &Results) -> String {
     for row in res.bus.iter().filter(|r| !r.runs.is_empty()) {
         let _ = writeln!(s, "- bus, {}: {}", row.figure, row.runs);
     }
-    if !res.notes.is_empty() {
-        let _ = writeln!(s, "\nNotes from this run:\n");
-        for note in &res.notes {
-            let _ = writeln!(s, "- {note}");
-        }
-    }
+    notes(&mut s, &res.notes);
     let _ = writeln!(s, "{END}");
     s
 }
@@ -148,12 +159,7 @@ pub fn render_fanout(res: &Results) -> String {
     for row in res.fanout.iter().filter(|r| !r.runs.is_empty()) {
         let _ = writeln!(s, "- {}: {}", row.figure, row.runs);
     }
-    if !res.fanout_notes.is_empty() {
-        let _ = writeln!(s, "\nNotes from this run:\n");
-        for note in &res.fanout_notes {
-            let _ = writeln!(s, "- {note}");
-        }
-    }
+    notes(&mut s, &res.fanout_notes);
     let _ = writeln!(s, "{FANOUT_END}");
     s
 }

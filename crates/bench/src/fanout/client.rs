@@ -13,12 +13,13 @@
 //! The chat message's text is `<room> <seq> <nanos>`: the room, the message's number in it, and
 //! when it was due (nanoseconds since the run's base instant).
 
-use clientmq_core::codec::{self, Encoding, Frame};
+use clientmq_core::codec::{self, Frame};
 use clientmq_core::proto::{chat, mq, pcast};
 use futures_util::{SinkExt, StreamExt};
 use prost::Message as _;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::frame;
 use crate::target::Ws;
 
 /// Which protocol the server under test speaks.
@@ -99,26 +100,12 @@ pub fn event_frame(room_id: &str, text: String, now_ms: u64) -> String {
         message_type: Some(mq::message::MessageType::Event as i32),
         ..Default::default()
     };
-    text_of(codec::encode(&msg, Encoding::Base64Text))
-}
-
-fn text_of(frame: Frame) -> String {
-    match frame {
-        Frame::Text(text) => text,
-        Frame::Binary(_) => unreachable!("base64 encoding gives text frames"),
-    }
+    frame::base64_text(&msg)
 }
 
 /// The frame of request `id` of type `ty`.
 pub fn request_frame(id: &str, ty: &str, payload: Vec<u8>) -> String {
-    let msg = mq::Message {
-        request_id: Some(id.to_owned()),
-        r#type: ty.to_owned(),
-        payload,
-        message_type: Some(mq::message::MessageType::Request as i32),
-        ..Default::default()
-    };
-    text_of(codec::encode(&msg, Encoding::Base64Text))
+    frame::base64_text(&frame::request(id, ty, payload))
 }
 
 /// The next text frame; control frames are skipped.
@@ -147,15 +134,20 @@ async fn call<T: prost::Message + Default>(
     loop {
         let text = next_text(ws).await?;
         let msg = codec::decode(&Frame::Text(text), usize::MAX).map_err(|e| format!("{ty}: {e}"))?;
-        if msg.request_id.as_deref() != Some(id) {
-            continue;
+        if msg.request_id.as_deref() == Some(id) {
+            return answer(&msg, ty);
         }
-        if msg.r#type != format!("{ty}Response") {
-            let reason = mq::Error::decode(msg.payload.as_slice()).map(|e| e.reason).unwrap_or_default();
-            return Err(format!("{ty}: answered {} {reason}", msg.r#type));
-        }
-        return T::decode(msg.payload.as_slice()).map_err(|e| format!("{ty}Response: {e}"));
     }
+}
+
+/// The payload of `msg`, which must answer a request of type `ty` with a `<ty>Response` (an
+/// `mq.Error` is an error, with its reason).
+fn answer<T: prost::Message + Default>(msg: &mq::Message, ty: &str) -> Result<T, String> {
+    if msg.r#type != format!("{ty}Response") {
+        let reason = mq::Error::decode(msg.payload.as_slice()).map(|e| e.reason).unwrap_or_default();
+        return Err(format!("{ty}: answered {} {reason}", msg.r#type));
+    }
+    T::decode(msg.payload.as_slice()).map_err(|e| format!("{ty}Response: {e}"))
 }
 
 fn ok(ty: &str, status: &str) -> Result<(), String> {
@@ -264,12 +256,8 @@ pub fn publish_frame(protocol: Protocol, room_id: &str, id: &str, text: String, 
 pub fn send_answered_ok(frame: &str) -> Option<Result<(), String>> {
     let msg = codec::decode(&Frame::Text(frame.to_owned()), usize::MAX).ok()?;
     msg.request_id.as_ref()?;
-    if msg.r#type != "chat.SendMessageToRoomResponse" {
-        let reason = mq::Error::decode(msg.payload.as_slice()).map(|e| e.reason).unwrap_or_default();
-        return Some(Err(format!("chat.SendMessageToRoom: answered {} {reason}", msg.r#type)));
-    }
-    let r = chat::SendMessageToRoomResponse::decode(msg.payload.as_slice()).ok()?;
-    Some(ok("chat.SendMessageToRoom", &r.status))
+    let ty = "chat.SendMessageToRoom";
+    Some(answer::<chat::SendMessageToRoomResponse>(&msg, ty).and_then(|r| ok(ty, &r.status)))
 }
 
 #[cfg(test)]

@@ -29,6 +29,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub use client::Protocol;
 
+use crate::procfs;
 use crate::stats::{self, Latency};
 use crate::target::{self, Target, Ws};
 
@@ -237,7 +238,7 @@ struct Heard {
 /// Runs fan-out mode with the members spread evenly over `targets`; publishers use the first.
 pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
     let rooms = opts.rooms.clamp(1, opts.members.max(1));
-    let rss = || opts.pids.iter().filter_map(|p| crate::procfs::rss_kib(*p).ok()).sum::<u64>();
+    let rss = || procfs::total_rss_kib(&opts.pids);
     let mut report =
         FanoutReport { rooms, rate: opts.rate, rss_before_kib: rss(), ..FanoutReport::default() };
     let setup_started = Instant::now();
@@ -330,23 +331,14 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
         let shared = shared.clone();
         let (pids, monitor) = (opts.pids.clone(), opts.nats_monitor.clone());
         tokio::spawn(async move {
-            let read = |pids: &[u32]| {
-                pids.iter().filter_map(|p| crate::procfs::cpu_secs(*p).ok()).map(|(u, s)| u + s).sum::<f64>()
-            };
             let own = [std::process::id()];
             tokio::time::sleep_until(shared.measure_from).await;
-            let (watched, load) = (read(&pids), read(&own));
-            let out = match &monitor {
-                Some(m) => nats_out_msgs(m).await,
-                None => None,
-            };
+            let (watched, load) = (procfs::total_cpu_secs(&pids), procfs::total_cpu_secs(&own));
+            let out = nats_out_msgs(monitor.as_ref()).await;
             tokio::time::sleep_until(shared.end).await;
-            let cpu = (read(&pids) - watched, read(&own) - load);
-            let rss_end = pids.iter().filter_map(|p| crate::procfs::rss_kib(*p).ok()).sum::<u64>();
-            let out_after = match &monitor {
-                Some(m) => nats_out_msgs(m).await,
-                None => None,
-            };
+            let cpu = (procfs::total_cpu_secs(&pids) - watched, procfs::total_cpu_secs(&own) - load);
+            let rss_end = procfs::total_rss_kib(&pids);
+            let out_after = nats_out_msgs(monitor.as_ref()).await;
             (cpu, out.zip(out_after).map(|(b, a)| a - b), rss_end)
         })
     };
@@ -391,9 +383,9 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
 
 type Sink = SplitSink<Ws, Message>;
 
-/// nats-server's count of messages it sent (`out_msgs` of `/varz`).
-async fn nats_out_msgs(monitor: &Target) -> Option<f64> {
-    let page = monitor.http_get("/varz").await.ok()?;
+/// nats-server's count of messages it sent (`out_msgs` of `/varz`), when there is one to ask.
+async fn nats_out_msgs(monitor: Option<&Target>) -> Option<f64> {
+    let page = monitor?.http_get("/varz").await.ok()?;
     let at = page.find("\"out_msgs\":")? + "\"out_msgs\":".len();
     page[at..].split([',', '}']).next()?.trim().parse().ok()
 }

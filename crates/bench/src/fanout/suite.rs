@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use super::{FanoutOpts, FanoutReport, Protocol};
 use crate::plan::{GATEWAY_FLAGS, SuiteOpts, log};
+use crate::report;
 use crate::servers::{Binaries, ServerProc};
 use crate::stats::median;
 use crate::target::Target;
@@ -145,7 +146,7 @@ fn row(figure: String, values: &[Vec<f64>; 5], decimals: usize) -> FanRow {
         .iter()
         .zip(values)
         .filter(|(_, v)| !v.is_empty())
-        .map(|(name, v)| format!("{name} {}", crate::report::runs(v, decimals)))
+        .map(|(name, v)| format!("{name} {}", report::runs(v, decimals)))
         .collect::<Vec<_>>()
         .join("; ");
     FanRow { figure, values: values.each_ref().map(|v| median(v)), decimals, runs, ..FanRow::default() }
@@ -246,17 +247,9 @@ pub fn render(rows: &[FanRow]) -> String {
     let _ = writeln!(s, "| figure | {a} | {b} | {c} | {d} | {e} | target | verdict |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
     for row in rows {
-        let v = row.values.map(|v| v.map_or("-".into(), |v| format!("{v:.*}", row.decimals)));
-        let verdict = match row.met {
-            Some(true) => "met",
-            Some(false) => "**missed**",
-            None => "",
-        };
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} | {} | {} | {} | {} | {verdict} |",
-            row.figure, v[0], v[1], v[2], v[3], v[4], row.target
-        );
+        let [a, b, c, d, e] = row.values.map(|v| report::value(v, row.decimals));
+        let verdict = report::verdict(row.met);
+        let _ = writeln!(s, "| {} | {a} | {b} | {c} | {d} | {e} | {} | {verdict} |", row.figure, row.target);
     }
     s
 }
