@@ -76,6 +76,7 @@ use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 pub use broker::{RouteObserver, serve_broker};
 pub use client::{SimBus, SimSubscription};
+pub use clientmq_bus::subject::{subject_matches, valid_subject};
 
 /// How often a client pings the broker.
 pub const PING_EVERY: Duration = Duration::from_secs(1);
@@ -89,35 +90,6 @@ pub const MAX_PENDING: usize = 64 * 1024 * 1024;
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// ...to at most this.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Whether `subject` is well formed: non-empty tokens separated by dots, no whitespace; with
-/// `wildcards`, a token `*` anywhere and a token `>` last are allowed, without, they are not.
-pub fn valid_subject(subject: &str, wildcards: bool) -> bool {
-    if subject.is_empty() || subject.chars().any(char::is_whitespace) {
-        return false;
-    }
-    let tokens: Vec<&str> = subject.split('.').collect();
-    tokens.iter().enumerate().all(|(i, t)| match *t {
-        "" => false,
-        "*" => wildcards,
-        ">" => wildcards && i == tokens.len() - 1,
-        _ => true,
-    })
-}
-
-/// Whether a literal `subject` matches the subscription `pattern`, token by token.
-pub fn subject_matches(pattern: &str, subject: &str) -> bool {
-    let mut subject = subject.split('.');
-    for p in pattern.split('.') {
-        match (p, subject.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
-            (p, Some(s)) if p == s => {}
-            _ => return false,
-        }
-    }
-    subject.next().is_none()
-}
 
 /// Where the two halves of one socket end up when the tasks that use them are dropped: they
 /// are dropped together, read half first, when the last holder of the home lets go.
