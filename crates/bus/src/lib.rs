@@ -14,6 +14,7 @@ pub mod contract;
 pub mod gateways;
 pub mod nats;
 pub mod process;
+pub mod store;
 pub mod subject;
 
 use std::future::Future;

@@ -55,6 +55,11 @@ fn locate() -> Result<PathBuf, String> {
     }
 }
 
+/// The version of [`nats_server`].
+pub fn nats_server_version() -> (u32, u32, u32) {
+    version_of(nats_server()).expect("nats-server ran a moment ago")
+}
+
 /// `nats-server --version` as numbers, or `None` when it does not run.
 fn version_of(binary: &Path) -> Option<(u32, u32, u32)> {
     let out = Command::new(binary).arg("--version").stdin(Stdio::null()).output().ok()?;

@@ -1,0 +1,184 @@
+//! JetStream's wire forms for the subset the store uses: the JSON bodies of its API and of a
+//! publish acknowledgement, and the NATS header block a stored message carries. The client
+//! writes requests and reads answers with these; the model reads requests and writes answers.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+/// API subjects (`$JS.API.` + these), each followed by the stream's name where it takes one.
+pub const API: &str = "$JS.API.";
+pub const INFO: &str = "INFO";
+pub const STREAM_CREATE: &str = "STREAM.CREATE.";
+pub const STREAM_INFO: &str = "STREAM.INFO.";
+pub const STREAM_MSG_GET: &str = "STREAM.MSG.GET.";
+
+/// Headers of a publish that JetStream acts on.
+pub mod header {
+    pub const MSG_ID: &str = "Nats-Msg-Id";
+    pub const EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
+    pub const ROLLUP: &str = "Nats-Rollup";
+    /// A key-value delete or purge marker (`DEL`, `PURGE`); not JetStream's, its KV clients'.
+    pub const KV_OPERATION: &str = "KV-Operation";
+}
+
+/// JetStream's error codes the store tells apart (`err_code` in an API error).
+pub mod code {
+    pub const WRONG_LAST_SEQUENCE: u32 = 10071;
+    pub const NO_MESSAGE_FOUND: u32 = 10037;
+    pub const STREAM_NOT_FOUND: u32 = 10059;
+    pub const STREAM_NAME_IN_USE: u32 = 10058;
+    pub const SUBJECTS_OVERLAP: u32 = 10065;
+    pub const MESSAGE_TOO_LARGE: u32 = 10054;
+    pub const ROLLUP_FAILED: u32 = 10111;
+    pub const BAD_REQUEST: u32 = 10003;
+}
+
+/// Where a stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Storage {
+    File,
+    Memory,
+}
+
+/// The stream settings the store sets (the others keep JetStream's defaults: limits retention,
+/// discard old, no limit on messages, bytes or age).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamConfig {
+    pub name: String,
+    pub subjects: Vec<String>,
+    /// Messages kept per subject, oldest dropped first; -1 for no limit.
+    pub max_msgs_per_subject: i64,
+    /// Largest payload accepted, in bytes; -1 for no limit.
+    pub max_msg_size: i32,
+    /// Nanoseconds a `Nats-Msg-Id` is remembered for deduplication.
+    pub duplicate_window: u64,
+    pub storage: Storage,
+    pub num_replicas: usize,
+    /// Whether a publish may carry `Nats-Rollup` (replace the subject's messages).
+    pub allow_rollup_hdrs: bool,
+    /// Whether the API's message delete is refused (a key-value bucket's history is written by
+    /// publishes only).
+    pub deny_delete: bool,
+    pub allow_direct: bool,
+}
+
+/// An API error as JetStream writes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub code: u16,
+    #[serde(default)]
+    pub err_code: u32,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The answer to a publish captured by a stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PubAckBody {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    #[serde(default)]
+    pub stream: String,
+    #[serde(default)]
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
+}
+
+/// `STREAM.MSG.GET`: one message by sequence, the last of a subject, or the first of a subject
+/// from a sequence on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsgGetRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_by_subj: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_by_subj: Option<String>,
+}
+
+/// A stored message as `STREAM.MSG.GET` returns it: headers as a base64 NATS header block,
+/// data in base64, each absent when empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RawMessage {
+    pub subject: String,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hdrs: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<String>,
+    #[serde(default)]
+    pub time: String,
+}
+
+/// Every API answer: the error when there is one, else the fields of its kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ApiResponse {
+    #[serde(rename = "type", default)]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<RawMessage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<StreamConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StreamState>,
+}
+
+/// How many messages a stream holds and the range of their sequences.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamState {
+    pub messages: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+}
+
+/// Encodes header pairs as a NATS header block (`NATS/1.0`, one `Name: value` line each).
+pub fn header_block(headers: &[(String, String)]) -> Vec<u8> {
+    let mut block = b"NATS/1.0\r\n".to_vec();
+    for (name, value) in headers {
+        block.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    block.extend_from_slice(b"\r\n");
+    block
+}
+
+/// Decodes a NATS header block into its pairs, in order; `None` if it is not one.
+pub fn parse_header_block(block: &[u8]) -> Option<Vec<(String, String)>> {
+    let text = std::str::from_utf8(block).ok()?;
+    let mut lines = text.split("\r\n");
+    if !lines.next()?.starts_with("NATS/1.0") {
+        return None;
+    }
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line.split_once(':')?;
+        headers.push((name.trim().to_owned(), value.trim().to_owned()));
+    }
+    Some(headers)
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    STANDARD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_block_round_trips() {
+        let headers =
+            vec![("KV-Operation".to_owned(), "DEL".to_owned()), ("A".to_owned(), "b: c".to_owned())];
+        assert_eq!(parse_header_block(&header_block(&headers)), Some(headers));
+        assert_eq!(parse_header_block(&header_block(&[])), Some(vec![]));
+        assert_eq!(parse_header_block(b"HTTP/1.1 200\r\n\r\n"), None);
+    }
+}

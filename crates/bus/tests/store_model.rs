@@ -1,0 +1,316 @@
+//! The store model held to the real thing: random sequences of store operations (stream
+//! creation, conditional publishes, reads, key-value writes and deletes) run against a real
+//! nats-server with JetStream and against [`StoreModel`] behind a [`ModelBus`], and every answer
+//! must be the same. A sequence that differs is printed whole, with its seed, so it replays:
+//! `STORE_SEED=<seed> STORE_SEQUENCES=1 cargo test -p clientmq-bus --test store_model`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clientmq_bus::nats::NatsBus;
+use clientmq_bus::store::kv::Bucket;
+use clientmq_bus::store::loopback::ModelBus;
+use clientmq_bus::store::model::Checks;
+use clientmq_bus::store::wire::{Storage, StreamConfig};
+use clientmq_bus::store::{Expect, MsgQuery, Store, StoreError};
+use clientmq_bus::{Bus, BusMessage, Subscription};
+use clientmq_testkit::nats::Nats;
+use clientmq_testkit::procs::{Log, wait_for};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// One operation, named by what a sequence varies: which stream, subject, key, condition.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Creates stream `which` (0 or 1) with settings `variant` (different settings under one
+    /// name are refused; stream 1's subjects overlap stream 0's in some variants).
+    Create {
+        which: usize,
+        variant: usize,
+    },
+    Publish {
+        subject: usize,
+        msg_id: Option<u8>,
+        expect: Cond,
+        rollup: bool,
+        data: Vec<u8>,
+        header: bool,
+    },
+    Get(Query),
+    Info {
+        which: usize,
+    },
+    KvPut {
+        key: usize,
+        expect: Cond,
+        data: Vec<u8>,
+    },
+    KvDelete {
+        key: usize,
+        expect: Cond,
+    },
+    KvEntry {
+        key: usize,
+    },
+    /// A publish to a subject no stream takes, with a reply subject.
+    Stray,
+}
+
+#[derive(Debug, Clone)]
+enum Query {
+    Seq(u64),
+    Last(usize),
+    Next(u64, usize),
+}
+
+/// A publish's expected last subject sequence, relative to what the model holds.
+#[derive(Debug, Clone, Copy)]
+enum Cond {
+    None,
+    Current,
+    /// The current last plus this (a stale or future revision).
+    Off(i64),
+}
+
+/// Literal subjects publishes go to, and the patterns reads ask for (under a sequence's root).
+const SUBJECTS: [&str; 4] = ["t.a", "t.b", "t.c.d", "u.a"];
+const PATTERNS: [&str; 6] = ["t.a", "t.b", "t.c.d", "t.*", "t.>", "u.a"];
+const KEYS: [&str; 3] = ["k1", "k.2", "k_3"];
+
+fn stream_config(root: &str, which: usize, variant: usize) -> StreamConfig {
+    let subjects = match (which, variant % 3) {
+        (0, _) => vec![format!("{root}.t.>")],
+        (_, 0) => vec![format!("{root}.u.*")],
+        (_, 1) => vec![format!("{root}.u.a"), format!("{root}.w")],
+        (_, _) => vec![format!("{root}.t.a")],
+    };
+    StreamConfig {
+        name: format!("{root}_S{which}"),
+        subjects,
+        max_msgs_per_subject: [-1, 1, 2][variant % 3],
+        max_msg_size: [-1, 64][variant / 2 % 2],
+        duplicate_window: 120_000_000_000,
+        storage: Storage::Memory,
+        num_replicas: 1,
+        allow_rollup_hdrs: variant.is_multiple_of(2),
+        deny_delete: false,
+        allow_direct: variant.is_multiple_of(5),
+    }
+}
+
+fn generate(rng: &mut SmallRng, len: usize) -> Vec<Op> {
+    let cond = |rng: &mut SmallRng| match rng.random_range(0..6) {
+        0 | 1 => Cond::None,
+        2 | 3 => Cond::Current,
+        4 => Cond::Off(-1),
+        _ => Cond::Off(rng.random_range(1..3)),
+    };
+    let data =
+        |rng: &mut SmallRng| (0..rng.random_range(0..12)).map(|_| rng.random_range(b'a'..=b'z')).collect();
+    let mut ops = vec![Op::Create { which: 0, variant: rng.random_range(0..8) }];
+    for _ in 0..len {
+        let op = match rng.random_range(0..20) {
+            0 => Op::Create { which: rng.random_range(0..2), variant: rng.random_range(0..8) },
+            1..=6 => Op::Publish {
+                subject: rng.random_range(0..SUBJECTS.len()),
+                msg_id: rng.random_bool(0.3).then(|| rng.random_range(0..4)),
+                expect: cond(rng),
+                rollup: rng.random_bool(0.1),
+                data: data(rng),
+                header: rng.random_bool(0.3),
+            },
+            7 => Op::Get(Query::Seq(rng.random_range(0..12))),
+            8 | 9 => Op::Get(Query::Last(rng.random_range(0..PATTERNS.len()))),
+            10 => Op::Get(Query::Next(rng.random_range(0..12), rng.random_range(0..PATTERNS.len()))),
+            11 => Op::Info { which: rng.random_range(0..2) },
+            12..=14 => Op::KvPut { key: rng.random_range(0..KEYS.len()), expect: cond(rng), data: data(rng) },
+            15 | 16 => Op::KvDelete { key: rng.random_range(0..KEYS.len()), expect: cond(rng) },
+            17 | 18 => Op::KvEntry { key: rng.random_range(0..KEYS.len()) },
+            _ => Op::Stray,
+        };
+        ops.push(op);
+    }
+    ops
+}
+
+/// One side of the comparison: a store client and the names of one sequence.
+struct Side<B: Bus> {
+    store: Store<B>,
+    root: String,
+    bucket: Bucket,
+}
+
+impl<B: Bus> Side<B> {
+    /// The last sequence of `subject` on this side (0 when none): what `Cond` counts from.
+    async fn last_of(&self, stream: &str, subject: &str) -> u64 {
+        match self.store.get(stream, &MsgQuery::LastBySubject(subject.to_owned())).await {
+            Ok(msg) => msg.seq,
+            Err(_) => 0,
+        }
+    }
+
+    /// Runs `op`; the answer, written so that both sides' can be compared.
+    async fn run(&self, op: &Op, expect_seq: Option<u64>) -> String {
+        let root = &self.root;
+        let stream0 = format!("{root}_S0");
+        match op {
+            Op::Create { which, variant } => {
+                show(self.store.create_stream(&stream_config(root, *which, *variant)).await)
+            }
+            Op::Publish { subject, msg_id, rollup, data, header, .. } => {
+                let expect = Expect {
+                    msg_id: msg_id.map(|i| format!("m{i}")),
+                    last_subject_seq: expect_seq,
+                    rollup_subject: *rollup,
+                };
+                let headers = if *header { vec![("X-Tag".to_owned(), "v 1".to_owned())] } else { Vec::new() };
+                let subject = format!("{root}.{}", SUBJECTS[*subject]);
+                show(self.store.publish(&subject, headers, data.clone(), &expect).await)
+            }
+            Op::Get(query) => {
+                let query = match query {
+                    Query::Seq(seq) => MsgQuery::Seq(*seq),
+                    Query::Last(p) => MsgQuery::LastBySubject(format!("{root}.{}", PATTERNS[*p])),
+                    Query::Next(from, p) => {
+                        MsgQuery::NextBySubject { from: *from, subject: format!("{root}.{}", PATTERNS[*p]) }
+                    }
+                };
+                show(self.store.get(&stream0, &query).await)
+            }
+            Op::Info { which } => show(self.store.stream_state(&format!("{root}_S{which}")).await),
+            Op::KvPut { key, data, .. } => {
+                show(self.bucket.put(&self.store, KEYS[*key], data.clone(), expect_seq).await)
+            }
+            Op::KvDelete { key, .. } => show(self.bucket.delete(&self.store, KEYS[*key], expect_seq).await),
+            Op::KvEntry { key } => show(self.bucket.entry(&self.store, KEYS[*key]).await),
+            Op::Stray => show(
+                self.store.publish(&format!("{root}.nowhere"), Vec::new(), vec![1], &Expect::default()).await,
+            ),
+        }
+    }
+}
+
+/// An answer as text: the value, or the error (whose wording JetStream owns, so the model must
+/// match it too).
+fn show<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+    format!("{result:?}")
+}
+
+/// The kinds of answer a run must have seen from both sides, or it proved little.
+const MUST_SEE: [&str; 10] = [
+    "duplicate: false",
+    "duplicate: true",
+    "WrongLastSequence",
+    "NotFound",
+    "NoResponders",
+    "NoStream",
+    "err_code: 10058",
+    "err_code: 10065",
+    "err_code: 10054",
+    "rollup",
+];
+
+async fn sequence<R: Bus, M: Bus>(
+    real: &Side<R>,
+    model: &Side<M>,
+    ops: &[Op],
+    seen: &mut std::collections::BTreeMap<&'static str, u64>,
+) -> Result<(), String> {
+    let mut log = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        // The condition is resolved on the model; as long as the two agree, it is the same number.
+        let (cond, subject) = match op {
+            Op::Publish { expect, subject, .. } => {
+                (*expect, format!("{}.{}", model.root, SUBJECTS[*subject]))
+            }
+            Op::KvPut { expect, key, .. } | Op::KvDelete { expect, key } => {
+                (*expect, format!("$KV.{}.{}", model.root, KEYS[*key]))
+            }
+            _ => (Cond::None, String::new()),
+        };
+        let stream = if subject.starts_with("$KV") {
+            model.bucket.stream()
+        } else if subject.starts_with(&format!("{}.u", model.root)) {
+            format!("{}_S1", model.root)
+        } else {
+            format!("{}_S0", model.root)
+        };
+        let expect_seq = match cond {
+            Cond::None => None,
+            Cond::Current => Some(model.last_of(&stream, &subject).await),
+            Cond::Off(d) => Some(model.last_of(&stream, &subject).await.saturating_add_signed(d)),
+        };
+        let (a, b) = (real.run(op, expect_seq).await, model.run(op, expect_seq).await);
+        log.push(format!("{i}: {op:?} expect {expect_seq:?}\n     real:  {a}"));
+        if a != b {
+            log.push(format!("     model: {b}"));
+            return Err(log.join("\n"));
+        }
+        for kind in MUST_SEE.iter().filter(|k| a.contains(*k)) {
+            *seen.entry(kind).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+async fn side<B: Bus>(bus: Arc<B>, root: &str, inbox: &str) -> Side<B> {
+    let store = Store::new(bus, inbox, Duration::from_secs(5)).await.expect("an inbox");
+    let bucket = Bucket::new(root).unwrap();
+    let _ = store.create_stream(&bucket.config(1, Storage::Memory)).await;
+    Side { store, root: root.to_owned(), bucket }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_model_answers_as_jetstream_does() {
+    let dir = std::env::temp_dir().join(format!("clientmq-store-model-{}", std::process::id()));
+    let log = Log::default();
+    let nats = Nats::start_with(&log, &["-js", "-sd", &dir.display().to_string()]).await;
+    let real_bus = Arc::new(NatsBus::connect(&nats.url(), "store-model").await.unwrap());
+    wait_for(WAIT, "connected", &log, || async { real_bus.status().connected }).await;
+
+    let env =
+        |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
+    let (seed, sequences) = (env("STORE_SEED", 0), env("STORE_SEQUENCES", 40));
+    // The model checks a publish in the order of the server it is compared with.
+    let checks = Checks::of_version(clientmq_testkit::nats::nats_server_version());
+    let mut seen = std::collections::BTreeMap::new();
+    for n in 0..sequences {
+        let case = seed + n;
+        let mut rng = SmallRng::seed_from_u64(case);
+        let ops = generate(&mut rng, 60);
+        let root = format!("r{case}");
+        let real = side(real_bus.clone(), &root, &format!("real{case}")).await;
+        let model = side(Arc::new(ModelBus::new(checks)), &root, &format!("model{case}")).await;
+        if let Err(log) = sequence(&real, &model, &ops, &mut seen).await {
+            panic!("the model differs from nats-server, STORE_SEED={case}:\n{log}");
+        }
+    }
+    eprintln!("answers seen: {seen:?}");
+    if sequences >= 40 {
+        let missing: Vec<_> = MUST_SEE.iter().filter(|k| !seen.contains_key(*k)).collect();
+        assert!(missing.is_empty(), "{sequences} sequences never got {missing:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The client's request path: an answer that never comes is a timeout, and a request with no
+/// responder (JetStream off) is told so at once.
+#[tokio::test]
+async fn without_jetstream_the_store_says_so() {
+    let log = Log::default();
+    let nats = Nats::start(&log).await;
+    let bus = Arc::new(NatsBus::connect(&nats.url(), "store-off").await.unwrap());
+    wait_for(WAIT, "connected", &log, || async { bus.status().connected }).await;
+    let store = Store::new(bus.clone(), "off", Duration::from_millis(300)).await.unwrap();
+    // A plain server answers JetStream's API with "no responders".
+    assert_eq!(store.check().await, Err(StoreError::NoResponders));
+    // A subscriber that never answers leaves the request to time out.
+    let mut mute = bus.subscribe("mute.>", None).await.unwrap();
+    clientmq_testkit::nats::in_place(&*bus, &mut mute, "mute.probe").await;
+    let silent = store.publish("mute.x", Vec::new(), vec![1], &Expect::default()).await;
+    assert_eq!(silent, Err(StoreError::Timeout(Duration::from_millis(300))));
+    let heard: Option<BusMessage> = mute.next().await;
+    assert_eq!(heard.map(|m| m.subject), Some("mute.x".to_owned()));
+}
