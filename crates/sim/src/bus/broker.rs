@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use clientmq_bus::store::model::{Outcome, StoreModel};
 use clientmq_bus::{BusMessage, NO_RESPONDERS};
 use tokio::sync::{mpsc, oneshot};
 
@@ -22,12 +23,21 @@ use super::{
 /// went to, in client order.
 pub type RouteObserver = Arc<dyn Fn(&BusMessage, Vec<String>) + Send + Sync>;
 
+/// The broker's JetStream: held outside the broker, so it outlives a restart as a file store
+/// outlives nats-server's.
+pub type SharedStore = Arc<Mutex<StoreModel>>;
+
 /// Runs a broker on `port` of this turmoil host until the host stops. Run it as the host's
 /// software itself (not inside `tokio::spawn`): the broker's state then outlives its clients'
 /// tasks when the host is crashed or bounced, and their sockets close in client order.
-pub async fn serve_broker(port: u16, observer: Option<RouteObserver>) -> std::io::Result<()> {
+/// JetStream requests and publishes to streams' subjects are answered from `store`.
+pub async fn serve_broker(
+    port: u16,
+    observer: Option<RouteObserver>,
+    store: SharedStore,
+) -> std::io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    let broker = Arc::new(Mutex::new(Broker { observer, ..Broker::default() }));
+    let broker = Arc::new(Mutex::new(Broker { observer, store, ..Broker::default() }));
     loop {
         let (stream, _) = listener.accept().await?;
         let (read, write, home) = split(stream);
@@ -67,6 +77,7 @@ struct Broker {
     /// The member (connection id, sid) each queue group gave its last message to.
     turns: BTreeMap<String, (u64, u64)>,
     observer: Option<RouteObserver>,
+    store: SharedStore,
 }
 
 struct Client {
@@ -139,8 +150,11 @@ impl Broker {
     }
 
     /// Delivers a message published by client `from`: every matching plain subscription, one
-    /// member of each matching queue group, or a no-responders answer.
+    /// member of each matching queue group, or a no-responders answer. A message JetStream
+    /// takes is delivered too (as nats-server does), and its answer after it.
     fn route(&mut self, from: u64, msg: BusMessage) {
+        let at = u64::try_from(crate::trace::now().as_nanos()).unwrap_or(u64::MAX);
+        let outcome = self.store.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, at);
         let mut plain = Vec::new();
         let mut groups: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
         for (&id, client) in &self.clients {
@@ -191,12 +205,18 @@ impl Broker {
             // A client with two matching subscriptions is named twice: it got two copies.
             observer(&msg, delivered_to.iter().map(|id| self.clients[id].name.clone()).collect());
         }
-        if !delivered && let Some(reply) = &msg.reply {
+        if !delivered
+            && outcome == Outcome::Ignored
+            && let Some(reply) = &msg.reply
+        {
             self.no_responders(from, &msg.subject, reply, &mut slow);
         }
         for id in slow {
             // A slow consumer: dropping the client ends its reader and writer.
             self.clients.remove(&id);
+        }
+        if let Outcome::Answer(answer) = outcome {
+            self.route(from, answer);
         }
     }
 

@@ -74,7 +74,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub use broker::{RouteObserver, serve_broker};
+pub use broker::{RouteObserver, SharedStore, serve_broker};
 pub use client::{SimBus, SimSubscription};
 pub use clientmq_bus::subject::{subject_matches, valid_subject};
 

@@ -18,7 +18,7 @@ use super::faults::{Crash, act, instant};
 use super::world::World;
 use super::{Broken, RunOptions};
 use crate::backend::SimBackend;
-use crate::bus::{RouteObserver, SimBus, serve_broker};
+use crate::bus::{RouteObserver, SharedStore, SimBus, serve_broker};
 use crate::client;
 use crate::scenario::Scenario;
 use crate::trace::{self, Body, Digest, Proc, Record, Source, Trace};
@@ -125,9 +125,13 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
     });
 }
 
-/// The bus host: a broker with NATS core's semantics; a restart loses everything it held.
+/// The bus host: a broker with NATS core's semantics, whose restart loses every subscription
+/// and message in flight, and JetStream's subset (`clientmq_bus::store`), whose streams outlive
+/// a restart as a file store does.
 pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
+    let store = SharedStore::default();
     sim.host("bus", move || {
+        let store = store.clone();
         // Room events are traced with where they went: what the checker holds deliveries to.
         let observer = trace.clone().map(|trace| -> RouteObserver {
             let subjects = Subjects::new(PREFIX);
@@ -144,7 +148,7 @@ pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
             })
         });
         async move {
-            serve_broker(4222, observer).await?;
+            serve_broker(4222, observer, store).await?;
             Ok(())
         }
     });

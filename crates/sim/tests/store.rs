@@ -1,0 +1,152 @@
+//! The store on the simulated bus: the same `clientmq_bus::store` client the workers will use,
+//! answered by the broker's model of JetStream (held to nats-server by
+//! `crates/bus/tests/store_model.rs`). What the simulator adds is the network: workers racing on
+//! one key, a broker restart, a worker cut off from the store.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use clientmq_bus::store::kv::{Bucket, Entry};
+use clientmq_bus::store::wire::Storage;
+use clientmq_bus::store::{Store, StoreError};
+use clientmq_bus::{Bus, BusStatus};
+use clientmq_sim::bus::SimBus;
+use clientmq_sim::run::{BUS, bus_host};
+use clientmq_sim::trace::now;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn sim(seed: u64) -> turmoil::Sim<'static> {
+    let mut sim = turmoil::Builder::new()
+        .rng_seed(seed)
+        .epoch(UNIX_EPOCH)
+        .simulation_duration(Duration::from_secs(60))
+        .build();
+    bus_host(&mut sim, None);
+    sim
+}
+
+async fn connected(bus: &SimBus) {
+    let mut status = BusStatus::default();
+    while !bus.status().connected {
+        bus.changed(status).await;
+        status = bus.status();
+    }
+}
+
+/// A store client on a fresh connection named `who`, with the bucket created.
+async fn store(who: &str) -> (Store<SimBus>, Bucket) {
+    let bus = SimBus::connect(BUS, who);
+    connected(&bus).await;
+    let store = Store::new(bus, who, TIMEOUT).await.expect("an inbox");
+    let bucket = Bucket::new("sessions").unwrap();
+    // Until the inbox subscription is in place at the broker, answers are lost: retry.
+    while store.create_stream(&bucket.config(1, Storage::File)).await.is_err() {}
+    (store, bucket)
+}
+
+/// Adds `who` to the list at key "room", deciding on what it read; on a conflict it reads
+/// again and decides again. Returns how many conflicts it met.
+async fn join(store: &Store<SimBus>, bucket: &Bucket, who: &str) -> u32 {
+    let mut conflicts = 0;
+    loop {
+        let entry = bucket.entry(store, "room").await.expect("read");
+        let (mut members, revision) = match entry {
+            Some(Entry { revision, value: Some(v) }) => (String::from_utf8(v).unwrap(), revision),
+            Some(Entry { revision, value: None }) => (String::new(), revision),
+            None => (String::new(), 0),
+        };
+        members.push_str(who);
+        members.push(' ');
+        match bucket.put(store, "room", members.into_bytes(), Some(revision)).await {
+            Ok(_) => return conflicts,
+            Err(StoreError::WrongLastSequence(_)) => conflicts += 1,
+            Err(e) => panic!("{who}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn workers_racing_on_one_key_lose_no_write() -> turmoil::Result {
+    let mut sim = sim(1);
+    let conflicts = Arc::new(Mutex::new(Vec::new()));
+    for who in ["w1", "w2", "w3"] {
+        let conflicts = conflicts.clone();
+        sim.client(who, async move {
+            let (store, bucket) = store(who).await;
+            for round in 0..5 {
+                let met = join(&store, &bucket, &format!("{who}.{round}")).await;
+                conflicts.lock().unwrap().push(met);
+            }
+            Ok(())
+        });
+    }
+    sim.client("reader", async move {
+        let (store, bucket) = store("reader").await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let entry = bucket.entry(&store, "room").await.unwrap().unwrap();
+        let text = String::from_utf8(entry.value.unwrap()).unwrap();
+        let mut members: Vec<&str> = text.split_whitespace().collect();
+        members.sort();
+        let expected: Vec<String> =
+            ["w1", "w2", "w3"].iter().flat_map(|w| (0..5).map(move |r| format!("{w}.{r}"))).collect();
+        assert_eq!(members, expected, "a join was lost or doubled");
+        // A refused write takes no revision: 15 joins, 15 revisions.
+        assert_eq!(entry.revision, 15);
+        Ok(())
+    });
+    sim.run()?;
+    let conflicts = conflicts.lock().unwrap();
+    assert_eq!(conflicts.len(), 15);
+    assert!(conflicts.iter().sum::<u32>() > 0, "the workers never raced: the test proves nothing");
+    Ok(())
+}
+
+#[test]
+fn the_store_outlives_a_broker_restart_and_a_cut_off_worker_times_out() -> turmoil::Result {
+    let mut sim = sim(2);
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    {
+        let seen = seen.clone();
+        sim.client("w1", async move {
+            let (store, bucket) = store("w1").await;
+            let revision = bucket.put(&store, "s1", b"attached".to_vec(), Some(0)).await.unwrap();
+            seen.lock().unwrap().push(format!("wrote {revision}"));
+            // The broker restarts at 5 s; the client reconnects and restores its inbox.
+            tokio::time::sleep(Duration::from_secs(10) - now()).await;
+            let after = bucket.entry(&store, "s1").await;
+            seen.lock().unwrap().push(format!("after the restart {after:?}"));
+            // Cut off from the bus from 15 s to 25 s.
+            tokio::time::sleep(Duration::from_secs(16) - now()).await;
+            let cut = bucket.put(&store, "s1", b"detached".to_vec(), Some(revision)).await;
+            seen.lock().unwrap().push(format!("cut off {cut:?}"));
+            tokio::time::sleep(Duration::from_secs(30) - now()).await;
+            let back = bucket.put(&store, "s1", b"detached".to_vec(), Some(revision)).await;
+            seen.lock().unwrap().push(format!("back {back:?}"));
+            Ok(())
+        });
+    }
+    while sim.elapsed() < Duration::from_secs(5) {
+        sim.step()?;
+    }
+    sim.bounce("bus");
+    while sim.elapsed() < Duration::from_secs(15) {
+        sim.step()?;
+    }
+    sim.partition("w1", "bus");
+    while sim.elapsed() < Duration::from_secs(25) {
+        sim.step()?;
+    }
+    sim.repair("w1", "bus");
+    sim.run()?;
+    let seen = seen.lock().unwrap();
+    let cut = seen[2].as_str();
+    // Cut off, the write either times out or is refused at once (the client saw the cut).
+    let failed = cut == format!("cut off {:?}", Err::<u64, _>(StoreError::Timeout(TIMEOUT)))
+        || cut.starts_with("cut off Err(Bus(");
+    assert_eq!(seen[..2], ["wrote 1".to_owned(), "after the restart Ok(Some(Entry { revision: 1, value: Some([97, 116, 116, 97, 99, 104, 101, 100]) }))".to_owned()]);
+    assert!(failed, "{seen:?}");
+    // Nothing was written while cut off: the revision it decided on still holds.
+    assert_eq!(seen[3], "back Ok(2)", "{seen:?}");
+    Ok(())
+}
