@@ -40,8 +40,8 @@ async fn store(who: &str) -> (Store<SimBus>, Bucket) {
     connected(&bus).await;
     let store = Store::new(bus, who, TIMEOUT).await.expect("an inbox");
     let bucket = Bucket::new("sessions").unwrap();
-    // Until the inbox subscription is in place at the broker, answers are lost: retry.
-    while store.create_stream(&bucket.config(1, Storage::File)).await.is_err() {}
+    // The client flushed its inbox subscription: the first request is answered.
+    store.create_stream(&bucket.config(1, Storage::File)).await.expect("the bucket");
     (store, bucket)
 }
 

@@ -156,6 +156,9 @@ impl<B: Bus> Store<B> {
     pub async fn new(bus: Arc<B>, inbox: &str, timeout: Duration) -> Result<Store<B>, StoreError> {
         let inbox = format!("_INBOX.{inbox}");
         let mut sub = bus.subscribe(&format!("{inbox}.*"), None).await?;
+        // Once flushed, the server has the subscription before any request of ours: the first
+        // answer is not lost. (Disconnected, it is restored before anything else is sent.)
+        let _ = bus.flush().await;
         let waiting: Arc<Mutex<BTreeMap<u64, oneshot::Sender<BusMessage>>>> = Arc::default();
         let handing = waiting.clone();
         let dispatch = tokio::spawn(async move {
