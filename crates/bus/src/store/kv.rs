@@ -114,3 +114,25 @@ pub fn valid_key(key: &str) -> bool {
         && key.split('.').all(|t| !t.is_empty())
         && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=/.".contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_keys_are_those_jetstream_clients_accept() {
+        assert!(Bucket::new("clientmq_sessions").is_ok());
+        for bad in ["", "a.b", "a b", "a*", "a>"] {
+            assert!(Bucket::new(bad).is_err(), "{bad:?}");
+        }
+        for good in ["s1", "r.abc", "a/b=c", "A-_"] {
+            assert!(valid_key(good), "{good:?}");
+        }
+        for bad in ["", ".a", "a.", "a..b", "a b", "a*", "a>", "é"] {
+            assert!(!valid_key(bad), "{bad:?}");
+        }
+        let bucket = Bucket::new("b").unwrap();
+        assert_eq!(bucket.subject("k.1").unwrap(), "$KV.b.k.1");
+        assert!(bucket.subject("k 1").is_err());
+    }
+}
