@@ -43,6 +43,47 @@ pub fn overlap(a: &str, b: &str) -> bool {
     unreachable!("the loop returns once either pattern ends")
 }
 
+/// Where a subject transform (`src` to `dest`, as a stream's republish has it) sends `subject`:
+/// `None` unless `subject` matches `src`. `dest` names `src`'s `*` tokens as `{{wildcard(N)}}`
+/// (or `$N`), counted from 1, and a last `>` in both carries the rest over.
+pub fn transform(src: &str, dest: &str, subject: &str) -> Option<String> {
+    if !subject_matches(src, subject) {
+        return None;
+    }
+    let tokens: Vec<&str> = subject.split('.').collect();
+    let pattern: Vec<&str> = src.split('.').collect();
+    let stars: Vec<&str> = pattern.iter().zip(&tokens).filter(|(p, _)| **p == "*").map(|(_, t)| *t).collect();
+    let rest = (pattern.last() == Some(&">")).then(|| tokens[pattern.len() - 1..].join("."));
+    let out: Option<Vec<String>> = dest
+        .split('.')
+        .map(|t| match (wildcard_index(t), t) {
+            (Some(n), _) => stars.get(n.checked_sub(1)?).map(|s| (*s).to_owned()),
+            (None, ">") => rest.clone(),
+            (None, t) => Some(t.to_owned()),
+        })
+        .collect();
+    out.map(|tokens| tokens.join("."))
+}
+
+/// Whether `dest` is a transform of `src` that [`transform`] can apply.
+pub fn transform_valid(src: &str, dest: &str) -> bool {
+    let stars = src.split('.').filter(|t| *t == "*").count();
+    let src_rest = src.ends_with(".>") || src == ">";
+    valid_subject(src, true)
+        && dest.split('.').all(|t| match (wildcard_index(t), t) {
+            (Some(n), _) => (1..=stars).contains(&n),
+            (None, ">") => src_rest,
+            (None, "*") => false,
+            (None, t) => !t.is_empty() && !t.contains(char::is_whitespace),
+        })
+}
+
+/// `N` of a destination token `{{wildcard(N)}}` or `$N`.
+fn wildcard_index(token: &str) -> Option<usize> {
+    let inner = token.strip_prefix("{{wildcard(").and_then(|t| t.strip_suffix(")}}"));
+    inner.or_else(|| token.strip_prefix('$'))?.trim().parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +96,19 @@ mod tests {
         for (a, b) in [("a.>", "a"), ("a.*", "a.b.c"), ("a.b", "a.c"), ("a.*", "b.>")] {
             assert!(!overlap(a, b) && !overlap(b, a), "{a} {b}");
         }
+    }
+
+    #[test]
+    fn a_transform_carries_wildcard_tokens_over() {
+        let t = |src, dest, subject| transform(src, dest, subject);
+        assert_eq!(t("h.*", "room.{{wildcard(1)}}", "h.r1").as_deref(), Some("room.r1"));
+        assert_eq!(t("h.*.*", "x.$2.$1", "h.a.b").as_deref(), Some("x.b.a"));
+        assert_eq!(t("h.>", "room.>", "h.a.b").as_deref(), Some("room.a.b"));
+        assert_eq!(t("h.*", "room.{{wildcard(1)}}", "g.r1"), None);
+        assert!(transform_valid("h.*", "room.{{wildcard(1)}}"));
+        assert!(transform_valid("h.>", "room.>"));
+        assert!(!transform_valid("h.*", "room.{{wildcard(2)}}"));
+        assert!(!transform_valid("h.*", "room.>"));
+        assert!(!transform_valid("h.*", "room.*"));
     }
 }

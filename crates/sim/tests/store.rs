@@ -150,3 +150,71 @@ fn the_store_outlives_a_broker_restart_and_a_cut_off_worker_times_out() -> turmo
     assert_eq!(seen[3], "back Ok(2)", "{seen:?}");
     Ok(())
 }
+
+/// Two workers append to one room's history at once; the stream republishes each message to the
+/// room's subject once stored. Both listeners hear every acknowledged message once, in the
+/// stream's order: one order for every member, whoever published.
+#[test]
+fn a_republishing_stream_gives_every_listener_one_order() -> turmoil::Result {
+    use clientmq_bus::store::wire::{RePublish, StreamConfig};
+    use clientmq_bus::store::{Expect, PubAck};
+    use clientmq_bus::{BusMessage, Subscription};
+
+    let mut sim = sim(3);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let heard = Arc::new(Mutex::new(Vec::new()));
+    for who in ["l1", "l2"] {
+        let heard = heard.clone();
+        sim.client(who, async move {
+            let bus = SimBus::connect(BUS, who);
+            let mut sub = bus.subscribe("room.r1", None).await?;
+            connected(&bus).await;
+            let mut got = Vec::new();
+            while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await {
+                let msg: BusMessage = msg;
+                got.push(msg.header("Nats-Sequence").unwrap().parse::<u64>().unwrap());
+            }
+            heard.lock().unwrap().push(got);
+            Ok(())
+        });
+    }
+    for who in ["w1", "w2"] {
+        let acked = acked.clone();
+        sim.client(who, async move {
+            let bus = SimBus::connect(BUS, who);
+            connected(&bus).await;
+            let store = Store::new(bus, who, TIMEOUT).await.expect("an inbox");
+            let config = StreamConfig {
+                name: "history".into(),
+                subjects: vec!["h.*".into()],
+                max_msgs_per_subject: 100,
+                max_msg_size: -1,
+                duplicate_window: 120_000_000_000,
+                storage: Storage::File,
+                num_replicas: 1,
+                allow_rollup_hdrs: false,
+                deny_delete: true,
+                allow_direct: false,
+                republish: Some(RePublish { src: "h.*".into(), dest: "room.{{wildcard(1)}}".into() }),
+            };
+            store.create_stream(&config).await.expect("the stream");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for n in 0..20 {
+                let id = Expect { msg_id: Some(format!("{who}-{n}")), ..Expect::default() };
+                let ack: PubAck = store.publish("h.r1", Vec::new(), vec![n], &id).await.expect("appended");
+                acked.lock().unwrap().push(ack.seq);
+            }
+            Ok(())
+        });
+    }
+    sim.run()?;
+    let mut acked = acked.lock().unwrap().clone();
+    acked.sort();
+    assert_eq!(acked, (1..=40).collect::<Vec<u64>>(), "every append acknowledged once");
+    let heard = heard.lock().unwrap();
+    assert_eq!(heard.len(), 2);
+    for got in heard.iter() {
+        assert_eq!(got, &acked, "a listener heard other messages or another order");
+    }
+    Ok(())
+}

@@ -60,6 +60,7 @@ impl Bucket {
             allow_rollup_hdrs: true,
             deny_delete: true,
             allow_direct: true,
+            republish: None,
         }
     }
 

@@ -7,7 +7,7 @@ use std::sync::{Mutex, PoisonError};
 
 use tokio::sync::mpsc;
 
-use super::model::{Checks, Outcome, StoreModel};
+use super::model::{Outcome, StoreModel, Version};
 use crate::subject::subject_matches;
 use crate::{Bus, BusError, BusMessage, BusStatus, NO_RESPONDERS, StatusCell, Subscription};
 
@@ -26,16 +26,16 @@ struct Sub {
 
 impl Default for ModelBus {
     fn default() -> Self {
-        ModelBus::new(Checks::default())
+        ModelBus::new(Version::default())
     }
 }
 
 impl ModelBus {
-    /// A bus whose store checks publishes in the order `checks` (a server version's).
-    pub fn new(checks: Checks) -> ModelBus {
+    /// A bus whose store behaves as nats-server `version`.
+    pub fn new(version: Version) -> ModelBus {
         let status = StatusCell::default();
         status.set_connected(true);
-        let model = Mutex::new(StoreModel::new(checks));
+        let model = Mutex::new(StoreModel::new(version));
         ModelBus { model, subs: Mutex::default(), status, start: tokio::time::Instant::now() }
     }
 
@@ -66,8 +66,10 @@ impl Bus for ModelBus {
         let outcome = self.model.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, now);
         let heard = self.route(&msg);
         match (outcome, &msg.reply) {
-            (Outcome::Answer(answer), _) => {
-                self.route(&answer);
+            (Outcome::Taken(send), _) => {
+                for m in &send {
+                    self.route(m);
+                }
             }
             (Outcome::Ignored, Some(reply)) if !heard => {
                 let refusal =

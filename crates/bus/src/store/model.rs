@@ -3,7 +3,7 @@
 //! the same requests with the same JSON, minus what the subset leaves out (timestamps are the
 //! caller's clock; stream info carries only the message counts).
 //!
-//! The checks of a publish run in the order of the server version it models ([`Checks`]).
+//! The checks of a publish run in the order of the server version it models ([`Version`]).
 //! Then the message is stored, a rollup removes its subject's others, and the per-subject limit
 //! removes the oldest.
 
@@ -21,37 +21,34 @@ use crate::subject::{subject_matches, valid_subject};
 pub enum Outcome {
     /// Not an API subject nor a stream's: the bus routes it as any other.
     Ignored,
-    /// Taken (stored or refused) with nobody to tell: it had no reply subject.
-    Taken,
-    /// Taken, and this goes to its reply subject.
-    Answer(BusMessage),
+    /// Taken (stored or refused); the bus sends these, in order: the stored message's
+    /// republished copy if any, then the answer to the reply subject if there is one.
+    Taken(Vec<BusMessage>),
 }
 
-/// The order in which nats-server checks a publish: it decides which refusal a publish that
-/// fails two checks gets (and whether a repeated message id is acknowledged despite them).
+/// Which nats-server the model behaves as, where versions differ in what the subset shows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Checks {
-    /// nats-server 2.15 (and the pinned test server): the size limit, the expected last subject
-    /// sequence, the message id, the rollup.
+pub enum Version {
+    /// 2.10 and later, as verified on 2.15.1 (the pinned test server): a publish's checks run
+    /// size limit, expected last subject sequence, message id, rollup; a republished message
+    /// carries `Nats-Time-Stamp`.
     #[default]
-    SizeFirst,
-    /// nats-server 2.9: the message id, the expected last subject sequence, the rollup, the
-    /// size limit.
-    IdFirst,
+    V2_10,
+    /// 2.9 (Debian's 2.9.10): message id, expected last subject sequence, rollup, size limit; no
+    /// time stamp on a republished message.
+    V2_9,
 }
 
-impl Checks {
-    /// The order of a server version (verified on 2.9.10 and 2.15.1; 2.10 and later are taken to
-    /// check as 2.15 does).
-    pub fn of_version(version: (u32, u32, u32)) -> Checks {
-        if version < (2, 10, 0) { Checks::IdFirst } else { Checks::SizeFirst }
+impl Version {
+    pub fn of(version: (u32, u32, u32)) -> Version {
+        if version < (2, 10, 0) { Version::V2_9 } else { Version::V2_10 }
     }
 }
 
 #[derive(Debug, Default)]
 pub struct StoreModel {
     streams: BTreeMap<String, Stream>,
-    checks: Checks,
+    version: Version,
 }
 
 #[derive(Debug)]
@@ -76,24 +73,27 @@ fn api_error(code: u16, err_code: u32, description: impl Into<String>) -> ApiErr
 }
 
 impl StoreModel {
-    pub fn new(checks: Checks) -> StoreModel {
-        StoreModel { checks, ..StoreModel::default() }
+    pub fn new(version: Version) -> StoreModel {
+        StoreModel { version, ..StoreModel::default() }
     }
 
     /// Takes `msg` as the server would at `now` (nanoseconds on the caller's clock).
     pub fn handle(&mut self, msg: &BusMessage, now: u64) -> Outcome {
+        let mut send = Vec::new();
         let body = if let Some(what) = msg.subject.strip_prefix(API) {
             serde_json::to_vec(&self.api(what, &msg.payload)).expect("an answer serialises")
         } else if let Some(name) = self.stream_of(&msg.subject) {
             let stream = self.streams.get_mut(&name).expect("found above");
-            serde_json::to_vec(&stream.publish(msg, now, self.checks)).expect("an ack serialises")
+            let (ack, republished) = stream.publish(msg, now, self.version);
+            send.extend(republished);
+            serde_json::to_vec(&ack).expect("an ack serialises")
         } else {
             return Outcome::Ignored;
         };
-        match &msg.reply {
-            Some(reply) => Outcome::Answer(BusMessage::new(reply.clone(), body)),
-            None => Outcome::Taken,
+        if let Some(reply) = &msg.reply {
+            send.push(BusMessage::new(reply.clone(), body));
         }
+        Outcome::Taken(send)
     }
 
     /// The stream whose subjects take `subject`.
@@ -147,6 +147,20 @@ impl StoreModel {
             }
             return self.info(name);
         }
+        if let Some(republish) = &config.republish {
+            // As nats-server: the source must be among the stream's subjects, the destination
+            // outside them (a cycle), and its wildcards must name the source's.
+            let valid = config.subjects.iter().any(|s| crate::subject::overlap(&republish.src, s))
+                && !config.subjects.iter().any(|s| crate::subject::overlap(&republish.dest, s))
+                && crate::subject::transform_valid(&republish.src, &republish.dest);
+            if !valid {
+                return Err(api_error(
+                    400,
+                    code::STREAM_INVALID_CONFIG,
+                    "stream configuration for republish is not valid",
+                ));
+            }
+        }
         let overlaps = self.streams.values().any(|s| {
             s.config.subjects.iter().any(|a| config.subjects.iter().any(|b| crate::subject::overlap(a, b)))
         });
@@ -196,7 +210,7 @@ impl StoreModel {
             seq: *seq,
             hdrs: (!m.headers.is_empty()).then(|| wire::b64(&wire::header_block(&m.headers))),
             data: (!m.data.is_empty()).then(|| wire::b64(&m.data)),
-            time: m.at.to_string(),
+            time: rfc3339(m.at),
         };
         Ok(ApiResponse { message: Some(message), ..ApiResponse::default() })
     }
@@ -249,21 +263,24 @@ impl Stream {
         }
     }
 
-    fn publish(&mut self, msg: &BusMessage, now: u64, checks: Checks) -> PubAckBody {
+    /// Stores `msg` or refuses it; the acknowledgement, and the copy to republish if any.
+    fn publish(&mut self, msg: &BusMessage, now: u64, version: Version) -> (PubAckBody, Option<BusMessage>) {
         let name = self.config.name.clone();
         let window = self.config.duplicate_window;
         self.ids.retain(|_, (_, at)| now.saturating_sub(*at) < window);
         let msg_id = msg.header(header::MSG_ID).filter(|id| !id.is_empty());
-        let order = match checks {
-            Checks::SizeFirst => [Check::Size, Check::Expected, Check::Id, Check::Rollup],
-            Checks::IdFirst => [Check::Id, Check::Expected, Check::Rollup, Check::Size],
+        let order = match version {
+            Version::V2_10 => [Check::Size, Check::Expected, Check::Id, Check::Rollup],
+            Version::V2_9 => [Check::Id, Check::Expected, Check::Rollup, Check::Size],
         };
         for check in order {
             if let Some(answer) = self.check(check, msg, msg_id) {
-                return answer;
+                return (answer, None);
             }
         }
         let rollup = msg.header(header::ROLLUP);
+        let subject_last =
+            self.msgs.iter().rev().find(|(_, m)| m.subject == msg.subject).map_or(0, |(s, _)| *s);
         self.last_seq += 1;
         let seq = self.last_seq;
         let subject = msg.subject.clone();
@@ -287,6 +304,49 @@ impl Stream {
         if let Some(id) = msg_id {
             self.ids.insert(id.to_owned(), (seq, now));
         }
-        PubAckBody { stream: name, seq, ..PubAckBody::default() }
+        let republished = self.config.republish.as_ref().and_then(|r| {
+            let dest = crate::subject::transform(&r.src, &r.dest, &msg.subject)?;
+            let mut copy = BusMessage::new(dest, msg.payload.clone());
+            copy.headers = msg.headers.clone();
+            copy.headers.extend([
+                (header::STREAM.to_owned(), name.clone()),
+                (header::SUBJECT.to_owned(), msg.subject.clone()),
+                (header::SEQUENCE.to_owned(), seq.to_string()),
+                (header::LAST_SEQUENCE.to_owned(), subject_last.to_string()),
+            ]);
+            if version == Version::V2_10 {
+                copy.headers.push((header::TIME_STAMP.to_owned(), rfc3339(now)));
+            }
+            Some(copy)
+        });
+        (PubAckBody { stream: name, seq, ..PubAckBody::default() }, republished)
+    }
+}
+
+/// `nanos` since the Unix epoch as RFC 3339 in UTC, as JetStream writes times.
+fn rfc3339(nanos: u64) -> String {
+    let secs = nanos / 1_000_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
+    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:09}Z", nanos % 1_000_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_are_written_as_jetstream_writes_them() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(super::rfc3339(1_796_532_273_595_424_177), "2026-12-06T04:44:33.595424177Z");
+        assert_eq!(super::rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
     }
 }

@@ -20,6 +20,13 @@ pub mod header {
     pub const ROLLUP: &str = "Nats-Rollup";
     /// A key-value delete or purge marker (`DEL`, `PURGE`); not JetStream's, its KV clients'.
     pub const KV_OPERATION: &str = "KV-Operation";
+    /// On a republished message: its stream, subject and sequence, and the subject's previous.
+    pub const STREAM: &str = "Nats-Stream";
+    pub const SUBJECT: &str = "Nats-Subject";
+    pub const SEQUENCE: &str = "Nats-Sequence";
+    pub const LAST_SEQUENCE: &str = "Nats-Last-Sequence";
+    /// On a republished message, from nats-server 2.10: when it was stored.
+    pub const TIME_STAMP: &str = "Nats-Time-Stamp";
 }
 
 /// JetStream's error codes the store tells apart (`err_code` in an API error).
@@ -32,6 +39,7 @@ pub mod code {
     pub const MESSAGE_TOO_LARGE: u32 = 10054;
     pub const ROLLUP_FAILED: u32 = 10111;
     pub const BAD_REQUEST: u32 = 10003;
+    pub const STREAM_INVALID_CONFIG: u32 = 10052;
 }
 
 /// Where a stream keeps its messages.
@@ -62,6 +70,20 @@ pub struct StreamConfig {
     /// publishes only).
     pub deny_delete: bool,
     pub allow_direct: bool,
+    /// Messages the stream stores on `src` are published again, once stored, to `dest`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub republish: Option<RePublish>,
+}
+
+/// A stream's republish: each message stored on a subject matching `src` is published to `dest`
+/// (its `*` tokens written `{{wildcard(1)}}`, ...; a last `>` carried over) by the stream itself,
+/// in the stream's order, with the stored message's headers and `Nats-Stream`,
+/// `Nats-Subject`, `Nats-Sequence` and `Nats-Last-Sequence` (the subject's previous sequence, 0
+/// for none). In nats-server since 2.9.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RePublish {
+    pub src: String,
+    pub dest: String,
 }
 
 /// An API error as JetStream writes it.

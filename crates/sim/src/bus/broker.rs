@@ -215,8 +215,10 @@ impl Broker {
             // A slow consumer: dropping the client ends its reader and writer.
             self.clients.remove(&id);
         }
-        if let Outcome::Answer(answer) = outcome {
-            self.route(from, answer);
+        if let Outcome::Taken(send) = outcome {
+            for m in send {
+                self.route(from, m);
+            }
         }
     }
 
