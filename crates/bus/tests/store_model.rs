@@ -11,7 +11,8 @@ use clientmq_bus::nats::NatsBus;
 use clientmq_bus::store::kv::Bucket;
 use clientmq_bus::store::loopback::ModelBus;
 use clientmq_bus::store::model::Version;
-use clientmq_bus::store::wire::{RePublish, Storage, StreamConfig};
+use clientmq_bus::store::watch::Watch;
+use clientmq_bus::store::wire::{DeliverPolicy, RePublish, Storage, StreamConfig};
 use clientmq_bus::store::{Expect, MsgQuery, Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, Subscription};
 use clientmq_testkit::nats::Nats;
@@ -56,7 +57,21 @@ enum Op {
     },
     /// A publish to a subject no stream takes, with a reply subject.
     Stray,
+    /// Starts following stream 0 (at most two watches a sequence; more do nothing).
+    Watch {
+        policy: usize,
+        filter: usize,
+        start: u64,
+    },
 }
+
+const POLICIES: [DeliverPolicy; 5] = [
+    DeliverPolicy::All,
+    DeliverPolicy::Last,
+    DeliverPolicy::New,
+    DeliverPolicy::ByStartSequence,
+    DeliverPolicy::LastPerSubject,
+];
 
 #[derive(Debug, Clone)]
 enum Query {
@@ -118,7 +133,7 @@ fn generate(rng: &mut SmallRng, len: usize) -> Vec<Op> {
         |rng: &mut SmallRng| (0..rng.random_range(0..12)).map(|_| rng.random_range(b'a'..=b'z')).collect();
     let mut ops = vec![Op::Create { which: 0, variant: rng.random_range(0..8) }];
     for _ in 0..len {
-        let op = match rng.random_range(0..20) {
+        let op = match rng.random_range(0..21) {
             0 => Op::Create { which: rng.random_range(0..2), variant: rng.random_range(0..8) },
             1..=6 => Op::Publish {
                 subject: rng.random_range(0..SUBJECTS.len()),
@@ -135,7 +150,12 @@ fn generate(rng: &mut SmallRng, len: usize) -> Vec<Op> {
             12..=14 => Op::KvPut { key: rng.random_range(0..KEYS.len()), expect: cond(rng), data: data(rng) },
             15 | 16 => Op::KvDelete { key: rng.random_range(0..KEYS.len()), expect: cond(rng) },
             17 | 18 => Op::KvEntry { key: rng.random_range(0..KEYS.len()) },
-            _ => Op::Stray,
+            19 => Op::Stray,
+            _ => Op::Watch {
+                policy: rng.random_range(0..POLICIES.len()),
+                filter: rng.random_range(0..=PATTERNS.len()),
+                start: rng.random_range(1..8),
+            },
         };
         ops.push(op);
     }
@@ -149,6 +169,7 @@ struct Side<B: Bus> {
     bucket: Bucket,
     /// What streams republished under the sequence's root.
     republished: B::Subscription,
+    watches: Vec<Watch<B>>,
 }
 
 impl<B: Bus> Side<B> {
@@ -161,7 +182,7 @@ impl<B: Bus> Side<B> {
     }
 
     /// Runs `op`; the answer, written so that both sides' can be compared.
-    async fn run(&self, op: &Op, expect_seq: Option<u64>) -> String {
+    async fn run(&mut self, op: &Op, expect_seq: Option<u64>) -> String {
         let root = &self.root;
         let stream0 = format!("{root}_S0");
         match op {
@@ -194,6 +215,17 @@ impl<B: Bus> Side<B> {
             }
             Op::KvDelete { key, .. } => show(self.bucket.delete(&self.store, KEYS[*key], expect_seq).await),
             Op::KvEntry { key } => show(self.bucket.entry(&self.store, KEYS[*key]).await),
+            Op::Watch { .. } if self.watches.len() >= 2 => "no more watches".to_owned(),
+            Op::Watch { policy, filter, start } => {
+                // Filter index past the patterns: no filter.
+                let filter = PATTERNS.get(*filter).map_or(String::new(), |p| format!("{root}.{p}"));
+                let policy = POLICIES[*policy];
+                let start = (policy == DeliverPolicy::ByStartSequence).then_some(*start);
+                let watch = self.store.watch(&stream0, &filter, policy, start).await;
+                let shown = show(watch.as_ref().map(drop).map_err(Clone::clone));
+                self.watches.extend(watch.ok());
+                shown
+            }
             Op::Stray => show(
                 self.store.publish(&format!("{root}.nowhere"), Vec::new(), vec![1], &Expect::default()).await,
             ),
@@ -208,8 +240,9 @@ fn show<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
 }
 
 /// The kinds of answer a run must have seen from both sides, or it proved little.
-const MUST_SEE: [&str; 11] = [
+const MUST_SEE: [&str; 12] = [
     "republished",
+    "watched",
     "duplicate: false",
     "duplicate: true",
     "WrongLastSequence",
@@ -223,8 +256,8 @@ const MUST_SEE: [&str; 11] = [
 ];
 
 async fn sequence<R: Bus, M: Bus>(
-    real: &Side<R>,
-    model: &Side<M>,
+    real: &mut Side<R>,
+    model: &mut Side<M>,
     ops: &[Op],
     seen: &mut std::collections::BTreeMap<&'static str, u64>,
 ) -> Result<(), String> {
@@ -258,6 +291,18 @@ async fn sequence<R: Bus, M: Bus>(
             log.push(format!("     model: {b}"));
             return Err(log.join("\n"));
         }
+        // What the watches got: the model pushes at once; the real server as soon as it can,
+        // so wait for as many, then compare them in order.
+        for (i, (real_watch, model_watch)) in real.watches.iter_mut().zip(&mut model.watches).enumerate() {
+            // The model's are queued already; anything more the real server sends shows as a
+            // difference at the next operation or the end.
+            let expected = pushed(model_watch, 0, Duration::ZERO).await;
+            let got = pushed(real_watch, expected.len(), Duration::ZERO).await;
+            if got != expected {
+                log.push(format!("     watch {i} real:  {got:?}\n     watch {i} model: {expected:?}"));
+                return Err(log.join("\n"));
+            }
+        }
         for kind in MUST_SEE.iter().filter(|k| a.contains(*k)) {
             *seen.entry(kind).or_default() += 1;
         }
@@ -265,12 +310,25 @@ async fn sequence<R: Bus, M: Bus>(
     Ok(())
 }
 
+/// The messages `watch` has been pushed: at least `count` (waiting up to a second each), then
+/// whatever else comes within `linger`.
+async fn pushed<B: Bus>(watch: &mut Watch<B>, count: usize, linger: Duration) -> Vec<String> {
+    let mut got = Vec::new();
+    loop {
+        let wait = if got.len() < count { Duration::from_secs(1) } else { linger };
+        match tokio::time::timeout(wait, watch.next()).await {
+            Ok(Some(pushed)) => got.push(show(pushed)),
+            _ => return got,
+        }
+    }
+}
+
 async fn side<B: Bus>(bus: Arc<B>, root: &str, inbox: &str) -> Side<B> {
     let republished = bus.subscribe(&format!("{root}.rp.>"), None).await.unwrap();
     let store = Store::new(bus, inbox, Duration::from_secs(5)).await.expect("an inbox");
     let bucket = Bucket::new(root).unwrap();
     let _ = store.create_stream(&bucket.config(1, Storage::Memory)).await;
-    Side { store, root: root.to_owned(), bucket, republished }
+    Side { store, root: root.to_owned(), bucket, republished, watches: Vec::new() }
 }
 
 impl<B: Bus> Side<B> {
@@ -313,12 +371,19 @@ async fn the_store_model_answers_as_jetstream_does() {
         let mut rng = SmallRng::seed_from_u64(case);
         let ops = generate(&mut rng, 60);
         let root = format!("r{case}");
-        let real = side(real_bus.clone(), &root, &format!("real{case}")).await;
-        let model = side(Arc::new(ModelBus::new(version)), &root, &format!("model{case}")).await;
-        if let Err(log) = sequence(&real, &model, &ops, &mut seen).await {
+        let mut real = side(real_bus.clone(), &root, &format!("real{case}")).await;
+        let mut model = side(Arc::new(ModelBus::new(version)), &root, &format!("model{case}")).await;
+        if let Err(log) = sequence(&mut real, &mut model, &ops, &mut seen).await {
             panic!("the model differs from nats-server, STORE_SEED={case}:\n{log}");
         }
-        let (mut real, mut model) = (real, model);
+        *seen.entry("watched").or_default() += model.watches.len() as u64;
+        for (i, watch) in real.watches.iter_mut().enumerate() {
+            let extra = pushed(watch, 0, Duration::from_millis(20)).await;
+            assert!(extra.is_empty(), "watch {i} got more than the model's, STORE_SEED={case}: {extra:?}");
+        }
+        for watch in real.watches.drain(..).chain(std::iter::empty()) {
+            watch.stop().await.expect("a watch's consumer deleted");
+        }
         let (a, b) = (real.drain_republished().await, model.drain_republished().await);
         assert_eq!(a, b, "republished messages differ, STORE_SEED={case}:\n{ops:#?}");
         *seen.entry("republished").or_default() += a.len() as u64;

@@ -218,3 +218,66 @@ fn a_republishing_stream_gives_every_listener_one_order() -> turmoil::Result {
     }
     Ok(())
 }
+
+/// A worker's cache: a follower of a bucket, cut off from the bus from 5 s to 12 s while another
+/// client writes until about 9 s, so the last values are written while it is away. It notices
+/// its reconnect (or the gap), follows again from where it was, and ends holding every key's
+/// last value, having seen revisions only in increasing order.
+#[test]
+fn a_follower_cut_off_from_the_bus_catches_up_without_a_gap() -> turmoil::Result {
+    use clientmq_bus::store::watch::Follower;
+    use clientmq_bus::store::wire::DeliverPolicy;
+    use std::collections::BTreeMap;
+
+    let mut sim = sim(4);
+    let cache = Arc::new(Mutex::new(BTreeMap::new()));
+    let truth = Arc::new(Mutex::new(BTreeMap::new()));
+    {
+        let truth = truth.clone();
+        sim.client("writer", async move {
+            let (store, bucket) = store("writer").await;
+            for n in 0..80u32 {
+                let key = format!("k{}", n % 5);
+                bucket.put(&store, &key, n.to_string().into_bytes(), None).await.expect("a write");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            for k in 0..5 {
+                let key = format!("k{k}");
+                let entry = bucket.entry(&store, &key).await.unwrap().unwrap();
+                truth.lock().unwrap().insert(key, (entry.revision, entry.value.unwrap()));
+            }
+            Ok(())
+        });
+    }
+    {
+        let cache = cache.clone();
+        sim.client("cache", async move {
+            let (store, bucket) = store("cache").await;
+            let mut follower =
+                Follower::new(&store, &bucket.stream(), "$KV.sessions.>", DeliverPolicy::LastPerSubject);
+            let mut last = 0;
+            loop {
+                let msg = tokio::time::timeout(Duration::from_secs(15), follower.next()).await;
+                let Ok(msg) = msg else { break };
+                assert!(msg.seq > last, "revision {} after {last}", msg.seq);
+                last = msg.seq;
+                let key = msg.subject.trim_start_matches("$KV.sessions.").to_owned();
+                cache.lock().unwrap().insert(key, (msg.seq, msg.data));
+            }
+            Ok(())
+        });
+    }
+    while sim.elapsed() < Duration::from_secs(5) {
+        sim.step()?;
+    }
+    sim.partition("cache", "bus");
+    while sim.elapsed() < Duration::from_secs(12) {
+        sim.step()?;
+    }
+    sim.repair("cache", "bus");
+    sim.run()?;
+    let (cache, truth) = (cache.lock().unwrap(), truth.lock().unwrap());
+    assert_eq!(truth.len(), 5);
+    assert_eq!(*cache, *truth, "the cache missed a change");
+    Ok(())
+}

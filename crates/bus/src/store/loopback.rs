@@ -39,13 +39,14 @@ impl ModelBus {
         ModelBus { model, subs: Mutex::default(), status, start: tokio::time::Instant::now() }
     }
 
-    /// Hands `msg` to every matching subscription (one per queue group); whether any took it.
-    fn route(&self, msg: &BusMessage) -> bool {
+    /// Hands `msg` to every subscription matching `to` (one per queue group); whether any took
+    /// it.
+    fn route(&self, to: &str, msg: &BusMessage) -> bool {
         let mut subs = self.subs.lock().unwrap_or_else(PoisonError::into_inner);
         subs.retain(|s| !s.to.is_closed());
         let mut groups: Vec<&str> = Vec::new();
         let mut taken = false;
-        for sub in subs.iter().filter(|s| subject_matches(&s.subject, &msg.subject)) {
+        for sub in subs.iter().filter(|s| subject_matches(&s.subject, to)) {
             if let Some(group) = &sub.queue {
                 if groups.contains(&group.as_str()) {
                     continue;
@@ -64,17 +65,17 @@ impl Bus for ModelBus {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
         let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let outcome = self.model.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, now);
-        let heard = self.route(&msg);
+        let heard = self.route(&msg.subject, &msg);
         match (outcome, &msg.reply) {
             (Outcome::Taken(send), _) => {
-                for m in &send {
-                    self.route(m);
+                for d in &send {
+                    self.route(&d.to, &d.msg);
                 }
             }
             (Outcome::Ignored, Some(reply)) if !heard => {
                 let refusal =
                     BusMessage { status: Some(NO_RESPONDERS), ..BusMessage::new(reply.clone(), Vec::new()) };
-                self.route(&refusal);
+                self.route(reply, &refusal);
             }
             _ => {}
         }

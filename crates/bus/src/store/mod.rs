@@ -25,6 +25,7 @@
 pub mod kv;
 pub mod loopback;
 pub mod model;
+pub mod watch;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,9 @@ pub enum StoreError {
     Bus(#[from] BusError),
     #[error("malformed answer from JetStream: {0}")]
     Malformed(String),
+    /// A watch missed messages (pushed while this client was away): start a new one.
+    #[error("a watch expected message {expected} of its consumer and got {got}")]
+    Gap { expected: u64, got: u64 },
 }
 
 impl StoreError {
@@ -129,9 +133,14 @@ pub enum MsgQuery {
 
 /// A store client on a bus: requests go out with reply subjects under its own inbox, and one
 /// task hands each answer to the request waiting for it. Cheap to clone.
-#[derive(Clone)]
 pub struct Store<B: Bus> {
     inner: Arc<Inner<B>>,
+}
+
+impl<B: Bus> Clone for Store<B> {
+    fn clone(&self) -> Self {
+        Store { inner: self.inner.clone() }
+    }
 }
 
 struct Inner<B: Bus> {

@@ -12,6 +12,9 @@ pub const INFO: &str = "INFO";
 pub const STREAM_CREATE: &str = "STREAM.CREATE.";
 pub const STREAM_INFO: &str = "STREAM.INFO.";
 pub const STREAM_MSG_GET: &str = "STREAM.MSG.GET.";
+pub const CONSUMER_CREATE: &str = "CONSUMER.CREATE.";
+/// Followed by the stream's name, a dot and the consumer's.
+pub const CONSUMER_DELETE: &str = "CONSUMER.DELETE.";
 
 /// Headers of a publish that JetStream acts on.
 pub mod header {
@@ -40,6 +43,8 @@ pub mod code {
     pub const ROLLUP_FAILED: u32 = 10111;
     pub const BAD_REQUEST: u32 = 10003;
     pub const STREAM_INVALID_CONFIG: u32 = 10052;
+    pub const CONSUMER_NOT_FOUND: u32 = 10014;
+    pub const CONSUMER_NEEDS_FILTER: u32 = 10094;
 }
 
 /// Where a stream keeps its messages.
@@ -144,10 +149,57 @@ pub struct ApiResponse {
     pub error: Option<ApiError>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<RawMessage>,
+    /// A stream's or a consumer's settings, as the server completed them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub config: Option<StreamConfig>,
+    pub config: Option<serde_json::Value>,
+    /// A consumer's name (the server's choice for an ephemeral one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StreamState>,
+}
+
+/// Where a consumer starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliverPolicy {
+    All,
+    /// The last message matching the filter, then what follows.
+    Last,
+    /// Only what is stored from now on.
+    New,
+    /// From `opt_start_seq` on.
+    ByStartSequence,
+    /// The last message of each subject matching the filter, then what follows: a bucket's
+    /// current values, then its changes.
+    LastPerSubject,
+}
+
+/// An ephemeral push consumer without acknowledgements: the stream's messages matching
+/// `filter_subject`, from where `deliver_policy` says, pushed to `deliver_subject` in order.
+/// Each carries its position in a reply subject `$JS.ACK.<stream>.<consumer>.<delivered>.
+/// <stream seq>.<consumer seq>.<time>.<pending>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsumerConfig {
+    pub deliver_subject: String,
+    pub deliver_policy: DeliverPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opt_start_seq: Option<u64>,
+    /// Always `none` here.
+    pub ack_policy: String,
+    pub filter_subject: String,
+    /// Always `instant` here.
+    pub replay_policy: String,
+    /// Nanoseconds without interest in `deliver_subject` after which the server deletes it.
+    pub inactive_threshold: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsumerCreateRequest {
+    pub stream_name: String,
+    pub config: ConsumerConfig,
 }
 
 /// How many messages a stream holds and the range of their sequences.

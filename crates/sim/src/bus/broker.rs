@@ -155,11 +155,23 @@ impl Broker {
     fn route(&mut self, from: u64, msg: BusMessage) {
         let at = u64::try_from(crate::trace::now().as_nanos()).unwrap_or(u64::MAX);
         let outcome = self.store.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, at);
+        let to = msg.subject.clone();
+        self.deliver(from, &to, msg, outcome == Outcome::Ignored);
+        if let Outcome::Taken(send) = outcome {
+            for d in send {
+                self.deliver(from, &d.to, d.msg, false);
+            }
+        }
+    }
+
+    /// Delivers `msg` to the subscriptions matching `to`; with `answerable`, a request nobody
+    /// took is answered 503.
+    fn deliver(&mut self, from: u64, to: &str, msg: BusMessage, answerable: bool) {
         let mut plain = Vec::new();
         let mut groups: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
         for (&id, client) in &self.clients {
             for (&sid, sub) in &client.subs {
-                if subject_matches(&sub.subject, &msg.subject) {
+                if subject_matches(&sub.subject, to) {
                     match &sub.queue {
                         Some(q) => groups.entry(q.as_str()).or_default().push((id, sid)),
                         None => plain.push((id, sid)),
@@ -206,7 +218,7 @@ impl Broker {
             observer(&msg, delivered_to.iter().map(|id| self.clients[id].name.clone()).collect());
         }
         if !delivered
-            && outcome == Outcome::Ignored
+            && answerable
             && let Some(reply) = &msg.reply
         {
             self.no_responders(from, &msg.subject, reply, &mut slow);
@@ -214,11 +226,6 @@ impl Broker {
         for id in slow {
             // A slow consumer: dropping the client ends its reader and writer.
             self.clients.remove(&id);
-        }
-        if let Outcome::Taken(send) = outcome {
-            for m in send {
-                self.route(from, m);
-            }
         }
     }
 

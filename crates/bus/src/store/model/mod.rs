@@ -7,6 +7,8 @@
 //! Then the message is stored, a rollup removes its subject's others, and the per-subject limit
 //! removes the oldest.
 
+mod consumer;
+
 use std::collections::BTreeMap;
 
 use super::wire::{
@@ -21,9 +23,24 @@ use crate::subject::{subject_matches, valid_subject};
 pub enum Outcome {
     /// Not an API subject nor a stream's: the bus routes it as any other.
     Ignored,
-    /// Taken (stored or refused); the bus sends these, in order: the stored message's
-    /// republished copy if any, then the answer to the reply subject if there is one.
-    Taken(Vec<BusMessage>),
+    /// Taken (stored or refused); the bus sends these, in order. For a publish: the stored
+    /// message's republished copy, its copies to consumers, the answer. For an API request: the
+    /// answer, then what it set off (a new consumer's first messages).
+    Taken(Vec<Delivery>),
+}
+
+/// A message the server sends, and the subject it is routed by: its own, except for a message
+/// pushed by a consumer, which goes to the consumer's deliver subject under its stored subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub to: String,
+    pub msg: BusMessage,
+}
+
+impl Delivery {
+    fn of(msg: BusMessage) -> Delivery {
+        Delivery { to: msg.subject.clone(), msg }
+    }
 }
 
 /// Which nats-server the model behaves as, where versions differ in what the subset shows.
@@ -49,6 +66,8 @@ impl Version {
 pub struct StoreModel {
     streams: BTreeMap<String, Stream>,
     version: Version,
+    /// Consumers made so far: names ephemeral consumers.
+    consumers_made: u64,
 }
 
 #[derive(Debug)]
@@ -58,6 +77,7 @@ struct Stream {
     last_seq: u64,
     /// Message ids seen, with the sequence they were stored at and when (nanoseconds).
     ids: BTreeMap<String, (u64, u64)>,
+    consumers: BTreeMap<String, consumer::Consumer>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,17 +101,24 @@ impl StoreModel {
     pub fn handle(&mut self, msg: &BusMessage, now: u64) -> Outcome {
         let mut send = Vec::new();
         let body = if let Some(what) = msg.subject.strip_prefix(API) {
-            serde_json::to_vec(&self.api(what, &msg.payload)).expect("an answer serialises")
+            let response = self.api(what, &msg.payload, &mut send);
+            serde_json::to_vec(&response).expect("an answer serialises")
         } else if let Some(name) = self.stream_of(&msg.subject) {
             let stream = self.streams.get_mut(&name).expect("found above");
             let (ack, republished) = stream.publish(msg, now, self.version);
-            send.extend(republished);
+            send.extend(republished.map(Delivery::of));
+            if ack.error.is_none() && !ack.duplicate {
+                send.extend(stream.push_stored(ack.seq));
+            }
             serde_json::to_vec(&ack).expect("an ack serialises")
         } else {
             return Outcome::Ignored;
         };
         if let Some(reply) = &msg.reply {
-            send.push(BusMessage::new(reply.clone(), body));
+            // An API answer goes before what the request set off (a new consumer's messages);
+            // a publish's after its stream's copies, as nats-server sends them.
+            let at = if msg.subject.starts_with(API) { 0 } else { send.len() };
+            send.insert(at, Delivery::of(BusMessage::new(reply.clone(), body)));
         }
         Outcome::Taken(send)
     }
@@ -104,7 +131,8 @@ impl StoreModel {
             .map(|s| s.config.name.clone())
     }
 
-    fn api(&mut self, what: &str, body: &[u8]) -> ApiResponse {
+    /// Answers an API request; what it makes the server send besides goes to `send`.
+    fn api(&mut self, what: &str, body: &[u8], send: &mut Vec<Delivery>) -> ApiResponse {
         let (kind, result) = if what == wire::INFO {
             ("account_info_response", Ok(ApiResponse::default()))
         } else if let Some(name) = what.strip_prefix(wire::STREAM_CREATE) {
@@ -113,6 +141,10 @@ impl StoreModel {
             ("stream_info_response", self.info(name))
         } else if let Some(name) = what.strip_prefix(wire::STREAM_MSG_GET) {
             ("stream_msg_get_response", self.msg_get(name, body))
+        } else if let Some(name) = what.strip_prefix(wire::CONSUMER_CREATE) {
+            ("consumer_create_response", self.create_consumer(name, body, send))
+        } else if let Some(names) = what.strip_prefix(wire::CONSUMER_DELETE) {
+            ("consumer_delete_response", self.delete_consumer(names))
         } else {
             ("error_response", Err(api_error(400, code::BAD_REQUEST, "bad request")))
         };
@@ -167,7 +199,13 @@ impl StoreModel {
         if overlaps {
             return Err(api_error(400, code::SUBJECTS_OVERLAP, "subjects overlap with an existing stream"));
         }
-        let stream = Stream { config, msgs: BTreeMap::new(), last_seq: 0, ids: BTreeMap::new() };
+        let stream = Stream {
+            config,
+            msgs: BTreeMap::new(),
+            last_seq: 0,
+            ids: BTreeMap::new(),
+            consumers: BTreeMap::new(),
+        };
         self.streams.insert(name.to_owned(), stream);
         self.info(name)
     }
@@ -185,7 +223,8 @@ impl StoreModel {
                 .unwrap_or(stream.last_seq + u64::from(stream.last_seq > 0)),
             last_seq: stream.last_seq,
         };
-        Ok(ApiResponse { config: Some(stream.config.clone()), state: Some(state), ..ApiResponse::default() })
+        let config = serde_json::to_value(&stream.config).expect("a config serialises");
+        Ok(ApiResponse { config: Some(config), state: Some(state), ..ApiResponse::default() })
     }
 
     fn msg_get(&self, name: &str, body: &[u8]) -> Result<ApiResponse, ApiError> {
