@@ -187,7 +187,7 @@ impl<B: Bus> Side<B> {
         let stream0 = format!("{root}_S0");
         match op {
             Op::Create { which, variant } => {
-                show(self.store.create_stream(&stream_config(root, *which, *variant)).await)
+                show(self.store.create_stream(&stream_config(root, *which, *variant)).await.map(drop))
             }
             Op::Publish { subject, msg_id, rollup, data, header, .. } => {
                 let expect = Expect {

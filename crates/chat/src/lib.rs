@@ -15,6 +15,7 @@ mod config;
 pub mod metrics;
 mod rooms;
 mod state;
+pub mod stored;
 mod wire;
 pub mod worker;
 

@@ -223,10 +223,12 @@ impl<B: Bus> Store<B> {
     }
 
     /// Creates the stream, or finds it there with the same settings; a stream of that name with
-    /// other settings is an [`StoreError::Api`] (`err_code` 10058).
-    pub async fn create_stream(&self, config: &StreamConfig) -> Result<(), StoreError> {
+    /// other settings is an [`StoreError::Api`] (`err_code` 10058). Returns the settings as the
+    /// server holds them: a server that does not know a setting leaves it out.
+    pub async fn create_stream(&self, config: &StreamConfig) -> Result<serde_json::Value, StoreError> {
         let body = serde_json::to_vec(config).expect("a stream config serialises");
-        self.api(&format!("{}{}", wire::STREAM_CREATE, config.name), body).await.map(drop)
+        let response = self.api(&format!("{}{}", wire::STREAM_CREATE, config.name), body).await?;
+        Ok(response.config.unwrap_or_default())
     }
 
     pub async fn stream_state(&self, stream: &str) -> Result<StreamState, StoreError> {

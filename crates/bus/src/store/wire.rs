@@ -44,6 +44,7 @@ pub mod code {
     pub const BAD_REQUEST: u32 = 10003;
     pub const STREAM_INVALID_CONFIG: u32 = 10052;
     pub const CONSUMER_NOT_FOUND: u32 = 10014;
+    pub const JETSTREAM_NOT_ENABLED: u32 = 10039;
     pub const CONSUMER_NEEDS_FILTER: u32 = 10094;
 }
 
