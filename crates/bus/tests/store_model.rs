@@ -4,9 +4,11 @@
 //! must be the same. A sequence that differs is printed whole, with its seed, so it replays:
 //! `STORE_SEED=<seed> STORE_SEQUENCES=1 cargo test -p clientmq-bus --test store_model`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use clientmq_bus::access::NatsArgs;
 use clientmq_bus::nats::NatsBus;
 use clientmq_bus::store::kv::Bucket;
 use clientmq_bus::store::loopback::ModelBus;
@@ -15,7 +17,7 @@ use clientmq_bus::store::watch::Watch;
 use clientmq_bus::store::wire::{DeliverPolicy, RePublish, Storage, StreamConfig};
 use clientmq_bus::store::{Expect, MsgQuery, Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, Subscription};
-use clientmq_testkit::nats::Nats;
+use clientmq_testkit::nats::{Nats, NatsCluster};
 use clientmq_testkit::procs::{Log, wait_for};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -94,7 +96,7 @@ const SUBJECTS: [&str; 4] = ["t.a", "t.b", "t.c.d", "u.a"];
 const PATTERNS: [&str; 6] = ["t.a", "t.b", "t.c.d", "t.*", "t.>", "u.a"];
 const KEYS: [&str; 3] = ["k1", "k.2", "k_3"];
 
-fn stream_config(root: &str, which: usize, variant: usize) -> StreamConfig {
+fn stream_config(root: &str, which: usize, variant: usize, replicas: usize) -> StreamConfig {
     let subjects = match (which, variant % 3) {
         (0, _) => vec![format!("{root}.t.>")],
         (_, 0) => vec![format!("{root}.u.*")],
@@ -108,7 +110,7 @@ fn stream_config(root: &str, which: usize, variant: usize) -> StreamConfig {
         max_msg_size: [-1, 64][variant / 2 % 2],
         duplicate_window: 120_000_000_000,
         storage: Storage::Memory,
-        num_replicas: 1,
+        num_replicas: replicas,
         allow_rollup_hdrs: variant.is_multiple_of(2),
         deny_delete: false,
         allow_direct: variant.is_multiple_of(5),
@@ -170,6 +172,7 @@ struct Side<B: Bus> {
     /// What streams republished under the sequence's root.
     republished: B::Subscription,
     watches: Vec<Watch<B>>,
+    replicas: usize,
 }
 
 impl<B: Bus> Side<B> {
@@ -186,9 +189,12 @@ impl<B: Bus> Side<B> {
         let root = &self.root;
         let stream0 = format!("{root}_S0");
         match op {
-            Op::Create { which, variant } => {
-                show(self.store.create_stream(&stream_config(root, *which, *variant)).await.map(drop))
-            }
+            Op::Create { which, variant } => show(
+                self.store
+                    .create_stream(&stream_config(root, *which, *variant, self.replicas))
+                    .await
+                    .map(drop),
+            ),
             Op::Publish { subject, msg_id, rollup, data, header, .. } => {
                 let expect = Expect {
                     msg_id: msg_id.map(|i| format!("m{i}")),
@@ -259,7 +265,7 @@ async fn sequence<R: Bus, M: Bus>(
     real: &mut Side<R>,
     model: &mut Side<M>,
     ops: &[Op],
-    seen: &mut std::collections::BTreeMap<&'static str, u64>,
+    seen: &mut BTreeMap<&'static str, u64>,
 ) -> Result<(), String> {
     let mut log = Vec::new();
     for (i, op) in ops.iter().enumerate() {
@@ -323,12 +329,12 @@ async fn pushed<B: Bus>(watch: &mut Watch<B>, count: usize, linger: Duration) ->
     }
 }
 
-async fn side<B: Bus>(bus: Arc<B>, root: &str, inbox: &str) -> Side<B> {
+async fn side<B: Bus>(bus: Arc<B>, root: &str, inbox: &str, replicas: usize) -> Side<B> {
     let republished = bus.subscribe(&format!("{root}.rp.>"), None).await.unwrap();
     let store = Store::new(bus, inbox, Duration::from_secs(5)).await.expect("an inbox");
     let bucket = Bucket::new(root).unwrap();
-    let _ = store.create_stream(&bucket.config(1, Storage::Memory)).await;
-    Side { store, root: root.to_owned(), bucket, republished, watches: Vec::new() }
+    let _ = store.create_stream(&bucket.config(replicas, Storage::Memory)).await;
+    Side { store, root: root.to_owned(), bucket, republished, watches: Vec::new(), replicas }
 }
 
 impl<B: Bus> Side<B> {
@@ -352,36 +358,37 @@ impl<B: Bus> Side<B> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_store_model_answers_as_jetstream_does() {
-    let dir = std::env::temp_dir().join(format!("clientmq-store-model-{}", std::process::id()));
-    let log = Log::default();
-    let nats = Nats::start_with(&log, &["-js", "-sd", &dir.display().to_string()]).await;
-    let real_bus = Arc::new(NatsBus::connect(&nats.url(), "store-model").await.unwrap());
-    wait_for(WAIT, "connected", &log, || async { real_bus.status().connected }).await;
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
 
-    let env =
-        |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default);
-    let (seed, sequences) = (env("STORE_SEED", 0), env("STORE_SEQUENCES", 40));
+/// Runs `sequences` random sequences from `seed` on `real` (streams with `replicas` copies) and
+/// on the model, and panics at the first difference; what kinds of answer were seen.
+async fn compare<R: Bus>(
+    real_bus: Arc<R>,
+    replicas: usize,
+    seed: u64,
+    sequences: u64,
+) -> BTreeMap<&'static str, u64> {
     // The model behaves as the version of the server it is compared with.
-    let version = Version::of(clientmq_testkit::nats::nats_server_version());
-    let mut seen = std::collections::BTreeMap::new();
-    for n in 0..sequences {
-        let case = seed + n;
+    let version = Version::of(clientmq_testkit::nats::nats_server_version(), replicas > 1);
+    let mut seen = BTreeMap::new();
+    for case in seed..seed + sequences {
         let mut rng = SmallRng::seed_from_u64(case);
         let ops = generate(&mut rng, 60);
         let root = format!("r{case}");
-        let mut real = side(real_bus.clone(), &root, &format!("real{case}")).await;
-        let mut model = side(Arc::new(ModelBus::new(version)), &root, &format!("model{case}")).await;
+        let mut real = side(real_bus.clone(), &root, &format!("real{case}"), replicas).await;
+        let mut model =
+            side(Arc::new(ModelBus::new(version)), &root, &format!("model{case}"), replicas).await;
         if let Err(log) = sequence(&mut real, &mut model, &ops, &mut seen).await {
-            panic!("the model differs from nats-server, STORE_SEED={case}:\n{log}");
+            panic!("the model differs from nats-server (replicas {replicas}), STORE_SEED={case}:\n{log}");
         }
         *seen.entry("watched").or_default() += model.watches.len() as u64;
         for (i, watch) in real.watches.iter_mut().enumerate() {
             let extra = pushed(watch, 0, Duration::from_millis(20)).await;
             assert!(extra.is_empty(), "watch {i} got more than the model's, STORE_SEED={case}: {extra:?}");
         }
-        for watch in real.watches.drain(..).chain(std::iter::empty()) {
+        for watch in real.watches.drain(..) {
             watch.stop().await.expect("a watch's consumer deleted");
         }
         let (a, b) = (real.drain_republished().await, model.drain_republished().await);
@@ -389,10 +396,48 @@ async fn the_store_model_answers_as_jetstream_does() {
         *seen.entry("republished").or_default() += a.len() as u64;
     }
     eprintln!("answers seen: {seen:?}");
+    seen
+}
+
+fn assert_saw_all(seen: &BTreeMap<&'static str, u64>, sequences: u64) {
+    let missing: Vec<_> = MUST_SEE.iter().filter(|k| !seen.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "{sequences} sequences never got {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_model_answers_as_jetstream_does() {
+    let dir = std::env::temp_dir().join(format!("clientmq-store-model-{}", std::process::id()));
+    let log = Log::default();
+    let nats = Nats::start_with(&log, &["-js", "-sd", &dir.display().to_string()]).await;
+    let real_bus = Arc::new(NatsBus::connect(&nats.url(), "store-model").await.unwrap());
+    wait_for(WAIT, "connected", &log, || async { real_bus.status().connected }).await;
+    let sequences = env("STORE_SEQUENCES", 40);
+    let seen = compare(real_bus, 1, env("STORE_SEED", 0), sequences).await;
     if sequences >= 40 {
-        let missing: Vec<_> = MUST_SEE.iter().filter(|k| !seen.contains_key(*k)).collect();
-        assert!(missing.is_empty(), "{sequences} sequences never got {missing:?}");
+        assert_saw_all(&seen, sequences);
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The same on a three-node cluster with three replicas: there a stream's leader checks a
+/// publish before proposing it to the others, a path of its own in nats-server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_model_answers_as_a_clustered_jetstream_does() {
+    let dir = std::env::temp_dir().join(format!("clientmq-store-cluster-{}", std::process::id()));
+    let log = Log::default();
+    let cluster = NatsCluster::start(&log, &dir).await;
+    let args = NatsArgs { nats: Some(cluster.urls()), ..NatsArgs::default() };
+    let real_bus = Arc::new(NatsBus::open(&args.access().unwrap().unwrap(), "store-cluster").await.unwrap());
+    wait_for(WAIT, "connected", &log, || async { real_bus.status().connected }).await;
+    // JetStream answers once the cluster has elected its meta leader.
+    let probe = Store::new(real_bus.clone(), "probe", Duration::from_secs(2)).await.unwrap();
+    let ready = Bucket::new("ready").unwrap().config(3, Storage::Memory);
+    wait_for(Duration::from_secs(30), "JetStream in the cluster", &log, || async {
+        probe.create_stream(&ready).await.is_ok()
+    })
+    .await;
+    let sequences = env("STORE_CLUSTER_SEQUENCES", 10);
+    compare(real_bus, 3, env("STORE_SEED", 0), sequences).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -173,6 +173,45 @@ impl Nats {
     }
 }
 
+/// Three nats-servers with JetStream clustered together on loopback ports of their own, each
+/// with its own store under `dir`: where streams with three replicas live. Killed when dropped.
+pub struct NatsCluster {
+    pub nodes: Vec<Nats>,
+}
+
+impl NatsCluster {
+    pub async fn start(log: &Log, dir: &Path) -> NatsCluster {
+        let cluster: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let mut nodes = Vec::new();
+        for (i, own) in cluster.iter().enumerate() {
+            let routes: Vec<String> =
+                cluster.iter().filter(|p| *p != own).map(|p| format!("nats://127.0.0.1:{p}")).collect();
+            let store = dir.join(format!("n{i}")).display().to_string();
+            let args = [
+                "-js".to_owned(),
+                "-sd".to_owned(),
+                store,
+                "-n".to_owned(),
+                format!("n{i}"),
+                "--cluster_name".to_owned(),
+                "clientmq".to_owned(),
+                "--cluster".to_owned(),
+                format!("nats://127.0.0.1:{own}"),
+                "--routes".to_owned(),
+                routes.join(","),
+            ];
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Nats::start_with(log, &args).await);
+        }
+        NatsCluster { nodes }
+    }
+
+    /// Every node's URL, comma-separated (what `--nats` takes).
+    pub fn urls(&self) -> String {
+        self.nodes.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+    }
+}
+
 /// Waits (at most 10 s) until `sub`, a subscription of `bus`, is in place at the server: `bus`
 /// publishes one probe to `subject` (which `sub` matches; retried only while `bus` is not yet
 /// connected) and `sub` must yield it. The server takes one client's messages in order, so the

@@ -67,6 +67,11 @@ pub enum StoreError {
     Bus(#[from] BusError),
     #[error("malformed answer from JetStream: {0}")]
     Malformed(String),
+    /// A clustered stream could not decide yet: a write to the subject, or one with the same
+    /// message id, is still being replicated (JetStream's 10164 and 10158). Nothing was
+    /// written: read and decide again, or send the same message again.
+    #[error("a write is still being replicated: {0}")]
+    InFlight(String),
     /// A watch missed messages (pushed while this client was away): start a new one.
     #[error("a watch expected message {expected} of its consumer and got {got}")]
     Gap { expected: u64, got: u64 },
@@ -77,6 +82,9 @@ impl StoreError {
         let last = e.description.strip_prefix("wrong last sequence: ").and_then(|n| n.trim().parse().ok());
         match (e.err_code, last) {
             (code::WRONG_LAST_SEQUENCE, Some(last)) => StoreError::WrongLastSequence(last),
+            (code::WRONG_LAST_SEQUENCE_UNKNOWN | code::DUPLICATE_IN_FLIGHT, _) => {
+                StoreError::InFlight(e.description)
+            }
             (code::NO_MESSAGE_FOUND, _) => StoreError::NotFound,
             (code::STREAM_NOT_FOUND, _) => StoreError::NoStream,
             _ => StoreError::Api { code: e.code, err_code: e.err_code, description: e.description },
@@ -234,6 +242,13 @@ impl<B: Bus> Store<B> {
     pub async fn stream_state(&self, stream: &str) -> Result<StreamState, StoreError> {
         let response = self.api(&format!("{}{stream}", wire::STREAM_INFO), Vec::new()).await?;
         response.state.ok_or_else(|| StoreError::Malformed("stream info without state".into()))
+    }
+
+    /// The name of the server leading a clustered stream (`None` for a stream without one).
+    pub async fn stream_leader(&self, stream: &str) -> Result<Option<String>, StoreError> {
+        let response = self.api(&format!("{}{stream}", wire::STREAM_INFO), Vec::new()).await?;
+        let leader = response.cluster.as_ref().and_then(|c| c.get("leader")).and_then(|l| l.as_str());
+        Ok(leader.map(str::to_owned))
     }
 
     /// Publishes to a stream's subject and waits for the stream to take it.

@@ -35,6 +35,10 @@ pub mod header {
 /// JetStream's error codes the store tells apart (`err_code` in an API error).
 pub mod code {
     pub const WRONG_LAST_SEQUENCE: u32 = 10071;
+    /// A clustered stream's leader cannot check the expected sequence with writes in flight.
+    pub const WRONG_LAST_SEQUENCE_UNKNOWN: u32 = 10164;
+    /// A clustered stream's leader has a message with that id in flight.
+    pub const DUPLICATE_IN_FLIGHT: u32 = 10158;
     pub const NO_MESSAGE_FOUND: u32 = 10037;
     pub const STREAM_NOT_FOUND: u32 = 10059;
     pub const STREAM_NAME_IN_USE: u32 = 10058;
@@ -158,6 +162,9 @@ pub struct ApiResponse {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub success: Option<bool>,
+    /// A clustered stream's placement: `leader` names the server that orders its writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<StreamState>,
 }

@@ -43,22 +43,32 @@ impl Delivery {
     }
 }
 
-/// Which nats-server the model behaves as, where versions differ in what the subset shows.
+/// Which nats-server the model behaves as, where servers differ in what the subset shows: the
+/// order of a publish's checks (which refusal a publish failing two gets, and whether a repeated
+/// message id is acknowledged despite a wrong expected sequence) and a republished copy's time
+/// stamp.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Version {
-    /// 2.10 and later, as verified on 2.15.1 (the pinned test server): a publish's checks run
-    /// size limit, expected last subject sequence, message id, rollup; a republished message
-    /// carries `Nats-Time-Stamp`.
+    /// 2.10 and later, one server (verified on 2.15.1, the pinned test server): size limit,
+    /// expected last subject sequence, message id, rollup; copies carry `Nats-Time-Stamp`.
     #[default]
     V2_10,
-    /// 2.9 (Debian's 2.9.10): message id, expected last subject sequence, rollup, size limit; no
-    /// time stamp on a republished message.
+    /// 2.10 and later, a stream with replicas in a cluster (verified on 2.15.1): its leader
+    /// checks size limit, message id, expected last subject sequence, rollup.
+    V2_10Clustered,
+    /// 2.9, one server (Debian's 2.9.10): message id, expected last subject sequence, rollup,
+    /// size limit; copies carry no time stamp.
     V2_9,
 }
 
 impl Version {
-    pub fn of(version: (u32, u32, u32)) -> Version {
-        if version < (2, 10, 0) { Version::V2_9 } else { Version::V2_10 }
+    /// The behaviour of nats-server `version`, alone or clustered.
+    pub fn of(version: (u32, u32, u32), clustered: bool) -> Version {
+        match (version < (2, 10, 0), clustered) {
+            (true, _) => Version::V2_9,
+            (false, false) => Version::V2_10,
+            (false, true) => Version::V2_10Clustered,
+        }
     }
 }
 
@@ -310,6 +320,7 @@ impl Stream {
         let msg_id = msg.header(header::MSG_ID).filter(|id| !id.is_empty());
         let order = match version {
             Version::V2_10 => [Check::Size, Check::Expected, Check::Id, Check::Rollup],
+            Version::V2_10Clustered => [Check::Size, Check::Id, Check::Expected, Check::Rollup],
             Version::V2_9 => [Check::Id, Check::Expected, Check::Rollup, Check::Size],
         };
         for check in order {
@@ -353,7 +364,7 @@ impl Stream {
                 (header::SEQUENCE.to_owned(), seq.to_string()),
                 (header::LAST_SEQUENCE.to_owned(), subject_last.to_string()),
             ]);
-            if version == Version::V2_10 {
+            if version != Version::V2_9 {
                 copy.headers.push((header::TIME_STAMP.to_owned(), rfc3339(now)));
             }
             Some(copy)
