@@ -36,6 +36,10 @@ impl Bucket {
         Ok(Bucket { name: name.to_owned() })
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn stream(&self) -> String {
         format!("KV_{}", self.name)
     }

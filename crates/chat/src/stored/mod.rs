@@ -1,5 +1,9 @@
 //! Chat state in the store (NATS JetStream), for workers that keep nothing of their own: the
-//! layout they create and check at start. The records, the cache that follows them and the
-//! decisions made on it come next; docs/nats.md ("The store") has the design.
+//! layout they create and check at start, the records the buckets hold, and the cache a worker
+//! keeps of them. The decisions made on the cache come next; docs/nats.md ("The store") has the
+//! design.
 
+pub mod cache;
+pub mod follow;
 pub mod layout;
+pub mod records;

@@ -1,0 +1,133 @@
+//! Feeding a [`Cache`] from the store: one follower per bucket, each key's value and then every
+//! change, applied as they come. What a worker runs beside its decisions, and restarts from
+//! scratch (a fresh cache) whenever it wants to drop what it holds.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use clientmq_bus::Bus;
+use clientmq_bus::store::kv::Bucket as KvBucket;
+use clientmq_bus::store::watch::Follower;
+use clientmq_bus::store::wire::{DeliverPolicy, header};
+use clientmq_bus::store::{Store, StoreError, StoredMsg};
+
+use super::cache::{Bucket, Cache};
+use super::layout::Layout;
+
+/// Follows both buckets of `layout` into `cache` until the task is dropped.
+pub async fn follow<B: Bus>(store: Store<B>, layout: Layout, cache: Arc<Mutex<Cache>>) {
+    let sessions = feed(store.clone(), layout.sessions.clone(), Bucket::Sessions, cache.clone());
+    let rooms = feed(store, layout.rooms, Bucket::Rooms, cache);
+    tokio::join!(sessions, rooms);
+}
+
+async fn feed<B: Bus>(store: Store<B>, bucket: KvBucket, which: Bucket, cache: Arc<Mutex<Cache>>) {
+    let filter = format!("$KV.{}.>", bucket.name());
+    let mut follower = Follower::new(&store, &bucket.stream(), &filter, DeliverPolicy::LastPerSubject);
+    loop {
+        let msg = follower.next().await;
+        let Some(key) = msg.subject.strip_prefix(&filter[..filter.len() - 1]) else { continue };
+        let applied =
+            cache.lock().unwrap_or_else(PoisonError::into_inner).apply(which, key, msg.seq, value(&msg));
+        if let Err(e) = applied {
+            tracing::warn!(error = %e, "a key of the store ignored");
+        }
+    }
+}
+
+/// A bucket message's value: `None` for a delete or purge marker.
+fn value(msg: &StoredMsg) -> Option<&[u8]> {
+    match msg.header(header::KV_OPERATION) {
+        Some("DEL" | "PURGE") => None,
+        _ => Some(&msg.data),
+    }
+}
+
+/// Reads one key of a bucket into `cache` now, ahead of its follower: what a worker does after
+/// the store refused a write because the key moved.
+pub async fn refresh<B: Bus>(
+    store: &Store<B>,
+    bucket: &KvBucket,
+    which: Bucket,
+    key: &str,
+    cache: &Mutex<Cache>,
+) -> Result<(), StoreError> {
+    let entry = bucket.entry(store, key).await?;
+    let Some(entry) = entry else { return Ok(()) };
+    let applied = cache.lock().unwrap_or_else(PoisonError::into_inner).apply(
+        which,
+        key,
+        entry.revision,
+        entry.value.as_deref(),
+    );
+    applied.map_err(|e| StoreError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_core::proto::chat;
+    use prost::Message;
+
+    use super::*;
+    use crate::stored::records::{RoomKey, RoomRecord, SessionRecord, session_key};
+
+    /// Waits (in steps of 10 ms, at most 2 s) until `cache` satisfies `done`.
+    async fn until(cache: &Mutex<Cache>, done: impl Fn(&Cache) -> bool) {
+        for _ in 0..200 {
+            if done(&cache.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the cache never got there: {:?}", cache.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_cache_follows_both_buckets_and_a_fresh_one_catches_up() {
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus, "w1", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        layout.ensure(&store).await.unwrap();
+        let session = SessionRecord {
+            conn: Some("c1".into()),
+            gateway: Some("gw1".into()),
+            ..SessionRecord::default()
+        };
+        layout.sessions.put(&store, &session_key("s1"), session.encode_to_vec(), Some(0)).await.unwrap();
+
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let following = tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
+        until(&cache, |c| c.session_of("c1") == Some("s1")).await;
+
+        // Changes after the start arrive too: a room with s1 in it, then s1's end.
+        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
+        let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
+        let room = RoomRecord { info: Some(info), members: vec![member], ..RoomRecord::default() };
+        layout
+            .rooms
+            .put(&store, &RoomKey::Room("r1".into()).key(), room.encode_to_vec(), Some(0))
+            .await
+            .unwrap();
+        until(&cache, |c| c.rooms_of("s1").eq(["r1"])).await;
+        let revision = cache.lock().unwrap().session("s1").unwrap().revision;
+        layout.sessions.delete(&store, &session_key("s1"), Some(revision)).await.unwrap();
+        until(&cache, |c| c.session("s1").is_none() && c.members_without_session() == [("r1", "s1")]).await;
+        following.abort();
+
+        // A cache dropped and started again ends where the first one was.
+        let fresh = Arc::new(Mutex::new(Cache::default()));
+        let following = tokio::spawn(follow(store.clone(), layout.clone(), fresh.clone()));
+        until(&fresh, |c| c.members_without_session() == [("r1", "s1")] && c.room("r1").is_some()).await;
+        fresh.lock().unwrap().check().unwrap();
+        following.abort();
+
+        // A refresh reads a key ahead of any follower.
+        let lone = Mutex::new(Cache::default());
+        refresh(&store, &layout.rooms, Bucket::Rooms, &RoomKey::Room("r1".into()).key(), &lone)
+            .await
+            .unwrap();
+        assert_eq!(lone.lock().unwrap().room("r1").map(|r| r.value.room_id().to_owned()), Some("r1".into()));
+    }
+}

@@ -1,0 +1,115 @@
+//! What the buckets hold, as protobuf (the chat types are protobuf already) and under which key.
+//!
+//! - bucket `<P>_sessions`, key `<session token>`: a [`SessionRecord`];
+//! - bucket `<P>_rooms`, key `r.<room token>`: a [`RoomRecord`], and key `a.<alias token>`: the
+//!   id of the room the alias names (written only while absent: one room per alias).
+//!
+//! Tokens are [`contract::room_token`]'s: an id of letters, digits and `-` as it is, anything else
+//! as `_` and hex, so every id is one key token and none collide.
+
+use clientmq_bus::contract;
+use clientmq_core::proto::chat;
+
+/// A session. Its rooms are not here: membership lives in the rooms' records only, so that every
+/// decision writes one key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SessionRecord {
+    /// The connection holding it, none while detached.
+    #[prost(string, optional, tag = "1")]
+    pub conn: Option<String>,
+    /// That connection's gateway (its route key).
+    #[prost(string, optional, tag = "2")]
+    pub gateway: Option<String>,
+    /// While detached: Unix milliseconds when its grace runs out.
+    #[prost(uint64, optional, tag = "3")]
+    pub expires_ms: Option<u64>,
+    /// Rooms whose conversation it subscribed to.
+    #[prost(string, repeated, tag = "4")]
+    pub conversations: Vec<String>,
+}
+
+/// A room and its members.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RoomRecord {
+    /// `room_id` is always set.
+    #[prost(message, optional, tag = "1")]
+    pub info: Option<chat::Room>,
+    /// In session order, one per session.
+    #[prost(message, repeated, tag = "2")]
+    pub members: Vec<chat::Member>,
+    /// A broadcast room: its audience is neither announced nor listed.
+    #[prost(bool, tag = "3")]
+    pub quiet_audience: bool,
+    /// Unix milliseconds since it has been empty, while it is.
+    #[prost(uint64, optional, tag = "4")]
+    pub empty_since_ms: Option<u64>,
+}
+
+impl RoomRecord {
+    pub fn room_id(&self) -> &str {
+        self.info.as_ref().and_then(|i| i.room_id.as_deref()).unwrap_or_default()
+    }
+
+    pub fn alias(&self) -> Option<&str> {
+        self.info.as_ref().and_then(|i| i.alias.as_deref())
+    }
+
+    pub fn member(&self, session: &str) -> Option<&chat::Member> {
+        self.members.iter().find(|m| m.session_id == session)
+    }
+}
+
+/// What a key of the rooms bucket names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomKey {
+    Room(String),
+    Alias(String),
+}
+
+pub fn session_key(session: &str) -> String {
+    contract::room_token(session)
+}
+
+pub fn session_of_key(key: &str) -> Option<String> {
+    contract::room_from_token(key)
+}
+
+impl RoomKey {
+    pub fn key(&self) -> String {
+        match self {
+            RoomKey::Room(id) => format!("r.{}", contract::room_token(id)),
+            RoomKey::Alias(alias) => format!("a.{}", contract::room_token(alias)),
+        }
+    }
+
+    pub fn parse(key: &str) -> Option<RoomKey> {
+        let (kind, token) = key.split_once('.')?;
+        let name = contract::room_from_token(token)?;
+        match kind {
+            "r" => Some(RoomKey::Room(name)),
+            "a" => Some(RoomKey::Alias(name)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_read_back_as_what_they_name() {
+        for key in [
+            RoomKey::Room("abc-1".into()),
+            RoomKey::Room("a b/é".into()),
+            RoomKey::Alias("lobby.main".into()),
+        ] {
+            let written = key.key();
+            assert!(clientmq_bus::store::kv::valid_key(&written), "{written}");
+            assert_eq!(RoomKey::parse(&written), Some(key));
+        }
+        assert_eq!(RoomKey::parse("x.abc"), None);
+        let session = "Zq9-x_1";
+        assert_eq!(session_of_key(&session_key(session)).as_deref(), Some(session));
+    }
+}
