@@ -43,6 +43,22 @@ pub fn overlap(a: &str, b: &str) -> bool {
     unreachable!("the loop returns once either pattern ends")
 }
 
+/// Whether every subject `filter` matches is matched by `pattern` too.
+pub fn subset(filter: &str, pattern: &str) -> bool {
+    let (f, p): (Vec<&str>, Vec<&str>) = (filter.split('.').collect(), pattern.split('.').collect());
+    for i in 0.. {
+        match (f.get(i), p.get(i)) {
+            (Some(_), Some(&">")) | (None, None) => return true,
+            (Some(&">"), _) => return false,
+            (Some(_), Some(&"*")) => {}
+            (Some(&"*"), Some(_)) => return false,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+    unreachable!("the loop returns once either pattern ends")
+}
+
 /// Where a subject transform (`src` to `dest`, as a stream's republish has it) sends `subject`:
 /// `None` unless `subject` matches `src`. `dest` names `src`'s `*` tokens as `{{wildcard(N)}}`
 /// (or `$N`), counted from 1, and a last `>` in both carries the rest over.
@@ -95,6 +111,18 @@ mod tests {
         }
         for (a, b) in [("a.>", "a"), ("a.*", "a.b.c"), ("a.b", "a.c"), ("a.*", "b.>")] {
             assert!(!overlap(a, b) && !overlap(b, a), "{a} {b}");
+        }
+    }
+
+    #[test]
+    fn a_subset_is_matched_whole_by_its_pattern() {
+        for (f, p) in
+            [("t.a", "t.>"), ("t.*", "t.>"), ("t.>", "t.>"), ("t.a", "t.*"), ("t.a.b", ">"), ("t.a", "t.a")]
+        {
+            assert!(subset(f, p), "{f} in {p}");
+        }
+        for (f, p) in [("t.>", "t.*"), ("u.a", "t.>"), ("t", "t.>"), ("t.*", "t.a"), ("t.a.b", "t.*")] {
+            assert!(!subset(f, p), "{f} not in {p}");
         }
     }
 

@@ -50,6 +50,7 @@ pub mod code {
     pub const CONSUMER_NOT_FOUND: u32 = 10014;
     pub const JETSTREAM_NOT_ENABLED: u32 = 10039;
     pub const CONSUMER_NEEDS_FILTER: u32 = 10094;
+    pub const CONSUMER_FILTER_NOT_SUBSET: u32 = 10093;
 }
 
 /// Where a stream keeps its messages.

@@ -3,10 +3,10 @@
 //! redelivery; one is deleted when asked, never for inactivity (a real server deletes one whose
 //! deliver subject nobody heard for its `inactive_threshold`).
 
-use super::{ApiError, ApiResponse, Delivery, StoreModel, Stream, api_error};
+use super::{ApiError, ApiResponse, Delivery, StoreModel, Stream, Version, api_error};
 use crate::BusMessage;
 use crate::store::wire::{ConsumerConfig, ConsumerCreateRequest, DeliverPolicy, code};
-use crate::subject::{subject_matches, valid_subject};
+use crate::subject::{subject_matches, subset, valid_subject};
 
 #[derive(Debug, Clone)]
 pub(super) struct Consumer {
@@ -44,13 +44,30 @@ impl StoreModel {
                 "consumer delivery policy is deliver last per subject, but optional filter subject is not set",
             ));
         }
+        // 2.9 takes only a filter within the stream's subjects; later versions any.
+        let within =
+            |stream: &Stream| stream.config.subjects.iter().any(|p| subset(&config.filter_subject, p));
+        if self.version == Version::V2_9
+            && !config.filter_subject.is_empty()
+            && self.streams.get(stream_name).is_some_and(|s| !within(s))
+        {
+            return Err(api_error(
+                400,
+                code::CONSUMER_FILTER_NOT_SUBSET,
+                "consumer filter subject is not a valid subset of the interest subjects",
+            ));
+        }
         self.consumers_made += 1;
         let name = format!("model{}", self.consumers_made);
         let stream = self
             .streams
             .get_mut(stream_name)
             .ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))?;
-        let from = (stream.last_seq + 1).max(config.opt_start_seq.unwrap_or(0));
+        // 2.9 moves a start sequence past the stream's end back to just after it; later
+        // versions wait for it.
+        let start = config.opt_start_seq.unwrap_or(0);
+        let start = if self.version == Version::V2_9 { start.min(stream.last_seq + 1) } else { start };
+        let from = (stream.last_seq + 1).max(start);
         let mut consumer = Consumer { name: name.clone(), config: config.clone(), pushed: 0, from };
         let first: Vec<u64> = stream.starting(&config);
         for seq in first {

@@ -57,7 +57,8 @@ pub enum Version {
     /// checks size limit, message id, expected last subject sequence, rollup.
     V2_10Clustered,
     /// 2.9, one server (Debian's 2.9.10): message id, expected last subject sequence, rollup,
-    /// size limit; copies carry no time stamp.
+    /// size limit; copies carry no time stamp; a consumer's start sequence past the stream's end
+    /// is moved back to just after it, and its filter must lie within the stream's subjects.
     V2_9,
 }
 
