@@ -119,6 +119,12 @@ impl Cache {
         self.rooms.insert(id, record);
     }
 
+    /// The last revision of `key` the cache has seen, a delete's included; 0 if none: what a
+    /// write decided on the cache expects.
+    pub fn revision(&self, bucket: Bucket, key: &str) -> u64 {
+        self.seen.get(&(bucket, key.to_owned())).copied().unwrap_or(0)
+    }
+
     pub fn session(&self, id: &str) -> Option<&Cached<SessionRecord>> {
         self.sessions.get(id)
     }

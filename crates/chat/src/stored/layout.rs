@@ -71,6 +71,14 @@ impl Layout {
         Layout { sessions: bucket("sessions"), rooms: bucket("rooms"), history, replicas }
     }
 
+    /// The bucket a cache's changes come from.
+    pub fn bucket(&self, which: crate::stored::cache::Bucket) -> &Bucket {
+        match which {
+            crate::stored::cache::Bucket::Sessions => &self.sessions,
+            crate::stored::cache::Bucket::Rooms => &self.rooms,
+        }
+    }
+
     fn streams(&self) -> [StreamConfig; 3] {
         [
             self.sessions.config(self.replicas, Storage::File),
