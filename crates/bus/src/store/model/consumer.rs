@@ -3,7 +3,7 @@
 //! redelivery; one is deleted when asked, never for inactivity (a real server deletes one whose
 //! deliver subject nobody heard for its `inactive_threshold`).
 
-use super::{ApiError, ApiResponse, Delivery, StoreModel, Stream, Version, api_error};
+use super::{ApiError, ApiResponse, Delivery, StoreModel, Stream, api_error};
 use crate::BusMessage;
 use crate::store::wire::{ConsumerConfig, ConsumerCreateRequest, DeliverPolicy, code};
 use crate::subject::{subject_matches, subset, valid_subject};
@@ -47,7 +47,7 @@ impl StoreModel {
         // 2.9 takes only a filter within the stream's subjects; later versions any.
         let within =
             |stream: &Stream| stream.config.subjects.iter().any(|p| subset(&config.filter_subject, p));
-        if self.version == Version::V2_9
+        if self.version.is_2_9()
             && !config.filter_subject.is_empty()
             && self.streams.get(stream_name).is_some_and(|s| !within(s))
         {
@@ -66,7 +66,7 @@ impl StoreModel {
         // 2.9 moves a start sequence past the stream's end back to just after it; later
         // versions wait for it.
         let start = config.opt_start_seq.unwrap_or(0);
-        let start = if self.version == Version::V2_9 { start.min(stream.last_seq + 1) } else { start };
+        let start = if self.version.is_2_9() { start.min(stream.last_seq + 1) } else { start };
         let from = (stream.last_seq + 1).max(start);
         let mut consumer = Consumer { name: name.clone(), config: config.clone(), pushed: 0, from };
         let first: Vec<u64> = stream.starting(&config);

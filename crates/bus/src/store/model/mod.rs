@@ -60,13 +60,22 @@ pub enum Version {
     /// size limit; copies carry no time stamp; a consumer's start sequence past the stream's end
     /// is moved back to just after it, and its filter must lie within the stream's subjects.
     V2_9,
+    /// 2.9, a stream with replicas in a cluster (verified on 2.9.10): as [`Version::V2_9`], but
+    /// the leader checks the size limit and a non-zero expected sequence before proposing, the
+    /// rest (message id, an expected 0, rollup) on applying.
+    V2_9Clustered,
 }
 
 impl Version {
+    fn is_2_9(self) -> bool {
+        matches!(self, Version::V2_9 | Version::V2_9Clustered)
+    }
+
     /// The behaviour of nats-server `version`, alone or clustered.
     pub fn of(version: (u32, u32, u32), clustered: bool) -> Version {
         match (version < (2, 10, 0), clustered) {
-            (true, _) => Version::V2_9,
+            (true, false) => Version::V2_9,
+            (true, true) => Version::V2_9Clustered,
             (false, false) => Version::V2_10,
             (false, true) => Version::V2_10Clustered,
         }
@@ -270,6 +279,10 @@ impl StoreModel {
 enum Check {
     Size,
     Expected,
+    /// The expected last subject sequence, checked here only when it is not 0 (or only when it
+    /// is): a clustered 2.9 stream checks the first before proposing, the second on applying.
+    ExpectedNonZero,
+    ExpectedZero,
     Id,
     Rollup,
 }
@@ -291,8 +304,13 @@ impl Stream {
                     refused(api_error(400, code::MESSAGE_TOO_LARGE, "message size exceeds maximum allowed"))
                 })
             }
-            Check::Expected => {
+            Check::Expected | Check::ExpectedNonZero | Check::ExpectedZero => {
                 let expected = msg.header(header::EXPECTED_LAST_SUBJECT_SEQUENCE)?.parse::<u64>().ok()?;
+                match check {
+                    Check::ExpectedNonZero if expected == 0 => return None,
+                    Check::ExpectedZero if expected != 0 => return None,
+                    _ => {}
+                }
                 let last =
                     self.msgs.iter().rev().find(|(_, m)| m.subject == msg.subject).map_or(0, |(seq, _)| *seq);
                 (expected != last).then(|| {
@@ -319,12 +337,15 @@ impl Stream {
         let window = self.config.duplicate_window;
         self.ids.retain(|_, (_, at)| now.saturating_sub(*at) < window);
         let msg_id = msg.header(header::MSG_ID).filter(|id| !id.is_empty());
-        let order = match version {
-            Version::V2_10 => [Check::Size, Check::Expected, Check::Id, Check::Rollup],
-            Version::V2_10Clustered => [Check::Size, Check::Id, Check::Expected, Check::Rollup],
-            Version::V2_9 => [Check::Id, Check::Expected, Check::Rollup, Check::Size],
+        let order: &[Check] = match version {
+            Version::V2_10 => &[Check::Size, Check::Expected, Check::Id, Check::Rollup],
+            Version::V2_10Clustered => &[Check::Size, Check::Id, Check::Expected, Check::Rollup],
+            Version::V2_9 => &[Check::Id, Check::Expected, Check::Rollup, Check::Size],
+            Version::V2_9Clustered => {
+                &[Check::Size, Check::ExpectedNonZero, Check::Id, Check::ExpectedZero, Check::Rollup]
+            }
         };
-        for check in order {
+        for &check in order {
             if let Some(answer) = self.check(check, msg, msg_id) {
                 return (answer, None);
             }
@@ -365,7 +386,7 @@ impl Stream {
                 (header::SEQUENCE.to_owned(), seq.to_string()),
                 (header::LAST_SEQUENCE.to_owned(), subject_last.to_string()),
             ]);
-            if version != Version::V2_9 {
+            if matches!(version, Version::V2_10 | Version::V2_10Clustered) {
                 copy.headers.push((header::TIME_STAMP.to_owned(), rfc3339(now)));
             }
             Some(copy)
