@@ -129,6 +129,11 @@ impl Cache {
         self.sessions.get(id)
     }
 
+    /// How many sessions exist, attached or in their grace period.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
     /// The session connection `conn` holds.
     pub fn session_of(&self, conn: &str) -> Option<&str> {
         self.conns.get(conn).map(String::as_str)

@@ -1,0 +1,213 @@
+//! Decisions about sessions, each a function of the cache that writes the session's key only
+//! (see [`decide`](super::decide)). What follows from one (subscriptions moved between
+//! connections, the session's rooms left) is the caller's to carry out once the write is taken,
+//! from the record before and after.
+//!
+//! Each is idempotent on its own effect: decided again on a cache that already holds its write
+//! (a write that timed out but was taken), it finds nothing left to do and says so the same way.
+
+use prost::Message;
+
+use super::cache::{Bucket, Cache};
+use super::decide::{Decided, Write};
+use super::records::{SessionRecord, session_key};
+use crate::wire::status;
+
+/// `conn`, through `gateway`, authenticates: it resumes the session it asks for (`asked`) if
+/// that session exists, or gets a new one named `new_id` (which the caller keeps across retries).
+/// A token minted for one session (`token_bound`) resumes that session or nothing. The session
+/// is then held by `conn`: a connection that held it before loses it (a takeover), and its
+/// grace period, if it was detached, ends. Returns the session's id, or the status refusing it.
+pub fn authenticate(
+    cache: &Cache,
+    conn: &str,
+    gateway: &str,
+    asked: Option<&str>,
+    token_bound: bool,
+    new_id: &str,
+    max_sessions: usize,
+) -> Decided<Result<String, &'static str>> {
+    let resumed = asked.filter(|id| cache.session(id).is_some());
+    if token_bound && resumed.is_none() {
+        return Decided::Nothing(Err(status::UNAUTHORIZED));
+    }
+    let id = resumed.unwrap_or(new_id);
+    let current = cache.session(id);
+    if current.is_none() && cache.session_count() >= max_sessions {
+        return Decided::Nothing(Err(status::CAPACITY));
+    }
+    let mut record = current.map(|c| c.value.clone()).unwrap_or_default();
+    if record.conn.as_deref() == Some(conn) && record.gateway.as_deref() == Some(gateway) {
+        return Decided::Nothing(Ok(id.to_owned()));
+    }
+    record.conn = Some(conn.to_owned());
+    record.gateway = Some(gateway.to_owned());
+    record.expires_ms = None;
+    Decided::Write(write(cache, id, Some(&record)), Ok(id.to_owned()))
+}
+
+/// Connection `conn` ended: the session it holds, if any, starts its grace period (ending at
+/// `now_ms + grace_ms`). Returns the session detached.
+pub fn detach(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64) -> Decided<Option<String>> {
+    let Some(id) = cache.session_of(conn) else { return Decided::Nothing(None) };
+    let Some(current) = cache.session(id) else { return Decided::Nothing(None) };
+    let mut record = current.value.clone();
+    record.conn = None;
+    record.gateway = None;
+    record.expires_ms = Some(now_ms.saturating_add(grace_ms));
+    Decided::Write(write(cache, id, Some(&record)), Some(id.to_owned()))
+}
+
+/// Session `id` ends (`pcast.Bye`; or, with `due_by`, only if its grace has run out by then):
+/// its key is deleted. Of several workers ending it at once, one deletes it and the others find
+/// it gone. Returns whether this decision ended it.
+pub fn end(cache: &Cache, id: &str, due_by: Option<u64>) -> Decided<bool> {
+    let Some(current) = cache.session(id) else { return Decided::Nothing(false) };
+    if let Some(now_ms) = due_by
+        && current.value.expires_ms.is_none_or(|at| at > now_ms)
+    {
+        return Decided::Nothing(false);
+    }
+    Decided::Write(write(cache, id, None), true)
+}
+
+/// Session `id`'s key becomes `record` (`None`: deleted), expecting the revision the cache holds.
+fn write(cache: &Cache, id: &str, record: Option<&SessionRecord>) -> Write {
+    let key = session_key(id);
+    let expect = cache.revision(Bucket::Sessions, &key);
+    Write { bucket: Bucket::Sessions, key, expect, value: record.map(Message::encode_to_vec) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cache that took `write` as the store would have, at the next revision.
+    fn taken(mut cache: Cache, write: &Write) -> Cache {
+        let revision = cache.revision(write.bucket, &write.key).max(10) + 1;
+        cache.apply(write.bucket, &write.key, revision, write.value.as_deref()).unwrap();
+        cache
+    }
+
+    fn decided<T: std::fmt::Debug>(d: Decided<T>) -> (Option<Write>, T) {
+        match d {
+            Decided::Write(w, t) => (Some(w), t),
+            Decided::Nothing(t) => (None, t),
+        }
+    }
+
+    #[test]
+    fn a_session_is_created_resumed_taken_over_and_ended_once() {
+        let cache = Cache::default();
+        // A new session, written expecting the key absent.
+        let (w, id) = decided(authenticate(&cache, "c1", "gw1", None, false, "s1", 10));
+        let w = w.unwrap();
+        assert_eq!((id, w.expect), (Ok("s1".to_owned()), 0));
+        let cache = taken(cache, &w);
+        assert_eq!(cache.session_of("c1"), Some("s1"));
+        // Decided again on a cache that holds it (a retry after a timeout): nothing to do.
+        assert!(matches!(authenticate(&cache, "c1", "gw1", None, false, "s1", 10), Decided::Nothing(Ok(_))));
+
+        // c1 ends: s1 is detached with its deadline; a second notice finds nothing.
+        let (w, detached) = decided(detach(&cache, "c1", 1_000, 30_000));
+        assert_eq!(detached.as_deref(), Some("s1"));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!(cache.due(31_000), ["s1"]);
+        assert!(matches!(detach(&cache, "c1", 2_000, 30_000), Decided::Nothing(None)));
+
+        // c2 resumes s1 through another gateway: its deadline is gone.
+        let (w, id) = decided(authenticate(&cache, "c2", "gw2", Some("s1"), false, "unused", 10));
+        assert_eq!(id, Ok("s1".to_owned()));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!((cache.session_of("c2"), cache.due(u64::MAX).len()), (Some("s1"), 0));
+        // c3 takes it over while c2 still holds it.
+        let (w, _) = decided(authenticate(&cache, "c3", "gw1", Some("s1"), true, "unused", 10));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!((cache.session_of("c3"), cache.session_of("c2")), (Some("s1"), None));
+
+        // Not due yet: nothing. Bye: deleted, once.
+        assert!(matches!(end(&cache, "s1", Some(0)), Decided::Nothing(false)));
+        let (w, ended) = decided(end(&cache, "s1", None));
+        assert!(ended);
+        let cache = taken(cache, &w.unwrap());
+        assert!(matches!(end(&cache, "s1", None), Decided::Nothing(false)));
+        cache.check().unwrap();
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let cache = Cache::default();
+        // A token minted for a session that does not exist resumes nothing.
+        assert!(matches!(
+            authenticate(&cache, "c1", "gw1", Some("gone"), true, "s1", 10),
+            Decided::Nothing(Err(status::UNAUTHORIZED))
+        ));
+        // A session asked for that does not exist, without such a token: a new one.
+        assert!(
+            matches!(authenticate(&cache, "c1", "gw1", Some("gone"), false, "s1", 10), Decided::Write(_, Ok(id)) if id == "s1")
+        );
+        // At capacity, a new session is refused; resuming one is not.
+        let (w, _) = decided(authenticate(&cache, "c1", "gw1", None, false, "s1", 1));
+        let cache = taken(cache, &w.unwrap());
+        assert!(matches!(
+            authenticate(&cache, "c2", "gw1", None, false, "s2", 1),
+            Decided::Nothing(Err(status::CAPACITY))
+        ));
+        assert!(matches!(
+            authenticate(&cache, "c2", "gw1", Some("s1"), false, "s2", 1),
+            Decided::Write(_, Ok(_))
+        ));
+    }
+
+    /// Two workers see one session's grace run out at once: one ends it, the other finds it
+    /// gone. What `MemberLeft` exactly once per departure rests on.
+    #[tokio::test]
+    async fn of_two_workers_ending_a_session_one_does() {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use clientmq_bus::store::Store;
+        use clientmq_bus::store::loopback::ModelBus;
+
+        use crate::stored::decide::decide;
+        use crate::stored::follow::follow;
+        use crate::stored::layout::Layout;
+
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 100);
+        let mut workers = Vec::new();
+        for name in ["w1", "w2"] {
+            let store = Store::new(bus.clone(), name, Duration::from_secs(1)).await.unwrap();
+            layout.ensure(&store).await.unwrap();
+            let cache = Arc::new(Mutex::new(Cache::default()));
+            tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
+            workers.push((store, cache));
+        }
+        for round in 0..20 {
+            let id = format!("s{round}");
+            let (store, cache) = &workers[0];
+            decide(store, &layout, cache, |c| authenticate(c, "c1", "gw1", None, false, &id, 100))
+                .await
+                .unwrap()
+                .unwrap();
+            decide(store, &layout, cache, |c| detach(c, "c1", 0, 10)).await.unwrap();
+            // Both caches hold the detached session before either decides.
+            for (_, cache) in &workers {
+                while cache.lock().unwrap().due(10) != [id.as_str()] {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            let ends = workers.iter().map(|(store, cache)| {
+                let (store, cache, layout, id) = (store.clone(), cache.clone(), layout.clone(), id.clone());
+                tokio::spawn(async move {
+                    decide(&store, &layout, &cache, |c| end(c, &id, Some(10))).await.unwrap()
+                })
+            });
+            let mut ended = Vec::new();
+            for task in ends.collect::<Vec<_>>() {
+                ended.push(task.await.unwrap());
+            }
+            assert_eq!(ended.iter().filter(|e| **e).count(), 1, "round {round}: {ended:?}");
+        }
+    }
+}
