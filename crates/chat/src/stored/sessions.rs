@@ -5,6 +5,10 @@
 //!
 //! Each is idempotent on its own effect: decided again on a cache that already holds its write
 //! (a write that timed out but was taken), it finds nothing left to do and says so the same way.
+//!
+//! Not here yet: the in-memory worker refuses an authentication that raced past its
+//! connection's end (it remembers ended connections). Stateless workers need that memory shared
+//! (docs/nats.md, "The store").
 
 use prost::Message;
 
