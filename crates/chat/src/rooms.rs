@@ -6,7 +6,7 @@ use clientmq_core::Topic;
 use clientmq_core::proto::chat;
 use clientmq_core::proto::chat::RoomEventType;
 
-use crate::state::{ChatState, Deadline, Fact, ROOM_ID_LEN, Room};
+use crate::state::{ChatState, Deadline, Fact, ROOM_ID_LEN, Room, announcement};
 use crate::wire::{self, status};
 
 fn is_set(value: &Option<String>) -> Option<&str> {
@@ -43,8 +43,7 @@ impl ChatState {
     }
 
     /// Tells the room that a member arrived (`before` none), changed, or left (`after` none),
-    /// as the others see it: a member that becomes announced (an audience member made presenter)
-    /// joins, one that stops being announced leaves, an unannounced one is not heard of.
+    /// as the others see it (see [`announcement`]).
     fn announce_change(
         &mut self,
         actor: &str,
@@ -52,15 +51,8 @@ impl ChatState {
         before: Option<&chat::Member>,
         after: Option<&chat::Member>,
     ) {
-        let room = &self.rooms[room_id];
-        let before = before.filter(|m| room.announced(m));
-        let after = after.filter(|m| room.announced(m));
-        let (kind, member) = match (before, after) {
-            (None, Some(m)) => (RoomEventType::MemberJoined, m),
-            (Some(_), Some(m)) => (RoomEventType::MemberUpdated, m),
-            (Some(m), None) => (RoomEventType::MemberLeft, m),
-            (None, None) => return,
-        };
+        let quiet = self.rooms[room_id].quiet_audience;
+        let Some((kind, member)) = announcement(quiet, before, after) else { return };
         let member = member.clone();
         self.emit_room_event(actor, room_id, kind, vec![member]);
     }

@@ -57,12 +57,37 @@ impl Room {
     /// Whether the other members hear of `member` (its joins, changes and departure) and see it
     /// in member lists: everyone but the audience of a broadcast room.
     pub fn announced(&self, member: &chat::Member) -> bool {
-        !(self.quiet_audience && member.role == chat::MemberRole::Audience as i32)
+        announced(self.quiet_audience, member)
     }
 
     /// The members others see, in session order.
     pub fn listed(&self) -> Vec<chat::Member> {
         self.members.values().filter(|m| self.announced(m)).cloned().collect()
+    }
+}
+
+/// Whether the other members of a room hear of `member` and see it listed: everyone but the
+/// audience of a broadcast room (`quiet_audience`).
+pub(crate) fn announced(quiet_audience: bool, member: &chat::Member) -> bool {
+    !(quiet_audience && member.role == chat::MemberRole::Audience as i32)
+}
+
+/// The event that tells a room's other members of a change to `member`: it arrived (`before`
+/// none), changed, or left (`after` none), as they see it. A member that becomes announced (an
+/// audience member made presenter) joins, one that stops being announced leaves, an unannounced
+/// one is not heard of.
+pub(crate) fn announcement<'a>(
+    quiet_audience: bool,
+    before: Option<&'a chat::Member>,
+    after: Option<&'a chat::Member>,
+) -> Option<(chat::RoomEventType, &'a chat::Member)> {
+    let before = before.filter(|m| announced(quiet_audience, m));
+    let after = after.filter(|m| announced(quiet_audience, m));
+    match (before, after) {
+        (None, Some(m)) => Some((chat::RoomEventType::MemberJoined, m)),
+        (Some(_), Some(m)) => Some((chat::RoomEventType::MemberUpdated, m)),
+        (Some(m), None) => Some((chat::RoomEventType::MemberLeft, m)),
+        (None, None) => None,
     }
 }
 

@@ -43,6 +43,22 @@ pub struct RoomRecord {
     /// Unix milliseconds since it has been empty, while it is.
     #[prost(uint64, optional, tag = "4")]
     pub empty_since_ms: Option<u64>,
+    /// The room events the decision that wrote this record made, kept until they are surely in
+    /// the history: the next decision on the room appends them (again, for all it knows; their
+    /// ids make the stream keep one) before it writes.
+    #[prost(message, repeated, tag = "5")]
+    pub pending: Vec<PendingEvent>,
+}
+
+/// A room event waiting to be appended to the room's history.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PendingEvent {
+    /// Its `Nats-Msg-Id`: the room, the revision the decision expected, the event's place.
+    #[prost(string, tag = "1")]
+    pub id: String,
+    /// A `chat.RoomEvent`.
+    #[prost(bytes = "vec", tag = "2")]
+    pub event: Vec<u8>,
 }
 
 impl RoomRecord {
@@ -56,6 +72,11 @@ impl RoomRecord {
 
     pub fn member(&self, session: &str) -> Option<&chat::Member> {
         self.members.iter().find(|m| m.session_id == session)
+    }
+
+    /// The members others see, in session order.
+    pub fn listed(&self) -> Vec<chat::Member> {
+        self.members.iter().filter(|m| crate::state::announced(self.quiet_audience, m)).cloned().collect()
     }
 }
 

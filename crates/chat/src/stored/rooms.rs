@@ -1,0 +1,197 @@
+//! Decisions about a room's members, each a function of the cache that writes the room's key
+//! only, with the events it makes kept in the record ([`RoomRecord::pending`]) for whoever appends
+//! them to the history. Membership lives here alone: a session's rooms are what the cache finds it
+//! a member of.
+
+use clientmq_core::proto::chat;
+use prost::Message;
+
+use super::cache::{Bucket, Cache};
+use super::decide::{Decided, Write};
+use super::records::{PendingEvent, RoomKey, RoomRecord};
+use crate::state::announcement;
+use crate::wire::{self, Outgoing, status};
+
+/// Room `room_id`'s key becomes `record` with the events of this decision pending, expecting the
+/// revision the cache holds.
+fn write(cache: &Cache, room_id: &str, mut record: RoomRecord, events: Vec<Vec<u8>>) -> Write {
+    let key = RoomKey::Room(room_id.to_owned()).key();
+    let expect = cache.revision(Bucket::Rooms, &key);
+    let token = clientmq_bus::contract::room_token(room_id);
+    record.pending = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| PendingEvent { id: format!("{token}-{expect}-{i}"), event })
+        .collect();
+    Write { bucket: Bucket::Rooms, key, expect, value: Some(record.encode_to_vec()) }
+}
+
+/// The `chat.RoomEvent` telling the others of a change to `session`'s member, if they hear of it.
+fn change_event(
+    record: &RoomRecord,
+    session: &str,
+    before: Option<&chat::Member>,
+    after: Option<&chat::Member>,
+    now_ms: u64,
+) -> Vec<Vec<u8>> {
+    let Some((kind, member)) = announcement(record.quiet_audience, before, after) else { return Vec::new() };
+    match wire::room_event(session, record.room_id(), kind, vec![member.clone()], None, now_ms) {
+        Outgoing::Event(delivery) => vec![delivery.payload],
+        Outgoing::Subscription(_) => unreachable!("a room event is an event"),
+    }
+}
+
+/// `session` joins room `room_id` as `member` (checked by the caller against the limits) at
+/// `now_ms`. Joining again updates the member if anything changed. Returns the room as it is
+/// after the join, or the status refusing it.
+pub fn join(
+    cache: &Cache,
+    session: &str,
+    room_id: &str,
+    member: chat::Member,
+    now_ms: u64,
+    max_members: usize,
+    max_rooms_per_session: usize,
+) -> Decided<Result<RoomRecord, &'static str>> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(Err(status::NOT_FOUND)) };
+    let mut record = room.value.clone();
+    let member = chat::Member { session_id: session.to_owned(), last_update: now_ms, ..member };
+    let previous = record.member(session).cloned();
+    match &previous {
+        None if cache.rooms_of(session).count() >= max_rooms_per_session => {
+            return Decided::Nothing(Err(status::CAPACITY));
+        }
+        None if record.members.len() >= max_members => return Decided::Nothing(Err(status::CAPACITY)),
+        Some(old) if chat::Member { last_update: old.last_update, ..member.clone() } == *old => {
+            return Decided::Nothing(Ok(record));
+        }
+        _ => {}
+    }
+    let events = change_event(&record, session, previous.as_ref(), Some(&member), now_ms);
+    match record.members.iter_mut().find(|m| m.session_id == session) {
+        Some(slot) => *slot = member,
+        None => {
+            let at = record.members.partition_point(|m| m.session_id.as_str() < session);
+            record.members.insert(at, member);
+        }
+    }
+    record.empty_since_ms = None;
+    let answer = record.clone();
+    Decided::Write(write(cache, room_id, record, events), Ok(answer))
+}
+
+/// `session` leaves room `room_id` (or is removed from it: its session ended) at `now_ms`.
+/// Returns whether it was a member.
+pub fn leave(cache: &Cache, session: &str, room_id: &str, now_ms: u64) -> Decided<bool> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(false) };
+    let mut record = room.value.clone();
+    let Some(at) = record.members.iter().position(|m| m.session_id == session) else {
+        return Decided::Nothing(false);
+    };
+    let gone = record.members.remove(at);
+    let left = chat::Member { last_update: now_ms, ..gone };
+    let events = change_event(&record, session, Some(&left), None, now_ms);
+    if record.members.is_empty() {
+        record.empty_since_ms = Some(now_ms);
+    }
+    Decided::Write(write(cache, room_id, record, events), true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache_with_room(quiet_audience: bool) -> Cache {
+        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
+        let record = RoomRecord { info: Some(info), quiet_audience, ..RoomRecord::default() };
+        let mut cache = Cache::default();
+        cache.apply(Bucket::Rooms, "r.r1", 1, Some(&record.encode_to_vec())).unwrap();
+        cache
+    }
+
+    fn take(cache: &mut Cache, write: &Write) -> RoomRecord {
+        let revision = cache.revision(write.bucket, &write.key) + 1;
+        cache.apply(write.bucket, &write.key, revision, write.value.as_deref()).unwrap();
+        RoomRecord::decode(write.value.as_deref().unwrap()).unwrap()
+    }
+
+    fn kinds(record: &RoomRecord) -> Vec<i32> {
+        record
+            .pending
+            .iter()
+            .map(|p| chat::RoomEvent::decode(p.event.as_slice()).unwrap().event_type)
+            .collect()
+    }
+
+    fn member(role: chat::MemberRole) -> chat::Member {
+        chat::Member { screen_name: "a".into(), role: role as i32, ..chat::Member::default() }
+    }
+
+    #[test]
+    fn a_join_a_rejoin_and_a_leave_each_make_their_event_once() {
+        let mut cache = cache_with_room(false);
+        let Decided::Write(w, Ok(_)) =
+            join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 5, 10, 10)
+        else {
+            panic!("a join writes")
+        };
+        assert_eq!(w.expect, 1);
+        let record = take(&mut cache, &w);
+        assert_eq!(kinds(&record), [chat::RoomEventType::MemberJoined as i32]);
+        assert_eq!(record.pending[0].id, "r1-1-0");
+        assert_eq!(cache.rooms_of("s1").collect::<Vec<_>>(), ["r1"]);
+        // The same join again (the SDK re-enters): nothing to write, nothing to tell.
+        assert!(matches!(
+            join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 9, 10, 10),
+            Decided::Nothing(Ok(_))
+        ));
+        // A changed member: an update, told.
+        let Decided::Write(w, _) = join(&cache, "s1", "r1", member(chat::MemberRole::Presenter), 9, 10, 10)
+        else {
+            panic!("a change writes")
+        };
+        assert_eq!(kinds(&take(&mut cache, &w)), [chat::RoomEventType::MemberUpdated as i32]);
+        // Leaving: told once, and the room is empty since then; leaving again changes nothing.
+        let Decided::Write(w, true) = leave(&cache, "s1", "r1", 12) else { panic!("a leave writes") };
+        let record = take(&mut cache, &w);
+        assert_eq!(
+            (kinds(&record), record.empty_since_ms),
+            (vec![chat::RoomEventType::MemberLeft as i32], Some(12))
+        );
+        assert!(matches!(leave(&cache, "s1", "r1", 13), Decided::Nothing(false)));
+        cache.check().unwrap();
+    }
+
+    #[test]
+    fn a_channel_s_audience_is_not_told_and_limits_hold() {
+        let mut cache = cache_with_room(true);
+        let Decided::Write(w, Ok(room)) =
+            join(&cache, "s1", "r1", member(chat::MemberRole::Audience), 5, 2, 10)
+        else {
+            panic!("a join writes")
+        };
+        assert!(room.listed().is_empty(), "an audience member is not listed");
+        assert!(kinds(&take(&mut cache, &w)).is_empty(), "nor announced");
+        let Decided::Write(w, _) = join(&cache, "s2", "r1", member(chat::MemberRole::Presenter), 5, 2, 10)
+        else {
+            panic!("a second member fits")
+        };
+        take(&mut cache, &w);
+        assert!(matches!(
+            join(&cache, "s3", "r1", member(chat::MemberRole::Audience), 5, 2, 10),
+            Decided::Nothing(Err(status::CAPACITY))
+        ));
+        assert!(matches!(
+            join(&cache, "s3", "nowhere", member(chat::MemberRole::Audience), 5, 2, 10),
+            Decided::Nothing(Err(status::NOT_FOUND))
+        ));
+        // A session in as many rooms as it may be cannot join another; joining its own again is
+        // no new room.
+        let info = chat::Room { room_id: Some("r2".into()), ..chat::Room::default() };
+        let r2 = RoomRecord { info: Some(info), ..RoomRecord::default() };
+        cache.apply(Bucket::Rooms, "r.r2", 1, Some(&r2.encode_to_vec())).unwrap();
+        let joining = |room| join(&cache, "s1", room, member(chat::MemberRole::Presenter), 6, 9, 1);
+        assert!(matches!(joining("r2"), Decided::Nothing(Err(status::CAPACITY))));
+        assert!(matches!(joining("r1"), Decided::Write(..)));
+    }
+}
