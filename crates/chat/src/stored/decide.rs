@@ -51,34 +51,55 @@ pub async fn decide<B: Bus, T>(
     cache: &Mutex<Cache>,
     mut decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
-    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
     let mut last_key = String::new();
     for _ in 0..MAX_ATTEMPTS {
-        let decided = decide(&lock());
-        let (write, outcome) = match decided {
-            Decided::Nothing(outcome) => return Ok(outcome),
-            Decided::Write(write, outcome) => (write, outcome),
-        };
-        let bucket = layout.bucket(write.bucket);
-        let written = match &write.value {
-            Some(value) => bucket.put(store, &write.key, value.clone(), Some(write.expect)).await,
-            None => bucket.delete(store, &write.key, Some(write.expect)).await,
-        };
-        match written {
-            Ok(revision) => {
-                let applied = lock().apply(write.bucket, &write.key, revision, write.value.as_deref());
-                applied.map_err(|e| StoreError::Malformed(e.to_string()))?;
-                return Ok(outcome);
-            }
-            // Refused, or perhaps taken: either way the key is read again and decided on anew.
-            Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_) | StoreError::Timeout(_)) => {
-                refresh(store, bucket, write.bucket, &write.key, cache).await?;
-            }
-            Err(e) => return Err(e.into()),
+        match attempt(store, layout, cache, &mut decide).await? {
+            Attempt::Done(outcome, _) => return Ok(outcome),
+            Attempt::Refused(key) => last_key = key,
         }
-        last_key = write.key;
     }
     Err(DecideError::Contended { key: last_key, attempts: MAX_ATTEMPTS })
+}
+
+/// What one attempt at a decision came to.
+pub(crate) enum Attempt<T> {
+    /// Decided, and its write (if any) taken.
+    Done(T, Option<Write>),
+    /// The store refused the write to this key (or may not have taken it): decide again.
+    Refused(String),
+}
+
+/// Decides once on `cache` and writes the result.
+pub(crate) async fn attempt<B: Bus, T>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    decide: &mut impl FnMut(&Cache) -> Decided<T>,
+) -> Result<Attempt<T>, DecideError> {
+    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
+    let decided = decide(&lock());
+    let (write, outcome) = match decided {
+        Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, None)),
+        Decided::Write(write, outcome) => (write, outcome),
+    };
+    let bucket = layout.bucket(write.bucket);
+    let written = match &write.value {
+        Some(value) => bucket.put(store, &write.key, value.clone(), Some(write.expect)).await,
+        None => bucket.delete(store, &write.key, Some(write.expect)).await,
+    };
+    match written {
+        Ok(revision) => {
+            let applied = lock().apply(write.bucket, &write.key, revision, write.value.as_deref());
+            applied.map_err(|e| StoreError::Malformed(e.to_string()))?;
+            Ok(Attempt::Done(outcome, Some(write)))
+        }
+        // Refused, or perhaps taken: either way the key is read again and decided on anew.
+        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_) | StoreError::Timeout(_)) => {
+            refresh(store, bucket, write.bucket, &write.key, cache).await?;
+            Ok(Attempt::Refused(write.key))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@ pub struct Layout {
     pub rooms: Bucket,
     pub history: StreamConfig,
     replicas: usize,
+    prefix: String,
 }
 
 /// Settings that nats-server 2.9 added and the store relies on: a server that drops them from
@@ -68,7 +69,23 @@ impl Layout {
                 dest: format!("{prefix}.{{{{wildcard(2)}}}}.{{{{wildcard(1)}}}}"),
             }),
         };
-        Layout { sessions: bucket("sessions"), rooms: bucket("rooms"), history, replicas }
+        Layout {
+            sessions: bucket("sessions"),
+            rooms: bucket("rooms"),
+            history,
+            replicas,
+            prefix: prefix.to_owned(),
+        }
+    }
+
+    /// The history subject of `room`'s events of `topic`'s kind (republished to the room's
+    /// subject of that kind).
+    pub fn history_subject(&self, room: &str, topic: clientmq_core::Topic) -> String {
+        let kind = match topic {
+            clientmq_core::Topic::Room => "room",
+            clientmq_core::Topic::Conversation => "conv",
+        };
+        format!("{}.history.{}.{kind}", self.prefix, clientmq_bus::contract::room_token(room))
     }
 
     /// The bucket a cache's changes come from.

@@ -1,12 +1,14 @@
 //! Chat state in the store (NATS JetStream), for workers that keep nothing of their own: the
 //! layout they create and check at start, the records the buckets hold, and the cache a worker
-//! keeps of them, how a decision made on the cache is written, and the decisions about sessions
-//! and room members. Rooms' creation and settings, the history, and the worker that runs them
-//! all come next; docs/nats.md ("The store") has the design.
+//! keeps of them, how a decision made on the cache is written, the decisions about sessions and
+//! room members, and how the events of room decisions reach the history once. Rooms' creation and
+//! settings, chat messages, and the worker that runs them all come next; docs/nats.md ("The
+//! store") has the design.
 
 pub mod cache;
 pub mod decide;
 pub mod follow;
+pub mod history;
 pub mod layout;
 pub mod records;
 pub mod rooms;

@@ -1,0 +1,124 @@
+//! A room's events reach its members through the history: appended to the room's history subject,
+//! republished by the stream to the room's subject, which gateways hear. A decision about a room
+//! leaves its events pending in the room's record; they are appended right after its write, and
+//! again by the next decision about the room before its own write, in case the first appender
+//! died. Their message ids make the stream keep each once.
+
+use std::sync::{Mutex, PoisonError};
+
+use clientmq_bus::Bus;
+use clientmq_bus::contract::header;
+use clientmq_bus::store::{Expect, Store, StoreError};
+use clientmq_core::Topic;
+use prost::Message;
+
+use super::cache::Cache;
+use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
+use super::layout::Layout;
+use super::records::{PendingEvent, RoomRecord};
+
+/// Appends `pending` events of room `room` to its history, in order.
+pub async fn append<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    room: &str,
+    pending: &[PendingEvent],
+) -> Result<(), StoreError> {
+    let subject = layout.history_subject(room, Topic::Room);
+    for event in pending {
+        let headers = vec![(header::TYPE.to_owned(), "chat.RoomEvent".to_owned())];
+        let expect = Expect { msg_id: Some(event.id.clone()), ..Expect::default() };
+        store.publish(&subject, headers, event.event.clone(), &expect).await?;
+    }
+    Ok(())
+}
+
+/// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
+/// the last decision about it left pending, and then what this one made.
+pub async fn decide_room<B: Bus, T>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    room: &str,
+    mut decide: impl FnMut(&Cache) -> Decided<T>,
+) -> Result<T, DecideError> {
+    let pending_now = || {
+        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.room(room).map(|r| r.value.pending.clone()).unwrap_or_default()
+    };
+    let mut last_key = String::new();
+    for _ in 0..MAX_ATTEMPTS {
+        append(store, layout, room, &pending_now()).await?;
+        match attempt(store, layout, cache, &mut decide).await? {
+            Attempt::Done(outcome, write) => {
+                let made = write.and_then(|w| w.value).map(|v| RoomRecord::decode(v.as_slice()));
+                let made = made.transpose().map_err(|e| StoreError::Malformed(e.to_string()))?;
+                append(store, layout, room, &made.map(|r| r.pending).unwrap_or_default()).await?;
+                return Ok(outcome);
+            }
+            Attempt::Refused(key) => last_key = key,
+        }
+    }
+    Err(DecideError::Contended { key: last_key, attempts: MAX_ATTEMPTS })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_bus::{Bus as _, Subscription};
+    use clientmq_core::proto::chat;
+
+    use super::*;
+    use crate::stored::cache::Bucket;
+    use crate::stored::decide::decide;
+    use crate::stored::records::RoomKey;
+    use crate::stored::rooms::join;
+
+    /// A worker dies between a join's write and its append: the next decision about the room
+    /// appends the event it left, the stream keeps it once, and the room hears both joins once,
+    /// in order.
+    #[tokio::test]
+    async fn an_event_left_pending_by_a_dead_worker_is_told_once() {
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        layout.ensure(&store).await.unwrap();
+        let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
+        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
+        let room = RoomRecord { info: Some(info), ..RoomRecord::default() };
+        layout
+            .rooms
+            .put(&store, &RoomKey::Room("r1".into()).key(), room.encode_to_vec(), Some(0))
+            .await
+            .unwrap();
+        let cache = Mutex::new(Cache::default());
+        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, "r.r1", &cache).await.unwrap();
+
+        let member = chat::Member::default();
+        // The dying worker: its write is taken, its append never happens.
+        decide(&store, &layout, &cache, |c| join(c, "s1", "r1", member.clone(), 1, 10, 10))
+            .await
+            .unwrap()
+            .unwrap();
+        // The next decision, on any worker, appends what was left, then its own; an append
+        // repeated by a retry changes nothing.
+        decide_room(&store, &layout, &cache, "r1", |c| join(c, "s2", "r1", member.clone(), 2, 10, 10))
+            .await
+            .unwrap()
+            .unwrap();
+        let left = cache.lock().unwrap().room("r1").unwrap().value.pending.clone();
+        append(&store, &layout, "r1", &left).await.unwrap();
+
+        let mut told = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(50), heard.next()).await {
+            assert_eq!(msg.header(header::TYPE), Some("chat.RoomEvent"));
+            let event = chat::RoomEvent::decode(msg.payload.as_slice()).unwrap();
+            told.push((event.event_type, event.members[0].session_id.clone()));
+        }
+        let joined = chat::RoomEventType::MemberJoined as i32;
+        assert_eq!(told, [(joined, "s1".to_owned()), (joined, "s2".to_owned())]);
+    }
+}
