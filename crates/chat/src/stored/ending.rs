@@ -1,0 +1,201 @@
+//! A session's end, carried through: its key deleted (one worker wins), then its member removed
+//! from each room it was in, each room told once. And the sweep that finishes what a worker that
+//! died midway left: members whose session is gone.
+
+use std::sync::{Mutex, PoisonError};
+
+use clientmq_bus::Bus;
+use clientmq_bus::store::Store;
+
+use super::cache::Cache;
+use super::decide::{DecideError, decide};
+use super::history::decide_room;
+use super::layout::Layout;
+use super::records::session_key;
+use super::{rooms, sessions};
+
+/// Ends session `id` (with `due_by`, only if its grace has run out by then) and, if this worker
+/// ended it, removes it from its rooms. Returns whether this worker ended it.
+pub async fn end_session<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    id: &str,
+    due_by: Option<u64>,
+    now_ms: u64,
+) -> Result<bool, DecideError> {
+    // The rooms it is in, as the cache knows them before the end.
+    let rooms: Vec<String> = lock(cache).rooms_of(id).map(str::to_owned).collect();
+    if !decide(store, layout, cache, |c| sessions::end(c, id, due_by)).await? {
+        return Ok(false);
+    }
+    for room in rooms {
+        decide_room(store, layout, cache, &room, |c| rooms::leave(c, id, &room, now_ms)).await?;
+    }
+    Ok(true)
+}
+
+/// Removes the members whose session is gone: what a worker that died ending a session left.
+/// Each is checked against the store first (the cache may not have heard of a new session yet).
+/// Returns how many were removed.
+pub async fn sweep<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    now_ms: u64,
+) -> Result<usize, DecideError> {
+    let orphans: Vec<(String, String)> = lock(cache)
+        .members_without_session()
+        .into_iter()
+        .map(|(r, s)| (r.to_owned(), s.to_owned()))
+        .collect();
+    let mut removed = 0;
+    for (room, session) in orphans {
+        let entry = layout.sessions.entry(store, &session_key(&session)).await?;
+        if entry.is_some_and(|e| e.value.is_some()) {
+            continue;
+        }
+        if decide_room(store, layout, cache, &room, |c| rooms::leave(c, &session, &room, now_ms)).await? {
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+fn lock(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+    cache.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_bus::{Bus as _, Subscription};
+    use clientmq_core::proto::chat;
+    use prost::Message;
+
+    use super::*;
+    use crate::stored::follow::follow;
+    use crate::stored::records::{RoomKey, RoomRecord};
+
+    struct Worker {
+        store: Store<ModelBus>,
+        cache: Arc<Mutex<Cache>>,
+    }
+
+    async fn fleet(bus: &Arc<ModelBus>, layout: &Layout, names: &[&str]) -> Vec<Worker> {
+        let mut workers = Vec::new();
+        for name in names {
+            let store = Store::new(bus.clone(), name, Duration::from_secs(1)).await.unwrap();
+            layout.ensure(&store).await.unwrap();
+            let cache = Arc::new(Mutex::new(Cache::default()));
+            tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
+            workers.push(Worker { store, cache });
+        }
+        workers
+    }
+
+    /// The MemberLeft events each room is told, as (room, session).
+    async fn lefts(sub: &mut clientmq_bus::store::loopback::ModelSubscription) -> Vec<(String, String)> {
+        let mut told = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            let event = chat::RoomEvent::decode(msg.payload.as_slice()).unwrap();
+            if event.event_type == chat::RoomEventType::MemberLeft as i32 {
+                told.push((event.room_id, event.members[0].session_id.clone()));
+            }
+        }
+        told.sort();
+        told
+    }
+
+    async fn settle(workers: &[Worker], done: impl Fn(&Cache) -> bool) {
+        for w in workers {
+            for _ in 0..200 {
+                if done(&w.cache.lock().unwrap()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            assert!(done(&w.cache.lock().unwrap()), "a cache never caught up");
+        }
+    }
+
+    /// Two workers see one session's grace run out and both carry its end through: each of its
+    /// two rooms is told it left once.
+    #[tokio::test]
+    async fn member_left_is_told_once_however_many_workers_end_a_session() {
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 100);
+        let workers = fleet(&bus, &layout, &["w1", "w2"]).await;
+        let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
+        let w = &workers[0];
+        for room in ["r1", "r2"] {
+            let info = chat::Room { room_id: Some(room.into()), ..chat::Room::default() };
+            let record = RoomRecord { info: Some(info), ..RoomRecord::default() };
+            layout
+                .rooms
+                .put(&w.store, &RoomKey::Room(room.into()).key(), record.encode_to_vec(), Some(0))
+                .await
+                .unwrap();
+        }
+        settle(&workers, |c| c.room("r2").is_some()).await;
+        decide(&w.store, &layout, &w.cache, |c| {
+            sessions::authenticate(c, "c1", "gw1", None, false, "s1", 10)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        for room in ["r1", "r2"] {
+            let joined = |c: &Cache| rooms::join(c, "s1", room, chat::Member::default(), 1, 10, 10);
+            decide_room(&w.store, &layout, &w.cache, room, joined).await.unwrap().unwrap();
+        }
+        decide(&w.store, &layout, &w.cache, |c| sessions::detach(c, "c1", 0, 10)).await.unwrap();
+        settle(&workers, |c| c.due(10) == ["s1"] && c.rooms_of("s1").count() == 2).await;
+
+        let ends = workers.iter().map(|w| {
+            let (store, cache, layout) = (w.store.clone(), w.cache.clone(), layout.clone());
+            tokio::spawn(
+                async move { end_session(&store, &layout, &cache, "s1", Some(10), 20).await.unwrap() },
+            )
+        });
+        let mut ended = Vec::new();
+        for task in ends.collect::<Vec<_>>() {
+            ended.push(task.await.unwrap());
+        }
+        assert_eq!(ended.iter().filter(|e| **e).count(), 1, "{ended:?}");
+        let expected = [("r1".to_owned(), "s1".to_owned()), ("r2".to_owned(), "s1".to_owned())];
+        assert_eq!(lefts(&mut heard).await, expected);
+    }
+
+    /// A worker ends a session and dies before leaving its rooms: another's sweep removes the
+    /// member and tells the room, once; a second sweep finds nothing.
+    #[tokio::test]
+    async fn a_sweep_finishes_an_end_left_halfway() {
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 100);
+        let workers = fleet(&bus, &layout, &["w1", "w2"]).await;
+        let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
+        let w = &workers[0];
+        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
+        let record = RoomRecord { info: Some(info), ..RoomRecord::default() };
+        layout.rooms.put(&w.store, "r.r1", record.encode_to_vec(), Some(0)).await.unwrap();
+        settle(&workers, |c| c.room("r1").is_some()).await;
+        decide(&w.store, &layout, &w.cache, |c| {
+            sessions::authenticate(c, "c1", "gw1", None, false, "s1", 10)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        let joined = |c: &Cache| rooms::join(c, "s1", "r1", chat::Member::default(), 1, 10, 10);
+        decide_room(&w.store, &layout, &w.cache, "r1", joined).await.unwrap().unwrap();
+        // The end's first half only: the key deleted, the rooms never left.
+        assert!(decide(&w.store, &layout, &w.cache, |c| sessions::end(c, "s1", None)).await.unwrap());
+        let other = &workers[1];
+        settle(&workers[1..], |c| c.members_without_session() == [("r1", "s1")]).await;
+        assert_eq!(sweep(&other.store, &layout, &other.cache, 30).await.unwrap(), 1);
+        assert_eq!(sweep(&other.store, &layout, &other.cache, 31).await.unwrap(), 0);
+        assert_eq!(lefts(&mut heard).await, [("r1".to_owned(), "s1".to_owned())]);
+    }
+}
