@@ -169,6 +169,11 @@ impl Cache {
         due.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// Rooms whose record holds events not yet cleared (their appender may have died).
+    pub fn rooms_with_pending(&self) -> Vec<&str> {
+        self.rooms.iter().filter(|(_, r)| !r.value.pending.is_empty()).map(|(id, _)| id.as_str()).collect()
+    }
+
     /// Members whose session the cache does not hold: left behind by a worker that died ending
     /// the session, or (for a moment) a session whose creation the cache has not heard yet. Read
     /// the session from the store before acting on one.

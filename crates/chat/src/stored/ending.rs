@@ -9,7 +9,7 @@ use clientmq_bus::store::Store;
 
 use super::cache::Cache;
 use super::decide::{DecideError, decide};
-use super::history::decide_room;
+use super::history::{decide_room, settle};
 use super::layout::Layout;
 use super::records::session_key;
 use super::{rooms, sessions};
@@ -35,15 +35,21 @@ pub async fn end_session<B: Bus>(
     Ok(true)
 }
 
-/// Removes the members whose session is gone: what a worker that died ending a session left.
-/// Each is checked against the store first (the cache may not have heard of a new session yet).
-/// Returns how many were removed.
+/// Finishes what workers that died midway left: events still pending in a room's record are
+/// appended (see [`settle`]), and members whose session is gone are removed, each checked
+/// against the store first (the cache may not have heard of a new session yet). Run every few
+/// seconds, it keeps pending events well within the history's duplicate window. Returns how many
+/// members were removed.
 pub async fn sweep<B: Bus>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     now_ms: u64,
 ) -> Result<usize, DecideError> {
+    let pending: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
+    for room in pending {
+        settle(store, layout, cache, &room).await?;
+    }
     let orphans: Vec<(String, String)> = lock(cache)
         .members_without_session()
         .into_iter()
@@ -110,7 +116,7 @@ mod tests {
         told
     }
 
-    async fn settle(workers: &[Worker], done: impl Fn(&Cache) -> bool) {
+    async fn settle_caches(workers: &[Worker], done: impl Fn(&Cache) -> bool) {
         for w in workers {
             for _ in 0..200 {
                 if done(&w.cache.lock().unwrap()) {
@@ -140,7 +146,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        settle(&workers, |c| c.room("r2").is_some()).await;
+        settle_caches(&workers, |c| c.room("r2").is_some()).await;
         decide(&w.store, &layout, &w.cache, |c| {
             sessions::authenticate(c, "c1", "gw1", None, false, "s1", 10)
         })
@@ -152,7 +158,7 @@ mod tests {
             decide_room(&w.store, &layout, &w.cache, room, joined).await.unwrap().unwrap();
         }
         decide(&w.store, &layout, &w.cache, |c| sessions::detach(c, "c1", 0, 10)).await.unwrap();
-        settle(&workers, |c| c.due(10) == ["s1"] && c.rooms_of("s1").count() == 2).await;
+        settle_caches(&workers, |c| c.due(10) == ["s1"] && c.rooms_of("s1").count() == 2).await;
 
         let ends = workers.iter().map(|w| {
             let (store, cache, layout) = (w.store.clone(), w.cache.clone(), layout.clone());
@@ -181,7 +187,7 @@ mod tests {
         let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
         let record = RoomRecord { info: Some(info), ..RoomRecord::default() };
         layout.rooms.put(&w.store, "r.r1", record.encode_to_vec(), Some(0)).await.unwrap();
-        settle(&workers, |c| c.room("r1").is_some()).await;
+        settle_caches(&workers, |c| c.room("r1").is_some()).await;
         decide(&w.store, &layout, &w.cache, |c| {
             sessions::authenticate(c, "c1", "gw1", None, false, "s1", 10)
         })
@@ -193,9 +199,31 @@ mod tests {
         // The end's first half only: the key deleted, the rooms never left.
         assert!(decide(&w.store, &layout, &w.cache, |c| sessions::end(c, "s1", None)).await.unwrap());
         let other = &workers[1];
-        settle(&workers[1..], |c| c.members_without_session() == [("r1", "s1")]).await;
+        settle_caches(&workers[1..], |c| c.members_without_session() == [("r1", "s1")]).await;
         assert_eq!(sweep(&other.store, &layout, &other.cache, 30).await.unwrap(), 1);
         assert_eq!(sweep(&other.store, &layout, &other.cache, 31).await.unwrap(), 0);
         assert_eq!(lefts(&mut heard).await, [("r1".to_owned(), "s1".to_owned())]);
+        assert!(other.cache.lock().unwrap().rooms_with_pending().is_empty());
+    }
+
+    /// A worker dies between a leave's write and its append: a sweep tells the room.
+    #[tokio::test]
+    async fn a_sweep_tells_what_a_dead_appender_left_pending() {
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 100);
+        let workers = fleet(&bus, &layout, &["w1"]).await;
+        let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
+        let w = &workers[0];
+        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
+        let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
+        let record = RoomRecord { info: Some(info), members: vec![member], ..RoomRecord::default() };
+        layout.rooms.put(&w.store, "r.r1", record.encode_to_vec(), Some(0)).await.unwrap();
+        settle_caches(&workers, |c| c.room("r1").is_some()).await;
+        // The leave's write only (decide does not append).
+        assert!(decide(&w.store, &layout, &w.cache, |c| rooms::leave(c, "s1", "r1", 5)).await.unwrap());
+        assert_eq!(w.cache.lock().unwrap().rooms_with_pending(), ["r1"]);
+        assert_eq!(sweep(&w.store, &layout, &w.cache, 6).await.unwrap(), 0);
+        assert_eq!(lefts(&mut heard).await, [("r1".to_owned(), "s1".to_owned())]);
+        assert!(w.cache.lock().unwrap().rooms_with_pending().is_empty());
     }
 }

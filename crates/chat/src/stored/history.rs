@@ -1,8 +1,10 @@
 //! A room's events reach its members through the history: appended to the room's history subject,
 //! republished by the stream to the room's subject, which gateways hear. A decision about a room
-//! leaves its events pending in the room's record; they are appended right after its write, and
-//! again by the next decision about the room before its own write, in case the first appender
-//! died. Their message ids make the stream keep each once.
+//! leaves its events pending in the room's record; they are appended right after its write and
+//! then cleared from the record. Should the appender die first, the next decision about the room
+//! (or a sweep) appends them before anything else. Their message ids make the stream keep each
+//! once, within its duplicate window (2 minutes): a sweep every few seconds keeps a dead
+//! appender's events well inside it.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -12,10 +14,10 @@ use clientmq_bus::store::{Expect, Store, StoreError};
 use clientmq_core::Topic;
 use prost::Message;
 
-use super::cache::Cache;
+use super::cache::{Bucket, Cache};
 use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
 use super::layout::Layout;
-use super::records::{PendingEvent, RoomRecord};
+use super::records::{PendingEvent, RoomKey};
 
 /// Appends `pending` events of room `room` to its history, in order.
 pub async fn append<B: Bus>(
@@ -31,6 +33,38 @@ pub async fn append<B: Bus>(
         store.publish(&subject, headers, event.event.clone(), &expect).await?;
     }
     Ok(())
+}
+
+/// Appends the events room `room`'s record holds pending, then clears them from it (unless the
+/// record moved meanwhile: then whoever moved it appended them first).
+pub async fn settle<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    room: &str,
+) -> Result<(), StoreError> {
+    let key = RoomKey::Room(room.to_owned()).key();
+    let held = {
+        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.room(room).map(|r| (r.revision, r.value.clone()))
+    };
+    let Some((revision, mut record)) = held.filter(|(_, r)| !r.pending.is_empty()) else { return Ok(()) };
+    append(store, layout, room, &record.pending).await?;
+    record.pending.clear();
+    let value = record.encode_to_vec();
+    match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
+        Ok(cleared) => {
+            let applied = cache.lock().unwrap_or_else(PoisonError::into_inner).apply(
+                Bucket::Rooms,
+                &key,
+                cleared,
+                Some(&value),
+            );
+            applied.map_err(|e| StoreError::Malformed(e.to_string()))
+        }
+        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
@@ -51,9 +85,9 @@ pub async fn decide_room<B: Bus, T>(
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
             Attempt::Done(outcome, write) => {
-                let made = write.and_then(|w| w.value).map(|v| RoomRecord::decode(v.as_slice()));
-                let made = made.transpose().map_err(|e| StoreError::Malformed(e.to_string()))?;
-                append(store, layout, room, &made.map(|r| r.pending).unwrap_or_default()).await?;
+                if write.is_some() {
+                    settle(store, layout, cache, room).await?;
+                }
                 return Ok(outcome);
             }
             Attempt::Refused(key) => last_key = key,
@@ -72,9 +106,9 @@ mod tests {
     use clientmq_core::proto::chat;
 
     use super::*;
-    use crate::stored::cache::Bucket;
     use crate::stored::decide::decide;
     use crate::stored::records::RoomKey;
+    use crate::stored::records::RoomRecord;
     use crate::stored::rooms::join;
 
     /// A worker dies between a join's write and its append: the next decision about the room
@@ -105,12 +139,21 @@ mod tests {
             .unwrap();
         // The next decision, on any worker, appends what was left, then its own; an append
         // repeated by a retry changes nothing.
+        // What s2's join writes (decided the same way inside decide_room below).
+        let Decided::Write(made, _) = join(&cache.lock().unwrap(), "s2", "r1", member.clone(), 2, 10, 10)
+        else {
+            panic!("a join writes")
+        };
+        let last_made = made.value.unwrap();
         decide_room(&store, &layout, &cache, "r1", |c| join(c, "s2", "r1", member.clone(), 2, 10, 10))
             .await
             .unwrap()
             .unwrap();
-        let left = cache.lock().unwrap().room("r1").unwrap().value.pending.clone();
-        append(&store, &layout, "r1", &left).await.unwrap();
+        // The events are cleared once appended; appended again anyway, the stream keeps one.
+        assert!(cache.lock().unwrap().room("r1").unwrap().value.pending.is_empty());
+        let again = RoomRecord::decode(last_made.as_slice()).unwrap().pending;
+        assert_eq!(again.len(), 1);
+        append(&store, &layout, "r1", &again).await.unwrap();
 
         let mut told = Vec::new();
         while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(50), heard.next()).await {
