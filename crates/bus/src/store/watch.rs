@@ -94,16 +94,32 @@ impl<B: Bus> Watch<B> {
         Ok(Pushed { msg: stored, consumer_seq })
     }
 
+    /// Whether the server still has the consumer (`CONSUMER.INFO`): one on a node that died, or
+    /// on a server that restarted, pushes nothing and says nothing.
+    pub async fn alive(&self) -> Result<(), StoreError> {
+        let what = format!("{}{}.{}", wire::CONSUMER_INFO, self.stream, self.consumer);
+        self.store.api(&what, Vec::new()).await.map(drop)
+    }
+
     /// Deletes the consumer (else the server does after [`INACTIVE_THRESHOLD_NANOS`]).
     pub async fn stop(self) -> Result<(), StoreError> {
+        let what = format!("{}{}.{}", wire::CONSUMER_DELETE, self.stream, self.consumer);
+        let store = self.store.clone();
+        drop(self);
+        store.api(&what, Vec::new()).await.map(drop)
+    }
+
+    /// Deletes the consumer and keeps the watch: it gets nothing more.
+    pub async fn delete(&self) -> Result<(), StoreError> {
         let what = format!("{}{}.{}", wire::CONSUMER_DELETE, self.stream, self.consumer);
         self.store.api(&what, Vec::new()).await.map(drop)
     }
 }
 
-/// A watch that survives what loses messages: on a gap, or once the bus client has reconnected
-/// (the server may have lost the consumer, and what was pushed meanwhile is gone), it starts a
-/// new consumer after the last stream sequence it handed out. What it yields is each message
+/// A watch that survives what loses messages: on a gap, once the bus client has reconnected
+/// (the server may have lost the consumer, and what was pushed meanwhile is gone), or when the
+/// server no longer has the consumer (asked after [`QUIET_CHECK`] without a message: the node that
+/// held it died), it starts a new consumer after the last stream sequence it handed out. What it yields is each message
 /// once, in the stream's order, with nothing skipped (a bucket's older values excepted: a
 /// bucket keeps only the last).
 pub struct Follower<B: Bus> {
@@ -118,6 +134,9 @@ pub struct Follower<B: Bus> {
 
 /// How long a follower waits before trying again to start a consumer.
 const RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// After this long without a message, a follower asks whether its consumer still exists.
+pub const QUIET_CHECK: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl<B: Bus> Follower<B> {
     pub fn new(store: &Store<B>, stream: &str, filter: &str, policy: DeliverPolicy) -> Follower<B> {
@@ -150,6 +169,11 @@ impl<B: Bus> Follower<B> {
                     None => self.restart("the watch ended").await,
                 },
                 _ = bus.changed(seen) => {}
+                () = tokio::time::sleep(QUIET_CHECK) => {
+                    if let Err(e) = watch.alive().await {
+                        self.restart(&format!("its consumer is gone: {e}")).await;
+                    }
+                }
             }
         }
     }

@@ -15,6 +15,8 @@ pub const STREAM_MSG_GET: &str = "STREAM.MSG.GET.";
 pub const CONSUMER_CREATE: &str = "CONSUMER.CREATE.";
 /// Followed by the stream's name, a dot and the consumer's.
 pub const CONSUMER_DELETE: &str = "CONSUMER.DELETE.";
+/// Followed by the stream's name, a dot and the consumer's.
+pub const CONSUMER_INFO: &str = "CONSUMER.INFO.";
 
 /// Headers of a publish that JetStream acts on.
 pub mod header {

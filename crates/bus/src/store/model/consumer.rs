@@ -78,6 +78,21 @@ impl StoreModel {
         Ok(ApiResponse { name: Some(name), config: Some(config), ..ApiResponse::default() })
     }
 
+    pub(super) fn consumer_info(&self, names: &str) -> Result<ApiResponse, ApiError> {
+        let (stream, consumer) =
+            names.split_once('.').ok_or_else(|| api_error(400, code::BAD_REQUEST, "bad request"))?;
+        let stream = self
+            .streams
+            .get(stream)
+            .ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))?;
+        let consumer = stream
+            .consumers
+            .get(consumer)
+            .ok_or_else(|| api_error(404, code::CONSUMER_NOT_FOUND, "consumer not found"))?;
+        let config = serde_json::to_value(&consumer.config).expect("a config serialises");
+        Ok(ApiResponse { name: Some(consumer.name.clone()), config: Some(config), ..ApiResponse::default() })
+    }
+
     pub(super) fn delete_consumer(&mut self, names: &str) -> Result<ApiResponse, ApiError> {
         let (stream, consumer) =
             names.split_once('.').ok_or_else(|| api_error(400, code::BAD_REQUEST, "bad request"))?;

@@ -163,6 +163,8 @@ impl StoreModel {
             ("stream_msg_get_response", self.msg_get(name, body))
         } else if let Some(name) = what.strip_prefix(wire::CONSUMER_CREATE) {
             ("consumer_create_response", self.create_consumer(name, body, send))
+        } else if let Some(names) = what.strip_prefix(wire::CONSUMER_INFO) {
+            ("consumer_info_response", self.consumer_info(names))
         } else if let Some(names) = what.strip_prefix(wire::CONSUMER_DELETE) {
             ("consumer_delete_response", self.delete_consumer(names))
         } else {
