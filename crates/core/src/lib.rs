@@ -5,6 +5,7 @@
 //! [`Gateway`] for the contract.
 
 pub mod auth;
+pub mod calendar;
 pub mod codec;
 pub mod config;
 pub mod edge_auth;

@@ -15,6 +15,8 @@ use super::wire::{
     self, API, ApiError, ApiResponse, MsgGetRequest, PubAckBody, RawMessage, StreamConfig, StreamState, code,
     header,
 };
+use clientmq_core::calendar::rfc3339_nanos;
+
 use crate::BusMessage;
 use crate::subject::{subject_matches, valid_subject};
 
@@ -271,7 +273,7 @@ impl StoreModel {
             seq: *seq,
             hdrs: (!m.headers.is_empty()).then(|| wire::b64(&wire::header_block(&m.headers))),
             data: (!m.data.is_empty()).then(|| wire::b64(&m.data)),
-            time: rfc3339(m.at),
+            time: rfc3339_nanos(m.at),
         };
         Ok(ApiResponse { message: Some(message), ..ApiResponse::default() })
     }
@@ -389,38 +391,10 @@ impl Stream {
                 (header::LAST_SEQUENCE.to_owned(), subject_last.to_string()),
             ]);
             if matches!(version, Version::V2_10 | Version::V2_10Clustered) {
-                copy.headers.push((header::TIME_STAMP.to_owned(), rfc3339(now)));
+                copy.headers.push((header::TIME_STAMP.to_owned(), rfc3339_nanos(now)));
             }
             Some(copy)
         });
         (PubAckBody { stream: name, seq, ..PubAckBody::default() }, republished)
-    }
-}
-
-/// `nanos` since the Unix epoch as RFC 3339 in UTC, as JetStream writes times.
-fn rfc3339(nanos: u64) -> String {
-    let secs = nanos / 1_000_000_000;
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let (h, m, s) = (rest / 3600, rest / 60 % 60, rest % 60);
-    format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{:09}Z", nanos % 1_000_000_000)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn times_are_written_as_jetstream_writes_them() {
-        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(super::rfc3339(1_796_532_273_595_424_177), "2026-12-06T04:44:33.595424177Z");
-        assert_eq!(super::rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
     }
 }
