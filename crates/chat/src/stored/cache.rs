@@ -233,12 +233,11 @@ mod tests {
     }
 
     fn room(id: &str, members: &[&str]) -> Vec<u8> {
-        let info = chat::Room { room_id: Some(id.into()), ..chat::Room::default() };
         let members = members
             .iter()
             .map(|s| chat::Member { session_id: (*s).into(), ..chat::Member::default() })
             .collect();
-        RoomRecord { info: Some(info), members, ..RoomRecord::default() }.encode_to_vec()
+        RoomRecord { members, ..crate::stored::testing::room(id) }.encode_to_vec()
     }
 
     #[test]

@@ -111,8 +111,8 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::stored::follow::follow;
     use crate::stored::records::{SessionRecord, session_key};
+    use crate::stored::testing::{Worker, fleet};
 
     /// A session record whose `expires_ms` serves as a counter.
     fn count(cache: &Cache) -> (u64, u64) {
@@ -125,18 +125,12 @@ mod tests {
     async fn two_workers_counting_on_one_key_lose_no_increment() {
         let bus = Arc::new(ModelBus::default());
         let layout = Layout::new("clientmq", 1, 100);
-        let mut workers = Vec::new();
-        for name in ["w1", "w2"] {
-            let store = Store::new(bus.clone(), name, Duration::from_secs(1)).await.unwrap();
-            layout.ensure(&store).await.unwrap();
-            let cache = Arc::new(Mutex::new(Cache::default()));
-            tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
-            workers.push((store, cache));
-        }
+        let workers = fleet(&bus, &layout, &["w1", "w2"]).await;
         let decisions = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let mut tasks = Vec::new();
-        for (store, cache) in workers.clone() {
-            let (layout, decisions) = (layout.clone(), decisions.clone());
+        for Worker { store, cache } in &workers {
+            let (store, cache, layout, decisions) =
+                (store.clone(), cache.clone(), layout.clone(), decisions.clone());
             tasks.push(tokio::spawn(async move {
                 for _ in 0..25 {
                     let add_one = |cache: &Cache| {
@@ -162,7 +156,7 @@ mod tests {
         for task in tasks {
             task.await.unwrap();
         }
-        let entry = layout.sessions.entry(&workers[0].0, &session_key("counter")).await.unwrap().unwrap();
+        let entry = layout.sessions.entry(&workers[0].store, &session_key("counter")).await.unwrap().unwrap();
         let record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
         assert_eq!(record.expires_ms, Some(50), "an increment was lost");
         // 50 writes taken, one revision each: the refused ones took none.

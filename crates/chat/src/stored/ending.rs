@@ -83,25 +83,8 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::stored::follow::follow;
     use crate::stored::records::{RoomKey, RoomRecord};
-
-    struct Worker {
-        store: Store<ModelBus>,
-        cache: Arc<Mutex<Cache>>,
-    }
-
-    async fn fleet(bus: &Arc<ModelBus>, layout: &Layout, names: &[&str]) -> Vec<Worker> {
-        let mut workers = Vec::new();
-        for name in names {
-            let store = Store::new(bus.clone(), name, Duration::from_secs(1)).await.unwrap();
-            layout.ensure(&store).await.unwrap();
-            let cache = Arc::new(Mutex::new(Cache::default()));
-            tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
-            workers.push(Worker { store, cache });
-        }
-        workers
-    }
+    use crate::stored::testing::{self, Worker, fleet, until};
 
     /// The MemberLeft events each room is told, as (room, session).
     async fn lefts(sub: &mut clientmq_bus::store::loopback::ModelSubscription) -> Vec<(String, String)> {
@@ -118,13 +101,7 @@ mod tests {
 
     async fn settle_caches(workers: &[Worker], done: impl Fn(&Cache) -> bool) {
         for w in workers {
-            for _ in 0..200 {
-                if done(&w.cache.lock().unwrap()) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            assert!(done(&w.cache.lock().unwrap()), "a cache never caught up");
+            until(&w.cache, &done).await;
         }
     }
 
@@ -138,8 +115,7 @@ mod tests {
         let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
         let w = &workers[0];
         for room in ["r1", "r2"] {
-            let info = chat::Room { room_id: Some(room.into()), ..chat::Room::default() };
-            let record = RoomRecord { info: Some(info), ..RoomRecord::default() };
+            let record = testing::room(room);
             layout
                 .rooms
                 .put(&w.store, &RoomKey::Room(room.into()).key(), record.encode_to_vec(), Some(0))
@@ -184,8 +160,7 @@ mod tests {
         let workers = fleet(&bus, &layout, &["w1", "w2"]).await;
         let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
         let w = &workers[0];
-        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
-        let record = RoomRecord { info: Some(info), ..RoomRecord::default() };
+        let record = testing::room("r1");
         layout.rooms.put(&w.store, "r.r1", record.encode_to_vec(), Some(0)).await.unwrap();
         settle_caches(&workers, |c| c.room("r1").is_some()).await;
         decide(&w.store, &layout, &w.cache, |c| {
@@ -214,9 +189,8 @@ mod tests {
         let workers = fleet(&bus, &layout, &["w1"]).await;
         let mut heard = bus.subscribe("clientmq.room.*", None).await.unwrap();
         let w = &workers[0];
-        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
         let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
-        let record = RoomRecord { info: Some(info), members: vec![member], ..RoomRecord::default() };
+        let record = RoomRecord { members: vec![member], ..testing::room("r1") };
         layout.rooms.put(&w.store, "r.r1", record.encode_to_vec(), Some(0)).await.unwrap();
         settle_caches(&workers, |c| c.room("r1").is_some()).await;
         // The leave's write only (decide does not append).

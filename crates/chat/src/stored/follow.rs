@@ -72,17 +72,7 @@ mod tests {
 
     use super::*;
     use crate::stored::records::{RoomKey, RoomRecord, SessionRecord, session_key};
-
-    /// Waits (in steps of 10 ms, at most 2 s) until `cache` satisfies `done`.
-    async fn until(cache: &Mutex<Cache>, done: impl Fn(&Cache) -> bool) {
-        for _ in 0..200 {
-            if done(&cache.lock().unwrap()) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the cache never got there: {:?}", cache.lock().unwrap());
-    }
+    use crate::stored::testing::{self, until};
 
     #[tokio::test]
     async fn a_cache_follows_both_buckets_and_a_fresh_one_catches_up() {
@@ -102,9 +92,8 @@ mod tests {
         until(&cache, |c| c.session_of("c1") == Some("s1")).await;
 
         // Changes after the start arrive too: a room with s1 in it, then s1's end.
-        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
         let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
-        let room = RoomRecord { info: Some(info), members: vec![member], ..RoomRecord::default() };
+        let room = RoomRecord { members: vec![member], ..testing::room("r1") };
         layout
             .rooms
             .put(&store, &RoomKey::Room("r1".into()).key(), room.encode_to_vec(), Some(0))

@@ -121,8 +121,7 @@ mod tests {
         let layout = Layout::new("clientmq", 1, 100);
         layout.ensure(&store).await.unwrap();
         let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
-        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
-        let room = RoomRecord { info: Some(info), ..RoomRecord::default() };
+        let room = crate::stored::testing::room("r1");
         layout
             .rooms
             .put(&store, &RoomKey::Room("r1".into()).key(), room.encode_to_vec(), Some(0))

@@ -14,3 +14,5 @@ pub mod layout;
 pub mod records;
 pub mod rooms;
 pub mod sessions;
+#[cfg(test)]
+mod testing;

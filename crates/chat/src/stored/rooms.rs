@@ -100,10 +100,10 @@ pub fn leave(cache: &Cache, session: &str, room_id: &str, now_ms: u64) -> Decide
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stored::testing;
 
     fn cache_with_room(quiet_audience: bool) -> Cache {
-        let info = chat::Room { room_id: Some("r1".into()), ..chat::Room::default() };
-        let record = RoomRecord { info: Some(info), quiet_audience, ..RoomRecord::default() };
+        let record = RoomRecord { quiet_audience, ..testing::room("r1") };
         let mut cache = Cache::default();
         cache.apply(Bucket::Rooms, "r.r1", 1, Some(&record.encode_to_vec())).unwrap();
         cache
@@ -187,9 +187,7 @@ mod tests {
         ));
         // A session in as many rooms as it may be cannot join another; joining its own again is
         // no new room.
-        let info = chat::Room { room_id: Some("r2".into()), ..chat::Room::default() };
-        let r2 = RoomRecord { info: Some(info), ..RoomRecord::default() };
-        cache.apply(Bucket::Rooms, "r.r2", 1, Some(&r2.encode_to_vec())).unwrap();
+        cache.apply(Bucket::Rooms, "r.r2", 1, Some(&testing::room("r2").encode_to_vec())).unwrap();
         let joining = |room| join(&cache, "s1", room, member(chat::MemberRole::Presenter), 6, 9, 1);
         assert!(matches!(joining("r2"), Decided::Nothing(Err(status::CAPACITY))));
         assert!(matches!(joining("r1"), Decided::Write(..)));

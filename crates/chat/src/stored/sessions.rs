@@ -167,41 +167,30 @@ mod tests {
     /// gone. What `MemberLeft` exactly once per departure rests on.
     #[tokio::test]
     async fn of_two_workers_ending_a_session_one_does() {
-        use std::sync::{Arc, Mutex};
-        use std::time::Duration;
+        use std::sync::Arc;
 
-        use clientmq_bus::store::Store;
         use clientmq_bus::store::loopback::ModelBus;
 
         use crate::stored::decide::decide;
-        use crate::stored::follow::follow;
         use crate::stored::layout::Layout;
+        use crate::stored::testing::{Worker, fleet, until};
 
         let bus = Arc::new(ModelBus::default());
         let layout = Layout::new("clientmq", 1, 100);
-        let mut workers = Vec::new();
-        for name in ["w1", "w2"] {
-            let store = Store::new(bus.clone(), name, Duration::from_secs(1)).await.unwrap();
-            layout.ensure(&store).await.unwrap();
-            let cache = Arc::new(Mutex::new(Cache::default()));
-            tokio::spawn(follow(store.clone(), layout.clone(), cache.clone()));
-            workers.push((store, cache));
-        }
+        let workers = fleet(&bus, &layout, &["w1", "w2"]).await;
         for round in 0..20 {
             let id = format!("s{round}");
-            let (store, cache) = &workers[0];
+            let Worker { store, cache } = &workers[0];
             decide(store, &layout, cache, |c| authenticate(c, "c1", "gw1", None, false, &id, 100))
                 .await
                 .unwrap()
                 .unwrap();
             decide(store, &layout, cache, |c| detach(c, "c1", 0, 10)).await.unwrap();
             // Both caches hold the detached session before either decides.
-            for (_, cache) in &workers {
-                while cache.lock().unwrap().due(10) != [id.as_str()] {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
+            for w in &workers {
+                until(&w.cache, |c| c.due(10) == [id.as_str()]).await;
             }
-            let ends = workers.iter().map(|(store, cache)| {
+            let ends = workers.iter().map(|Worker { store, cache }| {
                 let (store, cache, layout, id) = (store.clone(), cache.clone(), layout.clone(), id.clone());
                 tokio::spawn(async move {
                     decide(&store, &layout, &cache, |c| end(c, &id, Some(10))).await.unwrap()
