@@ -97,13 +97,17 @@ impl<B: Bus> Watch<B> {
     /// Whether the server still has the consumer (`CONSUMER.INFO`): one on a node that died, or
     /// on a server that restarted, pushes nothing and says nothing.
     pub async fn alive(&self) -> Result<(), StoreError> {
-        let what = format!("{}{}.{}", wire::CONSUMER_INFO, self.stream, self.consumer);
-        self.store.api(&what, Vec::new()).await.map(drop)
+        self.store.api(&self.about(wire::CONSUMER_INFO), Vec::new()).await.map(drop)
+    }
+
+    /// The consumer API subject `kind` of this watch's consumer.
+    fn about(&self, kind: &str) -> String {
+        format!("{kind}{}.{}", self.stream, self.consumer)
     }
 
     /// Deletes the consumer (else the server does after [`INACTIVE_THRESHOLD_NANOS`]).
     pub async fn stop(self) -> Result<(), StoreError> {
-        let what = format!("{}{}.{}", wire::CONSUMER_DELETE, self.stream, self.consumer);
+        let what = self.about(wire::CONSUMER_DELETE);
         let store = self.store.clone();
         drop(self);
         store.api(&what, Vec::new()).await.map(drop)
@@ -111,8 +115,7 @@ impl<B: Bus> Watch<B> {
 
     /// Deletes the consumer and keeps the watch: it gets nothing more.
     pub async fn delete(&self) -> Result<(), StoreError> {
-        let what = format!("{}{}.{}", wire::CONSUMER_DELETE, self.stream, self.consumer);
-        self.store.api(&what, Vec::new()).await.map(drop)
+        self.store.api(&self.about(wire::CONSUMER_DELETE), Vec::new()).await.map(drop)
     }
 }
 

@@ -59,14 +59,12 @@ impl StoreModel {
         }
         self.consumers_made += 1;
         let name = format!("model{}", self.consumers_made);
-        let stream = self
-            .streams
-            .get_mut(stream_name)
-            .ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))?;
+        let version = self.version;
+        let stream = self.stream_mut(stream_name)?;
         // 2.9 moves a start sequence past the stream's end back to just after it; later
         // versions wait for it.
         let start = config.opt_start_seq.unwrap_or(0);
-        let start = if self.version.is_2_9() { start.min(stream.last_seq + 1) } else { start };
+        let start = if version.is_2_9() { start.min(stream.last_seq + 1) } else { start };
         let from = (stream.last_seq + 1).max(start);
         let mut consumer = Consumer { name: name.clone(), config: config.clone(), pushed: 0, from };
         let first: Vec<u64> = stream.starting(&config);
@@ -79,32 +77,26 @@ impl StoreModel {
     }
 
     pub(super) fn consumer_info(&self, names: &str) -> Result<ApiResponse, ApiError> {
-        let (stream, consumer) =
-            names.split_once('.').ok_or_else(|| api_error(400, code::BAD_REQUEST, "bad request"))?;
-        let stream = self
-            .streams
-            .get(stream)
-            .ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))?;
-        let consumer = stream
-            .consumers
-            .get(consumer)
-            .ok_or_else(|| api_error(404, code::CONSUMER_NOT_FOUND, "consumer not found"))?;
+        let (stream, consumer) = stream_and_consumer(names)?;
+        let consumer = self.stream(stream)?.consumers.get(consumer).ok_or_else(consumer_not_found)?;
         let config = serde_json::to_value(&consumer.config).expect("a config serialises");
         Ok(ApiResponse { name: Some(consumer.name.clone()), config: Some(config), ..ApiResponse::default() })
     }
 
     pub(super) fn delete_consumer(&mut self, names: &str) -> Result<ApiResponse, ApiError> {
-        let (stream, consumer) =
-            names.split_once('.').ok_or_else(|| api_error(400, code::BAD_REQUEST, "bad request"))?;
-        let stream = self
-            .streams
-            .get_mut(stream)
-            .ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))?;
-        match stream.consumers.remove(consumer) {
-            Some(_) => Ok(ApiResponse { success: Some(true), ..ApiResponse::default() }),
-            None => Err(api_error(404, code::CONSUMER_NOT_FOUND, "consumer not found")),
-        }
+        let (stream, consumer) = stream_and_consumer(names)?;
+        self.stream_mut(stream)?.consumers.remove(consumer).ok_or_else(consumer_not_found)?;
+        Ok(ApiResponse { success: Some(true), ..ApiResponse::default() })
     }
+}
+
+/// `<stream>.<consumer>`, as the consumer API's subjects end.
+fn stream_and_consumer(names: &str) -> Result<(&str, &str), ApiError> {
+    names.split_once('.').ok_or_else(|| api_error(400, code::BAD_REQUEST, "bad request"))
+}
+
+fn consumer_not_found() -> ApiError {
+    api_error(404, code::CONSUMER_NOT_FOUND, "consumer not found")
 }
 
 impl Stream {

@@ -182,6 +182,10 @@ impl StoreModel {
         self.streams.get(name).ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))
     }
 
+    fn stream_mut(&mut self, name: &str) -> Result<&mut Stream, ApiError> {
+        self.streams.get_mut(name).ok_or_else(|| api_error(404, code::STREAM_NOT_FOUND, "stream not found"))
+    }
+
     fn create(&mut self, name: &str, body: &[u8]) -> Result<ApiResponse, ApiError> {
         let config: StreamConfig =
             serde_json::from_slice(body).map_err(|_| api_error(400, code::BAD_REQUEST, "bad request"))?;
