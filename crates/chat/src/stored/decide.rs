@@ -63,8 +63,8 @@ pub async fn decide<B: Bus, T>(
 
 /// What one attempt at a decision came to.
 pub(crate) enum Attempt<T> {
-    /// Decided, and its write (if any) taken.
-    Done(T, Option<Write>),
+    /// Decided, and its write (if it made one: `true`) taken.
+    Done(T, bool),
     /// The store refused the write to this key (or may not have taken it): decide again.
     Refused(String),
 }
@@ -79,7 +79,7 @@ pub(crate) async fn attempt<B: Bus, T>(
     let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
     let decided = decide(&lock());
     let (write, outcome) = match decided {
-        Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, None)),
+        Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, false)),
         Decided::Write(write, outcome) => (write, outcome),
     };
     let bucket = layout.bucket(write.bucket);
@@ -91,7 +91,7 @@ pub(crate) async fn attempt<B: Bus, T>(
         Ok(revision) => {
             let applied = lock().apply(write.bucket, &write.key, revision, write.value.as_deref());
             applied.map_err(|e| StoreError::Malformed(e.to_string()))?;
-            Ok(Attempt::Done(outcome, Some(write)))
+            Ok(Attempt::Done(outcome, true))
         }
         // Refused, or perhaps taken: either way the key is read again and decided on anew.
         Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_) | StoreError::Timeout(_)) => {

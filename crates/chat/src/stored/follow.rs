@@ -21,11 +21,12 @@ pub async fn follow<B: Bus>(store: Store<B>, layout: Layout, cache: Arc<Mutex<Ca
 }
 
 async fn feed<B: Bus>(store: Store<B>, bucket: KvBucket, which: Bucket, cache: Arc<Mutex<Cache>>) {
-    let filter = format!("$KV.{}.>", bucket.name());
+    let prefix = format!("$KV.{}.", bucket.name());
+    let filter = format!("{prefix}>");
     let mut follower = Follower::new(&store, &bucket.stream(), &filter, DeliverPolicy::LastPerSubject);
     loop {
         let msg = follower.next().await;
-        let Some(key) = msg.subject.strip_prefix(&filter[..filter.len() - 1]) else { continue };
+        let Some(key) = msg.subject.strip_prefix(&prefix) else { continue };
         let applied =
             cache.lock().unwrap_or_else(PoisonError::into_inner).apply(which, key, msg.seq, value(&msg));
         if let Err(e) = applied {

@@ -84,8 +84,8 @@ pub async fn decide_room<B: Bus, T>(
     for _ in 0..MAX_ATTEMPTS {
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
-            Attempt::Done(outcome, write) => {
-                if write.is_some() {
+            Attempt::Done(outcome, wrote) => {
+                if wrote {
                     settle(store, layout, cache, room).await?;
                 }
                 return Ok(outcome);
