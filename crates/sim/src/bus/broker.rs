@@ -155,18 +155,17 @@ impl Broker {
     fn route(&mut self, from: u64, msg: BusMessage) {
         let at = u64::try_from(crate::trace::now().as_nanos()).unwrap_or(u64::MAX);
         let outcome = self.store.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, at);
-        let to = msg.subject.clone();
-        self.deliver(from, &to, msg, outcome == Outcome::Ignored);
+        self.deliver(from, &msg.subject, &msg, outcome == Outcome::Ignored);
         if let Outcome::Taken(send) = outcome {
             for d in send {
-                self.deliver(from, &d.to, d.msg, false);
+                self.deliver(from, &d.to, &d.msg, false);
             }
         }
     }
 
     /// Delivers `msg` to the subscriptions matching `to`; with `answerable`, a request nobody
     /// took is answered 503.
-    fn deliver(&mut self, from: u64, to: &str, msg: BusMessage, answerable: bool) {
+    fn deliver(&mut self, from: u64, to: &str, msg: &BusMessage, answerable: bool) {
         let mut plain = Vec::new();
         let mut groups: BTreeMap<&str, Vec<(u64, u64)>> = BTreeMap::new();
         for (&id, client) in &self.clients {
@@ -215,7 +214,7 @@ impl Broker {
         self.turns.extend(turns);
         if let Some(observer) = &self.observer {
             // A client with two matching subscriptions is named twice: it got two copies.
-            observer(&msg, delivered_to.iter().map(|id| self.clients[id].name.clone()).collect());
+            observer(msg, delivered_to.iter().map(|id| self.clients[id].name.clone()).collect());
         }
         if !delivered
             && answerable
