@@ -10,7 +10,9 @@
 //!   resumed on it) reaches that connection within [`DELIVER_WITHIN`] (plus the latency set on
 //!   its links), unless the connection ends, leaves, loses its session, or its path (its
 //!   client group, its gateway, the bus) is cut off or restarted in between
-//!   ([`Weather`]). So a reply that overtakes the subscription it promised, a room reader
+//!   ([`Weather`]). A connection open while its client group was partitioned is owed nothing
+//!   more: the simulated network drops the segments a partition catches and never resends
+//!   them, so its stream may be dead until the gateway's heartbeat ends it. So a reply that overtakes the subscription it promised, a room reader
 //!   dropped while members remain, or a subscription not restored after a reconnect, fails.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -43,6 +45,8 @@ struct Listener {
     /// Since when it holds its session for sure (its authentication was answered); `None` while
     /// it does not (not yet, or the worker unbound it).
     holds_since: Option<Duration>,
+    /// A partition of its group may have cut its stream for good (see the module's doc).
+    cut: bool,
     heard: BTreeMap<Digest, u32>,
 }
 
@@ -115,7 +119,7 @@ impl HearingCheck {
         *self.published.entry(digest).or_default() += 1;
         let mut new = Vec::new();
         for (id, l) in &self.listeners {
-            let (Some(session), Some(holds)) = (&l.session, l.holds_since) else { continue };
+            let (Some(session), Some(holds), false) = (&l.session, l.holds_since, l.cut) else { continue };
             let Some(Some(asked)) = self.wants.get(session).and_then(|w| w.get(&subject)) else { continue };
             let Some(calm) = weather.calm_from([l.gateway.as_str(), l.group.as_str()]) else { continue };
             if holds.max(*asked).max(calm) + SURE_AFTER <= at {
@@ -301,7 +305,14 @@ impl HearingCheck {
                 let ended = on(group, |l| &l.group);
                 self.end(|id| ended.contains(id));
             }
-            ("partition" | "hold" | "latency", group) => {
+            ("partition", group) => {
+                let cut = on(group, |l| &l.group);
+                for id in &cut {
+                    self.listeners.get_mut(id).expect("listed above").cut = true;
+                }
+                self.forget_dues(|d| cut.contains(&d.listener));
+            }
+            ("hold" | "latency", group) => {
                 let cut = on(group, |l| &l.group);
                 self.forget_dues(|d| cut.contains(&d.listener));
             }
