@@ -9,8 +9,70 @@ use clientmq_core::proto::chat::RoomEventType;
 use crate::state::{ChatState, Deadline, Fact, ROOM_ID_LEN, Room, announcement};
 use crate::wire::{self, status};
 
-fn is_set(value: &Option<String>) -> Option<&str> {
+pub(crate) fn is_set(value: &Option<String>) -> Option<&str> {
     value.as_deref().filter(|v| !v.is_empty())
+}
+
+/// `member` as `update` leaves it at `now_ms`: only the fields the update carries change.
+pub(crate) fn updated_member(
+    member: &chat::Member,
+    update: &chat::MemberUpdate,
+    now_ms: u64,
+) -> chat::Member {
+    let mut member = member.clone();
+    if let Some(name) = &update.screen_name {
+        member.screen_name = name.clone();
+    }
+    if let Some(role) = update.role {
+        member.role = role;
+    }
+    if let Some(state) = update.state {
+        member.state = state;
+    }
+    if update.update_streams {
+        member.streams = update.streams.clone();
+    }
+    member.last_update = now_ms;
+    member
+}
+
+/// A room's `info` as an update to `new` leaves it, with `alias`. Absent fields keep their value:
+/// an alias is only ever replaced, never cleared, and the SDK's UpdateRoom never carries options,
+/// so an empty list leaves them as they are.
+pub(crate) fn updated_info(info: &chat::Room, new: chat::Room, alias: Option<String>) -> chat::Room {
+    let mut info = info.clone();
+    info.alias = alias;
+    info.name = new.name;
+    info.description = new.description;
+    info.r#type = new.r#type;
+    if !new.options.is_empty() {
+        info.options = new.options;
+    }
+    info.bridge_id = new.bridge_id.or(info.bridge_id.take());
+    info.pin = new.pin.or(info.pin.take());
+    info
+}
+
+/// The messages of a room's `history` (oldest first) that `req` asks for, oldest first (the SDK
+/// drops a message older than all it holds). `limit` 0 means none, except between two ids, where
+/// it means all of them. After an id: the first ones following it; otherwise the latest ones.
+pub(crate) fn window<'a>(
+    history: impl Iterator<Item = &'a chat::ChatMessage>,
+    req: &chat::FetchRoomConversation,
+) -> Vec<chat::ChatMessage> {
+    let after = is_set(&req.after_message_id);
+    let before = is_set(&req.before_message_id);
+    let window: Vec<&chat::ChatMessage> = history
+        .filter(|m| after.is_none_or(|a| m.message_id.as_str() > a))
+        .filter(|m| before.is_none_or(|b| m.message_id.as_str() < b))
+        .collect();
+    let limit = match (req.limit, after, before) {
+        (0, Some(_), Some(_)) => window.len(),
+        (n, _, _) => (n as usize).min(window.len()),
+    };
+    let picked =
+        if after.is_some() && before.is_none() { &window[..limit] } else { &window[window.len() - limit..] };
+    picked.iter().map(|m| (*m).clone()).collect()
 }
 
 impl ChatState {
@@ -255,19 +317,7 @@ impl ChatState {
             return answer(status::NOT_IN_ROOM);
         };
         let before = member.clone();
-        if let Some(name) = update.screen_name {
-            member.screen_name = name;
-        }
-        if let Some(role) = update.role {
-            member.role = role;
-        }
-        if let Some(state) = update.state {
-            member.state = state;
-        }
-        if update.update_streams {
-            member.streams = update.streams;
-        }
-        member.last_update = now_ms;
+        *member = updated_member(&before, &update, now_ms);
         let updated = member.clone();
         self.announce_change(session, &room_id, Some(&before), Some(&updated));
         chat::UpdateMemberResponse { status: status::OK.to_owned(), last_update: Some(now_ms) }
@@ -296,17 +346,7 @@ impl ChatState {
             self.aliases.insert(alias.clone(), room_id.clone());
         }
         let info = &mut self.rooms.get_mut(&room_id).expect("found").info;
-        // Absent fields keep their value: an alias is only ever replaced, never cleared, and the
-        // SDK's UpdateRoom never carries options, so an empty list leaves them as they are.
-        info.alias = new_alias.or(old_alias);
-        info.name = new.name;
-        info.description = new.description;
-        info.r#type = new.r#type;
-        if !new.options.is_empty() {
-            info.options = new.options;
-        }
-        info.bridge_id = new.bridge_id.or(info.bridge_id.take());
-        info.pin = new.pin.or(info.pin.take());
+        *info = updated_info(info, new, new_alias.or(old_alias));
         self.emit_room_event(session, &room_id, RoomEventType::RoomUpdated, Vec::new());
         answer(status::OK)
     }
@@ -350,8 +390,7 @@ impl ChatState {
         answer(status::OK)
     }
 
-    /// History, oldest first (the SDK drops a message older than all it holds). `limit` 0 means
-    /// none, except between two ids, where it means all of them.
+    /// History, as [`window`] picks it.
     pub(super) fn fetch_conversation(
         &mut self,
         session: &str,
@@ -372,28 +411,7 @@ impl ChatState {
             }
             self.subscribe_connection(session, Topic::Conversation, &req.room_id);
         }
-        let room = &self.rooms[&req.room_id];
-        let after = is_set(&req.after_message_id);
-        let before = is_set(&req.before_message_id);
-        let window: Vec<&chat::ChatMessage> = room
-            .history
-            .iter()
-            .filter(|m| after.is_none_or(|a| m.message_id.as_str() > a))
-            .filter(|m| before.is_none_or(|b| m.message_id.as_str() < b))
-            .collect();
-        let limit = match (req.limit, after, before) {
-            (0, Some(_), Some(_)) => window.len(),
-            (n, _, _) => (n as usize).min(window.len()),
-        };
-        // After an id: the first ones following it; otherwise the latest ones.
-        let picked = if after.is_some() && before.is_none() {
-            &window[..limit]
-        } else {
-            &window[window.len() - limit..]
-        };
-        chat::FetchRoomConversationResponse {
-            status: status::OK.to_owned(),
-            chat_messages: picked.iter().map(|m| (*m).clone()).collect(),
-        }
+        let messages = window(self.rooms[&req.room_id].history.iter(), &req);
+        chat::FetchRoomConversationResponse { status: status::OK.to_owned(), chat_messages: messages }
     }
 }
