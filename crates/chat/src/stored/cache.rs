@@ -11,6 +11,12 @@ use prost::Message;
 
 use super::records::{RoomKey, RoomRecord, SessionRecord, session_of_key};
 
+/// The cache behind its lock, poisoned or not: it is only ever a copy, and the store checks every
+/// decision made on it.
+pub(crate) fn lock(cache: &std::sync::Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
+    cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// A value and the revision of its key it was read at.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Cached<T> {
@@ -153,9 +159,22 @@ impl Cache {
         self.rooms.get(id)
     }
 
-    /// The room an alias names.
+    /// How many rooms exist.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    /// The room an alias's key names (see `directory` for when that room is the alias's).
     pub fn room_by_alias(&self, alias: &str) -> Option<&str> {
         self.aliases.get(alias).map(|a| a.value.as_str())
+    }
+
+    /// Rooms empty since `before_ms` or earlier.
+    pub fn idle_rooms(&self, before_ms: u64) -> Vec<&str> {
+        (self.rooms.iter())
+            .filter(|(_, r)| r.value.empty_since_ms.is_some_and(|at| at <= before_ms))
+            .map(|(id, _)| id.as_str())
+            .collect()
     }
 
     /// Detached sessions whose grace has run out by `now_ms`, earliest first.

@@ -3,12 +3,12 @@
 //! another worker (or another request of its own) moved the key first. Two workers deciding on
 //! one key at once end as if one had decided after the other.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use clientmq_bus::Bus;
 use clientmq_bus::store::{Store, StoreError};
 
-use super::cache::{Bucket, Cache};
+use super::cache::{Bucket, Cache, lock};
 use super::follow::refresh;
 use super::layout::Layout;
 
@@ -76,8 +76,7 @@ pub(crate) async fn attempt<B: Bus, T>(
     cache: &Mutex<Cache>,
     decide: &mut impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<Attempt<T>, DecideError> {
-    let lock = || cache.lock().unwrap_or_else(PoisonError::into_inner);
-    let decided = decide(&lock());
+    let decided = decide(&lock(cache));
     let (write, outcome) = match decided {
         Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, false)),
         Decided::Write(write, outcome) => (write, outcome),
@@ -89,7 +88,7 @@ pub(crate) async fn attempt<B: Bus, T>(
     };
     match written {
         Ok(revision) => {
-            let applied = lock().apply(write.bucket, &write.key, revision, write.value.as_deref());
+            let applied = lock(cache).apply(write.bucket, &write.key, revision, write.value.as_deref());
             applied.map_err(|e| StoreError::Malformed(e.to_string()))?;
             Ok(Attempt::Done(outcome, true))
         }

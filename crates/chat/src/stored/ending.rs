@@ -2,12 +2,12 @@
 //! from each room it was in, each room told once. And the sweep that finishes what a worker that
 //! died midway left: members whose session is gone.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use clientmq_bus::Bus;
 use clientmq_bus::store::Store;
 
-use super::cache::Cache;
+use super::cache::{Cache, lock};
 use super::decide::{DecideError, decide};
 use super::history::{decide_room, settle};
 use super::layout::Layout;
@@ -66,10 +66,6 @@ pub async fn sweep<B: Bus>(
         }
     }
     Ok(removed)
-}
-
-fn lock(cache: &Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
-    cache.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

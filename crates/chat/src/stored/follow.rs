@@ -2,7 +2,7 @@
 //! change, applied as they come. What a worker runs beside its decisions, and restarts from
 //! scratch (a fresh cache) whenever it wants to drop what it holds.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use clientmq_bus::Bus;
 use clientmq_bus::store::kv::Bucket as KvBucket;
@@ -10,7 +10,7 @@ use clientmq_bus::store::watch::Follower;
 use clientmq_bus::store::wire::{DeliverPolicy, header};
 use clientmq_bus::store::{Store, StoreError, StoredMsg};
 
-use super::cache::{Bucket, Cache};
+use super::cache::{Bucket, Cache, lock};
 use super::layout::Layout;
 
 /// Follows both buckets of `layout` into `cache` until the task is dropped.
@@ -27,8 +27,7 @@ async fn feed<B: Bus>(store: Store<B>, bucket: KvBucket, which: Bucket, cache: A
     loop {
         let msg = follower.next().await;
         let Some(key) = msg.subject.strip_prefix(&prefix) else { continue };
-        let applied =
-            cache.lock().unwrap_or_else(PoisonError::into_inner).apply(which, key, msg.seq, value(&msg));
+        let applied = lock(&cache).apply(which, key, msg.seq, value(&msg));
         if let Err(e) = applied {
             tracing::warn!(error = %e, "a key of the store ignored");
         }
@@ -54,12 +53,7 @@ pub async fn refresh<B: Bus>(
 ) -> Result<(), StoreError> {
     let entry = bucket.entry(store, key).await?;
     let Some(entry) = entry else { return Ok(()) };
-    let applied = cache.lock().unwrap_or_else(PoisonError::into_inner).apply(
-        which,
-        key,
-        entry.revision,
-        entry.value.as_deref(),
-    );
+    let applied = lock(cache).apply(which, key, entry.revision, entry.value.as_deref());
     applied.map_err(|e| StoreError::Malformed(e.to_string()))
 }
 

@@ -6,7 +6,7 @@
 //! once, within its duplicate window (2 minutes): a sweep every few seconds keeps a dead
 //! appender's events well inside it.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 
 use clientmq_bus::Bus;
 use clientmq_bus::contract::header;
@@ -14,7 +14,7 @@ use clientmq_bus::store::{Expect, Store, StoreError};
 use clientmq_core::Topic;
 use prost::Message;
 
-use super::cache::{Bucket, Cache};
+use super::cache::{Bucket, Cache, lock};
 use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
 use super::layout::Layout;
 use super::records::{PendingEvent, RoomKey};
@@ -45,7 +45,7 @@ pub async fn settle<B: Bus>(
 ) -> Result<(), StoreError> {
     let key = RoomKey::Room(room.to_owned()).key();
     let held = {
-        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = lock(cache);
         cache.room(room).map(|r| (r.revision, r.value.clone()))
     };
     let Some((revision, mut record)) = held.filter(|(_, r)| !r.pending.is_empty()) else { return Ok(()) };
@@ -54,12 +54,7 @@ pub async fn settle<B: Bus>(
     let value = record.encode_to_vec();
     match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
         Ok(cleared) => {
-            let applied = cache.lock().unwrap_or_else(PoisonError::into_inner).apply(
-                Bucket::Rooms,
-                &key,
-                cleared,
-                Some(&value),
-            );
+            let applied = lock(cache).apply(Bucket::Rooms, &key, cleared, Some(&value));
             applied.map_err(|e| StoreError::Malformed(e.to_string()))
         }
         Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
@@ -77,7 +72,7 @@ pub async fn decide_room<B: Bus, T>(
     mut decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
     let pending_now = || {
-        let cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let cache = lock(cache);
         cache.room(room).map(|r| r.value.pending.clone()).unwrap_or_default()
     };
     let mut last_key = String::new();

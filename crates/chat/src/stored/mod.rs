@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod decide;
+pub mod directory;
 pub mod ending;
 pub mod follow;
 pub mod history;
