@@ -6,6 +6,11 @@
 //! alias. So a creator that dies between its two writes leaves an alias naming no room yet, and
 //! the next creation of that alias finishes the room under that id; and a forgotten room's alias
 //! key is deleted before its room key, so an alias never outlives its room unseen.
+//!
+//! A rename marks the room as moving to the new alias (`renaming`), claims the alias's key, then
+//! writes the room with it and releases the old alias's key. A creator of the new alias in
+//! between finds it taken by the room being renamed; a renamer that dies midway leaves the new
+//! alias taken, and the rename asked again completes.
 
 use std::sync::Mutex;
 
@@ -17,8 +22,10 @@ use prost::Message;
 use super::cache::{Bucket, Cache, Cached, lock};
 use super::decide::{DecideError, Decided, Write, decide};
 use super::follow::refresh;
+use super::history::decide_room;
 use super::layout::Layout;
 use super::records::{RoomKey, RoomRecord};
+use super::rooms;
 use crate::rooms::is_set;
 use crate::wire::status;
 
@@ -26,6 +33,12 @@ use crate::wire::status;
 pub fn by_alias<'a>(cache: &'a Cache, alias: &str) -> Option<&'a Cached<RoomRecord>> {
     let room = cache.room(cache.room_by_alias(alias)?)?;
     (room.value.alias() == Some(alias)).then_some(room)
+}
+
+/// The room that owns `alias`: it carries it, or is being renamed to it.
+fn owner<'a>(cache: &'a Cache, alias: &str) -> Option<&'a Cached<RoomRecord>> {
+    let room = cache.room(cache.room_by_alias(alias)?)?;
+    (room.value.alias() == Some(alias) || room.value.renaming.as_deref() == Some(alias)).then_some(room)
 }
 
 /// The room named by id, or else by alias, as the cache holds it.
@@ -128,7 +141,7 @@ pub enum Claim {
 /// The alias step: the alias's key names `new_id`, unless a room owns the alias or its key names
 /// a room not made yet (whose making this creation finishes).
 pub fn claim(cache: &Cache, alias: &str, new_id: &str, max_rooms: usize) -> Decided<Claim> {
-    if let Some(room) = by_alias(cache, alias) {
+    if let Some(room) = owner(cache, alias) {
         return Decided::Nothing(Claim::Taken(room.value.info.clone().unwrap_or_default()));
     }
     if let Some(id) = cache.room_by_alias(alias)
@@ -181,6 +194,52 @@ pub fn make(cache: &Cache, info: &chat::Room, now_ms: u64, max_rooms: usize) -> 
     )
 }
 
+/// `session`, a member of room `room_id`, updates its settings to `new`; a new alias in it renames
+/// the room (in the order the module's doc gives), and is refused with `already-exists` while
+/// another room owns it.
+pub async fn update<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    session: &str,
+    room_id: &str,
+    new: chat::Room,
+    now_ms: u64,
+) -> Result<&'static str, DecideError> {
+    let current = lock(cache).room(room_id).and_then(|r| r.value.alias().map(str::to_owned));
+    let alias = match is_set(&new.alias) {
+        Some(alias) if current.as_deref() != Some(alias) => alias.to_owned(),
+        // Absent or the same: the room keeps its alias.
+        _ => {
+            let update = |c: &Cache| rooms::update_room(c, session, room_id, &new, current.clone(), now_ms);
+            return decide_room(store, layout, cache, room_id, update).await;
+        }
+    };
+    let mark = |c: &Cache| rooms::mark_renaming(c, session, room_id, Some(&alias), None);
+    if let Err(status) = decide_room(store, layout, cache, room_id, mark).await? {
+        return Ok(status);
+    }
+    read(store, layout, cache, &None, &Some(alias.clone())).await?;
+    let ours = match decide(store, layout, cache, |c| claim(c, &alias, room_id, usize::MAX)).await? {
+        Claim::Make(id) => id == room_id,
+        Claim::Taken(room) => room.room_id.as_deref() == Some(room_id),
+        Claim::Full => false,
+    };
+    if !ours {
+        let unmark = |c: &Cache| rooms::mark_renaming(c, session, room_id, None, Some(&alias));
+        let _cleared = decide_room(store, layout, cache, room_id, unmark).await?;
+        return Ok(status::ALREADY_EXISTS);
+    }
+    let update = |c: &Cache| rooms::update_room(c, session, room_id, &new, Some(alias.clone()), now_ms);
+    let status = decide_room(store, layout, cache, room_id, update).await?;
+    if status == status::OK
+        && let Some(old) = current
+    {
+        decide(store, layout, cache, |c| unclaim(c, &old, room_id)).await?;
+    }
+    Ok(status)
+}
+
 /// Forgets the rooms empty since `before_ms` or earlier: each alias's key first, then the room's
 /// key, each only if unchanged since the cache read it. Returns how many rooms were forgotten.
 pub async fn forget_idle<B: Bus>(
@@ -192,8 +251,12 @@ pub async fn forget_idle<B: Bus>(
     let idle: Vec<String> = lock(cache).idle_rooms(before_ms).into_iter().map(str::to_owned).collect();
     let mut forgotten = 0;
     for id in idle {
-        let alias = lock(cache).room(&id).and_then(|r| r.value.alias().map(str::to_owned));
-        if let Some(alias) = alias {
+        let aliases: Vec<String> = (lock(cache).room(&id))
+            .map(|r| {
+                r.value.alias().into_iter().chain(r.value.renaming.as_deref()).map(str::to_owned).collect()
+            })
+            .unwrap_or_default();
+        for alias in aliases {
             decide(store, layout, cache, |c| unclaim(c, &alias, &id)).await?;
         }
         if decide(store, layout, cache, |c| drop_idle(c, &id, before_ms)).await? {
@@ -235,6 +298,10 @@ mod tests {
 
     fn named(alias: &str, name: &str) -> chat::Room {
         chat::Room { alias: Some(alias.into()), name: name.into(), ..chat::Room::default() }
+    }
+
+    async fn found(w: &Worker, layout: &Layout, alias: &str) -> Option<RoomRecord> {
+        lookup(&w.store, layout, &w.cache, &None, &Some(alias.to_owned())).await.unwrap()
     }
 
     async fn two_workers() -> (Arc<ModelBus>, Layout, Vec<Worker>) {
@@ -333,5 +400,48 @@ mod tests {
             let full = create(store, &layout, cache, room, "R3", 1, 2).await.unwrap();
             assert_eq!(full.status, status::CAPACITY);
         }
+    }
+
+    /// A room renamed: found by its new alias only, its old alias free for another room, and a
+    /// rename to an alias another room owns refused with the room left as it was. A creator of
+    /// the new alias while a rename is under way finds it taken.
+    #[tokio::test]
+    async fn a_rename_moves_the_alias_and_never_takes_another_room_s() {
+        let (_bus, layout, w) = two_workers().await;
+        let (store, cache) = (&w[0].store, &w[0].cache);
+        create(store, &layout, cache, named("a", "first"), "R1", 1, 100).await.unwrap();
+        create(store, &layout, cache, named("other", "second"), "R2", 1, 100).await.unwrap();
+        let member = chat::Member::default();
+        for room in ["R1", "R2"] {
+            let join = |c: &Cache| rooms::join(c, "s1", room, member.clone(), 2, 9, 9);
+            decide_room(store, &layout, cache, room, join).await.unwrap().unwrap();
+        }
+        let status = update(store, &layout, cache, "s1", "R1", named("b", "renamed"), 3).await.unwrap();
+        assert_eq!(status, status::OK);
+        let renamed = found(&w[1], &layout, "b").await.unwrap();
+        assert_eq!((renamed.room_id(), renamed.info.as_ref().unwrap().name.as_str()), ("R1", "renamed"));
+        assert_eq!(found(&w[1], &layout, "a").await, None);
+        let made = create(&w[1].store, &layout, &w[1].cache, named("a", "new"), "R3", 4, 100).await.unwrap();
+        assert_eq!((made.status.as_str(), made.room.unwrap().room_id.as_deref()), (status::OK, Some("R3")));
+
+        let refused = update(store, &layout, cache, "s1", "R1", named("other", "x"), 5).await.unwrap();
+        assert_eq!(refused, status::ALREADY_EXISTS);
+        let kept = lock(cache).room("R1").unwrap().value.clone();
+        assert_eq!((kept.alias(), kept.renaming.as_deref()), (Some("b"), None));
+        assert_eq!(found(&w[1], &layout, "other").await.unwrap().room_id(), "R2");
+        let outsider = update(store, &layout, cache, "s9", "R1", named("c", "x"), 5).await.unwrap();
+        assert_eq!(outsider, status::NOT_IN_ROOM);
+
+        // A rename to "d" under way (marked and claimed, the room not yet written).
+        let mark = |c: &Cache| rooms::mark_renaming(c, "s1", "R2", Some("d"), None);
+        decide_room(store, &layout, cache, "R2", mark).await.unwrap().unwrap();
+        decide(store, &layout, cache, |c| claim(c, "d", "R2", 100)).await.unwrap();
+        let racing = create(&w[1].store, &layout, &w[1].cache, named("d", "y"), "R4", 6, 100).await.unwrap();
+        assert_eq!(
+            (racing.status.as_str(), racing.room.unwrap().room_id.as_deref()),
+            (status::ALREADY_EXISTS, Some("R2"))
+        );
+        assert_eq!(update(store, &layout, cache, "s1", "R2", named("d", "z"), 7).await.unwrap(), status::OK);
+        assert_eq!(found(&w[1], &layout, "d").await.unwrap().room_id(), "R2");
     }
 }

@@ -48,6 +48,10 @@ pub struct RoomRecord {
     /// ids make the stream keep one) before it writes.
     #[prost(message, repeated, tag = "5")]
     pub pending: Vec<PendingEvent>,
+    /// The alias the room is being renamed to, from before the alias's key is claimed until the
+    /// room carries it: a creator of that alias meanwhile finds it taken.
+    #[prost(string, optional, tag = "6")]
+    pub renaming: Option<String>,
 }
 
 /// A room event waiting to be appended to the room's history.

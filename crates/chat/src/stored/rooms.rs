@@ -9,6 +9,7 @@ use prost::Message;
 use super::cache::{Bucket, Cache};
 use super::decide::{Decided, Write};
 use super::records::{PendingEvent, RoomKey, RoomRecord};
+use crate::rooms::{updated_info, updated_member};
 use crate::state::announcement;
 use crate::wire::{self, Outgoing, status};
 
@@ -95,6 +96,86 @@ pub fn leave(cache: &Cache, session: &str, room_id: &str, now_ms: u64) -> Decide
         record.empty_since_ms = Some(now_ms);
     }
     Decided::Write(write(cache, room_id, record, events), true)
+}
+
+/// `session` changes member `update.session_id` (itself when empty) of room `room_id` at `now_ms`:
+/// members change themselves, a moderator anyone. Returns the time of the change.
+pub fn update_member(
+    cache: &Cache,
+    session: &str,
+    room_id: &str,
+    update: &chat::MemberUpdate,
+    now_ms: u64,
+) -> Decided<Result<u64, &'static str>> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(Err(status::NOT_FOUND)) };
+    let mut record = room.value.clone();
+    let Some(me) = record.member(session) else { return Decided::Nothing(Err(status::NOT_IN_ROOM)) };
+    let target = if update.session_id.is_empty() { session } else { update.session_id.as_str() };
+    if target != session && me.role != chat::MemberRole::Moderator as i32 {
+        return Decided::Nothing(Err(status::UNAUTHORIZED));
+    }
+    let Some(slot) = record.members.iter_mut().find(|m| m.session_id == target) else {
+        return Decided::Nothing(Err(status::NOT_IN_ROOM));
+    };
+    let before = slot.clone();
+    *slot = updated_member(&before, update, now_ms);
+    let after = slot.clone();
+    let events = change_event(&record, session, Some(&before), Some(&after), now_ms);
+    Decided::Write(write(cache, room_id, record, events), Ok(now_ms))
+}
+
+/// `session`, a member, sets room `room_id`'s settings to `new`, carrying `alias` (its own, or
+/// one claimed for it by a rename), at `now_ms`, and tells the room.
+pub fn update_room(
+    cache: &Cache,
+    session: &str,
+    room_id: &str,
+    new: &chat::Room,
+    alias: Option<String>,
+    now_ms: u64,
+) -> Decided<&'static str> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(status::NOT_FOUND) };
+    let mut record = room.value.clone();
+    if record.member(session).is_none() {
+        return Decided::Nothing(status::NOT_IN_ROOM);
+    }
+    if record.renaming.is_some() && record.renaming == alias {
+        record.renaming = None;
+    }
+    let info = updated_info(&record.info.clone().unwrap_or_default(), new.clone(), alias);
+    record.info = Some(info.clone());
+    let kind = chat::RoomEventType::RoomUpdated;
+    let event = match wire::room_event(session, room_id, kind, Vec::new(), Some(info), now_ms) {
+        Outgoing::Event(delivery) => delivery.payload,
+        Outgoing::Subscription(_) => unreachable!("a room event is an event"),
+    };
+    Decided::Write(write(cache, room_id, record, vec![event]), status::OK)
+}
+
+/// Marks room `room_id` as being renamed to `alias` (`session` must be a member), or clears the
+/// mark (`alias` none) if it is `clear`'s.
+pub fn mark_renaming(
+    cache: &Cache,
+    session: &str,
+    room_id: &str,
+    alias: Option<&str>,
+    clear: Option<&str>,
+) -> Decided<Result<(), &'static str>> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(Err(status::NOT_FOUND)) };
+    let mut record = room.value.clone();
+    if alias.is_some() && record.member(session).is_none() {
+        return Decided::Nothing(Err(status::NOT_IN_ROOM));
+    }
+    let wanted = match alias {
+        Some(alias) => Some(alias.to_owned()),
+        None if record.renaming.as_deref() == clear => None,
+        None => return Decided::Nothing(Ok(())),
+    };
+    if record.renaming == wanted {
+        return Decided::Nothing(Ok(()));
+    }
+    record.renaming = wanted;
+    Decided::Write(write(cache, room_id, record, Vec::new()), Ok(()))
 }
 
 #[cfg(test)]
@@ -191,5 +272,40 @@ mod tests {
         let joining = |room| join(&cache, "s1", room, member(chat::MemberRole::Presenter), 6, 9, 1);
         assert!(matches!(joining("r2"), Decided::Nothing(Err(status::CAPACITY))));
         assert!(matches!(joining("r1"), Decided::Write(..)));
+    }
+
+    #[test]
+    fn members_change_themselves_and_a_moderator_changes_anyone() {
+        let mut cache = cache_with_room(false);
+        for (session, role) in [("s1", chat::MemberRole::Participant), ("s2", chat::MemberRole::Moderator)] {
+            let Decided::Write(w, Ok(_)) = join(&cache, session, "r1", member(role), 1, 10, 10) else {
+                panic!("a join writes")
+            };
+            take(&mut cache, &w);
+        }
+        let rename = |target: &str| chat::MemberUpdate {
+            session_id: target.into(),
+            screen_name: Some("new".into()),
+            ..chat::MemberUpdate::default()
+        };
+        assert!(matches!(
+            update_member(&cache, "s1", "r1", &rename("s2"), 2),
+            Decided::Nothing(Err(status::UNAUTHORIZED))
+        ));
+        assert!(matches!(
+            update_member(&cache, "s3", "r1", &rename(""), 2),
+            Decided::Nothing(Err(status::NOT_IN_ROOM))
+        ));
+        for (by, target) in [("s1", ""), ("s2", "s1")] {
+            let Decided::Write(w, Ok(2)) = update_member(&cache, by, "r1", &rename(target), 2) else {
+                panic!("{by} may change {target:?}")
+            };
+            let record = take(&mut cache, &w);
+            assert_eq!(record.member("s1").unwrap().screen_name, "new");
+            assert_eq!(record.member("s1").unwrap().role, chat::MemberRole::Participant as i32);
+        }
+        // The first change is told; the second changes nothing but the time, and is told too.
+        let Decided::Write(w, _) = update_member(&cache, "s1", "r1", &rename(""), 3) else { panic!() };
+        assert_eq!(kinds(&take(&mut cache, &w)), [chat::RoomEventType::MemberUpdated as i32]);
     }
 }
