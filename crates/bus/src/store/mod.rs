@@ -225,6 +225,11 @@ impl<B: Bus> Store<B> {
         }
     }
 
+    /// How long a request waits for its answer.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
     /// Whether JetStream answers for this account (`$JS.API.INFO`).
     pub async fn check(&self) -> Result<(), StoreError> {
         self.api(wire::INFO, Vec::new()).await.map(drop)

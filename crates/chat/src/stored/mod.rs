@@ -6,6 +6,7 @@
 //! store") has the design.
 
 pub mod cache;
+pub mod conversation;
 pub mod decide;
 pub mod directory;
 pub mod ending;

@@ -75,6 +75,24 @@ pub fn end(cache: &Cache, id: &str, due_by: Option<u64>) -> Decided<bool> {
     Decided::Write(write(cache, id, None), true)
 }
 
+/// Session `id` subscribes to room `room`'s conversation, remembered for a resume; rooms it is no
+/// longer a member of are dropped from the list on the way, so it stays within its rooms. Returns
+/// whether the subscription is new.
+pub fn listen(cache: &Cache, id: &str, room: &str) -> Decided<bool> {
+    let Some(current) = cache.session(id) else { return Decided::Nothing(false) };
+    let mut record = current.value.clone();
+    let before = record.conversations.clone();
+    let new = !record.conversations.iter().any(|r| r == room);
+    record.conversations.retain(|r| r == room || cache.rooms_of(id).any(|m| m == r));
+    if new {
+        record.conversations.push(room.to_owned());
+    }
+    if record.conversations == before {
+        return Decided::Nothing(false);
+    }
+    Decided::Write(write(cache, id, Some(&record)), new)
+}
+
 /// Session `id`'s key becomes `record` (`None`: deleted), expecting the revision the cache holds.
 fn write(cache: &Cache, id: &str, record: Option<&SessionRecord>) -> Write {
     let key = session_key(id);
@@ -85,6 +103,7 @@ fn write(cache: &Cache, id: &str, record: Option<&SessionRecord>) -> Write {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clientmq_core::proto::chat;
 
     /// A cache that took `write` as the store would have, at the next revision.
     fn taken(mut cache: Cache, write: &Write) -> Cache {
@@ -202,5 +221,28 @@ mod tests {
             }
             assert_eq!(ended.iter().filter(|e| **e).count(), 1, "round {round}: {ended:?}");
         }
+    }
+
+    #[test]
+    fn a_conversation_subscription_is_kept_once_and_only_for_rooms_it_is_in() {
+        let (w, _) = decided(authenticate(&Cache::default(), "c1", "gw1", None, false, "s1", 10));
+        let mut cache = taken(Cache::default(), &w.unwrap());
+        let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
+        let room = crate::stored::records::RoomRecord {
+            members: vec![member],
+            ..crate::stored::testing::room("r1")
+        };
+        cache.apply(Bucket::Rooms, "r.r1", 1, Some(&room.encode_to_vec())).unwrap();
+        let (w, new) = decided(listen(&cache, "s1", "r1"));
+        assert!(new);
+        let cache = taken(cache, &w.unwrap());
+        assert!(matches!(listen(&cache, "s1", "r1"), Decided::Nothing(false)), "once");
+        // r2 is not one of its rooms once it subscribes to r3: dropped on the way.
+        let (w, _) = decided(listen(&cache, "s1", "r2"));
+        let cache = taken(cache, &w.unwrap());
+        let (w, _) = decided(listen(&cache, "s1", "r3"));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!(cache.session("s1").unwrap().value.conversations, ["r1", "r3"]);
+        assert!(matches!(listen(&cache, "nobody", "r1"), Decided::Nothing(false)));
     }
 }
