@@ -111,6 +111,17 @@ impl Gateways {
         self.routes.iter().filter(|(_, gw)| gw.as_str() == g).map(|(id, _)| *id).collect()
     }
 
+    /// The routes of every live connection, as a store shared by several workers lists them
+    /// (instead of those this worker saw requests from). A gateway named there and never heard
+    /// is watched from `now` on: it may have died before this worker started.
+    pub fn set_routes(&mut self, routes: impl IntoIterator<Item = (ConnectionId, String)>, now: Instant) {
+        self.routes = routes.into_iter().collect();
+        let named: BTreeSet<String> = self.routes.values().cloned().collect();
+        for g in named {
+            self.seen(&g, now);
+        }
+    }
+
     /// Connection `conn` ended: its route is forgotten.
     pub fn forget(&mut self, conn: &ConnectionId) {
         self.routes.remove(conn);

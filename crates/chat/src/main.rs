@@ -34,6 +34,14 @@ struct Args {
     /// Log format.
     #[arg(long, env = "CLIENTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Keep sessions, rooms and chat history in NATS JetStream (docs/nats.md, "The store"), so
+    /// that any number of workers serve one fleet and any of them may die; without it, this one
+    /// worker keeps them in its memory (run one).
+    #[arg(long, env = "CLIENTMQ_STORE")]
+    store: bool,
+    /// Copies of each of the store's streams: 3 on a three-node NATS cluster, 1 on one server.
+    #[arg(long, env = "CLIENTMQ_STORE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    store_replicas: u8,
     #[command(flatten)]
     chat: ChatArgs,
 }
@@ -57,7 +65,8 @@ fn main() -> ExitCode {
     chat.wall_clock_start_ms =
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(0));
     init_logging(args.log_format);
-    let name = format!("chat-{}", std::process::id());
+    // Unique on the bus: workers on two hosts may share a process id.
+    let name = format!("chat-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let Some(bus) = NatsBus::open_logged(&access, &name).await else { return ExitCode::FAILURE };
@@ -75,8 +84,25 @@ fn main() -> ExitCode {
         tokio::spawn(reload_on_sighup(access, metrics.clone()));
         let config =
             WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None, metrics };
-        worker::run(bus, config, shutdown_signal()).await;
-        ExitCode::SUCCESS
+        if !args.store {
+            worker::run(bus, config, shutdown_signal()).await;
+            return ExitCode::SUCCESS;
+        }
+        match clientmq_chat::stored::worker::run(
+            bus,
+            config,
+            usize::from(args.store_replicas),
+            shutdown_signal(),
+        )
+        .await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve from the store");
+                eprintln!("clientmq-chat: {e}");
+                ExitCode::FAILURE
+            }
+        }
     })
 }
 

@@ -30,6 +30,8 @@ pub mod reason {
     pub const UNSUPPORTED: &str = "unsupported";
     /// A payload that does not decode as its type (the gateway uses the same word).
     pub const MALFORMED: &str = "malformed";
+    /// The store did not answer (the gateway uses the same word while the bus is away).
+    pub const UNAVAILABLE: &str = "unavailable";
 }
 
 /// An event for the gateway to push, in the order the backend produced it.

@@ -174,7 +174,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     }
 }
 
-async fn subscribe<B: Bus>(bus: &B, subject: &str, queue: Option<&str>) -> B::Subscription {
+pub(crate) async fn subscribe<B: Bus>(bus: &B, subject: &str, queue: Option<&str>) -> B::Subscription {
     loop {
         match bus.subscribe(subject, queue).await {
             Ok(sub) => return sub,

@@ -96,8 +96,14 @@ impl<B: Bus> Watch<B> {
 
     /// Whether the server still has the consumer (`CONSUMER.INFO`): one on a node that died, or
     /// on a server that restarted, pushes nothing and says nothing.
-    pub async fn alive(&self) -> Result<(), StoreError> {
-        self.store.api(&self.about(wire::CONSUMER_INFO), Vec::new()).await.map(drop)
+    /// (Borrows the watch only to start: its subscription need not be shareable across threads.)
+    pub fn alive(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.call(wire::CONSUMER_INFO)
+    }
+
+    fn call(&self, kind: &str) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (store, what) = (self.store.clone(), self.about(kind));
+        async move { store.api(&what, Vec::new()).await.map(drop) }
     }
 
     /// The consumer API subject `kind` of this watch's consumer.
@@ -107,15 +113,14 @@ impl<B: Bus> Watch<B> {
 
     /// Deletes the consumer (else the server does after [`INACTIVE_THRESHOLD_NANOS`]).
     pub async fn stop(self) -> Result<(), StoreError> {
-        let what = self.about(wire::CONSUMER_DELETE);
-        let store = self.store.clone();
+        let deleting = self.call(wire::CONSUMER_DELETE);
         drop(self);
-        store.api(&what, Vec::new()).await.map(drop)
+        deleting.await
     }
 
     /// Deletes the consumer and keeps the watch: it gets nothing more.
-    pub async fn delete(&self) -> Result<(), StoreError> {
-        self.store.api(&self.about(wire::CONSUMER_DELETE), Vec::new()).await.map(drop)
+    pub fn delete(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.call(wire::CONSUMER_DELETE)
     }
 }
 

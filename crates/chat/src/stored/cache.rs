@@ -11,6 +11,9 @@ use prost::Message;
 
 use super::records::{RoomKey, RoomRecord, SessionRecord, session_of_key};
 
+/// A session key's form for an ended connection's mark.
+const ENDED: &str = "e.";
+
 /// The cache behind its lock, poisoned or not: it is only ever a copy, and the store checks every
 /// decision made on it.
 pub(crate) fn lock(cache: &std::sync::Mutex<Cache>) -> std::sync::MutexGuard<'_, Cache> {
@@ -45,6 +48,10 @@ pub struct Cache {
     conns: BTreeMap<String, String>,
     gateways: BTreeMap<String, BTreeSet<String>>,
     memberships: BTreeMap<String, BTreeSet<String>>,
+    /// Connections marked ended, with when (Unix milliseconds).
+    ended: BTreeMap<String, Cached<u64>>,
+    /// The last stream sequence each bucket's follower applied: every change up to it is here.
+    followed: BTreeMap<Bucket, u64>,
 }
 
 /// Which bucket a change came from.
@@ -71,6 +78,18 @@ impl Cache {
         *seen = revision;
         let bad = || CacheError::Value(key.to_owned());
         match bucket {
+            Bucket::Sessions if key.starts_with(ENDED) => {
+                let conn = key[ENDED.len()..].to_owned();
+                match value {
+                    Some(v) => {
+                        let at = <[u8; 8]>::try_from(v).map_err(|_| bad())?;
+                        self.ended.insert(conn, Cached { revision, value: u64::from_be_bytes(at) });
+                    }
+                    None => {
+                        self.ended.remove(&conn);
+                    }
+                }
+            }
             Bucket::Sessions => {
                 let id = session_of_key(key).ok_or_else(|| CacheError::Key(key.to_owned()))?;
                 let record = value.map(SessionRecord::decode).transpose().map_err(|_| bad())?;
@@ -123,6 +142,35 @@ impl Cache {
             self.memberships.entry(member.session_id.clone()).or_default().insert(id.clone());
         }
         self.rooms.insert(id, record);
+    }
+
+    /// A follower applied everything of `bucket` up to stream sequence `seq`.
+    pub fn followed_to(&mut self, bucket: Bucket, seq: u64) {
+        let at = self.followed.entry(bucket).or_default();
+        *at = (*at).max(seq);
+    }
+
+    /// Up to which stream sequence of `bucket` the cache holds every change.
+    pub fn followed(&self, bucket: Bucket) -> u64 {
+        self.followed.get(&bucket).copied().unwrap_or(0)
+    }
+
+    /// Whether connection `conn` is marked ended.
+    pub fn ended(&self, conn: &str) -> bool {
+        self.ended.contains_key(conn)
+    }
+
+    /// Ended marks written at `before_ms` or earlier, with their revisions.
+    pub fn ended_before(&self, before_ms: u64) -> Vec<(&str, u64)> {
+        (self.ended.iter())
+            .filter(|(_, e)| e.value <= before_ms)
+            .map(|(conn, e)| (conn.as_str(), e.revision))
+            .collect()
+    }
+
+    /// Every connection holding a session, with its gateway.
+    pub fn connections(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.sessions.values().filter_map(|s| Some((s.value.conn.as_deref()?, s.value.gateway.as_deref()?)))
     }
 
     /// The last revision of `key` the cache has seen, a delete's included; 0 if none: what a
@@ -188,6 +236,14 @@ impl Cache {
         due.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// When the earliest grace among sessions not in `skip` runs out (Unix milliseconds).
+    pub fn next_due(&self, skip: &BTreeSet<String>) -> Option<u64> {
+        (self.sessions.iter())
+            .filter(|(id, _)| !skip.contains(*id))
+            .filter_map(|(_, s)| s.value.expires_ms)
+            .min()
+    }
+
     /// Rooms whose record holds events not yet cleared (their appender may have died).
     pub fn rooms_with_pending(&self) -> Vec<&str> {
         self.rooms.iter().filter(|(_, r)| !r.value.pending.is_empty()).map(|(id, _)| id.as_str()).collect()
@@ -242,12 +298,8 @@ mod tests {
     use super::*;
 
     fn session(conn: Option<&str>, gateway: Option<&str>, expires_ms: Option<u64>) -> Vec<u8> {
-        let record = SessionRecord {
-            conn: conn.map(str::to_owned),
-            gateway: gateway.map(str::to_owned),
-            expires_ms,
-            conversations: Vec::new(),
-        };
+        let record =
+            SessionRecord { conn: conn.map(str::to_owned), gateway: gateway.map(str::to_owned), expires_ms };
         record.encode_to_vec()
     }
 

@@ -32,6 +32,21 @@ pub enum Decided<T> {
     Nothing(T),
 }
 
+impl<T> Decided<T> {
+    /// The same decision with its outcome mapped (to carry what the decision saw along).
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decided<U> {
+        match self {
+            Decided::Write(write, outcome) => Decided::Write(write, f(outcome)),
+            Decided::Nothing(outcome) => Decided::Nothing(f(outcome)),
+        }
+    }
+
+    /// Whether it writes.
+    pub fn writes(&self) -> bool {
+        matches!(self, Decided::Write(..))
+    }
+}
+
 /// Why a decision was not carried out.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecideError {

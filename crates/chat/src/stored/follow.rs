@@ -26,8 +26,16 @@ async fn feed<B: Bus>(store: Store<B>, bucket: KvBucket, which: Bucket, cache: A
     let mut follower = Follower::new(&store, &bucket.stream(), &filter, DeliverPolicy::LastPerSubject);
     loop {
         let msg = follower.next().await;
-        let Some(key) = msg.subject.strip_prefix(&prefix) else { continue };
-        let applied = lock(&cache).apply(which, key, msg.seq, value(&msg));
+        let Some(key) = msg.subject.strip_prefix(&prefix) else {
+            lock(&cache).followed_to(which, msg.seq);
+            continue;
+        };
+        let applied = {
+            let mut cache = lock(&cache);
+            let applied = cache.apply(which, key, msg.seq, value(&msg));
+            cache.followed_to(which, msg.seq);
+            applied
+        };
         if let Err(e) = applied {
             tracing::warn!(error = %e, "a key of the store ignored");
         }

@@ -14,7 +14,9 @@ pub mod follow;
 pub mod history;
 pub mod layout;
 pub mod records;
+mod requests;
 pub mod rooms;
 pub mod sessions;
 #[cfg(test)]
 mod testing;
+pub mod worker;

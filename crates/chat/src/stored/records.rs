@@ -1,6 +1,7 @@
 //! What the buckets hold, as protobuf (the chat types are protobuf already) and under which key.
 //!
-//! - bucket `<P>_sessions`, key `<session token>`: a [`SessionRecord`];
+//! - bucket `<P>_sessions`, key `<session token>`: a [`SessionRecord`]; and key `e.<connection>`:
+//!   the Unix milliseconds when that connection ended (see `ended`);
 //! - bucket `<P>_rooms`, key `r.<room token>`: a [`RoomRecord`], and key `a.<alias token>`: the
 //!   id of the room the alias names (written only while absent: one room per alias).
 //!
@@ -10,8 +11,8 @@
 use clientmq_bus::contract;
 use clientmq_core::proto::chat;
 
-/// A session. Its rooms are not here: membership lives in the rooms' records only, so that every
-/// decision writes one key.
+/// A session. Its rooms are not here: membership (and the subscription to a room's conversation
+/// that goes with it) lives in the rooms' records only, so that every decision writes one key.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct SessionRecord {
     /// The connection holding it, none while detached.
@@ -23,9 +24,6 @@ pub struct SessionRecord {
     /// While detached: Unix milliseconds when its grace runs out.
     #[prost(uint64, optional, tag = "3")]
     pub expires_ms: Option<u64>,
-    /// Rooms whose conversation it subscribed to.
-    #[prost(string, repeated, tag = "4")]
-    pub conversations: Vec<String>,
 }
 
 /// A room and its members.
@@ -52,6 +50,10 @@ pub struct RoomRecord {
     /// room carries it: a creator of that alias meanwhile finds it taken.
     #[prost(string, optional, tag = "6")]
     pub renaming: Option<String>,
+    /// Members subscribed to the room's conversation, in session order: a member's leave ends
+    /// its subscription in the same write.
+    #[prost(string, repeated, tag = "7")]
+    pub listeners: Vec<String>,
 }
 
 /// A room event waiting to be appended to the room's history.
@@ -97,6 +99,11 @@ pub fn session_key(session: &str) -> String {
 
 pub fn session_of_key(key: &str) -> Option<String> {
     contract::room_from_token(key)
+}
+
+/// The key of the mark that connection `conn` ended.
+pub fn ended_key(conn: &str) -> String {
+    format!("e.{conn}")
 }
 
 impl RoomKey {

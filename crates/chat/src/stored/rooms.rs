@@ -90,12 +90,28 @@ pub fn leave(cache: &Cache, session: &str, room_id: &str, now_ms: u64) -> Decide
         return Decided::Nothing(false);
     };
     let gone = record.members.remove(at);
+    record.listeners.retain(|l| l != session);
     let left = chat::Member { last_update: now_ms, ..gone };
     let events = change_event(&record, session, Some(&left), None, now_ms);
     if record.members.is_empty() {
         record.empty_since_ms = Some(now_ms);
     }
     Decided::Write(write(cache, room_id, record, events), true)
+}
+
+/// Member `session` subscribes to room `room_id`'s conversation (kept for a resume). Returns
+/// whether it newly does, or the status refusing it.
+pub fn listen(cache: &Cache, session: &str, room_id: &str) -> Decided<Result<bool, &'static str>> {
+    let Some(room) = cache.room(room_id) else { return Decided::Nothing(Err(status::NOT_FOUND)) };
+    let mut record = room.value.clone();
+    if record.member(session).is_none() {
+        return Decided::Nothing(Err(status::NOT_IN_ROOM));
+    }
+    let Err(at) = record.listeners.binary_search_by(|l| l.as_str().cmp(session)) else {
+        return Decided::Nothing(Ok(false));
+    };
+    record.listeners.insert(at, session.to_owned());
+    Decided::Write(write(cache, room_id, record, Vec::new()), Ok(true))
 }
 
 /// `session` changes member `update.session_id` (itself when empty) of room `room_id` at `now_ms`:
@@ -307,5 +323,28 @@ mod tests {
         // The first change is told; the second changes nothing but the time, and is told too.
         let Decided::Write(w, _) = update_member(&cache, "s1", "r1", &rename(""), 3) else { panic!() };
         assert_eq!(kinds(&take(&mut cache, &w)), [chat::RoomEventType::MemberUpdated as i32]);
+    }
+
+    #[test]
+    fn a_conversation_subscription_lasts_as_long_as_the_membership() {
+        let mut cache = cache_with_room(false);
+        assert!(matches!(listen(&cache, "s1", "r1"), Decided::Nothing(Err(status::NOT_IN_ROOM))));
+        let Decided::Write(w, _) = join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 1, 9, 9)
+        else {
+            panic!("a join writes")
+        };
+        take(&mut cache, &w);
+        let Decided::Write(w, Ok(true)) = listen(&cache, "s1", "r1") else { panic!("a new listener") };
+        assert_eq!(take(&mut cache, &w).listeners, ["s1"]);
+        assert!(matches!(listen(&cache, "s1", "r1"), Decided::Nothing(Ok(false))), "once");
+        // A leave ends it; after joining again it is new again.
+        let Decided::Write(w, true) = leave(&cache, "s1", "r1", 2) else { panic!("a leave writes") };
+        assert!(take(&mut cache, &w).listeners.is_empty());
+        let Decided::Write(w, _) = join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 3, 9, 9)
+        else {
+            panic!("a join writes")
+        };
+        take(&mut cache, &w);
+        assert!(matches!(listen(&cache, "s1", "r1"), Decided::Write(_, Ok(true))));
     }
 }

@@ -6,15 +6,17 @@
 //! Each is idempotent on its own effect: decided again on a cache that already holds its write
 //! (a write that timed out but was taken), it finds nothing left to do and says so the same way.
 //!
-//! Not here yet: the in-memory worker refuses an authentication that raced past its
-//! connection's end (it remembers ended connections). Stateless workers need that memory shared
-//! (docs/nats.md, "The store").
+//! Ended connections are marked in the same bucket (`e.<connection>`), so that an authentication
+//! that raced past its connection's end is undone: the authenticating worker looks for the mark
+//! once its cache has followed the bucket up to its own write, and the worker told of the end
+//! looks for a session held by the connection once its cache has followed up to the mark. The
+//! bucket's one order makes one of them see the other.
 
 use prost::Message;
 
 use super::cache::{Bucket, Cache};
 use super::decide::{Decided, Write};
-use super::records::{SessionRecord, session_key};
+use super::records::{SessionRecord, ended_key, session_key};
 use crate::wire::status;
 
 /// `conn`, through `gateway`, authenticates: it resumes the session it asks for (`asked`) if
@@ -75,22 +77,28 @@ pub fn end(cache: &Cache, id: &str, due_by: Option<u64>) -> Decided<bool> {
     Decided::Write(write(cache, id, None), true)
 }
 
-/// Session `id` subscribes to room `room`'s conversation, remembered for a resume; rooms it is no
-/// longer a member of are dropped from the list on the way, so it stays within its rooms. Returns
-/// whether the subscription is new.
-pub fn listen(cache: &Cache, id: &str, room: &str) -> Decided<bool> {
-    let Some(current) = cache.session(id) else { return Decided::Nothing(false) };
-    let mut record = current.value.clone();
-    let before = record.conversations.clone();
-    let new = !record.conversations.iter().any(|r| r == room);
-    record.conversations.retain(|r| r == room || cache.rooms_of(id).any(|m| m == r));
-    if new {
-        record.conversations.push(room.to_owned());
+/// Connection `conn` ended at `now_ms`: marked, once.
+pub fn mark_ended(cache: &Cache, conn: &str, now_ms: u64) -> Decided<()> {
+    if cache.ended(conn) {
+        return Decided::Nothing(());
     }
-    if record.conversations == before {
+    let key = ended_key(conn);
+    let expect = cache.revision(Bucket::Sessions, &key);
+    Decided::Write(
+        Write { bucket: Bucket::Sessions, key, expect, value: Some(now_ms.to_be_bytes().to_vec()) },
+        (),
+    )
+}
+
+/// Forgets the mark of connection `conn` if written at `before_ms` or earlier (a request that
+/// raced past a connection's end is long answered by then).
+pub fn unmark_ended(cache: &Cache, conn: &str, before_ms: u64) -> Decided<bool> {
+    if !cache.ended_before(before_ms).iter().any(|(c, _)| *c == conn) {
         return Decided::Nothing(false);
     }
-    Decided::Write(write(cache, id, Some(&record)), new)
+    let key = ended_key(conn);
+    let expect = cache.revision(Bucket::Sessions, &key);
+    Decided::Write(Write { bucket: Bucket::Sessions, key, expect, value: None }, true)
 }
 
 /// Session `id`'s key becomes `record` (`None`: deleted), expecting the revision the cache holds.
@@ -103,7 +111,6 @@ fn write(cache: &Cache, id: &str, record: Option<&SessionRecord>) -> Write {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clientmq_core::proto::chat;
 
     /// A cache that took `write` as the store would have, at the next revision.
     fn taken(mut cache: Cache, write: &Write) -> Cache {
@@ -221,28 +228,5 @@ mod tests {
             }
             assert_eq!(ended.iter().filter(|e| **e).count(), 1, "round {round}: {ended:?}");
         }
-    }
-
-    #[test]
-    fn a_conversation_subscription_is_kept_once_and_only_for_rooms_it_is_in() {
-        let (w, _) = decided(authenticate(&Cache::default(), "c1", "gw1", None, false, "s1", 10));
-        let mut cache = taken(Cache::default(), &w.unwrap());
-        let member = chat::Member { session_id: "s1".into(), ..chat::Member::default() };
-        let room = crate::stored::records::RoomRecord {
-            members: vec![member],
-            ..crate::stored::testing::room("r1")
-        };
-        cache.apply(Bucket::Rooms, "r.r1", 1, Some(&room.encode_to_vec())).unwrap();
-        let (w, new) = decided(listen(&cache, "s1", "r1"));
-        assert!(new);
-        let cache = taken(cache, &w.unwrap());
-        assert!(matches!(listen(&cache, "s1", "r1"), Decided::Nothing(false)), "once");
-        // r2 is not one of its rooms once it subscribes to r3: dropped on the way.
-        let (w, _) = decided(listen(&cache, "s1", "r2"));
-        let cache = taken(cache, &w.unwrap());
-        let (w, _) = decided(listen(&cache, "s1", "r3"));
-        let cache = taken(cache, &w.unwrap());
-        assert_eq!(cache.session("s1").unwrap().value.conversations, ["r1", "r3"]);
-        assert!(matches!(listen(&cache, "nobody", "r1"), Decided::Nothing(false)));
     }
 }

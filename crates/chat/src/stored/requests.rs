@@ -1,0 +1,421 @@
+//! The requests a stored worker serves, each decided on the store (see `worker`). Answers are
+//! those of the in-memory worker; a store that does not answer makes `mq.Error{unavailable}`.
+
+use clientmq_bus::Bus;
+use clientmq_core::edge_auth::Claims;
+use clientmq_core::proto::{chat, pcast};
+use clientmq_core::{ConnectionId, Reply, Topic};
+use prost::Message;
+
+use super::cache::{Bucket, Cache, lock};
+use super::decide::{DecideError, decide};
+use super::history::decide_room;
+use super::records::{RoomRecord, session_key};
+use super::worker::Node;
+use super::{conversation, directory, rooms, sessions};
+use crate::Fact;
+use crate::rooms::{is_set, window};
+use crate::wire::{self, reason, status};
+
+const SESSION_ID_LEN: usize = 32;
+const ROOM_ID_LEN: usize = 24;
+
+/// Decodes a request and encodes its answer as `<type>Response`.
+async fn respond<Req: Message + Default, Resp: Message, F: Future<Output = Result<Resp, DecideError>>>(
+    request_type: &str,
+    payload: &[u8],
+    f: impl FnOnce(Req) -> F,
+) -> Reply {
+    let Ok(req) = Req::decode(payload) else { return wire::error(reason::MALFORMED) };
+    match f(req).await {
+        Ok(resp) => wire::reply(request_type, &resp),
+        Err(e) => {
+            tracing::warn!(%request_type, error = %e, "store unavailable");
+            wire::error(reason::UNAVAILABLE)
+        }
+    }
+}
+
+/// Answers one request of connection `conn` through gateway `g`.
+pub(crate) async fn handle<B: Bus>(
+    n: &Node<B>,
+    conn: ConnectionId,
+    g: &str,
+    request_type: &str,
+    payload: &[u8],
+    claims: Option<&Claims>,
+) -> Reply {
+    let c = conn.to_string();
+    if request_type == "pcast.Authenticate" {
+        return respond(request_type, payload, |auth| authenticate(n, &c, g, auth, claims)).await;
+    }
+    let session = match session_of(n, &c).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return wire::error(reason::UNAUTHORIZED),
+        Err(e) => {
+            tracing::warn!(error = %e, "store unavailable");
+            return wire::error(reason::UNAVAILABLE);
+        }
+    };
+    let s = session.as_str();
+    match request_type {
+        "pcast.Bye" => respond(request_type, payload, |_: pcast::Bye| bye(n, s)).await,
+        "chat.CreateRoom" => respond(request_type, payload, |r| create_room(n, r)).await,
+        "chat.GetRoomInfo" => respond(request_type, payload, |r| room_info(n, r)).await,
+        "chat.JoinRoom" => respond(request_type, payload, |r| join_room(n, s, &c, g, r)).await,
+        "chat.LeaveRoom" => respond(request_type, payload, |r| leave_room(n, s, &c, g, r)).await,
+        "chat.UpdateMember" => respond(request_type, payload, |r| update_member(n, s, r)).await,
+        "chat.UpdateRoom" => respond(request_type, payload, |r| update_room(n, s, r)).await,
+        "chat.SendMessageToRoom" => respond(request_type, payload, |r| send(n, s, r)).await,
+        "chat.FetchRoomConversation" => respond(request_type, payload, |r| fetch(n, s, &c, g, r)).await,
+        _ => wire::error(reason::UNSUPPORTED),
+    }
+}
+
+/// The session `conn` holds; the cache is caught up with the store before it is believed when
+/// it knows none (the connection may have authenticated through another worker a moment ago).
+async fn session_of<B: Bus>(n: &Node<B>, conn: &str) -> Result<Option<String>, DecideError> {
+    if let Some(s) = lock(&n.cache).session_of(conn) {
+        return Ok(Some(s.to_owned()));
+    }
+    n.catch_up(Bucket::Sessions).await?;
+    Ok(lock(&n.cache).session_of(conn).map(str::to_owned))
+}
+
+/// Room `room_id` with `session` a member of it, reading the room's key when the cache does not
+/// show it so (it may have joined through another worker a moment ago).
+async fn membership<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    room_id: &str,
+) -> Result<Result<RoomRecord, &'static str>, DecideError> {
+    let member =
+        |cache: &Cache| cache.room(room_id).map(|r| (r.value.member(session).is_some(), r.value.clone()));
+    let first = member(&lock(&n.cache));
+    let found = match first {
+        Some((true, room)) => return Ok(Ok(room)),
+        _ => {
+            directory::read(&n.store, &n.layout, &n.cache, &Some(room_id.to_owned()), &None).await?;
+            member(&lock(&n.cache))
+        }
+    };
+    Ok(match found {
+        Some((true, room)) => Ok(room),
+        Some((false, _)) => Err(status::NOT_IN_ROOM),
+        None => Err(status::NOT_FOUND),
+    })
+}
+
+/// Subscribes or unsubscribes `conn` to every room of session `id` (and the conversations it
+/// subscribed to), as the cache knows them.
+async fn move_subscriptions<B: Bus>(n: &Node<B>, id: &str, conn: &str, g: &str, on: bool) {
+    let rooms: Vec<(String, bool)> = {
+        let cache = lock(&n.cache);
+        let listens =
+            |room: &str| cache.room(room).is_some_and(|r| r.value.listeners.iter().any(|l| l == id));
+        cache.rooms_of(id).map(|room| (room.to_owned(), listens(room))).collect()
+    };
+    for (room, listens) in rooms {
+        n.subscribe(g, conn, Topic::Room, &room, on).await;
+        if !on || listens {
+            n.subscribe(g, conn, Topic::Conversation, &room, on).await;
+        }
+    }
+}
+
+async fn authenticate<B: Bus>(
+    n: &Node<B>,
+    conn: &str,
+    g: &str,
+    auth: pcast::Authenticate,
+    claims: Option<&Claims>,
+) -> Result<pcast::AuthenticateResponse, DecideError> {
+    let refuse =
+        |status: &str| pcast::AuthenticateResponse { status: status.to_owned(), ..Default::default() };
+    if lock(&n.cache).ended(conn) {
+        return Ok(refuse(status::UNAUTHORIZED));
+    }
+    let asked = auth.session_id.filter(|id| !id.is_empty());
+    if let Some(id) = &asked
+        && lock(&n.cache).session(id).is_none()
+    {
+        // Perhaps made a moment ago through another worker.
+        super::follow::refresh(&n.store, &n.layout.sessions, Bucket::Sessions, &session_key(id), &n.cache)
+            .await?;
+    }
+    // The session `conn` holds now, if another than the one it asks for, is let go first.
+    let held = lock(&n.cache).session_of(conn).map(str::to_owned);
+    if let Some(old) = held.filter(|old| Some(old) != asked.as_ref()) {
+        let (now, grace) = (n.now_ms(), grace_ms(n));
+        let detached =
+            decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
+        if detached.as_deref() == Some(old.as_str()) {
+            move_subscriptions(n, &old, conn, g, false).await;
+            n.tell(Fact::Unbound { conn: conn.parse().expect("a connection id's text"), session: old });
+        }
+    }
+    let token_bound = claims.is_some_and(|c| c.session_id.is_some());
+    let new_id = n.random_id(SESSION_ID_LEN);
+    let max = n.config.max_sessions;
+    let (result, previous, wrote) = decide(&n.store, &n.layout, &n.cache, |c| {
+        let previous = asked.as_deref().and_then(|id| c.session(id)).map(|s| s.value.clone());
+        let decided = sessions::authenticate(c, conn, g, asked.as_deref(), token_bound, &new_id, max);
+        let wrote = decided.writes();
+        decided.map(|r| (r, previous, wrote))
+    })
+    .await?;
+    let id = match result {
+        Ok(id) => id,
+        Err(status) => return Ok(refuse(status)),
+    };
+    if wrote {
+        let conn_id: ConnectionId = conn.parse().expect("a connection id's text");
+        if previous.is_some() {
+            // A resumed session's rooms, all of them: one joined through another worker a moment
+            // ago may not be in this cache yet.
+            n.catch_up(Bucket::Rooms).await?;
+        }
+        if let Some(prev) = previous.filter(|p| p.conn.as_deref() != Some(conn))
+            && let (Some(old), Some(old_g)) = (prev.conn, prev.gateway)
+        {
+            // Taken over: the old connection stops hearing the session's rooms.
+            move_subscriptions(n, &id, &old, &old_g, false).await;
+            if let Ok(old) = old.parse() {
+                n.tell(Fact::Unbound { conn: old, session: id.clone() });
+            }
+        }
+        n.tell(Fact::Bound { conn: conn_id, session: id.clone() });
+        move_subscriptions(n, &id, conn, g, true).await;
+        // A connection whose end was recorded before this bind is let go again (see `sessions`).
+        let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
+        n.followed(Bucket::Sessions, written).await;
+        if lock(&n.cache).ended(conn) {
+            let (now, grace) = (n.now_ms(), grace_ms(n));
+            let detached =
+                decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
+            if detached.is_some() {
+                n.tell(Fact::Unbound { conn: conn_id, session: id.clone() });
+            }
+            return Ok(refuse(status::UNAUTHORIZED));
+        }
+    }
+    Ok(pcast::AuthenticateResponse {
+        status: status::OK.to_owned(),
+        session_id: Some(id),
+        redirect: None,
+        roles: Vec::new(),
+    })
+}
+
+fn grace_ms<B: Bus>(n: &Node<B>) -> u64 {
+    u64::try_from(n.config.session_grace.as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn bye<B: Bus>(n: &Node<B>, session: &str) -> Result<pcast::ByeResponse, DecideError> {
+    n.end_session(session, false).await?;
+    Ok(pcast::ByeResponse { status: status::OK.to_owned() })
+}
+
+async fn create_room<B: Bus>(
+    n: &Node<B>,
+    req: chat::CreateRoom,
+) -> Result<chat::CreateRoomResponse, DecideError> {
+    if let Err(status) = n.limits.room(&req.room) {
+        return Ok(chat::CreateRoomResponse { status: status.to_owned(), room: None });
+    }
+    let id = n.random_id(ROOM_ID_LEN);
+    directory::create(&n.store, &n.layout, &n.cache, req.room, &id, n.now_ms(), n.config.max_rooms).await
+}
+
+async fn room_info<B: Bus>(
+    n: &Node<B>,
+    req: chat::GetRoomInfo,
+) -> Result<chat::GetRoomInfoResponse, DecideError> {
+    Ok(match directory::lookup(&n.store, &n.layout, &n.cache, &req.room_id, &req.alias).await? {
+        Some(room) => chat::GetRoomInfoResponse {
+            status: status::OK.to_owned(),
+            members: room.listed(),
+            room: room.info,
+            options: Vec::new(),
+        },
+        None => chat::GetRoomInfoResponse { status: status::NOT_FOUND.to_owned(), ..Default::default() },
+    })
+}
+
+async fn join_room<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    conn: &str,
+    g: &str,
+    req: chat::JoinRoom,
+) -> Result<chat::JoinRoomResponse, DecideError> {
+    let answer = |status: &str| chat::JoinRoomResponse { status: status.to_owned(), ..Default::default() };
+    let Some(room) = directory::lookup(&n.store, &n.layout, &n.cache, &req.room_id, &req.alias).await? else {
+        return Ok(answer(status::NOT_FOUND));
+    };
+    if let Err(status) = n.limits.member(&req.member) {
+        return Ok(answer(status));
+    }
+    let room_id = room.room_id().to_owned();
+    let was_member = room.member(session).is_some();
+    // Heard before written: the member hears its own arrival and everything after it.
+    n.subscribe_acked(g, conn, Topic::Room, &room_id).await;
+    let (now, max_members, max_rooms) =
+        (n.now_ms(), n.config.max_members_per_room, n.config.max_rooms_per_session);
+    let joined = decide_room(&n.store, &n.layout, &n.cache, &room_id, |c| {
+        rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms)
+    })
+    .await?;
+    let record = match joined {
+        Ok(record) => record,
+        Err(status) => {
+            if !was_member {
+                n.subscribe(g, conn, Topic::Room, &room_id, false).await;
+            }
+            return Ok(answer(status));
+        }
+    };
+    if !was_member {
+        n.tell(Fact::Hears { session: session.to_owned(), topic: Topic::Room, room: room_id.clone() });
+    }
+    Ok(chat::JoinRoomResponse {
+        status: status::OK.to_owned(),
+        members: record.listed(),
+        self_: record.member(session).cloned(),
+        room: record.info,
+        options: Vec::new(),
+    })
+}
+
+/// Leaving is idempotent: `ok` even when not a member, so the gateway drops its subscription.
+async fn leave_room<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    conn: &str,
+    g: &str,
+    req: chat::LeaveRoom,
+) -> Result<chat::LeaveRoomResponse, DecideError> {
+    // It stops hearing the room first, then the others are told.
+    for topic in [Topic::Room, Topic::Conversation] {
+        n.subscribe(g, conn, topic, &req.room_id, false).await;
+    }
+    let now = n.now_ms();
+    let room = req.room_id.clone();
+    if lock(&n.cache).room(&room).is_none_or(|r| r.value.member(session).is_none()) {
+        directory::read(&n.store, &n.layout, &n.cache, &Some(room.clone()), &None).await?;
+    }
+    if decide_room(&n.store, &n.layout, &n.cache, &room, |c| rooms::leave(c, session, &room, now)).await? {
+        n.tell(Fact::Left { session: session.to_owned(), room });
+    }
+    Ok(chat::LeaveRoomResponse { status: status::OK.to_owned() })
+}
+
+async fn update_member<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    req: chat::UpdateMember,
+) -> Result<chat::UpdateMemberResponse, DecideError> {
+    let answer =
+        |status: &str, last_update| chat::UpdateMemberResponse { status: status.to_owned(), last_update };
+    let Some(room_id) = is_set(&req.room_id).map(str::to_owned) else {
+        return Ok(answer(status::BAD_REQUEST, None));
+    };
+    if let Err(status) = n.limits.member_update(&req.member) {
+        return Ok(answer(status, None));
+    }
+    if let Err(status) = membership(n, session, &room_id).await? {
+        return Ok(answer(status, None));
+    }
+    let now = n.now_ms();
+    let update = |c: &Cache| rooms::update_member(c, session, &room_id, &req.member, now);
+    Ok(match decide_room(&n.store, &n.layout, &n.cache, &room_id, update).await? {
+        Ok(at) => answer(status::OK, Some(at)),
+        Err(status) => answer(status, None),
+    })
+}
+
+async fn update_room<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    req: chat::UpdateRoom,
+) -> Result<chat::UpdateRoomResponse, DecideError> {
+    let answer = |status: &str| chat::UpdateRoomResponse { status: status.to_owned() };
+    let Some(room) =
+        directory::lookup(&n.store, &n.layout, &n.cache, &req.room.room_id, &req.room.alias).await?
+    else {
+        return Ok(answer(status::NOT_FOUND));
+    };
+    let room_id = room.room_id().to_owned();
+    if let Err(status) = membership(n, session, &room_id).await?.map(drop).and(n.limits.room(&req.room)) {
+        return Ok(answer(status));
+    }
+    Ok(answer(
+        directory::update(&n.store, &n.layout, &n.cache, session, &room_id, req.room, n.now_ms()).await?,
+    ))
+}
+
+async fn send<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    req: chat::SendMessageToRoom,
+) -> Result<chat::SendMessageToRoomResponse, DecideError> {
+    let answer = |status: &str| chat::SendMessageToRoomResponse { status: status.to_owned() };
+    let room = match membership(n, session, &req.room_id).await? {
+        Ok(room) => room,
+        Err(status) => return Ok(answer(status)),
+    };
+    let text = req.chat_message.message;
+    if text.is_empty() {
+        return Ok(answer(status::BAD_REQUEST));
+    }
+    if text.len() > n.config.max_message_bytes {
+        return Ok(answer(status::TOO_LARGE));
+    }
+    let me = room.member(session).expect("a member");
+    let from = chat::ChatUser {
+        session_id: Some(session.to_owned()),
+        screen_name: me.screen_name.clone(),
+        role: me.role,
+        last_update: me.last_update,
+    };
+    let hint = n.hint(&req.room_id);
+    let sent =
+        conversation::send(&n.store, &n.layout, &req.room_id, from, &text, n.now_ms(), &n.send_id(), hint)
+            .await?;
+    n.set_hint(&req.room_id, sent.seq);
+    Ok(answer(status::OK))
+}
+
+async fn fetch<B: Bus>(
+    n: &Node<B>,
+    session: &str,
+    conn: &str,
+    g: &str,
+    req: chat::FetchRoomConversation,
+) -> Result<chat::FetchRoomConversationResponse, DecideError> {
+    let answer = |status: &str, chat_messages| chat::FetchRoomConversationResponse {
+        status: status.to_owned(),
+        chat_messages,
+    };
+    if let Err(status) = membership(n, session, &req.room_id).await? {
+        return Ok(answer(status, Vec::new()));
+    }
+    // Remembered for a resume too.
+    if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
+        n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id).await;
+        let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
+        match decide_room(&n.store, &n.layout, &n.cache, &req.room_id, listen).await? {
+            Ok(true) => {
+                let (session, room) = (session.to_owned(), req.room_id.clone());
+                n.tell(Fact::Hears { session, topic: Topic::Conversation, room });
+            }
+            Ok(false) => {}
+            Err(status) => {
+                n.subscribe(g, conn, Topic::Conversation, &req.room_id, false).await;
+                return Ok(answer(status, Vec::new()));
+            }
+        }
+    }
+    let history = conversation::history(&n.store, &n.layout, &req.room_id).await?;
+    Ok(answer(status::OK, window(history.iter(), &req)))
+}

@@ -1,0 +1,531 @@
+//! The chat worker on the store (`clientmq-chat --store`): it keeps nothing of its own but a
+//! cache, so any number of them serve one fleet in the `chat` queue group, and any of them may
+//! die at any moment.
+//!
+//! - Each request is served in a task of its own, in order per connection (a client's requests
+//!   may be pipelined) and concurrently across connections: a decision waits on the store, and
+//!   a join on its gateway's acknowledgement, without holding anything else back.
+//! - What a request changes for its connection (subscriptions) is published before its reply;
+//!   room events and chat messages reach the rooms through the history stream's republish, so a
+//!   join waits until its gateway hears the room before it writes (the member hears its own
+//!   arrival and everything after).
+//! - Every worker hears every gateway's announcements and judges silence itself; the decisions
+//!   they then make (a session's grace starting, a session's end) are written expecting a
+//!   revision, so of several workers one carries each out and the others find it done. The
+//!   facts an observer is told come from the worker whose write was taken.
+//! - Timers (graces run out, idle rooms, pending events, orphaned members, old ended marks) run
+//!   on every worker once a second, off the loop.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use clientmq_bus::contract::{self, ANNOUNCE_EVERY, CHAT_QUEUE, Subjects, ToGateway, header};
+use clientmq_bus::gateways::{Answered, Gateways};
+use clientmq_bus::store::{Store, StoreError};
+use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
+use clientmq_core::{ConnectionId, Topic};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::sync::{mpsc, oneshot};
+
+use super::cache::{Bucket, Cache, lock};
+use super::decide::{DecideError, decide};
+use super::layout::{Layout, StartError};
+use super::records::ended_key;
+use super::{directory, ending, follow, sessions};
+use crate::wire::{self, Limits};
+use crate::worker::{WorkerConfig, WorkerEvent, WorkerObserver, subscribe};
+use crate::{ChatConfig, Fact};
+
+/// How long a connection's end is remembered: far past any request that raced past it.
+const ENDED_KEPT: Duration = Duration::from_secs(300);
+/// How long a join waits for its gateway to say it hears the room.
+const ACK_WITHIN: Duration = Duration::from_secs(1);
+/// How long a request to the store waits for its answer.
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What every task of a worker shares.
+pub(crate) struct Node<B: Bus> {
+    pub bus: Arc<B>,
+    pub store: Store<B>,
+    pub layout: Layout,
+    pub cache: Arc<Mutex<Cache>>,
+    pub subjects: Subjects,
+    pub config: ChatConfig,
+    pub limits: Limits,
+    name: String,
+    observer: Option<WorkerObserver>,
+    rng: Mutex<StdRng>,
+    start: tokio::time::Instant,
+    sends: AtomicU64,
+    /// The last message sequence of rooms this worker sent to: a hint (a wrong one costs a retry).
+    hints: Mutex<BTreeMap<String, u64>>,
+    /// Sessions whose end is under way here (`true`: it failed, try again at the next tick).
+    ending: Mutex<BTreeMap<String, bool>>,
+    /// Subscriptions waiting for their gateway's acknowledgement, by number.
+    acks: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+    next_ack: AtomicU64,
+}
+
+impl<B: Bus> Node<B> {
+    /// Milliseconds since the Unix epoch, from the configured start and elapsed time.
+    pub fn now_ms(&self) -> u64 {
+        let elapsed = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.config.wall_clock_start_ms.saturating_add(elapsed)
+    }
+
+    pub fn random_id(&self, len: usize) -> String {
+        wire::random_id(&mut self.rng.lock().unwrap_or_else(PoisonError::into_inner), len)
+    }
+
+    /// A message id unique to one send of this worker.
+    pub fn send_id(&self) -> String {
+        format!("{}.{}", self.name, self.sends.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn hint(&self, room: &str) -> Option<u64> {
+        self.hints.lock().unwrap_or_else(PoisonError::into_inner).get(room).copied()
+    }
+
+    pub fn set_hint(&self, room: &str, seq: u64) {
+        let mut hints = self.hints.lock().unwrap_or_else(PoisonError::into_inner);
+        // Hints are worth little next to their bound: start over rather than grow.
+        if hints.len() >= self.config.max_rooms.max(1) {
+            hints.clear();
+        }
+        hints.insert(room.to_owned(), seq);
+    }
+
+    pub fn tell(&self, fact: Fact) {
+        if let Some(observer) = &self.observer {
+            (observer.0)(WorkerEvent::Fact(fact));
+        }
+    }
+
+    pub async fn publish(&self, msg: BusMessage) {
+        if let Err(e) = self.bus.publish(msg).await {
+            tracing::debug!(error = %e, "not published");
+        }
+    }
+
+    fn subscription(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) -> BusMessage {
+        let name = if on { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
+        BusMessage::new(self.subjects.gateway(gateway, ToGateway::Subscription), Vec::new())
+            .with(header::CONNECTION, conn)
+            .with(name, contract::topic_value(topic, room))
+    }
+
+    /// Tells `conn`'s gateway to start or stop sending it `room`'s events of `topic`.
+    pub async fn subscribe(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) {
+        self.publish(self.subscription(gateway, conn, topic, room, on)).await;
+    }
+
+    /// Subscribes `conn` and waits (at most [`ACK_WITHIN`]) until its gateway hears the room at
+    /// the server, so that what is appended to the room next reaches it.
+    pub async fn subscribe_acked(&self, gateway: &str, conn: &str, topic: Topic, room: &str) {
+        let n = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).insert(n, tx);
+        let reply = format!("{}.wk.{}.ack.{n}", self.subjects.prefix(), self.name);
+        self.publish(self.subscription(gateway, conn, topic, room, true).reply_to(reply)).await;
+        if tokio::time::timeout(ACK_WITHIN, rx).await.is_err() {
+            tracing::debug!(%gateway, %room, "subscription not acknowledged in time");
+        }
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).remove(&n);
+    }
+
+    /// A message on the worker's inbox that acknowledges a subscription: whether it was one.
+    fn acknowledged(&self, msg: &BusMessage) -> bool {
+        let prefix = format!("{}.wk.{}.ack.", self.subjects.prefix(), self.name);
+        let Some(n) = msg.subject.strip_prefix(&prefix) else { return false };
+        if msg.status.is_none()
+            && let Some(tx) = n
+                .parse()
+                .ok()
+                .and_then(|n| self.acks.lock().unwrap_or_else(PoisonError::into_inner).remove(&n))
+        {
+            let _ = tx.send(());
+        }
+        true
+    }
+
+    /// Waits until the cache holds every change of `bucket` up to stream sequence `seq` (at most
+    /// the store's timeout). Whether it got there.
+    pub async fn followed(&self, bucket: Bucket, seq: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + self.store.timeout();
+        while lock(&self.cache).followed(bucket) < seq {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
+    /// Brings the cache up to everything `bucket` holds now: what a worker does before it
+    /// believes the cache's "no such session".
+    pub async fn catch_up(&self, bucket: Bucket) -> Result<bool, StoreError> {
+        let state = self.store.stream_state(&self.layout.bucket(bucket).stream()).await?;
+        Ok(self.followed(bucket, state.last_seq).await)
+    }
+
+    /// Connection `conn` ended (a disconnect notice, a sync, its gateway gone): marked ended,
+    /// then, once the cache has followed up to the mark, the session it holds starts its grace.
+    /// Whether this worker detached a session.
+    pub async fn ended(&self, conn: &str) -> Result<bool, DecideError> {
+        let now = self.now_ms();
+        let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
+        decide(store, layout, cache, |c| sessions::mark_ended(c, conn, now)).await?;
+        let mark = lock(cache).revision(Bucket::Sessions, &ended_key(conn));
+        self.followed(Bucket::Sessions, mark).await;
+        let grace = u64::try_from(self.config.session_grace.as_millis()).unwrap_or(u64::MAX);
+        let detached = decide(store, layout, cache, |c| sessions::detach(c, conn, now, grace)).await?;
+        if let (Some(session), Ok(conn)) = (&detached, conn.parse()) {
+            self.tell(Fact::Unbound { conn, session: session.clone() });
+        }
+        Ok(detached.is_some())
+    }
+
+    /// Ends session `id` (only if its grace ran out by now, with `due`), telling what it left.
+    pub async fn end_session(&self, id: &str, due: bool) -> Result<bool, DecideError> {
+        let now = self.now_ms();
+        let rooms: Vec<String> = lock(&self.cache).rooms_of(id).map(str::to_owned).collect();
+        let held = lock(&self.cache)
+            .session(id)
+            .and_then(|s| Some((s.value.conn.clone()?, s.value.gateway.clone()?)));
+        let due_by = due.then_some(now);
+        let ended = ending::end_session(&self.store, &self.layout, &self.cache, id, due_by, now).await?;
+        if ended {
+            for room in rooms {
+                if let Some((conn, gateway)) = &held {
+                    for topic in [Topic::Room, Topic::Conversation] {
+                        self.subscribe(gateway, conn, topic, &room, false).await;
+                    }
+                }
+                self.tell(Fact::Left { session: id.to_owned(), room });
+            }
+            if let Some(conn) = held.and_then(|(conn, _)| conn.parse().ok()) {
+                self.tell(Fact::Unbound { conn, session: id.to_owned() });
+            }
+            self.tell(Fact::Ended { session: id.to_owned() });
+        }
+        Ok(ended)
+    }
+
+    /// When the loop must wake for the next session whose grace runs out.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        let ending: std::collections::BTreeSet<String> =
+            self.ending.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let due_ms = lock(&self.cache).next_due(&ending)?;
+        let from_start = due_ms.saturating_sub(self.config.wall_clock_start_ms);
+        Some(self.start + Duration::from_millis(from_start))
+    }
+
+    /// Starts ending each session whose grace has run out and whose end is not under way here.
+    fn end_due(self: &Arc<Self>) {
+        let due: Vec<String> = lock(&self.cache).due(self.now_ms()).into_iter().map(str::to_owned).collect();
+        for id in due {
+            let mut ending = self.ending.lock().unwrap_or_else(PoisonError::into_inner);
+            if ending.contains_key(&id) {
+                continue;
+            }
+            ending.insert(id.clone(), false);
+            let node = self.clone();
+            tokio::spawn(async move {
+                let ended = node.end_session(&id, true).await;
+                let mut ending = node.ending.lock().unwrap_or_else(PoisonError::into_inner);
+                match ended {
+                    Ok(_) => ending.remove(&id),
+                    Err(e) => {
+                        tracing::debug!(session = %id, error = %e, "session end cut short");
+                        ending.insert(id, true)
+                    }
+                };
+            });
+        }
+    }
+
+    /// Ends that failed are tried again.
+    fn retry_ends(&self) {
+        self.ending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, failed| !*failed);
+    }
+
+    /// The timers every worker runs once a second: events left pending and members left behind
+    /// by a worker that died, idle rooms, old ended marks.
+    async fn tick(&self) -> Result<(), DecideError> {
+        let now = self.now_ms();
+        let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
+        ending::sweep(store, layout, cache, now).await?;
+        let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
+        directory::forget_idle(store, layout, cache, idle).await?;
+        let old = now.saturating_sub(u64::try_from(ENDED_KEPT.as_millis()).unwrap_or(u64::MAX));
+        let marks: Vec<String> =
+            lock(cache).ended_before(old).into_iter().map(|(c, _)| c.to_owned()).collect();
+        for conn in marks {
+            decide(store, layout, cache, |c| sessions::unmark_ended(c, &conn, old)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs a worker on the store until `shutdown` resolves; refuses to start (with what to do)
+/// when the store cannot be what the worker needs.
+pub async fn run<B: Bus>(
+    bus: Arc<B>,
+    config: WorkerConfig,
+    replicas: usize,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let subjects = Subjects::new(&config.prefix);
+    let store = Store::new(bus.clone(), &format!("{}-store", config.name), STORE_TIMEOUT).await?;
+    let layout = Layout::new(&config.prefix, replicas, config.chat.max_history);
+    loop {
+        match layout.ensure(&store).await {
+            Ok(()) => break,
+            // Not reachable yet (the bus is still connecting): try again.
+            Err(StartError::Store(e)) => {
+                tracing::warn!(error = %e, "store not reachable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let cache = Arc::new(Mutex::new(Cache::default()));
+    let following = tokio::spawn(follow::follow(store.clone(), layout.clone(), cache.clone()));
+    let rng = match config.seed {
+        Some(seed) => StdRng::seed_from_u64(seed),
+        None => rand::make_rng(),
+    };
+    let limits = Limits { field_bytes: config.chat.max_field_bytes, list_len: config.chat.max_list_len };
+    let node = Arc::new(Node {
+        bus: bus.clone(),
+        store,
+        layout,
+        cache,
+        subjects: subjects.clone(),
+        config: config.chat,
+        limits,
+        name: config.name.clone(),
+        observer: config.observer,
+        rng: Mutex::new(rng),
+        start: tokio::time::Instant::now(),
+        sends: AtomicU64::new(0),
+        hints: Mutex::new(BTreeMap::new()),
+        ending: Mutex::new(BTreeMap::new()),
+        acks: Mutex::new(BTreeMap::new()),
+        next_ack: AtomicU64::new(0),
+    });
+    let mut pcast = subscribe(&*bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await;
+    let ping_subject = subjects.request("mq.PingPong").expect("a valid subject");
+    let mut ping = subscribe(&*bus, &ping_subject, Some(CHAT_QUEUE)).await;
+    let mut chat = subscribe(&*bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await;
+    let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
+    let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
+    let mut gateways = Gateways::new(subjects.clone(), &config.name);
+    let mut inbox = subscribe(&*bus, &gateways.inbox(), None).await;
+    tracing::info!(worker = %config.name, "chat worker serving pcast.* and chat.* from the store");
+
+    let queues: Queues = Arc::new(Mutex::new(BTreeMap::new()));
+    let ticking = Arc::new(AtomicBool::new(false));
+    // From "never connected": the observer hears of the connection the store was set up on.
+    let mut seen = BusStatus::default();
+    tokio::pin!(shutdown);
+    let mut next_tick = tokio::time::Instant::now() + ANNOUNCE_EVERY;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = bus.changed(seen) => {
+                let status = bus.status();
+                bus_changed(&node, &mut gateways, seen, status).await;
+                seen = status;
+            }
+            () = tokio::time::sleep_until(node.next_due().map_or(next_tick, |due| due.min(next_tick))) => {
+                node.end_due();
+                if tokio::time::Instant::now() < next_tick {
+                    continue;
+                }
+                next_tick += ANNOUNCE_EVERY;
+                node.retry_ends();
+                if bus.status().connected {
+                    routes(&node, &mut gateways);
+                    for g in gateways.silent(now()) {
+                        gone(&node, &mut gateways, &g);
+                    }
+                }
+                if !ticking.swap(true, Ordering::AcqRel) {
+                    let (node, ticking) = (node.clone(), ticking.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = node.tick().await {
+                            tracing::debug!(error = %e, "timers cut short");
+                        }
+                        ticking.store(false, Ordering::Release);
+                    });
+                }
+            }
+            Some(msg) = inbox.next() => {
+                if !node.acknowledged(&msg)
+                    && let Answered::Sync(ended) = { routes(&node, &mut gateways); gateways.answered(&msg) }
+                {
+                    for conn in ended {
+                        end_later(&node, conn.to_string());
+                    }
+                }
+            }
+            Some(msg) = disconnects.next() => {
+                if let Some(conn) = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok()) {
+                    end_later(&node, conn.to_string());
+                }
+            }
+            Some(msg) = alive.next() => {
+                routes(&node, &mut gateways);
+                if let Some(announced) = gateways.announced(&msg, now()) {
+                    if announced.revived {
+                        tell(&node, WorkerEvent::GatewayBack { gateway: announced.gateway });
+                    }
+                    for msg in announced.publish {
+                        node.publish(msg).await;
+                    }
+                }
+            }
+            Some(msg) = pcast.next() => request(&node, &mut gateways, &queues, msg).await,
+            Some(msg) = chat.next() => request(&node, &mut gateways, &queues, msg).await,
+            Some(msg) = ping.next() => {
+                if let Some(reply) = msg.reply {
+                    node.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
+                }
+            }
+            else => break,
+        }
+    }
+    following.abort();
+    Ok(())
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn tell<B: Bus>(node: &Node<B>, event: WorkerEvent) {
+    if let Some(observer) = &node.observer {
+        (observer.0)(event);
+    }
+}
+
+/// The gateways' routes as the store has them: every connection holding a session.
+fn routes<B: Bus>(node: &Node<B>, gateways: &mut Gateways) {
+    let cache = lock(&node.cache);
+    let routes = cache.connections().filter_map(|(conn, g)| Some((conn.parse().ok()?, g.to_owned())));
+    gateways.set_routes(routes.collect::<Vec<_>>(), now());
+}
+
+/// Ends connection `conn` off the loop.
+fn end_later<B: Bus>(node: &Arc<Node<B>>, conn: String) {
+    let node = node.clone();
+    tokio::spawn(async move {
+        if let Err(e) = node.ended(&conn).await {
+            tracing::debug!(%conn, error = %e, "connection end not recorded");
+        }
+    });
+}
+
+/// Gateway `g` is counted gone: each of its connections is ended, and those that held a
+/// session are remembered as orphans in case it comes back.
+fn gone<B: Bus>(node: &Arc<Node<B>>, gateways: &mut Gateways, g: &str) {
+    let conns = gateways.connections_on(g);
+    tracing::warn!(gateway = %g, connections = conns.len(), "gateway silent; its sessions are detached");
+    tell(node, WorkerEvent::GatewayGone { gateway: g.to_owned(), connections: conns.len() });
+    for conn in &conns {
+        end_later(node, conn.to_string());
+    }
+    // Every route comes from a session held: all are orphans.
+    gateways.gone(g, conns, now());
+}
+
+/// The worker's own bus connection changed. Back after an absence: every gateway gets a fresh
+/// silence window and is asked which connections ended meanwhile.
+async fn bus_changed<B: Bus>(node: &Node<B>, gateways: &mut Gateways, before: BusStatus, after: BusStatus) {
+    if before.connected != after.connected || before.epoch != after.epoch {
+        if before.connected && after.connected {
+            tell(node, WorkerEvent::Bus { connected: false });
+        }
+        tell(node, WorkerEvent::Bus { connected: after.connected });
+    }
+    if !after.connected || after.epoch == before.epoch {
+        return;
+    }
+    routes(node, gateways);
+    for msg in gateways.worker_back(now()) {
+        node.publish(msg).await;
+    }
+}
+
+/// Each connection's requests waiting for the task that serves them, in order.
+type Queues = Arc<Mutex<BTreeMap<ConnectionId, mpsc::UnboundedSender<BusMessage>>>>;
+
+/// A request: checked, counted as proof of its gateway's life, and queued behind the
+/// connection's earlier ones.
+async fn request<B: Bus>(node: &Arc<Node<B>>, gateways: &mut Gateways, queues: &Queues, msg: BusMessage) {
+    let Some(reply) = msg.reply.clone() else { return };
+    let g = msg.header(header::GATEWAY).filter(|g| contract::route_key_ok(g)).map(str::to_owned);
+    let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
+    let (Some(g), Some(conn)) = (g, conn) else {
+        let refused = wire::error(wire::reason::MALFORMED);
+        node.publish(BusMessage::new(reply, refused.payload).with(header::TYPE, refused.reply_type)).await;
+        return;
+    };
+    if gateways.request_from(&g, conn, now()) {
+        tell(node, WorkerEvent::GatewayBack { gateway: g });
+    }
+    let mut queues_now = queues.lock().unwrap_or_else(PoisonError::into_inner);
+    let msg = match queues_now.get(&conn) {
+        Some(tx) => match tx.send(msg) {
+            Ok(()) => return,
+            Err(mpsc::error::SendError(msg)) => msg,
+        },
+        None => msg,
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(msg).expect("just made");
+    queues_now.insert(conn, tx);
+    tokio::spawn(serve(node.clone(), queues.clone(), conn, rx));
+}
+
+/// Serves connection `conn`'s requests one after the other until none is waiting.
+async fn serve<B: Bus>(
+    node: Arc<Node<B>>,
+    queues: Queues,
+    conn: ConnectionId,
+    mut rx: mpsc::UnboundedReceiver<BusMessage>,
+) {
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(msg) => msg,
+            Err(_) => {
+                // Gone from the map under the lock the loop queues under: nothing is lost.
+                let mut queues = queues.lock().unwrap_or_else(PoisonError::into_inner);
+                match rx.try_recv() {
+                    Ok(msg) => msg,
+                    Err(_) => {
+                        queues.remove(&conn);
+                        return;
+                    }
+                }
+            }
+        };
+        let Some(reply) = msg.reply.clone() else { continue };
+        let prefix = format!("{}.req.", node.subjects.prefix());
+        let request_type = msg.subject.strip_prefix(&prefix).unwrap_or_default().to_owned();
+        let g = msg.header(header::GATEWAY).unwrap_or_default().to_owned();
+        let claims = msg
+            .header(header::APPLICATION)
+            .zip(msg.header(header::CLAIMS))
+            .and_then(|(application, claims)| contract::parse_claims(application, claims));
+        let answer =
+            super::requests::handle(&node, conn, &g, &request_type, &msg.payload, claims.as_ref()).await;
+        node.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
+    }
+}
