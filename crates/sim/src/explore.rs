@@ -155,14 +155,17 @@ fn aim_orphans_loss(scenario: &mut Scenario, rng: &mut StdRng) {
     scenario.timeline.push(Step { at_secs: back_secs, action: Action::RepairBus { host } });
 }
 
-/// Turns an explored scenario into a fleet: 2 or 3 gateways and a chat worker on the bus,
+/// Turns an explored scenario into a fleet: 2 or 3 gateways and a chat worker on the bus (or, half
+/// the time, one to three workers on the bus's store),
 /// each client group behind one or two gateways (reconnects go to the next), restarts of the
 /// gateway become restarts of one of them, and faults of the fleet join the timeline: a gateway
 /// or the worker killed, restarted or cut off from the bus (and often repaired), the bus restarted.
 fn make_fleet(s: &mut Scenario, rng: &mut StdRng) {
+    let store = rng.random_bool(0.5);
     let fleet = Fleet {
         gateways: rng.random_range(2..=3),
-        workers: 1,
+        workers: if store { rng.random_range(1..=3) } else { 1 },
+        store,
         grace_secs: Some(rng.random_range(3.0..30.0_f64).round()),
     };
     let gateways = fleet.gateway_hosts();

@@ -93,9 +93,13 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct Fleet {
     pub gateways: usize,
-    /// Chat workers: 0 or 1 (the chat worker keeps sessions in its memory).
+    /// Chat workers: 0 or 1 keeping sessions in memory, 1 to 3 on the store.
     #[serde(default = "one")]
     pub workers: usize,
+    /// The workers keep sessions, rooms and history in the bus's JetStream store
+    /// (`clientmq-chat --store`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub store: bool,
     /// The workers' session grace period, seconds (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_secs: Option<f64>,
@@ -377,8 +381,10 @@ impl Scenario {
         }
         let hosts: Vec<String> = match &self.fleet {
             Some(f) => {
-                if !(1..=8).contains(&f.gateways) || f.workers > 1 {
-                    return bad("a fleet has 1 to 8 gateways and at most one chat worker".into());
+                if !(1..=8).contains(&f.gateways) || f.workers > if f.store { 3 } else { 1 } {
+                    return bad(
+                        "a fleet has 1 to 8 gateways and at most one chat worker (three on the store)".into(),
+                    );
                 }
                 if f.grace_secs.is_some_and(|g| g.is_nan() || g < 0.0) {
                     return bad("fleet grace_secs must not be negative".into());

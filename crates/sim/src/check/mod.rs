@@ -149,6 +149,14 @@ impl Checker {
         self
     }
 
+    /// The fleet's workers keep everything in the store (see [`FleetCheck::with_store`]).
+    pub fn with_store(mut self) -> Self {
+        if let Some((fleet, workers)) = self.fleet.take() {
+            self.fleet = Some((fleet.with_store(true), workers));
+        }
+        self
+    }
+
     fn live(&self) -> impl Iterator<Item = &ProcState> {
         self.procs.iter().filter(|(p, _)| !self.is_dead(p)).map(|(_, s)| s)
     }
@@ -265,7 +273,7 @@ impl Checker {
                     hearing.fact(fact);
                 }
                 match &mut self.fleet {
-                    Some((fleet, _)) => fleet.worker_event(record.at, event),
+                    Some((fleet, _)) => fleet.worker_event(record.at, &proc.host, event),
                     None => Ok(()),
                 }
             }
@@ -292,7 +300,7 @@ impl Checker {
         if let Some((fleet, workers)) = &mut self.fleet
             && workers.contains(host)
         {
-            fleet.worker_died();
+            fleet.worker_died(host);
             return;
         }
         let Some(state) = self.procs.get_mut(&dead) else { return };

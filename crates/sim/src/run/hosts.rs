@@ -155,7 +155,13 @@ pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
 }
 
 /// A chat worker host: `clientmq-chat`'s code, reporting what it decides to the trace.
-pub(super) fn chat_worker(sim: &mut turmoil::Sim<'_>, world: &World, host: &str, grace: Duration) {
+pub(super) fn chat_worker(
+    sim: &mut turmoil::Sim<'_>,
+    world: &World,
+    host: &str,
+    grace: Duration,
+    store: bool,
+) {
     let incarnation = Arc::new(AtomicU64::new(0));
     let (trace, seed, host_name) = (world.trace.clone(), world.scenario.seed, host.to_owned());
     sim.host(host, move || {
@@ -175,7 +181,16 @@ pub(super) fn chat_worker(sim: &mut turmoil::Sim<'_>, world: &World, host: &str,
             metrics: None,
         };
         async move {
-            worker::run(SimBus::connect(BUS, &name), config, std::future::pending()).await;
+            let bus = SimBus::connect(BUS, &name);
+            if store {
+                // Workers on the store compare times each wrote (a grace's end): one clock for all,
+                // the simulated time, from whenever this one starts.
+                let mut config = config;
+                config.chat.wall_clock_start_ms = u64::try_from(trace::now().as_millis()).unwrap_or(u64::MAX);
+                clientmq_chat::stored::worker::run(bus, config, 1, std::future::pending()).await?;
+            } else {
+                worker::run(bus, config, std::future::pending()).await;
+            }
             Ok(())
         }
     });

@@ -23,6 +23,9 @@ pub use hosts::{BUS, PREFIX, SimListener, bus as bus_host, server_config};
 /// The longest a message takes between two hosts (turmoil's default, set explicitly because the
 /// fleet's bound below counts on it).
 pub const MAX_LATENCY: Duration = Duration::from_millis(100);
+/// How long after its grace runs out a stored worker ends a session: its timer, then a read and
+/// two writes per room (each a round trip to the store), with the bus latency at its bound.
+pub const STORE_ENDS_WITHIN: Duration = Duration::from_secs(5);
 
 /// The end state of a run, as counted from the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,7 +169,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
         hosts::bus(&mut sim, Some(world.trace.clone()));
         let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
         for host in fleet.worker_hosts() {
-            hosts::chat_worker(&mut sim, &world, &host, grace);
+            hosts::chat_worker(&mut sim, &world, &host, grace, fleet.store);
         }
     }
     for host in world.gateway_hosts() {
@@ -199,8 +202,14 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let mut checker = Checker::new(limits);
     if let Some(fleet) = &scenario.fleet {
         let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
-        let fleet_limits = FleetLimits::contract(MAX_LATENCY, grace, tick * 2);
+        let mut fleet_limits = FleetLimits::contract(MAX_LATENCY, grace, tick * 2);
+        if fleet.store {
+            fleet_limits.ends_within = STORE_ENDS_WITHIN;
+        }
         checker = checker.with_fleet(fleet_limits, fleet.worker_hosts());
+        if fleet.store {
+            checker = checker.with_store();
+        }
     }
     let mut violation = None;
     let mut seen = 0;

@@ -44,6 +44,9 @@ pub struct FleetLimits {
     /// A dead gateway's sessions are detached this long after its death (or the worker's return).
     pub gone_within: Duration,
     pub grace: Duration,
+    /// How long after its grace runs out a session is ended: at once in one worker's memory; a
+    /// few round trips to the store, and a worker's timer, on the store.
+    pub ends_within: Duration,
     pub tolerance: Duration,
     /// A connection's subscriptions agree with its session's rooms this long after a change.
     pub quiet_within: Duration,
@@ -69,6 +72,10 @@ pub struct FleetCheck {
     subs: subs::Subs,
     /// The worker hosts: a path to the worker runs through them.
     workers: Vec<String>,
+    /// The workers keep everything in the store: one's death loses nothing.
+    store: bool,
+    /// On the store: since when each worker host has been connected to the bus, while it is.
+    connected_since: BTreeMap<String, Duration>,
 }
 
 impl FleetLimits {
@@ -78,6 +85,7 @@ impl FleetLimits {
         FleetLimits {
             gone_within: latency + CONTRACT_SILENT_AFTER + CONTRACT_ANNOUNCE_EVERY,
             grace,
+            ends_within: Duration::ZERO,
             tolerance,
             quiet_within: QUIET_AFTER_HOPS + latency,
             // The list may be lost once more on the way back: a second one, riding the
@@ -101,6 +109,8 @@ impl FleetCheck {
             end_due_of: BTreeMap::new(),
             subs: subs::Subs::default(),
             workers: Vec::new(),
+            store: false,
+            connected_since: BTreeMap::new(),
         }
     }
 
@@ -111,12 +121,22 @@ impl FleetCheck {
         self
     }
 
+    /// The workers keep sessions in the store, so a worker's death ends nothing.
+    pub fn with_store(mut self, store: bool) -> Self {
+        self.store = store;
+        self
+    }
+
     pub fn check_time(&self, at: Duration) -> Result<(), Violation> {
         self.subs.check_time(at, &self.limits)?;
         let l = &self.limits;
-        if self.worker_connected
+        let worker = match self.store {
+            true => self.able_since(),
+            false => self.worker_connected.then_some(self.worker_since),
+        };
+        if let Some(since) = worker
             && let Some((died, conn)) = self.detach_due.first()
-            && (*died).max(self.worker_since) + l.gone_within + l.tolerance < at
+            && (*died).max(since) + l.gone_within + l.tolerance < at
         {
             let session = self.conn_session.get(conn).cloned().unwrap_or_default();
             return violation(
@@ -126,11 +146,24 @@ impl FleetCheck {
             );
         }
         if let Some((detached, session)) = self.end_due.first()
-            && *detached + l.grace + l.tolerance < at
+            && let Some(able) = self.able_since()
+            && (*detached + l.grace).max(able) + l.ends_within + l.tolerance < at
         {
             return violation(at, None, format!("session {session} outlived its grace period"));
         }
         Ok(())
+    }
+
+    /// Since when some worker has been able to end sessions: in its memory, always (its timers
+    /// run cut off or not, and its death resets what is owed); on the store, since some worker
+    /// has been connected to the bus and not cut off from it.
+    fn able_since(&self) -> Option<Duration> {
+        if !self.store {
+            return Some(Duration::ZERO);
+        }
+        (self.connected_since.iter())
+            .filter_map(|(host, since)| Some((*since).max(self.subs.weather.calm_from([host.as_str()])?)))
+            .min()
     }
 
     /// A gateway process died with these connections open.
@@ -144,12 +177,18 @@ impl FleetCheck {
         }
     }
 
-    /// The worker process died: what it knew is gone, and so are its obligations.
-    pub fn worker_died(&mut self) {
+    /// A worker process died: on the store, only what it was about to send is lost; in its
+    /// memory, what it knew is gone, and so are its obligations.
+    pub fn worker_died(&mut self, host: &str) {
+        if self.store {
+            self.connected_since.remove(host);
+            self.subs.disturbed(|_| true);
+            return;
+        }
         let mut subs = std::mem::take(&mut self.subs);
         subs.worker_died();
         let workers = std::mem::take(&mut self.workers);
-        *self = FleetCheck { subs, workers, ..FleetCheck::new(self.limits) };
+        *self = FleetCheck { subs, workers, store: self.store, ..FleetCheck::new(self.limits) };
     }
 
     /// A fault of the timeline: what the worker sent over a disturbed path may be lost (NATS
@@ -202,7 +241,8 @@ impl FleetCheck {
         }
     }
 
-    pub fn worker_event(&mut self, at: Duration, event: &WorkerEvent) -> Result<(), Violation> {
+    /// What worker host `host` reported.
+    pub fn worker_event(&mut self, at: Duration, host: &str, event: &WorkerEvent) -> Result<(), Violation> {
         match event {
             WorkerEvent::Fact(Fact::Bound { conn, session }) => {
                 if let Some(other) = self.session_conn.get(session)
@@ -260,6 +300,11 @@ impl FleetCheck {
                     self.worker_since = at;
                 }
                 self.worker_connected = *connected;
+                if !*connected {
+                    self.connected_since.remove(host);
+                } else {
+                    self.connected_since.entry(host.to_owned()).or_insert(at);
+                }
             }
             WorkerEvent::Broken(what) => return violation(at, None, format!("worker: {what}")),
         }
