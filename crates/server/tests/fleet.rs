@@ -164,11 +164,27 @@ async fn nothing_left(gw2: u16, alias: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
+    through_faults(false).await;
+}
+
+/// The same with the worker on the store (JetStream, kept across the server's restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_and_a_stored_chat_worker_serve_the_sdk_through_faults() {
+    through_faults(true).await;
+}
+
+async fn through_faults(store: bool) {
     clientmq_testkit::deadline::bounded(async {
         let dir = interop_dir();
         npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
         let log = Log::default();
-        let mut nats = Nats::start(&log).await;
+        let store_dir =
+            clientmq_testkit::procs::target_dir().join(format!("tmp/fleet-store-{}", free_port()));
+        let store_dir = store_dir.display().to_string();
+        let mut nats = match store {
+            true => Nats::start_with(&log, &["-js", "-sd", &store_dir]).await,
+            false => Nats::start(&log).await,
+        };
         let chat_binary = workspace_binary("clientmq-chat").display().to_string();
         let grace = GRACE_SECS.to_string();
         let worker_port = free_port();
@@ -176,6 +192,7 @@ async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
         let worker_args = ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"]
             .into_iter()
             .chain(["--listen", &worker_listen])
+            .chain(store.then_some("--store"))
             .map(str::to_owned)
             .collect::<Vec<_>>();
         let worker = Proc::spawn(&chat_binary, &worker_args, "chat", &log);
@@ -255,6 +272,7 @@ async fn two_gateways_and_a_chat_worker_on_nats_serve_the_sdk_through_faults() {
         gw2.terminate(Duration::from_secs(15)).await;
         worker.terminate(Duration::from_secs(5)).await;
         nats.stop().await;
+        let _ = std::fs::remove_dir_all(&store_dir);
     })
     .await
 }

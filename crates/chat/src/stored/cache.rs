@@ -207,6 +207,19 @@ impl Cache {
         self.rooms.get(id)
     }
 
+    /// Counts of what the store holds, as this cache has it (chat messages live in the history,
+    /// not here: 0).
+    pub fn stats(&self) -> crate::ChatStats {
+        crate::ChatStats {
+            sessions: self.sessions.len(),
+            detached: self.sessions.values().filter(|s| s.value.conn.is_none()).count(),
+            connections: self.conns.len(),
+            rooms: self.rooms.len(),
+            members: self.rooms.values().map(|r| r.value.members.len()).sum(),
+            messages: 0,
+        }
+    }
+
     /// How many rooms exist.
     pub fn room_count(&self) -> usize {
         self.rooms.len()

@@ -36,6 +36,7 @@ use super::decide::{DecideError, decide};
 use super::layout::{Layout, StartError};
 use super::records::ended_key;
 use super::{directory, ending, follow, sessions};
+use crate::metrics::WorkerMetrics;
 use crate::wire::{self, Limits};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerObserver, subscribe};
 use crate::{ChatConfig, Fact};
@@ -58,6 +59,7 @@ pub(crate) struct Node<B: Bus> {
     pub limits: Limits,
     name: String,
     observer: Option<WorkerObserver>,
+    metrics: Option<Arc<WorkerMetrics>>,
     rng: Mutex<StdRng>,
     start: tokio::time::Instant,
     sends: AtomicU64,
@@ -310,6 +312,7 @@ pub async fn run<B: Bus>(
         limits,
         name: config.name.clone(),
         observer: config.observer,
+        metrics: config.metrics,
         rng: Mutex::new(rng),
         start: tokio::time::Instant::now(),
         sends: AtomicU64::new(0),
@@ -330,6 +333,7 @@ pub async fn run<B: Bus>(
 
     let queues: Queues = Arc::new(Mutex::new(BTreeMap::new()));
     let ticking = Arc::new(AtomicBool::new(false));
+    let mut failures_seen = (0, 0);
     // From "never connected": the observer hears of the connection the store was set up on.
     let mut seen = BusStatus::default();
     tokio::pin!(shutdown);
@@ -350,6 +354,11 @@ pub async fn run<B: Bus>(
                 }
                 next_tick += ANNOUNCE_EVERY;
                 node.retry_ends();
+                if let Some(m) = &node.metrics {
+                    m.sizes(&lock(&node.cache).stats(), gateways.len());
+                    let (refused, other) = bus.new_failures(&mut failures_seen);
+                    m.connect_failed(refused, other);
+                }
                 if bus.status().connected {
                     routes(&node, &mut gateways);
                     for g in gateways.silent(now()) {
@@ -448,6 +457,9 @@ fn gone<B: Bus>(node: &Arc<Node<B>>, gateways: &mut Gateways, g: &str) {
 /// The worker's own bus connection changed. Back after an absence: every gateway gets a fresh
 /// silence window and is asked which connections ended meanwhile.
 async fn bus_changed<B: Bus>(node: &Node<B>, gateways: &mut Gateways, before: BusStatus, after: BusStatus) {
+    if let Some(m) = &node.metrics {
+        m.bus(after.connected, after.connected && after.epoch != before.epoch && after.epoch > 1);
+    }
     if before.connected != after.connected || before.epoch != after.epoch {
         if before.connected && after.connected {
             tell(node, WorkerEvent::Bus { connected: false });
@@ -526,6 +538,9 @@ async fn serve<B: Bus>(
             .and_then(|(application, claims)| contract::parse_claims(application, claims));
         let answer =
             super::requests::handle(&node, conn, &g, &request_type, &msg.payload, claims.as_ref()).await;
+        if let Some(m) = &node.metrics {
+            m.request(&request_type, answer.reply_type == "mq.Error");
+        }
         node.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
     }
 }
