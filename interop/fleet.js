@@ -11,7 +11,7 @@
 
 const assert = require('node:assert/strict');
 
-const {Client, ask, fail, gauge, step, waitFor} = require('./sdk.js');
+const {Client, ask, chatRound, fail, gauge, step, waitFor} = require('./sdk.js');
 
 const GW1 = Number(process.env.CLIENTMQ_GW1_PORT);
 const GW2 = Number(process.env.CLIENTMQ_GW2_PORT);
@@ -24,20 +24,6 @@ const WATCHDOG_MS = 100000;
 
 assert.ok(GW1 > 0 && GW2 > 0 && PROXY > 0 && TOKEN && GRACE_MS > 0, 'the test sets the environment');
 setTimeout(() => fail(new Error(`watchdog: the harness ran longer than ${WATCHDOG_MS} ms`)), WATCHDOG_MS).unref();
-
-// Everyone sends a round, then everyone must see every message so far, once, in order.
-async function chatRound(clients, sent, round) {
-    for (const client of clients) {
-        const text = `round ${round} from ${client.name}`;
-        await client.send(text);
-        sent.push(`${client.name}: ${text}`);
-    }
-
-    for (const client of clients) {
-        await waitFor(`${client.name} to receive round ${round}`, () => client.messages().length >= sent.length);
-        assert.deepEqual(client.messages(), sent, `${client.name} sees every message once, in order`);
-    }
-}
 
 async function main() {
     // Alice reaches gateway 1 through the proxy, Carol directly; Bob is on gateway 2.

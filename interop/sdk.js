@@ -228,4 +228,18 @@ class Client {
     }
 }
 
-module.exports = {Client, WAIT_MS, ask, call, fail, gauge, metrics, sleep, sockets, step, waitFor};
+// Everyone sends a round, then everyone must see every message so far, once, in order.
+async function chatRound(clients, sent, round) {
+    for (const client of clients) {
+        const text = `round ${round} from ${client.name}`;
+        await client.send(text);
+        sent.push(`${client.name}: ${text}`);
+    }
+
+    for (const client of clients) {
+        await waitFor(`${client.name} to receive round ${round}`, () => client.messages().length >= sent.length);
+        assert.deepEqual(client.messages(), sent, `${client.name} sees every message once, in order`);
+    }
+}
+
+module.exports = {Client, WAIT_MS, ask, call, chatRound, fail, gauge, metrics, sleep, sockets, step, waitFor};

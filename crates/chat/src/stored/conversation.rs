@@ -104,9 +104,18 @@ pub async fn history<B: Bus>(
     if last == 0 {
         return Ok(Vec::new());
     }
-    let mut watch = store.watch(&layout.history.name, &subject, DeliverPolicy::All, None).await?;
-    // However many messages, the read as a whole gets a few request timeouts at most.
+    // However many messages, the read as a whole gets a few request timeouts at most. Making the
+    // consumer is tried again within it: a cluster electing a new meta leader answers nothing
+    // for a few seconds.
     let deadline = store.timeout().saturating_mul(4).max(Duration::from_millis(100));
+    let until = tokio::time::Instant::now() + deadline;
+    let mut watch = loop {
+        match store.watch(&layout.history.name, &subject, DeliverPolicy::All, None).await {
+            Ok(watch) => break watch,
+            Err(StoreError::Timeout(_) | StoreError::InFlight(_)) if tokio::time::Instant::now() < until => {}
+            Err(e) => return Err(e),
+        }
+    };
     let read = tokio::time::timeout(deadline, async {
         let mut messages = Vec::new();
         while let Some(pushed) = watch.next().await {

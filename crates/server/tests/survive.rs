@@ -1,0 +1,192 @@
+//! A fleet whose workers keep everything in the store (`clientmq-chat --store`) loses nothing
+//! when one process dies, driven by the unmodified Phenix SDK (`interop/survive.js`): two clients
+//! on two gateways share a room by alias and chat; then the only worker is SIGKILLed and started
+//! again, or one of two workers is, or one node of a three-node NATS cluster whose streams have
+//! three replicas. Afterwards both keep their sessions, nobody saw a member leave, chat goes on
+//! both ways with every message once and in order, and a newcomer finds the room by alias with
+//! its members and whole conversation. (A killed gateway: `fleet.rs`, on the store too.)
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use clientmq_core::proto::{chat, pcast};
+use clientmq_testkit::client::Client;
+use clientmq_testkit::nats::{Nats, NatsCluster};
+use clientmq_testkit::node::{interop_dir, npm_ci};
+use clientmq_testkit::procs::{
+    Log, Proc, collect, free_port, target_dir, wait_for, wait_listening, workspace_binary,
+};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Command;
+
+const TOKEN: &str = "survive-token";
+const HARNESS_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// The process that dies.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    /// The only worker, started again.
+    OnlyWorker,
+    /// One of two workers, not started again.
+    OneOfTwoWorkers,
+    /// One node of a three-node cluster, not started again.
+    NatsNode,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_worker_killed_and_started_again_loses_nothing() {
+    survive(Fault::OnlyWorker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_workers_killed_loses_nothing() {
+    survive(Fault::OneOfTwoWorkers).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_node_of_three_killed_loses_nothing() {
+    survive(Fault::NatsNode).await;
+}
+
+fn worker(urls: &str, replicas: usize, log: &Log) -> Proc {
+    let args =
+        ["--nats", urls, "--store", "--store-replicas", &replicas.to_string(), "--session-grace-secs", "30"]
+            .map(str::to_owned);
+    Proc::spawn(&workspace_binary("clientmq-chat").display().to_string(), &args, "chat", log)
+}
+
+fn gateway(urls: &str, port: u16, name: &str, log: &Log) -> Proc {
+    let listen = format!("127.0.0.1:{port}");
+    let args =
+        ["--nats", urls, "--listen", &listen, "--gateway-name", name, "--tokens", TOKEN, "--shards", "1"]
+            .map(str::to_owned);
+    Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, name, log)
+}
+
+/// The answer to request `ty`, if it is its response with status `ok`.
+async fn ok<R: prost::Message + Default>(c: &mut Client, ty: &str, req: impl prost::Message) -> Option<R> {
+    let reply = c.call(ty, req.encode_to_vec()).await;
+    let r = (reply.r#type == format!("{ty}Response")).then(|| R::decode(reply.payload.as_slice()).ok())??;
+    Some(r)
+}
+
+/// Whether the fleet behind gateway `port` writes to every part of the store and reads it back: a
+/// fresh client authenticates (a session), creates and joins a room (an alias, a room), sends to
+/// it (the history) and fetches the conversation (a consumer), each answered `ok`. (The test client panics on what it does not expect: run apart,
+/// a panic is a "not yet".)
+async fn writes(port: u16) -> bool {
+    let probe = async move {
+        let mut c = Client::connect(("127.0.0.1", port)).await;
+        let auth = pcast::Authenticate { authentication_token: TOKEN.into(), ..Default::default() };
+        let a: pcast::AuthenticateResponse = ok(&mut c, "pcast.Authenticate", auth).await?;
+        (a.status == "ok").then_some(())?;
+        let alias = format!("probe-{}", free_port());
+        let room = chat::Room { alias: Some(alias.clone()), name: "probe".into(), ..Default::default() };
+        let made: chat::CreateRoomResponse =
+            ok(&mut c, "chat.CreateRoom", chat::CreateRoom { room, ..Default::default() }).await?;
+        (made.status == "ok").then_some(())?;
+        let join = chat::JoinRoom { alias: Some(alias), ..Default::default() };
+        let joined: chat::JoinRoomResponse = ok(&mut c, "chat.JoinRoom", join).await?;
+        (joined.status == "ok").then_some(())?;
+        let room_id = joined.room.and_then(|r| r.room_id).unwrap_or_default();
+        let message = chat::ChatMessage { message: "probe".into(), ..Default::default() };
+        let send = chat::SendMessageToRoom { room_id: room_id.clone(), chat_message: message };
+        let sent: chat::SendMessageToRoomResponse = ok(&mut c, "chat.SendMessageToRoom", send).await?;
+        (sent.status == "ok").then_some(())?;
+        let fetch = chat::FetchRoomConversation { room_id: room_id.clone(), limit: 10, ..Default::default() };
+        let read: chat::FetchRoomConversationResponse =
+            ok(&mut c, "chat.FetchRoomConversation", fetch).await?;
+        c.close(1000, "done").await;
+        (read.status == "ok" && read.chat_messages.len() == 1).then_some(())
+    };
+    let probe = tokio::spawn(tokio::time::timeout(Duration::from_secs(10), probe));
+    matches!(probe.await, Ok(Ok(Some(()))))
+}
+
+async fn survive(fault: Fault) {
+    clientmq_testkit::deadline::bounded(async {
+        let dir = interop_dir();
+        npm_ci(&dir, "phenix-web-sdk/dist/phenix-node-sdk.js").await;
+        let log = Log::default();
+        let store_dir = target_dir().join(format!("tmp/survive-{}", free_port()));
+        let (mut single, mut cluster) = (None, None);
+        let (urls, replicas) = match fault {
+            Fault::NatsNode => {
+                let c = NatsCluster::start(&log, &store_dir).await;
+                let urls = c.urls();
+                cluster = Some(c);
+                (urls, 3)
+            }
+            _ => {
+                let store = store_dir.display().to_string();
+                let n = Nats::start_with(&log, &["-js", "-sd", &store]).await;
+                let url = n.url();
+                single = Some(n);
+                (url, 1)
+            }
+        };
+        let mut workers = vec![worker(&urls, replicas, &log)];
+        if fault == Fault::OneOfTwoWorkers {
+            workers.push(worker(&urls, replicas, &log));
+        }
+        let (p1, p2) = (free_port(), free_port());
+        let gateways = [gateway(&urls, p1, "gw1", &log), gateway(&urls, p2, "gw2", &log)];
+        for port in [p1, p2] {
+            wait_listening(port, "a gateway").await;
+            wait_for(Duration::from_secs(40), "the fleet to write to the store", &log, || writes(port)).await;
+        }
+
+        let mut harness = Command::new("node")
+            .arg("survive.js")
+            .current_dir(&dir)
+            .env("CLIENTMQ_GW1_PORT", p1.to_string())
+            .env("CLIENTMQ_GW2_PORT", p2.to_string())
+            .env("CLIENTMQ_TOKEN", TOKEN)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts (Node.js is needed for this test)");
+        let mut stdin = harness.stdin.take().unwrap();
+        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
+        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+        let run = async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(format!("[harness] {line}"));
+                if line.trim() != "@@clientmq fault" {
+                    continue;
+                }
+                match fault {
+                    Fault::OnlyWorker => {
+                        workers.remove(0).kill().await;
+                        workers.push(worker(&urls, replicas, &log));
+                    }
+                    Fault::OneOfTwoWorkers => workers.remove(0).kill().await,
+                    Fault::NatsNode => cluster.as_mut().expect("a cluster").nodes[0].stop().await,
+                }
+                // Through both gateways: either may have been on the node that died.
+                for port in [p1, p2] {
+                    let what = "the fleet to write to and read the store again";
+                    wait_for(Duration::from_secs(40), what, &log, || writes(port)).await;
+                }
+                stdin.write_all(b"done\n").await.unwrap();
+            }
+            harness.wait().await.unwrap()
+        };
+        let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
+        let transcript = log.lock().unwrap().join("\n");
+        match outcome {
+            Ok(status) => assert!(status.success(), "the harness failed ({status:?}):\n{transcript}"),
+            Err(_) => panic!("the harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
+        }
+        println!("{transcript}");
+        assert!(transcript.contains("ok - survive harness passed"), "{transcript}");
+        for p in gateways.into_iter().chain(workers) {
+            p.kill().await;
+        }
+        drop((single, cluster));
+        let _ = std::fs::remove_dir_all(&store_dir);
+    })
+    .await
+}

@@ -1,0 +1,86 @@
+// Drives the unmodified Phenix web SDK through the death of one process of a fleet whose workers
+// keep everything in the store (clientmq-chat --store). Run by crates/server/tests/survive.rs,
+// which starts the processes and performs the fault the harness asks for:
+//
+//   @@clientmq fault   kill the process the test is about (and start what it restarts), wait
+//                      until the fleet writes to the store again; answer "done"
+//
+// Afterwards: the same sessions (nobody re-authenticates), nobody ever saw a member leave, chat
+// goes on both ways, and a newcomer finds the room by alias with its members and every message.
+//
+// Environment: CLIENTMQ_GW1_PORT, CLIENTMQ_GW2_PORT, CLIENTMQ_TOKEN.
+'use strict';
+
+const assert = require('node:assert/strict');
+
+const {Client, ask, chatRound, fail, gauge, step, waitFor} = require('./sdk.js');
+
+const GW1 = Number(process.env.CLIENTMQ_GW1_PORT);
+const GW2 = Number(process.env.CLIENTMQ_GW2_PORT);
+const TOKEN = process.env.CLIENTMQ_TOKEN;
+const WATCHDOG_MS = 120000;
+
+assert.ok(GW1 > 0 && GW2 > 0 && TOKEN, 'the test sets the environment');
+setTimeout(() => fail(new Error(`watchdog: the harness ran longer than ${WATCHDOG_MS} ms`)), WATCHDOG_MS).unref();
+
+async function main() {
+    const alice = new Client('alice', GW1, TOKEN);
+    const bob = new Client('bob', GW2, TOKEN);
+
+    for (const client of [alice, bob]) {
+        await client.start();
+    }
+
+    const alias = `survive-${process.pid}`;
+    const roomId = await alice.createRoom('Survivors', alias);
+    await alice.enter(roomId, null);
+    await bob.enter(null, alias);
+    const both = [alice.sessionId, bob.sessionId].sort();
+
+    for (const client of [alice, bob]) {
+        await waitFor(`${client.name} to see both members`, () => client.memberIds().join() === both.join());
+        client.rooms.getChatService().start(50);
+    }
+
+    // Each gateway holds its member's room and conversation subscriptions before anyone chats.
+    await waitFor('chat subscriptions on both gateways', async () =>
+        (await gauge(GW1, 'clientmq_subscriptions')) === 2 && (await gauge(GW2, 'clientmq_subscriptions')) === 2);
+    const sent = [];
+    await chatRound([alice, bob], sent, 1);
+    await chatRound([bob, alice], sent, 2);
+    step('two SDK clients on two gateways share a room by alias and chat');
+
+    let someoneLeft = false;
+    const watch = setInterval(() => {
+        someoneLeft = someoneLeft || [alice, bob].some((c) => c.memberIds().join() !== both.join());
+    }, 25);
+    await ask('fault', 'done', 90000);
+    await chatRound([alice, bob], sent, 3);
+    await chatRound([bob, alice], sent, 4);
+    clearInterval(watch);
+    step('after the fault, chat goes on both ways, every message once and in order');
+
+    assert.equal(alice.currentSessionId(), alice.sessionId, 'alice keeps her session');
+    assert.equal(bob.currentSessionId(), bob.sessionId, 'bob keeps his session');
+    assert.ok(!someoneLeft, 'nobody ever saw a member leave');
+    step('the same sessions, and nobody saw a member leave');
+
+    const dave = new Client('dave', GW1, TOKEN);
+    await dave.start();
+    await dave.enter(null, alias);
+    const all = [alice.sessionId, bob.sessionId, dave.sessionId].sort();
+    await waitFor('dave to see all three members', () => dave.memberIds().join() === all.join());
+    dave.rooms.getChatService().start(50);
+    await waitFor('dave to load the conversation', () => dave.messages().length >= sent.length);
+    assert.deepEqual(dave.messages(), sent, 'a newcomer finds every message, once, in order');
+    step('a newcomer finds the room by alias with its members and its whole conversation');
+
+    for (const client of [dave, bob, alice]) {
+        await client.stop();
+    }
+}
+
+main().then(() => {
+    console.log('ok - survive harness passed');
+    process.exit(0);
+}, fail);
