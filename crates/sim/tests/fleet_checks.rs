@@ -20,7 +20,7 @@ const LIMITS: Limits = Limits {
 const FLEET: FleetLimits = FleetLimits {
     gone_within: Duration::from_secs(6),
     grace: Duration::from_secs(30),
-    ends_within: Duration::ZERO,
+    store_within: Duration::ZERO,
     tolerance: Duration::from_millis(20),
     quiet_within: Duration::from_secs(1),
     orphans_within: Duration::from_secs(3),

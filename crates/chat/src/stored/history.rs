@@ -69,17 +69,28 @@ pub async fn decide_room<B: Bus, T>(
     layout: &Layout,
     cache: &Mutex<Cache>,
     room: &str,
-    mut decide: impl FnMut(&Cache) -> Decided<T>,
+    decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
-    let pending_now = || {
-        let cache = lock(cache);
-        cache.room(room).map(|r| r.value.pending.clone()).unwrap_or_default()
-    };
+    decide_room_then(store, layout, cache, room, decide, async |_| {}).await
+}
+
+/// [`decide_room`], with `then` done once the decision is taken and before its events are
+/// appended: a join subscribes its member there, so that it hears its own arrival.
+pub async fn decide_room_then<B: Bus, T>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    room: &str,
+    mut decide: impl FnMut(&Cache) -> Decided<T>,
+    then: impl AsyncFnOnce(&T),
+) -> Result<T, DecideError> {
+    let pending_now = || lock(cache).room(room).map(|r| r.value.pending.clone()).unwrap_or_default();
     let mut last_key = String::new();
     for _ in 0..MAX_ATTEMPTS {
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
             Attempt::Done(outcome, wrote) => {
+                then(&outcome).await;
                 if wrote {
                     settle(store, layout, cache, room).await?;
                 }

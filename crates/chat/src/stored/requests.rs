@@ -9,11 +9,10 @@ use prost::Message;
 
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, decide};
-use super::history::decide_room;
+use super::history::{decide_room, decide_room_then};
 use super::records::{RoomRecord, session_key};
 use super::worker::Node;
 use super::{conversation, directory, rooms, sessions};
-use crate::Fact;
 use crate::rooms::{is_set, window};
 use crate::wire::{self, reason, status};
 
@@ -151,53 +150,41 @@ async fn authenticate<B: Bus>(
             decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
         if detached.as_deref() == Some(old.as_str()) {
             move_subscriptions(n, &old, conn, g, false).await;
-            n.tell(Fact::Unbound { conn: conn.parse().expect("a connection id's text"), session: old });
         }
     }
     let token_bound = claims.is_some_and(|c| c.session_id.is_some());
     let new_id = n.random_id(SESSION_ID_LEN);
     let max = n.config.max_sessions;
-    let (result, previous, wrote) = decide(&n.store, &n.layout, &n.cache, |c| {
+    let (result, previous) = decide(&n.store, &n.layout, &n.cache, |c| {
         let previous = asked.as_deref().and_then(|id| c.session(id)).map(|s| s.value.clone());
-        let decided = sessions::authenticate(c, conn, g, asked.as_deref(), token_bound, &new_id, max);
-        let wrote = decided.writes();
-        decided.map(|r| (r, previous, wrote))
+        sessions::authenticate(c, conn, g, asked.as_deref(), token_bound, &new_id, max).map(|r| (r, previous))
     })
     .await?;
     let id = match result {
         Ok(id) => id,
         Err(status) => return Ok(refuse(status)),
     };
-    if wrote {
-        let conn_id: ConnectionId = conn.parse().expect("a connection id's text");
-        if previous.is_some() {
-            // A resumed session's rooms, all of them: one joined through another worker a moment
-            // ago may not be in this cache yet.
-            n.catch_up(Bucket::Rooms).await?;
-        }
-        if let Some(prev) = previous.filter(|p| p.conn.as_deref() != Some(conn))
-            && let (Some(old), Some(old_g)) = (prev.conn, prev.gateway)
-        {
-            // Taken over: the old connection stops hearing the session's rooms.
-            move_subscriptions(n, &id, &old, &old_g, false).await;
-            if let Ok(old) = old.parse() {
-                n.tell(Fact::Unbound { conn: old, session: id.clone() });
-            }
-        }
-        n.tell(Fact::Bound { conn: conn_id, session: id.clone() });
-        move_subscriptions(n, &id, conn, g, true).await;
-        // A connection whose end was recorded before this bind is let go again (see `sessions`).
-        let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
-        n.followed(Bucket::Sessions, written).await;
-        if lock(&n.cache).ended(conn) {
-            let (now, grace) = (n.now_ms(), grace_ms(n));
-            let detached =
-                decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
-            if detached.is_some() {
-                n.tell(Fact::Unbound { conn: conn_id, session: id.clone() });
-            }
-            return Ok(refuse(status::UNAUTHORIZED));
-        }
+    if previous.is_some() {
+        // A resumed session's rooms, all of them: one joined through another worker a moment ago
+        // may not be in this cache yet.
+        n.catch_up(Bucket::Rooms).await?;
+    }
+    if let Some(prev) = previous.filter(|p| p.conn.as_deref() != Some(conn))
+        && let (Some(old), Some(old_g)) = (prev.conn, prev.gateway)
+    {
+        // Taken over: the old connection stops hearing the session's rooms.
+        move_subscriptions(n, &id, &old, &old_g, false).await;
+    }
+    // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
+    // made, and perhaps not its subscriptions.
+    move_subscriptions(n, &id, conn, g, true).await;
+    // A connection whose end was recorded before this bind is let go again (see `sessions`).
+    let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
+    n.followed(Bucket::Sessions, written).await;
+    if lock(&n.cache).ended(conn) {
+        let (now, grace) = (n.now_ms(), grace_ms(n));
+        decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
+        return Ok(refuse(status::UNAUTHORIZED));
     }
     Ok(pcast::AuthenticateResponse {
         status: status::OK.to_owned(),
@@ -257,27 +244,20 @@ async fn join_room<B: Bus>(
         return Ok(answer(status));
     }
     let room_id = room.room_id().to_owned();
-    let was_member = room.member(session).is_some();
-    // Heard before written: the member hears its own arrival and everything after it.
-    n.subscribe_acked(g, conn, Topic::Room, &room_id).await;
     let (now, max_members, max_rooms) =
         (n.now_ms(), n.config.max_members_per_room, n.config.max_rooms_per_session);
-    let joined = decide_room(&n.store, &n.layout, &n.cache, &room_id, |c| {
-        rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms)
-    })
-    .await?;
-    let record = match joined {
-        Ok(record) => record,
-        Err(status) => {
-            if !was_member {
-                n.subscribe(g, conn, Topic::Room, &room_id, false).await;
-            }
-            return Ok(answer(status));
+    let join = |c: &Cache| rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms);
+    // Subscribed once the join is written and before its event is appended: the member hears
+    // its own arrival and everything after it, and a refused join subscribes nothing.
+    let subscribe = async |joined: &Result<RoomRecord, &str>| {
+        if joined.is_ok() {
+            n.subscribe_acked(g, conn, Topic::Room, &room_id).await;
         }
     };
-    if !was_member {
-        n.tell(Fact::Hears { session: session.to_owned(), topic: Topic::Room, room: room_id.clone() });
-    }
+    let record = match decide_room_then(&n.store, &n.layout, &n.cache, &room_id, join, subscribe).await? {
+        Ok(record) => record,
+        Err(status) => return Ok(answer(status)),
+    };
     Ok(chat::JoinRoomResponse {
         status: status::OK.to_owned(),
         members: record.listed(),
@@ -304,9 +284,7 @@ async fn leave_room<B: Bus>(
     if lock(&n.cache).room(&room).is_none_or(|r| r.value.member(session).is_none()) {
         directory::read(&n.store, &n.layout, &n.cache, &Some(room.clone()), &None).await?;
     }
-    if decide_room(&n.store, &n.layout, &n.cache, &room, |c| rooms::leave(c, session, &room, now)).await? {
-        n.tell(Fact::Left { session: session.to_owned(), room });
-    }
+    decide_room(&n.store, &n.layout, &n.cache, &room, |c| rooms::leave(c, session, &room, now)).await?;
     Ok(chat::LeaveRoomResponse { status: status::OK.to_owned() })
 }
 
@@ -402,18 +380,16 @@ async fn fetch<B: Bus>(
     }
     // Remembered for a resume too.
     if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
-        n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id).await;
         let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
-        match decide_room(&n.store, &n.layout, &n.cache, &req.room_id, listen).await? {
-            Ok(true) => {
-                let (session, room) = (session.to_owned(), req.room_id.clone());
-                n.tell(Fact::Hears { session, topic: Topic::Conversation, room });
+        let subscribe = async |listening: &Result<bool, &str>| {
+            if listening.is_ok() {
+                n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id).await;
             }
-            Ok(false) => {}
-            Err(status) => {
-                n.subscribe(g, conn, Topic::Conversation, &req.room_id, false).await;
-                return Ok(answer(status, Vec::new()));
-            }
+        };
+        if let Err(status) =
+            decide_room_then(&n.store, &n.layout, &n.cache, &req.room_id, listen, subscribe).await?
+        {
+            return Ok(answer(status, Vec::new()));
         }
     }
     let history = conversation::history(&n.store, &n.layout, &req.room_id).await?;

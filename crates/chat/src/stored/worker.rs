@@ -36,10 +36,10 @@ use super::decide::{DecideError, decide};
 use super::layout::{Layout, StartError};
 use super::records::ended_key;
 use super::{directory, ending, follow, sessions};
+use crate::ChatConfig;
 use crate::metrics::WorkerMetrics;
 use crate::wire::{self, Limits};
 use crate::worker::{WorkerConfig, WorkerEvent, WorkerObserver, subscribe};
-use crate::{ChatConfig, Fact};
 
 /// How long a connection's end is remembered: far past any request that raced past it.
 const ENDED_KEPT: Duration = Duration::from_secs(300);
@@ -99,12 +99,6 @@ impl<B: Bus> Node<B> {
             hints.clear();
         }
         hints.insert(room.to_owned(), seq);
-    }
-
-    pub fn tell(&self, fact: Fact) {
-        if let Some(observer) = &self.observer {
-            (observer.0)(WorkerEvent::Fact(fact));
-        }
     }
 
     pub async fn publish(&self, msg: BusMessage) {
@@ -185,9 +179,6 @@ impl<B: Bus> Node<B> {
         self.followed(Bucket::Sessions, mark).await;
         let grace = u64::try_from(self.config.session_grace.as_millis()).unwrap_or(u64::MAX);
         let detached = decide(store, layout, cache, |c| sessions::detach(c, conn, now, grace)).await?;
-        if let (Some(session), Ok(conn)) = (&detached, conn.parse()) {
-            self.tell(Fact::Unbound { conn, session: session.clone() });
-        }
         Ok(detached.is_some())
     }
 
@@ -207,12 +198,7 @@ impl<B: Bus> Node<B> {
                         self.subscribe(gateway, conn, topic, &room, false).await;
                     }
                 }
-                self.tell(Fact::Left { session: id.to_owned(), room });
             }
-            if let Some(conn) = held.and_then(|(conn, _)| conn.parse().ok()) {
-                self.tell(Fact::Unbound { conn, session: id.to_owned() });
-            }
-            self.tell(Fact::Ended { session: id.to_owned() });
         }
         Ok(ended)
     }

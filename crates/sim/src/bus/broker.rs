@@ -23,6 +23,9 @@ use super::{
 /// went to, in client order.
 pub type RouteObserver = Arc<dyn Fn(&BusMessage, Vec<String>) + Send + Sync>;
 
+/// Told each message the broker's JetStream stores, once stored.
+pub type StoreObserver = Arc<dyn Fn(&clientmq_bus::store::StoredMsg) + Send + Sync>;
+
 /// The broker's JetStream: held outside the broker, so it outlives a restart as a file store
 /// outlives nats-server's.
 pub type SharedStore = Arc<Mutex<StoreModel>>;
@@ -35,9 +38,13 @@ pub async fn serve_broker(
     port: u16,
     observer: Option<RouteObserver>,
     store: SharedStore,
+    stored: Option<StoreObserver>,
 ) -> std::io::Result<()> {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", port)).await?;
-    let broker = Arc::new(Mutex::new(Broker { observer, store, ..Broker::default() }));
+    if stored.is_some() {
+        store.lock().unwrap_or_else(PoisonError::into_inner).keep_journal();
+    }
+    let broker = Arc::new(Mutex::new(Broker { observer, store, stored, ..Broker::default() }));
     loop {
         let (stream, _) = listener.accept().await?;
         let (read, write, home) = split(stream);
@@ -78,6 +85,7 @@ struct Broker {
     turns: BTreeMap<String, (u64, u64)>,
     observer: Option<RouteObserver>,
     store: SharedStore,
+    stored: Option<StoreObserver>,
 }
 
 struct Client {
@@ -154,7 +162,13 @@ impl Broker {
     /// takes is delivered too (as nats-server does), and its answer after it.
     fn route(&mut self, from: u64, msg: BusMessage) {
         let at = u64::try_from(crate::trace::now().as_nanos()).unwrap_or(u64::MAX);
-        let outcome = self.store.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, at);
+        let (outcome, journal) = {
+            let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+            (store.handle(&msg, at), store.take_journal())
+        };
+        if let Some(stored) = &self.stored {
+            journal.iter().for_each(|m| stored(m));
+        }
         self.deliver(from, &msg.subject, &msg, outcome == Outcome::Ignored);
         if let Outcome::Taken(send) = outcome {
             for d in send {

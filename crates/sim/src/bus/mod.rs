@@ -64,6 +64,7 @@
 
 mod broker;
 mod client;
+pub mod facts;
 pub mod proto;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,7 +75,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use turmoil::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-pub use broker::{RouteObserver, SharedStore, serve_broker};
+pub use broker::{RouteObserver, SharedStore, StoreObserver, serve_broker};
 pub use client::{SimBus, SimSubscription};
 pub use clientmq_bus::subject::{subject_matches, valid_subject};
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clientmq_chat::ChatConfig;
-use clientmq_chat::worker::{self, WorkerConfig, WorkerObserver};
+use clientmq_chat::worker::{self, WorkerConfig, WorkerEvent, WorkerObserver};
 use clientmq_core::seed::derive;
 use clientmq_server::BusBackend;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
@@ -18,7 +18,8 @@ use super::faults::{Crash, act, instant};
 use super::world::World;
 use super::{Broken, RunOptions};
 use crate::backend::SimBackend;
-use crate::bus::{RouteObserver, SharedStore, SimBus, serve_broker};
+use crate::bus::facts::StoreFacts;
+use crate::bus::{RouteObserver, SharedStore, SimBus, StoreObserver, serve_broker};
 use crate::client;
 use crate::scenario::Scenario;
 use crate::trace::{self, Body, Digest, Proc, Record, Source, Trace};
@@ -130,8 +131,20 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
 /// a restart as a file store does.
 pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
     let store = SharedStore::default();
+    // Outside the host: what the facts so far say outlives a broker restart, as the store does.
+    let facts = Arc::new(std::sync::Mutex::new(StoreFacts::new(PREFIX)));
     sim.host("bus", move || {
         let store = store.clone();
+        // On the store, the store says what is true: workers may die before they could.
+        let stored = trace.clone().map(|trace| -> StoreObserver {
+            let facts = facts.clone();
+            Arc::new(move |msg| {
+                for fact in facts.lock().expect("facts").stored(msg) {
+                    let event = WorkerEvent::Fact(fact);
+                    trace.push(Record::worker(trace::now(), Proc::new(STORE, 0), event));
+                }
+            })
+        });
         // Room events are traced with where they went: what the checker holds deliveries to.
         let observer = trace.clone().map(|trace| -> RouteObserver {
             let subjects = Subjects::new(PREFIX);
@@ -148,11 +161,14 @@ pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
             })
         });
         async move {
-            serve_broker(4222, observer, store).await?;
+            serve_broker(4222, observer, store, stored).await?;
             Ok(())
         }
     });
 }
+
+/// The name facts read off the store go under in the trace.
+pub const STORE: &str = "store";
 
 /// A chat worker host: `clientmq-chat`'s code, reporting what it decides to the trace.
 pub(super) fn chat_worker(

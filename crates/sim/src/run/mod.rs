@@ -23,9 +23,10 @@ pub use hosts::{BUS, PREFIX, SimListener, bus as bus_host, server_config};
 /// The longest a message takes between two hosts (turmoil's default, set explicitly because the
 /// fleet's bound below counts on it).
 pub const MAX_LATENCY: Duration = Duration::from_millis(100);
-/// How long after its grace runs out a stored worker ends a session: its timer, then a read and
-/// two writes per room (each a round trip to the store), with the bus latency at its bound.
-pub const STORE_ENDS_WITHIN: Duration = Duration::from_secs(5);
+/// What the store adds to a stored worker's deadlines (a session's end after its grace, a dead
+/// gateway's sessions detached): its timer, then a read and two writes per room (each a round
+/// trip to the store), with the bus latency at its bound.
+pub const STORE_WITHIN: Duration = Duration::from_secs(5);
 
 /// The end state of a run, as counted from the trace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,7 +205,7 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
         let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
         let mut fleet_limits = FleetLimits::contract(MAX_LATENCY, grace, tick * 2);
         if fleet.store {
-            fleet_limits.ends_within = STORE_ENDS_WITHIN;
+            fleet_limits.store_within = STORE_WITHIN;
         }
         checker = checker.with_fleet(fleet_limits, fleet.worker_hosts());
         if fleet.store {

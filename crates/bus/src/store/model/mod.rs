@@ -90,6 +90,9 @@ pub struct StoreModel {
     version: Version,
     /// Consumers made so far: names ephemeral consumers.
     consumers_made: u64,
+    /// Every message stored since the last [`StoreModel::take_journal`], when asked to keep them
+    /// (what a simulator checks the truth against).
+    journal: Option<Vec<crate::store::StoredMsg>>,
 }
 
 #[derive(Debug)]
@@ -119,6 +122,16 @@ impl StoreModel {
         StoreModel { version, ..StoreModel::default() }
     }
 
+    /// Starts keeping every message stored, for [`StoreModel::take_journal`].
+    pub fn keep_journal(&mut self) {
+        self.journal.get_or_insert_with(Vec::new);
+    }
+
+    /// The messages stored since the last call, in the order they were stored.
+    pub fn take_journal(&mut self) -> Vec<crate::store::StoredMsg> {
+        self.journal.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// Takes `msg` as the server would at `now` (nanoseconds on the caller's clock).
     pub fn handle(&mut self, msg: &BusMessage, now: u64) -> Outcome {
         let mut send = Vec::new();
@@ -131,6 +144,11 @@ impl StoreModel {
             send.extend(republished.map(Delivery::of));
             if ack.error.is_none() && !ack.duplicate {
                 send.extend(stream.push_stored(ack.seq));
+                if let Some(journal) = &mut self.journal {
+                    let (subject, headers, data) =
+                        (msg.subject.clone(), msg.headers.clone(), msg.payload.clone());
+                    journal.push(crate::store::StoredMsg { subject, seq: ack.seq, headers, data });
+                }
             }
             serde_json::to_vec(&ack).expect("an ack serialises")
         } else {

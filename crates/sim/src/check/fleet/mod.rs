@@ -44,9 +44,10 @@ pub struct FleetLimits {
     /// A dead gateway's sessions are detached this long after its death (or the worker's return).
     pub gone_within: Duration,
     pub grace: Duration,
-    /// How long after its grace runs out a session is ended: at once in one worker's memory; a
-    /// few round trips to the store, and a worker's timer, on the store.
-    pub ends_within: Duration,
+    /// What the store adds to a worker's deadlines (a session ended after its grace, a dead
+    /// gateway's sessions detached): nothing in one worker's memory; a few round trips to the
+    /// store, and a worker's timer, on the store.
+    pub store_within: Duration,
     pub tolerance: Duration,
     /// A connection's subscriptions agree with its session's rooms this long after a change.
     pub quiet_within: Duration,
@@ -85,7 +86,7 @@ impl FleetLimits {
         FleetLimits {
             gone_within: latency + CONTRACT_SILENT_AFTER + CONTRACT_ANNOUNCE_EVERY,
             grace,
-            ends_within: Duration::ZERO,
+            store_within: Duration::ZERO,
             tolerance,
             quiet_within: QUIET_AFTER_HOPS + latency,
             // The list may be lost once more on the way back: a second one, riding the
@@ -136,7 +137,7 @@ impl FleetCheck {
         };
         if let Some(since) = worker
             && let Some((died, conn)) = self.detach_due.first()
-            && (*died).max(since) + l.gone_within + l.tolerance < at
+            && (*died).max(since) + l.gone_within + l.store_within + l.tolerance < at
         {
             let session = self.conn_session.get(conn).cloned().unwrap_or_default();
             return violation(
@@ -147,7 +148,7 @@ impl FleetCheck {
         }
         if let Some((detached, session)) = self.end_due.first()
             && let Some(able) = self.able_since()
-            && (*detached + l.grace).max(able) + l.ends_within + l.tolerance < at
+            && (*detached + l.grace).max(able) + l.store_within + l.tolerance < at
         {
             return violation(at, None, format!("session {session} outlived its grace period"));
         }
