@@ -13,17 +13,16 @@ use crate::rooms::{updated_info, updated_member};
 use crate::state::announcement;
 use crate::wire::{self, Outgoing, status};
 
-/// Room `room_id`'s key becomes `record` with the events of this decision pending, expecting the
-/// revision the cache holds.
+/// Room `room_id`'s key becomes `record` with the events of this decision pending after those
+/// already pending, expecting the revision the cache holds. Never replaced: the cache may have
+/// moved on between the append of what was pending and this decision (explore found an event
+/// lost so), and an event appended twice is stored once.
 fn write(cache: &Cache, room_id: &str, mut record: RoomRecord, events: Vec<Vec<u8>>) -> Write {
     let key = RoomKey::Room(room_id.to_owned()).key();
     let expect = cache.revision(Bucket::Rooms, &key);
     let token = clientmq_bus::contract::room_token(room_id);
-    record.pending = events
-        .into_iter()
-        .enumerate()
-        .map(|(i, event)| PendingEvent { id: format!("{token}-{expect}-{i}"), event })
-        .collect();
+    let made = events.into_iter().enumerate();
+    record.pending.extend(made.map(|(i, event)| PendingEvent { id: format!("{token}-{expect}-{i}"), event }));
     Write { bucket: Bucket::Rooms, key, expect, value: Some(record.encode_to_vec()) }
 }
 
@@ -206,10 +205,14 @@ mod tests {
         cache
     }
 
+    /// The record `write` makes, taken, and then settled as a worker would (its events appended
+    /// and cleared).
     fn take(cache: &mut Cache, write: &Write) -> RoomRecord {
         let revision = cache.revision(write.bucket, &write.key) + 1;
-        cache.apply(write.bucket, &write.key, revision, write.value.as_deref()).unwrap();
-        RoomRecord::decode(write.value.as_deref().unwrap()).unwrap()
+        let record = RoomRecord::decode(write.value.as_deref().unwrap()).unwrap();
+        let settled = RoomRecord { pending: Vec::new(), ..record.clone() };
+        cache.apply(write.bucket, &write.key, revision + 1, Some(&settled.encode_to_vec())).unwrap();
+        record
     }
 
     fn kinds(record: &RoomRecord) -> Vec<i32> {
@@ -235,6 +238,7 @@ mod tests {
         assert_eq!(w.expect, 1);
         let record = take(&mut cache, &w);
         assert_eq!(kinds(&record), [chat::RoomEventType::MemberJoined as i32]);
+
         assert_eq!(record.pending[0].id, "r1-1-0");
         assert_eq!(cache.rooms_of("s1").collect::<Vec<_>>(), ["r1"]);
         // The same join again (the SDK re-enters): nothing to write, nothing to tell.
@@ -346,5 +350,27 @@ mod tests {
         };
         take(&mut cache, &w);
         assert!(matches!(listen(&cache, "s1", "r1"), Decided::Write(_, Ok(true))));
+    }
+
+    /// A decision on a record whose events nobody appended yet keeps them, before its own.
+    #[test]
+    fn events_pending_stay_until_appended() {
+        let cache = cache_with_room(false);
+        let Decided::Write(w, _) = join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 5, 10, 10)
+        else {
+            panic!("a join writes")
+        };
+        let mut unsettled = Cache::default();
+        unsettled.apply(Bucket::Rooms, "r.r1", 2, w.value.as_deref()).unwrap();
+        let first = RoomRecord::decode(w.value.as_deref().unwrap()).unwrap().pending;
+        let Decided::Write(w, _) =
+            join(&unsettled, "s2", "r1", member(chat::MemberRole::Participant), 6, 10, 10)
+        else {
+            panic!("a join writes")
+        };
+        let kept = RoomRecord::decode(w.value.as_deref().unwrap()).unwrap().pending;
+        assert_eq!(kept.len(), 2, "the unappended join's event, then this one's");
+        assert_eq!(kept[0], first[0]);
+        assert_eq!(kept[1].id, "r1-2-0");
     }
 }

@@ -65,6 +65,10 @@ pub(crate) struct Node<B: Bus> {
     sends: AtomicU64,
     /// The last message sequence of rooms this worker sent to: a hint (a wrong one costs a retry).
     hints: Mutex<BTreeMap<String, u64>>,
+    /// Connections whose end could not be recorded (the store did not answer): tried again at
+    /// the next tick, so a gateway counted gone while this worker was cut off still has its
+    /// sessions detached.
+    unended: Mutex<std::collections::BTreeSet<String>>,
     /// Sessions whose end is under way here (`true`: it failed, try again at the next tick).
     ending: Mutex<BTreeMap<String, bool>>,
     /// Subscriptions waiting for their gateway's acknowledgement, by number.
@@ -304,6 +308,7 @@ pub async fn run<B: Bus>(
         sends: AtomicU64::new(0),
         hints: Mutex::new(BTreeMap::new()),
         ending: Mutex::new(BTreeMap::new()),
+        unended: Mutex::new(std::collections::BTreeSet::new()),
         acks: Mutex::new(BTreeMap::new()),
         next_ack: AtomicU64::new(0),
     });
@@ -340,6 +345,10 @@ pub async fn run<B: Bus>(
                 }
                 next_tick += ANNOUNCE_EVERY;
                 node.retry_ends();
+                let unended = std::mem::take(&mut *node.unended.lock().unwrap_or_else(PoisonError::into_inner));
+                for conn in unended {
+                    end_later(&node, conn);
+                }
                 if let Some(m) = &node.metrics {
                     m.sizes(&lock(&node.cache).stats(), gateways.len());
                     let (refused, other) = bus.new_failures(&mut failures_seen);
@@ -417,12 +426,14 @@ fn routes<B: Bus>(node: &Node<B>, gateways: &mut Gateways) {
     gateways.set_routes(routes.collect::<Vec<_>>(), now());
 }
 
-/// Ends connection `conn` off the loop.
+/// Ends connection `conn` off the loop; if the store does not take it, it is tried again at the
+/// next tick.
 fn end_later<B: Bus>(node: &Arc<Node<B>>, conn: String) {
     let node = node.clone();
     tokio::spawn(async move {
         if let Err(e) = node.ended(&conn).await {
-            tracing::debug!(%conn, error = %e, "connection end not recorded");
+            tracing::debug!(%conn, error = %e, "connection end not recorded; trying again");
+            node.unended.lock().unwrap_or_else(PoisonError::into_inner).insert(conn);
         }
     });
 }

@@ -2,6 +2,11 @@
 //! session, which sessions hear which rooms, which sessions ended. Workers on the store keep
 //! nothing, and one may die between a write the store took and anything it would have said
 //! about it; the store's own record is the truth the checks hold gateways and clients to.
+//!
+//! And what the history must never hold, checked as each message is stored: a room's member
+//! events alternate for each session (`MemberJoined` only for one not announced, `MemberLeft`
+//! and `MemberUpdated` only for one announced: so `MemberLeft` once per departure, and nobody a
+//! member twice), and no send (`Nats-Msg-Id`) is stored twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -9,7 +14,9 @@ use clientmq_bus::store::StoredMsg;
 use clientmq_bus::store::wire::header;
 use clientmq_chat::Fact;
 use clientmq_chat::stored::records::{RoomKey, RoomRecord, SessionRecord, session_of_key};
+use clientmq_chat::worker::WorkerEvent;
 use clientmq_core::Topic;
+use clientmq_core::proto::chat;
 use prost::Message;
 
 /// What the facts so far say, to tell the next change from.
@@ -21,6 +28,11 @@ pub struct StoreFacts {
     sessions: BTreeMap<String, Option<String>>,
     /// Each room's members, and which of them hear its conversation.
     rooms: BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)>,
+    history_prefix: String,
+    /// By room token: the members its history has announced and not seen leave.
+    announced: BTreeMap<String, BTreeSet<String>>,
+    /// Every message id the history stored.
+    sends: BTreeSet<String>,
 }
 
 impl StoreFacts {
@@ -30,12 +42,42 @@ impl StoreFacts {
         StoreFacts {
             sessions_prefix: format!("$KV.{name}_sessions."),
             rooms_prefix: format!("$KV.{name}_rooms."),
+            history_prefix: format!("{prefix}.history."),
             ..StoreFacts::default()
         }
     }
 
-    /// The facts a stored message makes, in order.
-    pub fn stored(&mut self, msg: &StoredMsg) -> Vec<Fact> {
+    /// What a stored message says, in order: facts, or a broken invariant.
+    pub fn stored(&mut self, msg: &StoredMsg) -> Vec<WorkerEvent> {
+        if let Some(rest) = msg.subject.strip_prefix(&self.history_prefix) {
+            return self.history(rest, msg).map(WorkerEvent::Broken).into_iter().collect();
+        }
+        self.facts(msg).into_iter().map(WorkerEvent::Fact).collect()
+    }
+
+    /// A message appended to a room's history (`<room token>.<kind>`): what it breaks, if anything.
+    fn history(&mut self, rest: &str, msg: &StoredMsg) -> Option<String> {
+        if let Some(id) = msg.header(header::MSG_ID)
+            && !self.sends.insert(id.to_owned())
+        {
+            return Some(format!("history: message id {id} stored twice"));
+        }
+        let (room, kind) = rest.split_once('.')?;
+        let event = (kind == "room").then(|| chat::RoomEvent::decode(msg.data.as_slice()).ok())??;
+        let session = event.members.first()?.session_id.clone();
+        let announced = self.announced.entry(room.to_owned()).or_default();
+        let kind = chat::RoomEventType::try_from(event.event_type).ok()?;
+        let fine = match kind {
+            chat::RoomEventType::MemberJoined => announced.insert(session.clone()),
+            chat::RoomEventType::MemberLeft => announced.remove(&session),
+            chat::RoomEventType::MemberUpdated => announced.contains(&session),
+            _ => true,
+        };
+        (!fine).then(|| format!("history: {kind:?} of {session} in room {room} (seq {})", msg.seq))
+    }
+
+    /// The facts a change to a bucket makes, in order.
+    fn facts(&mut self, msg: &StoredMsg) -> Vec<Fact> {
         let deleted = matches!(msg.header(header::KV_OPERATION), Some("DEL" | "PURGE"));
         let value = (!deleted).then_some(msg.data.as_slice());
         if let Some(key) = msg.subject.strip_prefix(&self.sessions_prefix) {

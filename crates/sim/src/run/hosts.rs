@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clientmq_chat::ChatConfig;
-use clientmq_chat::worker::{self, WorkerConfig, WorkerEvent, WorkerObserver};
+use clientmq_chat::worker::{self, WorkerConfig, WorkerObserver};
 use clientmq_core::seed::derive;
 use clientmq_server::BusBackend;
 use clientmq_server::{EmbeddedBackend, InvariantSink, Listener, Server, ServerConfig, TraceSink};
@@ -139,8 +139,7 @@ pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
         let stored = trace.clone().map(|trace| -> StoreObserver {
             let facts = facts.clone();
             Arc::new(move |msg| {
-                for fact in facts.lock().expect("facts").stored(msg) {
-                    let event = WorkerEvent::Fact(fact);
+                for event in facts.lock().expect("facts").stored(msg) {
                     trace.push(Record::worker(trace::now(), Proc::new(STORE, 0), event));
                 }
             })
