@@ -74,6 +74,9 @@ pub struct HearingCheck {
     due: BTreeSet<(Duration, u64)>,
     dues: BTreeMap<u64, Due>,
     next_due: u64,
+    /// On the store: a session's member leaves a room only once the session asked to, or once
+    /// the session is over (its key is deleted before its rooms are left). The sessions over.
+    store: Option<BTreeSet<String>>,
 }
 
 impl HearingCheck {
@@ -89,7 +92,14 @@ impl HearingCheck {
             due: BTreeSet::new(),
             dues: BTreeMap::new(),
             next_due: 0,
+            store: None,
         }
+    }
+
+    /// The fleet keeps its state in the store (see the `store` field).
+    pub fn with_store(mut self) -> Self {
+        self.store = Some(BTreeSet::new());
+        self
     }
 
     pub fn check_time(&self, at: Duration) -> Result<(), Violation> {
@@ -260,7 +270,27 @@ impl HearingCheck {
     }
 
     /// A fact of the worker: a session that changes hands or ends is not sure to be heard.
-    pub fn fact(&mut self, fact: &Fact) {
+    pub fn fact(&mut self, at: Duration, fact: &Fact) -> Result<(), Violation> {
+        if let (Some(over), Fact::Left { session, room }) = (&self.store, fact) {
+            let joined = self.wants.get(session).and_then(|w| w.get(&(Topic::Room, room.clone())));
+            if joined.is_some_and(Option::is_some) && !over.contains(session) {
+                return violation(
+                    at,
+                    None,
+                    format!(
+                        "session {session} left room {room}, which it did not ask to leave, while it lives"
+                    ),
+                );
+            }
+        }
+        if let (Some(over), Fact::Ended { session }) = (&mut self.store, fact) {
+            over.insert(session.clone());
+        }
+        self.unbind(fact);
+        Ok(())
+    }
+
+    fn unbind(&mut self, fact: &Fact) {
         let session = match fact {
             Fact::Bound { conn, session } => {
                 self.conn_session.insert(*conn, session.clone());

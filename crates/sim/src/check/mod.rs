@@ -154,6 +154,7 @@ impl Checker {
         if let Some((fleet, workers)) = self.fleet.take() {
             self.fleet = Some((fleet.with_store(true), workers));
         }
+        self.hearing = self.hearing.take().map(HearingCheck::with_store);
         self
     }
 
@@ -270,7 +271,7 @@ impl Checker {
                 if let (Some(hearing), clientmq_chat::worker::WorkerEvent::Fact(fact)) =
                     (&mut self.hearing, event)
                 {
-                    hearing.fact(fact);
+                    hearing.fact(record.at, fact)?;
                 }
                 match &mut self.fleet {
                     Some((fleet, _)) => fleet.worker_event(record.at, &proc.host, event),
