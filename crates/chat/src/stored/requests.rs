@@ -275,16 +275,20 @@ async fn leave_room<B: Bus>(
     g: &str,
     req: chat::LeaveRoom,
 ) -> Result<chat::LeaveRoomResponse, DecideError> {
-    // It stops hearing the room first, then the others are told.
-    for topic in [Topic::Room, Topic::Conversation] {
-        n.subscribe(g, conn, topic, &req.room_id, false).await;
-    }
     let now = n.now_ms();
     let room = req.room_id.clone();
     if lock(&n.cache).room(&room).is_none_or(|r| r.value.member(session).is_none()) {
         directory::read(&n.store, &n.layout, &n.cache, &Some(room.clone()), &None).await?;
     }
-    decide_room(&n.store, &n.layout, &n.cache, &room, |c| rooms::leave(c, session, &room, now)).await?;
+    // Decided, then it stops hearing the room, then the others are told: its subscription ends
+    // with its membership, and it does not hear its own departure.
+    let leave = |c: &Cache| rooms::leave(c, session, &room, now);
+    let unsubscribe = async |_: &bool| {
+        for topic in [Topic::Room, Topic::Conversation] {
+            n.subscribe(g, conn, topic, &room, false).await;
+        }
+    };
+    decide_room_then(&n.store, &n.layout, &n.cache, &room, leave, unsubscribe).await?;
     Ok(chat::LeaveRoomResponse { status: status::OK.to_owned() })
 }
 

@@ -271,6 +271,9 @@ pub async fn run<B: Bus>(
     replicas: usize,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
+    // The instant `wall_clock_start_ms` names: the clock reads from it, however long the store
+    // then takes to answer (a restarted worker cut off for 18 s ran that far behind).
+    let start = tokio::time::Instant::now();
     let subjects = Subjects::new(&config.prefix);
     let store = Store::new(bus.clone(), &format!("{}-store", config.name), STORE_TIMEOUT).await?;
     let layout = Layout::new(&config.prefix, replicas, config.chat.max_history);
@@ -304,7 +307,7 @@ pub async fn run<B: Bus>(
         observer: config.observer,
         metrics: config.metrics,
         rng: Mutex::new(rng),
-        start: tokio::time::Instant::now(),
+        start,
         sends: AtomicU64::new(0),
         hints: Mutex::new(BTreeMap::new()),
         ending: Mutex::new(BTreeMap::new()),
