@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -14,14 +13,12 @@ use std::time::{Duration, Instant};
 use clientmq_core::proto::{chat, mq, pcast};
 use clientmq_testkit::client::Client as TestClient;
 use clientmq_testkit::nats::Nats;
-use clientmq_testkit::node::{interop_dir, npm_ci};
+use clientmq_testkit::node::{Asking, interop_dir, judged, npm_ci};
 use clientmq_testkit::procs::{
-    Log, Proc, collect, free_port, http_get, scrape, wait_for, wait_listening, workspace_binary,
+    Log, Proc, free_port, http_get, scrape, wait_for, wait_listening, workspace_binary,
 };
 use prost::Message as _;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::process::Command;
 
 const TOKEN: &str = "fleet-token";
 const GRACE_SECS: u64 = 4;
@@ -209,55 +206,39 @@ async fn through_faults(store: bool) {
         let upstream = Arc::new(AtomicU16::new(p1));
         let proxy_port = proxy(upstream.clone()).await;
 
-        let mut harness = Command::new("node")
-            .arg("fleet.js")
-            .current_dir(&dir)
-            .env("CLIENTMQ_GW1_PORT", p1.to_string())
-            .env("CLIENTMQ_GW2_PORT", p2.to_string())
-            .env("CLIENTMQ_PROXY_PORT", proxy_port.to_string())
-            .env("CLIENTMQ_TOKEN", TOKEN)
-            .env("CLIENTMQ_GRACE_MS", (GRACE_SECS * 1000).to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts (Node.js is needed for this test)");
-        let mut stdin = harness.stdin.take().unwrap();
-        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+        let env = [
+            ("CLIENTMQ_GW1_PORT", p1.to_string()),
+            ("CLIENTMQ_GW2_PORT", p2.to_string()),
+            ("CLIENTMQ_PROXY_PORT", proxy_port.to_string()),
+            ("CLIENTMQ_TOKEN", TOKEN.to_owned()),
+            ("CLIENTMQ_GRACE_MS", (GRACE_SECS * 1000).to_string()),
+        ];
+        let mut harness = Asking::spawn("fleet.js", &dir, &env, &log);
         let mut gw1 = Some(gw1);
         let mut room = None;
         let run = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(format!("[harness] {line}"));
-                match line.trim() {
-                    "@@clientmq kill-gw1" => {
+            while let Some(what) = harness.next_ask().await {
+                match what.as_str() {
+                    "kill-gw1" => {
                         gw1.take().expect("one kill").kill().await;
                         upstream.store(p2, Ordering::SeqCst);
-                        stdin.write_all(b"done\n").await.unwrap();
+                        harness.answer("done").await;
                     }
-                    "@@clientmq stop-nats" => {
+                    "stop-nats" => {
                         bus_outage(&mut nats, p2, worker_port, &log).await;
-                        stdin.write_all(b"done\n").await.unwrap();
+                        harness.answer("done").await;
                     }
                     other => {
-                        if let Some(alias) = other.strip_prefix("@@clientmq room ") {
+                        if let Some(alias) = other.strip_prefix("room ") {
                             room = Some(alias.to_owned());
                         }
                     }
                 }
             }
-            harness.wait().await.unwrap()
+            harness.exit().await
         };
         let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
-        let transcript = log.lock().unwrap().join("\n");
-        match outcome {
-            Ok(status) => assert!(status.success(), "the fleet harness failed ({status:?}):\n{transcript}"),
-            Err(_) => panic!("the fleet harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
-        }
-        println!("{transcript}");
-        assert!(transcript.contains("ok - fleet harness passed"), "{transcript}");
+        judged(outcome, HARNESS_TIMEOUT, "ok - fleet harness passed", &log);
         nothing_left(p2, &room.expect("the harness names its room")).await;
         // The worker's own view, on its --listen port: what it served, and whom it tracks.
         let served = |ty: &str| format!("clientmq_chat_requests_total{{type=\"{ty}\",outcome=\"ok\"}}");

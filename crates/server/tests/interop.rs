@@ -5,13 +5,11 @@
 //! Needs Node.js and npm (`npm ci --ignore-scripts` runs once if `interop/node_modules` is
 //! missing). `CLIENTMQ_SKIP_INTEROP=1` skips it explicitly; CI never sets it.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientmq_testkit::node::{interop_dir, npm_ci};
-use clientmq_testkit::procs::{Log, Proc, collect, free_port, http_get};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use clientmq_testkit::node::{Asking, interop_dir, judged, npm_ci};
+use clientmq_testkit::procs::{Log, Proc, free_port, http_get};
 use tokio::process::Command;
 
 const TOKEN: &str = "interop-token";
@@ -82,41 +80,21 @@ async fn the_phenix_web_sdk_works_against_the_server() {
         log.lock().unwrap().push(format!("[test] node {node}"));
         let port = free_port();
         let mut server = Some(start_healthy_server(port, &log).await);
-        let mut harness = Command::new("node")
-            .arg("harness.js")
-            .current_dir(&dir)
-            .env("CLIENTMQ_PORT", port.to_string())
-            .env("CLIENTMQ_TOKEN", TOKEN)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts");
-        let mut stdin = harness.stdin.take().unwrap();
-        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
-
+        let env = [("CLIENTMQ_PORT", port.to_string()), ("CLIENTMQ_TOKEN", TOKEN.to_owned())];
+        let mut harness = Asking::spawn("harness.js", &dir, &env, &log);
         let run = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(format!("[harness] {line}"));
-                if line.trim() == "@@clientmq drain" {
+            while let Some(what) = harness.next_ask().await {
+                if what == "drain" {
                     drain(server.take().expect("one drain")).await;
                     log.lock().unwrap().push("[test] drained; starting again on the same port".into());
                     server = Some(start_healthy_server(port, &log).await);
-                    stdin.write_all(b"restarted\n").await.unwrap();
+                    harness.answer("restarted").await;
                 }
             }
-            harness.wait().await.unwrap()
+            harness.exit().await
         };
         let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
-        let transcript = log.lock().unwrap().join("\n");
-        println!("{transcript}");
-        match outcome {
-            Ok(status) => assert!(status.success(), "the interop harness failed ({status:?}):\n{transcript}"),
-            Err(_) => panic!("the interop harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
-        }
-        assert!(transcript.contains("ok - interop harness passed"), "{transcript}");
+        judged(outcome, HARNESS_TIMEOUT, "ok - interop harness passed", &log);
         drain(server.take().expect("restarted")).await;
     })
     .await

@@ -6,18 +6,13 @@
 //! both ways with every message once and in order, and a newcomer finds the room by alias with
 //! its members and whole conversation. (A killed gateway: `fleet.rs`, on the store too.)
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use clientmq_core::proto::{chat, pcast};
 use clientmq_testkit::client::Client;
 use clientmq_testkit::nats::{Nats, NatsCluster};
-use clientmq_testkit::node::{interop_dir, npm_ci};
-use clientmq_testkit::procs::{
-    Log, Proc, collect, free_port, target_dir, wait_for, wait_listening, workspace_binary,
-};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use clientmq_testkit::node::{Asking, interop_dir, judged, npm_ci};
+use clientmq_testkit::procs::{Log, Proc, free_port, target_dir, wait_for, wait_listening, workspace_binary};
 
 const TOKEN: &str = "survive-token";
 const HARNESS_TIMEOUT: Duration = Duration::from_secs(150);
@@ -136,27 +131,12 @@ async fn survive(fault: Fault) {
             wait_for(Duration::from_secs(40), "the fleet to write to the store", &log, || writes(port)).await;
         }
 
-        let mut harness = Command::new("node")
-            .arg("survive.js")
-            .current_dir(&dir)
-            .env("CLIENTMQ_GW1_PORT", p1.to_string())
-            .env("CLIENTMQ_GW2_PORT", p2.to_string())
-            .env("CLIENTMQ_TOKEN", TOKEN)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("node starts (Node.js is needed for this test)");
-        let mut stdin = harness.stdin.take().unwrap();
-        let mut lines = BufReader::new(harness.stdout.take().unwrap()).lines();
-        collect(harness.stderr.take().unwrap(), "harness".into(), log.clone());
+        let env = [("CLIENTMQ_GW1_PORT", p1.to_string()), ("CLIENTMQ_GW2_PORT", p2.to_string())];
+        let env = [env.as_slice(), &[("CLIENTMQ_TOKEN", TOKEN.to_owned())]].concat();
+        let mut harness = Asking::spawn("survive.js", &dir, &env, &log);
         let run = async {
-            while let Some(line) = lines.next_line().await.unwrap() {
-                log.lock().unwrap().push(format!("[harness] {line}"));
-                if line.trim() != "@@clientmq fault" {
-                    continue;
-                }
+            while let Some(what) = harness.next_ask().await {
+                assert_eq!(what, "fault", "the only thing the harness asks for");
                 match fault {
                     Fault::OnlyWorker => {
                         workers.remove(0).kill().await;
@@ -170,18 +150,12 @@ async fn survive(fault: Fault) {
                     let what = "the fleet to write to and read the store again";
                     wait_for(Duration::from_secs(40), what, &log, || writes(port)).await;
                 }
-                stdin.write_all(b"done\n").await.unwrap();
+                harness.answer("done").await;
             }
-            harness.wait().await.unwrap()
+            harness.exit().await
         };
         let outcome = tokio::time::timeout(HARNESS_TIMEOUT, run).await;
-        let transcript = log.lock().unwrap().join("\n");
-        match outcome {
-            Ok(status) => assert!(status.success(), "the harness failed ({status:?}):\n{transcript}"),
-            Err(_) => panic!("the harness did not finish in {HARNESS_TIMEOUT:?}:\n{transcript}"),
-        }
-        println!("{transcript}");
-        assert!(transcript.contains("ok - survive harness passed"), "{transcript}");
+        judged(outcome, HARNESS_TIMEOUT, "ok - survive harness passed", &log);
         for p in gateways.into_iter().chain(workers) {
             p.kill().await;
         }

@@ -84,3 +84,75 @@ pub async fn node_harness(
     }
     transcript
 }
+
+/// A Node.js harness that asks the test to act: it prints `@@clientmq <what>` lines (and its
+/// progress), and reads the test's answer on its stdin. Its output goes to `log`, tagged
+/// `harness`.
+pub struct Asking {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    log: Log,
+}
+
+impl Asking {
+    /// Runs `node SCRIPT` in `dir` with `env`.
+    pub fn spawn(script: &str, dir: &Path, env: &[(&str, String)], log: &Log) -> Asking {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = Command::new("node")
+            .arg(script)
+            .current_dir(dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("node starts (Node.js is needed for this test)");
+        let stdin = child.stdin.take().expect("piped");
+        let lines = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        collect(child.stderr.take().expect("piped"), "harness".into(), log.clone());
+        Asking { child, stdin, lines, log: log.clone() }
+    }
+
+    /// What the harness asks next (the `<what>` of its next `@@clientmq <what>` line), `None` once
+    /// its output ends.
+    pub async fn next_ask(&mut self) -> Option<String> {
+        while let Some(line) = self.lines.next_line().await.expect("the harness's output") {
+            self.log.lock().unwrap().push(format!("[harness] {line}"));
+            if let Some(what) = line.trim().strip_prefix("@@clientmq ") {
+                return Some(what.to_owned());
+            }
+        }
+        None
+    }
+
+    /// Answers the harness's last ask.
+    pub async fn answer(&mut self, text: &str) {
+        use tokio::io::AsyncWriteExt;
+        self.stdin.write_all(format!("{text}\n").as_bytes()).await.expect("the harness's stdin");
+    }
+
+    /// Waits for the harness to exit.
+    pub async fn exit(mut self) -> std::process::ExitStatus {
+        self.child.wait().await.expect("the harness's exit")
+    }
+}
+
+/// Judges a run of an asking harness that had `within` to finish: it must have exited 0 and
+/// printed `passed`. Returns the transcript (printed too).
+pub fn judged(
+    outcome: Result<std::process::ExitStatus, tokio::time::error::Elapsed>,
+    within: Duration,
+    passed: &str,
+    log: &Log,
+) -> String {
+    let transcript = log.lock().unwrap().join("\n");
+    println!("{transcript}");
+    match outcome {
+        Ok(status) => assert!(status.success(), "the harness failed ({status:?}):\n{transcript}"),
+        Err(_) => panic!("the harness did not finish in {within:?}:\n{transcript}"),
+    }
+    assert!(transcript.contains(passed), "{transcript}");
+    transcript
+}
