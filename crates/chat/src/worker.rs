@@ -115,14 +115,9 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
         Some(seed) => StdRng::seed_from_u64(seed),
         None => rand::make_rng(),
     };
-    let mut pcast = subscribe(&*bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await;
-    let ping_subject = subjects.request("mq.PingPong").expect("a valid subject");
-    let mut ping = subscribe(&*bus, &ping_subject, Some(CHAT_QUEUE)).await;
-    let mut chat = subscribe(&*bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await;
-    let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
-    let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
     let gateways = Gateways::new(subjects.clone(), &config.name);
-    let mut inbox = subscribe(&*bus, &gateways.inbox(), None).await;
+    let Inputs { mut pcast, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
+        inputs(&*bus, &subjects, &gateways).await;
     let mut state = ChatState::new(config.chat, rng, now());
     if config.observer.is_some() {
         state.keep_facts();
@@ -174,7 +169,35 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     }
 }
 
-pub(crate) async fn subscribe<B: Bus>(bus: &B, subject: &str, queue: Option<&str>) -> B::Subscription {
+/// What a worker hears: requests and the latency probe (in queue group `chat`), disconnect
+/// notices (in the group too), every gateway's announcements, and its own inbox.
+pub(crate) struct Inputs<S> {
+    pub pcast: S,
+    pub ping: S,
+    pub chat: S,
+    pub disconnects: S,
+    pub alive: S,
+    pub inbox: S,
+}
+
+/// Subscribes to a worker's [`Inputs`].
+pub(crate) async fn inputs<B: Bus>(
+    bus: &B,
+    subjects: &Subjects,
+    gateways: &Gateways,
+) -> Inputs<B::Subscription> {
+    let ping = subjects.request("mq.PingPong").expect("a valid subject");
+    Inputs {
+        pcast: subscribe(bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await,
+        ping: subscribe(bus, &ping, Some(CHAT_QUEUE)).await,
+        chat: subscribe(bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await,
+        disconnects: subscribe(bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await,
+        alive: subscribe(bus, &subjects.alive_all(), None).await,
+        inbox: subscribe(bus, &gateways.inbox(), None).await,
+    }
+}
+
+async fn subscribe<B: Bus>(bus: &B, subject: &str, queue: Option<&str>) -> B::Subscription {
     loop {
         match bus.subscribe(subject, queue).await {
             Ok(sub) => return sub,

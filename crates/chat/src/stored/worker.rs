@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clientmq_bus::contract::{self, ANNOUNCE_EVERY, CHAT_QUEUE, Subjects, ToGateway, header};
+use clientmq_bus::contract::{self, ANNOUNCE_EVERY, Subjects, ToGateway, header};
 use clientmq_bus::gateways::{Answered, Gateways};
 use clientmq_bus::store::{Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
@@ -39,7 +39,7 @@ use super::{directory, ending, follow, sessions};
 use crate::ChatConfig;
 use crate::metrics::WorkerMetrics;
 use crate::wire::{self, Limits};
-use crate::worker::{WorkerConfig, WorkerEvent, WorkerObserver, subscribe};
+use crate::worker::{Inputs, WorkerConfig, WorkerEvent, WorkerObserver, inputs};
 
 /// How long a connection's end is remembered: far past any request that raced past it.
 const ENDED_KEPT: Duration = Duration::from_secs(300);
@@ -315,14 +315,9 @@ pub async fn run<B: Bus>(
         acks: Mutex::new(BTreeMap::new()),
         next_ack: AtomicU64::new(0),
     });
-    let mut pcast = subscribe(&*bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await;
-    let ping_subject = subjects.request("mq.PingPong").expect("a valid subject");
-    let mut ping = subscribe(&*bus, &ping_subject, Some(CHAT_QUEUE)).await;
-    let mut chat = subscribe(&*bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await;
-    let mut disconnects = subscribe(&*bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await;
-    let mut alive = subscribe(&*bus, &subjects.alive_all(), None).await;
     let mut gateways = Gateways::new(subjects.clone(), &config.name);
-    let mut inbox = subscribe(&*bus, &gateways.inbox(), None).await;
+    let Inputs { mut pcast, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
+        inputs(&*bus, &subjects, &gateways).await;
     tracing::info!(worker = %config.name, "chat worker serving pcast.* and chat.* from the store");
 
     let queues: Queues = Arc::new(Mutex::new(BTreeMap::new()));
