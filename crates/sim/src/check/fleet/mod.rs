@@ -184,6 +184,9 @@ impl FleetCheck {
         if self.store {
             self.connected_since.remove(host);
             self.subs.disturbed(|_| true);
+            if self.connected_since.is_empty() {
+                self.subs.orphans_forgotten();
+            }
             return;
         }
         let mut subs = std::mem::take(&mut self.subs);

@@ -208,6 +208,16 @@ impl Subs {
         self.orphan_of.clear();
     }
 
+    /// The orphans lists died with the workers that kept them (on the store, the last worker
+    /// connected died: the lists live in workers' memory, not in the store).
+    pub(super) fn orphans_forgotten(&mut self) {
+        for c in self.conns.values_mut() {
+            c.orphan = false;
+        }
+        self.orphans.clear();
+        self.orphan_of.clear();
+    }
+
     /// Gateway process `proc` was counted gone: its connections with a session are orphans.
     pub(super) fn gateway_gone(&mut self, proc: &Proc, bound: impl Fn(&ConnectionId) -> bool) {
         let orphans: Vec<ConnectionId> =
