@@ -32,6 +32,15 @@ pub enum Decided<T> {
     Nothing(T),
 }
 
+impl Write {
+    /// `key` of `bucket` becomes `value` (`None`: deleted), expecting the revision `cache` holds
+    /// of it: what every decision writes.
+    pub fn on(cache: &Cache, bucket: Bucket, key: String, value: Option<Vec<u8>>) -> Write {
+        let expect = cache.revision(bucket, &key);
+        Write { bucket, key, expect, value }
+    }
+}
+
 impl<T> Decided<T> {
     /// The same decision with its outcome mapped (to carry what the decision saw along).
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Decided<U> {

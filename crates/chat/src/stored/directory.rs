@@ -154,8 +154,7 @@ pub fn claim(cache: &Cache, alias: &str, new_id: &str, max_rooms: usize) -> Deci
     }
     // Absent, or naming a room that has another alias since: the alias is free.
     let key = RoomKey::Alias(alias.to_owned()).key();
-    let expect = cache.revision(Bucket::Rooms, &key);
-    let write = Write { bucket: Bucket::Rooms, key, expect, value: Some(new_id.as_bytes().to_vec()) };
+    let write = Write::on(cache, Bucket::Rooms, key, Some(new_id.as_bytes().to_vec()));
     Decided::Write(write, Claim::Make(new_id.to_owned()))
 }
 
@@ -187,11 +186,7 @@ pub fn make(cache: &Cache, info: &chat::Room, now_ms: u64, max_rooms: usize) -> 
         ..RoomRecord::default()
     };
     let key = RoomKey::Room(id).key();
-    let expect = cache.revision(Bucket::Rooms, &key);
-    Decided::Write(
-        Write { bucket: Bucket::Rooms, key, expect, value: Some(record.encode_to_vec()) },
-        Made::Made,
-    )
+    Decided::Write(Write::on(cache, Bucket::Rooms, key, Some(record.encode_to_vec())), Made::Made)
 }
 
 /// `session`, a member of room `room_id`, updates its settings to `new`; a new alias in it renames
@@ -272,8 +267,7 @@ fn unclaim(cache: &Cache, alias: &str, id: &str) -> Decided<()> {
         return Decided::Nothing(());
     }
     let key = RoomKey::Alias(alias.to_owned()).key();
-    let expect = cache.revision(Bucket::Rooms, &key);
-    Decided::Write(Write { bucket: Bucket::Rooms, key, expect, value: None }, ())
+    Decided::Write(Write::on(cache, Bucket::Rooms, key, None), ())
 }
 
 /// Deletes room `id`'s key if it is still empty since `before_ms` or earlier.
@@ -283,8 +277,7 @@ fn drop_idle(cache: &Cache, id: &str, before_ms: u64) -> Decided<bool> {
         return Decided::Nothing(false);
     }
     let key = RoomKey::Room(id.to_owned()).key();
-    let expect = cache.revision(Bucket::Rooms, &key);
-    Decided::Write(Write { bucket: Bucket::Rooms, key, expect, value: None }, true)
+    Decided::Write(Write::on(cache, Bucket::Rooms, key, None), true)
 }
 
 #[cfg(test)]

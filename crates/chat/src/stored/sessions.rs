@@ -82,12 +82,8 @@ pub fn mark_ended(cache: &Cache, conn: &str, now_ms: u64) -> Decided<()> {
     if cache.ended(conn) {
         return Decided::Nothing(());
     }
-    let key = ended_key(conn);
-    let expect = cache.revision(Bucket::Sessions, &key);
-    Decided::Write(
-        Write { bucket: Bucket::Sessions, key, expect, value: Some(now_ms.to_be_bytes().to_vec()) },
-        (),
-    )
+    let mark = Some(now_ms.to_be_bytes().to_vec());
+    Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), mark), ())
 }
 
 /// Forgets the mark of connection `conn` if written at `before_ms` or earlier (a request that
@@ -96,16 +92,12 @@ pub fn unmark_ended(cache: &Cache, conn: &str, before_ms: u64) -> Decided<bool> 
     if !cache.ended_before(before_ms).iter().any(|(c, _)| *c == conn) {
         return Decided::Nothing(false);
     }
-    let key = ended_key(conn);
-    let expect = cache.revision(Bucket::Sessions, &key);
-    Decided::Write(Write { bucket: Bucket::Sessions, key, expect, value: None }, true)
+    Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), None), true)
 }
 
 /// Session `id`'s key becomes `record` (`None`: deleted), expecting the revision the cache holds.
 fn write(cache: &Cache, id: &str, record: Option<&SessionRecord>) -> Write {
-    let key = session_key(id);
-    let expect = cache.revision(Bucket::Sessions, &key);
-    Write { bucket: Bucket::Sessions, key, expect, value: record.map(Message::encode_to_vec) }
+    Write::on(cache, Bucket::Sessions, session_key(id), record.map(Message::encode_to_vec))
 }
 
 #[cfg(test)]
