@@ -15,7 +15,7 @@ use super::records::session_key;
 use super::{rooms, sessions};
 
 /// Ends session `id` (with `due_by`, only if its grace has run out by then) and, if this worker
-/// ended it, removes it from its rooms. Returns whether this worker ended it.
+/// ended it, removes it from its rooms. Returns the rooms it was in if this worker ended it.
 pub async fn end_session<B: Bus>(
     store: &Store<B>,
     layout: &Layout,
@@ -23,16 +23,16 @@ pub async fn end_session<B: Bus>(
     id: &str,
     due_by: Option<u64>,
     now_ms: u64,
-) -> Result<bool, DecideError> {
+) -> Result<Option<Vec<String>>, DecideError> {
     // The rooms it is in, as the cache knows them before the end.
     let rooms: Vec<String> = lock(cache).rooms_of(id).map(str::to_owned).collect();
     if !decide(store, layout, cache, |c| sessions::end(c, id, due_by)).await? {
-        return Ok(false);
+        return Ok(None);
     }
-    for room in rooms {
-        decide_room(store, layout, cache, &room, |c| rooms::leave(c, id, &room, now_ms)).await?;
+    for room in &rooms {
+        decide_room(store, layout, cache, room, |c| rooms::leave(c, id, room, now_ms)).await?;
     }
-    Ok(true)
+    Ok(Some(rooms))
 }
 
 /// Finishes what workers that died midway left: events still pending in a room's record are
@@ -142,7 +142,7 @@ mod tests {
         for task in ends.collect::<Vec<_>>() {
             ended.push(task.await.unwrap());
         }
-        assert_eq!(ended.iter().filter(|e| **e).count(), 1, "{ended:?}");
+        assert_eq!(ended.iter().filter(|e| e.is_some()).count(), 1, "{ended:?}");
         let expected = [("r1".to_owned(), "s1".to_owned()), ("r2".to_owned(), "s1".to_owned())];
         assert_eq!(lefts(&mut heard).await, expected);
     }

@@ -186,25 +186,23 @@ impl<B: Bus> Node<B> {
         Ok(detached.is_some())
     }
 
-    /// Ends session `id` (only if its grace ran out by now, with `due`), telling what it left.
+    /// Ends session `id` (only if its grace ran out by now, with `due`); the connection holding
+    /// it, if any, stops hearing the rooms it left. Whether this worker ended it.
     pub async fn end_session(&self, id: &str, due: bool) -> Result<bool, DecideError> {
         let now = self.now_ms();
-        let rooms: Vec<String> = lock(&self.cache).rooms_of(id).map(str::to_owned).collect();
         let held = lock(&self.cache)
             .session(id)
             .and_then(|s| Some((s.value.conn.clone()?, s.value.gateway.clone()?)));
         let due_by = due.then_some(now);
-        let ended = ending::end_session(&self.store, &self.layout, &self.cache, id, due_by, now).await?;
-        if ended {
+        let left = ending::end_session(&self.store, &self.layout, &self.cache, id, due_by, now).await?;
+        if let (Some(rooms), Some((conn, gateway))) = (&left, &held) {
             for room in rooms {
-                if let Some((conn, gateway)) = &held {
-                    for topic in [Topic::Room, Topic::Conversation] {
-                        self.subscribe(gateway, conn, topic, &room, false).await;
-                    }
+                for topic in [Topic::Room, Topic::Conversation] {
+                    self.subscribe(gateway, conn, topic, room, false).await;
                 }
             }
         }
-        Ok(ended)
+        Ok(left.is_some())
     }
 
     /// When the loop must wake for the next session whose grace runs out.
