@@ -64,8 +64,9 @@ pub struct Announced {
 pub enum Answered {
     /// Its answer to a sync: these connections of it are gone; end them.
     Sync(Vec<ConnectionId>),
-    /// It closed the orphans it was sent (or an older list: nothing changes).
-    Orphans,
+    /// Gateway `gateway` closed the orphans it was sent, `closed` (none: it answered an older
+    /// list, and nothing changes).
+    Orphans { gateway: String, closed: Vec<ConnectionId> },
     /// Not an answer the worker asked for.
     Unknown,
 }
@@ -119,6 +120,18 @@ impl Gateways {
         let named: BTreeSet<String> = self.routes.values().cloned().collect();
         for g in named {
             self.seen(&g, now);
+        }
+    }
+
+    /// The orphans each gateway is still to be told, as a store shared by several workers lists
+    /// them (instead of those this worker counted): any worker that hears a gateway tells it.
+    /// A gateway named there and never heard is watched from `now` on, as in [`Self::set_routes`].
+    pub fn set_orphans(&mut self, orphans: BTreeMap<String, BTreeSet<ConnectionId>>, now: Instant) {
+        for gateway in self.gateways.values_mut() {
+            gateway.orphans.clear();
+        }
+        for (g, conns) in orphans {
+            self.seen(&g, now).orphans = conns;
         }
     }
 
@@ -243,16 +256,18 @@ impl Gateways {
             Some("orphans") => {
                 // The gateway closed what it was sent; the rest (if any) goes with the next
                 // announcement.
+                let mut closed = Vec::new();
                 if let Some(gateway) = self.gateways.get_mut(g)
                     && let Some((_, sent_as, _)) = &gateway.told
                     && n.and_then(|n| n.parse::<u64>().ok()) == Some(*sent_as)
                     && let Some((_, _, sent)) = gateway.told.take()
                 {
-                    for id in sent {
-                        gateway.orphans.remove(&id);
+                    for id in &sent {
+                        gateway.orphans.remove(id);
                     }
+                    closed = sent;
                 }
-                Answered::Orphans
+                Answered::Orphans { gateway: g.to_owned(), closed }
             }
             _ => Answered::Unknown,
         }
@@ -334,9 +349,10 @@ mod tests {
         assert_eq!(gws.answered(&nobody), Answered::Unknown, "so the list goes again below");
         // An acknowledgement of the first list changes nothing; of the last, ends the telling.
         let ack = |n: u64| BusMessage::new(format!("p.wk.w1.orphans.gw1.x.{n}"), Vec::new());
-        assert_eq!(gws.answered(&ack(1)), Answered::Orphans);
+        let closed = |ids: Vec<ConnectionId>| Answered::Orphans { gateway: "gw1.x".into(), closed: ids };
+        assert_eq!(gws.answered(&ack(1)), closed(vec![]));
         assert_eq!(gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER * 2).unwrap().publish.len(), 1);
-        assert_eq!(gws.answered(&ack(3)), Answered::Orphans);
+        assert_eq!(gws.answered(&ack(3)), closed(vec![conn(2)]));
         assert!(gws.announced(&announce(&s, "gw1.x", 1), t1 + RESEND_AFTER * 4).unwrap().publish.is_empty());
     }
 
@@ -389,5 +405,38 @@ mod tests {
         assert!(gws.announced(&announce(&s, "gw2.x", 1), t0).unwrap().publish.is_empty());
         // Never heard before at all: nothing to ask about.
         assert!(gws.announced(&announce(&s, "gw3.x", 5), t0).unwrap().publish.is_empty());
+    }
+
+    /// On a store shared by workers, the orphans come from the store: a worker that never
+    /// counted the gateway gone tells it at its next announcement, and a gateway named only
+    /// there is watched.
+    #[test]
+    fn orphans_set_from_a_store_are_told_by_a_worker_that_never_counted_their_gateway_gone() {
+        let s = Subjects::new("p");
+        let mut gws = Gateways::new(s.clone(), "w2");
+        let t0 = Instant::now();
+        assert!(gws.announced(&announce(&s, "gw1.x", 1), t0).unwrap().publish.is_empty());
+        let listed = |pairs: &[(&str, u32)]| {
+            let mut orphans: BTreeMap<String, BTreeSet<ConnectionId>> = BTreeMap::new();
+            for (g, n) in pairs {
+                orphans.entry((*g).to_owned()).or_default().insert(conn(*n));
+            }
+            orphans
+        };
+        gws.set_orphans(listed(&[("gw1.x", 1), ("gw1.x", 2), ("gw9.x", 9)]), t0);
+        let told = gws.announced(&announce(&s, "gw1.x", 1), t0).unwrap();
+        assert!(!told.revived, "never counted gone here");
+        let [list] = told.publish.as_slice() else { panic!("{:?}", told.publish) };
+        assert_eq!(contract::parse_ids(&list.payload), [conn(1), conn(2)]);
+        // Another worker's acknowledgement cleared conn(2) in the store meanwhile: the answer
+        // still names what this worker sent, for it to clear too.
+        gws.set_orphans(listed(&[("gw1.x", 1)]), t0);
+        let ack = BusMessage::new("p.wk.w2.orphans.gw1.x.1", Vec::new());
+        let closed = vec![conn(1), conn(2)];
+        assert_eq!(gws.answered(&ack), Answered::Orphans { gateway: "gw1.x".into(), closed });
+        gws.set_orphans(listed(&[]), t0);
+        assert!(gws.announced(&announce(&s, "gw1.x", 1), t0 + RESEND_AFTER).unwrap().publish.is_empty());
+        // gw9.x, never heard: counted gone after its silence, like a gateway named by a route.
+        assert_eq!(gws.silent(t0 + GATEWAY_SILENT_AFTER), ["gw9.x"]);
     }
 }

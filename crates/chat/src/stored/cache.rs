@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost::Message;
 
-use super::records::{RoomKey, RoomRecord, SessionRecord, session_of_key};
+use super::records::{EndedRecord, RoomKey, RoomRecord, SessionRecord, session_of_key};
 
 /// A session key's form for an ended connection's mark.
 const ENDED: &str = "e.";
@@ -48,8 +48,8 @@ pub struct Cache {
     conns: BTreeMap<String, String>,
     gateways: BTreeMap<String, BTreeSet<String>>,
     memberships: BTreeMap<String, BTreeSet<String>>,
-    /// Connections marked ended, with when (Unix milliseconds).
-    ended: BTreeMap<String, Cached<u64>>,
+    /// Connections marked ended.
+    ended: BTreeMap<String, Cached<EndedRecord>>,
     /// The last stream sequence each bucket's follower applied: every change up to it is here.
     followed: BTreeMap<Bucket, u64>,
 }
@@ -82,8 +82,8 @@ impl Cache {
                 let conn = key[ENDED.len()..].to_owned();
                 match value {
                     Some(v) => {
-                        let at = <[u8; 8]>::try_from(v).map_err(|_| bad())?;
-                        self.ended.insert(conn, Cached { revision, value: u64::from_be_bytes(at) });
+                        let value = EndedRecord::decode(v).map_err(|_| bad())?;
+                        self.ended.insert(conn, Cached { revision, value });
                     }
                     None => {
                         self.ended.remove(&conn);
@@ -155,17 +155,32 @@ impl Cache {
         self.followed.get(&bucket).copied().unwrap_or(0)
     }
 
-    /// Whether connection `conn` is marked ended.
-    pub fn ended(&self, conn: &str) -> bool {
-        self.ended.contains_key(conn)
+    /// Connection `conn`'s ended mark, if it is marked.
+    pub fn ended(&self, conn: &str) -> Option<&Cached<EndedRecord>> {
+        self.ended.get(conn)
     }
 
-    /// Ended marks written at `before_ms` or earlier, with their revisions.
-    pub fn ended_before(&self, before_ms: u64) -> Vec<(&str, u64)> {
+    /// Marks written at `before_ms` or earlier, and those of orphans (still to be told to their
+    /// gateway) written at `orphans_before_ms` or earlier.
+    pub fn old_marks(&self, before_ms: u64, orphans_before_ms: u64) -> Vec<&str> {
         (self.ended.iter())
-            .filter(|(_, e)| e.value <= before_ms)
-            .map(|(conn, e)| (conn.as_str(), e.revision))
+            .filter(|(_, e)| {
+                let before = if e.value.orphan_of.is_some() { orphans_before_ms } else { before_ms };
+                e.value.at_ms <= before
+            })
+            .map(|(conn, _)| conn.as_str())
             .collect()
+    }
+
+    /// The connections each gateway is still to be told to close (see [`EndedRecord`]).
+    pub fn orphans(&self) -> BTreeMap<&str, BTreeSet<&str>> {
+        let mut orphans: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for (conn, e) in &self.ended {
+            if let Some(g) = &e.value.orphan_of {
+                orphans.entry(g.as_str()).or_default().insert(conn.as_str());
+            }
+        }
+        orphans
     }
 
     /// Every connection holding a session, with its gateway.

@@ -1,7 +1,7 @@
 //! What the buckets hold, as protobuf (the chat types are protobuf already) and under which key.
 //!
 //! - bucket `<P>_sessions`, key `<session token>`: a [`SessionRecord`]; and key `e.<connection>`:
-//!   the Unix milliseconds when that connection ended (see `ended`);
+//!   an [`EndedRecord`], the mark that connection ended (see `sessions`);
 //! - bucket `<P>_rooms`, key `r.<room token>`: a [`RoomRecord`], and key `a.<alias token>`: the
 //!   id of the room the alias names (written only while absent: one room per alias).
 //!
@@ -24,6 +24,19 @@ pub struct SessionRecord {
     /// While detached: Unix milliseconds when its grace runs out.
     #[prost(uint64, optional, tag = "3")]
     pub expires_ms: Option<u64>,
+}
+
+/// The mark that a connection ended.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EndedRecord {
+    /// Unix milliseconds when it was marked.
+    #[prost(uint64, tag = "1")]
+    pub at_ms: u64,
+    /// The gateway (route key) the connection was on, while that gateway is still to be told to
+    /// close it: the connection held a session when its gateway was counted gone, so it is an
+    /// orphan the gateway may still have open. Cleared once the gateway says it closed it.
+    #[prost(string, optional, tag = "2")]
+    pub orphan_of: Option<String>,
 }
 
 /// A room and its members.

@@ -131,7 +131,7 @@ async fn authenticate<B: Bus>(
 ) -> Result<pcast::AuthenticateResponse, DecideError> {
     let refuse =
         |status: &str| pcast::AuthenticateResponse { status: status.to_owned(), ..Default::default() };
-    if lock(&n.cache).ended(conn) {
+    if lock(&n.cache).ended(conn).is_some() {
         return Ok(refuse(status::UNAUTHORIZED));
     }
     let asked = auth.session_id.filter(|id| !id.is_empty());
@@ -181,7 +181,7 @@ async fn authenticate<B: Bus>(
     // A connection whose end was recorded before this bind is let go again (see `sessions`).
     let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
     n.followed(Bucket::Sessions, written).await;
-    if lock(&n.cache).ended(conn) {
+    if lock(&n.cache).ended(conn).is_some() {
         let (now, grace) = (n.now_ms(), grace_ms(n));
         decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
         return Ok(refuse(status::UNAUTHORIZED));

@@ -16,7 +16,7 @@ use prost::Message;
 
 use super::cache::{Bucket, Cache};
 use super::decide::{Decided, Write};
-use super::records::{SessionRecord, ended_key, session_key};
+use super::records::{EndedRecord, SessionRecord, ended_key, session_key};
 use crate::wire::status;
 
 /// `conn`, through `gateway`, authenticates: it resumes the session it asks for (`asked`) if
@@ -77,19 +77,31 @@ pub fn end(cache: &Cache, id: &str, due_by: Option<u64>) -> Decided<bool> {
     Decided::Write(write(cache, id, None), true)
 }
 
-/// Connection `conn` ended at `now_ms`: marked, once.
-pub fn mark_ended(cache: &Cache, conn: &str, now_ms: u64) -> Decided<()> {
-    if cache.ended(conn) {
+/// Connection `conn` ended at `now_ms`: marked, once. With `orphan_of`, it ended because its
+/// gateway was counted gone while it held a session: that gateway is to be told to close it.
+pub fn mark_ended(cache: &Cache, conn: &str, now_ms: u64, orphan_of: Option<&str>) -> Decided<()> {
+    if cache.ended(conn).is_some() {
         return Decided::Nothing(());
     }
-    let mark = Some(now_ms.to_be_bytes().to_vec());
-    Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), mark), ())
+    let mark = EndedRecord { at_ms: now_ms, orphan_of: orphan_of.map(str::to_owned) };
+    Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), Some(mark.encode_to_vec())), ())
 }
 
-/// Forgets the mark of connection `conn` if written at `before_ms` or earlier (a request that
-/// raced past a connection's end is long answered by then).
-pub fn unmark_ended(cache: &Cache, conn: &str, before_ms: u64) -> Decided<bool> {
-    if !cache.ended_before(before_ms).iter().any(|(c, _)| *c == conn) {
+/// Gateway `gateway` closed orphan `conn`: its mark no longer asks it to. Whether this changed
+/// the mark.
+pub fn orphan_closed(cache: &Cache, conn: &str, gateway: &str) -> Decided<bool> {
+    let Some(mark) = cache.ended(conn).filter(|m| m.value.orphan_of.as_deref() == Some(gateway)) else {
+        return Decided::Nothing(false);
+    };
+    let mark = EndedRecord { orphan_of: None, ..mark.value.clone() };
+    Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), Some(mark.encode_to_vec())), true)
+}
+
+/// Forgets the mark of connection `conn` if old (see [`Cache::old_marks`]): a request that
+/// raced past a connection's end is long answered by then, and a gateway that has not come back
+/// for its orphans is not coming back.
+pub fn unmark_ended(cache: &Cache, conn: &str, before_ms: u64, orphans_before_ms: u64) -> Decided<bool> {
+    if !cache.old_marks(before_ms, orphans_before_ms).contains(&conn) {
         return Decided::Nothing(false);
     }
     Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), None), true)
@@ -179,6 +191,36 @@ mod tests {
             authenticate(&cache, "c2", "gw1", Some("s1"), false, "s2", 1),
             Decided::Write(_, Ok(_))
         ));
+    }
+
+    /// A connection orphaned by its gateway's silence is listed for that gateway until the
+    /// gateway says it closed it; its mark stays (it still ended) and is forgotten later than a
+    /// plain one.
+    #[test]
+    fn an_orphan_is_listed_until_closed_and_its_mark_outlives_a_plain_one() {
+        let cache = Cache::default();
+        let (w, ()) = decided(mark_ended(&cache, "c1", 1_000, Some("gw1.0")));
+        let cache = taken(cache, &w.unwrap());
+        let (w, ()) = decided(mark_ended(&cache, "c2", 1_000, None));
+        let cache = taken(cache, &w.unwrap());
+        assert!(matches!(mark_ended(&cache, "c1", 2_000, None), Decided::Nothing(())), "marked once");
+        let listed: Vec<(&str, Vec<&str>)> =
+            cache.orphans().into_iter().map(|(g, c)| (g, c.into_iter().collect())).collect();
+        assert_eq!(listed, [("gw1.0", vec!["c1"])]);
+        // Only the old plain mark goes at the plain bound; the orphan's at its own.
+        assert_eq!(cache.old_marks(1_000, 999), ["c2"]);
+        assert_eq!(cache.old_marks(1_000, 1_000), ["c1", "c2"]);
+        assert!(matches!(unmark_ended(&cache, "c1", 1_000, 999), Decided::Nothing(false)));
+
+        // Another gateway's answer changes nothing; its own clears the orphan, once.
+        assert!(matches!(orphan_closed(&cache, "c1", "gw2.0"), Decided::Nothing(false)));
+        let (w, cleared) = decided(orphan_closed(&cache, "c1", "gw1.0"));
+        assert!(cleared);
+        let cache = taken(cache, &w.unwrap());
+        assert!(cache.orphans().is_empty());
+        assert!(cache.ended("c1").is_some_and(|m| m.value.at_ms == 1_000), "still ended, same age");
+        assert!(matches!(orphan_closed(&cache, "c1", "gw1.0"), Decided::Nothing(false)));
+        assert_eq!(cache.old_marks(1_000, 0), ["c1", "c2"]);
     }
 
     /// Two workers see one session's grace run out at once: one ends it, the other finds it

@@ -43,6 +43,8 @@ use crate::worker::{Inputs, WorkerConfig, WorkerEvent, WorkerObserver, inputs};
 
 /// How long a connection's end is remembered: far past any request that raced past it.
 const ENDED_KEPT: Duration = Duration::from_secs(300);
+/// How long an orphan waits in the store for its gateway to come back and close it.
+const ORPHANS_KEPT: Duration = Duration::from_secs(3600);
 /// How long a join waits for its gateway to say it hears the room.
 const ACK_WITHIN: Duration = Duration::from_secs(1);
 /// How long a request to the store waits for its answer.
@@ -65,10 +67,10 @@ pub(crate) struct Node<B: Bus> {
     sends: AtomicU64,
     /// The last message sequence of rooms this worker sent to: a hint (a wrong one costs a retry).
     hints: Mutex<BTreeMap<String, u64>>,
-    /// Connections whose end could not be recorded (the store did not answer): tried again at
-    /// the next tick, so a gateway counted gone while this worker was cut off still has its
-    /// sessions detached.
-    unended: Mutex<std::collections::BTreeSet<String>>,
+    /// Connections whose end could not be recorded (the store did not answer), with the gateway
+    /// that orphaned them: tried again at the next tick, so a gateway counted gone while this
+    /// worker was cut off still has its sessions detached.
+    unended: Mutex<BTreeMap<String, Option<String>>>,
     /// Sessions whose end is under way here (`true`: it failed, try again at the next tick).
     ending: Mutex<BTreeMap<String, bool>>,
     /// Subscriptions waiting for their gateway's acknowledgement, by number.
@@ -172,13 +174,13 @@ impl<B: Bus> Node<B> {
         Ok(self.followed(bucket, state.last_seq).await)
     }
 
-    /// Connection `conn` ended (a disconnect notice, a sync, its gateway gone): marked ended,
-    /// then, once the cache has followed up to the mark, the session it holds starts its grace.
-    /// Whether this worker detached a session.
-    pub async fn ended(&self, conn: &str) -> Result<bool, DecideError> {
+    /// Connection `conn` ended (a disconnect notice, a sync, its gateway gone: `orphan_of`):
+    /// marked ended, then, once the cache has followed up to the mark, the session it holds
+    /// starts its grace. Whether this worker detached a session.
+    pub async fn ended(&self, conn: &str, orphan_of: Option<&str>) -> Result<bool, DecideError> {
         let now = self.now_ms();
         let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
-        decide(store, layout, cache, |c| sessions::mark_ended(c, conn, now)).await?;
+        decide(store, layout, cache, |c| sessions::mark_ended(c, conn, now, orphan_of)).await?;
         let mark = lock(cache).revision(Bucket::Sessions, &ended_key(conn));
         self.followed(Bucket::Sessions, mark).await;
         let grace = u64::try_from(self.config.session_grace.as_millis()).unwrap_or(u64::MAX);
@@ -251,11 +253,12 @@ impl<B: Bus> Node<B> {
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;
-        let old = now.saturating_sub(u64::try_from(ENDED_KEPT.as_millis()).unwrap_or(u64::MAX));
+        let ago = |kept: Duration| now.saturating_sub(u64::try_from(kept.as_millis()).unwrap_or(u64::MAX));
+        let (old, old_orphans) = (ago(ENDED_KEPT), ago(ORPHANS_KEPT));
         let marks: Vec<String> =
-            lock(cache).ended_before(old).into_iter().map(|(c, _)| c.to_owned()).collect();
+            lock(cache).old_marks(old, old_orphans).into_iter().map(str::to_owned).collect();
         for conn in marks {
-            decide(store, layout, cache, |c| sessions::unmark_ended(c, &conn, old)).await?;
+            decide(store, layout, cache, |c| sessions::unmark_ended(c, &conn, old, old_orphans)).await?;
         }
         Ok(())
     }
@@ -309,7 +312,7 @@ pub async fn run<B: Bus>(
         sends: AtomicU64::new(0),
         hints: Mutex::new(BTreeMap::new()),
         ending: Mutex::new(BTreeMap::new()),
-        unended: Mutex::new(std::collections::BTreeSet::new()),
+        unended: Mutex::new(BTreeMap::new()),
         acks: Mutex::new(BTreeMap::new()),
         next_ack: AtomicU64::new(0),
     });
@@ -342,8 +345,8 @@ pub async fn run<B: Bus>(
                 next_tick += ANNOUNCE_EVERY;
                 node.retry_ends();
                 let unended = std::mem::take(&mut *node.unended.lock().unwrap_or_else(PoisonError::into_inner));
-                for conn in unended {
-                    end_later(&node, conn);
+                for (conn, orphan_of) in unended {
+                    end_later(&node, conn, orphan_of);
                 }
                 if let Some(m) = &node.metrics {
                     m.sizes(&lock(&node.cache).stats(), gateways.len());
@@ -367,17 +370,23 @@ pub async fn run<B: Bus>(
                 }
             }
             Some(msg) = inbox.next() => {
-                if !node.acknowledged(&msg)
-                    && let Answered::Sync(ended) = { routes(&node, &mut gateways); gateways.answered(&msg) }
-                {
-                    for conn in ended {
-                        end_later(&node, conn.to_string());
+                if node.acknowledged(&msg) {
+                    continue;
+                }
+                routes(&node, &mut gateways);
+                match gateways.answered(&msg) {
+                    Answered::Sync(ended) => {
+                        for conn in ended {
+                            end_later(&node, conn.to_string(), None);
+                        }
                     }
+                    Answered::Orphans { gateway, closed } => orphans_closed(&node, gateway, closed),
+                    Answered::Unknown => {}
                 }
             }
             Some(msg) = disconnects.next() => {
                 if let Some(conn) = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok()) {
-                    end_later(&node, conn.to_string());
+                    end_later(&node, conn.to_string(), None);
                 }
             }
             Some(msg) = alive.next() => {
@@ -415,36 +424,56 @@ fn tell<B: Bus>(node: &Node<B>, event: WorkerEvent) {
     }
 }
 
-/// The gateways' routes as the store has them: every connection holding a session.
+/// The gateways' routes as the store has them (every connection holding a session), and the
+/// orphans each is still to be told to close.
 fn routes<B: Bus>(node: &Node<B>, gateways: &mut Gateways) {
     let cache = lock(&node.cache);
     let routes = cache.connections().filter_map(|(conn, g)| Some((conn.parse().ok()?, g.to_owned())));
     gateways.set_routes(routes.collect::<Vec<_>>(), now());
+    let orphans = (cache.orphans().into_iter())
+        .map(|(g, conns)| (g.to_owned(), conns.into_iter().filter_map(|c| c.parse().ok()).collect()))
+        .collect();
+    gateways.set_orphans(orphans, now());
 }
 
 /// Ends connection `conn` off the loop; if the store does not take it, it is tried again at the
 /// next tick.
-fn end_later<B: Bus>(node: &Arc<Node<B>>, conn: String) {
+fn end_later<B: Bus>(node: &Arc<Node<B>>, conn: String, orphan_of: Option<String>) {
     let node = node.clone();
     tokio::spawn(async move {
-        if let Err(e) = node.ended(&conn).await {
+        if let Err(e) = node.ended(&conn, orphan_of.as_deref()).await {
             tracing::debug!(%conn, error = %e, "connection end not recorded; trying again");
-            node.unended.lock().unwrap_or_else(PoisonError::into_inner).insert(conn);
+            node.unended.lock().unwrap_or_else(PoisonError::into_inner).insert(conn, orphan_of);
         }
     });
 }
 
-/// Gateway `g` is counted gone: each of its connections is ended, and those that held a
-/// session are remembered as orphans in case it comes back.
+/// Gateway `g` is counted gone: each of its connections is ended, as an orphan (they all held
+/// a session) that any worker tells `g` to close if it comes back.
 fn gone<B: Bus>(node: &Arc<Node<B>>, gateways: &mut Gateways, g: &str) {
     let conns = gateways.connections_on(g);
     tracing::warn!(gateway = %g, connections = conns.len(), "gateway silent; its sessions are detached");
     tell(node, WorkerEvent::GatewayGone { gateway: g.to_owned(), connections: conns.len() });
     for conn in &conns {
-        end_later(node, conn.to_string());
+        end_later(node, conn.to_string(), Some(g.to_owned()));
     }
-    // Every route comes from a session held: all are orphans.
-    gateways.gone(g, conns, now());
+    // The orphans are in the store, where every worker reads them.
+    gateways.gone(g, [], now());
+}
+
+/// Gateway `g` closed `closed`: their marks stop asking for it, off the loop. One not cleared
+/// (the store did not answer) is told again, and cleared with the next answer.
+fn orphans_closed<B: Bus>(node: &Arc<Node<B>>, g: String, closed: Vec<ConnectionId>) {
+    let node = node.clone();
+    tokio::spawn(async move {
+        let (store, layout, cache) = (&node.store, &node.layout, &*node.cache);
+        for conn in closed {
+            let conn = conn.to_string();
+            if let Err(e) = decide(store, layout, cache, |c| sessions::orphan_closed(c, &conn, &g)).await {
+                tracing::debug!(%conn, error = %e, "orphan's close not recorded");
+            }
+        }
+    });
 }
 
 /// The worker's own bus connection changed. Back after an absence: every gateway gets a fresh
