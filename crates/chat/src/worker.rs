@@ -60,6 +60,11 @@ pub enum WorkerEvent {
     GatewayGone { gateway: String, connections: usize },
     /// A gateway counted gone was heard from again.
     GatewayBack { gateway: String },
+    /// On the store: connection `conn`'s end was recorded, so it holds no session again. Either
+    /// its gateway said it ended, or the gateway was counted gone while `conn` held a session:
+    /// then `conn` is an orphan of that gateway (`orphan_of`), which any worker that hears the
+    /// gateway tells it to close. Read off the store, not told by a worker.
+    EndRecorded { conn: ConnectionId, orphan_of: Option<String> },
     /// The worker's own connection to the bus came or went.
     Bus { connected: bool },
     /// The state broke one of its invariants.
@@ -74,6 +79,10 @@ impl std::fmt::Display for WorkerEvent {
                 write!(f, "gateway-gone {gateway} connections={connections}")
             }
             WorkerEvent::GatewayBack { gateway } => write!(f, "gateway-back {gateway}"),
+            WorkerEvent::EndRecorded { conn, orphan_of: None } => write!(f, "end-recorded {conn}"),
+            WorkerEvent::EndRecorded { conn, orphan_of: Some(g) } => {
+                write!(f, "end-recorded {conn} orphan-of={g}")
+            }
             WorkerEvent::Bus { connected: true } => write!(f, "bus-connected"),
             WorkerEvent::Bus { connected: false } => write!(f, "bus-lost"),
             WorkerEvent::Broken(what) => write!(f, "broken {what}"),

@@ -262,7 +262,7 @@ fn an_orphan_left_open_after_its_gateway_came_back_is_caught() {
     let closing = gw(12.5, 0, EventKind::CloseSent { code: 3336, reason: "session-lost" });
     assert_eq!(first(&with(back.clone().into_iter().chain([closing, tick(17.0)]))), None);
     let v = first(&with(back.clone().into_iter().chain([tick(15.1)]))).expect("caught");
-    assert!(v.contains("orphaned by the worker and still open"), "{v}");
+    assert!(v.contains("orphaned and still open"), "{v}");
     // The worker that counted it gone died: the next one knows no orphans of it.
     let forgotten = [
         worker(10.0, WorkerEvent::GatewayGone { gateway: "gw1.0".into(), connections: 1 }),
@@ -277,5 +277,43 @@ fn an_orphan_left_open_after_its_gateway_came_back_is_caught() {
         [Record::sim(at(12.1), "partition-bus gw1"), Record::sim(at(13.0), "repair-bus gw1"), tick(20.0)];
     assert_eq!(first(&with(back.clone().into_iter().chain(cut.clone()))), None);
     let v = first(&with(back.into_iter().chain(cut).chain([tick(21.1)]))).expect("caught");
-    assert!(v.contains("orphaned by the worker and still open"), "{v}");
+    assert!(v.contains("orphaned and still open"), "{v}");
+}
+
+/// On the store, any worker tells a gateway its orphans, read from the store: a connection whose
+/// end is recorded while it is open is owed its close from that record (once the path is calm
+/// and some worker is on the bus), whichever worker counted its gateway gone, dead or not.
+#[test]
+fn an_open_connection_whose_end_the_store_recorded_is_owed_its_close() {
+    let first_on_store = |records: &[Record]| {
+        let mut checker = Checker::new(LIMITS).with_fleet(FLEET, ["chat1".to_owned()]).with_store();
+        records.iter().find_map(|r| checker.observe(r).err()).map(|v| v.to_string())
+    };
+    let store = |t: f64, event: WorkerEvent| Record::worker(at(t), Proc::new("store", 0), event);
+    let recorded = [
+        worker(10.0, WorkerEvent::GatewayGone { gateway: "gw1.0".into(), connections: 1 }),
+        store(10.1, WorkerEvent::EndRecorded { conn: id(0), orphan_of: Some("gw1.0".into()) }),
+        // The worker that counted it gone dies: its successor reads the store.
+        Record::sim(at(10.2), "chat1 killed"),
+        Record::sim(at(11.0), "chat1 restarted"),
+        Record::worker(at(12.0), Proc::new("chat1", 1), WorkerEvent::Bus { connected: true }),
+    ];
+    let closing = gw(14.5, 0, EventKind::CloseSent { code: 3336, reason: "session-lost" });
+    assert_eq!(first_on_store(&with(recorded.clone().into_iter().chain([closing, tick(19.0)]))), None);
+    let v = first_on_store(&with(recorded.clone().into_iter().chain([tick(15.1)]))).expect("caught");
+    assert!(v.contains("orphaned and still open"), "{v}");
+    // With no worker on the bus, nobody can tell it: owed from the first one's return.
+    let late = recorded.iter().filter(|r| !matches!(r.body, Body::Worker(_)) || r.at < at(11.0));
+    let mut late: Vec<Record> = late.cloned().collect();
+    late.push(Record::worker(at(20.0), Proc::new("chat1", 1), WorkerEvent::Bus { connected: true }));
+    assert_eq!(first_on_store(&with(late.clone().into_iter().chain([tick(23.0)]))), None);
+    let v = first_on_store(&with(late.into_iter().chain([tick(23.1)]))).expect("caught");
+    assert!(v.contains("orphaned and still open"), "{v}");
+    // A connection its gateway is closing (whose notice the worker recorded) is owed nothing.
+    let told = [
+        gw(10.0, 0, EventKind::CloseSent { code: 1000, reason: "" }),
+        store(10.1, WorkerEvent::EndRecorded { conn: id(0), orphan_of: None }),
+        tick(14.9),
+    ];
+    assert_eq!(first_on_store(&with(told)), None);
 }

@@ -1,5 +1,6 @@
 //! The facts of a fleet on the store, read off the store itself: which connection holds which
-//! session, which sessions hear which rooms, which sessions ended. Workers on the store keep
+//! session, which sessions hear which rooms, which sessions ended, which connections ended (and
+//! which of those a gateway is to be told to close: orphans). Workers on the store keep
 //! nothing, and one may die between a write the store took and anything it would have said
 //! about it; the store's own record is the truth the checks hold gateways and clients to.
 //!
@@ -13,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use clientmq_bus::store::StoredMsg;
 use clientmq_bus::store::wire::header;
 use clientmq_chat::Fact;
-use clientmq_chat::stored::records::{RoomKey, RoomRecord, SessionRecord, session_of_key};
+use clientmq_chat::stored::records::{EndedRecord, RoomKey, RoomRecord, SessionRecord, session_of_key};
 use clientmq_chat::worker::WorkerEvent;
 use clientmq_core::Topic;
 use clientmq_core::proto::chat;
@@ -33,6 +34,8 @@ pub struct StoreFacts {
     announced: BTreeMap<String, BTreeSet<String>>,
     /// Every message id the history stored.
     sends: BTreeSet<String>,
+    /// Connections whose end is recorded, until the mark is forgotten.
+    ended: BTreeSet<String>,
 }
 
 impl StoreFacts {
@@ -52,7 +55,25 @@ impl StoreFacts {
         if let Some(rest) = msg.subject.strip_prefix(&self.history_prefix) {
             return self.history(rest, msg).map(WorkerEvent::Broken).into_iter().collect();
         }
+        if let Some(conn) = msg.subject.strip_prefix(&self.sessions_prefix).and_then(|k| k.strip_prefix("e."))
+        {
+            return self.ended_mark(conn, msg).into_iter().collect();
+        }
         self.facts(msg).into_iter().map(WorkerEvent::Fact).collect()
+    }
+
+    /// A change to connection `conn`'s ended mark: news if the mark is new.
+    fn ended_mark(&mut self, conn: &str, msg: &StoredMsg) -> Option<WorkerEvent> {
+        let deleted = matches!(msg.header(header::KV_OPERATION), Some("DEL" | "PURGE"));
+        if deleted {
+            self.ended.remove(conn);
+            return None;
+        }
+        if !self.ended.insert(conn.to_owned()) {
+            return None;
+        }
+        let orphan_of = EndedRecord::decode(msg.data.as_slice()).ok().and_then(|m| m.orphan_of);
+        Some(WorkerEvent::EndRecorded { conn: conn.parse().ok()?, orphan_of })
     }
 
     /// A message appended to a room's history (`<room token>.<kind>`): what it breaks, if anything.

@@ -129,7 +129,7 @@ impl FleetCheck {
     }
 
     pub fn check_time(&self, at: Duration) -> Result<(), Violation> {
-        self.subs.check_time(at, &self.limits)?;
+        self.subs.check_time(at, &self.limits, self.able_since())?;
         let l = &self.limits;
         let worker = match self.store {
             true => self.able_since(),
@@ -184,9 +184,6 @@ impl FleetCheck {
         if self.store {
             self.connected_since.remove(host);
             self.subs.disturbed(|_| true);
-            if self.connected_since.is_empty() {
-                self.subs.orphans_forgotten();
-            }
             return;
         }
         let mut subs = std::mem::take(&mut self.subs);
@@ -294,11 +291,14 @@ impl FleetCheck {
                     self.subs.gateway_gone(&proc, |c| bound.contains_key(c));
                 }
             }
-            WorkerEvent::GatewayBack { gateway } => {
+            // On the store, orphans are due when recorded (below), told by any worker.
+            WorkerEvent::GatewayBack { gateway } if !self.store => {
                 if let Some(proc) = proc_of(gateway) {
                     self.subs.gateway_back(at, &self.limits, &proc);
                 }
             }
+            WorkerEvent::GatewayBack { .. } => {}
+            WorkerEvent::EndRecorded { conn, .. } => self.subs.end_recorded(at, &self.limits, *conn),
             WorkerEvent::Bus { connected } => {
                 if *connected && !self.worker_connected {
                     self.worker_since = at;

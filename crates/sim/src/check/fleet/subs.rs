@@ -11,8 +11,10 @@
 //!   or settling ([`Weather`]), the worker died since it opened (what it knew is gone), or its
 //!   gateway was counted gone (the next rule's business).
 //! - **Orphans are closed.** A connection whose gateway was counted gone while it had a session
-//!   is closed (or ends) within [`FleetLimits::orphans_within`] of its gateway's return, counted
-//!   from when the path between the gateway and the worker is calm again, whatever lists or
+//!   is closed (or ends) within [`FleetLimits::orphans_within`] of its gateway's return (on the
+//!   store: of the record there of its end, which every worker reads, and which for an open
+//!   connection only a gateway counted gone explains), counted from when the path between
+//!   the gateway and the workers is calm again and some worker can tell it, whatever lists or
 //!   answers the bus lost on the way.
 //!
 //! [`Fact::Hears`]: clientmq_chat::Fact::Hears
@@ -38,6 +40,8 @@ struct Conn {
     unknown: bool,
     /// Had a session when its gateway was counted gone: an orphan if the gateway comes back.
     orphan: bool,
+    /// Its gateway is closing it.
+    closing: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -57,7 +61,8 @@ pub(super) struct Subs {
 
 impl Subs {
     pub(super) fn opened(&mut self, proc: &Proc, conn: ConnectionId) {
-        let c = Conn { proc: proc.clone(), subs: BTreeSet::new(), unknown: false, orphan: false };
+        let c =
+            Conn { proc: proc.clone(), subs: BTreeSet::new(), unknown: false, orphan: false, closing: false };
         self.conns.insert(conn, c);
     }
 
@@ -72,6 +77,9 @@ impl Subs {
     /// The gateway is closing the connection (3336 for an orphan): owed nothing more, whether
     /// or not the client answers its close frame.
     pub(super) fn closing(&mut self, conn: ConnectionId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.closing = true;
+        }
         if let Some(due) = self.orphan_of.remove(&conn) {
             self.orphans.remove(&(due, conn));
         }
@@ -208,16 +216,6 @@ impl Subs {
         self.orphan_of.clear();
     }
 
-    /// The orphans lists died with the workers that kept them (on the store, the last worker
-    /// connected died: the lists live in workers' memory, not in the store).
-    pub(super) fn orphans_forgotten(&mut self) {
-        for c in self.conns.values_mut() {
-            c.orphan = false;
-        }
-        self.orphans.clear();
-        self.orphan_of.clear();
-    }
-
     /// Gateway process `proc` was counted gone: its connections with a session are orphans.
     pub(super) fn gateway_gone(&mut self, proc: &Proc, bound: impl Fn(&ConnectionId) -> bool) {
         let orphans: Vec<ConnectionId> =
@@ -232,12 +230,29 @@ impl Subs {
 
     /// Gateway process `proc` is back: its orphans are to be closed.
     pub(super) fn gateway_back(&mut self, at: Duration, limits: &FleetLimits, proc: &Proc) {
-        let due = at + limits.orphans_within;
-        for (id, c) in &self.conns {
-            if c.proc == *proc && c.orphan && !self.orphan_of.contains_key(id) {
-                self.orphans.insert((due, *id));
-                self.orphan_of.insert(*id, due);
-            }
+        let orphans: Vec<ConnectionId> =
+            self.conns.iter().filter(|(_, c)| c.proc == *proc && c.orphan).map(|(id, _)| *id).collect();
+        for id in orphans {
+            self.due_closed(at, limits, id);
+        }
+    }
+
+    /// On the store: `conn`'s end is recorded while it is open, so it can never hold a session
+    /// again. Its gateway had said nothing of its end, so it was counted gone: `conn` is an
+    /// orphan any worker that hears the gateway tells it to close, due now, whether or not a
+    /// worker counted its gateway gone or back.
+    pub(super) fn end_recorded(&mut self, at: Duration, limits: &FleetLimits, conn: ConnectionId) {
+        let Some(c) = self.conns.get_mut(&conn).filter(|c| !c.closing) else { return };
+        c.orphan = true;
+        self.clear(conn);
+        self.due_closed(at, limits, conn);
+    }
+
+    fn due_closed(&mut self, at: Duration, limits: &FleetLimits, conn: ConnectionId) {
+        if !self.orphan_of.contains_key(&conn) {
+            let due = at + limits.orphans_within;
+            self.orphans.insert((due, conn));
+            self.orphan_of.insert(conn, due);
         }
     }
 
@@ -248,7 +263,13 @@ impl Subs {
         self.weather.calm_from(path)
     }
 
-    pub(super) fn check_time(&self, at: Duration, limits: &FleetLimits) -> Result<(), Violation> {
+    /// `able`: since when some worker could tell a gateway its orphans (none: no worker can).
+    pub(super) fn check_time(
+        &self,
+        at: Duration,
+        limits: &FleetLimits,
+        able: Option<Duration>,
+    ) -> Result<(), Violation> {
         let late = |due: Duration, conn: &ConnectionId, within: Duration| {
             self.calm_from(conn).is_some_and(|calm| due.max(calm + within) + limits.tolerance < at)
         };
@@ -278,13 +299,15 @@ impl Subs {
             );
         }
         let within = limits.orphans_within;
-        if let Some((_, conn)) = overdue(&self.orphans).into_iter().find(|(due, c)| late(*due, c, within)) {
+        let Some(able) = able else { return Ok(()) };
+        let late = |due: Duration, c: &ConnectionId| late(due.max(able + within), c, within);
+        if let Some((_, conn)) = overdue(&self.orphans).into_iter().find(|(due, c)| late(*due, c)) {
             let c = &self.conns[&conn];
             return violation(
                 at,
                 Some(conn),
                 format!(
-                    "{}: orphaned by the worker and still open {:?} after its gateway came back",
+                    "{}: orphaned and still open {:?} after its gateway came back (on the store: after its end was recorded)",
                     c.proc, limits.orphans_within
                 ),
             );
