@@ -50,6 +50,8 @@ pub struct Cache {
     memberships: BTreeMap<String, BTreeSet<String>>,
     /// Connections marked ended.
     ended: BTreeMap<String, Cached<EndedRecord>>,
+    /// The orphans among them, by gateway: read at every announcement, so kept, not searched.
+    orphans: BTreeMap<String, BTreeSet<String>>,
     /// The last stream sequence each bucket's follower applied: every change up to it is here.
     followed: BTreeMap<Bucket, u64>,
 }
@@ -83,11 +85,9 @@ impl Cache {
                 match value {
                     Some(v) => {
                         let value = EndedRecord::decode(v).map_err(|_| bad())?;
-                        self.ended.insert(conn, Cached { revision, value });
+                        self.set_ended(conn, Some(Cached { revision, value }));
                     }
-                    None => {
-                        self.ended.remove(&conn);
-                    }
+                    None => self.set_ended(conn, None),
                 }
             }
             Bucket::Sessions => {
@@ -129,6 +129,17 @@ impl Cache {
             self.gateways.entry(gateway.clone()).or_default().insert(id.clone());
         }
         self.sessions.insert(id, record);
+    }
+
+    fn set_ended(&mut self, conn: String, mark: Option<Cached<EndedRecord>>) {
+        if let Some(g) = self.ended.remove(&conn).and_then(|old| old.value.orphan_of) {
+            remove_from(&mut self.orphans, &g, &conn);
+        }
+        let Some(mark) = mark else { return };
+        if let Some(g) = &mark.value.orphan_of {
+            self.orphans.entry(g.clone()).or_default().insert(conn.clone());
+        }
+        self.ended.insert(conn, mark);
     }
 
     fn set_room(&mut self, id: String, record: Option<Cached<RoomRecord>>) {
@@ -173,14 +184,8 @@ impl Cache {
     }
 
     /// The connections each gateway is still to be told to close (see [`EndedRecord`]).
-    pub fn orphans(&self) -> BTreeMap<&str, BTreeSet<&str>> {
-        let mut orphans: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-        for (conn, e) in &self.ended {
-            if let Some(g) = &e.value.orphan_of {
-                orphans.entry(g.as_str()).or_default().insert(conn.as_str());
-            }
-        }
-        orphans
+    pub fn orphans(&self) -> &BTreeMap<String, BTreeSet<String>> {
+        &self.orphans
     }
 
     /// Every connection holding a session, with its gateway.
@@ -299,9 +304,13 @@ impl Cache {
         for (id, r) in &self.rooms {
             cache.set_room(id.clone(), Some(r.clone()));
         }
+        for (conn, e) in &self.ended {
+            cache.set_ended(conn.clone(), Some(e.clone()));
+        }
         if (cache.conns != self.conns)
             || (cache.gateways != self.gateways)
             || (cache.memberships != self.memberships)
+            || (cache.orphans != self.orphans)
         {
             return Err("an index disagrees with the records".into());
         }

@@ -204,8 +204,11 @@ mod tests {
         let (w, ()) = decided(mark_ended(&cache, "c2", 1_000, None));
         let cache = taken(cache, &w.unwrap());
         assert!(matches!(mark_ended(&cache, "c1", 2_000, None), Decided::Nothing(())), "marked once");
-        let listed: Vec<(&str, Vec<&str>)> =
-            cache.orphans().into_iter().map(|(g, c)| (g, c.into_iter().collect())).collect();
+        let listed: Vec<(&str, Vec<&str>)> = cache
+            .orphans()
+            .iter()
+            .map(|(g, c)| (g.as_str(), c.iter().map(String::as_str).collect()))
+            .collect();
         assert_eq!(listed, [("gw1.0", vec!["c1"])]);
         // Only the old plain mark goes at the plain bound; the orphan's at its own.
         assert_eq!(cache.old_marks(1_000, 999), ["c2"]);
@@ -218,6 +221,7 @@ mod tests {
         assert!(cleared);
         let cache = taken(cache, &w.unwrap());
         assert!(cache.orphans().is_empty());
+        cache.check().unwrap();
         assert!(cache.ended("c1").is_some_and(|m| m.value.at_ms == 1_000), "still ended, same age");
         assert!(matches!(orphan_closed(&cache, "c1", "gw1.0"), Decided::Nothing(false)));
         assert_eq!(cache.old_marks(1_000, 0), ["c1", "c2"]);

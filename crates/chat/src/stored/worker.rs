@@ -430,8 +430,8 @@ fn routes<B: Bus>(node: &Node<B>, gateways: &mut Gateways) {
     let cache = lock(&node.cache);
     let routes = cache.connections().filter_map(|(conn, g)| Some((conn.parse().ok()?, g.to_owned())));
     gateways.set_routes(routes.collect::<Vec<_>>(), now());
-    let orphans = (cache.orphans().into_iter())
-        .map(|(g, conns)| (g.to_owned(), conns.into_iter().filter_map(|c| c.parse().ok()).collect()))
+    let orphans = (cache.orphans().iter())
+        .map(|(g, conns)| (g.clone(), conns.iter().filter_map(|c| c.parse().ok()).collect()))
         .collect();
     gateways.set_orphans(orphans, now());
 }
