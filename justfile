@@ -50,6 +50,13 @@ bench-fanout *ARGS:
     cargo build --release -p clientmq-server -p clientmq-chat -p clientmq-bench
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ./target/release/clientmq-load suite --only-fanout --out BENCHMARKS.md --command "just bench-fanout" {{ARGS}}
 
+# Only the store figures: chat sends and joins through `clientmq-chat --store` (state in
+# JetStream), one and two workers, next to the in-memory worker; rewrites their own block of
+# BENCHMARKS.md. Needs nats-server 2.9 or later (on PATH, or --nats-bin).
+bench-store *ARGS:
+    cargo build --release -p clientmq-server -p clientmq-chat -p clientmq-bench
+    ./target/release/clientmq-load suite --only-store --out BENCHMARKS.md --command "just bench-store" {{ARGS}}
+
 # Fuzz the codec, the EdgeAuth verifier and the HTTP head reader: CASES each, on one core.
 fuzz CASES="10000000":
     FUZZ_CASES={{CASES}} cargo test --release -p clientmq-core --test fuzz -- --ignored --test-threads=1 --nocapture

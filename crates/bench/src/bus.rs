@@ -175,7 +175,7 @@ async fn probe(gateway: &Target) -> Result<(), String> {
     }
 }
 
-async fn nats_version(bins: &Binaries) -> String {
+pub(crate) async fn nats_version(bins: &Binaries) -> String {
     let out = tokio::process::Command::new(&bins.nats).arg("--version").output().await;
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|e| e.to_string())
 }

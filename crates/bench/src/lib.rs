@@ -11,7 +11,8 @@
 //! - [`churn`]: connections opened and closed in a loop; cycles per second.
 //!
 //! [`suite`] runs all of them against the three servers ([`servers`]), the request load through
-//! the NATS bus ([`bus`]), plus the simulator's figures,
+//! the NATS bus ([`bus`]), chat sends and joins through workers keeping their state in JetStream
+//! ([`store`]), plus the simulator's figures,
 //! and writes the table of `BENCHMARKS.md` ([`report`]). Loopback only: [`target::Target`]
 //! refuses any other address.
 
@@ -26,5 +27,6 @@ pub mod report;
 pub mod request;
 pub mod servers;
 pub mod stats;
+pub mod store;
 pub mod suite;
 pub mod target;

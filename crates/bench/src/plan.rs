@@ -26,9 +26,11 @@ pub struct SuiteOpts {
     pub idle_hold: Duration,
     pub churn_concurrency: usize,
     pub explore_seeds: u64,
-    /// Which parts run: the main block (requests, churn, bus, idle, simulator) and fan-out.
+    /// Which parts run: the main block (requests, churn, bus, idle, simulator), fan-out, and
+    /// the store (chat through JetStream).
     pub main: bool,
     pub fanout: bool,
+    pub store: bool,
     /// The command line recorded in the file.
     pub command: String,
 }

@@ -107,6 +107,23 @@ pub fn bucket_quantile(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> O
     delta.iter().find(|(_, n)| *n >= q * total).map(|(le, _)| *le)
 }
 
+/// CPU time the whole machine has spent busy since boot, over all cores, in seconds (every
+/// process's, this one's and other jobs' alike).
+pub fn machine_busy_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    Some(stat_busy_ticks(&stat)? as f64 / USER_HZ)
+}
+
+/// Busy ticks of `/proc/stat`'s `cpu` line: user, nice, system, irq, softirq and steal (a core
+/// the hypervisor took is not free either); idle and iowait are not, and guest time is already
+/// in user time.
+pub fn stat_busy_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let ticks: Vec<u64> = line.split_whitespace().skip(1).map(|t| t.parse().ok()).collect::<Option<_>>()?;
+    let at = |i: usize| ticks.get(i).copied().unwrap_or(0);
+    (ticks.len() >= 4).then(|| at(0) + at(1) + at(2) + at(5) + at(6) + at(7))
+}
+
 /// The 1-minute load average.
 pub fn loadavg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
@@ -132,6 +149,14 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some((250, 37)));
         assert_eq!(stat_cpu_ticks("garbage"), None);
         assert!(cpu_secs(std::process::id()).is_ok());
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_idle_and_iowait_out() {
+        let stat = "cpu  100 2 30 5000 40 0 6 7 9 0\ncpu0 50 1 15 2500 20 0 3 4 9 0\nintr 1\n";
+        assert_eq!(stat_busy_ticks(stat), Some(100 + 2 + 30 + 6 + 7));
+        assert_eq!(stat_busy_ticks("cpu0 1 2 3 4\n"), None);
+        assert!(machine_busy_secs().is_some_and(|s| s > 0.0));
     }
 
     #[test]

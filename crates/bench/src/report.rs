@@ -12,6 +12,9 @@ pub const END: &str = "<!-- bench:end -->";
 /// The fan-out block has markers of its own: `just bench-fanout` rewrites it alone.
 pub const FANOUT_BEGIN: &str = "<!-- fanout:begin (written by `just bench`; edit outside these markers) -->";
 pub const FANOUT_END: &str = "<!-- fanout:end -->";
+/// So has the store block: `just bench-store` rewrites it alone.
+pub const STORE_BEGIN: &str = "<!-- store:begin (written by `just bench`; edit outside these markers) -->";
+pub const STORE_END: &str = "<!-- store:end -->";
 
 /// One figure, measured on clientmq and (where it applies) on the echo baseline and on the Node
 /// gateway of the seed's design.
@@ -63,6 +66,11 @@ pub struct Results {
     /// The fan-out figures and their notes, when measured.
     pub fanout: Vec<crate::fanout::suite::FanRow>,
     pub fanout_notes: Vec<String>,
+    /// The store figures (chat through JetStream) and their notes, when measured.
+    pub store: Vec<crate::store::StoreRow>,
+    pub store_notes: Vec<String>,
+    /// How the store runs were done, one sentence.
+    pub store_method: String,
     pub machine: String,
     pub date: String,
     /// How runs were done (repeats, warm-up, window), one sentence.
@@ -164,6 +172,23 @@ pub fn render_fanout(res: &Results) -> String {
     s
 }
 
+/// The generated store block, markers included.
+pub fn render_store(res: &Results) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{STORE_BEGIN}");
+    let _ = writeln!(s, "Measured {} on {}.", res.date, res.machine);
+    let _ = writeln!(s, "{}\n", res.store_method);
+    let _ = writeln!(s, "Command: `{}`\n", res.command);
+    s.push_str(&crate::store::render(&res.store));
+    let _ = writeln!(s, "\nEvery run:\n");
+    for row in res.store.iter().filter(|r| !r.runs.is_empty()) {
+        let _ = writeln!(s, "- {}: {}", row.figure, row.runs);
+    }
+    notes(&mut s, &res.store_notes);
+    let _ = writeln!(s, "{STORE_END}");
+    s
+}
+
 /// Puts `generated` (a block with its markers) in place of the block with the same markers in
 /// `path`, or adds it (creating the file if needed).
 pub fn write_into(path: &Path, generated: &str) -> std::io::Result<()> {
@@ -208,6 +233,15 @@ mod tests {
         let again = splice(&both, &format!("{FANOUT_BEGIN}\nfan2\n{FANOUT_END}\n"));
         assert_eq!(again, both.replace("\nfan\n", "\nfan2\n"));
         assert_eq!(splice(&again, &block), again);
+        // The store block too, in place of its placeholder.
+        let placeholder = format!("{again}\n{STORE_BEGIN}\nNot measured yet.\n{STORE_END}\n\n## After\n");
+        let store = render_store(&Results { store_method: "m".into(), ..Results::default() });
+        assert!(store.starts_with(STORE_BEGIN) && store.trim_end().ends_with(STORE_END), "{store}");
+        let written = splice(&placeholder, &store);
+        assert_eq!(
+            written,
+            placeholder.replace(&format!("{STORE_BEGIN}\nNot measured yet.\n{STORE_END}"), store.trim_end())
+        );
     }
 
     #[test]

@@ -7,9 +7,10 @@
 //! wrk2 does); one sent on time is timed from its send, so the coarse timer of the load generator
 //! itself does not count as server latency.
 //!
-//! Timeline: every connection opens first; then `warmup` (nothing recorded), then `duration`
-//! (answers received in it count for throughput, requests started and answered in it for
-//! latency); then each connection sends a close and is dropped, all within bounded time.
+//! Timeline: every connection opens (and, for chat work, sets up its session and room: see
+//! [`Work`]) first; then `warmup` (nothing recorded), then `duration` (answers received in it
+//! count for throughput, requests started and answered in it for latency); then each
+//! connection sends a close and is dropped, all within bounded time.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,14 +20,23 @@ use hdrhistogram::Histogram;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::frame::{self, Answer};
+use crate::frame;
 use crate::stats::{self, Latency};
 use crate::target::{self, Target, Ws};
+
+pub(crate) mod work;
+#[cfg(test)]
+mod work_tests;
+
+pub use work::Work;
+use work::{Load, Verdict};
 
 /// An answer not there this long after the end of the run counts as an error.
 const ANSWER_GRACE: Duration = Duration::from_secs(2);
 /// Time allowed to each connection's close at the end.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Time allowed to each connection's chat setup (session, room) before the run.
+const SETUP_WITHIN: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct RequestOpts {
@@ -39,6 +49,8 @@ pub struct RequestOpts {
     pub sources: usize,
     /// Connections being opened at once.
     pub connect_concurrency: usize,
+    /// What each request is.
+    pub work: Work,
 }
 
 impl Default for RequestOpts {
@@ -50,20 +62,23 @@ impl Default for RequestOpts {
             rate: None,
             sources: 1,
             connect_concurrency: 128,
+            work: Work::Ping,
         }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct RequestReport {
-    /// Connections that opened.
+    /// Connections that opened (and were set up).
     pub connections: usize,
     pub connect_errors: u64,
     /// Answers received in the measured window (an `mq.Error` is not an answer here).
     pub completed: u64,
-    /// Wrong or missing answers, `mq.Error`s, closed or failed connections, over the whole run.
+    /// Wrong or missing answers, `mq.Error`s, chat statuses other than `ok`, closed or failed
+    /// connections, failed setups, over the whole run.
     pub errors: u64,
-    /// The `mq.Error` answers among the errors, by reason (`rate-limited`, ...).
+    /// The `mq.Error` answers (by reason: `rate-limited`, ...) and chat answers whose status is
+    /// not `ok` (by status) among the errors.
     pub refused: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     pub window: Duration,
@@ -151,15 +166,61 @@ pub async fn run(target: &Target, opts: &RequestOpts) -> RequestReport {
 /// Runs request mode with the connections spread evenly over `targets` (several gateways of one
 /// system), measured as one run.
 pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport {
-    let (mut conns, mut connect_errors, mut connect_error) = (Vec::new(), 0, None);
+    run_prepared(prepare(targets, opts).await, opts).await
+}
+
+/// Connections opened and set up for a run, not loaded yet.
+pub struct Prepared {
+    conns: Vec<(Ws, Load)>,
+    connect_errors: u64,
+    setup_errors: u64,
+    first_error: Option<String>,
+}
+
+/// Opens the connections of a run over `targets` and sets each up for `opts.work`: what
+/// [`run_prepared`] then loads. Separate so that a caller can time the load alone.
+pub async fn prepare(targets: &[Target], opts: &RequestOpts) -> Prepared {
+    let (mut conns, mut connect_errors, mut first_error) = (Vec::new(), 0, None);
     for (i, target) in targets.iter().enumerate() {
         let share = opts.connections / targets.len() + usize::from(i < opts.connections % targets.len());
         let (open, errors, first) =
             target::open_many(target, share, opts.sources, 0, opts.connect_concurrency).await;
         conns.extend(open);
         connect_errors += errors;
-        connect_error = connect_error.or(first);
+        first_error = first_error.or(first);
     }
+    let nonce = work::run_nonce();
+    let set_up: Vec<Result<(Ws, Load), String>> = futures_util::stream::iter(conns.into_iter().enumerate())
+        .map(|(i, mut ws)| {
+            let alias = format!("{nonce}-{i}");
+            async move {
+                match tokio::time::timeout(SETUP_WITHIN, work::setup(&mut ws, opts.work, &alias)).await {
+                    Ok(Ok(load)) => Ok((ws, load)),
+                    Ok(Err(e)) => Err(format!("setup: {e}")),
+                    Err(_) => Err(format!("setup: not done within {SETUP_WITHIN:?}")),
+                }
+            }
+        })
+        .buffer_unordered(opts.connect_concurrency.max(1))
+        .collect()
+        .await;
+    let (mut ready, mut setup_errors) = (Vec::new(), 0);
+    for r in set_up {
+        match r {
+            Ok(conn) => ready.push(conn),
+            Err(e) => {
+                setup_errors += 1;
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Prepared { conns: ready, connect_errors, setup_errors, first_error }
+}
+
+/// Loads prepared connections: warm-up, measured window, close.
+pub async fn run_prepared(prepared: Prepared, opts: &RequestOpts) -> RequestReport {
+    let Prepared { conns, connect_errors, setup_errors, first_error } = prepared;
+    let connections = conns.len();
     let start = Instant::now() + Duration::from_millis(20);
     let measure_from = start + opts.warmup;
     let plan = Plan {
@@ -172,13 +233,13 @@ pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, ws)| {
+        .map(|(i, (ws, load))| {
             // Spread the connections' slots over one interval.
             let offset = plan.interval.map_or(Duration::ZERO, |iv| iv.mul_f64(i as f64 / n as f64));
-            tokio::spawn(connection(ws, plan, offset))
+            tokio::spawn(connection(ws, load, plan, offset))
         })
         .collect();
-    let mut total = Outcome { first_error: connect_error, ..Outcome::default() };
+    let mut total = Outcome { errors: setup_errors, first_error, ..Outcome::default() };
     let mut hist = stats::histogram();
     for task in tasks {
         let Ok(o) = task.await else {
@@ -203,7 +264,7 @@ pub async fn run_spread(targets: &[Target], opts: &RequestOpts) -> RequestReport
         }
     }
     RequestReport {
-        connections: opts.connections - connect_errors as usize,
+        connections,
         connect_errors,
         completed: total.completed,
         errors: total.errors,
@@ -232,7 +293,17 @@ async fn next_data(ws: &mut Ws) -> Result<String, String> {
     }
 }
 
-async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
+/// The next data frame that is not an event, when `skip_events`.
+async fn next_answer(ws: &mut Ws, skip_events: bool) -> Result<String, String> {
+    loop {
+        let text = next_data(ws).await?;
+        if !(skip_events && work::is_event(&text)) {
+            return Ok(text);
+        }
+    }
+}
+
+async fn connection(mut ws: Ws, load: Load, plan: Plan, offset: Duration) -> Outcome {
     let mut out = Outcome { hist: Some(stats::histogram()), ..Outcome::default() };
     let mut answered_at = plan.start;
     for n in 0u64.. {
@@ -253,13 +324,14 @@ async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
             _ => sent_at,
         };
         let id = frame::request_id(n);
-        let text = frame::request_frame(&id, n);
+        let text = load.frame(&id, n);
         let request_bytes = text.len();
         if let Err(e) = ws.send(Message::Text(text.into())).await {
             out.error(format!("send: {e}"));
             return out;
         }
-        let answer = match tokio::time::timeout_at(plan.end + ANSWER_GRACE, next_data(&mut ws)).await {
+        let next = next_answer(&mut ws, load.hears_events());
+        let answer = match tokio::time::timeout_at(plan.end + ANSWER_GRACE, next).await {
             Ok(Ok(answer)) => answer,
             Ok(Err(e)) => {
                 out.error(e);
@@ -271,23 +343,16 @@ async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
             }
         };
         answered_at = Instant::now();
-        match frame::check_answer(&answer, &id) {
-            Answer::Matched(ty) => {
-                let reason = frame::error_reason(&answer);
-                if out.answer.is_none() {
-                    let shown = reason.as_ref().map(|r| format!("{{{r}}}")).unwrap_or_default();
-                    out.answer = Some(format!("{ty}{shown}"));
-                    out.request_bytes = request_bytes;
-                    out.answer_bytes = answer.len();
-                }
-                // A refusal (rate-limited, too-many-requests, ...) is not service: an error, by
-                // reason, out of the throughput and the latencies.
-                if ty == "mq.Error" {
-                    let reason = reason.unwrap_or_else(|| "undecodable".into());
-                    out.error(format!("mq.Error{{{reason}}}"));
-                    *out.refused.entry(reason).or_default() += 1;
-                    continue;
-                }
+        let mut first_answer = |shown: &str| {
+            if out.answer.is_none() {
+                out.answer = Some(shown.to_owned());
+                out.request_bytes = request_bytes;
+                out.answer_bytes = answer.len();
+            }
+        };
+        match load.check(&answer, &id, n) {
+            Verdict::Served(shown) => {
+                first_answer(&shown);
                 if answered_at >= plan.measure_from && answered_at < plan.end {
                     out.completed += 1;
                     if timed_from >= plan.measure_from
@@ -297,8 +362,14 @@ async fn connection(mut ws: Ws, plan: Plan, offset: Duration) -> Outcome {
                     }
                 }
             }
-            Answer::Mismatch => out.error(format!("answer to another request than {id}")),
-            Answer::Undecodable => out.error("answer is not an mq.Message".into()),
+            // A refusal (rate-limited, a status other than ok, ...) is not service: an error, by
+            // reason, out of the throughput and the latencies.
+            Verdict::Refused { shown, reason } => {
+                first_answer(&shown);
+                out.error(shown);
+                *out.refused.entry(reason).or_default() += 1;
+            }
+            Verdict::Wrong(e) => out.error(e),
         }
     }
     close(ws).await;

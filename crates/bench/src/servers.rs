@@ -79,6 +79,23 @@ impl Binaries {
         })
     }
 
+    /// nats-server with JetStream, keeping its store in `dir`, emptied first: every run starts
+    /// from no streams.
+    pub async fn nats_server_js(&self, log: &str, dir: &Path) -> Result<ServerProc, String> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let port = free_port()?;
+        let args = ["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd", &dir.display().to_string()]
+            .map(str::to_owned);
+        spawn(&self.nats, &args, &self.logs.join(format!("{log}.log")), port).await.map_err(|e| {
+            format!("{e} (the store figures need nats-server 2.9 or later: `apt-get install nats-server`, or --nats-bin)")
+        })
+    }
+
     /// nats-server with its monitoring endpoint (`/varz`) on a second port: (server, monitor).
     pub async fn nats_server_monitored(&self, log: &str) -> Result<(ServerProc, Target), String> {
         let (port, monitor) = (free_port()?, free_port()?);
@@ -100,7 +117,19 @@ impl Binaries {
 
     /// The chat worker on the bus at `nats_url`, plus `extra` flags.
     pub fn chat_worker_with(&self, log: &str, nats_url: &str, extra: &[&str]) -> Result<Worker, String> {
-        let mut args = ["--nats", nats_url, "--seed", "1"].map(str::to_owned).to_vec();
+        self.chat_worker_seeded(log, nats_url, 1, extra)
+    }
+
+    /// The same with its own `seed`: workers sharing a store with one seed would draw the same
+    /// session and room ids.
+    pub fn chat_worker_seeded(
+        &self,
+        log: &str,
+        nats_url: &str,
+        seed: u64,
+        extra: &[&str],
+    ) -> Result<Worker, String> {
+        let mut args = ["--nats", nats_url, "--seed", &seed.to_string()].map(str::to_owned).to_vec();
         args.extend(extra.iter().map(|s| s.to_string()));
         let (child, pid) = start(&self.chat, &args, &self.logs.join(format!("{log}.log")))?;
         Ok(Worker { child, pid })
@@ -174,7 +203,7 @@ pub fn needs_install(dir: &Path) -> bool {
     modified(dir.join("node_modules").join(".package-lock.json")).is_none_or(|installed| installed < lock)
 }
 
-fn free_port() -> Result<u16, String> {
+pub(crate) fn free_port() -> Result<u16, String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port());
     port.map_err(|e| format!("no free loopback port: {e}"))
 }

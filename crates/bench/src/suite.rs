@@ -52,12 +52,15 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
         ..Results::default()
     };
     log(format!("machine: {}", res.machine));
-    // Before anything runs: a missing Node.js fails the suite here, with its reason.
-    let node = opts.binaries.node_version().await?;
-    res.notes.push(format!(
-        "Node seed: `bench/seed-gateway` (the seed's adapter, ClientMQ and worker layers; ws 8, protobufjs 7) \
-         in one Node {node} process"
-    ));
+    // Before anything runs: a missing Node.js fails the suite here, with its reason (the store
+    // figures alone do not need it).
+    if opts.main || opts.fanout {
+        let node = opts.binaries.node_version().await?;
+        res.notes.push(format!(
+            "Node seed: `bench/seed-gateway` (the seed's adapter, ClientMQ and worker layers; ws 8, protobufjs \
+             7) in one Node {node} process"
+        ));
+    }
     if opts.fanout {
         let (rows, notes) = crate::fanout::suite::rows(opts).await?;
         res.fanout = rows;
@@ -66,6 +69,23 @@ pub async fn run(opts: &SuiteOpts) -> Result<Results, String> {
             let block = report::render_fanout(&res);
             report::write_into(out, &block).map_err(|e| format!("{}: {e}", out.display()))?;
             log(format!("wrote the fan-out block of {}", out.display()));
+        }
+    }
+    if opts.store {
+        res.store_method = format!(
+            "Gateways, nats-server, workers and load generator share the machine's cores; medians of {} runs, \
+             each {} s of warm-up then {} s measured, the three systems taking turns to go first.",
+            opts.repeats,
+            opts.warmup.as_secs_f64(),
+            opts.duration.as_secs_f64()
+        );
+        let (rows, notes) = crate::store::rows(opts).await?;
+        res.store = rows;
+        res.store_notes = notes;
+        if let Some(out) = &opts.out {
+            let block = report::render_store(&res);
+            report::write_into(out, &block).map_err(|e| format!("{}: {e}", out.display()))?;
+            log(format!("wrote the store block of {}", out.display()));
         }
     }
     if !opts.main {

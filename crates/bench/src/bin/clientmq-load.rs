@@ -12,7 +12,7 @@ use clientmq_bench::fanout::{self, FanoutOpts, Protocol};
 use clientmq_bench::idle::{self, IdleOpts};
 use clientmq_bench::plan::SuiteOpts;
 use clientmq_bench::report;
-use clientmq_bench::request::{self, RequestOpts};
+use clientmq_bench::request::{self, RequestOpts, Work};
 use clientmq_bench::servers::Binaries;
 use clientmq_bench::suite;
 use clientmq_bench::target::Target;
@@ -46,6 +46,10 @@ enum Mode {
         /// Loopback source addresses to spread client sockets over (127.0.0.1, .2, ...).
         #[arg(long, default_value_t = 1)]
         sources: usize,
+        /// What each request is: `mq.PingPong`, or chat sends or joins on a room of each
+        /// connection's own (set up before the warm-up).
+        #[arg(long, value_enum, default_value_t = Work::Ping)]
+        work: Work,
     },
     /// N idle connections held while heartbeats run; the server's resident memory per connection.
     Idle {
@@ -192,11 +196,17 @@ struct SuiteArgs {
     #[arg(long, default_value_t = 100)]
     explore_seeds: u64,
     /// Only the fan-out figures (their own block of the file).
-    #[arg(long, conflicts_with = "no_fanout")]
+    #[arg(long, conflicts_with_all = ["no_fanout", "only_store"])]
     only_fanout: bool,
     /// Everything but the fan-out figures.
     #[arg(long)]
     no_fanout: bool,
+    /// Only the store figures: chat through JetStream workers (their own block of the file).
+    #[arg(long, conflicts_with = "no_store")]
+    only_store: bool,
+    /// Everything but the store figures.
+    #[arg(long)]
+    no_store: bool,
     /// The command line recorded in the file.
     #[arg(long, default_value = "just bench")]
     command: String,
@@ -231,13 +241,14 @@ async fn open_gauge(target: &Target) -> String {
 
 async fn run(mode: Mode) -> Result<(), ExitCode> {
     match mode {
-        Mode::Request { url, connections, warmup_secs, duration_secs, rate, sources } => {
+        Mode::Request { url, connections, warmup_secs, duration_secs, rate, sources, work } => {
             let opts = RequestOpts {
                 connections,
                 warmup: secs(warmup_secs),
                 duration: secs(duration_secs),
                 rate,
                 sources,
+                work,
                 ..RequestOpts::default()
             };
             println!("{}", request::run(&target(&url)?, &opts).await.summary());
@@ -347,6 +358,8 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 explore_seeds,
                 only_fanout,
                 no_fanout,
+                only_store,
+                no_store,
                 command,
             } = *args;
             let opts = SuiteOpts {
@@ -370,14 +383,18 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
                 idle_hold: secs(idle_hold_secs),
                 churn_concurrency,
                 explore_seeds,
-                main: !only_fanout,
-                fanout: !no_fanout,
+                main: !only_fanout && !only_store,
+                fanout: !no_fanout && !only_store,
+                store: !no_store && !only_fanout,
                 command,
             };
             match suite::run(&opts).await {
                 Ok(res) => {
                     if !res.fanout.is_empty() {
                         print!("{}", report::render_fanout(&res));
+                    }
+                    if !res.store.is_empty() {
+                        print!("{}", report::render_store(&res));
                     }
                     if !res.rows.is_empty() {
                         print!("{}", report::render(&res));

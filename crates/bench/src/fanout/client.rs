@@ -123,7 +123,7 @@ pub async fn next_text(ws: &mut Ws) -> Result<String, String> {
 
 /// Sends request `id` and returns the answer's payload, which must be a `<ty>Response`;
 /// events before it are skipped.
-async fn call<T: prost::Message + Default>(
+pub(crate) async fn call<T: prost::Message + Default>(
     ws: &mut Ws,
     id: &str,
     ty: &str,
@@ -150,11 +150,12 @@ fn answer<T: prost::Message + Default>(msg: &mq::Message, ty: &str) -> Result<T,
     T::decode(msg.payload.as_slice()).map_err(|e| format!("{ty}Response: {e}"))
 }
 
-fn ok(ty: &str, status: &str) -> Result<(), String> {
+pub(crate) fn ok(ty: &str, status: &str) -> Result<(), String> {
     if status == "ok" { Ok(()) } else { Err(format!("{ty}: status {status}")) }
 }
 
-async fn authenticate(ws: &mut Ws, name: &str) -> Result<String, String> {
+/// Authenticates `ws` as device `name` (request `C0`); the session's id.
+pub(crate) async fn authenticate(ws: &mut Ws, name: &str) -> Result<String, String> {
     let auth = pcast::Authenticate {
         client_version: "clientmq-load".into(),
         device_id: name.into(),
@@ -168,7 +169,7 @@ async fn authenticate(ws: &mut Ws, name: &str) -> Result<String, String> {
     r.session_id.ok_or_else(|| "pcast.Authenticate: no session".into())
 }
 
-fn member_record(session: &str, name: &str, role: chat::MemberRole) -> chat::Member {
+pub(crate) fn member_record(session: &str, name: &str, role: chat::MemberRole) -> chat::Member {
     chat::Member {
         session_id: session.into(),
         screen_name: name.into(),
