@@ -47,6 +47,10 @@ pub mod header {
     /// `room ROOM` or `conversation ROOM`; may repeat.
     pub const SUBSCRIBE: &str = "Clientmq-Subscribe";
     pub const UNSUBSCRIBE: &str = "Clientmq-Unsubscribe";
+    /// On a `.subscription`: the order of the decision behind it among the workers' decisions
+    /// about the same subscriptions (the room's revision in the store). The gateway drops a
+    /// change older than one it applied to the connection's subscription.
+    pub const REVISION: &str = "Clientmq-Revision";
     /// Why a server request failed (`not-connected`, `not-open`, `timeout`, ...).
     pub const ERROR: &str = "Clientmq-Error";
     /// Open connections of an announcing gateway.

@@ -250,6 +250,12 @@ pub enum EventKind {
     SubscriptionLimit {
         room: String,
     },
+    /// A subscription change older (by its revision) than one already applied: dropped.
+    SubscriptionStale {
+        topic: Topic,
+        room: String,
+        revision: u64,
+    },
     Delivered {
         /// Shared by every delivery of one event (a room's subscribers): one allocation, not one
         /// a subscriber.
@@ -382,6 +388,9 @@ impl fmt::Display for EventKind {
                 write!(f, "unsubscribed {}={}", topic.label(), Clean(room))
             }
             SubscriptionLimit { room } => write!(f, "subscription-limit room={}", Clean(room)),
+            SubscriptionStale { topic, room, revision } => {
+                write!(f, "subscription-stale {}={} revision={revision}", topic.label(), Clean(room))
+            }
             Delivered { event_type } => write!(f, "delivered type={}", Clean(event_type)),
             ServerRequestSent { request_id, request_type } => {
                 write!(f, "server-request id={} type={}", Clean(request_id), Clean(request_type))

@@ -25,3 +25,4 @@ pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, Reques
 pub use gateway::{Admission, Gateway, Input, InvariantViolation, Output, Peer, Stats, client_address};
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};
 pub use port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
+pub use registry::ENDED_SUBSCRIPTIONS_KEPT;

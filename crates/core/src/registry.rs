@@ -10,6 +10,10 @@ use crate::codec::Encoding;
 use crate::config::CloseReason;
 use crate::event::Topic;
 
+/// How many ended subscriptions' revisions a connection keeps (see
+/// [`Registry::admit_revision`]).
+pub const ENDED_SUBSCRIPTIONS_KEPT: usize = 32;
+
 /// Per-connection protocol state (the seed adapter's bookkeeping for one socket).
 #[derive(Debug)]
 pub(crate) struct Connection {
@@ -27,6 +31,9 @@ pub(crate) struct Connection {
     pub server_requests: BTreeSet<u64>,
     pub rooms: BTreeSet<String>,
     pub conversations: BTreeSet<String>,
+    /// The revision of the last change applied to each subscription (see
+    /// [`Registry::admit_revision`]), kept a while after the subscription ends.
+    pub revisions: BTreeMap<(Topic, String), u64>,
     pub session_id: Option<String>,
     /// The room a verified token limits this connection's joins to.
     pub room_tag: Option<crate::edge_auth::RequiredTag>,
@@ -66,6 +73,7 @@ impl Connection {
             server_requests: BTreeSet::new(),
             rooms: BTreeSet::new(),
             conversations: BTreeSet::new(),
+            revisions: BTreeMap::new(),
             session_id: None,
             room_tag: None,
             drain_at: None,
@@ -225,6 +233,37 @@ impl Registry {
         conn.topic(topic).insert(room.to_owned());
         self.table(topic).entry(room.to_owned()).or_default().insert(*id);
         Subscribe::Added
+    }
+
+    /// Whether a change to `id`'s subscription to `room` decided at `revision` is as new as the
+    /// last one applied to it, or newer; if so, it is the last one now. The revisions of
+    /// subscriptions no longer held are kept for the last [`ENDED_SUBSCRIPTIONS_KEPT`] of them, long enough
+    /// for any older change still on its way.
+    pub fn admit_revision(&mut self, id: &ConnectionId, topic: Topic, room: &str, revision: u64) -> bool {
+        let Some(conn) = self.conns.get_mut(id) else { return true };
+        let key = (topic, room.to_owned());
+        if conn.revisions.get(&key).is_some_and(|last| *last > revision) {
+            return false;
+        }
+        conn.revisions.insert(key.clone(), revision);
+        let held = |(t, r): &(Topic, String)| match t {
+            Topic::Room => conn.rooms.contains(r),
+            Topic::Conversation => conn.conversations.contains(r),
+        };
+        // The ended ones besides the one this change is about; counted first, as being over the
+        // bound is rare.
+        let ended_now = conn.revisions.keys().filter(|k| !held(k) && **k != key).count();
+        if ended_now > ENDED_SUBSCRIPTIONS_KEPT {
+            let mut ended: Vec<(u64, (Topic, String))> = (conn.revisions.iter())
+                .filter(|(k, _)| !held(k) && **k != key)
+                .map(|(k, rev)| (*rev, k.clone()))
+                .collect();
+            ended.sort_unstable();
+            for (_, k) in ended.drain(..ended.len() - ENDED_SUBSCRIPTIONS_KEPT) {
+                conn.revisions.remove(&k);
+            }
+        }
+        true
     }
 
     /// Returns whether the subscription existed.

@@ -58,10 +58,18 @@ impl Connections {
         }
     }
 
-    /// Subscribes a connection to a room or conversation (`subscribe`), or unsubscribes it.
-    pub async fn set_subscription(&self, conn: ConnectionId, topic: Topic, room: &str, subscribe: bool) {
+    /// Subscribes a connection to a room or conversation (`subscribe`), or unsubscribes it,
+    /// unless a later `revision` of that subscription was applied (see `Input::Subscription`).
+    pub async fn set_subscription(
+        &self,
+        conn: ConnectionId,
+        topic: Topic,
+        room: &str,
+        subscribe: bool,
+        revision: Option<u64>,
+    ) {
         if let Some(shard) = self.shard_of(&conn) {
-            let input = Input::Subscription { conn, topic, room: room.to_owned(), subscribe };
+            let input = Input::Subscription { conn, topic, room: room.to_owned(), subscribe, revision };
             let _ = shard.send(Command::Input(input)).await;
         }
     }

@@ -55,7 +55,16 @@ pub enum Input {
     /// The backend pushes an event to a connection, a room or a room's conversation.
     Deliver { target: Target, event_type: String, payload: Vec<u8> },
     /// The backend subscribes a connection to a room or conversation, or unsubscribes it.
-    Subscription { conn: ConnectionId, topic: crate::event::Topic, room: String, subscribe: bool },
+    /// `revision` orders the backend's decisions about one subscription when several processes
+    /// make them (a store's revision of the room): a change older than the last one applied to
+    /// the connection's subscription is dropped. `None`: applied as it comes.
+    Subscription {
+        conn: ConnectionId,
+        topic: crate::event::Topic,
+        room: String,
+        subscribe: bool,
+        revision: Option<u64>,
+    },
     /// The backend sends a request to a client; the answer comes back as
     /// [`Output::ServerRequestDone`] with the same `token`.
     ServerRequest { token: u64, conn: ConnectionId, request_type: String, payload: Vec<u8> },
@@ -245,8 +254,8 @@ impl Gateway {
             Input::SendFailed { conn } => self.on_send_failed(conn),
             Input::BackendReply { token, result } => self.on_backend_reply(token, result),
             Input::Deliver { target, event_type, payload } => self.on_deliver(target, &event_type, &payload),
-            Input::Subscription { conn, topic, room, subscribe } => {
-                self.on_subscription(conn, topic, room, subscribe)
+            Input::Subscription { conn, topic, room, subscribe, revision } => {
+                self.on_subscription(conn, topic, room, subscribe, revision)
             }
             Input::ServerRequest { token, conn, request_type, payload } => {
                 self.on_server_request(token, conn, request_type, payload)

@@ -32,10 +32,23 @@ impl Gateway {
     }
 
     /// The backend adds or removes a subscription (a join, a leave, a resumed session,
-    /// `pcast.Bye`, a session taken over by another connection).
-    pub(crate) fn on_subscription(&mut self, id: ConnectionId, topic: Topic, room: String, subscribe: bool) {
+    /// `pcast.Bye`, a session taken over by another connection), unless a later decision about
+    /// it (by `revision`) was applied already.
+    pub(crate) fn on_subscription(
+        &mut self,
+        id: ConnectionId,
+        topic: Topic,
+        room: String,
+        subscribe: bool,
+        revision: Option<u64>,
+    ) {
         if !self.registry.contains(&id) {
             return self.stray(id, Stray::Subscription);
+        }
+        if let Some(revision) = revision
+            && !self.registry.admit_revision(&id, topic, &room, revision)
+        {
+            return self.trace(Some(id), EventKind::SubscriptionStale { topic, room, revision });
         }
         if subscribe {
             self.subscribe(id, topic, room);

@@ -189,7 +189,7 @@ impl Harness {
                 after_end: self.recent_ended.contains(&conn),
             }),
         }
-        self.gw.handle(Input::Subscription { conn, topic, room, subscribe }, self.stamp());
+        self.gw.handle(Input::Subscription { conn, topic, room, subscribe, revision: None }, self.stamp());
         let b = self.absorb(&Ctx::Subscription);
         assert!(b.outs.iter().all(|o| matches!(o, Output::Interest { .. })), "{:?}", b.outs);
         assert_eq!(b.kinds(), expected.iter().collect::<Vec<_>>());

@@ -31,7 +31,7 @@ fn joined() -> Result<clientmq_core::Reply, BackendError> {
 }
 
 fn subscription(conn: clientmq_core::ConnectionId, room: &str, subscribe: bool) -> Input {
-    Input::Subscription { conn, topic: Topic::Room, room: room.into(), subscribe }
+    Input::Subscription { conn, topic: Topic::Room, room: room.into(), subscribe, revision: None }
 }
 
 #[test]

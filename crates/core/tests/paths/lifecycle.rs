@@ -236,7 +236,13 @@ fn disconnect_cleanup_subscriptions_removed_connection_disconnected_published() 
     let join = chat::JoinRoom { room_id: Some("r".into()), ..Default::default() };
     h.request(id, "C0", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
     let token = h.backend_tokens()[0].0;
-    h.input(Input::Subscription { conn: id, topic: Topic::Room, room: "r".into(), subscribe: true });
+    h.input(Input::Subscription {
+        conn: id,
+        topic: Topic::Room,
+        room: "r".into(),
+        subscribe: true,
+        revision: None,
+    });
     h.input(Input::BackendReply {
         token,
         result: ok_reply("", chat::JoinRoomResponse { status: "ok".into(), ..Default::default() }),

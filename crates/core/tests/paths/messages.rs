@@ -93,7 +93,13 @@ fn response_ready_but_socket_no_longer_open_dropped() {
 fn subscriptions_are_the_backends_and_replies_change_none() {
     let mut h = Harness::new(Config::default());
     let id = h.open();
-    let sub = |topic, subscribe| Input::Subscription { conn: id, topic, room: "room-1".into(), subscribe };
+    let sub = |topic, subscribe| Input::Subscription {
+        conn: id,
+        topic,
+        room: "room-1".into(),
+        subscribe,
+        revision: None,
+    };
     let join = chat::JoinRoom { alias: Some("lobby".into()), ..Default::default() };
     h.request(id, "C0", "chat.JoinRoom", join.encode_to_vec(), Encoding::Base64Text);
     let fetch = chat::FetchRoomConversation {
@@ -255,7 +261,13 @@ fn backend_driven_subscriptions_and_answers_from_the_wrong_connection() {
     let a = h.open();
     let b = h.open();
     // The backend subscribes and unsubscribes a connection itself (resume, Bye, takeover).
-    let set = |conn, topic, subscribe| Input::Subscription { conn, topic, room: "r".into(), subscribe };
+    let set = |conn, topic, subscribe| Input::Subscription {
+        conn,
+        topic,
+        room: "r".into(),
+        subscribe,
+        revision: None,
+    };
     h.input(set(a, Topic::Room, true));
     h.input(set(a, Topic::Conversation, true));
     assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a]);
@@ -277,6 +289,55 @@ fn backend_driven_subscriptions_and_answers_from_the_wrong_connection() {
     assert_eq!(h.gw.pending_server_requests(), 1);
     h.input(Input::Frame { conn: a, frame: codec::encode(&answer, Encoding::Base64Text) });
     assert_eq!(h.gw.pending_server_requests(), 0);
+}
+
+/// Several backend processes decide one subscription: changes carry the revision of the
+/// decision behind them, and one older than a change already applied is dropped, so a late
+/// message from a slower process cannot undo a newer decision. Changes without a revision
+/// apply as they come.
+#[test]
+fn subscription_changes_older_than_the_last_applied_are_dropped() {
+    let mut h = Harness::new(Config::default());
+    let a = h.open();
+    let set = |room: &str, subscribe, revision| Input::Subscription {
+        conn: a,
+        topic: Topic::Room,
+        room: room.into(),
+        subscribe,
+        revision: Some(revision),
+    };
+    h.input(set("r", true, 5));
+    h.input(set("r", false, 3));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a], "an older leave does not undo the join");
+    h.input(set("r", true, 5));
+    h.input(set("r", false, 7));
+    h.input(set("r", true, 6));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![], "an older join does not undo the leave");
+    let stale: Vec<String> = (h.events_of(a).into_iter())
+        .filter(|k| matches!(k, EventKind::SubscriptionStale { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(stale, ["subscription-stale room=r revision=3", "subscription-stale room=r revision=6"]);
+    // The embedded backend's changes (no revision) apply as they come.
+    h.input(Input::Subscription {
+        conn: a,
+        topic: Topic::Room,
+        room: "r".into(),
+        subscribe: true,
+        revision: None,
+    });
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a]);
+    // An ended subscription's revision is kept for the last ENDED_SUBSCRIPTIONS_KEPT of them: beyond, a
+    // late change finds nothing to compare with and applies.
+    h.input(set("old", true, 10));
+    h.input(set("old", false, 11));
+    for n in 0..=clientmq_core::ENDED_SUBSCRIPTIONS_KEPT as u64 {
+        h.input(set(&format!("other-{n}"), true, 20 + 2 * n));
+        h.input(set(&format!("other-{n}"), false, 21 + 2 * n));
+    }
+    h.input(set("old", true, 10));
+    assert_eq!(h.gw.subscribers(Topic::Room, "old"), vec![a]);
+    h.gw.check_invariants().unwrap();
 }
 
 /// An `mq.Error` the backend decided (finding 6 of docs/bad-inputs.md) goes out as it is and is

@@ -388,11 +388,17 @@ async fn take<B: Bus>(
         }
         ToGateway::Subscription => {
             let conn = checked?;
+            let revision = match msg.header(header::REVISION) {
+                Some(r) => Some(r.parse::<u64>().map_err(|_| Dropped::BadHeader)?),
+                None => None,
+            };
             let mut bad = false;
             for (name, subscribe) in [(header::SUBSCRIBE, true), (header::UNSUBSCRIBE, false)] {
                 for value in msg.headers_named(name) {
                     match contract::parse_topic_value(value) {
-                        Some((topic, room)) => gateway.set_subscription(conn, topic, &room, subscribe).await,
+                        Some((topic, room)) => {
+                            gateway.set_subscription(conn, topic, &room, subscribe, revision).await
+                        }
                         None => bad = true,
                     }
                 }

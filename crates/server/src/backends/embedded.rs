@@ -145,7 +145,7 @@ impl Backend for EmbeddedBackend {
                 match item {
                     Outgoing::Event(d) => gateway.deliver(d.target, d.event_type, d.payload).await,
                     Outgoing::Subscription(s) => {
-                        gateway.set_subscription(s.conn, s.topic, &s.room, s.subscribe).await
+                        gateway.set_subscription(s.conn, s.topic, &s.room, s.subscribe, None).await
                     }
                 }
             }

@@ -228,6 +228,22 @@ async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
         send(sub.with(header::SUBSCRIBE, "bogus").with(header::SUBSCRIBE, "room lobby")).await;
         gw.expect(&dropped("bad-header"), 1.0).await;
         gw.expect("clientmq_subscriptions", 1.0).await;
+        // Row 80a: a revision that is not a number: the change dropped whole. One older than the
+        // revision applied to that subscription: dropped (a slower worker's late message).
+        let sub = |revision: &str| {
+            BusMessage::new(to(Sub), Vec::new())
+                .with(header::CONNECTION, conn.as_str())
+                .with(header::REVISION, revision)
+        };
+        send(sub("x").with(header::SUBSCRIBE, "room other")).await;
+        gw.expect(&dropped("bad-header"), 2.0).await;
+        send(sub("9").with(header::SUBSCRIBE, "room other")).await;
+        gw.expect("clientmq_subscriptions", 2.0).await;
+        send(sub("5").with(header::UNSUBSCRIBE, "room other")).await;
+        send(sub("10").with(header::SUBSCRIBE, "room third")).await;
+        gw.expect("clientmq_subscriptions", 3.0).await;
+        send(sub("11").with(header::UNSUBSCRIBE, "room other").with(header::UNSUBSCRIBE, "room third")).await;
+        gw.expect("clientmq_subscriptions", 1.0).await;
         // A room event with a bad type is dropped at the room's reader too.
         let room = subjects.room(clientmq_core::Topic::Room, "lobby");
         let deadline = tokio::time::Instant::now() + WAIT;
