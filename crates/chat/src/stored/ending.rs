@@ -48,8 +48,7 @@ pub async fn sweep<B: Bus>(
 ) -> Result<usize, DecideError> {
     let pending: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
     for room in pending {
-        // The sessions they touched are the worker's to tell first (`tell_touched`).
-        settle(store, layout, cache, &room, |_| false).await?;
+        settle(store, layout, cache, &room).await?;
     }
     let orphans: Vec<(String, String)> = lock(cache)
         .members_without_session()
@@ -195,10 +194,6 @@ mod tests {
         assert_eq!(w.cache.lock().unwrap().rooms_with_pending(), ["r1"]);
         assert_eq!(sweep(&w.store, &layout, &w.cache, 6).await.unwrap(), 0);
         assert_eq!(lefts(&mut heard).await, [("r1".to_owned(), "s1".to_owned())]);
-        // Its events are cleared; the session it touched stays for the worker to tell.
-        let cache = w.cache.lock().unwrap();
-        let record = &cache.room("r1").unwrap().value;
-        assert!(record.pending.is_empty());
-        assert_eq!(record.touched.iter().map(|t| t.session.as_str()).collect::<Vec<_>>(), ["s1"]);
+        assert!(w.cache.lock().unwrap().rooms_with_pending().is_empty());
     }
 }

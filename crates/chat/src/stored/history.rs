@@ -4,10 +4,7 @@
 //! then cleared from the record. Should the appender die first, the next decision about the room
 //! (or a sweep) appends them before anything else. Their message ids make the stream keep each
 //! once, within its duplicate window (2 minutes): a sweep every few seconds keeps a dead
-//! appender's events well inside it. The sessions a decision changed the subscriptions of wait
-//! in the record the same way ([`RoomRecord::touched`](super::records::RoomRecord::touched)),
-//! cleared once told: the decider tells its own before it clears them, a sweep tells a dead
-//! decider's.
+//! appender's events well inside it.
 
 use std::sync::Mutex;
 
@@ -20,7 +17,7 @@ use prost::Message;
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
 use super::layout::Layout;
-use super::records::{PendingEvent, RoomKey, Touched};
+use super::records::{PendingEvent, RoomKey};
 
 /// Appends `pending` events of room `room` to its history, in order.
 pub async fn append<B: Bus>(
@@ -38,26 +35,22 @@ pub async fn append<B: Bus>(
     Ok(())
 }
 
-/// Appends the events room `room`'s record holds pending, then clears them from it, and the
-/// sessions `told` of its decisions (unless the record moved meanwhile: then whoever moved it
-/// appended them first, and they stay to be told).
+/// Appends the events room `room`'s record holds pending, then clears them from it (unless the
+/// record moved meanwhile: then whoever moved it appended them first).
 pub async fn settle<B: Bus>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     room: &str,
-    told: impl Fn(&Touched) -> bool,
 ) -> Result<(), StoreError> {
     let key = RoomKey::Room(room.to_owned()).key();
     let held = {
         let cache = lock(cache);
         cache.room(room).map(|r| (r.revision, r.value.clone()))
     };
-    let dirty = |r: &super::records::RoomRecord| !r.pending.is_empty() || r.touched.iter().any(&told);
-    let Some((revision, mut record)) = held.filter(|(_, r)| dirty(r)) else { return Ok(()) };
+    let Some((revision, mut record)) = held.filter(|(_, r)| !r.pending.is_empty()) else { return Ok(()) };
     append(store, layout, room, &record.pending).await?;
     record.pending.clear();
-    record.touched.retain(|t| !told(t));
     let value = record.encode_to_vec();
     match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
         Ok(cleared) => {
@@ -70,8 +63,7 @@ pub async fn settle<B: Bus>(
 }
 
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
-/// the last decision about it left pending, and then what this one made. The caller tells the
-/// session this decision touched, if any (a session's end: its connection, if it has one).
+/// the last decision about it left pending, and then what this one made.
 pub async fn decide_room<B: Bus, T>(
     store: &Store<B>,
     layout: &Layout,
@@ -79,33 +71,28 @@ pub async fn decide_room<B: Bus, T>(
     room: &str,
     decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
-    decide_room_then(store, layout, cache, room, decide, async |_, _| {}).await
+    decide_room_then(store, layout, cache, room, decide, async |_| {}).await
 }
 
 /// [`decide_room`], with `then` done once the decision is taken and before its events are
-/// appended, given the room's revision it made (or found): a join subscribes its member there,
-/// so that it hears its own arrival; a leave unsubscribes it. What `then` tells is the session
-/// the decision touched, cleared from the record with its events.
+/// appended: a join subscribes its member there, so that it hears its own arrival.
 pub async fn decide_room_then<B: Bus, T>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     room: &str,
     mut decide: impl FnMut(&Cache) -> Decided<T>,
-    then: impl AsyncFnOnce(&T, u64),
+    then: impl AsyncFnOnce(&T),
 ) -> Result<T, DecideError> {
     let pending_now = || lock(cache).room(room).map(|r| r.value.pending.clone()).unwrap_or_default();
     let mut last_key = String::new();
     for _ in 0..MAX_ATTEMPTS {
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
-            Attempt::Done(outcome, taken) => {
-                let key = RoomKey::Room(room.to_owned()).key();
-                let revision =
-                    taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
-                then(&outcome, revision).await;
-                if let Some(taken) = taken {
-                    settle(store, layout, cache, room, |t| t.by == taken.expected).await?;
+            Attempt::Done(outcome, wrote) => {
+                then(&outcome).await;
+                if wrote {
+                    settle(store, layout, cache, room).await?;
                 }
                 return Ok(outcome);
             }

@@ -106,22 +106,18 @@ async fn membership<B: Bus>(
 }
 
 /// Subscribes or unsubscribes `conn` to every room of session `id` (and the conversations it
-/// subscribed to), as the cache knows them, at the revisions it knows them by (a change made
-/// elsewhere since, told with a later one, stands).
+/// subscribed to), as the cache knows them.
 async fn move_subscriptions<B: Bus>(n: &Node<B>, id: &str, conn: &str, g: &str, on: bool) {
-    let rooms: Vec<(String, bool, u64)> = {
+    let rooms: Vec<(String, bool)> = {
         let cache = lock(&n.cache);
-        (cache.rooms_of(id))
-            .filter_map(|room| {
-                let r = cache.room(room)?;
-                Some((room.to_owned(), r.value.listeners.iter().any(|l| l == id), r.revision))
-            })
-            .collect()
+        let listens =
+            |room: &str| cache.room(room).is_some_and(|r| r.value.listeners.iter().any(|l| l == id));
+        cache.rooms_of(id).map(|room| (room.to_owned(), listens(room))).collect()
     };
-    for (room, listens, revision) in rooms {
-        n.subscribe(g, conn, Topic::Room, &room, on, revision).await;
+    for (room, listens) in rooms {
+        n.subscribe(g, conn, Topic::Room, &room, on).await;
         if !on || listens {
-            n.subscribe(g, conn, Topic::Conversation, &room, on, revision).await;
+            n.subscribe(g, conn, Topic::Conversation, &room, on).await;
         }
     }
 }
@@ -253,9 +249,9 @@ async fn join_room<B: Bus>(
     let join = |c: &Cache| rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms);
     // Subscribed once the join is written and before its event is appended: the member hears
     // its own arrival and everything after it, and a refused join subscribes nothing.
-    let subscribe = async |joined: &Result<RoomRecord, &str>, revision| {
+    let subscribe = async |joined: &Result<RoomRecord, &str>| {
         if joined.is_ok() {
-            n.subscribe_acked(g, conn, Topic::Room, &room_id, revision).await;
+            n.subscribe_acked(g, conn, Topic::Room, &room_id).await;
         }
     };
     let record = match decide_room_then(&n.store, &n.layout, &n.cache, &room_id, join, subscribe).await? {
@@ -287,9 +283,9 @@ async fn leave_room<B: Bus>(
     // Decided, then it stops hearing the room, then the others are told: its subscription ends
     // with its membership, and it does not hear its own departure.
     let leave = |c: &Cache| rooms::leave(c, session, &room, now);
-    let unsubscribe = async |_: &bool, revision| {
+    let unsubscribe = async |_: &bool| {
         for topic in [Topic::Room, Topic::Conversation] {
-            n.subscribe(g, conn, topic, &room, false, revision).await;
+            n.subscribe(g, conn, topic, &room, false).await;
         }
     };
     decide_room_then(&n.store, &n.layout, &n.cache, &room, leave, unsubscribe).await?;
@@ -389,9 +385,9 @@ async fn fetch<B: Bus>(
     // Remembered for a resume too.
     if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
         let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
-        let subscribe = async |listening: &Result<bool, &str>, revision| {
+        let subscribe = async |listening: &Result<bool, &str>| {
             if listening.is_ok() {
-                n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id, revision).await;
+                n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id).await;
             }
         };
         if let Err(status) =

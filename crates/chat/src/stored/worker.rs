@@ -33,9 +33,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, decide};
-use super::history::settle;
 use super::layout::{Layout, StartError};
-use super::records::{RoomKey, ended_key};
+use super::records::ended_key;
 use super::{directory, ending, follow, sessions};
 use crate::ChatConfig;
 use crate::metrics::WorkerMetrics;
@@ -114,49 +113,26 @@ impl<B: Bus> Node<B> {
         }
     }
 
-    /// Changes to `conn`'s subscriptions to `room` (each topic on or off), decided at the room's
-    /// `revision`: the gateway applies them only if no later decision's came first.
-    fn subscription(
-        &self,
-        to: (&str, &str),
-        room: &str,
-        changes: &[(Topic, bool)],
-        revision: u64,
-    ) -> BusMessage {
-        let (gateway, conn) = to;
-        let mut msg = BusMessage::new(self.subjects.gateway(gateway, ToGateway::Subscription), Vec::new())
+    fn subscription(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) -> BusMessage {
+        let name = if on { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
+        BusMessage::new(self.subjects.gateway(gateway, ToGateway::Subscription), Vec::new())
             .with(header::CONNECTION, conn)
-            .with(header::REVISION, revision.to_string());
-        for (topic, on) in changes {
-            let name = if *on { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
-            msg = msg.with(name, contract::topic_value(*topic, room));
-        }
-        msg
+            .with(name, contract::topic_value(topic, room))
     }
 
-    /// Tells `conn`'s gateway to start or stop sending it `room`'s events of `topic`, as decided
-    /// at the room's `revision`.
-    pub async fn subscribe(
-        &self,
-        gateway: &str,
-        conn: &str,
-        topic: Topic,
-        room: &str,
-        on: bool,
-        revision: u64,
-    ) {
-        self.publish(self.subscription((gateway, conn), room, &[(topic, on)], revision)).await;
+    /// Tells `conn`'s gateway to start or stop sending it `room`'s events of `topic`.
+    pub async fn subscribe(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) {
+        self.publish(self.subscription(gateway, conn, topic, room, on)).await;
     }
 
     /// Subscribes `conn` and waits (at most [`ACK_WITHIN`]) until its gateway hears the room at
     /// the server, so that what is appended to the room next reaches it.
-    pub async fn subscribe_acked(&self, gateway: &str, conn: &str, topic: Topic, room: &str, revision: u64) {
+    pub async fn subscribe_acked(&self, gateway: &str, conn: &str, topic: Topic, room: &str) {
         let n = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.acks.lock().unwrap_or_else(PoisonError::into_inner).insert(n, tx);
         let reply = format!("{}.wk.{}.ack.{n}", self.subjects.prefix(), self.name);
-        let msg = self.subscription((gateway, conn), room, &[(topic, true)], revision);
-        self.publish(msg.reply_to(reply)).await;
+        self.publish(self.subscription(gateway, conn, topic, room, true).reply_to(reply)).await;
         if tokio::time::timeout(ACK_WITHIN, rx).await.is_err() {
             tracing::debug!(%gateway, %room, "subscription not acknowledged in time");
         }
@@ -223,39 +199,12 @@ impl<B: Bus> Node<B> {
         let left = ending::end_session(&self.store, &self.layout, &self.cache, id, due_by, now).await?;
         if let (Some(rooms), Some((conn, gateway))) = (&left, &held) {
             for room in rooms {
-                let revision = lock(&self.cache).revision(Bucket::Rooms, &RoomKey::Room(room.clone()).key());
-                let off = [(Topic::Room, false), (Topic::Conversation, false)];
-                self.publish(self.subscription((gateway, conn), room, &off, revision)).await;
+                for topic in [Topic::Room, Topic::Conversation] {
+                    self.subscribe(gateway, conn, topic, room, false).await;
+                }
             }
         }
         Ok(left.is_some())
-    }
-
-    /// Tells the connections of the sessions `touched` by decisions about `room` what they
-    /// hear of it now, as of the room's revision the cache holds, then clears them from the
-    /// record: what a decider that died before telling them left undone.
-    async fn tell_touched(&self, room: &str) -> Result<(), StoreError> {
-        let (told, messages) = {
-            let cache = lock(&self.cache);
-            let Some(record) = cache.room(room).filter(|r| !r.value.touched.is_empty()) else {
-                return Ok(());
-            };
-            let messages: Vec<BusMessage> = (record.value.touched.iter())
-                .filter_map(|t| {
-                    let held = cache.session(&t.session)?;
-                    let (conn, gateway) = (held.value.conn.as_deref()?, held.value.gateway.as_deref()?);
-                    let member = record.value.member(&t.session).is_some();
-                    let listens = record.value.listeners.contains(&t.session);
-                    let changes = [(Topic::Room, member), (Topic::Conversation, listens)];
-                    Some(self.subscription((gateway, conn), room, &changes, record.revision))
-                })
-                .collect();
-            (record.value.touched.clone(), messages)
-        };
-        for msg in messages {
-            self.publish(msg).await;
-        }
-        settle(&self.store, &self.layout, &self.cache, room, |t| told.contains(t)).await
     }
 
     /// When the loop must wake for the next session whose grace runs out.
@@ -301,10 +250,6 @@ impl<B: Bus> Node<B> {
     async fn tick(&self) -> Result<(), DecideError> {
         let now = self.now_ms();
         let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
-        let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
-        for room in rooms {
-            self.tell_touched(&room).await?;
-        }
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;
