@@ -175,10 +175,7 @@ impl Cache {
     /// gateway) written at `orphans_before_ms` or earlier.
     pub fn old_marks(&self, before_ms: u64, orphans_before_ms: u64) -> Vec<&str> {
         (self.ended.iter())
-            .filter(|(_, e)| {
-                let before = if e.value.orphan_of.is_some() { orphans_before_ms } else { before_ms };
-                e.value.at_ms <= before
-            })
+            .filter(|(_, e)| e.value.is_old(before_ms, orphans_before_ms))
             .map(|(conn, _)| conn.as_str())
             .collect()
     }

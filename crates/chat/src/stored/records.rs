@@ -39,6 +39,15 @@ pub struct EndedRecord {
     pub orphan_of: Option<String>,
 }
 
+impl EndedRecord {
+    /// Whether the mark is old enough to forget: written at `before_ms` or earlier, or for an
+    /// orphan still to be told, at `orphans_before_ms` or earlier.
+    pub fn is_old(&self, before_ms: u64, orphans_before_ms: u64) -> bool {
+        let before = if self.orphan_of.is_some() { orphans_before_ms } else { before_ms };
+        self.at_ms <= before
+    }
+}
+
 /// A room and its members.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RoomRecord {

@@ -101,7 +101,7 @@ pub fn orphan_closed(cache: &Cache, conn: &str, gateway: &str) -> Decided<bool> 
 /// raced past a connection's end is long answered by then, and a gateway that has not come back
 /// for its orphans is not coming back.
 pub fn unmark_ended(cache: &Cache, conn: &str, before_ms: u64, orphans_before_ms: u64) -> Decided<bool> {
-    if !cache.old_marks(before_ms, orphans_before_ms).contains(&conn) {
+    if !cache.ended(conn).is_some_and(|m| m.value.is_old(before_ms, orphans_before_ms)) {
         return Decided::Nothing(false);
     }
     Decided::Write(Write::on(cache, Bucket::Sessions, ended_key(conn), None), true)
