@@ -58,6 +58,16 @@ pub struct Args {
     /// Frames queued per connection before it counts as a slow consumer (closed with 3335).
     #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE", default_value_t = DEFAULT.outbound_queue)]
     pub outbound_queue: usize,
+    /// Bytes queued per connection (frames the socket has not taken) before it counts as a slow
+    /// consumer (closed with 3335), whatever the frame count.
+    #[arg(long, env = "CLIENTMQ_OUTBOUND_QUEUE_BYTES", default_value_t = DEFAULT.outbound_queue_bytes)]
+    pub outbound_queue_bytes: usize,
+    /// The kernel send buffer of every client socket, in bytes (SO_SNDBUF; Linux doubles it).
+    /// 0 keeps the kernel's own, which grows up to `net.ipv4.tcp_wmem`'s maximum (4 MiB by
+    /// default): a client that stops reading holds that much kernel memory before the queue
+    /// above starts to fill.
+    #[arg(long, env = "CLIENTMQ_SOCKET_SEND_BUFFER", default_value_t = 0)]
+    pub socket_send_buffer: usize,
     /// Largest message the server sends, in bytes: a larger answer becomes mq.Error{too-large},
     /// a larger event is dropped.
     #[arg(long, env = "CLIENTMQ_MAX_OUTBOUND_BYTES", default_value_t = DEFAULT.gateway.max_outbound_message_size)]
@@ -138,6 +148,8 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
+    /// Bytes a connection may have queued before it is a slow consumer.
+    pub outbound_queue_bytes: usize,
     pub allowed_origins: Vec<String>,
     /// The operator endpoints (/metrics, /healthz, /readyz) are served on an admin port
     /// ([`crate::Server::serve_admin`]), not on the public one.
@@ -164,6 +176,7 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: 256 * 1024,
             outbound_queue: 256,
+            outbound_queue_bytes: 1024 * 1024,
             allowed_origins: Vec::new(),
             admin_port: false,
             drain_deadline: Duration::from_secs(30),
@@ -278,6 +291,9 @@ impl Args {
         if self.outbound_queue == 0 {
             return Err(ArgsError::Zero("outbound-queue"));
         }
+        if self.outbound_queue_bytes == 0 {
+            return Err(ArgsError::Zero("outbound-queue-bytes"));
+        }
         let shards = match self.shards {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
@@ -288,6 +304,7 @@ impl Args {
             handshake_timeout: secs("handshake-timeout-secs", self.handshake_timeout_secs)?,
             max_frame_bytes: self.max_frame_bytes,
             outbound_queue: self.outbound_queue,
+            outbound_queue_bytes: self.outbound_queue_bytes,
             allowed_origins: self.allowed_origins.clone(),
             admin_port: self.admin_listen.is_some(),
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,
@@ -298,5 +315,28 @@ impl Args {
             trace: None,
             check: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Result<ServerConfig, ArgsError> {
+        let args = Args::try_parse_from(std::iter::once("clientmq-server").chain(flags.iter().copied()))
+            .expect("flags parse");
+        args.server_config()
+    }
+
+    #[test]
+    fn the_outbound_queue_is_bounded_in_frames_and_bytes_and_neither_bound_may_be_zero() {
+        let config = parse(&["--outbound-queue", "8", "--outbound-queue-bytes", "4096"]).expect("valid");
+        assert_eq!((config.outbound_queue, config.outbound_queue_bytes), (8, 4096));
+        let default = parse(&[]).expect("valid");
+        assert_eq!(default.outbound_queue_bytes, 1024 * 1024);
+        for flag in ["--outbound-queue", "--outbound-queue-bytes"] {
+            let refused = parse(&[flag, "0"]).expect_err("0 refused");
+            assert!(refused.to_string().contains(&flag[2..]), "{refused}");
+        }
     }
 }

@@ -192,11 +192,11 @@ impl Conn {
         inputs.push(Input::TransportLost { conn: self.id, reason });
     }
 
-    /// Queues a frame; `false` when the queue is over `limit` frames (a slow consumer). A close
-    /// frame is queued whatever the queue holds: a slow consumer that reads again (within the
-    /// close handshake and the linger) learns why it was closed (3335), and the queue stays
-    /// bounded, at `limit` frames and one close.
-    pub fn send(&mut self, opcode: u8, payload: &[u8], limit: usize) -> bool {
+    /// Queues a frame; `false` when the queue is at `limit` frames or `limit_bytes` bytes (a slow
+    /// consumer). A close frame is queued whatever the queue holds: a slow consumer that reads
+    /// again (within the close handshake and the linger) learns why it was closed (3335), and
+    /// the queue stays bounded, at `limit` frames or `limit_bytes` plus one frame, and one close.
+    pub fn send(&mut self, opcode: u8, payload: &[u8], limit: usize, limit_bytes: usize) -> bool {
         if self.close_sent {
             return true;
         }
@@ -208,7 +208,7 @@ impl Conn {
         if self.overflowed {
             return true;
         }
-        if self.queued >= limit {
+        if self.queued >= limit || self.out.len() - self.written >= limit_bytes {
             self.overflowed = true;
             return false;
         }

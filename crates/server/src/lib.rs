@@ -65,6 +65,15 @@ impl Listener for tokio::net::TcpListener {
     }
 }
 
+/// Sets the kernel send buffer (SO_SNDBUF) of every socket `listener` accepts from now on: they
+/// inherit the listening socket's. 0 leaves the kernel's own, autotuned.
+pub fn set_send_buffer(listener: &tokio::net::TcpListener, bytes: usize) -> io::Result<()> {
+    if bytes == 0 {
+        return Ok(());
+    }
+    socket2::SockRef::from(listener).set_send_buffer_size(bytes)
+}
+
 /// A running gateway: its shards, metrics and readiness. Cheap to clone.
 #[derive(Clone)]
 pub struct Server {
@@ -141,6 +150,7 @@ impl Server {
                 checks_skipped: 0,
                 check_address_slots: config.max_connections_per_address > 0,
                 outbound_queue: config.outbound_queue,
+                outbound_queue_bytes: config.outbound_queue_bytes,
                 departed: Vec::new(),
                 settled: Vec::new(),
                 max_frame_bytes: config.max_frame_bytes,

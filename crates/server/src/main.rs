@@ -41,6 +41,10 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     runtime.block_on(async move {
         let Some(listener) = bind(args.listen, "--listen").await else { return ExitCode::FAILURE };
+        if let Err(e) = clientmq_server::set_send_buffer(&listener, args.socket_send_buffer) {
+            tracing::error!(error = %e, "cannot set --socket-send-buffer");
+            return ExitCode::FAILURE;
+        }
         let admin = match args.admin_listen {
             None => None,
             Some(addr) => {

@@ -497,3 +497,21 @@ async fn a_client_that_closes_with_answers_queued_still_reads_every_one_and_the_
     })
     .await
 }
+
+/// `--socket-send-buffer` is set on the listening socket; what it accepts inherits it, so a
+/// client that stops reading holds that much kernel memory and no more.
+#[tokio::test]
+async fn accepted_sockets_inherit_the_send_buffer_set_on_the_listener() {
+    let tuned = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    clientmq_server::set_send_buffer(&tuned, 64 * 1024).expect("SO_SNDBUF");
+    let untuned = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    clientmq_server::set_send_buffer(&untuned, 0).expect("0 leaves it");
+    let size = |l: &TcpListener| socket2::SockRef::from(l).send_buffer_size().expect("read SO_SNDBUF");
+    let set = size(&tuned);
+    assert!(set >= 64 * 1024, "the kernel keeps at least what was asked: {set}");
+    assert_ne!(set, size(&untuned), "0 keeps the kernel's default");
+    let _client = TcpStream::connect(tuned.local_addr().expect("addr")).await.expect("connect");
+    let (accepted, _) = tuned.accept().await.expect("accept");
+    let inherited = socket2::SockRef::from(&accepted).send_buffer_size().expect("read SO_SNDBUF");
+    assert_eq!(inherited, set, "an accepted socket has its listener's send buffer");
+}

@@ -69,6 +69,8 @@ pub(crate) struct Shard<B> {
     pub check_address_slots: bool,
     /// Frames a connection may have queued before it is a slow consumer.
     pub outbound_queue: usize,
+    /// Bytes a connection may have queued before it is a slow consumer.
+    pub outbound_queue_bytes: usize,
     /// What aborted connections held (a simulated death), kept taken until the shard is gone.
     pub departed: Vec<(Option<tokio::sync::OwnedSemaphorePermit>, Option<AddressSlot>)>,
     pub max_frame_bytes: usize,
@@ -257,7 +259,7 @@ impl<B: Backend> Shard<B> {
     /// A socket never registered: it gets its close frame and a moment to answer it.
     fn linger_closing(&mut self, id: ConnectionId, socket: Box<dyn Socket>, close: CloseReason) {
         let mut conn = Conn::new(id, socket, Vec::new(), ConnWake::new(id, self.ready.clone()));
-        conn.send(ws::CLOSE, &ws::close_payload(close.code, close.reason), usize::MAX);
+        conn.send(ws::CLOSE, &ws::close_payload(close.code, close.reason), usize::MAX, usize::MAX);
         Waker::from(conn.wake.clone()).wake();
         self.lingering.insert(id, (conn, now() + LINGER));
     }
@@ -314,7 +316,7 @@ impl<B: Backend> Shard<B> {
     /// Queues a frame on a connection; a full queue is a slow consumer the core closes (3335).
     fn send(&mut self, conn: ConnectionId, opcode: u8, payload: &[u8], written: &mut Vec<ConnectionId>) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        if !c.send(opcode, payload, self.outbound_queue) {
+        if !c.send(opcode, payload, self.outbound_queue, self.outbound_queue_bytes) {
             self.gw.handle(Input::SendFailed { conn }, now());
             return;
         }

@@ -183,7 +183,27 @@ async fn connections_over_the_limit_are_closed_1013() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_3335() {
     clientmq_testkit::deadline::bounded(async {
-        let gw = start_test(|c| c.outbound_queue = 4).await;
+        never_reads_closed_3335(|c| c.outbound_queue = 4).await;
+    })
+    .await
+}
+
+/// The byte bound holds whatever the frame count allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_closed_3335_by_the_byte_bound() {
+    clientmq_testkit::deadline::bounded(async {
+        never_reads_closed_3335(|c| {
+            c.outbound_queue = 1_000_000;
+            c.outbound_queue_bytes = 20_000;
+        })
+        .await;
+    })
+    .await
+}
+
+async fn never_reads_closed_3335(configure: impl FnOnce(&mut clientmq_server::ServerConfig)) {
+    {
+        let gw = start_test(configure).await;
         let mut raw = gw.raw().await;
         raw.call("x.Hello", vec![]).await;
         let (conn, handle) = (gw.backend.last_conn(), gw.backend.handle());
@@ -200,8 +220,7 @@ async fn a_client_that_never_reads_is_closed_3335() {
         gw.expect(r#"clientmq_disconnects_total{path="forced",code="3335"}"#, 1.0).await;
         drop(raw);
         gw.still_serves(0).await;
-    })
-    .await
+    }
 }
 
 /// Ignores the heartbeat's pings, then ignores the close that follows: 3334, forced.
