@@ -129,8 +129,13 @@ pub struct FanoutReport {
     pub slow_members: usize,
     pub slow_closed_3335: usize,
     pub slow_frames: u64,
-    /// Resident memory of the watched processes (KiB, summed) at the end of the window.
+    /// Resident memory of the watched processes (KiB, summed) at the end of the window, and the
+    /// most it reached in the window (sampled every 100 ms).
     pub rss_end_kib: u64,
+    pub rss_peak_kib: u64,
+    /// Connections the gateways closed with 3335 (slow consumers) in the window, from their
+    /// `/metrics` (clientmq only).
+    pub closed_3335: Option<u64>,
     /// Messages published in the measured window, and nats-server's messages out meanwhile.
     pub published_in_window: u64,
     pub bus_out: Option<f64>,
@@ -191,11 +196,13 @@ impl FanoutReport {
             opt(self.bus_out_per_publish()),
             if self.slow_members > 0 {
                 format!(
-                    " slow={} slow_read_3335={} slow_frames={} rss_growth_kib={}",
+                    " slow={} closed_3335={} slow_read_3335={} slow_frames={} rss_growth_kib={} rss_peak_growth_kib={}",
                     self.slow_members,
+                    self.closed_3335.map_or("-".to_owned(), |n| n.to_string()),
                     self.slow_closed_3335,
                     self.slow_frames,
-                    self.rss_end_kib as i64 - self.rss_ready_kib as i64
+                    self.rss_end_kib as i64 - self.rss_ready_kib as i64,
+                    self.rss_peak_kib as i64 - self.rss_ready_kib as i64
                 )
             } else {
                 String::new()
@@ -330,21 +337,34 @@ pub async fn run(targets: &[Target], opts: &FanoutOpts) -> FanoutReport {
     let cpu_probe = {
         let shared = shared.clone();
         let (pids, monitor) = (opts.pids.clone(), opts.nats_monitor.clone());
+        let gateways = (opts.protocol == Protocol::Clientmq).then(|| targets.to_vec());
         tokio::spawn(async move {
             let own = [std::process::id()];
             tokio::time::sleep_until(shared.measure_from).await;
             let (watched, load) = (procfs::total_cpu_secs(&pids), procfs::total_cpu_secs(&own));
             let out = nats_out_msgs(monitor.as_ref()).await;
-            tokio::time::sleep_until(shared.end).await;
+            let closed = closed_3335(gateways.as_deref()).await;
+            let mut rss_peak = procfs::total_rss_kib(&pids);
+            while Instant::now() < shared.end {
+                let next = (Instant::now() + Duration::from_millis(100)).min(shared.end);
+                tokio::time::sleep_until(next).await;
+                rss_peak = rss_peak.max(procfs::total_rss_kib(&pids));
+            }
             let cpu = (procfs::total_cpu_secs(&pids) - watched, procfs::total_cpu_secs(&own) - load);
             let rss_end = procfs::total_rss_kib(&pids);
             let out_after = nats_out_msgs(monitor.as_ref()).await;
-            (cpu, out.zip(out_after).map(|(b, a)| a - b), rss_end)
+            let closed_after = closed_3335(gateways.as_deref()).await;
+            let closed = closed.zip(closed_after).map(|(b, a)| a.saturating_sub(b));
+            (cpu, out.zip(out_after).map(|(b, a)| a - b), (rss_end, rss_peak.max(rss_end)), closed)
         })
     };
     let (sent, publish_errors, publish_error) = publish(publishers, &per_room, opts, &shared).await;
-    ((report.cpu_secs, report.load_cpu_secs), report.bus_out, report.rss_end_kib) =
-        cpu_probe.await.unwrap_or_default();
+    (
+        (report.cpu_secs, report.load_cpu_secs),
+        report.bus_out,
+        (report.rss_end_kib, report.rss_peak_kib),
+        report.closed_3335,
+    ) = cpu_probe.await.unwrap_or_default();
 
     report.published_in_window = shared.published_in_window.load(Ordering::Relaxed);
     report.published = sent.iter().sum();
@@ -388,6 +408,18 @@ async fn nats_out_msgs(monitor: Option<&Target>) -> Option<f64> {
     let page = monitor?.http_get("/varz").await.ok()?;
     let at = page.find("\"out_msgs\":")? + "\"out_msgs\":".len();
     page[at..].split([',', '}']).next()?.trim().parse().ok()
+}
+
+/// Connections the gateways have closed with 3335 so far (`/metrics`), summed; `None` when
+/// there are none to ask or one does not answer.
+async fn closed_3335(gateways: Option<&[Target]>) -> Option<u64> {
+    let mut sum = 0.0;
+    for gw in gateways? {
+        let page = gw.http_get("/metrics").await.ok()?;
+        sum +=
+            procfs::metric(&page, r#"clientmq_disconnects_total{path="forced",code="3335"}"#).unwrap_or(0.0);
+    }
+    Some(sum as u64)
 }
 
 /// Publishes until the end; the messages sent to each room, and the errors seen.

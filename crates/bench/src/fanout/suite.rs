@@ -59,9 +59,11 @@ struct Fleet {
     systems: Vec<System>,
 }
 
-async fn fleet(bins: &Binaries, tag: &str) -> Result<Fleet, String> {
+/// Starts every system; `extra` flags go to every clientmq gateway.
+async fn fleet(bins: &Binaries, tag: &str, extra: &[&str]) -> Result<Fleet, String> {
     let mut flags = GATEWAY_FLAGS.to_vec();
     flags.extend(CHAT_FLAGS);
+    flags.extend(extra);
     let clientmq = bins.clientmq(&format!("fanout-{tag}-clientmq"), &flags).await?;
     let baseline = bins.baseline(&format!("fanout-{tag}-baseline"), &["--fanout"]).await?;
     let seed = bins.node_seed(&format!("fanout-{tag}-node-seed"), &GATEWAY_FLAGS).await?;
@@ -122,10 +124,21 @@ async fn measure(name: &str, system: &System, opts: &FanoutOpts, first_source: u
 
 /// Runs `opts` against every system `repeats` times, each going first in turn.
 async fn in_rounds(repeats: usize, fleet: &Fleet, opts: &FanoutOpts, source: &mut u8) -> [Vec<Run>; 5] {
+    in_rounds_of(&[0, 1, 2, 3, 4], repeats, fleet, opts, source).await
+}
+
+/// `in_rounds` over the systems `which` only; the others' lists stay empty.
+async fn in_rounds_of(
+    which: &[usize],
+    repeats: usize,
+    fleet: &Fleet,
+    opts: &FanoutOpts,
+    source: &mut u8,
+) -> [Vec<Run>; 5] {
     let mut out: [Vec<Run>; 5] = Default::default();
     for r in 0..repeats.max(1) {
-        for k in 0..SYSTEMS.len() {
-            let i = (r + k) % SYSTEMS.len();
+        for k in 0..which.len() {
+            let i = which[(r + k) % which.len()];
             // A fresh block of source addresses a run: no run waits on the last one's TIME_WAIT.
             *source = source.wrapping_add(opts.sources as u8).max(1);
             if u16::from(*source) + opts.sources as u16 > 250 {
@@ -176,7 +189,7 @@ pub async fn rows(opts: &SuiteOpts) -> Result<(Vec<FanRow>, Vec<String>), String
         } else {
             format!("{rooms} rooms of {}", members / rooms)
         };
-        let fleet = fleet(&opts.binaries, &format!("{rooms}x{}", members / rooms)).await?;
+        let fleet = fleet(&opts.binaries, &format!("{rooms}x{}", members / rooms), &[]).await?;
         let base = FanoutOpts {
             members,
             rooms,
@@ -237,6 +250,113 @@ pub async fn rows(opts: &SuiteOpts) -> Result<(Vec<FanRow>, Vec<String>), String
             "fan-out, {shape}: delivered frame {bytes} bytes from clientmq, {plain} from the plain servers"
         ));
     }
+    let (slow, slow_notes) = slow_rows(opts, &mut source).await?;
+    rows.extend(slow);
+    notes.extend(slow_notes);
+    Ok((rows, notes))
+}
+
+/// Slow members: one room of this many, every 100th never reading (1%).
+const SLOW_MEMBERS: usize = 2_000;
+const SLOW_EVERY: usize = 100;
+/// About half of what one room of this size takes at full speed here, and enough for a stalled
+/// member's socket and queue to fill well within the window.
+const SLOW_RATE: f64 = 50.0;
+const SLOW_WINDOW: std::time::Duration = std::time::Duration::from_secs(20);
+/// The gateways' kernel send buffer in these runs (`--socket-send-buffer`): with the kernel's
+/// own, which grows to 4 MiB, a stalled member takes minutes to fill it before its queue
+/// starts to.
+const SLOW_SEND_BUFFER: &str = "65536";
+/// The systems with a slow-consumer bound to measure: clientmq embedded and on NATS.
+const SLOW_SYSTEMS: [usize; 2] = [CLIENTMQ, 3];
+
+/// The same room and rate with 1% of members never reading and with none: the others' p99,
+/// the stalled members closed with 3335 within the window, and the gateways' memory for them.
+async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Vec<String>), String> {
+    let fleet = fleet(&opts.binaries, "slow", &["--socket-send-buffer", SLOW_SEND_BUFFER]).await?;
+    let base = FanoutOpts {
+        members: SLOW_MEMBERS,
+        rooms: 1,
+        warmup: opts.warmup,
+        duration: SLOW_WINDOW,
+        rate: Some(SLOW_RATE),
+        sources: 8,
+        ..FanoutOpts::default()
+    };
+    let slow_opts = FanoutOpts { slow_every: SLOW_EVERY, ..base.clone() };
+    let (mut none, mut slow): ([Vec<Run>; 5], [Vec<Run>; 5]) = Default::default();
+    // Paired: each repeat runs both, so a ratio compares runs of the same moment.
+    for _ in 0..opts.repeats.max(1) {
+        let [a, b] = [&base, &slow_opts];
+        let (n, s) = (
+            in_rounds_of(&SLOW_SYSTEMS, 1, &fleet, a, source).await,
+            in_rounds_of(&SLOW_SYSTEMS, 1, &fleet, b, source).await,
+        );
+        for i in 0..SYSTEMS.len() {
+            none[i].extend(n[i].iter().cloned());
+            slow[i].extend(s[i].iter().cloned());
+        }
+    }
+    let stalled = SLOW_MEMBERS / SLOW_EVERY;
+    let shape = format!("1 room of {SLOW_MEMBERS} at {SLOW_RATE:.0} messages/s");
+    let p99 = |runs: &[Vec<Run>; 5]| values(runs, |r| Some(r.report.latency.p99.as_secs_f64() * 1e3));
+    let mut rows = vec![
+        row(format!("others' p99 ms with none stalled, {shape}"), &p99(&none), 3),
+        row(format!("others' p99 ms with {stalled} (1%) never reading, {shape}"), &p99(&slow), 3),
+    ];
+    let ratios: [Vec<f64>; 5] = std::array::from_fn(|i| {
+        none[i]
+            .iter()
+            .zip(&slow[i])
+            .map(|(n, s)| s.report.latency.p99.as_secs_f64() / n.report.latency.p99.as_secs_f64().max(1e-9))
+            .collect()
+    });
+    let mut ratio =
+        row(format!("others' p99 with {stalled} never reading / with none (paired runs), {shape}"), &ratios, 2);
+    ratio.met = ratio.values[CLIENTMQ].map(|r| r <= 1.2);
+    ratio.target = "<= 1.2".to_owned();
+    rows.push(ratio);
+    let closed = values(&slow, |r| r.report.closed_3335.map(|n| n as f64));
+    let mut closed_row = row(
+        format!("stalled members closed with 3335 within the window (of {stalled}), {shape}"),
+        &closed,
+        0,
+    );
+    closed_row.met = Some(
+        SLOW_SYSTEMS
+            .iter()
+            .all(|i| !closed[*i].is_empty() && closed[*i].iter().all(|n| *n == stalled as f64)),
+    );
+    closed_row.target = "all, every run".to_owned();
+    rows.push(closed_row);
+    // What the stalled members cost the gateways at most: the peak growth over the window, less
+    // that of the paired run with none stalled.
+    let extra: [Vec<f64>; 5] = std::array::from_fn(|i| {
+        none[i]
+            .iter()
+            .zip(&slow[i])
+            .map(|(n, s)| {
+                let growth = |r: &FanoutReport| r.rss_peak_kib as f64 - r.rss_ready_kib as f64;
+                (growth(&s.report) - growth(&n.report)) / stalled as f64
+            })
+            .collect()
+    });
+    rows.push(row(
+        format!("gateway peak memory growth KiB per stalled member, over the run with none, {shape}"),
+        &extra,
+        1,
+    ));
+    let frames = values(&slow, |r| Some(r.report.slow_frames as f64 / r.report.slow_members.max(1) as f64));
+    rows.push(row(format!("frames a stalled member found waiting when it read again, {shape}"), &frames, 0));
+    let all = none.iter().chain(&slow).flatten();
+    let faults: Vec<String> = all.filter(|r| !r.report.clean()).map(|r| r.report.summary()).collect();
+    let notes = vec![format!(
+        "slow members, {shape}: gateways with `--socket-send-buffer {SLOW_SEND_BUFFER}` and the default queue (256 frames, 1 MiB); stalled members with a {} byte receive buffer; {} runs, every reading member heard every message once and in order in all but {}{}",
+        super::slow::RECEIVE_BUFFER,
+        none.iter().chain(&slow).map(Vec::len).sum::<usize>(),
+        faults.len(),
+        faults.first().map(|f| format!(" (first: {f})")).unwrap_or_default()
+    )];
     Ok((rows, notes))
 }
 
