@@ -176,7 +176,9 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: 256 * 1024,
             outbound_queue: 256,
-            outbound_queue_bytes: 1024 * 1024,
+            // The answers to every request a connection may have in flight (64 of up to 1 MiB)
+            // fit: only events can fill it.
+            outbound_queue_bytes: 64 * 1024 * 1024,
             allowed_origins: Vec::new(),
             admin_port: false,
             drain_deadline: Duration::from_secs(30),
@@ -333,7 +335,12 @@ mod tests {
         let config = parse(&["--outbound-queue", "8", "--outbound-queue-bytes", "4096"]).expect("valid");
         assert_eq!((config.outbound_queue, config.outbound_queue_bytes), (8, 4096));
         let default = parse(&[]).expect("valid");
-        assert_eq!(default.outbound_queue_bytes, 1024 * 1024);
+        assert_eq!(default.outbound_queue_bytes, 64 * 1024 * 1024);
+        // Answers alone never fill it: every request in flight answered at the largest size.
+        assert!(
+            default.outbound_queue_bytes
+                >= default.gateway.max_pending_requests * default.gateway.max_outbound_message_size
+        );
         for flag in ["--outbound-queue", "--outbound-queue-bytes"] {
             let refused = parse(&[flag, "0"]).expect_err("0 refused");
             assert!(refused.to_string().contains(&flag[2..]), "{refused}");

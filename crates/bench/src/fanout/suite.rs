@@ -311,8 +311,11 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
             .map(|(n, s)| s.report.latency.p99.as_secs_f64() / n.report.latency.p99.as_secs_f64().max(1e-9))
             .collect()
     });
-    let mut ratio =
-        row(format!("others' p99 with {stalled} never reading / with none (paired runs), {shape}"), &ratios, 2);
+    let mut ratio = row(
+        format!("others' p99 with {stalled} never reading / with none (paired runs), {shape}"),
+        &ratios,
+        2,
+    );
     ratio.met = ratio.values[CLIENTMQ].map(|r| r <= 1.2);
     ratio.target = "<= 1.2".to_owned();
     rows.push(ratio);
@@ -351,7 +354,7 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
     let all = none.iter().chain(&slow).flatten();
     let faults: Vec<String> = all.filter(|r| !r.report.clean()).map(|r| r.report.summary()).collect();
     let notes = vec![format!(
-        "slow members, {shape}: gateways with `--socket-send-buffer {SLOW_SEND_BUFFER}` and the default queue (256 frames, 1 MiB); stalled members with a {} byte receive buffer; {} runs, every reading member heard every message once and in order in all but {}{}",
+        "slow members, {shape}: gateways with `--socket-send-buffer {SLOW_SEND_BUFFER}` and the default queue (256 frames, 64 MiB); stalled members with a {} byte receive buffer; {} runs, every reading member heard every message once and in order in all but {}{}",
         super::slow::RECEIVE_BUFFER,
         none.iter().chain(&slow).map(Vec::len).sum::<usize>(),
         faults.len(),
