@@ -155,7 +155,7 @@ impl Conn {
                 Ok(code) => {
                     // Our own close frame if we sent one, else the echo the protocol asks for.
                     if !self.close_sent {
-                        self.queue(ws::CLOSE, &frame.payload[..frame.payload.len().min(2)]);
+                        self.queue(ws::CLOSE, &frame.payload[..frame.payload.len().min(2)], &[]);
                         self.close_sent = true;
                     }
                     self.read_done = true;
@@ -180,7 +180,7 @@ impl Conn {
         tracing::debug!(conn = %self.id, %error, "protocol error");
         if !self.close_sent {
             let payload = ws::close_payload(error.close_code(), "");
-            self.queue(ws::CLOSE, &payload);
+            self.queue(ws::CLOSE, &payload, &[]);
             self.close_sent = true;
         }
         self.read_done = true;
@@ -197,12 +197,24 @@ impl Conn {
     /// again (within the close handshake and the linger) learns why it was closed (3335), and
     /// the queue stays bounded, at `limit` frames or `limit_bytes` plus one frame, and one close.
     pub fn send(&mut self, opcode: u8, payload: &[u8], limit: usize, limit_bytes: usize) -> bool {
+        self.send_parts(opcode, payload, &[], limit, limit_bytes)
+    }
+
+    /// [`Conn::send`] of a frame whose payload is `head` then `tail`.
+    pub fn send_parts(
+        &mut self,
+        opcode: u8,
+        head: &[u8],
+        tail: &[u8],
+        limit: usize,
+        limit_bytes: usize,
+    ) -> bool {
         if self.close_sent {
             return true;
         }
         if opcode == ws::CLOSE {
             self.close_sent = true;
-            self.queue(opcode, payload);
+            self.queue(opcode, head, tail);
             return true;
         }
         if self.overflowed {
@@ -212,12 +224,12 @@ impl Conn {
             self.overflowed = true;
             return false;
         }
-        self.queue(opcode, payload);
+        self.queue(opcode, head, tail);
         true
     }
 
-    fn queue(&mut self, opcode: u8, payload: &[u8]) {
-        ws::encode(opcode, payload, &mut self.out);
+    fn queue(&mut self, opcode: u8, head: &[u8], tail: &[u8]) {
+        ws::encode_parts(opcode, head, tail, &mut self.out);
         self.queued += 1;
     }
 
@@ -380,10 +392,13 @@ pub(crate) mod ws {
     }
 
     /// Appends a server frame (unmasked, final) to `out`.
-    pub fn encode(opcode: u8, payload: &[u8], out: &mut Vec<u8>) {
-        out.reserve(payload.len() + 10);
+    /// One frame whose payload is `head` then `tail` (a room event: a connection's own bytes,
+    /// then those it shares with the other subscribers), written without joining them first.
+    pub fn encode_parts(opcode: u8, head: &[u8], tail: &[u8], out: &mut Vec<u8>) {
+        let len = head.len() + tail.len();
+        out.reserve(len + 10);
         out.push(0x80 | opcode);
-        match payload.len() {
+        match len {
             n @ 0..=125 => out.push(n as u8),
             n @ 126..=0xffff => {
                 out.push(126);
@@ -394,7 +409,8 @@ pub(crate) mod ws {
                 out.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
-        out.extend_from_slice(payload);
+        out.extend_from_slice(head);
+        out.extend_from_slice(tail);
     }
 
     /// A close frame's payload: the code, then the reason.
@@ -545,14 +561,20 @@ pub(crate) mod ws {
         #[test]
         fn encodes_unmasked_server_frames() {
             for len in [0, 125, 126, 65535, 65536] {
-                let mut out = Vec::new();
-                encode(TEXT, &vec![b'a'; len], &mut out);
-                let mut reader = &out[..];
-                let frame = futures_util::FutureExt::now_or_never(rawws::read_frame(&mut reader))
-                    .unwrap()
-                    .unwrap()
-                    .unwrap();
-                assert_eq!((frame.opcode, frame.fin, frame.payload.len()), (TEXT, true, len));
+                // A payload in two parts is one frame of both, whatever the split.
+                let payload: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+                for split in [0, len / 3, len] {
+                    let mut out = Vec::new();
+                    encode_parts(TEXT, &payload[..split], &payload[split..], &mut out);
+                    let mut reader = &out[..];
+                    let frame = futures_util::FutureExt::now_or_never(rawws::read_frame(&mut reader))
+                        .unwrap()
+                        .unwrap()
+                        .unwrap();
+                    assert_eq!((frame.opcode, frame.fin), (TEXT, true));
+                    assert_eq!(frame.payload, payload, "split at {split}");
+                    assert!(reader.is_empty(), "nothing after the frame");
+                }
             }
         }
 

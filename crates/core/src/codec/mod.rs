@@ -8,6 +8,9 @@ use prost::Message as _;
 
 use crate::proto::mq;
 
+mod broadcast;
+pub use broadcast::{Broadcast, SharedFrame};
+
 /// Standard alphabet; padding optional on input, written on output.
 const BASE64: GeneralPurpose = GeneralPurpose::new(
     &alphabet::STANDARD,
@@ -113,60 +116,6 @@ pub fn encode(msg: &mq::Message, encoding: Encoding) -> Frame {
     }
 }
 
-/// One message for many connections that differ only in `session_id` (an event for a room's
-/// subscribers): encoded once, then framed per connection with its session, byte for byte what
-/// [`encode`] gives for the message with that session.
-///
-/// `session_id` is field 1, so prost writes it first: a connection's bytes are its session field
-/// `S` followed by the shared rest `B`. In base64, `S` and the first bytes of `B` that complete
-/// its last group of three are encoded per connection; the rest of `B` starts on a group boundary
-/// and its base64 is computed once per alignment (the session field's length mod 3).
-#[derive(Debug)]
-pub struct Broadcast {
-    body: Vec<u8>,
-    tails: [std::cell::OnceCell<String>; 3],
-}
-
-impl Broadcast {
-    /// `msg`'s `session_id` is ignored: each frame gets its own.
-    pub fn new(msg: mq::Message) -> Broadcast {
-        let body = mq::Message { session_id: None, ..msg }.encode_to_vec();
-        Broadcast { body, tails: Default::default() }
-    }
-
-    /// The frame of the message with `session_id` set to `session`.
-    pub fn frame(&self, session: Option<&str>, encoding: Encoding) -> Frame {
-        // A binary frame is the head and the body; a text one's head takes at most 2 bytes more.
-        let rest = if encoding == Encoding::Binary { self.body.len() } else { 2 };
-        let mut head = Vec::with_capacity(session.map_or(0, |s| s.len() + 6) + rest);
-        if let Some(session) = session {
-            prost::encoding::encode_key(1, prost::encoding::WireType::LengthDelimited, &mut head);
-            prost::encoding::encode_varint(session.len() as u64, &mut head);
-            head.extend_from_slice(session.as_bytes());
-        }
-        match encoding {
-            Encoding::Binary => {
-                head.extend_from_slice(&self.body);
-                Frame::Binary(head)
-            }
-            Encoding::Base64Text => {
-                let align = head.len() % 3;
-                let borrow = (3 - align) % 3;
-                if self.body.len() < borrow {
-                    head.extend_from_slice(&self.body);
-                    return Frame::Text(BASE64.encode(head));
-                }
-                head.extend_from_slice(&self.body[..borrow]);
-                let tail = self.tails[align].get_or_init(|| BASE64.encode(&self.body[borrow..]));
-                let mut text = String::with_capacity(head.len() / 3 * 4 + tail.len());
-                BASE64.encode_string(&head, &mut text);
-                text.push_str(tail);
-                Frame::Text(text)
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,28 +178,6 @@ mod tests {
         #[test]
         fn decode_never_panics_on_text(text in ".{0,256}") {
             let _ = decode(&Frame::Text(text), 192);
-        }
-
-        #[test]
-        fn a_broadcast_frames_each_session_as_encode_does(
-            session in proptest::option::of("[a-zA-Z0-9]{0,200}"),
-            ty in "[a-z.A-Z]{1,40}",
-            payload in proptest::collection::vec(any::<u8>(), 0..300),
-        ) {
-            let msg = mq::Message {
-                r#type: ty,
-                payload,
-                message_type: Some(mq::message::MessageType::Event as i32),
-                ..Default::default()
-            };
-            let broadcast = Broadcast::new(mq::Message { session_id: Some("ignored".into()), ..msg.clone() });
-            let with = mq::Message { session_id: session.clone(), ..msg };
-            for enc in [Encoding::Base64Text, Encoding::Binary] {
-                // Twice: the second text frame comes from the cached tail.
-                for _ in 0..2 {
-                    prop_assert_eq!(broadcast.frame(session.as_deref(), enc), encode(&with, enc));
-                }
-            }
         }
 
         #[test]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand_core::Rng;
 
 use crate::ConnectionId;
-use crate::codec::Frame;
+use crate::codec::{Frame, SharedFrame};
 use crate::config::{CloseReason, Config, ConfigError, close};
 use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 use crate::port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
@@ -80,6 +80,10 @@ pub enum Input {
 pub enum Output {
     /// Send a data frame.
     Send { conn: ConnectionId, frame: Frame },
+    /// Send a data frame of a room's event: the same as `Send`, in two parts (this connection's
+    /// head, then the tail it shares with the other subscribers) so that a delivery neither
+    /// allocates nor copies the event.
+    Deliver { conn: ConnectionId, frame: SharedFrame },
     /// Send a WebSocket ping with this payload; the pong must echo it.
     Ping { conn: ConnectionId, payload: Vec<u8> },
     /// Answer a client's ping.
@@ -100,6 +104,18 @@ pub enum Output {
     /// events: a first subscriber, or a request about to subscribe one (a join naming the room),
     /// or the last of them gone. A backend on a bus subscribes to rooms by it; others ignore it.
     Interest { topic: crate::event::Topic, room: String, on: bool },
+}
+
+impl Output {
+    /// The data frame of a `Send` or a `Deliver`, in one piece, and its connection: for drivers
+    /// (and tests) that need not tell an answer from a room's event.
+    pub fn data_frame(&self) -> Option<(ConnectionId, Frame)> {
+        match self {
+            Output::Send { conn, frame } => Some((*conn, frame.clone())),
+            Output::Deliver { conn, frame } => Some((*conn, frame.to_frame())),
+            _ => None,
+        }
+    }
 }
 
 /// Counters since start. The open count is not here: it is the registry's size.

@@ -353,7 +353,7 @@ impl Gateway {
         msg.session_id = conn.session_id.clone();
         let encoding = encoding.unwrap_or(conn.encoding);
         let mut frame = codec::encode(&msg, encoding);
-        if self.dropped_as_too_large(id, &frame) {
+        if self.dropped_as_too_large(id, frame.len()) {
             if msg.message_type != Some(MessageType::Response as i32) {
                 return;
             }
@@ -367,8 +367,8 @@ impl Gateway {
 
     /// Whether `frame` is over `--max-outbound-bytes`: then it is counted as dropped and must not
     /// be sent.
-    pub(crate) fn dropped_as_too_large(&mut self, id: ConnectionId, frame: &Frame) -> bool {
-        let over = frame.len() > self.config.max_outbound_message_size;
+    pub(crate) fn dropped_as_too_large(&mut self, id: ConnectionId, len: usize) -> bool {
+        let over = len > self.config.max_outbound_message_size;
         if over {
             self.drop_frame(id, DropReason::OutboundTooLarge);
         }

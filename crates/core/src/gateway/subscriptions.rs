@@ -120,10 +120,10 @@ impl Gateway {
                     continue;
                 }
             };
-            if self.dropped_as_too_large(id, &frame) {
+            if self.dropped_as_too_large(id, frame.len()) {
                 continue;
             }
-            self.push(Output::Send { conn: id, frame });
+            self.push(Output::Deliver { conn: id, frame });
             self.trace(Some(id), EventKind::Delivered { event_type: traced.clone() });
         }
     }

@@ -34,7 +34,10 @@ impl Harness {
         let mut sr_disconnected = Vec::new();
         for (i, out) in outs.iter().enumerate() {
             match out {
-                Output::Send { conn, frame } => self.on_send(ctx, *conn, frame, &mut responses),
+                Output::Send { .. } | Output::Deliver { .. } => {
+                    let (conn, frame) = out.data_frame().expect("a data frame");
+                    self.on_send(ctx, conn, &frame, &mut responses)
+                }
                 Output::Ping { conn, payload } => {
                     assert!(matches!(ctx, Ctx::Timeout), "ping during {ctx:?}");
                     let hb = self.cfg.heartbeat_interval;
@@ -414,8 +417,9 @@ impl Harness {
 
 fn output_key(out: &Output) -> String {
     match out {
-        Output::Send { frame, .. } => {
-            let msg = codec::decode(frame, usize::MAX).expect("decodes");
+        Output::Send { .. } | Output::Deliver { .. } => {
+            let (_, frame) = out.data_frame().expect("a data frame");
+            let msg = codec::decode(&frame, usize::MAX).expect("decodes");
             match error_reason(&msg) {
                 Some(reason) => format!("send error {reason}"),
                 None => format!("send kind {:?}", msg.message_type),

@@ -154,7 +154,7 @@ impl Harness {
             .outs
             .iter()
             .map(|o| match o {
-                Output::Send { conn, .. } => *conn,
+                Output::Deliver { conn, .. } => *conn,
                 other => panic!("delivery produced {other:?}"),
             })
             .collect();

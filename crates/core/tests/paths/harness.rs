@@ -118,12 +118,9 @@ impl Harness {
     pub fn sent_to(&self, id: ConnectionId) -> Vec<(Encoding, mq::Message)> {
         self.outputs
             .iter()
-            .filter_map(|o| match o {
-                Output::Send { conn, frame } if *conn == id => {
-                    Some((frame.encoding(), codec::decode(frame, usize::MAX).unwrap()))
-                }
-                _ => None,
-            })
+            .filter_map(|o| o.data_frame())
+            .filter(|(conn, _)| *conn == id)
+            .map(|(_, frame)| (frame.encoding(), codec::decode(&frame, usize::MAX).unwrap()))
             .collect()
     }
 

@@ -315,8 +315,19 @@ impl<B: Backend> Shard<B> {
 
     /// Queues a frame on a connection; a full queue is a slow consumer the core closes (3335).
     fn send(&mut self, conn: ConnectionId, opcode: u8, payload: &[u8], written: &mut Vec<ConnectionId>) {
+        self.send_parts(conn, opcode, (payload, &[]), written);
+    }
+
+    /// [`Shard::send`] of a frame in two parts (a room event's head and shared tail).
+    fn send_parts(
+        &mut self,
+        conn: ConnectionId,
+        opcode: u8,
+        (head, tail): (&[u8], &[u8]),
+        written: &mut Vec<ConnectionId>,
+    ) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
-        if !c.send(opcode, payload, self.outbound_queue, self.outbound_queue_bytes) {
+        if !c.send_parts(opcode, head, tail, self.outbound_queue, self.outbound_queue_bytes) {
             self.gw.handle(Input::SendFailed { conn }, now());
             return;
         }
@@ -346,6 +357,13 @@ impl<B: Backend> Shard<B> {
             Output::Send { conn, frame } => {
                 let (opcode, payload) = Conn::data_frame(&frame);
                 self.send(conn, opcode, payload, written);
+            }
+            Output::Deliver { conn, frame } => {
+                let opcode = match frame.encoding() {
+                    clientmq_core::Encoding::Base64Text => ws::TEXT,
+                    clientmq_core::Encoding::Binary => ws::BINARY,
+                };
+                self.send_parts(conn, opcode, frame.parts(), written);
             }
             Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload, written),
             Output::Pong { conn, payload } => self.send(conn, ws::PONG, &payload, written),
