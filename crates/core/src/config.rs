@@ -87,6 +87,10 @@ pub struct Config {
     /// [`crate::Gateway::new`]): token expiry is judged by it plus elapsed time, so a simulated
     /// run judges by simulated time.
     pub wall_clock_start_ms: u64,
+    /// Trace every delivery of a room's event (`EventKind::Delivered`, one per subscriber). A
+    /// driver with nothing reading the trace turns it off: for a room of thousands, those events
+    /// cost more than anything else the core does per delivery.
+    pub trace_deliveries: bool,
 }
 
 impl Default for Config {
@@ -110,6 +114,7 @@ impl Default for Config {
             ended_memory: 4096,
             tokens: crate::auth::TokenPolicy::DenyAll,
             wall_clock_start_ms: 0,
+            trace_deliveries: true,
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod seed;
 mod timers;
 
 pub use auth::{Refusal, TokenPolicy};
-pub use codec::{CodecError, Encoding, Frame, SharedFrame};
+pub use codec::{CodecError, Delivery, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 pub use gateway::{Admission, Gateway, Input, InvariantViolation, Output, Peer, Stats, client_address};

@@ -128,12 +128,18 @@ impl Server {
                 admitting: AtomicUsize::new(0),
             })
         });
+        // Deliveries are traced only for a reader: the trace sink, or the debug log of the trace.
+        let gateway = clientmq_core::Config {
+            trace_deliveries: config.trace.is_some()
+                || tracing::enabled!(target: "clientmq::trace", tracing::Level::DEBUG),
+            ..config.gateway.clone()
+        };
         for (index, rx) in receivers.into_iter().enumerate() {
             let shard = Shard {
                 index,
-                gw: shard::new_gateway(&config.gateway, config.seed, index),
+                gw: shard::new_gateway(&gateway, config.seed, index),
                 rx,
-                conns: BTreeMap::new(),
+                conns: shard::ConnMap::default(),
                 lingering: BTreeMap::new(),
                 ready: Arc::default(),
                 scratch: vec![0; shard::SCRATCH],

@@ -9,6 +9,7 @@ use prost::Message as _;
 use prost::bytes::BufMut as _;
 
 use super::{BASE64, Encoding, Frame};
+use crate::ConnectionId;
 use crate::proto::mq;
 
 /// A connection's own bytes of a frame up to this long are held inline: a session id of up to
@@ -29,13 +30,25 @@ pub struct Broadcast {
     tails: [OnceCell<Arc<[u8]>>; 3],
 }
 
-/// One connection's frame of a [`Broadcast`]: its own head, then the tail every connection
-/// with the same alignment shares. A driver writes the two parts one after the other.
+/// Where a frame's shared tail is in [`Delivery::tails`]: base64 by alignment, or the raw body.
+const BINARY_TAIL: usize = 3;
+
+/// A room's event for its subscribers (`Output::Deliver`): each connection's own head, and the
+/// tails they share, held once for all of them. A driver writes, for each connection, its head
+/// then its tail; a delivery neither allocates nor copies the event per connection, nor counts
+/// references per connection.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SharedFrame {
+pub struct Delivery {
+    tails: [Option<Arc<[u8]>>; 4],
+    frames: Vec<(ConnectionId, FrameHead)>,
+}
+
+/// One connection's part of a [`Delivery`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct FrameHead {
     encoding: Encoding,
     head: Head,
-    tail: Arc<[u8]>,
+    tail: u8,
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -73,13 +86,13 @@ impl Broadcast {
         Broadcast { body, tails: Default::default() }
     }
 
-    /// The frame of the message with `session_id` set to `session`.
-    pub fn frame(&self, session: Option<&str>, encoding: Encoding) -> SharedFrame {
+    /// A connection's part of the frame of the message with `session_id` set to `session`.
+    pub fn head(&self, session: Option<&str>, encoding: Encoding) -> FrameHead {
         let field = session.map_or(0, |s| 1 + prost::encoding::encoded_len_varint(s.len() as u64) + s.len());
         // Text: the bytes of B that complete S's last group of three go in the head (all of B
         // when it is shorter), so that the tail starts on a group boundary.
-        let (borrow, align) = match encoding {
-            Encoding::Binary => (0, 0),
+        let (borrow, tail) = match encoding {
+            Encoding::Binary => (0, BINARY_TAIL),
             Encoding::Base64Text => ((3 - field % 3) % 3, field % 3),
         };
         let borrow = borrow.min(self.body.len());
@@ -100,58 +113,79 @@ impl Broadcast {
             }
             w.put_slice(&self.body[..borrow]);
         }
-        let (head, tail) = match encoding {
-            Encoding::Binary => (Head::new(raw.len(), |h| h.copy_from_slice(raw)), self.body.clone()),
+        let head = match encoding {
+            Encoding::Binary => Head::new(raw.len(), |h| h.copy_from_slice(raw)),
             Encoding::Base64Text => {
-                let head_len = base64::encoded_len(raw.len(), true).unwrap_or(usize::MAX);
-                let head = Head::new(head_len, |h| {
+                let len = base64::encoded_len(raw.len(), true).unwrap_or(usize::MAX);
+                Head::new(len, |h| {
                     let written = BASE64.encode_slice(&*raw, h);
                     debug_assert_eq!(written, Ok(h.len()));
-                });
-                let tail = self.tails[align]
-                    .get_or_init(|| BASE64.encode(&self.body[borrow..]).into_bytes().into())
-                    .clone();
-                (head, tail)
+                })
             }
         };
-        SharedFrame { encoding, head, tail }
+        FrameHead { encoding, head, tail: tail as u8 }
+    }
+
+    /// The shared rest of a frame whose head is `head`.
+    pub fn tail(&self, head: &FrameHead) -> &[u8] {
+        match usize::from(head.tail) {
+            BINARY_TAIL => &self.body,
+            align => {
+                let borrow = ((3 - align) % 3).min(self.body.len());
+                self.tails[align].get_or_init(|| BASE64.encode(&self.body[borrow..]).into_bytes().into())
+            }
+        }
+    }
+
+    /// Length of the frame whose head is `head`.
+    pub fn frame_len(&self, head: &FrameHead) -> usize {
+        head.head.bytes().len() + self.tail(head).len()
+    }
+
+    /// The delivery of these frames (heads from [`Broadcast::head`]).
+    pub fn deliver(self, frames: Vec<(ConnectionId, FrameHead)>) -> Delivery {
+        let [a, b, c] = self.tails.map(OnceCell::into_inner);
+        Delivery { tails: [a, b, c, Some(self.body)], frames }
     }
 }
 
-impl SharedFrame {
-    /// Length of the frame's payload in bytes.
+impl Delivery {
+    /// Each connection's frame, in order: its encoding, its own head, then the shared tail.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnectionId, Encoding, &[u8], &[u8])> {
+        self.frames.iter().map(|(conn, h)| {
+            let tail = self.tails[usize::from(h.tail)].as_deref().unwrap_or_default();
+            (*conn, h.encoding, h.head.bytes(), tail)
+        })
+    }
+
+    /// Connections it goes to.
     pub fn len(&self) -> usize {
-        self.head.bytes().len() + self.tail.len()
+        self.frames.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.frames.is_empty()
     }
 
-    pub fn encoding(&self) -> Encoding {
-        self.encoding
-    }
-
-    /// The payload in two parts: this connection's own, then the shared rest.
-    pub fn parts(&self) -> (&[u8], &[u8]) {
-        (self.head.bytes(), &self.tail)
-    }
-
-    /// The same frame in one piece.
-    pub fn to_frame(&self) -> Frame {
-        let (head, tail) = self.parts();
-        let bytes = [head, tail].concat();
-        match self.encoding {
-            Encoding::Binary => Frame::Binary(bytes),
-            // Base64 text, written by this module: ASCII throughout.
-            Encoding::Base64Text => Frame::Text(String::from_utf8_lossy(&bytes).into_owned()),
-        }
+    /// Each connection's frame in one piece.
+    pub fn frames(&self) -> Vec<(ConnectionId, Frame)> {
+        self.iter()
+            .map(|(conn, encoding, head, tail)| {
+                let bytes = [head, tail].concat();
+                let frame = match encoding {
+                    Encoding::Binary => Frame::Binary(bytes),
+                    // Base64 text, written by this module: ASCII throughout.
+                    Encoding::Base64Text => Frame::Text(String::from_utf8_lossy(&bytes).into_owned()),
+                };
+                (conn, frame)
+            })
+            .collect()
     }
 }
 
-impl std::fmt::Debug for SharedFrame {
+impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.to_frame().fmt(f)
+        f.debug_list().entries(self.frames()).finish()
     }
 }
 
@@ -159,6 +193,10 @@ impl std::fmt::Debug for SharedFrame {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    fn conn(n: u8) -> ConnectionId {
+        String::from(char::from(b'a' + n % 26)).repeat(crate::ids::ID_LEN).parse().expect("an id")
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig { cases: 100_000, ..ProptestConfig::default() })]
@@ -177,15 +215,19 @@ mod tests {
             };
             let broadcast = Broadcast::new(mq::Message { session_id: Some("ignored".into()), ..msg.clone() });
             let with = mq::Message { session_id: session.clone(), ..msg };
-            for enc in [Encoding::Base64Text, Encoding::Binary] {
-                // Twice: the second text frame comes from the cached tail.
-                for _ in 0..2 {
-                    let shared = broadcast.frame(session.as_deref(), enc);
-                    let whole = super::super::encode(&with, enc);
-                    prop_assert_eq!(shared.len(), whole.len());
-                    prop_assert_eq!(shared.encoding(), enc);
-                    prop_assert_eq!(shared.to_frame(), whole);
-                }
+            // Twice each: the second text frame comes from the cached tail.
+            let mut heads = Vec::new();
+            for (n, enc) in [Encoding::Base64Text, Encoding::Binary, Encoding::Base64Text, Encoding::Binary].into_iter().enumerate() {
+                let head = broadcast.head(session.as_deref(), enc);
+                prop_assert_eq!(broadcast.frame_len(&head), super::super::encode(&with, enc).len());
+                heads.push((conn(n as u8), head));
+            }
+            let delivery = broadcast.deliver(heads);
+            prop_assert_eq!(delivery.len(), 4);
+            for (n, (to, frame)) in delivery.frames().into_iter().enumerate() {
+                let enc = if n % 2 == 0 { Encoding::Base64Text } else { Encoding::Binary };
+                prop_assert_eq!(to, conn(n as u8));
+                prop_assert_eq!(frame, super::super::encode(&with, enc));
             }
         }
     }
@@ -193,9 +235,9 @@ mod tests {
     #[test]
     fn a_short_session_frames_without_a_heap_head_and_a_long_one_with() {
         let b = Broadcast::new(mq::Message { r#type: "x.Event".into(), ..Default::default() });
-        let short = b.frame(Some(&"s".repeat(60)), Encoding::Base64Text);
+        let short = b.head(Some(&"s".repeat(60)), Encoding::Base64Text);
         assert!(matches!(short.head, Head::Inline { .. }));
-        let long = b.frame(Some(&"s".repeat(200)), Encoding::Base64Text);
+        let long = b.head(Some(&"s".repeat(200)), Encoding::Base64Text);
         assert!(matches!(long.head, Head::Heap(_)));
     }
 }

@@ -9,7 +9,7 @@ use prost::Message as _;
 use crate::proto::mq;
 
 mod broadcast;
-pub use broadcast::{Broadcast, SharedFrame};
+pub use broadcast::{Broadcast, Delivery, FrameHead};
 
 /// Standard alphabet; padding optional on input, written on output.
 const BASE64: GeneralPurpose = GeneralPurpose::new(

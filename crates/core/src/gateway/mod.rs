@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand_core::Rng;
 
 use crate::ConnectionId;
-use crate::codec::{Frame, SharedFrame};
+use crate::codec::{Delivery, Frame};
 use crate::config::{CloseReason, Config, ConfigError, close};
 use crate::event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 use crate::port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
@@ -80,10 +80,10 @@ pub enum Input {
 pub enum Output {
     /// Send a data frame.
     Send { conn: ConnectionId, frame: Frame },
-    /// Send a data frame of a room's event: the same as `Send`, in two parts (this connection's
-    /// head, then the tail it shares with the other subscribers) so that a delivery neither
-    /// allocates nor copies the event.
-    Deliver { conn: ConnectionId, frame: SharedFrame },
+    /// Send a room's event to its subscribers: for each connection, in order, a data frame
+    /// whose payload is its own head then the tail it shares with the others
+    /// ([`Delivery::iter`]), so that a delivery neither allocates nor copies the event.
+    Deliver(Delivery),
     /// Send a WebSocket ping with this payload; the pong must echo it.
     Ping { conn: ConnectionId, payload: Vec<u8> },
     /// Answer a client's ping.
@@ -107,13 +107,13 @@ pub enum Output {
 }
 
 impl Output {
-    /// The data frame of a `Send` or a `Deliver`, in one piece, and its connection: for drivers
-    /// (and tests) that need not tell an answer from a room's event.
-    pub fn data_frame(&self) -> Option<(ConnectionId, Frame)> {
+    /// The data frames of a `Send` or a `Deliver`, each in one piece, with their connections:
+    /// for drivers (and tests) that need not tell an answer from a room's event.
+    pub fn data_frames(&self) -> Vec<(ConnectionId, Frame)> {
         match self {
-            Output::Send { conn, frame } => Some((*conn, frame.clone())),
-            Output::Deliver { conn, frame } => Some((*conn, frame.to_frame())),
-            _ => None,
+            Output::Send { conn, frame } => vec![(*conn, frame.clone())],
+            Output::Deliver(delivery) => delivery.frames(),
+            _ => Vec::new(),
         }
     }
 }

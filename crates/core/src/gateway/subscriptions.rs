@@ -111,20 +111,26 @@ impl Gateway {
         };
         // Encoded once for all of them; each frame differs only by the session it names.
         let event = Broadcast::new(message(MessageType::Event, None, event_type, payload.to_vec()));
-        let traced: std::sync::Arc<str> = event_type.into();
+        let traced: Option<std::sync::Arc<str>> = self.config.trace_deliveries.then(|| event_type.into());
+        let mut frames = Vec::with_capacity(ids.len());
         for id in ids {
-            let frame = match self.registry.get(&id) {
-                Some(c) if c.is_open() => event.frame(c.session_id.as_deref(), c.encoding),
+            let head = match self.registry.get(&id) {
+                Some(c) if c.is_open() => event.head(c.session_id.as_deref(), c.encoding),
                 _ => {
                     self.drop_frame(id, DropReason::NotOpen);
                     continue;
                 }
             };
-            if self.dropped_as_too_large(id, frame.len()) {
+            if self.dropped_as_too_large(id, event.frame_len(&head)) {
                 continue;
             }
-            self.push(Output::Deliver { conn: id, frame });
-            self.trace(Some(id), EventKind::Delivered { event_type: traced.clone() });
+            frames.push((id, head));
+            if let Some(traced) = &traced {
+                self.trace(Some(id), EventKind::Delivered { event_type: traced.clone() });
+            }
+        }
+        if !frames.is_empty() {
+            self.push(Output::Deliver(event.deliver(frames)));
         }
     }
 }

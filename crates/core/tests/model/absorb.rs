@@ -34,9 +34,10 @@ impl Harness {
         let mut sr_disconnected = Vec::new();
         for (i, out) in outs.iter().enumerate() {
             match out {
-                Output::Send { .. } | Output::Deliver { .. } => {
-                    let (conn, frame) = out.data_frame().expect("a data frame");
-                    self.on_send(ctx, conn, &frame, &mut responses)
+                Output::Send { .. } | Output::Deliver(_) => {
+                    for (conn, frame) in out.data_frames() {
+                        self.on_send(ctx, conn, &frame, &mut responses);
+                    }
                 }
                 Output::Ping { conn, payload } => {
                     assert!(matches!(ctx, Ctx::Timeout), "ping during {ctx:?}");
@@ -417,9 +418,9 @@ impl Harness {
 
 fn output_key(out: &Output) -> String {
     match out {
-        Output::Send { .. } | Output::Deliver { .. } => {
-            let (_, frame) = out.data_frame().expect("a data frame");
-            let msg = codec::decode(&frame, usize::MAX).expect("decodes");
+        Output::Send { .. } | Output::Deliver(_) => {
+            let frames = out.data_frames();
+            let msg = codec::decode(&frames[0].1, usize::MAX).expect("decodes");
             match error_reason(&msg) {
                 Some(reason) => format!("send error {reason}"),
                 None => format!("send kind {:?}", msg.message_type),

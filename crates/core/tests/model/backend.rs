@@ -153,8 +153,8 @@ impl Harness {
         let sent: Vec<ConnectionId> = b
             .outs
             .iter()
-            .map(|o| match o {
-                Output::Deliver { conn, .. } => *conn,
+            .flat_map(|o| match o {
+                Output::Deliver(delivery) => delivery.iter().map(|(conn, ..)| conn).collect::<Vec<_>>(),
                 other => panic!("delivery produced {other:?}"),
             })
             .collect();

@@ -41,6 +41,7 @@ pub(crate) fn config() -> Config {
         // The model's own token "t" is accepted: refusals have their own path tests.
         tokens: TokenPolicy::Check { tokens: StaticTokens::new(["t"]), edge: EdgeAuth::default() },
         wall_clock_start_ms: 0,
+        trace_deliveries: true,
     }
 }
 

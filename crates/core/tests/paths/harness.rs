@@ -118,7 +118,7 @@ impl Harness {
     pub fn sent_to(&self, id: ConnectionId) -> Vec<(Encoding, mq::Message)> {
         self.outputs
             .iter()
-            .filter_map(|o| o.data_frame())
+            .flat_map(|o| o.data_frames())
             .filter(|(conn, _)| *conn == id)
             .map(|(_, frame)| (frame.encoding(), codec::decode(&frame, usize::MAX).unwrap()))
             .collect()

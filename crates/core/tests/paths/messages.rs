@@ -392,3 +392,40 @@ fn a_request_read_with_the_clients_close_is_counted_not_answered() {
     assert_eq!(h.gw.stats().requests.values().sum::<u64>(), 1, "counted once");
     assert_eq!(h.gw.open_connections(), 0);
 }
+
+/// Without a reader of the trace, a room's event still reaches every subscriber byte for byte
+/// as with one; only the per-subscriber `Delivered` events are left out.
+#[test]
+fn deliveries_are_traced_only_when_asked_and_sent_the_same_either_way() {
+    let run = |trace_deliveries: bool| {
+        let mut h = Harness::new(Config { trace_deliveries, ..Config::default() });
+        let ids = [h.open(), h.open()];
+        for conn in ids {
+            h.input(Input::Subscription {
+                conn,
+                topic: Topic::Room,
+                room: "room-1".into(),
+                subscribe: true,
+                revision: None,
+            });
+        }
+        h.take_outputs();
+        h.input(Input::Deliver {
+            target: Target::Room("room-1".into()),
+            event_type: "chat.RoomEvent".into(),
+            payload: vec![1, 2, 3],
+        });
+        let sent: Vec<_> = ids.iter().map(|id| h.sent_to(*id)).collect();
+        let delivered = ids
+            .iter()
+            .map(|id| h.events_of(*id).iter().filter(|k| matches!(k, EventKind::Delivered { .. })).count())
+            .collect::<Vec<_>>();
+        (sent, delivered)
+    };
+    let (traced, delivered) = run(true);
+    assert_eq!(delivered, vec![1, 1]);
+    assert!(traced.iter().all(|s| s.len() == 1 && s[0].1.r#type == "chat.RoomEvent"), "{traced:?}");
+    let (untraced, none) = run(false);
+    assert_eq!(none, vec![0, 0]);
+    assert_eq!(untraced, traced, "the same frames");
+}

@@ -8,6 +8,7 @@ mod check;
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Poll, Waker};
@@ -46,7 +47,9 @@ pub(crate) struct Shard<B> {
     pub gw: Gateway,
     pub rx: mpsc::Receiver<Command>,
     /// The sockets of the registered connections.
-    pub conns: BTreeMap<ConnectionId, Conn>,
+    /// Looked up once per frame sent (thousands per room event): hashed, never iterated in an
+    /// order that matters (a simulated death sorts them first).
+    pub conns: ConnMap<Conn>,
     /// Sockets no longer registered that finish their close (a release's last frames, a
     /// refusal's close frame), each until its deadline.
     pub lingering: BTreeMap<ConnectionId, (Conn, std::time::Instant)>,
@@ -76,6 +79,33 @@ pub(crate) struct Shard<B> {
     pub max_frame_bytes: usize,
     /// [`Command::Settled`] callers, answered at the end of the next flush.
     pub settled: Vec<oneshot::Sender<()>>,
+}
+
+/// Connections by id. Ids are drawn at random by the gateway (no client picks one), so a fast
+/// hash of their first bytes spreads them as well as SipHash would, at a fraction of its cost.
+pub(crate) type ConnMap<V> = std::collections::HashMap<ConnectionId, V, BuildHasherDefault<IdHasher>>;
+
+/// Hashes a connection id by its first eight bytes (see [`ConnMap`]).
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        // A multiply moves entropy only upwards; tables index by the low bits, so mix down
+        // (splitmix64's finalizer).
+        let mut x = self.0;
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        x ^ (x >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // An id hashes as its length (a usize) then its bytes; each write is folded in.
+        let mut word = [0u8; 8];
+        let n = bytes.len().min(8);
+        word[..n].copy_from_slice(&bytes[..n]);
+        self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
 }
 
 pub(crate) fn new_gateway(config: &clientmq_core::Config, seed: Option<u64>, index: usize) -> Gateway {
@@ -236,12 +266,14 @@ impl<B: Backend> Shard<B> {
             Command::Settled(done) => self.settled.push(done),
             Command::Tokens(tokens) => self.gw.set_tokens(tokens),
             Command::AbortAll => {
-                // The sockets go, in id order (BTreeMaps), so a simulated death replays exactly.
+                // The sockets go, in id order, so a simulated death replays exactly.
                 // The process runs to the end of its last step as it was: the core still counts
                 // these connections, so their admission permits and address places stay taken
                 // (until the process is gone), and checked mode stops checking bookkeeping that no
                 // longer matches its sockets.
-                for (_, mut conn) in std::mem::take(&mut self.conns) {
+                let mut conns: Vec<_> = std::mem::take(&mut self.conns).into_iter().collect();
+                conns.sort_unstable_by_key(|(id, _)| *id);
+                for (_, mut conn) in conns {
                     self.departed.push((conn.permit.take(), conn.slot.take()));
                 }
                 self.lingering.clear();
@@ -358,12 +390,14 @@ impl<B: Backend> Shard<B> {
                 let (opcode, payload) = Conn::data_frame(&frame);
                 self.send(conn, opcode, payload, written);
             }
-            Output::Deliver { conn, frame } => {
-                let opcode = match frame.encoding() {
-                    clientmq_core::Encoding::Base64Text => ws::TEXT,
-                    clientmq_core::Encoding::Binary => ws::BINARY,
-                };
-                self.send_parts(conn, opcode, frame.parts(), written);
+            Output::Deliver(delivery) => {
+                for (conn, encoding, head, tail) in delivery.iter() {
+                    let opcode = match encoding {
+                        clientmq_core::Encoding::Base64Text => ws::TEXT,
+                        clientmq_core::Encoding::Binary => ws::BINARY,
+                    };
+                    self.send_parts(conn, opcode, (head, tail), written);
+                }
             }
             Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload, written),
             Output::Pong { conn, payload } => self.send(conn, ws::PONG, &payload, written),
@@ -392,4 +426,28 @@ impl<B: Backend> Shard<B> {
 
 fn now() -> std::time::Instant {
     Instant::now().into_std()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher as _;
+
+    use rand::SeedableRng as _;
+
+    use super::*;
+
+    #[test]
+    fn connection_ids_spread_over_the_low_bits_a_table_indexes_by() {
+        let mut rng = StdRng::seed_from_u64(7);
+        let hasher = BuildHasherDefault::<IdHasher>::default();
+        let hashes: Vec<u64> = (0..10_000).map(|_| hasher.hash_one(ConnectionId::random(&mut rng))).collect();
+        let distinct = hashes.iter().collect::<std::collections::BTreeSet<_>>().len();
+        assert_eq!(distinct, hashes.len(), "no two ids collide");
+        // 10,000 ids in 4,096 buckets: uniform hashing fills about 3,700 of them.
+        let buckets = hashes.iter().map(|h| h & 0xfff).collect::<std::collections::BTreeSet<_>>().len();
+        assert!(buckets > 3_500, "{buckets} of 4096 buckets used");
+        let mut map = ConnMap::default();
+        map.insert(ConnectionId::random(&mut rng), 1);
+        assert_eq!(map.values().sum::<i32>(), 1);
+    }
 }
