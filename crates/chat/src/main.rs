@@ -46,6 +46,9 @@ struct Args {
     chat: ChatArgs,
 }
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     // Gateways verify tokens before anything reaches a worker.
