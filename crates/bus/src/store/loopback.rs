@@ -8,14 +8,24 @@ use std::sync::{Mutex, PoisonError};
 use tokio::sync::mpsc;
 
 use super::model::{Outcome, StoreModel, Version};
+use super::wire::{ApiError, PubAckBody};
 use crate::subject::subject_matches;
 use crate::{Bus, BusError, BusMessage, BusStatus, NO_RESPONDERS, StatusCell, Subscription};
 
 pub struct ModelBus {
     model: Mutex<StoreModel>,
     subs: Mutex<Vec<Sub>>,
+    /// Refusals to give the next publishes to a subject instead of the model's answer.
+    refusals: Mutex<Vec<Refusal>>,
     status: StatusCell,
     start: tokio::time::Instant,
+}
+
+/// A JetStream refusal a test has a publish get (nothing is stored).
+struct Refusal {
+    subject: String,
+    err_code: u32,
+    description: String,
 }
 
 struct Sub {
@@ -36,7 +46,34 @@ impl ModelBus {
         let status = StatusCell::default();
         status.set_connected(true);
         let model = Mutex::new(StoreModel::new(version));
-        ModelBus { model, subs: Mutex::default(), status, start: tokio::time::Instant::now() }
+        ModelBus {
+            model,
+            subs: Mutex::default(),
+            refusals: Mutex::default(),
+            status,
+            start: tokio::time::Instant::now(),
+        }
+    }
+
+    /// The next publish to `subject` that expects an answer is refused with JetStream's
+    /// `err_code` (503, as a clustered stream answers while it replicates) and stores nothing:
+    /// for tests of what a client does with the answers a single model never gives, such as
+    /// 10158 (a message with that id still in flight).
+    pub fn refuse_next(&self, subject: &str, err_code: u32, description: &str) {
+        let refusal = Refusal { subject: subject.to_owned(), err_code, description: description.to_owned() };
+        self.refusals.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
+    }
+
+    /// The refusal `msg` gets, if a test set one for its subject.
+    fn refusal(&self, msg: &BusMessage) -> Option<BusMessage> {
+        let reply = msg.reply.as_ref()?;
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = refusals.iter().position(|r| r.subject == msg.subject)?;
+        let r = refusals.remove(at);
+        let error = ApiError { code: 503, err_code: r.err_code, description: r.description };
+        let body = PubAckBody { error: Some(error), ..PubAckBody::default() };
+        let payload = serde_json::to_vec(&body).expect("an ack serializes");
+        Some(BusMessage::new(reply.clone(), payload))
     }
 
     /// Hands `msg` to every subscription matching `to` (one per queue group); whether any took
@@ -63,6 +100,10 @@ impl Bus for ModelBus {
     type Subscription = ModelSubscription;
 
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        if let Some(refused) = self.refusal(&msg) {
+            self.route(&refused.subject, &refused);
+            return Ok(());
+        }
         let now = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         let outcome = self.model.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, now);
         let heard = self.route(&msg.subject, &msg);

@@ -28,12 +28,27 @@ pub async fn append<B: Bus>(
 ) -> Result<(), StoreError> {
     let subject = layout.history_subject(room, Topic::Room);
     for event in pending {
-        let headers = vec![(header::TYPE.to_owned(), "chat.RoomEvent".to_owned())];
         let expect = Expect { msg_id: Some(event.id.clone()), ..Expect::default() };
-        store.publish(&subject, headers, event.event.clone(), &expect).await?;
+        // A clustered stream answers 10158 while a message with the same id is being
+        // replicated (another worker settling the same room): nothing was written by this
+        // publish, and the id makes the next one a duplicate if the other one lands.
+        let until = tokio::time::Instant::now() + store.timeout().saturating_mul(4);
+        loop {
+            let headers = vec![(header::TYPE.to_owned(), "chat.RoomEvent".to_owned())];
+            match store.publish(&subject, headers, event.event.clone(), &expect).await {
+                Ok(_) => break,
+                Err(StoreError::InFlight(_)) if tokio::time::Instant::now() < until => {
+                    tokio::time::sleep(IN_FLIGHT_PAUSE).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
     Ok(())
 }
+
+/// How long an append waits before sending again a message JetStream still has in flight.
+const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// Appends the events room `room`'s record holds pending, then clears them from it (unless the
 /// record moved meanwhile: then whoever moved it appended them first).
@@ -169,5 +184,45 @@ mod tests {
         }
         let joined = chat::RoomEventType::MemberJoined as i32;
         assert_eq!(told, [(joined, "s1".to_owned()), (joined, "s2".to_owned())]);
+    }
+
+    /// JetStream answers 10158 (a message with that id in flight) while a cluster replicates
+    /// another worker's append of the same event: the append sends it again until it is taken,
+    /// and the room hears it once; still refused past its deadline, the append says so.
+    #[tokio::test]
+    async fn an_append_refused_as_in_flight_is_sent_again_and_told_once() {
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus.clone(), "w", Duration::from_millis(50)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        layout.ensure(&store).await.unwrap();
+        let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
+        let subject = layout.history_subject("r1", Topic::Room);
+        let event = chat::RoomEvent { room_id: "r1".into(), ..Default::default() };
+        let pending = [PendingEvent { id: "e1".into(), event: event.encode_to_vec() }];
+        for _ in 0..2 {
+            bus.refuse_next(
+                &subject,
+                clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT,
+                "duplicate in flight",
+            );
+        }
+        append(&store, &layout, "r1", &pending).await.unwrap();
+        append(&store, &layout, "r1", &pending).await.unwrap();
+        let mut told = 0;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), heard.next()).await {
+            told += 1;
+        }
+        assert_eq!(told, 1, "taken once, after two refusals");
+
+        for _ in 0..1000 {
+            bus.refuse_next(
+                &subject,
+                clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT,
+                "duplicate in flight",
+            );
+        }
+        let other = [PendingEvent { id: "e2".into(), event: event.encode_to_vec() }];
+        let refused = append(&store, &layout, "r1", &other).await;
+        assert!(matches!(refused, Err(StoreError::InFlight(_))), "{refused:?}");
     }
 }
