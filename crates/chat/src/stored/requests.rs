@@ -105,6 +105,29 @@ async fn membership<B: Bus>(
     })
 }
 
+/// Subscribes the connection that holds `session` now, as the store says after the caller's
+/// write, to `room`. A resume through another connection may have moved the session while the
+/// request that asked (on `conn`, through `g`) was decided: of the two, each writes its key and
+/// then reads the other's, so one of them sees the other and the new connection hears the room.
+/// A detached or ended session subscribes nothing (a resume subscribes its rooms); the store
+/// unreadable, the asker.
+async fn subscribe_holder<B: Bus>(n: &Node<B>, session: &str, conn: &str, g: &str, topic: Topic, room: &str) {
+    let key = session_key(session);
+    let holder = match super::follow::refresh(&n.store, &n.layout.sessions, Bucket::Sessions, &key, &n.cache)
+        .await
+    {
+        Ok(()) => Some(
+            lock(&n.cache).session(session).and_then(|s| s.value.conn.clone().zip(s.value.gateway.clone())),
+        ),
+        Err(_) => None,
+    };
+    match holder {
+        Some(Some((held, gateway))) => n.subscribe_acked(&gateway, &held, topic, room).await,
+        Some(None) => {}
+        None => n.subscribe_acked(g, conn, topic, room).await,
+    }
+}
+
 /// Subscribes or unsubscribes `conn` to every room of session `id` (and the conversations it
 /// subscribed to), as the cache knows them.
 async fn move_subscriptions<B: Bus>(n: &Node<B>, id: &str, conn: &str, g: &str, on: bool) {
@@ -251,7 +274,7 @@ async fn join_room<B: Bus>(
     // its own arrival and everything after it, and a refused join subscribes nothing.
     let subscribe = async |joined: &Result<RoomRecord, &str>| {
         if joined.is_ok() {
-            n.subscribe_acked(g, conn, Topic::Room, &room_id).await;
+            subscribe_holder(n, session, conn, g, Topic::Room, &room_id).await;
         }
     };
     let record = match decide_room_then(&n.store, &n.layout, &n.cache, &room_id, join, subscribe).await? {
@@ -387,7 +410,7 @@ async fn fetch<B: Bus>(
         let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
         let subscribe = async |listening: &Result<bool, &str>| {
             if listening.is_ok() {
-                n.subscribe_acked(g, conn, Topic::Conversation, &req.room_id).await;
+                subscribe_holder(n, session, conn, g, Topic::Conversation, &req.room_id).await;
             }
         };
         if let Err(status) =
