@@ -51,6 +51,10 @@ pub mod header {
     /// about the same subscriptions (the room's revision in the store). The gateway drops a
     /// change older than one it applied to the connection's subscription.
     pub const REVISION: &str = "Clientmq-Revision";
+    /// On a `.subscription` with a revision: the revision of the record binding the connection
+    /// to its session, as the decision read it. The gateway drops a change made with an older
+    /// binding than one it applied to the connection (the session moved since).
+    pub const BINDING: &str = "Clientmq-Binding";
     /// Why a server request failed (`not-connected`, `not-open`, `timeout`, ...).
     pub const ERROR: &str = "Clientmq-Error";
     /// Open connections of an announcing gateway.

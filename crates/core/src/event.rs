@@ -255,6 +255,8 @@ pub enum EventKind {
         topic: Topic,
         room: String,
         revision: u64,
+        /// The binding the change was read off, if it said (see [`Revision`](crate::Revision)).
+        binding: Option<u64>,
     },
     Delivered {
         /// Shared by every delivery of one event (a room's subscribers): one allocation, not one
@@ -388,8 +390,12 @@ impl fmt::Display for EventKind {
                 write!(f, "unsubscribed {}={}", topic.label(), Clean(room))
             }
             SubscriptionLimit { room } => write!(f, "subscription-limit room={}", Clean(room)),
-            SubscriptionStale { topic, room, revision } => {
-                write!(f, "subscription-stale {}={} revision={revision}", topic.label(), Clean(room))
+            SubscriptionStale { topic, room, revision, binding } => {
+                write!(f, "subscription-stale {}={} revision={revision}", topic.label(), Clean(room))?;
+                match binding {
+                    Some(binding) => write!(f, " binding={binding}"),
+                    None => Ok(()),
+                }
             }
             Delivered { event_type } => write!(f, "delivered type={}", Clean(event_type)),
             ServerRequestSent { request_id, request_type } => {

@@ -22,7 +22,9 @@ pub use auth::{Refusal, TokenPolicy};
 pub use codec::{CodecError, Delivery, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
-pub use gateway::{Admission, Gateway, Input, InvariantViolation, Output, Peer, Stats, client_address};
+pub use gateway::{
+    Admission, Gateway, Input, InvariantViolation, Output, Peer, Revision, Stats, client_address,
+};
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};
 pub use port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};
 pub use registry::ENDED_SUBSCRIPTIONS_KEPT;

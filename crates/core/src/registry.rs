@@ -9,6 +9,7 @@ use crate::ConnectionId;
 use crate::codec::Encoding;
 use crate::config::CloseReason;
 use crate::event::Topic;
+use crate::gateway::Revision;
 
 /// How many ended subscriptions' revisions a connection keeps (see
 /// [`Registry::admit_revision`]).
@@ -33,7 +34,9 @@ pub(crate) struct Connection {
     pub conversations: BTreeSet<String>,
     /// The revision of the last change applied to each subscription (see
     /// [`Registry::admit_revision`]), kept a while after the subscription ends.
-    pub revisions: BTreeMap<(Topic, String), u64>,
+    pub revisions: BTreeMap<(Topic, String), (u64, u64)>,
+    /// The newest binding of a change applied to it (see [`Registry::admit_revision`]).
+    pub binding: u64,
     pub session_id: Option<String>,
     /// The room a verified token limits this connection's joins to.
     pub room_tag: Option<crate::edge_auth::RequiredTag>,
@@ -74,6 +77,7 @@ impl Connection {
             rooms: BTreeSet::new(),
             conversations: BTreeSet::new(),
             revisions: BTreeMap::new(),
+            binding: 0,
             session_id: None,
             room_tag: None,
             drain_at: None,
@@ -236,16 +240,30 @@ impl Registry {
     }
 
     /// Whether a change to `id`'s subscription to `room` decided at `revision` is as new as the
-    /// last one applied to it, or newer; if so, it is the last one now. The revisions of
-    /// subscriptions no longer held are kept for the last [`ENDED_SUBSCRIPTIONS_KEPT`] of them, long enough
-    /// for any older change still on its way.
-    pub fn admit_revision(&mut self, id: &ConnectionId, topic: Topic, room: &str, revision: u64) -> bool {
+    /// last one applied to it, or newer, and, for a subscribe, read off a binding as new as any
+    /// applied to the connection (see [`Revision`]); if so, it is the last one now. The
+    /// revisions of subscriptions no longer held are kept for the last
+    /// [`ENDED_SUBSCRIPTIONS_KEPT`] of them, long enough for any older change still on its way.
+    pub fn admit_revision(
+        &mut self,
+        id: &ConnectionId,
+        topic: Topic,
+        room: &str,
+        revision: Revision,
+        subscribe: bool,
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(id) else { return true };
         let key = (topic, room.to_owned());
-        if conn.revisions.get(&key).is_some_and(|last| *last > revision) {
+        let binding = revision.binding.unwrap_or(0);
+        let order = (binding, revision.room);
+        if subscribe && binding < conn.binding {
             return false;
         }
-        conn.revisions.insert(key.clone(), revision);
+        if conn.revisions.get(&key).is_some_and(|last| *last > order) {
+            return false;
+        }
+        conn.binding = conn.binding.max(binding);
+        conn.revisions.insert(key.clone(), order);
         let held = |(t, r): &(Topic, String)| match t {
             Topic::Room => conn.rooms.contains(r),
             Topic::Conversation => conn.conversations.contains(r),
@@ -254,7 +272,7 @@ impl Registry {
         // bound is rare.
         let ended_now = conn.revisions.keys().filter(|k| !held(k) && **k != key).count();
         if ended_now > ENDED_SUBSCRIPTIONS_KEPT {
-            let mut ended: Vec<(u64, (Topic, String))> = (conn.revisions.iter())
+            let mut ended: Vec<((u64, u64), (Topic, String))> = (conn.revisions.iter())
                 .filter(|(k, _)| !held(k) && **k != key)
                 .map(|(k, rev)| (*rev, k.clone()))
                 .collect();

@@ -66,7 +66,7 @@ impl Connections {
         topic: Topic,
         room: &str,
         subscribe: bool,
-        revision: Option<u64>,
+        revision: Option<clientmq_core::Revision>,
     ) {
         if let Some(shard) = self.shard_of(&conn) {
             let input = Input::Subscription { conn, topic, room: room.to_owned(), subscribe, revision };

@@ -24,6 +24,7 @@ mod subscriptions;
 pub use invariants::InvariantViolation;
 pub use peer::{Peer, client_address};
 pub(crate) use requests::{Charge, PendingRequest, PendingServerRequest};
+pub use subscriptions::Revision;
 
 /// Answer to [`Gateway::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,15 +56,15 @@ pub enum Input {
     /// The backend pushes an event to a connection, a room or a room's conversation.
     Deliver { target: Target, event_type: String, payload: Vec<u8> },
     /// The backend subscribes a connection to a room or conversation, or unsubscribes it.
-    /// `revision` orders the backend's decisions about one subscription when several processes
-    /// make them (a store's revision of the room): a change older than the last one applied to
-    /// the connection's subscription is dropped. `None`: applied as it comes.
+    /// `revision` orders the backend's decisions when several processes make them (see
+    /// [`Revision`]): a change older than one already applied is dropped. `None`: applied as it
+    /// comes.
     Subscription {
         conn: ConnectionId,
         topic: crate::event::Topic,
         room: String,
         subscribe: bool,
-        revision: Option<u64>,
+        revision: Option<Revision>,
     },
     /// The backend sends a request to a client; the answer comes back as
     /// [`Output::ServerRequestDone`] with the same `token`.

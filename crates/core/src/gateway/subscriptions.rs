@@ -16,6 +16,34 @@ use crate::registry::Subscribe;
 
 use mq::message::MessageType;
 
+/// Where a backend's decision about a subscription stands among its decisions, when several
+/// processes make them and their messages race (workers on a store, numbering decisions by
+/// the store's revisions). The session the connection holds and the room's members are two
+/// records, each with its own revisions, so a change carries both:
+///
+/// - `binding`: the revision of the record binding the connection to its session, as the
+///   decider read it. A subscribe read off an older binding than any change applied to the
+///   connection is dropped: the session moved since (taken over, ended, let go, or bound again
+///   and its rooms told again), and whoever moved it told the connection what it hears now.
+/// - `room`: the room's revision. A change older, by `(binding, room)`, than the last one
+///   applied to that subscription is dropped.
+///
+/// Deciders read the binding after they write a room, and the rooms after they write a
+/// binding: then of two racing decisions, the one with the later binding has seen the other's
+/// room, and a later binding never comes with an older room for the same session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Revision {
+    pub binding: Option<u64>,
+    pub room: u64,
+}
+
+impl Revision {
+    /// A room's revision alone: ordered per subscription only.
+    pub fn room(room: u64) -> Revision {
+        Revision { binding: None, room }
+    }
+}
+
 impl Gateway {
     /// A successful authentication's reply names the session the connection now has.
     pub(crate) fn read_session(&mut self, id: ConnectionId, room_tag: &Option<RequiredTag>, payload: &[u8]) {
@@ -40,15 +68,16 @@ impl Gateway {
         topic: Topic,
         room: String,
         subscribe: bool,
-        revision: Option<u64>,
+        revision: Option<Revision>,
     ) {
         if !self.registry.contains(&id) {
             return self.stray(id, Stray::Subscription);
         }
-        if let Some(revision) = revision
-            && !self.registry.admit_revision(&id, topic, &room, revision)
+        if let Some(at) = revision
+            && !self.registry.admit_revision(&id, topic, &room, at, subscribe)
         {
-            return self.trace(Some(id), EventKind::SubscriptionStale { topic, room, revision });
+            let stale = EventKind::SubscriptionStale { topic, room, revision: at.room, binding: at.binding };
+            return self.trace(Some(id), stale);
         }
         if subscribe {
             self.subscribe(id, topic, room);

@@ -304,7 +304,7 @@ fn subscription_changes_older_than_the_last_applied_are_dropped() {
         topic: Topic::Room,
         room: room.into(),
         subscribe,
-        revision: Some(revision),
+        revision: Some(clientmq_core::Revision::room(revision)),
     };
     h.input(set("r", true, 5));
     h.input(set("r", false, 3));
@@ -337,6 +337,56 @@ fn subscription_changes_older_than_the_last_applied_are_dropped() {
     }
     h.input(set("old", true, 10));
     assert_eq!(h.gw.subscribers(Topic::Room, "old"), vec![a]);
+    h.gw.check_invariants().unwrap();
+}
+
+/// The session a connection holds is a record of its own, so a change also carries the
+/// binding's revision the decider read: a subscribe read off an older binding than a change
+/// applied to the connection is dropped whatever its room's revision (a decider that read "the
+/// session is on this connection" just before a takeover moved it), and changes to one
+/// subscription are ordered by binding, then room.
+#[test]
+fn a_subscription_change_read_off_an_older_binding_is_dropped() {
+    let mut h = Harness::new(Config::default());
+    let a = h.open();
+    let set = |room: &str, subscribe, binding, revision| Input::Subscription {
+        conn: a,
+        topic: Topic::Room,
+        room: room.into(),
+        subscribe,
+        revision: Some(clientmq_core::Revision { binding: Some(binding), room: revision }),
+    };
+    h.input(set("r", true, 10, 5));
+    // Taken over at binding 12: the old connection is told to stop hearing the room, at the
+    // room's revision the takeover read.
+    h.input(set("r", false, 12, 5));
+    // A repair that read the binding before the takeover, with the same (or a newer) room.
+    h.input(set("r", true, 10, 5));
+    h.input(set("r", true, 11, 9));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![], "read off a binding the takeover replaced");
+    // Bound to another session, a member of the room too, at 14: its changes apply.
+    h.input(set("r", true, 14, 9));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a]);
+    // The first session's late release (another takeover, decided at 13 after the room moved
+    // on): older by its binding, whatever the room's revision.
+    h.input(set("r", false, 13, 10));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r"), vec![a], "an older binding's leave");
+    // A subscribe's binding is held to the connection's, not only to its subscription's.
+    h.input(set("other", true, 13, 2));
+    assert_eq!(h.gw.subscribers(Topic::Room, "other"), vec![]);
+    let stale: Vec<String> = (h.events_of(a).into_iter())
+        .filter(|k| matches!(k, EventKind::SubscriptionStale { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        stale,
+        [
+            "subscription-stale room=r revision=5 binding=10",
+            "subscription-stale room=r revision=9 binding=11",
+            "subscription-stale room=r revision=10 binding=13",
+            "subscription-stale room=other revision=2 binding=13",
+        ]
+    );
     h.gw.check_invariants().unwrap();
 }
 

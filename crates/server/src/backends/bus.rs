@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use clientmq_core::proto::{mq, pcast};
-use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Target, Topic, close};
+use clientmq_core::{BackendError, BackendRequest, ConnectionId, Reply, Revision, Target, Topic, close};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -388,9 +388,15 @@ async fn take<B: Bus>(
         }
         ToGateway::Subscription => {
             let conn = checked?;
-            let revision = match msg.header(header::REVISION) {
-                Some(r) => Some(r.parse::<u64>().map_err(|_| Dropped::BadHeader)?),
-                None => None,
+            let number = |name| match msg.header(name) {
+                Some(r) => r.parse::<u64>().map(Some).map_err(|_| Dropped::BadHeader),
+                None => Ok(None),
+            };
+            // A binding orders changes only beside the room's revision (docs/nats.md).
+            let revision = match (number(header::REVISION)?, number(header::BINDING)?) {
+                (Some(room), binding) => Some(Revision { binding, room }),
+                (None, Some(_)) => return Err(Dropped::BadHeader),
+                (None, None) => None,
             };
             let mut bad = false;
             for (name, subscribe) in [(header::SUBSCRIBE, true), (header::UNSUBSCRIBE, false)] {

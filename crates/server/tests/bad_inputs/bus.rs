@@ -244,6 +244,25 @@ async fn what_a_worker_sends_wrong_is_dropped_counted_and_answered() {
         gw.expect("clientmq_subscriptions", 3.0).await;
         send(sub("11").with(header::UNSUBSCRIBE, "room other").with(header::UNSUBSCRIBE, "room third")).await;
         gw.expect("clientmq_subscriptions", 1.0).await;
+        // A binding without a revision, or not a number: dropped whole. One older than the
+        // binding applied to the connection: dropped whatever the room's revision.
+        let bound = |binding: &str| {
+            BusMessage::new(to(Sub), Vec::new())
+                .with(header::CONNECTION, conn.as_str())
+                .with(header::BINDING, binding)
+        };
+        send(bound("3").with(header::SUBSCRIBE, "room fourth")).await;
+        gw.expect(&dropped("bad-header"), 3.0).await;
+        send(bound("x").with(header::REVISION, "12").with(header::SUBSCRIBE, "room fourth")).await;
+        gw.expect(&dropped("bad-header"), 4.0).await;
+        send(bound("7").with(header::REVISION, "12").with(header::SUBSCRIBE, "room fourth")).await;
+        gw.expect("clientmq_subscriptions", 2.0).await;
+        send(bound("6").with(header::REVISION, "13").with(header::UNSUBSCRIBE, "room fourth")).await;
+        send(bound("8").with(header::REVISION, "14").with(header::SUBSCRIBE, "room fifth")).await;
+        gw.expect("clientmq_subscriptions", 3.0).await;
+        send(bound("8").with(header::REVISION, "15").with(header::UNSUBSCRIBE, "room fourth")).await;
+        send(bound("8").with(header::REVISION, "15").with(header::UNSUBSCRIBE, "room fifth")).await;
+        gw.expect("clientmq_subscriptions", 1.0).await;
         // A room event with a bad type is dropped at the room's reader too.
         let room = subjects.room(clientmq_core::Topic::Room, "lobby");
         let deadline = tokio::time::Instant::now() + WAIT;
