@@ -274,9 +274,13 @@ impl Cache {
             .min()
     }
 
-    /// Rooms whose record holds events not yet cleared (their appender may have died).
+    /// Rooms whose record holds events not yet cleared, or sessions not yet surely told of a
+    /// decision (their decider may have died).
     pub fn rooms_with_pending(&self) -> Vec<&str> {
-        self.rooms.iter().filter(|(_, r)| !r.value.pending.is_empty()).map(|(id, _)| id.as_str()).collect()
+        (self.rooms.iter())
+            .filter(|(_, r)| !r.value.pending.is_empty() || !r.value.touched.is_empty())
+            .map(|(id, _)| id.as_str())
+            .collect()
     }
 
     /// Members whose session the cache does not hold: left behind by a worker that died ending

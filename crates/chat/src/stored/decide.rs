@@ -85,10 +85,17 @@ pub async fn decide<B: Bus, T>(
     Err(DecideError::Contended { key: last_key, attempts: MAX_ATTEMPTS })
 }
 
+/// A decision's write, taken: the revision it expected and the one it made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub expected: u64,
+    pub revision: u64,
+}
+
 /// What one attempt at a decision came to.
 pub(crate) enum Attempt<T> {
-    /// Decided, and its write (if it made one: `true`) taken.
-    Done(T, bool),
+    /// Decided, and its write (if it made one) taken.
+    Done(T, Option<Taken>),
     /// The store refused the write to this key (or may not have taken it): decide again.
     Refused(String),
 }
@@ -102,7 +109,7 @@ pub(crate) async fn attempt<B: Bus, T>(
 ) -> Result<Attempt<T>, DecideError> {
     let decided = decide(&lock(cache));
     let (write, outcome) = match decided {
-        Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, false)),
+        Decided::Nothing(outcome) => return Ok(Attempt::Done(outcome, None)),
         Decided::Write(write, outcome) => (write, outcome),
     };
     let bucket = layout.bucket(write.bucket);
@@ -114,7 +121,7 @@ pub(crate) async fn attempt<B: Bus, T>(
         Ok(revision) => {
             let applied = lock(cache).apply(write.bucket, &write.key, revision, write.value.as_deref());
             applied.map_err(|e| StoreError::Malformed(e.to_string()))?;
-            Ok(Attempt::Done(outcome, true))
+            Ok(Attempt::Done(outcome, Some(Taken { expected: write.expect, revision })))
         }
         // Refused, or perhaps taken: either way the key is read again and decided on anew.
         Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_) | StoreError::Timeout(_)) => {

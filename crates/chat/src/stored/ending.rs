@@ -9,30 +9,33 @@ use clientmq_bus::store::Store;
 
 use super::cache::{Cache, lock};
 use super::decide::{DecideError, decide};
-use super::history::{decide_room, settle};
+use super::history::{decide_room, decide_room_then, settle};
 use super::layout::Layout;
 use super::records::session_key;
 use super::{rooms, sessions};
 
 /// Ends session `id` (with `due_by`, only if its grace has run out by then) and, if this worker
 /// ended it, removes it from its rooms. Returns the rooms it was in if this worker ended it.
-pub async fn end_session<B: Bus>(
+pub async fn end_session<B: Bus, F: Future<Output = ()>>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     id: &str,
     due_by: Option<u64>,
     now_ms: u64,
-) -> Result<Option<Vec<String>>, DecideError> {
+    tell: impl Fn(String, u64) -> F,
+) -> Result<bool, DecideError> {
     // The rooms it is in, as the cache knows them before the end.
     let rooms: Vec<String> = lock(cache).rooms_of(id).map(str::to_owned).collect();
     if !decide(store, layout, cache, |c| sessions::end(c, id, due_by)).await? {
-        return Ok(None);
+        return Ok(false);
     }
     for room in &rooms {
-        decide_room(store, layout, cache, room, |c| rooms::leave(c, id, room, now_ms)).await?;
+        let leave = |c: &Cache| rooms::leave(c, id, room, now_ms);
+        decide_room_then(store, layout, cache, room, leave, |_, revision| tell(room.clone(), revision))
+            .await?;
     }
-    Ok(Some(rooms))
+    Ok(true)
 }
 
 /// Finishes what workers that died midway left: events still pending in a room's record are
@@ -48,7 +51,8 @@ pub async fn sweep<B: Bus>(
 ) -> Result<usize, DecideError> {
     let pending: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
     for room in pending {
-        settle(store, layout, cache, &room).await?;
+        // The sessions they touched are the worker's to tell first (`tell_touched`).
+        settle(store, layout, cache, &room, |_| false).await?;
     }
     let orphans: Vec<(String, String)> = lock(cache)
         .members_without_session()
@@ -134,15 +138,15 @@ mod tests {
 
         let ends = workers.iter().map(|w| {
             let (store, cache, layout) = (w.store.clone(), w.cache.clone(), layout.clone());
-            tokio::spawn(
-                async move { end_session(&store, &layout, &cache, "s1", Some(10), 20).await.unwrap() },
-            )
+            tokio::spawn(async move {
+                end_session(&store, &layout, &cache, "s1", Some(10), 20, |_, _| async {}).await.unwrap()
+            })
         });
         let mut ended = Vec::new();
         for task in ends.collect::<Vec<_>>() {
             ended.push(task.await.unwrap());
         }
-        assert_eq!(ended.iter().filter(|e| e.is_some()).count(), 1, "{ended:?}");
+        assert_eq!(ended.iter().filter(|e| **e).count(), 1, "{ended:?}");
         let expected = [("r1".to_owned(), "s1".to_owned()), ("r2".to_owned(), "s1".to_owned())];
         assert_eq!(lefts(&mut heard).await, expected);
     }
@@ -194,6 +198,10 @@ mod tests {
         assert_eq!(w.cache.lock().unwrap().rooms_with_pending(), ["r1"]);
         assert_eq!(sweep(&w.store, &layout, &w.cache, 6).await.unwrap(), 0);
         assert_eq!(lefts(&mut heard).await, [("r1".to_owned(), "s1".to_owned())]);
-        assert!(w.cache.lock().unwrap().rooms_with_pending().is_empty());
+        // Its events are cleared; the session it touched stays for the worker to tell.
+        let cache = w.cache.lock().unwrap();
+        let record = &cache.room("r1").unwrap().value;
+        assert!(record.pending.is_empty());
+        assert_eq!(record.touched.iter().map(|t| t.session.as_str()).collect::<Vec<_>>(), ["s1"]);
     }
 }

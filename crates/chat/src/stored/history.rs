@@ -4,7 +4,10 @@
 //! then cleared from the record. Should the appender die first, the next decision about the room
 //! (or a sweep) appends them before anything else. Their message ids make the stream keep each
 //! once, within its duplicate window (2 minutes): a sweep every few seconds keeps a dead
-//! appender's events well inside it.
+//! appender's events well inside it. The sessions a decision changed the subscriptions of wait
+//! in the record the same way ([`RoomRecord::touched`](super::records::RoomRecord::touched)),
+//! cleared once told: the decider tells its own before it clears them, a sweep tells a dead
+//! decider's.
 
 use std::sync::Mutex;
 
@@ -17,7 +20,7 @@ use prost::Message;
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
 use super::layout::Layout;
-use super::records::{PendingEvent, RoomKey};
+use super::records::{PendingEvent, RoomKey, Touched};
 
 /// Appends `pending` events of room `room` to its history, in order.
 pub async fn append<B: Bus>(
@@ -50,22 +53,26 @@ pub async fn append<B: Bus>(
 /// How long an append waits before sending again a message JetStream still has in flight.
 const IN_FLIGHT_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// Appends the events room `room`'s record holds pending, then clears them from it (unless the
-/// record moved meanwhile: then whoever moved it appended them first).
+/// Appends the events room `room`'s record holds pending, then clears them from it, and the
+/// sessions `told` of its decisions (unless the record moved meanwhile: then whoever moved it
+/// appended them first, and they stay to be told).
 pub async fn settle<B: Bus>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     room: &str,
+    told: impl Fn(&Touched) -> bool,
 ) -> Result<(), StoreError> {
     let key = RoomKey::Room(room.to_owned()).key();
     let held = {
         let cache = lock(cache);
         cache.room(room).map(|r| (r.revision, r.value.clone()))
     };
-    let Some((revision, mut record)) = held.filter(|(_, r)| !r.pending.is_empty()) else { return Ok(()) };
+    let dirty = |r: &super::records::RoomRecord| !r.pending.is_empty() || r.touched.iter().any(&told);
+    let Some((revision, mut record)) = held.filter(|(_, r)| dirty(r)) else { return Ok(()) };
     append(store, layout, room, &record.pending).await?;
     record.pending.clear();
+    record.touched.retain(|t| !told(t));
     let value = record.encode_to_vec();
     match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
         Ok(cleared) => {
@@ -78,7 +85,8 @@ pub async fn settle<B: Bus>(
 }
 
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
-/// the last decision about it left pending, and then what this one made.
+/// the last decision about it left pending, and then what this one made. The caller tells the
+/// session this decision touched, if any (a session's end: its connection, if it has one).
 pub async fn decide_room<B: Bus, T>(
     store: &Store<B>,
     layout: &Layout,
@@ -86,28 +94,34 @@ pub async fn decide_room<B: Bus, T>(
     room: &str,
     decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
-    decide_room_then(store, layout, cache, room, decide, async |_| {}).await
+    decide_room_then(store, layout, cache, room, decide, |_, _| async {}).await
 }
 
 /// [`decide_room`], with `then` done once the decision is taken and before its events are
-/// appended: a join subscribes its member there, so that it hears its own arrival.
-pub async fn decide_room_then<B: Bus, T>(
+/// appended, given the room's revision it made (or found): a join subscribes its member there,
+/// so that it hears its own arrival; a leave unsubscribes it. What `then` tells is the session
+/// the decision touched, cleared from the record with its events.
+pub async fn decide_room_then<B: Bus, T, F: Future<Output = ()>>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
     room: &str,
     mut decide: impl FnMut(&Cache) -> Decided<T>,
-    then: impl AsyncFnOnce(&T),
+    // A future of its own, not an async closure: one borrowing `&T` is not `Send` in general.
+    then: impl FnOnce(&T, u64) -> F,
 ) -> Result<T, DecideError> {
     let pending_now = || lock(cache).room(room).map(|r| r.value.pending.clone()).unwrap_or_default();
     let mut last_key = String::new();
     for _ in 0..MAX_ATTEMPTS {
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
-            Attempt::Done(outcome, wrote) => {
-                then(&outcome).await;
-                if wrote {
-                    settle(store, layout, cache, room).await?;
+            Attempt::Done(outcome, taken) => {
+                let key = RoomKey::Room(room.to_owned()).key();
+                let revision =
+                    taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
+                then(&outcome, revision).await;
+                if let Some(taken) = taken {
+                    settle(store, layout, cache, room, |t| t.by == taken.expected).await?;
                 }
                 return Ok(outcome);
             }

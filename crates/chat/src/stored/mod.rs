@@ -17,6 +17,7 @@ pub mod records;
 mod requests;
 pub mod rooms;
 pub mod sessions;
+mod tell;
 #[cfg(test)]
 mod testing;
 pub mod worker;

@@ -76,6 +76,21 @@ pub struct RoomRecord {
     /// its subscription in the same write.
     #[prost(string, repeated, tag = "7")]
     pub listeners: Vec<String>,
+    /// Sessions whose subscriptions to the room the decisions still pending here changed, kept
+    /// until their connections are surely told: the decider tells its own, and if it died
+    /// first, the next worker's sweep tells them what the room says now.
+    #[prost(message, repeated, tag = "8")]
+    pub touched: Vec<Touched>,
+}
+
+/// A session a decision changed the subscriptions of.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Touched {
+    #[prost(string, tag = "1")]
+    pub session: String,
+    /// The revision the deciding write expected: which decision it was.
+    #[prost(uint64, tag = "2")]
+    pub by: u64,
 }
 
 /// A room event waiting to be appended to the room's history.

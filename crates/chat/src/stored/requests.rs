@@ -105,46 +105,6 @@ async fn membership<B: Bus>(
     })
 }
 
-/// Subscribes the connection that holds `session` now, as the store says after the caller's
-/// write, to `room`. A resume through another connection may have moved the session while the
-/// request that asked (on `conn`, through `g`) was decided: of the two, each writes its key and
-/// then reads the other's, so one of them sees the other and the new connection hears the room.
-/// A detached or ended session subscribes nothing (a resume subscribes its rooms); the store
-/// unreadable, the asker.
-async fn subscribe_holder<B: Bus>(n: &Node<B>, session: &str, conn: &str, g: &str, topic: Topic, room: &str) {
-    let key = session_key(session);
-    let holder = match super::follow::refresh(&n.store, &n.layout.sessions, Bucket::Sessions, &key, &n.cache)
-        .await
-    {
-        Ok(()) => Some(
-            lock(&n.cache).session(session).and_then(|s| s.value.conn.clone().zip(s.value.gateway.clone())),
-        ),
-        Err(_) => None,
-    };
-    match holder {
-        Some(Some((held, gateway))) => n.subscribe_acked(&gateway, &held, topic, room).await,
-        Some(None) => {}
-        None => n.subscribe_acked(g, conn, topic, room).await,
-    }
-}
-
-/// Subscribes or unsubscribes `conn` to every room of session `id` (and the conversations it
-/// subscribed to), as the cache knows them.
-async fn move_subscriptions<B: Bus>(n: &Node<B>, id: &str, conn: &str, g: &str, on: bool) {
-    let rooms: Vec<(String, bool)> = {
-        let cache = lock(&n.cache);
-        let listens =
-            |room: &str| cache.room(room).is_some_and(|r| r.value.listeners.iter().any(|l| l == id));
-        cache.rooms_of(id).map(|room| (room.to_owned(), listens(room))).collect()
-    };
-    for (room, listens) in rooms {
-        n.subscribe(g, conn, Topic::Room, &room, on).await;
-        if !on || listens {
-            n.subscribe(g, conn, Topic::Conversation, &room, on).await;
-        }
-    }
-}
-
 async fn authenticate<B: Bus>(
     n: &Node<B>,
     conn: &str,
@@ -172,7 +132,10 @@ async fn authenticate<B: Bus>(
         let detached =
             decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
         if detached.as_deref() == Some(old.as_str()) {
-            move_subscriptions(n, &old, conn, g, false).await;
+            // Every room it is in after the detach: one joined a moment ago through another
+            // worker may not be in this cache yet.
+            n.catch_up(Bucket::Rooms).await?;
+            n.tell_rooms(&old, (g, conn), false, n.binding(&old)).await;
         }
     }
     let token_bound = claims.is_some_and(|c| c.session_id.is_some());
@@ -196,11 +159,11 @@ async fn authenticate<B: Bus>(
         && let (Some(old), Some(old_g)) = (prev.conn, prev.gateway)
     {
         // Taken over: the old connection stops hearing the session's rooms.
-        move_subscriptions(n, &id, &old, &old_g, false).await;
+        n.tell_rooms(&id, (&old_g, &old), false, n.binding(&id)).await;
     }
     // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
     // made, and perhaps not its subscriptions.
-    move_subscriptions(n, &id, conn, g, true).await;
+    n.tell_rooms(&id, (g, conn), true, n.binding(&id)).await;
     // A connection whose end was recorded before this bind is let go again (see `sessions`).
     let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
     n.followed(Bucket::Sessions, written).await;
@@ -272,9 +235,12 @@ async fn join_room<B: Bus>(
     let join = |c: &Cache| rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms);
     // Subscribed once the join is written and before its event is appended: the member hears
     // its own arrival and everything after it, and a refused join subscribes nothing.
-    let subscribe = async |joined: &Result<RoomRecord, &str>| {
-        if joined.is_ok() {
-            subscribe_holder(n, session, conn, g, Topic::Room, &room_id).await;
+    let subscribe = |joined: &Result<RoomRecord, &str>, revision| {
+        let (joined, room_id) = (joined.is_ok(), &room_id);
+        async move {
+            if joined {
+                n.tell_holder(session, (g, conn), room_id, &[(Topic::Room, true)], revision).await;
+            }
         }
     };
     let record = match decide_room_then(&n.store, &n.layout, &n.cache, &room_id, join, subscribe).await? {
@@ -306,9 +272,11 @@ async fn leave_room<B: Bus>(
     // Decided, then it stops hearing the room, then the others are told: its subscription ends
     // with its membership, and it does not hear its own departure.
     let leave = |c: &Cache| rooms::leave(c, session, &room, now);
-    let unsubscribe = async |_: &bool| {
-        for topic in [Topic::Room, Topic::Conversation] {
-            n.subscribe(g, conn, topic, &room, false).await;
+    let unsubscribe = |_: &bool, revision| {
+        let room = &room;
+        async move {
+            let off = [(Topic::Room, false), (Topic::Conversation, false)];
+            n.tell_holder(session, (g, conn), room, &off, revision).await;
         }
     };
     decide_room_then(&n.store, &n.layout, &n.cache, &room, leave, unsubscribe).await?;
@@ -408,9 +376,13 @@ async fn fetch<B: Bus>(
     // Remembered for a resume too.
     if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
         let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
-        let subscribe = async |listening: &Result<bool, &str>| {
-            if listening.is_ok() {
-                subscribe_holder(n, session, conn, g, Topic::Conversation, &req.room_id).await;
+        let subscribe = |listening: &Result<bool, &str>, revision| {
+            let listening = listening.is_ok();
+            let room = &req.room_id;
+            async move {
+                if listening {
+                    n.tell_holder(session, (g, conn), room, &[(Topic::Conversation, true)], revision).await;
+                }
             }
         };
         if let Err(status) =

@@ -8,7 +8,7 @@ use prost::Message;
 
 use super::cache::{Bucket, Cache};
 use super::decide::{Decided, Write};
-use super::records::{PendingEvent, RoomKey, RoomRecord};
+use super::records::{PendingEvent, RoomKey, RoomRecord, Touched};
 use crate::rooms::{updated_info, updated_member};
 use crate::state::announcement;
 use crate::wire::{self, Outgoing, status};
@@ -16,13 +16,21 @@ use crate::wire::{self, Outgoing, status};
 /// Room `room_id`'s key becomes `record` with the events of this decision pending after those
 /// already pending, expecting the revision the cache holds. Never replaced: the cache may have
 /// moved on between the append of what was pending and this decision (explore found an event
-/// lost so), and an event appended twice is stored once.
-fn write(cache: &Cache, room_id: &str, mut record: RoomRecord, events: Vec<Vec<u8>>) -> Write {
+/// lost so), and an event appended twice is stored once. `touched`: the session whose
+/// subscriptions the decision changes (see [`RoomRecord::touched`]).
+fn write(
+    cache: &Cache,
+    room_id: &str,
+    mut record: RoomRecord,
+    events: Vec<Vec<u8>>,
+    touched: Option<&str>,
+) -> Write {
     let key = RoomKey::Room(room_id.to_owned()).key();
     let expect = cache.revision(Bucket::Rooms, &key);
     let token = clientmq_bus::contract::room_token(room_id);
     let made = events.into_iter().enumerate();
     record.pending.extend(made.map(|(i, event)| PendingEvent { id: format!("{token}-{expect}-{i}"), event }));
+    record.touched.extend(touched.map(|s| Touched { session: s.to_owned(), by: expect }));
     Write { bucket: Bucket::Rooms, key, expect, value: Some(record.encode_to_vec()) }
 }
 
@@ -77,7 +85,7 @@ pub fn join(
     }
     record.empty_since_ms = None;
     let answer = record.clone();
-    Decided::Write(write(cache, room_id, record, events), Ok(answer))
+    Decided::Write(write(cache, room_id, record, events, Some(session)), Ok(answer))
 }
 
 /// `session` leaves room `room_id` (or is removed from it: its session ended) at `now_ms`.
@@ -95,7 +103,7 @@ pub fn leave(cache: &Cache, session: &str, room_id: &str, now_ms: u64) -> Decide
     if record.members.is_empty() {
         record.empty_since_ms = Some(now_ms);
     }
-    Decided::Write(write(cache, room_id, record, events), true)
+    Decided::Write(write(cache, room_id, record, events, Some(session)), true)
 }
 
 /// Member `session` subscribes to room `room_id`'s conversation (kept for a resume). Returns
@@ -110,7 +118,7 @@ pub fn listen(cache: &Cache, session: &str, room_id: &str) -> Decided<Result<boo
         return Decided::Nothing(Ok(false));
     };
     record.listeners.insert(at, session.to_owned());
-    Decided::Write(write(cache, room_id, record, Vec::new()), Ok(true))
+    Decided::Write(write(cache, room_id, record, Vec::new(), Some(session)), Ok(true))
 }
 
 /// `session` changes member `update.session_id` (itself when empty) of room `room_id` at `now_ms`:
@@ -136,7 +144,7 @@ pub fn update_member(
     *slot = updated_member(&before, update, now_ms);
     let after = slot.clone();
     let events = change_event(&record, session, Some(&before), Some(&after), now_ms);
-    Decided::Write(write(cache, room_id, record, events), Ok(now_ms))
+    Decided::Write(write(cache, room_id, record, events, None), Ok(now_ms))
 }
 
 /// `session`, a member, sets room `room_id`'s settings to `new`, carrying `alias` (its own, or
@@ -164,7 +172,7 @@ pub fn update_room(
         Outgoing::Event(delivery) => delivery.payload,
         Outgoing::Subscription(_) => unreachable!("a room event is an event"),
     };
-    Decided::Write(write(cache, room_id, record, vec![event]), status::OK)
+    Decided::Write(write(cache, room_id, record, vec![event], None), status::OK)
 }
 
 /// Marks room `room_id` as being renamed to `alias` (`session` must be a member), or clears the
@@ -190,7 +198,7 @@ pub fn mark_renaming(
         return Decided::Nothing(Ok(()));
     }
     record.renaming = wanted;
-    Decided::Write(write(cache, room_id, record, Vec::new()), Ok(()))
+    Decided::Write(write(cache, room_id, record, Vec::new(), None), Ok(()))
 }
 
 #[cfg(test)]

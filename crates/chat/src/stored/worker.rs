@@ -5,7 +5,8 @@
 //! - Each request is served in a task of its own, in order per connection (a client's requests
 //!   may be pipelined) and concurrently across connections: a decision waits on the store, and
 //!   a join on its gateway's acknowledgement, without holding anything else back.
-//! - What a request changes for its connection (subscriptions) is published before its reply;
+//! - What a request changes for its connection (subscriptions) is published before its reply,
+//!   ordered among all workers' changes by the store's revisions (`tell`);
 //!   room events and chat messages reach the rooms through the history stream's republish, so a
 //!   join waits until its gateway hears the room before it writes (the member hears its own
 //!   arrival and everything after).
@@ -22,11 +23,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clientmq_bus::contract::{self, ANNOUNCE_EVERY, Subjects, ToGateway, header};
+use clientmq_bus::contract::{self, ANNOUNCE_EVERY, Subjects, header};
 use clientmq_bus::gateways::{Answered, Gateways};
 use clientmq_bus::store::{Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
-use clientmq_core::{ConnectionId, Topic};
+use clientmq_core::{ConnectionId, Revision, Topic};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::{mpsc, oneshot};
@@ -46,7 +47,7 @@ const ENDED_KEPT: Duration = Duration::from_secs(300);
 /// How long an orphan waits in the store for its gateway to come back and close it.
 const ORPHANS_KEPT: Duration = Duration::from_secs(3600);
 /// How long a join waits for its gateway to say it hears the room.
-const ACK_WITHIN: Duration = Duration::from_secs(1);
+pub(super) const ACK_WITHIN: Duration = Duration::from_secs(1);
 /// How long a request to the store waits for its answer.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -59,7 +60,7 @@ pub(crate) struct Node<B: Bus> {
     pub subjects: Subjects,
     pub config: ChatConfig,
     pub limits: Limits,
-    name: String,
+    pub(super) name: String,
     observer: Option<WorkerObserver>,
     metrics: Option<Arc<WorkerMetrics>>,
     rng: Mutex<StdRng>,
@@ -74,8 +75,8 @@ pub(crate) struct Node<B: Bus> {
     /// Sessions whose end is under way here (`true`: it failed, try again at the next tick).
     ending: Mutex<BTreeMap<String, bool>>,
     /// Subscriptions waiting for their gateway's acknowledgement, by number.
-    acks: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
-    next_ack: AtomicU64,
+    pub(super) acks: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
+    pub(super) next_ack: AtomicU64,
 }
 
 impl<B: Bus> Node<B> {
@@ -111,32 +112,6 @@ impl<B: Bus> Node<B> {
         if let Err(e) = self.bus.publish(msg).await {
             tracing::debug!(error = %e, "not published");
         }
-    }
-
-    fn subscription(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) -> BusMessage {
-        let name = if on { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
-        BusMessage::new(self.subjects.gateway(gateway, ToGateway::Subscription), Vec::new())
-            .with(header::CONNECTION, conn)
-            .with(name, contract::topic_value(topic, room))
-    }
-
-    /// Tells `conn`'s gateway to start or stop sending it `room`'s events of `topic`.
-    pub async fn subscribe(&self, gateway: &str, conn: &str, topic: Topic, room: &str, on: bool) {
-        self.publish(self.subscription(gateway, conn, topic, room, on)).await;
-    }
-
-    /// Subscribes `conn` and waits (at most [`ACK_WITHIN`]) until its gateway hears the room at
-    /// the server, so that what is appended to the room next reaches it.
-    pub async fn subscribe_acked(&self, gateway: &str, conn: &str, topic: Topic, room: &str) {
-        let n = self.next_ack.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.acks.lock().unwrap_or_else(PoisonError::into_inner).insert(n, tx);
-        let reply = format!("{}.wk.{}.ack.{n}", self.subjects.prefix(), self.name);
-        self.publish(self.subscription(gateway, conn, topic, room, true).reply_to(reply)).await;
-        if tokio::time::timeout(ACK_WITHIN, rx).await.is_err() {
-            tracing::debug!(%gateway, %room, "subscription not acknowledged in time");
-        }
-        self.acks.lock().unwrap_or_else(PoisonError::into_inner).remove(&n);
     }
 
     /// A message on the worker's inbox that acknowledges a subscription: whether it was one.
@@ -189,22 +164,25 @@ impl<B: Bus> Node<B> {
     }
 
     /// Ends session `id` (only if its grace ran out by now, with `due`); the connection holding
-    /// it, if any, stops hearing the rooms it left. Whether this worker ended it.
+    /// it, if any, stops hearing each room as it leaves it. Whether this worker ended it.
     pub async fn end_session(&self, id: &str, due: bool) -> Result<bool, DecideError> {
         let now = self.now_ms();
         let held = lock(&self.cache)
             .session(id)
-            .and_then(|s| Some((s.value.conn.clone()?, s.value.gateway.clone()?)));
+            .and_then(|s| Some((s.value.gateway.clone()?, s.value.conn.clone()?)));
         let due_by = due.then_some(now);
-        let left = ending::end_session(&self.store, &self.layout, &self.cache, id, due_by, now).await?;
-        if let (Some(rooms), Some((conn, gateway))) = (&left, &held) {
-            for room in rooms {
-                for topic in [Topic::Room, Topic::Conversation] {
-                    self.subscribe(gateway, conn, topic, room, false).await;
-                }
+        let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
+        // Told at the end's own binding (the key's deletion), which comes after every binding
+        // the connection was told before.
+        let held = &held;
+        let tell = |room: String, revision: u64| async move {
+            if let Some((gateway, conn)) = held {
+                let at = Revision { binding: Some(self.binding(id)), room: revision };
+                let off = [(Topic::Room, false), (Topic::Conversation, false)];
+                self.subscribe((gateway, conn), &room, &off, at).await;
             }
-        }
-        Ok(left.is_some())
+        };
+        ending::end_session(store, layout, cache, id, due_by, now, tell).await
     }
 
     /// When the loop must wake for the next session whose grace runs out.
@@ -250,6 +228,10 @@ impl<B: Bus> Node<B> {
     async fn tick(&self) -> Result<(), DecideError> {
         let now = self.now_ms();
         let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
+        let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
+        for room in rooms {
+            self.tell_touched(&room).await?;
+        }
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;

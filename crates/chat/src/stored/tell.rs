@@ -1,0 +1,182 @@
+//! What a stored worker tells gateways of its decisions: which connection hears which room.
+//!
+//! Several workers decide about one connection's subscriptions (one serving a join, another a
+//! takeover, a third finishing what a dead one left), and their messages race on the bus. So
+//! every change carries where its decision stands ([`Revision`]): the revision of the session's
+//! key the decider read (the binding: which connection holds the session) and of the room's.
+//! The gateway drops a change older than one it applied. That order holds because deciders
+//! read the session's key after they write a room, and the rooms after they write a session's
+//! key: of two racing decisions, the one with the later binding has seen the other's room.
+//!
+//! A room decision that changes what a session hears names the session in the room's record
+//! (`touched`) until it is told. The decider tells it and clears it with the decision's events;
+//! if the decider died first, any worker's sweep tells what the store says now and clears it.
+
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+
+use clientmq_bus::contract::{self, ToGateway, header};
+use clientmq_bus::store::StoreError;
+use clientmq_bus::{Bus, BusMessage};
+use clientmq_core::{Revision, Topic};
+use tokio::sync::oneshot;
+
+use super::cache::{Bucket, lock};
+use super::follow::refresh;
+use super::history::settle;
+use super::records::{RoomKey, session_key};
+use super::worker::{ACK_WITHIN, Node};
+
+/// Where a session's subscriptions go: its connection and that connection's gateway.
+type Holder = (String, String);
+
+impl<B: Bus> Node<B> {
+    /// Changes to `conn`'s subscriptions to `room` (each topic on or off), decided `at`.
+    fn subscription(
+        &self,
+        to: (&str, &str),
+        room: &str,
+        changes: &[(Topic, bool)],
+        at: Revision,
+    ) -> BusMessage {
+        let (gateway, conn) = to;
+        let mut msg = BusMessage::new(self.subjects.gateway(gateway, ToGateway::Subscription), Vec::new())
+            .with(header::CONNECTION, conn)
+            .with(header::REVISION, at.room.to_string());
+        if let Some(binding) = at.binding {
+            msg = msg.with(header::BINDING, binding.to_string());
+        }
+        for (topic, on) in changes {
+            let name = if *on { header::SUBSCRIBE } else { header::UNSUBSCRIBE };
+            msg = msg.with(name, contract::topic_value(*topic, room));
+        }
+        msg
+    }
+
+    /// Tells `conn`'s gateway (`to`: gateway, connection) to change what it hears of `room`.
+    pub async fn subscribe(&self, to: (&str, &str), room: &str, changes: &[(Topic, bool)], at: Revision) {
+        self.publish(self.subscription(to, room, changes, at)).await;
+    }
+
+    /// Subscribes `conn` and waits (at most [`ACK_WITHIN`]) until its gateway hears the room at
+    /// the server, so that what is appended to the room next reaches it.
+    pub async fn subscribe_acked(&self, to: (&str, &str), topic: Topic, room: &str, at: Revision) {
+        let n = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).insert(n, tx);
+        let reply = format!("{}.wk.{}.ack.{n}", self.subjects.prefix(), self.name);
+        let msg = self.subscription(to, room, &[(topic, true)], at);
+        self.publish(msg.reply_to(reply)).await;
+        if tokio::time::timeout(ACK_WITHIN, rx).await.is_err() {
+            tracing::debug!(gateway = %to.0, %room, "subscription not acknowledged in time");
+        }
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner).remove(&n);
+    }
+
+    /// The revision of session `id`'s key the cache holds (its deletion's, once ended).
+    pub fn binding(&self, id: &str) -> u64 {
+        lock(&self.cache).revision(Bucket::Sessions, &session_key(id))
+    }
+
+    /// Reads session `id`'s key from the store: where its subscriptions go now (none while it is
+    /// detached or once it ended), and the binding read. `None`: the store did not answer.
+    pub async fn holder(&self, id: &str) -> Option<(Option<Holder>, u64)> {
+        let key = session_key(id);
+        refresh(&self.store, &self.layout.sessions, Bucket::Sessions, &key, &self.cache).await.ok()?;
+        let cache = lock(&self.cache);
+        let holder = cache.session(id).and_then(|s| s.value.conn.clone().zip(s.value.gateway.clone()));
+        Some((holder, cache.revision(Bucket::Sessions, &key)))
+    }
+
+    /// After a room decision at `revision` about session `id` (asked on `conn` through `g`):
+    /// the connection holding the session as the store says now, not the asker, gets
+    /// `changes`. A resume through another connection may have moved the session meanwhile:
+    /// of the two, each writes its key and then reads the other's, so one of them sees the
+    /// other. An unsubscribe also reaches the asker if the session has moved on; the store
+    /// unreadable, the asker alone, at the binding the cache knows.
+    pub async fn tell_holder(
+        &self,
+        id: &str,
+        asker: (&str, &str),
+        room: &str,
+        changes: &[(Topic, bool)],
+        revision: u64,
+    ) {
+        let (holder, binding) = match self.holder(id).await {
+            Some((holder, binding)) => (holder, binding),
+            None => (Some((asker.1.to_owned(), asker.0.to_owned())), self.binding(id)),
+        };
+        let at = Revision { binding: Some(binding), room: revision };
+        let subscribes = changes.iter().all(|(_, on)| *on);
+        if let Some((conn, gateway)) = &holder {
+            match changes {
+                [(topic, true)] => self.subscribe_acked((gateway, conn), *topic, room, at).await,
+                _ => self.subscribe((gateway, conn), room, changes, at).await,
+            }
+        }
+        let told_asker =
+            holder.as_ref().is_some_and(|(conn, gateway)| (gateway.as_str(), conn.as_str()) == asker);
+        if !subscribes && !told_asker {
+            self.subscribe(asker, room, changes, at).await;
+        }
+    }
+
+    /// Subscribes or unsubscribes `conn` (through `g`) to every room of session `id` and the
+    /// conversations it subscribed to, as the cache knows them, read off the session's key at
+    /// `binding` (the caller's write, before it read the rooms).
+    pub async fn tell_rooms(&self, id: &str, to: (&str, &str), on: bool, binding: u64) {
+        let rooms: Vec<(String, bool, u64)> = {
+            let cache = lock(&self.cache);
+            (cache.rooms_of(id))
+                .filter_map(|room| {
+                    let r = cache.room(room)?;
+                    Some((room.to_owned(), r.value.listeners.iter().any(|l| l == id), r.revision))
+                })
+                .collect()
+        };
+        for (room, listens, revision) in rooms {
+            let at = Revision { binding: Some(binding), room: revision };
+            let changes: &[(Topic, bool)] = if on && !listens {
+                &[(Topic::Room, true)]
+            } else {
+                &[(Topic::Room, on), (Topic::Conversation, on)]
+            };
+            self.subscribe(to, &room, changes, at).await;
+        }
+    }
+
+    /// Tells the connections of the sessions `touched` by decisions about `room` what they
+    /// hear of it as the store says now, then clears them from the record: what a decider that
+    /// died before telling them left undone. Each session's key is read before the room's.
+    pub async fn tell_touched(&self, room: &str) -> Result<(), StoreError> {
+        let touched = match lock(&self.cache).room(room) {
+            Some(r) if !r.value.touched.is_empty() => r.value.touched.clone(),
+            _ => return Ok(()),
+        };
+        let mut holders = Vec::new();
+        for t in &touched {
+            let Some((holder, binding)) = self.holder(&t.session).await else { return Ok(()) };
+            holders.push((t.session.clone(), holder, binding));
+        }
+        let key = RoomKey::Room(room.to_owned()).key();
+        refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
+        let messages: Vec<BusMessage> = {
+            let cache = lock(&self.cache);
+            let Some(record) = cache.room(room) else { return Ok(()) };
+            (holders.iter())
+                .filter_map(|(session, holder, binding)| {
+                    let (conn, gateway) = holder.as_ref()?;
+                    let member = record.value.member(session).is_some();
+                    let listens = member && record.value.listeners.contains(session);
+                    let changes = [(Topic::Room, member), (Topic::Conversation, listens)];
+                    let at = Revision { binding: Some(*binding), room: record.revision };
+                    Some(self.subscription((gateway, conn), room, &changes, at))
+                })
+                .collect()
+        };
+        for msg in messages {
+            self.publish(msg).await;
+        }
+        settle(&self.store, &self.layout, &self.cache, room, |t| touched.contains(t)).await
+    }
+}
