@@ -79,6 +79,8 @@ pub enum ToGateway {
     Sync,
     /// These connections lost their sessions: close them.
     Orphans,
+    /// The answer to the gateway's resubscribe list of this number.
+    Resubscribed(u64),
 }
 
 /// The subjects of one deployment (one prefix).
@@ -125,6 +127,7 @@ impl Subjects {
             ToGateway::Request => format!("{p}.gw.{g}.request"),
             ToGateway::Sync => format!("{p}.gw.{g}.sync"),
             ToGateway::Orphans => format!("{p}.gw.{g}.orphans"),
+            ToGateway::Resubscribed(n) => format!("{p}.gw.{g}.resubscribed.{n}"),
         }
     }
 
@@ -138,7 +141,11 @@ impl Subjects {
             "request" => ToGateway::Request,
             "sync" => ToGateway::Sync,
             "orphans" => ToGateway::Orphans,
-            _ => ToGateway::Reply(rest.strip_prefix("reply.")?.parse().ok()?),
+            _ => match rest.split_once('.')? {
+                ("reply", n) => ToGateway::Reply(n.parse().ok()?),
+                ("resubscribed", n) => ToGateway::Resubscribed(n.parse().ok()?),
+                _ => return None,
+            },
         })
     }
 
@@ -161,6 +168,12 @@ impl Subjects {
             _ => return None,
         };
         Some((topic, room_from_token(token)?))
+    }
+
+    /// A gateway back on the bus asks the workers to tell its connections again what they
+    /// hear (each line `CONNECTION SESSION`).
+    pub fn resubscribe(&self) -> String {
+        format!("{}.resubscribe", self.prefix)
     }
 
     /// `pcast.ConnectionDisconnected`, for every ended connection.
@@ -268,9 +281,57 @@ pub fn parse_ids(payload: &[u8]) -> Vec<ConnectionId> {
     String::from_utf8_lossy(payload).lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
+/// A resubscribe list: one line per connection, its id and the session it holds.
+pub fn sessions_payload<'a>(pairs: impl IntoIterator<Item = (&'a ConnectionId, &'a str)>) -> Vec<u8> {
+    let mut out = String::new();
+    for (id, session) in pairs {
+        out.push_str(id.as_str());
+        out.push(' ');
+        out.push_str(session);
+        out.push('\n');
+    }
+    out.into_bytes()
+}
+
+/// Reads a resubscribe list; `None` if a line is not a connection id and a session, or the list
+/// is longer than [`IDS_PER_MESSAGE`].
+pub fn parse_sessions(payload: &[u8]) -> Option<Vec<(ConnectionId, String)>> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.len() > IDS_PER_MESSAGE {
+        return None;
+    }
+    (lines.into_iter())
+        .map(|l| {
+            let (id, session) = l.split_once(' ')?;
+            let session = session.trim();
+            (!session.is_empty() && !session.contains(' ')).then_some(())?;
+            Some((id.parse().ok()?, session.to_owned()))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resubscribe_list_round_trips_and_a_bad_line_refuses_it_whole() {
+        let (a, b): (ConnectionId, ConnectionId) =
+            ("a".repeat(32).parse().unwrap(), "b".repeat(32).parse().unwrap());
+        let payload = sessions_payload([(&a, "s1"), (&b, "s2")]);
+        assert_eq!(parse_sessions(&payload), Some(vec![(a, "s1".to_owned()), (b, "s2".to_owned())]));
+        for bad in [
+            &b"not-an-id s1\n"[..],
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n",
+            b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa s 1",
+            b"\xff",
+        ] {
+            assert_eq!(parse_sessions(bad), None, "{bad:?}");
+        }
+        let many: Vec<u8> = (0..=IDS_PER_MESSAGE).flat_map(|_| format!("{a} s\n").into_bytes()).collect();
+        assert_eq!(parse_sessions(&many), None);
+    }
 
     #[test]
     fn subjects_round_trip_and_refuse_what_is_not_a_token() {
@@ -286,6 +347,7 @@ mod tests {
             ToGateway::Request,
             ToGateway::Sync,
             ToGateway::Orphans,
+            ToGateway::Resubscribed(7),
         ] {
             let subject = s.gateway("gw.ab12", what.clone());
             assert!(subject.starts_with("clientmq.gw.gw.ab12."));

@@ -480,6 +480,14 @@ impl ChatState {
         }
     }
 
+    /// A gateway back from an absence lost what it was told meanwhile: `conn`, if it still
+    /// holds `session`, is told again every room and conversation it hears.
+    pub fn resubscribe(&mut self, conn: ConnectionId, session: &str) {
+        if self.session_of(&conn) == Some(session) {
+            self.emit_subscriptions(conn, session, true);
+        }
+    }
+
     /// The session a connection is bound to.
     pub fn session_of(&self, conn: &ConnectionId) -> Option<&str> {
         self.conns.get(conn).map(String::as_str)

@@ -125,7 +125,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
         None => rand::make_rng(),
     };
     let gateways = Gateways::new(subjects.clone(), &config.name);
-    let Inputs { mut pcast, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
+    let Inputs { mut pcast, mut resubscribe, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
         inputs(&*bus, &subjects, &gateways).await;
     let mut state = ChatState::new(config.chat, rng, now());
     if config.observer.is_some() {
@@ -168,6 +168,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
             () = tokio::time::sleep_until(tokio::time::Instant::from_std(next)) => w.tick().await,
             Some(msg) = inbox.next() => w.answer(msg).await,
             Some(msg) = disconnects.next() => w.disconnected(msg).await,
+            Some(msg) = resubscribe.next() => w.resubscribe(msg).await,
             Some(msg) = alive.next() => w.alive(msg).await,
             Some(msg) = pcast.next() => w.request(msg).await,
             Some(msg) = chat.next() => w.request(msg).await,
@@ -182,6 +183,8 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
 /// notices (in the group too), every gateway's announcements, and its own inbox.
 pub(crate) struct Inputs<S> {
     pub pcast: S,
+    /// Gateways back from an absence asking to be told again (`P.resubscribe`).
+    pub resubscribe: S,
     pub ping: S,
     pub chat: S,
     pub disconnects: S,
@@ -198,6 +201,7 @@ pub(crate) async fn inputs<B: Bus>(
     let ping = subjects.request("mq.PingPong").expect("a valid subject");
     Inputs {
         pcast: subscribe(bus, &subjects.requests_of("pcast"), Some(CHAT_QUEUE)).await,
+        resubscribe: subscribe(bus, &subjects.resubscribe(), Some(CHAT_QUEUE)).await,
         ping: subscribe(bus, &ping, Some(CHAT_QUEUE)).await,
         chat: subscribe(bus, &subjects.requests_of("chat"), Some(CHAT_QUEUE)).await,
         disconnects: subscribe(bus, &subjects.disconnected(), Some(CHAT_QUEUE)).await,
@@ -338,6 +342,24 @@ impl<B: Bus> Worker<B> {
         }
         for msg in announced.publish {
             self.publish(msg).await;
+        }
+    }
+
+    /// A gateway back from an absence lists its connections and their sessions: each that
+    /// still holds its session is told again what it hears, then the gateway is answered.
+    async fn resubscribe(&mut self, msg: BusMessage) {
+        let answer = match contract::parse_sessions(&msg.payload) {
+            Some(pairs) => {
+                for (conn, session) in pairs {
+                    self.state.resubscribe(conn, &session);
+                }
+                self.flush().await;
+                BusMessage::new("", Vec::new())
+            }
+            None => BusMessage::new("", Vec::new()).with(header::ERROR, "malformed"),
+        };
+        if let Some(reply) = msg.reply {
+            self.publish(BusMessage { subject: reply, ..answer }).await;
         }
     }
 

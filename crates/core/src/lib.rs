@@ -23,7 +23,7 @@ pub use codec::{CodecError, Delivery, Encoding, Frame};
 pub use config::{CloseReason, Config, ConfigError, close};
 pub use event::{DisconnectPath, DropReason, Event, EventKind, LostReason, RequestOutcome, Stray, Topic};
 pub use gateway::{
-    Admission, Gateway, Input, InvariantViolation, Output, Peer, Revision, Stats, client_address,
+    Admission, Forgotten, Gateway, Input, InvariantViolation, Output, Peer, Revision, Stats, client_address,
 };
 pub use ids::{ConnectionId, ID_LEN, InvalidConnectionId};
 pub use port::{BackendError, BackendRequest, Reply, ServerRequestError, Target};

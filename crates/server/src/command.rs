@@ -45,6 +45,9 @@ pub(crate) enum Command {
     /// Answered once the shard has handled every command sent before this one and carried out
     /// what they caused (the interest they changed is with the backend).
     Settled(oneshot::Sender<()>),
+    /// Drop every subscription of every connection with a session (the backend may have lost
+    /// changes) and say what was dropped (see `Gateway::forget_subscriptions`).
+    ForgetSubscriptions(oneshot::Sender<Vec<clientmq_core::Forgotten>>),
     /// Who may authenticate from now on (a reload of the token files).
     Tokens(clientmq_core::TokenPolicy),
     /// Drop every connection's transport at once, in id order (a simulated process death).

@@ -78,6 +78,7 @@ pub(crate) struct BusMetrics {
     announcements: Counter,
     connect_failures: Family<Labels, Counter>,
     dropped: Family<Labels, Counter>,
+    resubscribes: Family<Labels, Counter>,
 }
 
 impl BusMetrics {
@@ -113,6 +114,17 @@ impl BusMetrics {
             "Messages from workers not applied, by reason (docs/bad-inputs.md, the bus rows)",
             self.dropped.clone(),
         );
+        registry.register(
+            "bus_resubscribes",
+            "Resubscribe lists sent after coming back to the bus, by outcome (told: a worker told \
+             the connections again; restored: nobody would, they got back what they had)",
+            self.resubscribes.clone(),
+        );
+    }
+
+    /// A resubscribe list ended with `outcome` (`told` or `restored`).
+    pub fn resubscribed(&self, outcome: &str) {
+        self.resubscribes.get_or_create(&vec![("outcome", outcome.to_owned())]).inc();
     }
 
     /// A worker's message was not applied, for `reason`.

@@ -85,6 +85,19 @@ impl Connections {
         }
     }
 
+    /// Drops every subscription of every connection with a session, in every shard, and says
+    /// what was dropped (see `Gateway::forget_subscriptions`).
+    pub async fn forget_subscriptions(&self) -> Vec<clientmq_core::Forgotten> {
+        let mut all = Vec::new();
+        for shard in self.shards.iter() {
+            let (done, forgotten) = oneshot::channel();
+            if shard.send(Command::ForgetSubscriptions(done)).await.is_ok() {
+                all.extend(forgotten.await.unwrap_or_default());
+            }
+        }
+        all
+    }
+
     /// Sends a request to a client and waits for its answer (or the server request timeout).
     pub async fn server_request(
         &self,

@@ -102,12 +102,12 @@ async fn pipe(
 
 /// nats-server, a chat worker on it, and gateway `gw1` on it through the proxy.
 struct Fleet {
-    _nats: Nats,
+    nats: Nats,
     proxy: Proxy,
     gateway: u16,
     worker: u16,
     log: Log,
-    _procs: Vec<Proc>,
+    procs: Vec<Proc>,
 }
 
 impl Fleet {
@@ -144,13 +144,36 @@ impl Fleet {
         let gw = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &gateway_args, "gw1", &log);
         wait_listening(worker, "the worker's /metrics").await;
         wait_listening(gateway, "the gateway").await;
-        let fleet = Fleet { _nats: nats, proxy, gateway, worker, log, _procs: vec![chat, gw] };
+        let fleet = Fleet { nats, proxy, gateway, worker, log, procs: vec![chat, gw] };
         wait_for(Duration::from_secs(20), "the fleet to serve", &fleet.log, || async {
             scrape(fleet.gateway, "clientmq_bus_connected").await == 1.0
                 && scrape(fleet.worker, "clientmq_chat_bus_connected").await == 1.0
         })
         .await;
         fleet
+    }
+
+    /// A second gateway, straight on nats-server (no proxy); its port.
+    async fn direct_gateway(&mut self, name: &str) -> u16 {
+        let port = free_port();
+        let args = [
+            "--nats",
+            &self.nats.url(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--gateway-name",
+            name,
+            "--tokens",
+            TOKEN,
+        ]
+        .map(str::to_owned);
+        self.procs.push(Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, name, &self.log));
+        wait_listening(port, name).await;
+        wait_for(Duration::from_secs(20), "the second gateway on the bus", &self.log, || async {
+            scrape(port, "clientmq_bus_connected").await == 1.0
+        })
+        .await;
+        port
     }
 
     async fn detached(&self) -> f64 {
@@ -173,6 +196,20 @@ async fn member(port: u16, name: &str, session: Option<String>) -> (Client, Stri
     let r: pcast::AuthenticateResponse = c.call_decoded("pcast.Authenticate", auth).await;
     assert_eq!(r.status, "ok", "{name}: {r:?}");
     (c, r.session_id.unwrap())
+}
+
+/// Whether `c` hears a room event within `within` (answers it may get are kept aside).
+async fn hears_event(c: &mut Client, within: Duration) -> bool {
+    use clientmq_core::proto::mq::message::MessageType;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.recv_within(left).await {
+            Some(msg) if msg.message_type == Some(MessageType::Event as i32) => return true,
+            Some(_) => continue,
+            None => return false,
+        }
+    }
 }
 
 /// Joins the room with alias `cut` (creating it if needed).
@@ -290,6 +327,53 @@ async fn a_connection_that_ended_during_a_short_cut_is_found_by_the_sync() {
         let info: chat::GetRoomInfoResponse = a.call_decoded("chat.GetRoomInfo", info).await;
         assert_eq!(info.status, "ok");
         assert_eq!(closed_with(&mut a, Duration::from_millis(500)).await, None, "a stays open");
+    })
+    .await;
+}
+
+/// A subscription change lost during a cut shorter than the silence bound: a session taken
+/// over through another gateway while gw1 was away. Back on the bus, gw1 drops what its
+/// connections hear and has the worker tell them again: the old connection hears the room no
+/// more, and a member that stayed on gw1 hears it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_over_during_a_short_cut_is_not_heard_on_its_old_connection() {
+    clientmq_testkit::deadline::bounded(async {
+        let mut fleet = Fleet::start().await;
+        let gw2 = fleet.direct_gateway("gw2").await;
+        let (mut a, sa) = member(fleet.gateway, "a", None).await;
+        join(&mut a, &sa).await;
+        let (mut b, sb) = member(fleet.gateway, "b", None).await;
+        join(&mut b, &sb).await;
+        assert!(hears_event(&mut a, Duration::from_secs(5)).await, "a hears b arrive");
+        assert_eq!(scrape(fleet.gateway, "clientmq_subscriptions").await, 2.0);
+
+        fleet.proxy.set(Mode::Cut);
+        wait_for(Duration::from_secs(10), "gw1 to notice the cut", &fleet.log, || async {
+            scrape(fleet.gateway, "clientmq_bus_connected").await == 0.0
+        })
+        .await;
+        // a's session resumes through gw2: the worker's word to gw1 that a no longer hears the
+        // room is lost.
+        let (mut a2, resumed) = member(gw2, "a2", Some(sa.clone())).await;
+        assert_eq!(resumed, sa);
+        fleet.proxy.set(Mode::Forward);
+        // Back, gw1 holds b's subscription only.
+        wait_for(Duration::from_secs(20), "gw1 back, and a hearing the room no more", &fleet.log, || async {
+            scrape(fleet.gateway, "clientmq_bus_connected").await == 1.0
+                && scrape(fleet.gateway, "clientmq_subscriptions").await == 1.0
+        })
+        .await;
+        let told = r#"clientmq_bus_resubscribes_total{outcome="told"}"#;
+        assert_eq!(scrape(fleet.gateway, told).await, 1.0);
+        // What they heard before is read first.
+        for c in [&mut a, &mut b, &mut a2] {
+            while hears_event(c, Duration::from_millis(300)).await {}
+        }
+        let (mut d, sd) = member(gw2, "d", None).await;
+        join(&mut d, &sd).await;
+        assert!(hears_event(&mut a2, Duration::from_secs(5)).await, "a2 hears d arrive");
+        assert!(hears_event(&mut b, Duration::from_secs(5)).await, "b, on gw1, hears d arrive");
+        assert!(!hears_event(&mut a, Duration::from_secs(1)).await, "a no longer holds the session");
     })
     .await;
 }

@@ -25,12 +25,18 @@
 //! takeover moved it (`store-370017830`, no fault: it fails without `Clientmq-Binding`). Each
 //! must pass, run on the store, and replay byte for byte.
 //!
+//! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
+//! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
+//! resubscribe list when it is back).
+//!
 //! When every seed of a run came to be derived by name from the scenario's root seed, and a
 //! dying gateway's sockets still in their handshake came to die at the start of its last step
 //! (in accept order, so that replays in one process agree), the same files met other instants:
 //! each explore-seed restart was moved onto the nearest later instant where the dying gateway
 //! still acts (as `explore::aim_every_restart` aims them), and announcement-in-flight's seed
 //! onto the first (50006151) that again has gw3's last announcement in flight at its death.
+//! When workers came to subscribe to resubscribe lists too, the timings moved again and its
+//! own seed (50006135) has the announcement in flight once more.
 
 use std::path::Path;
 use std::time::Duration;
@@ -70,6 +76,13 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 fn once_failing_store_seeds_pass() {
     replay_kept("store-", 14, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
+    });
+}
+
+#[test]
+fn once_failing_fleet_seeds_pass() {
+    replay_kept("fleet-", 1, |name, scenario, _| {
+        assert!(scenario.fleet.as_ref().is_some_and(|f| !f.store), "{name}: not an in-memory fleet");
     });
 }
 

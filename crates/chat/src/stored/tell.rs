@@ -145,6 +145,39 @@ impl<B: Bus> Node<B> {
         }
     }
 
+    /// A gateway back from an absence lists its connections and their sessions: each that
+    /// still holds its session, as the store says, is told again every room it hears (the
+    /// sessions' keys read first, then the rooms), then the gateway is answered.
+    pub async fn resubscribe(&self, msg: BusMessage) {
+        let (Some(reply), Some(g)) = (msg.reply.clone(), msg.header(header::GATEWAY)) else { return };
+        let answer = BusMessage::new(reply, Vec::new());
+        let Some(pairs) = contract::parse_sessions(&msg.payload) else {
+            return self.publish(answer.with(header::ERROR, "malformed")).await;
+        };
+        // Unanswered if the store does not answer: the gateway asks again.
+        if !matches!(self.catch_up(Bucket::Sessions).await, Ok(true)) {
+            return;
+        }
+        let held: Vec<(String, String, u64)> = {
+            let cache = lock(&self.cache);
+            (pairs.into_iter())
+                .filter_map(|(conn, session)| {
+                    let s = cache.session(&session)?;
+                    let conn = conn.to_string();
+                    let holds =
+                        s.value.conn.as_deref() == Some(&conn) && s.value.gateway.as_deref() == Some(g);
+                    holds.then_some((session, conn, s.revision))
+                })
+                .collect()
+        };
+        if held.is_empty() || matches!(self.catch_up(Bucket::Rooms).await, Ok(true)) {
+            for (session, conn, binding) in held {
+                self.tell_rooms(&session, (g, &conn), true, binding).await;
+            }
+            self.publish(answer).await;
+        }
+    }
+
     /// Tells the connections of the sessions `touched` by decisions about `room` what they
     /// hear of it as the store says now, then clears them from the record: what a decider that
     /// died before telling them left undone. Each session's key is read before the room's.

@@ -299,7 +299,7 @@ pub async fn run<B: Bus>(
         next_ack: AtomicU64::new(0),
     });
     let mut gateways = Gateways::new(subjects.clone(), &config.name);
-    let Inputs { mut pcast, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
+    let Inputs { mut pcast, mut resubscribe, mut ping, mut chat, mut disconnects, mut alive, mut inbox } =
         inputs(&*bus, &subjects, &gateways).await;
     tracing::info!(worker = %config.name, "chat worker serving pcast.* and chat.* from the store");
 
@@ -381,6 +381,10 @@ pub async fn run<B: Bus>(
                         node.publish(msg).await;
                     }
                 }
+            }
+            Some(msg) = resubscribe.next() => {
+                let node = node.clone();
+                tokio::spawn(async move { node.resubscribe(msg).await });
             }
             Some(msg) = pcast.next() => request(&node, &mut gateways, &queues, msg).await,
             Some(msg) = chat.next() => request(&node, &mut gateways, &queues, msg).await,

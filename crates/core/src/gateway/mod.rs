@@ -24,7 +24,7 @@ mod subscriptions;
 pub use invariants::InvariantViolation;
 pub use peer::{Peer, client_address};
 pub(crate) use requests::{Charge, PendingRequest, PendingServerRequest};
-pub use subscriptions::Revision;
+pub use subscriptions::{Forgotten, Revision};
 
 /// Answer to [`Gateway::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

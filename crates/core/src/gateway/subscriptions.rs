@@ -6,6 +6,8 @@ use prost::Message as _;
 
 use super::requests::message;
 use super::{Gateway, Output};
+use std::time::Instant;
+
 use crate::ConnectionId;
 use crate::codec::Broadcast;
 use crate::edge_auth::RequiredTag;
@@ -44,7 +46,39 @@ impl Revision {
     }
 }
 
+/// What [`Gateway::forget_subscriptions`] dropped of one connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forgotten {
+    pub conn: ConnectionId,
+    /// The session its authentication named.
+    pub session: String,
+    pub subscriptions: Vec<(Topic, String)>,
+}
+
 impl Gateway {
+    /// The backend may have lost subscription changes (the bus was away): every connection
+    /// holding a session stops hearing its rooms and conversations until the backend tells it
+    /// again. Returns what was dropped, connection by connection in id order, so the caller can
+    /// ask the backend to tell them again (or, if nobody will, restore them). Revisions applied
+    /// stay: what the backend tells again is ordered against what it told before.
+    pub fn forget_subscriptions(&mut self, now: Instant) -> Vec<Forgotten> {
+        self.advance(now);
+        let held: Vec<Forgotten> = (self.registry.iter())
+            .filter_map(|(id, c)| {
+                let session = c.session_id.clone()?;
+                let rooms = c.rooms.iter().map(|r| (Topic::Room, r.clone()));
+                let conversations = c.conversations.iter().map(|r| (Topic::Conversation, r.clone()));
+                Some(Forgotten { conn: *id, session, subscriptions: rooms.chain(conversations).collect() })
+            })
+            .collect();
+        for f in &held {
+            for (topic, room) in &f.subscriptions {
+                self.unsubscribe(f.conn, *topic, room);
+            }
+        }
+        held
+    }
+
     /// A successful authentication's reply names the session the connection now has.
     pub(crate) fn read_session(&mut self, id: ConnectionId, room_tag: &Option<RequiredTag>, payload: &[u8]) {
         let Ok(resp) = pcast::AuthenticateResponse::decode(payload) else {

@@ -158,3 +158,56 @@ fn a_join_or_subscription_naming_no_room_holds_no_interest() {
     h.request(a, "C2", "chat.FetchRoomConversation", fetch.encode_to_vec(), Encoding::Binary);
     assert_eq!(interest(&mut h), vec![(Topic::Conversation, "r1".into(), true)]);
 }
+
+/// The bus was away, so subscription changes may have been lost: every connection with a
+/// session drops what it hears (interest ends with the last subscriber) and is listed with
+/// its session and what it dropped, for the backend to tell it again. A connection without a
+/// session is left alone, and the revisions applied stay, so a late change older than one
+/// applied before is still dropped.
+#[test]
+fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
+    let mut h = Harness::new(bus_config());
+    let a = h.open();
+    h.request(a, "C0", "pcast.Authenticate", auth_payload(), Encoding::Binary);
+    let ok = pcast::AuthenticateResponse {
+        status: "ok".into(),
+        session_id: Some("s1".into()),
+        ..Default::default()
+    };
+    h.input(Input::BackendReply { token: h.backend_tokens()[0].0, result: ok_reply("", ok) });
+    let b = h.open();
+    let at = |room| Some(clientmq_core::Revision { binding: Some(3), room });
+    let stamped = |conn, topic, room: &str, subscribe, revision| Input::Subscription {
+        conn,
+        topic,
+        room: room.into(),
+        subscribe,
+        revision: at(revision),
+    };
+    h.input(stamped(a, Topic::Room, "r1", true, 5));
+    h.input(stamped(a, Topic::Conversation, "r1", true, 5));
+    h.input(subscription(b, "r2", true));
+    interest(&mut h);
+    let forgotten = h.gw.forget_subscriptions(h.now);
+    h.drain();
+    assert_eq!(
+        forgotten,
+        vec![clientmq_core::Forgotten {
+            conn: a,
+            session: "s1".into(),
+            subscriptions: vec![(Topic::Room, "r1".into()), (Topic::Conversation, "r1".into())],
+        }]
+    );
+    assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![]);
+    assert_eq!(h.gw.subscribers(Topic::Room, "r2"), vec![b], "no session: nothing to tell again");
+    assert_eq!(
+        interest(&mut h),
+        vec![(Topic::Room, "r1".into(), false), (Topic::Conversation, "r1".into(), false)]
+    );
+    // Told again: a change as new as the last applied applies, an older one does not.
+    h.input(stamped(a, Topic::Room, "r1", true, 4));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![]);
+    h.input(stamped(a, Topic::Room, "r1", true, 5));
+    assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![a]);
+    h.gw.check_invariants().unwrap();
+}

@@ -12,6 +12,8 @@
 //! - While the bus is away: `/readyz` is 503, new requests fail at once with
 //!   `mq.Error{unavailable}`, requests in flight fail at once too, and disconnect notices that
 //!   cannot be published are dropped (workers reconcile by sync when the gateway is back).
+//!   Back, the gateway has the workers tell its connections again what they hear
+//!   ([`resubscribe`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,6 +31,8 @@ use clientmq_bus::contract::{self, IDS_PER_MESSAGE, Subjects, ToGateway, header}
 use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 
 use crate::port::{Answer, Backend, Connections};
+
+mod resubscribe;
 
 /// A request waiting for its reply: under which gateway token, until when.
 struct Waiting {
@@ -71,6 +75,9 @@ struct Shared<B> {
     next_token: AtomicU64,
     /// Disconnect notices that could not be published (the bus was away).
     dropped_notices: AtomicU64,
+    /// Resubscribe lists waiting for their answer, by number (see `resubscribe`).
+    resubscribes: Mutex<BTreeMap<u64, tokio::sync::oneshot::Sender<BusMessage>>>,
+    next_resubscribe: AtomicU64,
 }
 
 impl<B> Shared<B> {
@@ -114,6 +121,8 @@ impl<B: Bus> BusBackend<B> {
             pending: Mutex::new(BTreeMap::new()),
             next_token: AtomicU64::new(0),
             dropped_notices: AtomicU64::new(0),
+            resubscribes: Mutex::new(BTreeMap::new()),
+            next_resubscribe: AtomicU64::new(0),
         };
         BusBackend { shared: Arc::new(shared), writer: Mutex::new(Some(writer)) }
     }
@@ -353,6 +362,13 @@ async fn take<B: Bus>(
         gateway.answer(w.token, Ok(Reply { reply_type, payload: msg.payload })).await;
         return Ok(());
     }
+    if let ToGateway::Resubscribed(n) = what {
+        let waiting = s.resubscribes.lock().unwrap_or_else(PoisonError::into_inner).remove(&n);
+        if let Some(tx) = waiting {
+            let _ = tx.send(msg);
+        }
+        return Ok(());
+    }
     if let ToGateway::Sync | ToGateway::Orphans = what {
         let ids = match id_list(&msg.payload) {
             Ok(ids) => ids,
@@ -448,7 +464,7 @@ async fn take<B: Bus>(
                 respond(&*bus, &gateway, &msg, answer).await;
             });
         }
-        ToGateway::Reply(_) | ToGateway::Sync | ToGateway::Orphans => {}
+        ToGateway::Reply(_) | ToGateway::Sync | ToGateway::Orphans | ToGateway::Resubscribed(_) => {}
     }
     Ok(())
 }
@@ -509,6 +525,7 @@ async fn announce<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
         // Epochs count connections: the first is not a reconnect.
         if status.connected && status.epoch != seen.epoch && status.epoch > 1 {
             metrics.reconnected();
+            tokio::spawn(resubscribe::resubscribe(s.clone(), gateway.clone()));
         }
         s.forget_expired();
         seen = status;

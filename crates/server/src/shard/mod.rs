@@ -264,6 +264,9 @@ impl<B: Backend> Shard<B> {
             }
             Command::Drain => self.gw.handle(Input::Drain, now),
             Command::Settled(done) => self.settled.push(done),
+            Command::ForgetSubscriptions(done) => {
+                let _ = done.send(self.gw.forget_subscriptions(now));
+            }
             Command::Tokens(tokens) => self.gw.set_tokens(tokens),
             Command::AbortAll => {
                 // The sockets go, in id order, so a simulated death replays exactly.

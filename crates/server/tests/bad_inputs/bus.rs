@@ -103,6 +103,23 @@ async fn requests_no_worker_can_take_are_answered_malformed_no_worker_or_unavail
         gw.still_serves(1).await;
         raw.close_politely().await;
         gw.settles(0).await;
+
+        // Row 81a: a resubscribe list the worker cannot read is answered malformed; one it
+        // can, naming connections it does not know, is answered empty.
+        let probe = NatsBus::connect(&nats.url(), "probe-badinputs").await.unwrap();
+        let mut inbox = probe.subscribe(&format!("{DEFAULT_PREFIX}.gw.probe.>"), None).await.unwrap();
+        in_place(&probe, &mut inbox, &format!("{DEFAULT_PREFIX}.gw.probe.ready")).await;
+        let list = |payload: &[u8], n: u32| {
+            BusMessage::new(format!("{DEFAULT_PREFIX}.resubscribe"), payload.to_vec())
+                .reply_to(format!("{DEFAULT_PREFIX}.gw.probe.resubscribed.{n}"))
+                .with(header::GATEWAY, "probe")
+        };
+        probe.publish(list(b"not an id s1\n", 1)).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, inbox.next()).await.unwrap().unwrap();
+        assert_eq!(answer.header(header::ERROR), Some("malformed"));
+        probe.publish(list(format!("{} s1\n", "a".repeat(32)).as_bytes(), 2)).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, inbox.next()).await.unwrap().unwrap();
+        assert_eq!((answer.header(header::ERROR), answer.payload.len()), (None, 0));
         let _ = stop_worker.send(());
         let _ = tokio::time::timeout(WAIT, worker).await;
     })
@@ -347,6 +364,72 @@ async fn an_acknowledged_subscription_hears_the_room_at_once() {
         gw.expect("clientmq_subscriptions", 30.0).await;
         raw.close_politely().await;
         gw.settles(0).await;
+    })
+    .await
+}
+
+/// A gateway back on the bus drops what its connections with a session hear and asks the
+/// workers to tell them again (docs/nats.md). With nobody to ask (a worker that keeps nothing
+/// per connection serves no resubscribe lists: no responders), the connections get back what
+/// they had, counted as `restored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_on_the_bus_with_nobody_to_ask_connections_keep_what_they_heard() {
+    use clientmq_bus::contract::ToGateway::Subscription as Sub;
+    use clientmq_core::proto::pcast;
+    use prost::Message as _;
+
+    clientmq_testkit::deadline::bounded(async {
+        const RESTORED: &str = "gw-restored";
+        let subjects = Subjects::new(DEFAULT_PREFIX);
+        let Played { mut _nats, gw, worker, mut requests, inbox: _ } =
+            played_worker(RESTORED, "restore").await;
+        // The test is the worker: it binds every connection that authenticates to session s1.
+        let (conns, mut conn_of) = tokio::sync::mpsc::unbounded_channel();
+        let replier = worker.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = requests.next().await {
+                let (ty, payload) = if msg.subject.ends_with(".pcast.Authenticate") {
+                    let ok = pcast::AuthenticateResponse {
+                        status: "ok".into(),
+                        session_id: Some("s1".into()),
+                        ..Default::default()
+                    };
+                    ("pcast.AuthenticateResponse", ok.encode_to_vec())
+                } else {
+                    ("x.ProbeResponse", msg.payload.clone())
+                };
+                let _ = conns.send(msg.header(header::CONNECTION).unwrap().to_owned());
+                let reply = BusMessage::new(msg.reply.clone().unwrap(), payload).with(header::TYPE, ty);
+                replier.publish(reply).await.unwrap();
+            }
+        });
+        let mut raw = gw.raw().await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };
+        while raw.call("pcast.Authenticate", auth.encode_to_vec()).await.r#type
+            != "pcast.AuthenticateResponse"
+        {
+            assert!(tokio::time::Instant::now() < deadline, "authentication is never served");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let conn = tokio::time::timeout(WAIT, conn_of.recv()).await.unwrap().unwrap();
+        let sub = BusMessage::new(subjects.gateway(RESTORED, Sub), Vec::new())
+            .with(header::CONNECTION, conn.as_str())
+            .with(header::SUBSCRIBE, "room lobby");
+        worker.publish(sub).await.unwrap();
+        gw.expect("clientmq_subscriptions", 1.0).await;
+
+        _nats.stop().await;
+        gw.expect("clientmq_bus_connected", 0.0).await;
+        _nats.restart().await;
+        let restored = r#"clientmq_bus_resubscribes_total{outcome="restored"}"#;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while gw.metric(restored) < 1.0 {
+            assert!(tokio::time::Instant::now() < deadline, "the list is never given up on");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        gw.expect("clientmq_subscriptions", 1.0).await;
+        assert_eq!(gw.metric(r#"clientmq_bus_resubscribes_total{outcome="told"}"#), 0.0);
     })
     .await
 }
