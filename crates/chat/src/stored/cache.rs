@@ -274,6 +274,16 @@ impl Cache {
             .min()
     }
 
+    /// Sessions whose record names connections it moved away from, not yet told (their mover
+    /// may have died).
+    pub fn sessions_released(&self) -> Vec<&str> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| !s.value.released.is_empty())
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
     /// Rooms whose record holds events not yet cleared, or sessions not yet surely told of a
     /// decision (their decider may have died).
     pub fn rooms_with_pending(&self) -> Vec<&str> {
@@ -336,8 +346,8 @@ mod tests {
     use super::*;
 
     fn session(conn: Option<&str>, gateway: Option<&str>, expires_ms: Option<u64>) -> Vec<u8> {
-        let record =
-            SessionRecord { conn: conn.map(str::to_owned), gateway: gateway.map(str::to_owned), expires_ms };
+        let (conn, gateway) = (conn.map(str::to_owned), gateway.map(str::to_owned));
+        let record = SessionRecord { conn, gateway, expires_ms, ..SessionRecord::default() };
         record.encode_to_vec()
     }
 

@@ -24,6 +24,21 @@ pub struct SessionRecord {
     /// While detached: Unix milliseconds when its grace runs out.
     #[prost(uint64, optional, tag = "3")]
     pub expires_ms: Option<u64>,
+    /// Connections that held it until it moved (taken over, let go) and may still hear its
+    /// rooms: kept until they are told to stop (`tell`), by the mover or, if it died first, by
+    /// any worker's sweep.
+    #[prost(message, repeated, tag = "4")]
+    pub released: Vec<Released>,
+}
+
+/// A connection a session moved away from, still open.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Released {
+    #[prost(string, tag = "1")]
+    pub conn: String,
+    /// Its gateway (route key).
+    #[prost(string, tag = "2")]
+    pub gateway: String,
 }
 
 /// The mark that a connection ended.

@@ -130,12 +130,9 @@ async fn authenticate<B: Bus>(
     if let Some(old) = held.filter(|old| Some(old) != asked.as_ref()) {
         let (now, grace) = (n.now_ms(), grace_ms(n));
         let detached =
-            decide(&n.store, &n.layout, &n.cache, |c| sessions::detach(c, conn, now, grace)).await?;
+            decide(&n.store, &n.layout, &n.cache, |c| sessions::let_go(c, conn, now, grace)).await?;
         if detached.as_deref() == Some(old.as_str()) {
-            // Every room it is in after the detach: one joined a moment ago through another
-            // worker may not be in this cache yet.
-            n.catch_up(Bucket::Rooms).await?;
-            n.tell_rooms(&old, (g, conn), false, n.binding(&old)).await;
+            n.tell_released(&old).await?;
         }
     }
     let token_bound = claims.is_some_and(|c| c.session_id.is_some());
@@ -155,12 +152,9 @@ async fn authenticate<B: Bus>(
         // may not be in this cache yet.
         n.catch_up(Bucket::Rooms).await?;
     }
-    if let Some(prev) = previous.filter(|p| p.conn.as_deref() != Some(conn))
-        && let (Some(old), Some(old_g)) = (prev.conn, prev.gateway)
-    {
-        // Taken over: the old connection stops hearing the session's rooms.
-        n.tell_rooms(&id, (&old_g, &old), false, n.binding(&id)).await;
-    }
+    // Taken over (now or by an attempt that died midway): the old connection stops hearing
+    // the session's rooms.
+    n.tell_released(&id).await?;
     // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
     // made, and perhaps not its subscriptions.
     n.tell_rooms(&id, (g, conn), true, n.binding(&id)).await;

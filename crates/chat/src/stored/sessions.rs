@@ -16,7 +16,7 @@ use prost::Message;
 
 use super::cache::{Bucket, Cache};
 use super::decide::{Decided, Write};
-use super::records::{EndedRecord, SessionRecord, ended_key, session_key};
+use super::records::{EndedRecord, Released, SessionRecord, ended_key, session_key};
 use crate::wire::status;
 
 /// `conn`, through `gateway`, authenticates: it resumes the session it asks for (`asked`) if
@@ -46,6 +46,12 @@ pub fn authenticate(
     if record.conn.as_deref() == Some(conn) && record.gateway.as_deref() == Some(gateway) {
         return Decided::Nothing(Ok(id.to_owned()));
     }
+    // Taken over: the old connection is still to be told (and a connection taking its session
+    // back is not).
+    if let (Some(old), Some(old_gateway)) = (record.conn.take(), record.gateway.take()) {
+        release(&mut record, Released { conn: old, gateway: old_gateway });
+    }
+    record.released.retain(|r| r.conn != conn);
     record.conn = Some(conn.to_owned());
     record.gateway = Some(gateway.to_owned());
     record.expires_ms = None;
@@ -62,6 +68,38 @@ pub fn detach(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64) -> Decided<
     record.gateway = None;
     record.expires_ms = Some(now_ms.saturating_add(grace_ms));
     Decided::Write(write(cache, id, Some(&record)), Some(id.to_owned()))
+}
+
+/// Open connection `conn` lets its session go to authenticate as another: detached as by
+/// [`detach`], and `conn` is still to be told to stop hearing the session's rooms.
+pub fn let_go(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64) -> Decided<Option<String>> {
+    let Some(id) = cache.session_of(conn) else { return Decided::Nothing(None) };
+    let Some(current) = cache.session(id) else { return Decided::Nothing(None) };
+    let mut record = current.value.clone();
+    if let Some(gateway) = record.gateway.take() {
+        release(&mut record, Released { conn: conn.to_owned(), gateway });
+    }
+    record.conn = None;
+    record.expires_ms = Some(now_ms.saturating_add(grace_ms));
+    Decided::Write(write(cache, id, Some(&record)), Some(id.to_owned()))
+}
+
+/// The connections `told` were told to stop hearing session `id`'s rooms: no longer kept.
+/// Whether this changed the record.
+pub fn told(cache: &Cache, id: &str, told: &[Released]) -> Decided<bool> {
+    let Some(current) = cache.session(id).filter(|s| s.value.released.iter().any(|r| told.contains(r)))
+    else {
+        return Decided::Nothing(false);
+    };
+    let mut record = current.value.clone();
+    record.released.retain(|r| !told.contains(r));
+    Decided::Write(write(cache, id, Some(&record)), true)
+}
+
+fn release(record: &mut SessionRecord, released: Released) {
+    if !record.released.contains(&released) {
+        record.released.push(released);
+    }
 }
 
 /// Session `id` ends (`pcast.Bye`; or, with `due_by`, only if its grace has run out by then):
@@ -165,6 +203,42 @@ mod tests {
         assert!(ended);
         let cache = taken(cache, &w.unwrap());
         assert!(matches!(end(&cache, "s1", None), Decided::Nothing(false)));
+        cache.check().unwrap();
+    }
+
+    /// A connection a session moves away from while open (taken over, or letting it go to
+    /// authenticate as another) is kept in the record until told to stop hearing its rooms; a
+    /// connection taking the session back is not.
+    #[test]
+    fn connections_a_session_moved_away_from_are_kept_until_told() {
+        let released = |cache: &Cache| {
+            let s = cache.session("s1").unwrap();
+            s.value.released.iter().map(|r| format!("{}@{}", r.conn, r.gateway)).collect::<Vec<_>>()
+        };
+        let cache = Cache::default();
+        let (w, _) = decided(authenticate(&cache, "c1", "gw1", None, false, "s1", 10));
+        let cache = taken(cache, &w.unwrap());
+        assert!(released(&cache).is_empty());
+        let (w, _) = decided(authenticate(&cache, "c2", "gw2", Some("s1"), false, "unused", 10));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!(released(&cache), ["c1@gw1"]);
+        // c1 takes it back: c2 is to be told, c1 no longer.
+        let (w, _) = decided(authenticate(&cache, "c1", "gw1", Some("s1"), false, "unused", 10));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!(released(&cache), ["c2@gw2"]);
+        // c1 lets it go for another session: detached, and c1 is to be told too.
+        let (w, detached) = decided(let_go(&cache, "c1", 1_000, 30_000));
+        assert_eq!(detached.as_deref(), Some("s1"));
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!((cache.session_of("c1"), cache.due(31_000)), (None, vec!["s1"]));
+        assert_eq!(released(&cache), ["c2@gw2", "c1@gw1"]);
+        // Told: cleared, once.
+        let told_now = cache.session("s1").unwrap().value.released.clone();
+        let (w, changed) = decided(told(&cache, "s1", &told_now[..1]));
+        assert!(changed);
+        let cache = taken(cache, &w.unwrap());
+        assert_eq!(released(&cache), ["c1@gw1"]);
+        assert!(matches!(told(&cache, "s1", &told_now[..1]), Decided::Nothing(false)));
         cache.check().unwrap();
     }
 

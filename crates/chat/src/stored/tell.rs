@@ -22,9 +22,11 @@ use clientmq_core::{Revision, Topic};
 use tokio::sync::oneshot;
 
 use super::cache::{Bucket, lock};
+use super::decide::{DecideError, decide};
 use super::follow::refresh;
 use super::history::settle;
 use super::records::{RoomKey, session_key};
+use super::sessions;
 use super::worker::{ACK_WITHIN, Node};
 
 /// Where a session's subscriptions go: its connection and that connection's gateway.
@@ -176,6 +178,23 @@ impl<B: Bus> Node<B> {
             }
             self.publish(answer).await;
         }
+    }
+
+    /// Tells the connections session `id` moved away from (a takeover, a let-go) to stop
+    /// hearing its rooms, as the store says now (the session's key read first, then the rooms),
+    /// then clears them from its record: what a mover that died before telling them left undone.
+    pub async fn tell_released(&self, id: &str) -> Result<(), DecideError> {
+        let Some((_, binding)) = self.holder(id).await else { return Ok(()) };
+        let released = match lock(&self.cache).session(id) {
+            Some(s) if !s.value.released.is_empty() => s.value.released.clone(),
+            _ => return Ok(()),
+        };
+        self.catch_up(Bucket::Rooms).await?;
+        for r in &released {
+            self.tell_rooms(id, (&r.gateway, &r.conn), false, binding).await;
+        }
+        decide(&self.store, &self.layout, &self.cache, |c| sessions::told(c, id, &released)).await?;
+        Ok(())
     }
 
     /// Tells the connections of the sessions `touched` by decisions about `room` what they

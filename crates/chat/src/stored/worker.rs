@@ -232,6 +232,10 @@ impl<B: Bus> Node<B> {
         for room in rooms {
             self.tell_touched(&room).await?;
         }
+        let moved: Vec<String> = lock(cache).sessions_released().into_iter().map(str::to_owned).collect();
+        for id in moved {
+            self.tell_released(&id).await?;
+        }
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;
