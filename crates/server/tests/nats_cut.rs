@@ -100,6 +100,14 @@ async fn pipe(
     }
 }
 
+/// Gateway `name` on the bus at `url`, listening on `port`.
+fn spawn_gateway(url: &str, port: u16, name: &str, log: &Log) -> Proc {
+    let args =
+        ["--nats", url, "--listen", &format!("127.0.0.1:{port}"), "--gateway-name", name, "--tokens", TOKEN]
+            .map(str::to_owned);
+    Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, name, log)
+}
+
 /// nats-server, a chat worker on it, and gateway `gw1` on it through the proxy.
 struct Fleet {
     nats: Nats,
@@ -130,18 +138,7 @@ impl Fleet {
         .map(str::to_owned);
         let chat =
             Proc::spawn(&workspace_binary("clientmq-chat").display().to_string(), &worker_args, "chat", &log);
-        let gateway_args = [
-            "--nats",
-            &format!("nats://127.0.0.1:{}", proxy.port),
-            "--listen",
-            &format!("127.0.0.1:{gateway}"),
-            "--gateway-name",
-            "gw1",
-            "--tokens",
-            TOKEN,
-        ]
-        .map(str::to_owned);
-        let gw = Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &gateway_args, "gw1", &log);
+        let gw = spawn_gateway(&format!("nats://127.0.0.1:{}", proxy.port), gateway, "gw1", &log);
         wait_listening(worker, "the worker's /metrics").await;
         wait_listening(gateway, "the gateway").await;
         let fleet = Fleet { nats, proxy, gateway, worker, log, procs: vec![chat, gw] };
@@ -156,18 +153,7 @@ impl Fleet {
     /// A second gateway, straight on nats-server (no proxy); its port.
     async fn direct_gateway(&mut self, name: &str) -> u16 {
         let port = free_port();
-        let args = [
-            "--nats",
-            &self.nats.url(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--gateway-name",
-            name,
-            "--tokens",
-            TOKEN,
-        ]
-        .map(str::to_owned);
-        self.procs.push(Proc::spawn(env!("CARGO_BIN_EXE_clientmq-server"), &args, name, &self.log));
+        self.procs.push(spawn_gateway(&self.nats.url(), port, name, &self.log));
         wait_listening(port, name).await;
         wait_for(Duration::from_secs(20), "the second gateway on the bus", &self.log, || async {
             scrape(port, "clientmq_bus_connected").await == 1.0
