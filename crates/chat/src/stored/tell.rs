@@ -184,6 +184,10 @@ impl<B: Bus> Node<B> {
     /// hearing its rooms, as the store says now (the session's key read first, then the rooms),
     /// then clears them from its record: what a mover that died before telling them left undone.
     pub async fn tell_released(&self, id: &str) -> Result<(), DecideError> {
+        // The cache holds the mover's own write: most moves release nobody, and read nothing.
+        if lock(&self.cache).session(id).is_none_or(|s| s.value.released.is_empty()) {
+            return Ok(());
+        }
         let Some((_, binding)) = self.holder(id).await else { return Ok(()) };
         let released = match lock(&self.cache).session(id) {
             Some(s) if !s.value.released.is_empty() => s.value.released.clone(),
