@@ -481,11 +481,11 @@ impl ChatState {
     }
 
     /// A gateway back from an absence lost what it was told meanwhile: `conn`, if it still
-    /// holds `session`, is told again every room and conversation it hears.
+    /// holds `session`, is told again every room and conversation it hears; if the session
+    /// moved away from it, to stop hearing them.
     pub fn resubscribe(&mut self, conn: ConnectionId, session: &str) {
-        if self.session_of(&conn) == Some(session) {
-            self.emit_subscriptions(conn, session, true);
-        }
+        let holds = self.session_of(&conn) == Some(session);
+        self.emit_subscriptions(conn, session, holds);
     }
 
     /// The session a connection is bound to.

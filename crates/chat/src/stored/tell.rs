@@ -148,8 +148,9 @@ impl<B: Bus> Node<B> {
     }
 
     /// A gateway back from an absence lists its connections and their sessions: each that
-    /// still holds its session, as the store says, is told again every room it hears (the
-    /// sessions' keys read first, then the rooms), then the gateway is answered.
+    /// still holds its session, as the store says, is told again every room it hears, and each
+    /// its session moved away from to stop hearing them (the sessions' keys read first, then
+    /// the rooms), then the gateway is answered.
     pub async fn resubscribe(&self, msg: BusMessage) {
         let (Some(reply), Some(g)) = (msg.reply.clone(), msg.header(header::GATEWAY)) else { return };
         let answer = BusMessage::new(reply, Vec::new());
@@ -160,7 +161,7 @@ impl<B: Bus> Node<B> {
         if !matches!(self.catch_up(Bucket::Sessions).await, Ok(true)) {
             return;
         }
-        let held: Vec<(String, String, u64)> = {
+        let told: Vec<(String, String, bool, u64)> = {
             let cache = lock(&self.cache);
             (pairs.into_iter())
                 .filter_map(|(conn, session)| {
@@ -168,13 +169,13 @@ impl<B: Bus> Node<B> {
                     let conn = conn.to_string();
                     let holds =
                         s.value.conn.as_deref() == Some(&conn) && s.value.gateway.as_deref() == Some(g);
-                    holds.then_some((session, conn, s.revision))
+                    Some((session, conn, holds, s.revision))
                 })
                 .collect()
         };
-        if held.is_empty() || matches!(self.catch_up(Bucket::Rooms).await, Ok(true)) {
-            for (session, conn, binding) in held {
-                self.tell_rooms(&session, (g, &conn), true, binding).await;
+        if told.is_empty() || matches!(self.catch_up(Bucket::Rooms).await, Ok(true)) {
+            for (session, conn, holds, binding) in told {
+                self.tell_rooms(&session, (g, &conn), holds, binding).await;
             }
             self.publish(answer).await;
         }

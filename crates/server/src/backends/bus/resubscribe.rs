@@ -6,9 +6,10 @@
 //! what it may no longer be owed), then the gateway sends the workers' queue group the list of
 //! those connections and their sessions (`P.resubscribe`, at most [`IDS_PER_MESSAGE`] a
 //! message, with a reply subject). A worker publishes each listed connection's subscriptions,
-//! as the store says now, then answers. With nobody to ask (no responders: a worker that keeps
-//! nothing per connection), or no answer after a few tries, the connections get back what
-//! they had.
+//! as the store says now (and those whose session moved, to stop hearing its rooms), then
+//! answers. With nobody to ask (no responders: a worker that keeps nothing per connection), the
+//! connections get back what they had; with no answer within [`WAIT`] (the workers' store may
+//! be electing a leader), they get it back meanwhile and the list is sent again, a few times.
 
 use std::sync::Arc;
 use std::sync::PoisonError;
@@ -32,17 +33,14 @@ const TRIES: u32 = 5;
 pub(super) async fn resubscribe<B: Bus>(s: Arc<Shared<B>>, gateway: Connections) {
     let forgotten = gateway.forget_subscriptions().await;
     for chunk in forgotten.chunks(IDS_PER_MESSAGE) {
-        if ask(&s, chunk).await {
-            gateway.bus_metrics().resubscribed("told");
-        } else {
-            restore(&gateway, chunk).await;
-            gateway.bus_metrics().resubscribed("restored");
-        }
+        let outcome = if ask(&s, &gateway, chunk).await { "told" } else { "restored" };
+        gateway.bus_metrics().resubscribed(outcome);
     }
 }
 
-/// Whether a worker told these connections again.
-async fn ask<B: Bus>(s: &Shared<B>, chunk: &[Forgotten]) -> bool {
+/// Whether a worker told these connections again (if not, they have what they had).
+async fn ask<B: Bus>(s: &Shared<B>, gateway: &Connections, chunk: &[Forgotten]) -> bool {
+    let mut restored = false;
     let payload = contract::sessions_payload(chunk.iter().map(|f| (&f.conn, f.session.as_str())));
     for _ in 0..TRIES {
         let n = s.next_resubscribe.fetch_add(1, Ordering::Relaxed);
@@ -60,10 +58,21 @@ async fn ask<B: Bus>(s: &Shared<B>, chunk: &[Forgotten]) -> bool {
         };
         s.resubscribes.lock().unwrap_or_else(PoisonError::into_inner).remove(&n);
         match answer {
-            Some(msg) if msg.status == Some(NO_RESPONDERS) => return false,
+            Some(msg) if msg.status == Some(NO_RESPONDERS) => {
+                if !restored {
+                    restore(gateway, chunk).await;
+                }
+                return false;
+            }
             Some(msg) if msg.header(header::ERROR).is_none() => return true,
             Some(msg) => tracing::warn!(error = ?msg.header(header::ERROR), "resubscribe list refused"),
             None => tracing::debug!("resubscribe list not answered; sending it again"),
+        }
+        // Deaf no longer than one wait: what they had, until a worker says otherwise (its
+        // changes are ordered; these are not, and order nothing).
+        if !restored {
+            restore(gateway, chunk).await;
+            restored = true;
         }
     }
     false
