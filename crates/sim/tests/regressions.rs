@@ -14,8 +14,8 @@
 //! gateway's connection still attached"). The bound now includes the bus's delivery time; the
 //! scenario must still detach later than 6 s after the death, and pass.
 //!
-//! `store-*`: fifteen seeds explore found failing with workers on the store (blocks 260M to
-//! 410M), shrunk. Their classes, each fixed: a worker dying between a write the store took and
+//! `store-*`: sixteen seeds explore found failing with workers on the store (blocks 260M to
+//! 450M), shrunk. Their classes, each fixed: a worker dying between a write the store took and
 //! its report (the facts now come from the store), a join's subscription long before its write
 //! under contention, ends never retried after a cut, a leave unsubscribing long before its
 //! decision, a restarted worker's clock started late, an orphans list lost with the only worker
@@ -23,8 +23,10 @@
 //! a worker dying between a room decision's write and the subscription it implied (a join's, a
 //! leave's, a conversation's), a subscription read off a session's binding just before a
 //! takeover moved it (`store-370017830`, no fault: it fails without `Clientmq-Binding`), a
-//! worker dying between a takeover's write and telling the old connection (`store-410011465`).
-//! Each must pass, run on the store, and replay byte for byte.
+//! worker dying between a takeover's write and telling the old connection (`store-410011465`),
+//! and one found with those repairs planted away (`store-450001925`: the checker gives a dead
+//! worker's unfinished tellings a sweep after some worker is back, and it fails without the
+//! sweep's repair). Each must pass, run on the store, and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -75,7 +77,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 15, |name, scenario, _| {
+    replay_kept("store-", 16, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }

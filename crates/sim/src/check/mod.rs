@@ -301,7 +301,7 @@ impl Checker {
         if let Some((fleet, workers)) = &mut self.fleet
             && workers.contains(host)
         {
-            fleet.worker_died(host);
+            fleet.worker_died(at, host);
             return;
         }
         let Some(state) = self.procs.get_mut(&dead) else { return };

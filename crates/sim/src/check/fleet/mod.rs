@@ -178,12 +178,13 @@ impl FleetCheck {
         }
     }
 
-    /// A worker process died: on the store, only what it was about to send is lost; in its
-    /// memory, what it knew is gone, and so are its obligations.
-    pub fn worker_died(&mut self, host: &str) {
+    /// A worker process died: on the store, only what it was about to tell is lost, and a
+    /// worker's sweep tells it later (see `Subs::worker_died_on_store`); in its memory, what it
+    /// knew is gone, and so are its obligations.
+    pub fn worker_died(&mut self, at: Duration, host: &str) {
         if self.store {
             self.connected_since.remove(host);
-            self.subs.disturbed(|_| true);
+            self.subs.worker_died_on_store(at);
             return;
         }
         let mut subs = std::mem::take(&mut self.subs);

@@ -8,8 +8,12 @@
 //! - **Quiet instants agree.** A connection's subscriptions differ from its session's rooms and
 //!   conversations (nothing, once its session is gone or taken over) for at most
 //!   [`FleetLimits::quiet_within`], unless the bus between its gateway and the worker is cut off
-//!   or settling ([`Weather`]), the worker died since it opened (what it knew is gone), or its
-//!   gateway was counted gone (the next rule's business).
+//!   or settling ([`Weather`]), the worker died since it opened (in its memory: what it knew is
+//!   gone), or its gateway was counted gone (the next rule's business). On the store, a
+//!   difference pending when a worker dies, or starting within `quiet_within` of the death (a
+//!   decision in flight), is what the dead worker did not tell: a worker's sweep, once a second,
+//!   tells it, so it is owed a sweep and `quiet_within` after some worker is connected again
+//!   (and after the death).
 //! - **Orphans are closed.** A connection whose gateway was counted gone while it had a session
 //!   is closed (or ends) within [`FleetLimits::orphans_within`] of its gateway's return (on the
 //!   store: of the record there of its end, which every worker reads, and which for an open
@@ -27,7 +31,7 @@ use clientmq_core::{ConnectionId, Topic};
 
 use super::super::weather::Weather;
 use super::super::{Violation, violation};
-use super::FleetLimits;
+use super::{CONTRACT_ANNOUNCE_EVERY, FleetLimits};
 use crate::trace::Proc;
 
 type Subject = (Topic, String);
@@ -51,6 +55,10 @@ pub(super) struct Subs {
     /// Connections whose subscriptions disagree with their session's, by when they must agree.
     mismatch: BTreeSet<(Duration, ConnectionId)>,
     mismatch_of: BTreeMap<ConnectionId, Duration>,
+    /// Of those, the ones a dead worker left for a sweep to repair.
+    repairs: BTreeSet<ConnectionId>,
+    /// On the store: when a worker last died.
+    worker_died_at: Option<Duration>,
     /// Orphans of a gateway that came back, by when they must be closed.
     orphans: BTreeSet<(Duration, ConnectionId)>,
     orphan_of: BTreeMap<ConnectionId, Duration>,
@@ -179,6 +187,9 @@ impl Subs {
             let due = at + limits.quiet_within;
             self.mismatch.insert((due, conn));
             self.mismatch_of.insert(conn, due);
+            if self.worker_died_at.is_some_and(|died| at <= died + limits.quiet_within) {
+                self.repairs.insert(conn);
+            }
         }
     }
 
@@ -186,6 +197,14 @@ impl Subs {
         if let Some(due) = self.mismatch_of.remove(&conn) {
             self.mismatch.remove(&(due, conn));
         }
+        self.repairs.remove(&conn);
+    }
+
+    /// On the store, a worker died at `at`: what it was about to tell, pending or in flight,
+    /// is a sweep's to repair.
+    pub(super) fn worker_died_on_store(&mut self, at: Duration) {
+        self.worker_died_at = Some(at);
+        self.repairs.extend(self.mismatch_of.keys().copied());
     }
 
     /// The path between the worker and the gateways `on` picks was disturbed: a connection whose
@@ -212,6 +231,7 @@ impl Subs {
         self.hears.clear();
         self.mismatch.clear();
         self.mismatch_of.clear();
+        self.repairs.clear();
         self.orphans.clear();
         self.orphan_of.clear();
     }
@@ -282,7 +302,16 @@ impl Subs {
                 .collect::<Vec<_>>()
         };
         let within = limits.quiet_within;
-        if let Some((due, conn)) = overdue(&self.mismatch).into_iter().find(|(due, c)| late(*due, c, within))
+        // A repair is owed a sweep and a quiet bound after the death, once some worker can make
+        // it (`able`: connected, and its path calm).
+        let died = self.worker_died_at.unwrap_or_default();
+        let mismatch_late = |due: Duration, c: &ConnectionId| match self.repairs.contains(c) {
+            false => late(due, c, within),
+            true => able.is_some_and(|able| {
+                late(due.max(died.max(able) + CONTRACT_ANNOUNCE_EVERY + within), c, within)
+            }),
+        };
+        if let Some((due, conn)) = overdue(&self.mismatch).into_iter().find(|(due, c)| mismatch_late(*due, c))
         {
             let conn = &conn;
             let c = &self.conns[conn];
