@@ -61,22 +61,21 @@ pub fn authenticate(
 /// Connection `conn` ended: the session it holds, if any, starts its grace period (ending at
 /// `now_ms + grace_ms`). Returns the session detached.
 pub fn detach(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64) -> Decided<Option<String>> {
-    let Some(id) = cache.session_of(conn) else { return Decided::Nothing(None) };
-    let Some(current) = cache.session(id) else { return Decided::Nothing(None) };
-    let mut record = current.value.clone();
-    record.conn = None;
-    record.gateway = None;
-    record.expires_ms = Some(now_ms.saturating_add(grace_ms));
-    Decided::Write(write(cache, id, Some(&record)), Some(id.to_owned()))
+    detach_from(cache, conn, now_ms, grace_ms, false)
 }
 
 /// Open connection `conn` lets its session go to authenticate as another: detached as by
 /// [`detach`], and `conn` is still to be told to stop hearing the session's rooms.
 pub fn let_go(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64) -> Decided<Option<String>> {
+    detach_from(cache, conn, now_ms, grace_ms, true)
+}
+
+/// [`detach`]; with `open`, `conn` stays open and is kept to be told (see [`let_go`]).
+fn detach_from(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64, open: bool) -> Decided<Option<String>> {
     let Some(id) = cache.session_of(conn) else { return Decided::Nothing(None) };
     let Some(current) = cache.session(id) else { return Decided::Nothing(None) };
     let mut record = current.value.clone();
-    if let Some(gateway) = record.gateway.take() {
+    if let Some(gateway) = record.gateway.take().filter(|_| open) {
         release(&mut record, Released { conn: conn.to_owned(), gateway });
     }
     record.conn = None;
