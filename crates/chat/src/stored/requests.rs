@@ -58,7 +58,7 @@ pub(crate) async fn handle<B: Bus>(
     };
     let s = session.as_str();
     match request_type {
-        "pcast.Bye" => respond(request_type, payload, |_: pcast::Bye| bye(n, s)).await,
+        "pcast.Bye" => respond(request_type, payload, |_: pcast::Bye| bye(n, s, &c)).await,
         "chat.CreateRoom" => respond(request_type, payload, |r| create_room(n, r)).await,
         "chat.GetRoomInfo" => respond(request_type, payload, |r| room_info(n, r)).await,
         "chat.JoinRoom" => respond(request_type, payload, |r| join_room(n, s, &c, g, r)).await,
@@ -178,7 +178,15 @@ fn grace_ms<B: Bus>(n: &Node<B>) -> u64 {
     u64::try_from(n.config.session_grace.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn bye<B: Bus>(n: &Node<B>, session: &str) -> Result<pcast::ByeResponse, DecideError> {
+/// The session is let go with no grace first, so its record names `conn` until it is told to
+/// stop hearing the session's rooms: a worker that dies between the end's writes and those
+/// unsubscriptions leaves both (the end, due at once, and the telling) to any worker's sweep.
+async fn bye<B: Bus>(n: &Node<B>, session: &str, conn: &str) -> Result<pcast::ByeResponse, DecideError> {
+    let now = n.now_ms();
+    let detached = decide(&n.store, &n.layout, &n.cache, |c| sessions::let_go(c, conn, now, 0)).await?;
+    if detached.as_deref() == Some(session) {
+        n.tell_released(session).await?;
+    }
     n.end_session(session, false).await?;
     Ok(pcast::ByeResponse { status: status::OK.to_owned() })
 }

@@ -103,12 +103,17 @@ fn release(record: &mut SessionRecord, released: Released) {
 
 /// Session `id` ends (`pcast.Bye`; or, with `due_by`, only if its grace has run out by then):
 /// its key is deleted. Of several workers ending it at once, one deletes it and the others find
-/// it gone. Returns whether this decision ended it.
+/// it gone. Not while its record names connections still to be told to stop hearing its rooms
+/// (`released`): the deletion would forget them; they are told first. Returns whether this
+/// decision ended it.
 pub fn end(cache: &Cache, id: &str, due_by: Option<u64>) -> Decided<bool> {
     let Some(current) = cache.session(id) else { return Decided::Nothing(false) };
     if let Some(now_ms) = due_by
         && current.value.expires_ms.is_none_or(|at| at > now_ms)
     {
+        return Decided::Nothing(false);
+    }
+    if !current.value.released.is_empty() {
         return Decided::Nothing(false);
     }
     Decided::Write(write(cache, id, None), true)
@@ -196,8 +201,12 @@ mod tests {
         let cache = taken(cache, &w.unwrap());
         assert_eq!((cache.session_of("c3"), cache.session_of("c2")), (Some("s1"), None));
 
-        // Not due yet: nothing. Bye: deleted, once.
+        // Not due yet: nothing. Not while c2 is still to be told. Bye: deleted, once.
         assert!(matches!(end(&cache, "s1", Some(0)), Decided::Nothing(false)));
+        assert!(matches!(end(&cache, "s1", None), Decided::Nothing(false)));
+        let released = cache.session("s1").unwrap().value.released.clone();
+        let (w, _) = decided(told(&cache, "s1", &released));
+        let cache = taken(cache, &w.unwrap());
         let (w, ended) = decided(end(&cache, "s1", None));
         assert!(ended);
         let cache = taken(cache, &w.unwrap());

@@ -166,6 +166,8 @@ impl<B: Bus> Node<B> {
     /// Ends session `id` (only if its grace ran out by now, with `due`); the connection holding
     /// it, if any, stops hearing each room as it leaves it. Whether this worker ended it.
     pub async fn end_session(&self, id: &str, due: bool) -> Result<bool, DecideError> {
+        // Connections it moved away from are told first: its end forgets them (see `sessions::end`).
+        self.tell_released(id).await?;
         let now = self.now_ms();
         let held = lock(&self.cache)
             .session(id)
