@@ -185,10 +185,14 @@ pub enum Behaviour {
     /// takes its session over with a second connection (odd `requests`), resumes it after a
     /// server's close, leaves at `stay_secs`.
     Member,
+    /// A [`Member`](Behaviour::Member) that ends its session with `pcast.Bye` at `stay_secs`
+    /// instead of leaving, and keeps its connection open and read for five seconds more (a
+    /// client that does not close at once must hear nothing more of its rooms).
+    ByeMember,
 }
 
 impl Behaviour {
-    pub const ALL: [Behaviour; 12] = [
+    pub const ALL: [Behaviour; 13] = [
         Behaviour::Polite,
         Behaviour::IgnoreClose,
         Behaviour::MutePongs,
@@ -201,6 +205,7 @@ impl Behaviour {
         Behaviour::SdkReconnect,
         Behaviour::SlowReader,
         Behaviour::Member,
+        Behaviour::ByeMember,
     ];
 }
 

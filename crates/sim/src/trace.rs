@@ -106,6 +106,8 @@ pub enum Change {
     Listen(String),
     /// `chat.LeaveRoom`: the session hears neither any more.
     Leave(String),
+    /// `pcast.Bye`: the session is over and hears none of its rooms any more.
+    Bye,
 }
 
 impl fmt::Display for Change {
@@ -114,6 +116,7 @@ impl fmt::Display for Change {
             Change::Join(room) => write!(f, "join room={room}"),
             Change::Listen(room) => write!(f, "listen room={room}"),
             Change::Leave(room) => write!(f, "leave room={room}"),
+            Change::Bye => write!(f, "bye"),
         }
     }
 }

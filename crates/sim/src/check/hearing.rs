@@ -200,6 +200,16 @@ impl HearingCheck {
                             .collect();
                         self.forget_dues(|d| d.subject.1 == room && same.contains(&d.listener));
                     }
+                    Change::Bye => {
+                        // Everything still allowed (it may be on its way), nothing due.
+                        wants.values_mut().for_each(|since| *since = None);
+                        let session = self.session_of(&id);
+                        let same: Vec<ListenerId> = (self.listeners.iter())
+                            .filter(|(_, l)| l.session == session)
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        self.forget_dues(|d| same.contains(&d.listener));
+                    }
                 }
             }
             Seen::Done(change) => {
@@ -216,6 +226,7 @@ impl HearingCheck {
                         wants.remove(&(Topic::Room, room.clone()));
                         wants.remove(&(Topic::Conversation, room.clone()));
                     }
+                    Change::Bye => wants.clear(),
                 }
             }
             Seen::Event(heard) => return self.heard(&id, heard).or_else(fail),

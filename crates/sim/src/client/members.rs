@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use clientmq_core::Topic;
-use clientmq_core::proto::{chat, mq};
+use clientmq_core::proto::{chat, mq, pcast};
 use prost::Message as _;
 use tokio::time::Instant;
 
 use super::{Client, POLITE, Pump, Who};
 use crate::scenario::ClientGroup;
 use crate::trace::{Change, Digest, Heard};
+
+/// How long a member that said `pcast.Bye` keeps its connection open: longer than a dead
+/// worker's unfinished unsubscriptions may take to be repaired in most explored timelines.
+const AFTER_BYE: Duration = Duration::from_secs(5);
 
 pub(super) async fn polite(who: &Who, group: &ClientGroup) {
     let Some(mut c) = Client::connect(who, POLITE).await else { return };
@@ -36,8 +40,9 @@ pub(super) async fn polite(who: &Who, group: &ClientGroup) {
 /// same connection, takes its own session over with a second connection while the first is
 /// still open (odd `requests`), chats on, and leaves at `stay_secs`. Closed by the server with
 /// anything but 1000, 4000 or 4001, it reconnects (attempt^2 s apart, 4 attempts) and resumes
-/// its session, which hears its rooms again without joining.
-pub(super) async fn member(who: &Who, group: &ClientGroup) {
+/// its session, which hears its rooms again without joining. With `bye`, it ends its session
+/// with `pcast.Bye` instead of leaving, reads five seconds more, and closes 1000.
+pub(super) async fn member(who: &Who, group: &ClientGroup, bye: bool) {
     let leave_at = Instant::now() + Duration::from_secs_f64(group.stay_secs);
     let mut session: Option<String> = None;
     let mut room: Option<String> = None;
@@ -94,6 +99,9 @@ pub(super) async fn member(who: &Who, group: &ClientGroup) {
                 continue;
             }
         }
+        if bye {
+            return c.bye().await;
+        }
         if c.leave(&room_id).await {
             c.close(1000).await;
         }
@@ -121,6 +129,20 @@ impl Client {
         let leave = chat::LeaveRoom { room_id: room_id.to_owned(), session_id, timestamp: 0 };
         let change = Change::Leave(room_id.to_owned());
         self.change(change, "chat.LeaveRoom", leave.encode_to_vec()).await.is_some()
+    }
+
+    /// Ends the session with `pcast.Bye`, then reads for [`AFTER_BYE`] (hearing nothing of its
+    /// rooms, the checker requires) and closes 1000.
+    async fn bye(mut self) {
+        let bye =
+            pcast::Bye { session_id: self.session_id.clone().unwrap_or_default(), reason: "done".into() };
+        if self.change(Change::Bye, "pcast.Bye", bye.encode_to_vec()).await.is_none() {
+            return self.abandon();
+        }
+        match self.pump(Some(Instant::now() + AFTER_BYE), None).await {
+            Pump::Deadline => self.close(1000).await,
+            other => self.ended(other),
+        }
     }
 
     /// Authenticates a second connection as this one's session: the new one holds the session

@@ -97,7 +97,8 @@ pub async fn run(group: ClientGroup, index: usize, trace: Trace, gateways: Vec<S
         Behaviour::Flood => flood(who, &group).await,
         Behaviour::SdkReconnect => sdk_reconnect(who).await,
         Behaviour::SlowReader => slow_reader(who).await,
-        Behaviour::Member => member(who, &group).await,
+        Behaviour::Member => member(who, &group, false).await,
+        Behaviour::ByeMember => member(who, &group, true).await,
     }
 }
 
