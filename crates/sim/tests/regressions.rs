@@ -26,11 +26,13 @@
 //! worker dying between a takeover's write and telling the old connection (`store-410011465`),
 //! and one found with those repairs planted away (`store-450001925`: the checker gives a dead
 //! worker's unfinished tellings a sweep after some worker is back, and it fails without the
-//! sweep's repair). Two more for `pcast.Bye`: `store-480000023`, where another worker ended
-//! a session let go for a Bye before the connection was told (a session now ends only once
-//! those it moved away from are told), and `store-bye-worker-restart`, written by hand, where
-//! the only worker restarts in the middle of a Bye (it fails on a Bye that deleted the session
-//! first). Each must pass, run on the store, and replay byte for byte.
+//! sweep's repair). Three more for `pcast.Bye`: `store-480006555` (no fault, two workers: a Bye
+//! that deleted the session first and unsubscribed room by room left the connection subscribed
+//! past the bound under contention), `store-480000023`, where another worker ended a session
+//! let go for a Bye before the connection was told (a session now ends only once those it
+//! moved away from are told), and `store-bye-worker-restart`, written by hand, where the only
+//! worker restarts in the middle of a Bye (it fails on a Bye that deleted the session first).
+//! Each must pass, run on the store, and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -81,7 +83,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 18, |name, scenario, _| {
+    replay_kept("store-", 19, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }
