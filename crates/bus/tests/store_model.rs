@@ -436,26 +436,111 @@ async fn the_store_model_answers_as_jetstream_does() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A three-node cluster (kept running while the returned value lives) and a bus to it, once
+/// JetStream there has elected its meta leader.
+async fn cluster_bus(log: &Log, dir: &std::path::Path, name: &str) -> (NatsCluster, Arc<NatsBus>) {
+    let cluster = NatsCluster::start(log, dir).await;
+    let args = NatsArgs { nats: Some(cluster.urls()), ..NatsArgs::default() };
+    let real_bus = Arc::new(NatsBus::open(&args.access().unwrap().unwrap(), name).await.unwrap());
+    wait_for(WAIT, "connected", log, || async { real_bus.status().connected }).await;
+    let probe = Store::new(real_bus.clone(), "probe", Duration::from_secs(2)).await.unwrap();
+    let ready = Bucket::new("ready").unwrap().config(3, Storage::Memory);
+    wait_for(Duration::from_secs(30), "JetStream in the cluster", log, || async {
+        probe.create_stream(&ready).await.is_ok()
+    })
+    .await;
+    (cluster, real_bus)
+}
+
 /// The same on a three-node cluster with three replicas: there a stream's leader checks a
 /// publish before proposing it to the others, a path of its own in nats-server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_model_answers_as_a_clustered_jetstream_does() {
     let dir = std::env::temp_dir().join(format!("clientmq-store-cluster-{}", std::process::id()));
     let log = Log::default();
-    let cluster = NatsCluster::start(&log, &dir).await;
-    let args = NatsArgs { nats: Some(cluster.urls()), ..NatsArgs::default() };
-    let real_bus = Arc::new(NatsBus::open(&args.access().unwrap().unwrap(), "store-cluster").await.unwrap());
-    wait_for(WAIT, "connected", &log, || async { real_bus.status().connected }).await;
-    // JetStream answers once the cluster has elected its meta leader.
-    let probe = Store::new(real_bus.clone(), "probe", Duration::from_secs(2)).await.unwrap();
-    let ready = Bucket::new("ready").unwrap().config(3, Storage::Memory);
-    wait_for(Duration::from_secs(30), "JetStream in the cluster", &log, || async {
-        probe.create_stream(&ready).await.is_ok()
-    })
-    .await;
+    let (_cluster, real_bus) = cluster_bus(&log, &dir, "store-cluster").await;
     let sequences = env("STORE_CLUSTER_SEQUENCES", 10);
     compare(real_bus, 3, env("STORE_SEED", 0), sequences).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two writes sent back to back to one subject of a clustered stream: while the first is in
+/// process, the leader refuses a second that expects the subject's last sequence (10164) or
+/// repeats the first's message id (10158), and stores nothing. The model does that within its
+/// flight window (`StoreModel::set_flight`), and as after the first outside it. Each real
+/// second write must get one of the model's two answers, word for word (which one is the
+/// race's), the streams must agree after every pair, and the real cluster must give the
+/// in-flight answer at least once, or the model's window stands for nothing real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_flight_on_a_cluster_are_refused_as_the_model_refuses_them() {
+    let version = Version::of(clientmq_testkit::nats::nats_server_version(), true);
+    assert_eq!(version, Version::V2_10Clustered, "the model's flight is that of nats-server 2.10 and later");
+    let dir = std::env::temp_dir().join(format!("clientmq-store-flight-{}", std::process::id()));
+    let log = Log::default();
+    let (_cluster, real_bus) = cluster_bus(&log, &dir, "store-flight").await;
+    let flight = Duration::from_millis(200);
+    let (in_flight, after) = (Arc::new(ModelBus::new(version)), Arc::new(ModelBus::new(version)));
+    in_flight.set_flight(flight);
+    let real = Store::new(real_bus, "flight-real", Duration::from_secs(5)).await.unwrap();
+    let in_flight = Store::new(in_flight, "flight-in", Duration::from_secs(5)).await.unwrap();
+    let after = Store::new(after, "flight-after", Duration::from_secs(5)).await.unwrap();
+    let config = StreamConfig { num_replicas: 3, ..stream_config("fl", 0, 0, 3) };
+    real.create_stream(&config).await.unwrap();
+    in_flight.create_stream(&config).await.unwrap();
+    after.create_stream(&config).await.unwrap();
+    let (subject, mut last, mut refused) = ("fl.t.a", 0, BTreeMap::<String, u32>::new());
+    for round in 0..36u64 {
+        let id = Some(format!("m{round}"));
+        let (first, second) = match round % 3 {
+            0 => (Expect { last_subject_seq: Some(last), ..Expect::default() }, Some(last)),
+            1 => (Expect { msg_id: id.clone(), ..Expect::default() }, None),
+            _ => (Expect::default(), Some(last)),
+        };
+        let second = match second {
+            Some(seq) => Expect { last_subject_seq: Some(seq), ..Expect::default() },
+            None => Expect { msg_id: id, ..Expect::default() },
+        };
+        let answers = [
+            pair(&real, subject, &first, &second).await,
+            pair(&in_flight, subject, &first, &second).await,
+            pair(&after, subject, &first, &second).await,
+        ];
+        let [(real_a, real_b), (in_a, in_b), (after_a, after_b)] = &answers;
+        assert!(real_a == in_a && real_a == after_a, "round {round}: the first write: {answers:?}");
+        assert_ne!(in_b, after_b, "round {round}: the model's window changed nothing: {answers:?}");
+        assert!(real_b == in_b || real_b == after_b, "round {round}: {answers:?}");
+        if real_b == in_b {
+            *refused.entry(in_b.clone()).or_default() += 1;
+        }
+        let lasts = [
+            last_seq(&real, &config.name, subject).await,
+            last_seq(&in_flight, &config.name, subject).await,
+            last_seq(&after, &config.name, subject).await,
+        ];
+        assert!(lasts.iter().all(|l| *l == lasts[0]), "round {round}: the streams differ: {lasts:?}");
+        last = lasts[0];
+        // The model's window closes before the next pair (the real one closed long before).
+        tokio::time::sleep(flight + Duration::from_millis(50)).await;
+    }
+    eprintln!("second writes refused in flight on the cluster: {refused:?}");
+    assert!(refused.keys().any(|k| k.contains("wrong last sequence")), "{refused:?}");
+    assert!(refused.keys().any(|k| k.contains("in process")), "{refused:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two writes to `subject` sent back to back; their answers as text.
+async fn pair<B: Bus>(store: &Store<B>, subject: &str, first: &Expect, second: &Expect) -> (String, String) {
+    let (a, b) = tokio::join!(
+        store.publish(subject, Vec::new(), vec![1], first),
+        store.publish(subject, Vec::new(), vec![2], second)
+    );
+    (show(a), show(b))
+}
+
+/// The last sequence of `subject` in stream `stream` (0: none).
+async fn last_seq<B: Bus>(store: &Store<B>, stream: &str, subject: &str) -> u64 {
+    let got = store.get(stream, &MsgQuery::LastBySubject(subject.to_owned())).await;
+    got.map_or(0, |m| m.seq)
 }
 
 /// The client's request path: an answer that never comes is a timeout, and a request with no

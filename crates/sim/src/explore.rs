@@ -117,6 +117,13 @@ pub fn scenario_for(seed: u64) -> Scenario {
     if fleet_rng.random_bool(0.35) {
         make_fleet(&mut scenario, &mut fleet_rng);
         lose_orphans = fleet_rng.random_bool(0.5);
+        // Its own stream again: half the stores are a cluster's, with writes in flight.
+        let mut flight_rng = StdRng::seed_from_u64(clientmq_core::seed::derive(seed, "explore/flight"));
+        if let Some(fleet) = scenario.fleet.as_mut().filter(|f| f.store)
+            && flight_rng.random_bool(0.5)
+        {
+            fleet.store_flight_ms = Some(flight_rng.random_range(1..=30));
+        }
     }
     aim_restarts(&mut scenario, &mut rng);
     if lose_orphans {
@@ -167,6 +174,7 @@ fn make_fleet(s: &mut Scenario, rng: &mut StdRng) {
         workers: if store { rng.random_range(1..=3) } else { 1 },
         store,
         grace_secs: Some(rng.random_range(3.0..30.0_f64).round()),
+        store_flight_ms: None,
     };
     let gateways = fleet.gateway_hosts();
     let pick = |rng: &mut StdRng| gateways[rng.random_range(0..gateways.len())].clone();

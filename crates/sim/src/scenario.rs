@@ -103,6 +103,12 @@ pub struct Fleet {
     /// The workers' session grace period, seconds (default 30).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grace_secs: Option<f64>,
+    /// The store is a clustered stream (nats-server 2.10 and later, three replicas) whose
+    /// leader keeps each write in process this long, milliseconds: meanwhile it refuses a
+    /// conditional write to the same key, or a message with the same id, as in flight
+    /// (`StoreModel::set_flight`). Unset: one server, nothing ever in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_flight_ms: Option<u64>,
 }
 
 fn one() -> usize {

@@ -28,7 +28,7 @@ fn a_gateway_announces_its_open_connections_every_second() -> turmoil::Result {
         .epoch(UNIX_EPOCH)
         .simulation_duration(Duration::from_secs(30))
         .build();
-    bus_host(&mut sim, None);
+    bus_host(&mut sim, None, None);
     sim.host("gateway", || async {
         let mut config = ServerConfig { shards: 2, seed: Some(1), ..ServerConfig::default() };
         config.gateway.route_key = "g1".into();

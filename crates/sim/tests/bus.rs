@@ -114,7 +114,7 @@ fn sim(seed: u64) -> turmoil::Sim<'static> {
         .epoch(UNIX_EPOCH)
         .simulation_duration(Duration::from_secs(120))
         .build();
-    bus_host(&mut sim, None);
+    bus_host(&mut sim, None, None);
     sim
 }
 

@@ -16,14 +16,20 @@ use clientmq_sim::trace::now;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-fn sim(seed: u64) -> turmoil::Sim<'static> {
+/// A simulation with the bus; with `flight`, its store is a cluster's stream that keeps each
+/// write in process that long.
+fn sim_with(seed: u64, flight: Option<Duration>) -> turmoil::Sim<'static> {
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH)
         .simulation_duration(Duration::from_secs(60))
         .build();
-    bus_host(&mut sim, None);
+    bus_host(&mut sim, None, flight);
     sim
+}
+
+fn sim(seed: u64) -> turmoil::Sim<'static> {
+    sim_with(seed, None)
 }
 
 async fn connected(bus: &SimBus) {
@@ -45,10 +51,11 @@ async fn store(who: &str) -> (Store<SimBus>, Bucket) {
     (store, bucket)
 }
 
-/// Adds `who` to the list at key "room", deciding on what it read; on a conflict it reads
-/// again and decides again. Returns how many conflicts it met.
-async fn join(store: &Store<SimBus>, bucket: &Bucket, who: &str) -> u32 {
-    let mut conflicts = 0;
+/// Adds `who` to the list at key "room", deciding on what it read; on a conflict (or a write
+/// refused as in flight) it reads again and decides again. Returns how many refusals of each
+/// kind it met.
+async fn join(store: &Store<SimBus>, bucket: &Bucket, who: &str) -> (u32, u32) {
+    let (mut conflicts, mut in_flight) = (0, 0);
     loop {
         let entry = bucket.entry(store, "room").await.expect("read");
         let (mut members, revision) = match entry {
@@ -59,16 +66,17 @@ async fn join(store: &Store<SimBus>, bucket: &Bucket, who: &str) -> u32 {
         members.push_str(who);
         members.push(' ');
         match bucket.put(store, "room", members.into_bytes(), Some(revision)).await {
-            Ok(_) => return conflicts,
+            Ok(_) => return (conflicts, in_flight),
             Err(StoreError::WrongLastSequence(_)) => conflicts += 1,
+            Err(StoreError::InFlight(_)) => in_flight += 1,
             Err(e) => panic!("{who}: {e}"),
         }
     }
 }
 
-#[test]
-fn workers_racing_on_one_key_lose_no_write() -> turmoil::Result {
-    let mut sim = sim(1);
+/// Three workers join five times each, racing on one key; what each join met.
+fn race(flight: Option<Duration>) -> Vec<(u32, u32)> {
+    let mut sim = sim_with(1, flight);
     let conflicts = Arc::new(Mutex::new(Vec::new()));
     for who in ["w1", "w2", "w3"] {
         let conflicts = conflicts.clone();
@@ -95,11 +103,25 @@ fn workers_racing_on_one_key_lose_no_write() -> turmoil::Result {
         assert_eq!(entry.revision, 15);
         Ok(())
     });
-    sim.run()?;
-    let conflicts = conflicts.lock().unwrap();
-    assert_eq!(conflicts.len(), 15);
-    assert!(conflicts.iter().sum::<u32>() > 0, "the workers never raced: the test proves nothing");
-    Ok(())
+    sim.run().unwrap();
+    let met = conflicts.lock().unwrap().clone();
+    assert_eq!(met.len(), 15);
+    met
+}
+
+#[test]
+fn workers_racing_on_one_key_lose_no_write() {
+    let met = race(None);
+    assert!(met.iter().map(|m| m.0).sum::<u32>() > 0, "the workers never raced: the test proves nothing");
+    assert_eq!(met.iter().map(|m| m.1).sum::<u32>(), 0, "one server has nothing in flight");
+}
+
+/// On a cluster's stream, a write racing one still in process is refused as in flight, and
+/// deciding again loses nothing either.
+#[test]
+fn on_a_cluster_writes_in_flight_are_refused_and_decided_again() {
+    let met = race(Some(Duration::from_millis(30)));
+    assert!(met.iter().map(|m| m.1).sum::<u32>() > 0, "no write was in flight: {met:?}");
 }
 
 #[test]

@@ -55,6 +55,13 @@ impl ModelBus {
         }
     }
 
+    /// Writes stay in process this long after the model takes them (see
+    /// [`StoreModel::set_flight`]; a clustered 2.10 model only).
+    pub fn set_flight(&self, flight: std::time::Duration) {
+        let nanos = u64::try_from(flight.as_nanos()).unwrap_or(u64::MAX);
+        self.model.lock().unwrap_or_else(PoisonError::into_inner).set_flight(nanos);
+    }
+
     /// The next publish to `subject` that expects an answer is refused with JetStream's
     /// `err_code` (503, as a clustered stream answers while it replicates) and stores nothing:
     /// for tests of what a client does with the answers a single model never gives, such as

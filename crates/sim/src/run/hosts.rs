@@ -25,6 +25,7 @@ use crate::scenario::Scenario;
 use crate::trace::{self, Body, Digest, Proc, Record, Source, Trace};
 use clientmq_bus::BusMessage;
 use clientmq_bus::contract::{Subjects, header::TYPE};
+use clientmq_bus::store::model::{StoreModel, Version};
 
 /// Where the simulated bus listens.
 pub const BUS: &str = "bus:4222";
@@ -128,9 +129,15 @@ pub(super) fn gateway(sim: &mut turmoil::Sim<'_>, world: &World, host: &str) {
 
 /// The bus host: a broker with NATS core's semantics, whose restart loses every subscription
 /// and message in flight, and JetStream's subset (`clientmq_bus::store`), whose streams outlive
-/// a restart as a file store does.
-pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>) {
+/// a restart as a file store does. With `flight`, the store is a cluster's stream that keeps
+/// each write in process that long (see `Fleet::store_flight_ms`).
+pub fn bus(sim: &mut turmoil::Sim<'_>, trace: Option<Trace>, flight: Option<Duration>) {
     let store = SharedStore::default();
+    if let Some(flight) = flight {
+        let mut model = StoreModel::new(Version::V2_10Clustered);
+        model.set_flight(u64::try_from(flight.as_nanos()).unwrap_or(u64::MAX));
+        *store.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = model;
+    }
     // Outside the host: what the facts so far say outlives a broker restart, as the store does.
     let facts = Arc::new(std::sync::Mutex::new(StoreFacts::new(PREFIX)));
     sim.host("bus", move || {

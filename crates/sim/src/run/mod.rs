@@ -167,7 +167,8 @@ pub fn run_with(scenario: &Scenario, options: &RunOptions) -> Outcome {
     let trace = world.trace.clone();
     let broken = world.broken.clone();
     if let Some(fleet) = &scenario.fleet {
-        hosts::bus(&mut sim, Some(world.trace.clone()));
+        let flight = fleet.store_flight_ms.map(Duration::from_millis);
+        hosts::bus(&mut sim, Some(world.trace.clone()), flight);
         let grace = fleet.grace_secs.map_or(Duration::from_secs(30), Duration::from_secs_f64);
         for host in fleet.worker_hosts() {
             hosts::chat_worker(&mut sim, &world, &host, grace, fleet.store);
