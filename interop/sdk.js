@@ -207,10 +207,18 @@ class Client {
             .map((m) => `${m.from.screenName}: ${m.message}`);
     }
 
+    // Ends the session with pcast.Bye, through the SDK's protocol object (its stop() only closes
+    // the socket); the socket stays open.
+    async bye() {
+        const response = await call(`${this.name} says bye`, (cb) => this.pcast.getProtocol().bye('done', cb));
+        assert.equal(response.status, 'ok', `${this.name} says bye`);
+    }
+
     // Reconnect sockets cannot be attributed to a client, so stop one client at a time: exactly
-    // one socket that was open must close, with 1000 byebye.
-    async stop() {
-        if (this.rooms && this.rooms.isInRoom()) {
+    // one socket that was open must close, with 1000 byebye. With `leave` false, a room it is
+    // in is not left first.
+    async stop(leave = true) {
+        if (leave && this.rooms && this.rooms.isInRoom()) {
             await call(`${this.name} leaves on stop`, (cb) => this.rooms.leaveRoom(cb, false));
         }
 

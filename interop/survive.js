@@ -6,7 +6,9 @@
 //                      until the fleet writes to the store again; answer "done"
 //
 // Afterwards: the same sessions (nobody re-authenticates), nobody ever saw a member leave, chat
-// goes on both ways, and a newcomer finds the room by alias with its members and every message.
+// goes on both ways, and a newcomer finds the room by alias with its members and every message;
+// then the newcomer ends its session with pcast.Bye from inside the room, its socket left open,
+// and the others see it leave while its gateway stops carrying the room to it.
 //
 // Environment: CLIENTMQ_GW1_PORT, CLIENTMQ_GW2_PORT, CLIENTMQ_TOKEN.
 'use strict';
@@ -75,9 +77,19 @@ async function main() {
     assert.deepEqual(dave.messages(), sent, 'a newcomer finds every message, once, in order');
     step('a newcomer finds the room by alias with its members and its whole conversation');
 
-    for (const client of [dave, bob, alice]) {
+    // dave ends his session with Bye from inside the room and keeps his socket open: alice and
+    // bob see him leave, and his gateway stops carrying the room to him.
+    await dave.bye();
+    await waitFor('alice and bob to see dave leave', () =>
+        [alice, bob].every((c) => c.memberIds().join() === both.join()));
+    await waitFor('dave\'s subscriptions gone from his gateway', async () =>
+        (await gauge(GW1, 'clientmq_subscriptions')) === 2);
+    step('a session that says Bye in a room leaves it for everyone, its socket still open');
+
+    for (const client of [bob, alice]) {
         await client.stop();
     }
+    await dave.stop(false);
 }
 
 main().then(() => {
