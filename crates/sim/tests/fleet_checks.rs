@@ -228,6 +228,40 @@ fn a_reply_that_overtakes_its_subscription_is_caught() {
     assert!(v.contains("gw1: answered chat.JoinRoom before subscribing it to room r1"), "{v}");
 }
 
+/// A conversation subscription decided after the gateway gave up on its request (timed out)
+/// lands later, unordered with another worker's answer to the next request (explore seed
+/// 500,017,884): that answer may overtake it. Still owed within the quiet bound.
+#[test]
+fn what_a_timed_out_request_decides_later_may_follow_other_answers_but_not_for_long() {
+    let late = with([
+        gw(5.0, 0, late_timeout()),
+        fact(5.1, conversation_fact()),
+        answered(5.2, 0, "chat.SendMessageToRoom"),
+    ]);
+    assert_eq!(first(&late), None);
+    // Without the timeout, the same answer overtakes a subscription it should follow.
+    let overtaken = with([fact(5.1, conversation_fact()), answered(5.2, 0, "chat.SendMessageToRoom")]);
+    let v = first(&overtaken).expect("caught");
+    assert!(v.contains("answered chat.SendMessageToRoom before subscribing it to conversation r1"), "{v}");
+    // And never subscribed: the quiet rule's bound.
+    let never = with([gw(5.0, 0, late_timeout()), fact(5.1, conversation_fact()), tick(8.0)]);
+    let v = first(&never).expect("caught");
+    assert!(v.contains("which is not what its session hears"), "{v}");
+}
+
+fn conversation_fact() -> Fact {
+    Fact::Hears { session: "s0".into(), topic: Topic::Conversation, room: ROOM.into() }
+}
+
+fn late_timeout() -> EventKind {
+    EventKind::Answered {
+        request_id: "C3".into(),
+        request_type: "chat.FetchRoomConversation".into(),
+        outcome: RequestOutcome::Timeout,
+        elapsed: Duration::from_secs(3),
+    }
+}
+
 #[test]
 fn a_connection_left_subscribed_after_a_takeover_is_caught() {
     let takeover = [

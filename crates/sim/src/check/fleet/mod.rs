@@ -231,6 +231,9 @@ impl FleetCheck {
             EventKind::Answered { request_type, outcome: RequestOutcome::Ok, .. } => {
                 return self.subs.answered(at, conn, request_type, session);
             }
+            EventKind::Answered { outcome: RequestOutcome::Timeout, elapsed, .. } => {
+                self.subs.gave_up(conn, at.saturating_sub(*elapsed));
+            }
             _ => {}
         }
         Ok(())
@@ -279,11 +282,11 @@ impl FleetCheck {
                 }
             }
             WorkerEvent::Fact(Fact::Hears { session, topic, room }) => {
-                self.subs.hears(session, (*topic, room.clone()), true);
+                self.subs.hears(at, session, (*topic, room.clone()), true);
                 self.recheck_session(at, session);
             }
             WorkerEvent::Fact(Fact::Left { session, room }) => {
-                self.subs.hears(session, (clientmq_core::Topic::Room, room.clone()), false);
+                self.subs.hears(at, session, (clientmq_core::Topic::Room, room.clone()), false);
                 self.recheck_session(at, session);
             }
             WorkerEvent::GatewayGone { gateway, .. } => {
