@@ -193,21 +193,13 @@ impl HearingCheck {
                                 *since = None;
                             }
                         }
-                        let (room, session) = (room.clone(), self.session_of(&id));
-                        let same: Vec<ListenerId> = (self.listeners.iter())
-                            .filter(|(_, l)| l.session == session)
-                            .map(|(id, _)| id.clone())
-                            .collect();
+                        let (room, same) = (room.clone(), self.connections_of_session_of(&id));
                         self.forget_dues(|d| d.subject.1 == room && same.contains(&d.listener));
                     }
                     Change::Bye => {
                         // Everything still allowed (it may be on its way), nothing due.
                         wants.values_mut().for_each(|since| *since = None);
-                        let session = self.session_of(&id);
-                        let same: Vec<ListenerId> = (self.listeners.iter())
-                            .filter(|(_, l)| l.session == session)
-                            .map(|(id, _)| id.clone())
-                            .collect();
+                        let same = self.connections_of_session_of(&id);
                         self.forget_dues(|d| same.contains(&d.listener));
                     }
                 }
@@ -233,6 +225,12 @@ impl HearingCheck {
             Seen::Ended(_) => self.end(|l| l == &id),
         }
         Ok(())
+    }
+
+    /// Every connection of the session connection `id` is on (`id` included).
+    fn connections_of_session_of(&self, id: &ListenerId) -> Vec<ListenerId> {
+        let session = self.session_of(id);
+        (self.listeners.iter()).filter(|(_, l)| l.session == session).map(|(id, _)| id.clone()).collect()
     }
 
     fn heard(&mut self, id: &ListenerId, h: &Heard) -> Result<(), String> {

@@ -192,8 +192,7 @@ impl Subs {
             Some(c) if c.unknown || c.orphan => true,
             Some(c) => {
                 let hears = session.and_then(|s| self.hears.get(s));
-                hears.is_none_or(BTreeMap::is_empty) && c.subs.is_empty()
-                    || hears.is_some_and(|h| h.keys().eq(c.subs.iter()))
+                hears.map_or(c.subs.is_empty(), |h| h.keys().eq(c.subs.iter()))
             }
         };
         if agree {
