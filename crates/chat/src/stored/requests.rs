@@ -179,14 +179,12 @@ fn grace_ms<B: Bus>(n: &Node<B>) -> u64 {
 }
 
 /// The session is let go with no grace first, so its record names `conn` until it is told to
-/// stop hearing the session's rooms: a worker that dies between the end's writes and those
-/// unsubscriptions leaves both (the end, due at once, and the telling) to any worker's sweep.
+/// stop hearing the session's rooms (which `end_session` does before it ends the session): a
+/// worker that dies between those writes and unsubscriptions leaves both (the end, due at
+/// once, and the telling) to any worker's sweep.
 async fn bye<B: Bus>(n: &Node<B>, session: &str, conn: &str) -> Result<pcast::ByeResponse, DecideError> {
     let now = n.now_ms();
-    let detached = decide(&n.store, &n.layout, &n.cache, |c| sessions::let_go(c, conn, now, 0)).await?;
-    if detached.as_deref() == Some(session) {
-        n.tell_released(session).await?;
-    }
+    decide(&n.store, &n.layout, &n.cache, |c| sessions::let_go(c, conn, now, 0)).await?;
     n.end_session(session, false).await?;
     Ok(pcast::ByeResponse { status: status::OK.to_owned() })
 }
