@@ -12,6 +12,7 @@
 //! (`touched`) until it is told. The decider tells it and clears it with the decision's events;
 //! if the decider died first, any worker's sweep tells what the store says now and clears it.
 
+use std::collections::BTreeSet;
 use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 
@@ -22,10 +23,10 @@ use clientmq_core::{Revision, Topic};
 use tokio::sync::oneshot;
 
 use super::cache::{Bucket, lock};
-use super::decide::{DecideError, decide};
+use super::decide::{DecideError, MAX_ATTEMPTS, decide};
 use super::follow::refresh;
 use super::history::settle;
-use super::records::{RoomKey, session_key};
+use super::records::{RoomKey, Touched, session_key};
 use super::sessions;
 use super::worker::{ACK_WITHIN, Node};
 
@@ -204,36 +205,55 @@ impl<B: Bus> Node<B> {
 
     /// Tells the connections of the sessions `touched` by decisions about `room` what they
     /// hear of it as the store says now, then clears them from the record: what a decider that
-    /// died before telling them left undone. Each session's key is read before the room's.
+    /// died before telling them left undone. The sessions' keys are read (one catch-up, however
+    /// many there are: a hot room under a dead worker collects dozens) before the room's.
     pub async fn tell_touched(&self, room: &str) -> Result<(), StoreError> {
         let touched = match lock(&self.cache).room(room) {
             Some(r) if !r.value.touched.is_empty() => r.value.touched.clone(),
             _ => return Ok(()),
         };
-        let mut holders = Vec::new();
-        for t in &touched {
-            let Some((holder, binding)) = self.holder(&t.session).await else { return Ok(()) };
-            holders.push((t.session.clone(), holder, binding));
+        if !self.catch_up(Bucket::Sessions).await? {
+            return Ok(());
         }
+        let holders: Vec<(String, Holder, u64)> = {
+            let cache = lock(&self.cache);
+            let sessions: BTreeSet<&str> = touched.iter().map(|t| t.session.as_str()).collect();
+            (sessions.into_iter())
+                .filter_map(|id| {
+                    let s = cache.session(id)?;
+                    let holder = s.value.conn.clone().zip(s.value.gateway.clone())?;
+                    Some((id.to_owned(), holder, s.revision))
+                })
+                .collect()
+        };
         let key = RoomKey::Room(room.to_owned()).key();
         refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
         let messages: Vec<BusMessage> = {
             let cache = lock(&self.cache);
             let Some(record) = cache.room(room) else { return Ok(()) };
             (holders.iter())
-                .filter_map(|(session, holder, binding)| {
-                    let (conn, gateway) = holder.as_ref()?;
+                .map(|(session, (conn, gateway), binding)| {
                     let member = record.value.member(session).is_some();
                     let listens = member && record.value.listeners.contains(session);
                     let changes = [(Topic::Room, member), (Topic::Conversation, listens)];
                     let at = Revision { binding: Some(*binding), room: record.revision };
-                    Some(self.subscription((gateway, conn), room, &changes, at))
+                    self.subscription((gateway, conn), room, &changes, at)
                 })
                 .collect()
         };
         for msg in messages {
             self.publish(msg).await;
         }
-        settle(&self.store, &self.layout, &self.cache, room, |t| touched.contains(t)).await
+        // A decision that moved the record meanwhile left what was told in it: cleared from the
+        // record as it is then (a hot room would otherwise keep them, to be told at every sweep).
+        let told = |t: &Touched| touched.contains(t);
+        for _ in 0..MAX_ATTEMPTS {
+            settle(&self.store, &self.layout, &self.cache, room, told).await?;
+            if lock(&self.cache).room(room).is_none_or(|r| !r.value.touched.iter().any(told)) {
+                break;
+            }
+            refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
+        }
+        Ok(())
     }
 }
