@@ -361,6 +361,38 @@ mod tests {
         assert_eq!(s.parse_alive("clientmq.gateway.alive"), None);
     }
 
+    /// The subjects as docs/nats.md's table names them (a foreign worker is written against
+    /// it), and each subscription pattern takes what the other side publishes, and no more.
+    #[test]
+    fn subjects_are_the_documented_ones_and_each_pattern_takes_its_side() {
+        use crate::subject::subject_matches;
+        let s = Subjects::new("P");
+        assert_eq!(s.resubscribe(), "P.resubscribe");
+        assert_eq!(s.disconnected(), "P.disconnected");
+        assert_eq!(s.alive("G"), "P.gateway.G.alive");
+        assert_eq!(s.gateway("G", ToGateway::Resubscribed(3)), "P.gw.G.resubscribed.3");
+        let request = s.request("chat.JoinRoom").unwrap();
+        assert_eq!(request, "P.req.chat.JoinRoom");
+        assert!(subject_matches(&s.requests_of("chat"), &request));
+        assert!(!subject_matches(&s.requests_of("pcast"), &request));
+        assert!(!subject_matches(&s.requests_of("chat"), "P.req.chatter.X"));
+        for g in ["G", "gw.k3x9a1pq"] {
+            assert!(subject_matches(&s.alive_all(), &s.alive(g)));
+            for what in
+                [ToGateway::Reply(1), ToGateway::Event, ToGateway::Orphans, ToGateway::Resubscribed(2)]
+            {
+                let subject = s.gateway(g, what);
+                assert!(subject_matches(&s.to_gateway(g), &subject), "{subject}");
+                assert!(!subject_matches(&s.to_gateway("H"), &subject), "{subject}");
+            }
+        }
+        assert!(!subject_matches(&s.alive_all(), &s.disconnected()));
+        for topic in [Topic::Room, Topic::Conversation] {
+            assert_eq!(s.parse_room(&s.room(topic, "r 1")), Some((topic, "r 1".to_owned())));
+        }
+        assert_eq!(s.parse_room("P.other.x"), None);
+    }
+
     #[test]
     fn any_room_id_is_one_token_and_comes_back() {
         for room in ["Ab3-x", "lobby", "with.dot", "with space", "_under", "ünï", "a>b*c", ""] {
