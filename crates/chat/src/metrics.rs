@@ -58,7 +58,7 @@ impl WorkerMetrics {
         let r = &mut m.registry;
         r.register(
             "requests",
-            "Requests served, by type and outcome (ok, or error: an mq.Error)",
+            "Requests, by type and outcome (ok; error: answered an mq.Error; refused: too many queued on its connection; expired: left unserved, its gateway no longer waiting)",
             m.requests.clone(),
         );
         r.register("sessions", "Sessions, attached or in their grace period", m.sessions.clone());
@@ -107,6 +107,13 @@ impl WorkerMetrics {
     /// A request of `ty` was answered; `error` when the answer was an `mq.Error`.
     pub fn request(&self, ty: &str, error: bool) {
         let outcome = if error { "error" } else { "ok" };
+        self.requests.get_or_create(&vec![("type", ty.to_owned()), ("outcome", outcome.to_owned())]).inc();
+    }
+
+    /// A request of `ty` not served: `expired` (its gateway no longer waits) or refused
+    /// (answered `unavailable`: too many queued on its connection).
+    pub fn unserved(&self, ty: &str, expired: bool) {
+        let outcome = if expired { "expired" } else { "refused" };
         self.requests.get_or_create(&vec![("type", ty.to_owned()), ("outcome", outcome.to_owned())]).inc();
     }
 

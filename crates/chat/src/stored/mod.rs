@@ -13,6 +13,7 @@ pub mod ending;
 pub mod follow;
 pub mod history;
 pub mod layout;
+mod queue;
 pub mod records;
 mod requests;
 pub mod rooms;

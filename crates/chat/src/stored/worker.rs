@@ -4,7 +4,8 @@
 //!
 //! - Each request is served in a task of its own, in order per connection (a client's requests
 //!   may be pipelined) and concurrently across connections: a decision waits on the store, and
-//!   a join on its gateway's acknowledgement, without holding anything else back.
+//!   a join on its gateway's acknowledgement, without holding anything else back. A connection's
+//!   queue is bounded, and a request its gateway stopped waiting for is dropped (`queue`).
 //! - What a request changes for its connection (subscriptions) is published before its reply,
 //!   ordered among all workers' changes by the store's revisions (`tell`);
 //!   room events and chat messages reach the rooms through the history stream's republish, so a
@@ -23,18 +24,19 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clientmq_bus::contract::{self, ANNOUNCE_EVERY, Subjects, header};
+use clientmq_bus::contract::{ANNOUNCE_EVERY, Subjects, header};
 use clientmq_bus::gateways::{Answered, Gateways};
 use clientmq_bus::store::{Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
 use clientmq_core::{ConnectionId, Revision, Topic};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, decide};
 use super::layout::{Layout, StartError};
+use super::queue::Queues;
 use super::records::ended_key;
 use super::{directory, ending, follow, sessions};
 use crate::ChatConfig;
@@ -62,7 +64,7 @@ pub(crate) struct Node<B: Bus> {
     pub limits: Limits,
     pub(super) name: String,
     observer: Option<WorkerObserver>,
-    metrics: Option<Arc<WorkerMetrics>>,
+    pub metrics: Option<Arc<WorkerMetrics>>,
     rng: Mutex<StdRng>,
     start: tokio::time::Instant,
     sends: AtomicU64,
@@ -309,7 +311,7 @@ pub async fn run<B: Bus>(
         inputs(&*bus, &subjects, &gateways).await;
     tracing::info!(worker = %config.name, "chat worker serving pcast.* and chat.* from the store");
 
-    let queues: Queues = Arc::new(Mutex::new(BTreeMap::new()));
+    let queues = Queues::default();
     let ticking = Arc::new(AtomicBool::new(false));
     let mut failures_seen = (0, 0);
     // From "never connected": the observer hears of the connection the store was set up on.
@@ -392,8 +394,8 @@ pub async fn run<B: Bus>(
                 let node = node.clone();
                 tokio::spawn(async move { node.resubscribe(msg).await });
             }
-            Some(msg) = pcast.next() => request(&node, &mut gateways, &queues, msg).await,
-            Some(msg) = chat.next() => request(&node, &mut gateways, &queues, msg).await,
+            Some(msg) = pcast.next() => queues.request(&node, &mut gateways, msg).await,
+            Some(msg) = chat.next() => queues.request(&node, &mut gateways, msg).await,
             Some(msg) = ping.next() => {
                 if let Some(reply) = msg.reply {
                     node.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
@@ -406,11 +408,11 @@ pub async fn run<B: Bus>(
     Ok(())
 }
 
-fn now() -> std::time::Instant {
+pub(super) fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-fn tell<B: Bus>(node: &Node<B>, event: WorkerEvent) {
+pub(super) fn tell<B: Bus>(node: &Node<B>, event: WorkerEvent) {
     if let Some(observer) = &node.observer {
         (observer.0)(event);
     }
@@ -486,75 +488,5 @@ async fn bus_changed<B: Bus>(node: &Node<B>, gateways: &mut Gateways, before: Bu
     routes(node, gateways);
     for msg in gateways.worker_back(now()) {
         node.publish(msg).await;
-    }
-}
-
-/// Each connection's requests waiting for the task that serves them, in order.
-type Queues = Arc<Mutex<BTreeMap<ConnectionId, mpsc::UnboundedSender<BusMessage>>>>;
-
-/// A request: checked, counted as proof of its gateway's life, and queued behind the
-/// connection's earlier ones.
-async fn request<B: Bus>(node: &Arc<Node<B>>, gateways: &mut Gateways, queues: &Queues, msg: BusMessage) {
-    let Some(reply) = msg.reply.clone() else { return };
-    let g = msg.header(header::GATEWAY).filter(|g| contract::route_key_ok(g)).map(str::to_owned);
-    let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
-    let (Some(g), Some(conn)) = (g, conn) else {
-        let refused = wire::error(wire::reason::MALFORMED);
-        node.publish(BusMessage::new(reply, refused.payload).with(header::TYPE, refused.reply_type)).await;
-        return;
-    };
-    if gateways.request_from(&g, conn, now()) {
-        tell(node, WorkerEvent::GatewayBack { gateway: g });
-    }
-    let mut queues_now = queues.lock().unwrap_or_else(PoisonError::into_inner);
-    let msg = match queues_now.get(&conn) {
-        Some(tx) => match tx.send(msg) {
-            Ok(()) => return,
-            Err(mpsc::error::SendError(msg)) => msg,
-        },
-        None => msg,
-    };
-    let (tx, rx) = mpsc::unbounded_channel();
-    tx.send(msg).expect("just made");
-    queues_now.insert(conn, tx);
-    tokio::spawn(serve(node.clone(), queues.clone(), conn, rx));
-}
-
-/// Serves connection `conn`'s requests one after the other until none is waiting.
-async fn serve<B: Bus>(
-    node: Arc<Node<B>>,
-    queues: Queues,
-    conn: ConnectionId,
-    mut rx: mpsc::UnboundedReceiver<BusMessage>,
-) {
-    loop {
-        let msg = match rx.try_recv() {
-            Ok(msg) => msg,
-            Err(_) => {
-                // Gone from the map under the lock the loop queues under: nothing is lost.
-                let mut queues = queues.lock().unwrap_or_else(PoisonError::into_inner);
-                match rx.try_recv() {
-                    Ok(msg) => msg,
-                    Err(_) => {
-                        queues.remove(&conn);
-                        return;
-                    }
-                }
-            }
-        };
-        let Some(reply) = msg.reply.clone() else { continue };
-        let prefix = format!("{}.req.", node.subjects.prefix());
-        let request_type = msg.subject.strip_prefix(&prefix).unwrap_or_default().to_owned();
-        let g = msg.header(header::GATEWAY).unwrap_or_default().to_owned();
-        let claims = msg
-            .header(header::APPLICATION)
-            .zip(msg.header(header::CLAIMS))
-            .and_then(|(application, claims)| contract::parse_claims(application, claims));
-        let answer =
-            super::requests::handle(&node, conn, &g, &request_type, &msg.payload, claims.as_ref()).await;
-        if let Some(m) = &node.metrics {
-            m.request(&request_type, answer.reply_type == "mq.Error");
-        }
-        node.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
     }
 }

@@ -1,0 +1,249 @@
+//! Each connection's requests, served in order (a client may pipeline them) by a task of the
+//! connection's own, concurrently across connections. The queue is bounded, and a request
+//! leaves it unserved once its gateway has stopped waiting for the answer.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use clientmq_bus::contract::{self, header};
+use clientmq_bus::gateways::Gateways;
+use clientmq_bus::{Bus, BusMessage};
+use clientmq_core::ConnectionId;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+
+use super::worker::{Node, now, tell};
+use crate::wire::{self, reason};
+use crate::worker::WorkerEvent;
+
+/// Requests waiting on one connection. A gateway keeps at most `--max-pending-requests` (64 by
+/// default) in flight on a connection; more than that here are ones it gave up on under a slow
+/// store, which their deadlines clear. Past the bound a request is answered `unavailable`.
+pub const QUEUED_PER_CONNECTION: usize = 128;
+
+/// A request and the instant its gateway stops waiting for the answer (`Clientmq-Timeout-Ms`
+/// from its arrival here; none without the header).
+struct Queued {
+    msg: BusMessage,
+    until: Option<Instant>,
+}
+
+/// Each connection's requests waiting for the task that serves them, in order.
+#[derive(Default, Clone)]
+pub struct Queues(Arc<Mutex<BTreeMap<ConnectionId, mpsc::Sender<Queued>>>>);
+
+impl Queues {
+    /// A request: checked, counted as proof of its gateway's life, and queued behind the
+    /// connection's earlier ones.
+    pub async fn request<B: Bus>(&self, node: &Arc<Node<B>>, gateways: &mut Gateways, msg: BusMessage) {
+        let Some(reply) = msg.reply.clone() else { return };
+        let g = msg.header(header::GATEWAY).filter(|g| contract::route_key_ok(g)).map(str::to_owned);
+        let conn = msg.header(header::CONNECTION).and_then(|c| c.parse::<ConnectionId>().ok());
+        let (Some(g), Some(conn)) = (g, conn) else {
+            return refuse(node, reply, reason::MALFORMED).await;
+        };
+        if gateways.request_from(&g, conn, now()) {
+            tell(node, WorkerEvent::GatewayBack { gateway: g });
+        }
+        let wait = msg.header(header::TIMEOUT_MS).and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
+        let queued_subject = msg.subject.clone();
+        let queued = Queued { msg, until: wait.map(|w| Instant::now() + w) };
+        let full = {
+            let mut queues = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+            let sent = match queues.get(&conn) {
+                Some(tx) => tx.try_send(queued),
+                None => Err(TrySendError::Closed(queued)),
+            };
+            match sent {
+                Ok(()) => false,
+                Err(TrySendError::Full(_)) => true,
+                Err(TrySendError::Closed(queued)) => {
+                    let (tx, rx) = mpsc::channel(QUEUED_PER_CONNECTION);
+                    tx.try_send(queued).unwrap_or_else(|_| unreachable!("just made"));
+                    queues.insert(conn, tx);
+                    tokio::spawn(serve(node.clone(), self.clone(), conn, rx));
+                    false
+                }
+            }
+        };
+        if full {
+            tracing::debug!(%conn, "too many requests queued on one connection");
+            if let Some(m) = &node.metrics {
+                m.unserved(&request_type(node, &queued_subject), false);
+            }
+            refuse(node, reply, reason::UNAVAILABLE).await;
+        }
+    }
+}
+
+/// The request type a request's subject names.
+fn request_type<B: Bus>(node: &Node<B>, subject: &str) -> String {
+    let prefix = format!("{}.req.", node.subjects.prefix());
+    subject.strip_prefix(&prefix).unwrap_or_default().to_owned()
+}
+
+async fn refuse<B: Bus>(node: &Node<B>, reply: String, reason: &str) {
+    let refused = wire::error(reason);
+    node.publish(BusMessage::new(reply, refused.payload).with(header::TYPE, refused.reply_type)).await;
+}
+
+/// Serves connection `conn`'s requests one after the other until none is waiting.
+async fn serve<B: Bus>(
+    node: Arc<Node<B>>,
+    queues: Queues,
+    conn: ConnectionId,
+    mut rx: mpsc::Receiver<Queued>,
+) {
+    loop {
+        let queued = match rx.try_recv() {
+            Ok(queued) => queued,
+            Err(_) => {
+                // Gone from the map under the lock the loop queues under: nothing is lost.
+                let mut queues = queues.0.lock().unwrap_or_else(PoisonError::into_inner);
+                match rx.try_recv() {
+                    Ok(queued) => queued,
+                    Err(_) => {
+                        queues.remove(&conn);
+                        return;
+                    }
+                }
+            }
+        };
+        let Queued { msg, until } = queued;
+        // Its gateway answered `timeout` already: whatever it did now would be unknown to the
+        // client anyway, and it would hold up the connection's later requests.
+        let request_type = request_type(&node, &msg.subject);
+        if until.is_some_and(|until| Instant::now() >= until) {
+            tracing::debug!(%conn, subject = %msg.subject, "request left unserved: its gateway stopped waiting");
+            if let Some(m) = &node.metrics {
+                m.unserved(&request_type, true);
+            }
+            continue;
+        }
+        let Some(reply) = msg.reply.clone() else { continue };
+        let g = msg.header(header::GATEWAY).unwrap_or_default().to_owned();
+        let claims = msg
+            .header(header::APPLICATION)
+            .zip(msg.header(header::CLAIMS))
+            .and_then(|(application, claims)| contract::parse_claims(application, claims));
+        let answer =
+            super::requests::handle(&node, conn, &g, &request_type, &msg.payload, claims.as_ref()).await;
+        if let Some(m) = &node.metrics {
+            m.request(&request_type, answer.reply_type == "mq.Error");
+        }
+        node.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_bus::{Bus as _, BusMessage, Subscription};
+    use clientmq_core::proto::{chat, mq, pcast};
+    use prost::Message;
+
+    use super::*;
+    use crate::ChatConfig;
+    use crate::worker::WorkerConfig;
+
+    /// A request of `ty` on one connection through gateway `g1`, answered on `t.reply.<n>`;
+    /// its gateway waits `timeout_ms` for the answer.
+    fn request(n: usize, ty: &str, payload: Vec<u8>, timeout_ms: u64) -> BusMessage {
+        BusMessage::new(format!("clientmq.req.{ty}"), payload)
+            .reply_to(format!("t.reply.{n}"))
+            .with(header::GATEWAY, "g1")
+            .with(header::CONNECTION, "c".repeat(32))
+            .with(header::TIMEOUT_MS, timeout_ms.to_string())
+    }
+
+    /// The answers heard until `quiet` passes without one, by number.
+    async fn answers(replies: &mut impl Subscription, quiet: Duration) -> Vec<(usize, BusMessage)> {
+        let mut heard = Vec::new();
+        while let Ok(Some(msg)) = tokio::time::timeout(quiet, replies.next()).await {
+            heard.push((msg.subject.rsplit('.').next().unwrap().parse().unwrap(), msg));
+        }
+        heard
+    }
+
+    fn reason(msg: &BusMessage) -> Option<String> {
+        (msg.header(header::TYPE) == Some("mq.Error"))
+            .then(|| mq::Error::decode(msg.payload.as_slice()).unwrap().reason)
+    }
+
+    /// A connection's join waits a second for its gateway's acknowledgement (nobody gives it
+    /// here) while requests pile up behind it: those past the bound are refused at once, those
+    /// whose gateway stopped waiting are left unserved, and the rest are served in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
+        let bus = Arc::new(ModelBus::default());
+        let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
+        let config = WorkerConfig {
+            prefix: "clientmq".into(),
+            chat: ChatConfig::default(),
+            seed: Some(1),
+            name: "w1".into(),
+            observer: None,
+            metrics: None,
+        };
+        tokio::spawn(crate::stored::worker::run(bus.clone(), config, 1, std::future::pending()));
+        let quiet = Duration::from_millis(100);
+        let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };
+        // The worker subscribes once its store is set up: asked until it answers (the bus says
+        // "no responders" before).
+        for attempt in 0.. {
+            assert!(attempt < 100, "the worker never answered");
+            bus.publish(request(0, "pcast.Authenticate", auth.encode_to_vec(), 10_000)).await.unwrap();
+            let heard = answers(&mut replies, quiet).await;
+            if !heard.is_empty() && heard.iter().all(|(_, m)| m.status.is_none()) {
+                let answer = pcast::AuthenticateResponse::decode(heard[0].1.payload.as_slice()).unwrap();
+                assert_eq!(answer.status, "ok", "{heard:?}");
+                break;
+            }
+        }
+        let room = chat::Room {
+            name: "r".into(),
+            description: "d".into(),
+            r#type: chat::RoomType::MultiPartyChat as i32,
+            ..Default::default()
+        };
+        let create = chat::CreateRoom { session_id: String::new(), room };
+        bus.publish(request(1, "chat.CreateRoom", create.encode_to_vec(), 10_000)).await.unwrap();
+        let created = answers(&mut replies, quiet).await;
+        let response = chat::CreateRoomResponse::decode(created[0].1.payload.as_slice()).unwrap();
+        let room_id = response.room.and_then(|r| r.room_id).unwrap_or_else(|| panic!("{created:?}"));
+
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        let info = chat::GetRoomInfo { room_id: Some(room_id), ..Default::default() }.encode_to_vec();
+        // Waited for 100 ms: gone by the time the join is answered.
+        for n in 3..6 {
+            bus.publish(request(n, "chat.GetRoomInfo", info.clone(), 100)).await.unwrap();
+        }
+        let over = QUEUED_PER_CONNECTION + 10;
+        for n in 6..6 + over {
+            bus.publish(request(n, "chat.GetRoomInfo", info.clone(), 10_000)).await.unwrap();
+        }
+        let heard = answers(&mut replies, Duration::from_secs(3)).await;
+        let refused: Vec<usize> =
+            heard.iter().filter(|(_, m)| reason(m).is_some()).map(|(n, _)| *n).collect();
+        // The join and the three expired ones held places in the queue.
+        let queued_first = QUEUED_PER_CONNECTION - 3;
+        assert_eq!(refused, (6 + queued_first..6 + over).collect::<Vec<_>>());
+        assert!(refused.iter().all(
+            |n| reason(&heard.iter().find(|(m, _)| m == n).unwrap().1).as_deref() == Some("unavailable")
+        ));
+        let served: Vec<(usize, &str)> = (heard.iter())
+            .filter(|(_, m)| reason(m).is_none())
+            .map(|(n, m)| (*n, m.header(header::TYPE).unwrap()))
+            .collect();
+        let expected: Vec<(usize, &str)> = std::iter::once((2, "chat.JoinRoomResponse"))
+            .chain((6..6 + queued_first).map(|n| (n, "chat.GetRoomInfoResponse")))
+            .collect();
+        assert_eq!(served, expected);
+    }
+}
