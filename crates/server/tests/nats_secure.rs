@@ -1,7 +1,8 @@
 //! The fleet on a NATS server that requires TLS (with client certificates) and authenticates
 //! every process with the least-privilege users of docs/nats.md: gateways by password, the
-//! worker by NKey. The unmodified SDK chats through two gateways; a gateway's user cannot read
-//! the requests or write to another gateway, nobody connects without credentials; a gateway
+//! worker by NKey, its state in JetStream. The unmodified SDK chats through two gateways; a
+//! gateway's user cannot read the requests, write to another gateway or touch the store, nobody
+//! connects without credentials; a gateway
 //! with credentials the server refuses is unready (log line, metric) until the server accepts
 //! them; credentials rotate on SIGHUP, certificates and authorities at the next connection; no
 //! secret appears in any log, `--help` or error.
@@ -55,8 +56,9 @@ fn issue(dir: &Path) -> Pki {
 }
 
 /// The production configuration of docs/nats.md, with this test's files and secrets: gateway
-/// users `gw1` and `gw2`, each limited to its own gateway's subjects; `late` adds `gw3`.
-fn config(pki: &Pki, worker_nkey: &str, late_password: Option<&str>) -> String {
+/// users `gw1` and `gw2`, each limited to its own gateway's subjects; `late` adds `gw3`. The
+/// worker keeps its state in JetStream (`--store`), with exactly the store's subjects.
+fn config(pki: &Pki, js_dir: &Path, worker_nkey: &str, late_password: Option<&str>) -> String {
     let p = PREFIX;
     let gateway = |name: &str, password: &str| {
         format!(
@@ -70,6 +72,7 @@ fn config(pki: &Pki, worker_nkey: &str, late_password: Option<&str>) -> String {
     let late = late_password.map_or(String::new(), |pass| gateway("gw3", pass));
     format!(
         r#"
+jetstream {{ store_dir: "{js}" }}
 tls {{
   cert_file: "{cert}"
   key_file: "{key}"
@@ -79,8 +82,8 @@ tls {{
 }}
 authorization {{
   WORKER = {{
-    publish: {{ allow: ["{p}.gw.>", "{p}.room.*", "{p}.conv.*"] }}
-    subscribe: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.>", "{p}.wk.*.>"] }}
+    publish: {{ allow: ["{p}.gw.>", "{p}.room.*", "{p}.conv.*", {store}] }}
+    subscribe: {{ allow: ["{p}.req.>", "{p}.disconnected", "{p}.gateway.>", "{p}.wk.*.>", "_INBOX.>"] }}
   }}
   users: [
     {gw1}
@@ -90,12 +93,31 @@ authorization {{
   ]
 }}
 "#,
+        js = js_dir.display(),
+        store = store_permissions(p),
         gw1 = gateway("gw1", GATEWAY_PASSWORD),
         gw2 = gateway("gw2", GATEWAY_PASSWORD),
         cert = pki.server.0.display(),
         key = pki.server.1.display(),
         ca = pki.ca.display(),
     )
+}
+
+/// What a stored worker on prefix `p` publishes to, as docs/nats.md lists it: JetStream's API
+/// for its three streams (create, read, follow; never delete or purge), its buckets' keys and
+/// the history's subjects.
+fn store_permissions(p: &str) -> String {
+    let mut subjects = vec!["$JS.API.INFO".to_owned()];
+    for stream in [format!("KV_{p}_sessions"), format!("KV_{p}_rooms"), format!("{p}_history")] {
+        for api in ["STREAM.CREATE.", "STREAM.INFO.", "STREAM.MSG.GET.", "CONSUMER.CREATE."] {
+            subjects.push(format!("$JS.API.{api}{stream}"));
+        }
+        for api in ["CONSUMER.INFO.", "CONSUMER.DELETE."] {
+            subjects.push(format!("$JS.API.{api}{stream}.*"));
+        }
+    }
+    subjects.extend([format!("$KV.{p}_sessions.>"), format!("$KV.{p}_rooms.>"), format!("{p}.history.>")]);
+    subjects.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
 }
 
 fn tls_args(pki: &Pki) -> Vec<String> {
@@ -166,7 +188,8 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
         let seed_file = dir.join("worker.nk");
         std::fs::write(&seed_file, &worker_seed).unwrap();
         let conf = dir.join("nats.conf");
-        std::fs::write(&conf, config(&pki, &worker_key.public_key(), None)).unwrap();
+        let js_dir = dir.join("js");
+        std::fs::write(&conf, config(&pki, &js_dir, &worker_key.public_key(), None)).unwrap();
         let log = Log::default();
         npm_ci(&interop_dir(), "phenix-web-sdk/dist/phenix-node-sdk.js").await;
         let mut nats = Nats::start_with(&log, &["-c", &conf.display().to_string()]).await;
@@ -188,6 +211,7 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
             .into_iter()
             .map(str::to_owned)
             .chain([seed_file.display().to_string(), "--listen".into(), format!("127.0.0.1:{chat_port}")])
+            .chain(["--store".to_owned()])
             .collect();
         worker_args.extend(tls_args(&pki));
         let chat = workspace_binary("clientmq-chat").display().to_string();
@@ -219,7 +243,7 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
         // nor write to another gateway.
         let url = format!("nats://{plain}");
         let refused = |said: &[String], what: &str| {
-            let line = format!("permissions violation for {what}");
+            let line = format!("permissions violation for {what}").to_lowercase();
             assert!(said.iter().any(|e| e.contains(&line)), "no `{line}` in {said:?}");
         };
         let gw1 = ("gw1", GATEWAY_PASSWORD);
@@ -229,6 +253,11 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
         let said = refusals(&url, &pki, gw1, "clientmq.gw.gw2.>", "clientmq.gateway.gw2.x.alive").await;
         refused(&said, "subscription to \"clientmq.gw.gw2.>\"");
         refused(&said, "publish to \"clientmq.gateway.gw2.x.alive\"");
+        // Nor read or write the store: sessions, rooms and history are the workers' alone.
+        let forged = "$JS.API.STREAM.DELETE.KV_clientmq_sessions";
+        let said = refusals(&url, &pki, gw1, "$KV.clientmq_sessions.>", forged).await;
+        refused(&said, "subscription to \"$KV.clientmq_sessions.>\"");
+        refused(&said, &format!("publish to \"{forged}\""));
 
         // A gateway whose credentials the server refuses: unready, said in its log and counted,
         // until the server accepts them.
@@ -253,7 +282,7 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
                 .iter()
                 .any(|l| l.starts_with("[gw3]") && l.contains("NATS refused this process's credentials"))
         );
-        std::fs::write(&conf, config(&pki, &worker_key.public_key(), Some(LATE_PASSWORD))).unwrap();
+        std::fs::write(&conf, config(&pki, &js_dir, &worker_key.public_key(), Some(LATE_PASSWORD))).unwrap();
         nats.reload();
         wait_for(WAIT, "gateway 3 ready once the server accepts it", &log, || ready(gw3_port)).await;
 
@@ -265,7 +294,8 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
             scrape(gw3_port, reloaded).await == 1.0
         })
         .await;
-        std::fs::write(&conf, config(&pki, &worker_key.public_key(), Some(ROTATED_PASSWORD))).unwrap();
+        std::fs::write(&conf, config(&pki, &js_dir, &worker_key.public_key(), Some(ROTATED_PASSWORD)))
+            .unwrap();
         // And the TLS material: a new authority, server and client certificates, in the same
         // files. Every process reads them again when it connects; the old authority would not
         // accept the new server.
