@@ -5,6 +5,9 @@
 //   @@clientmq fault   kill the process the test is about (and start what it restarts), wait
 //                      until the fleet writes to the store again; answer "done"
 //
+// With CLIENTMQ_CHAT_THROUGH_FAULT set (a rolling restart), alice and bob take turns sending
+// through the fault, and every send must be answered ok.
+//
 // Afterwards: the same sessions (nobody re-authenticates), nobody ever saw a member leave, chat
 // goes on both ways, and a newcomer finds the room by alias with its members and every message;
 // then the newcomer ends its session with pcast.Bye from inside the room, its socket left open,
@@ -15,11 +18,12 @@
 
 const assert = require('node:assert/strict');
 
-const {Client, ask, chatRound, fail, gauge, step, waitFor} = require('./sdk.js');
+const {Client, ask, chatRound, fail, gauge, sleep, step, waitFor} = require('./sdk.js');
 
 const GW1 = Number(process.env.CLIENTMQ_GW1_PORT);
 const GW2 = Number(process.env.CLIENTMQ_GW2_PORT);
 const TOKEN = process.env.CLIENTMQ_TOKEN;
+const THROUGH_FAULT = Boolean(process.env.CLIENTMQ_CHAT_THROUGH_FAULT);
 const WATCHDOG_MS = 120000;
 
 assert.ok(GW1 > 0 && GW2 > 0 && TOKEN, 'the test sets the environment');
@@ -56,7 +60,27 @@ async function main() {
     const watch = setInterval(() => {
         someoneLeft = someoneLeft || [alice, bob].some((c) => c.memberIds().join() !== both.join());
     }, 25);
-    await ask('fault', 'done', 90000);
+    let faultDone = false;
+    const fault = ask('fault', 'done', 90000).then(() => {
+        faultDone = true;
+    });
+    if (THROUGH_FAULT) {
+        // Turns, each send answered before the next: the room's order is the order sent. Paced
+        // well under the gateway's request rate, and at most 40, so that the whole conversation
+        // stays within what the SDK keeps (100 messages).
+        let n = 0;
+        while (!faultDone && n < 40) {
+            await sleep(100);
+            const client = [alice, bob][n % 2];
+            const text = `during the fault, ${n}`;
+            await client.send(text);
+            sent.push(`${client.name}: ${text}`);
+            n += 1;
+        }
+        assert.ok(n >= 10, `chat flowed through the fault (${n} sends)`);
+        step(`${n} sends during the fault, each answered ok`);
+    }
+    await fault;
     await chatRound([alice, bob], sent, 3);
     await chatRound([bob, alice], sent, 4);
     clearInterval(watch);

@@ -136,8 +136,15 @@ pub trait Bus: Send + Sync + 'static {
 
 /// Messages of one subscription, in the order they arrived.
 pub trait Subscription: Send + 'static {
-    /// The next message; `None` once the bus client is gone for good.
+    /// The next message; `None` once the bus client is gone for good, or once drained.
     fn next(&mut self) -> impl Future<Output = Option<BusMessage>> + Send;
+
+    /// Ends the interest: nothing more is routed here (a queue group's messages go to its other
+    /// members), and `next` yields what was already on its way, then `None`. A bus that cannot
+    /// (the simulated one) changes nothing: the caller bounds its wait.
+    fn drain(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::ready(())
+    }
 }
 
 /// A [`BusStatus`] that can be watched: what bus clients keep and update. Not a tokio `watch`,

@@ -205,4 +205,11 @@ impl Subscription for NatsSubscription {
     async fn next(&mut self) -> Option<BusMessage> {
         self.0.next().await.map(from_nats)
     }
+
+    /// An unsubscribe, then a ping: once the server's pong is back, nothing more can come.
+    async fn drain(&mut self) {
+        if let Err(e) = self.0.drain().await {
+            tracing::debug!(error = %e, "not drained: the client is gone");
+        }
+    }
 }

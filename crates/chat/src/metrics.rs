@@ -31,6 +31,8 @@ pub struct WorkerMetrics {
     connect_failures: Family<Labels, Counter>,
     reloads: Family<Labels, Counter>,
     connected: AtomicBool,
+    /// Subscribed to the requests it serves: set up (the store checked), and not draining.
+    serving: AtomicBool,
 }
 
 impl Default for WorkerMetrics {
@@ -54,6 +56,7 @@ impl WorkerMetrics {
             connect_failures: Family::default(),
             reloads: Family::default(),
             connected: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         };
         let r = &mut m.registry;
         r.register(
@@ -136,6 +139,12 @@ impl WorkerMetrics {
         }
     }
 
+    /// The worker takes requests (`true` once subscribed to them), or no longer does
+    /// (draining): `/readyz` says so.
+    pub fn serving(&self, serving: bool) {
+        self.serving.store(serving, Ordering::Relaxed);
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
@@ -157,11 +166,16 @@ impl WorkerMetrics {
                 else {
                     return;
                 };
-                let ready = metrics.connected.load(Ordering::Relaxed);
+                let connected = metrics.connected.load(Ordering::Relaxed);
+                let serving = metrics.serving.load(Ordering::Relaxed);
+                let unready = "503 Service Unavailable";
                 let (status, body) = match path.as_str() {
                     "/healthz" => ("200 OK", "ok\n".to_owned()),
-                    "/readyz" if ready => ("200 OK", "ready\n".to_owned()),
-                    "/readyz" => ("503 Service Unavailable", "not connected to the bus\n".to_owned()),
+                    "/readyz" if !connected => (unready, "not connected to the bus\n".to_owned()),
+                    "/readyz" if !serving => {
+                        (unready, "not taking requests (setting up, or draining)\n".to_owned())
+                    }
+                    "/readyz" => ("200 OK", "ready\n".to_owned()),
                     "/metrics" => ("200 OK", metrics.render()),
                     _ => ("404 Not Found", "not found\n".to_owned()),
                 };

@@ -134,6 +134,7 @@ pub async fn run<B: Bus>(bus: Arc<B>, config: WorkerConfig, shutdown: impl Futur
     let metrics = config.metrics;
     if let Some(m) = &metrics {
         m.bus(bus.status().connected, false);
+        m.serving(true);
     }
     let mut w = Worker {
         observer: config.observer,

@@ -160,4 +160,9 @@ impl Subscription for ModelSubscription {
     async fn next(&mut self) -> Option<BusMessage> {
         self.0.recv().await
     }
+
+    /// Routing skips a closed channel, whose messages are still received.
+    async fn drain(&mut self) {
+        self.0.close();
+    }
 }

@@ -35,6 +35,11 @@ struct Queued {
 pub struct Queues(Arc<Mutex<BTreeMap<ConnectionId, mpsc::Sender<Queued>>>>);
 
 impl Queues {
+    /// Whether no connection has a request waiting or being served.
+    pub fn is_empty(&self) -> bool {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+    }
+
     /// A request: checked, counted as proof of its gateway's life, and queued behind the
     /// connection's earlier ones.
     pub async fn request<B: Bus>(&self, node: &Arc<Node<B>>, gateways: &mut Gateways, msg: BusMessage) {
@@ -142,13 +147,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_bus::store::loopback::{ModelBus, ModelSubscription};
     use clientmq_bus::{Bus as _, BusMessage, Subscription};
     use clientmq_core::proto::{chat, mq, pcast};
     use prost::Message;
 
     use super::*;
     use crate::ChatConfig;
+    use crate::stored::layout::StartError;
     use crate::worker::WorkerConfig;
 
     /// A request of `ty` on one connection through gateway `g1`, answered on `t.reply.<n>`;
@@ -175,12 +181,12 @@ mod tests {
             .then(|| mq::Error::decode(msg.payload.as_slice()).unwrap().reason)
     }
 
-    /// A connection's join waits a second for its gateway's acknowledgement (nobody gives it
-    /// here) while requests pile up behind it: those past the bound are refused at once, those
-    /// whose gateway stopped waiting are left unserved, and the rest are served in order.
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
-        let bus = Arc::new(ModelBus::default());
+    /// A stored worker on `bus`, stopped when `shutdown` resolves (the task: its result), with
+    /// a session on the test's connection and a room: the answers' subscription and the room.
+    async fn served(
+        bus: &Arc<ModelBus>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> (ModelSubscription, String, tokio::task::JoinHandle<Result<(), StartError>>) {
         let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
         let config = WorkerConfig {
             prefix: "clientmq".into(),
@@ -190,7 +196,7 @@ mod tests {
             observer: None,
             metrics: None,
         };
-        tokio::spawn(crate::stored::worker::run(bus.clone(), config, 1, std::future::pending()));
+        let worker = tokio::spawn(crate::stored::worker::run(bus.clone(), config, 1, shutdown));
         let quiet = Duration::from_millis(100);
         let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };
         // The worker subscribes once its store is set up: asked until it answers (the bus says
@@ -216,7 +222,16 @@ mod tests {
         let created = answers(&mut replies, quiet).await;
         let response = chat::CreateRoomResponse::decode(created[0].1.payload.as_slice()).unwrap();
         let room_id = response.room.and_then(|r| r.room_id).unwrap_or_else(|| panic!("{created:?}"));
+        (replies, room_id, worker)
+    }
 
+    /// A connection's join waits a second for its gateway's acknowledgement (nobody gives it
+    /// here) while requests pile up behind it: those past the bound are refused at once, those
+    /// whose gateway stopped waiting are left unserved, and the rest are served in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
+        let bus = Arc::new(ModelBus::default());
+        let (mut replies, room_id, _worker) = served(&bus, std::future::pending()).await;
         let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
         bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
         let info = chat::GetRoomInfo { room_id: Some(room_id), ..Default::default() }.encode_to_vec();
@@ -245,5 +260,42 @@ mod tests {
             .chain((6..6 + queued_first).map(|n| (n, "chat.GetRoomInfoResponse")))
             .collect();
         assert_eq!(served, expected);
+    }
+
+    /// Stopped while a join waits for its acknowledgement with requests queued behind it, the
+    /// worker takes no new request (nobody hears them: no responders) and answers every one it
+    /// took, then returns.
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_worker_answers_what_it_took_and_takes_nothing_more() {
+        let bus = Arc::new(ModelBus::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (mut replies, room_id, worker) = served(&bus, async {
+            let _ = stopped.await;
+        })
+        .await;
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        let info = chat::GetRoomInfo { room_id: Some(room_id), ..Default::default() }.encode_to_vec();
+        for n in 3..8 {
+            bus.publish(request(n, "chat.GetRoomInfo", info.clone(), 10_000)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stop.send(()).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        bus.publish(request(8, "chat.GetRoomInfo", info, 10_000)).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), worker).await;
+        assert!(matches!(ended, Ok(Ok(Ok(())))), "the worker returns once drained: {ended:?}");
+        // Every answer was out before it returned (a process exits then).
+        let heard = answers(&mut replies, Duration::ZERO).await;
+        let told: Vec<(usize, Option<&str>, Option<u16>)> =
+            heard.iter().map(|(n, m)| (*n, m.header(header::TYPE), m.status)).collect();
+        let mut expected = vec![(2, Some("chat.JoinRoomResponse"), None)];
+        expected.extend((3..8).map(|n| (n, Some("chat.GetRoomInfoResponse"), None)));
+        // The last, sent once the worker was draining: nobody subscribes.
+        let not_taken = told.iter().position(|(n, _, _)| *n == 8).expect("no-responders for the last");
+        assert_eq!(told[not_taken].2, Some(503));
+        let mut taken = told.clone();
+        taken.remove(not_taken);
+        assert_eq!(taken, expected);
     }
 }

@@ -52,6 +52,9 @@ const ORPHANS_KEPT: Duration = Duration::from_secs(3600);
 pub(super) const ACK_WITHIN: Duration = Duration::from_secs(1);
 /// How long a request to the store waits for its answer.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a draining worker waits for the requests it took: past any gateway's timeout
+/// (`Clientmq-Timeout-Ms`), after which a queued request is dropped anyway.
+const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 
 /// What every task of a worker shares.
 pub(crate) struct Node<B: Bus> {
@@ -314,6 +317,9 @@ pub async fn run<B: Bus>(
     let queues = Queues::default();
     let ticking = Arc::new(AtomicBool::new(false));
     let mut failures_seen = (0, 0);
+    if let Some(m) = &node.metrics {
+        m.serving(true);
+    }
     // From "never connected": the observer hears of the connection the store was set up on.
     let mut seen = BusStatus::default();
     tokio::pin!(shutdown);
@@ -396,16 +402,69 @@ pub async fn run<B: Bus>(
             }
             Some(msg) = pcast.next() => queues.request(&node, &mut gateways, msg).await,
             Some(msg) = chat.next() => queues.request(&node, &mut gateways, msg).await,
-            Some(msg) = ping.next() => {
-                if let Some(reply) = msg.reply {
-                    node.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
-                }
-            }
+            Some(msg) = ping.next() => pong(&node, msg).await,
             else => break,
         }
     }
+    drain(&node, &mut gateways, &queues, [&mut pcast, &mut chat, &mut ping], &mut inbox).await;
     following.abort();
     Ok(())
+}
+
+/// Answers the latency probe, as the embedded backend does.
+async fn pong<B: Bus>(node: &Node<B>, msg: BusMessage) {
+    if let Some(reply) = msg.reply {
+        node.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
+    }
+}
+
+/// Draining (on SIGTERM): no request comes here any more (the other workers take them, or
+/// gateways answer `no-worker`), and each one already here or on its way is answered, for at
+/// most [`DRAIN_WITHIN`]. A rolling restart so answers every request it took.
+async fn drain<B: Bus>(
+    node: &Arc<Node<B>>,
+    gateways: &mut Gateways,
+    queues: &Queues,
+    requests: [&mut B::Subscription; 3],
+    inbox: &mut B::Subscription,
+) {
+    if let Some(m) = &node.metrics {
+        m.serving(false);
+    }
+    let [pcast, chat, ping] = requests;
+    for sub in [&mut *pcast, &mut *chat, &mut *ping] {
+        sub.drain().await;
+    }
+    tracing::info!("draining: taking no more requests, answering those taken");
+    let until = tokio::time::Instant::now() + DRAIN_WITHIN;
+    let mut open = [true; 3];
+    while open.iter().any(|o| *o) || !queues.is_empty() {
+        tokio::select! {
+            biased;
+            () = tokio::time::sleep_until(until) => {
+                tracing::warn!(within = ?DRAIN_WITHIN, "drain cut short: requests left unanswered");
+                return;
+            }
+            msg = pcast.next(), if open[0] => match msg {
+                Some(msg) => queues.request(node, gateways, msg).await,
+                None => open[0] = false,
+            },
+            msg = chat.next(), if open[1] => match msg {
+                Some(msg) => queues.request(node, gateways, msg).await,
+                None => open[1] = false,
+            },
+            msg = ping.next(), if open[2] => match msg {
+                Some(msg) => pong(node, msg).await,
+                None => open[2] = false,
+            },
+            // Joins in the queues wait for their gateways' acknowledgements.
+            Some(msg) = inbox.next() => {
+                node.acknowledged(&msg);
+            }
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    tracing::info!("drained");
 }
 
 pub(super) fn now() -> std::time::Instant {
