@@ -36,8 +36,10 @@
 //! after a request the gateway had given up on. And `store-510031518`: the only worker
 //! restarted after a run of leaves in a hot room, whose record had collected 24 sessions to
 //! tell (a decider's clearing loses to the next decision); the restarted worker's sweep read
-//! each one's key in turn and told the last leaver past the bound. Each must pass, run on the
-//! store, and replay byte for byte.
+//! each one's key in turn and told the last leaver past the bound. And `store-540012485`: a
+//! worker killed between binding a resumed session to its new connection and telling that
+//! connection its rooms (the session's record now says the holder is owed them until told).
+//! Each must pass, run on the store, and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -88,7 +90,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 21, |name, scenario, _| {
+    replay_kept("store-", 22, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }
@@ -111,6 +113,23 @@ fn a_hot_room_is_repaired_in_time_whatever_the_instant_its_only_worker_restarts(
             outcome.violation.map(|v| v.to_string()),
             outcome.unmet
         );
+    }
+}
+
+/// The kill of `store-540012485` moved over the instants around it, in 20 ms steps: before a
+/// resumed session's record said its new connection was owed its rooms, the kill failed at
+/// every instant from 11.22 s to 11.42 s.
+#[test]
+fn a_resume_is_told_to_its_new_connection_whatever_the_instant_its_binder_dies() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions/store-540012485.toml");
+    let mut scenario = Scenario::load(&path).unwrap();
+    let kill = scenario.timeline.iter().position(|s| s.at_secs == 11.41).expect("the kill");
+    for step in 0..=15 {
+        let at = 11.16 + f64::from(step) * 0.02;
+        scenario.timeline[kill].at_secs = at;
+        let outcome = clientmq_sim::run(&scenario);
+        let violation = outcome.violation.as_ref().map(ToString::to_string);
+        assert!(outcome.passed(), "kill at {at:.2} s: {violation:?} {:?}", outcome.unmet);
     }
 }
 

@@ -284,6 +284,15 @@ impl Cache {
             .collect()
     }
 
+    /// Sessions whose holding connection may not hear their rooms yet (their binder may have
+    /// died before telling it).
+    pub fn sessions_untold(&self) -> Vec<&str> {
+        (self.sessions.iter())
+            .filter(|(_, s)| s.value.untold && s.value.conn.is_some())
+            .map(|(id, _)| id.as_str())
+            .collect()
+    }
+
     /// Rooms whose record holds events not yet cleared, or sessions not yet surely told of a
     /// decision (their decider may have died).
     pub fn rooms_with_pending(&self) -> Vec<&str> {

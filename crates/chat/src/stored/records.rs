@@ -29,6 +29,11 @@ pub struct SessionRecord {
     /// any worker's sweep.
     #[prost(message, repeated, tag = "4")]
     pub released: Vec<Released>,
+    /// The connection holding it may not hear its rooms yet: an existing session was bound to
+    /// it (a resume, a takeover) by a worker that tells it next. Cleared once told, by the
+    /// binder or, if it died first, by any worker's sweep.
+    #[prost(bool, tag = "5")]
+    pub untold: bool,
 }
 
 /// A connection a session moved away from, still open.

@@ -158,6 +158,9 @@ async fn authenticate<B: Bus>(
     // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
     // made, and perhaps not its subscriptions.
     n.tell_rooms(&id, (g, conn), true, n.binding(&id)).await;
+    // Told: a resumed session's new connection is owed its rooms no longer (should this worker
+    // die before here, any worker's sweep tells it).
+    decide(&n.store, &n.layout, &n.cache, |c| sessions::told_holder(c, &id, conn, g)).await?;
     // A connection whose end was recorded before this bind is let go again (see `sessions`).
     let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
     n.followed(Bucket::Sessions, written).await;

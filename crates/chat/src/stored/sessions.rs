@@ -55,6 +55,8 @@ pub fn authenticate(
     record.conn = Some(conn.to_owned());
     record.gateway = Some(gateway.to_owned());
     record.expires_ms = None;
+    // A new session hears nothing yet; a resumed one's rooms are owed to its new connection.
+    record.untold = current.is_some();
     Decided::Write(write(cache, id, Some(&record)), Ok(id.to_owned()))
 }
 
@@ -79,6 +81,7 @@ fn detach_from(cache: &Cache, conn: &str, now_ms: u64, grace_ms: u64, open: bool
         release(&mut record, Released { conn: conn.to_owned(), gateway });
     }
     record.conn = None;
+    record.untold = false;
     record.expires_ms = Some(now_ms.saturating_add(grace_ms));
     Decided::Write(write(cache, id, Some(&record)), Some(id.to_owned()))
 }
@@ -92,6 +95,19 @@ pub fn told(cache: &Cache, id: &str, told: &[Released]) -> Decided<bool> {
     };
     let mut record = current.value.clone();
     record.released.retain(|r| !told.contains(r));
+    Decided::Write(write(cache, id, Some(&record)), true)
+}
+
+/// Connection `conn` on `gateway`, holding session `id`, was told to hear its rooms: no longer
+/// owed them. Nothing if the session moved on meanwhile (its new holder is owed them instead).
+/// Whether this changed the record.
+pub fn told_holder(cache: &Cache, id: &str, conn: &str, gateway: &str) -> Decided<bool> {
+    let holds = |s: &SessionRecord| s.conn.as_deref() == Some(conn) && s.gateway.as_deref() == Some(gateway);
+    let Some(current) = cache.session(id).filter(|s| s.value.untold && holds(&s.value)) else {
+        return Decided::Nothing(false);
+    };
+    let mut record = current.value.clone();
+    record.untold = false;
     Decided::Write(write(cache, id, Some(&record)), true)
 }
 
@@ -247,6 +263,40 @@ mod tests {
         let cache = taken(cache, &w.unwrap());
         assert_eq!(released(&cache), ["c1@gw1"]);
         assert!(matches!(told(&cache, "s1", &told_now[..1]), Decided::Nothing(false)));
+        cache.check().unwrap();
+    }
+
+    /// A session bound to a new connection (a resume, a takeover) owes it its rooms until
+    /// told; a new session owes nothing, and a holder that ends or moves on is owed no more.
+    #[test]
+    fn a_resumed_session_owes_its_new_connection_its_rooms_until_told() {
+        let untold =
+            |cache: &Cache| cache.sessions_untold().into_iter().map(str::to_owned).collect::<Vec<_>>();
+        // s1 made on c1, then resumed on c2.
+        let resumed = || {
+            let cache = Cache::default();
+            let (w, _) = decided(authenticate(&cache, "c1", "gw1", None, false, "s1", 10));
+            let cache = taken(cache, &w.unwrap());
+            assert!(untold(&cache).is_empty(), "a new session hears nothing yet");
+            let (w, _) = decided(authenticate(&cache, "c2", "gw2", Some("s1"), false, "unused", 10));
+            taken(cache, &w.unwrap())
+        };
+        let cache = resumed();
+        assert_eq!(untold(&cache), ["s1"]);
+        // Told, but as another holder (one the session moved away from): still owed.
+        assert!(matches!(told_holder(&cache, "s1", "c1", "gw1"), Decided::Nothing(false)));
+        assert!(matches!(told_holder(&cache, "s1", "c2", "gw1"), Decided::Nothing(false)));
+        let (w, changed) = decided(told_holder(&cache, "s1", "c2", "gw2"));
+        assert!(changed);
+        let cache = taken(cache, &w.unwrap());
+        assert!(untold(&cache).is_empty());
+        assert!(matches!(told_holder(&cache, "s1", "c2", "gw2"), Decided::Nothing(false)));
+        // Untold, its holder ends: detached, nobody is owed anything.
+        let cache = resumed();
+        let (w, _) = decided(detach(&cache, "c2", 1_000, 30_000));
+        let cache = taken(cache, &w.unwrap());
+        assert!(untold(&cache).is_empty());
+        assert!(!cache.session("s1").unwrap().value.untold);
         cache.check().unwrap();
     }
 

@@ -203,6 +203,23 @@ impl<B: Bus> Node<B> {
         Ok(())
     }
 
+    /// Tells the connection holding session `id` to hear its rooms, as the store says now (the
+    /// session's key read first, then the rooms), then clears the debt from its record: what a
+    /// binder (a resume, a takeover) that died before telling it left undone.
+    pub async fn tell_holder_rooms(&self, id: &str) -> Result<(), DecideError> {
+        let Some((Some((conn, gateway)), binding)) = self.holder(id).await else { return Ok(()) };
+        if lock(&self.cache).session(id).is_none_or(|s| !s.value.untold) {
+            return Ok(());
+        }
+        if !self.catch_up(Bucket::Rooms).await? {
+            return Ok(());
+        }
+        self.tell_rooms(id, (&gateway, &conn), true, binding).await;
+        decide(&self.store, &self.layout, &self.cache, |c| sessions::told_holder(c, id, &conn, &gateway))
+            .await?;
+        Ok(())
+    }
+
     /// Tells the connections of the sessions `touched` by decisions about `room` what they
     /// hear of it as the store says now, then clears them from the record: what a decider that
     /// died before telling them left undone. The sessions' keys are read (one catch-up, however

@@ -243,6 +243,10 @@ impl<B: Bus> Node<B> {
         for id in moved {
             self.tell_released(&id).await?;
         }
+        let bound: Vec<String> = lock(cache).sessions_untold().into_iter().map(str::to_owned).collect();
+        for id in bound {
+            self.tell_holder_rooms(&id).await?;
+        }
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;
