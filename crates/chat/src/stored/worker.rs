@@ -468,6 +468,11 @@ async fn drain<B: Bus>(
             () = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
+    // The last answers may still be in the client's buffer: out before the process exits.
+    let left = until.saturating_duration_since(tokio::time::Instant::now());
+    if !matches!(tokio::time::timeout(left, node.bus.flush()).await, Ok(Ok(()))) {
+        tracing::warn!("the last answers may not have reached the bus");
+    }
     tracing::info!("drained");
 }
 
