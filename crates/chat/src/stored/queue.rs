@@ -154,6 +154,7 @@ mod tests {
 
     use super::*;
     use crate::ChatConfig;
+    use crate::metrics::WorkerMetrics;
     use crate::stored::layout::StartError;
     use crate::worker::WorkerConfig;
 
@@ -185,6 +186,7 @@ mod tests {
     /// a session on the test's connection and a room: the answers' subscription and the room.
     async fn served(
         bus: &Arc<ModelBus>,
+        metrics: Option<Arc<WorkerMetrics>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> (ModelSubscription, String, tokio::task::JoinHandle<Result<(), StartError>>) {
         let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
@@ -194,7 +196,7 @@ mod tests {
             seed: Some(1),
             name: "w1".into(),
             observer: None,
-            metrics: None,
+            metrics,
         };
         let worker = tokio::spawn(crate::stored::worker::run(bus.clone(), config, 1, shutdown));
         let quiet = Duration::from_millis(100);
@@ -231,7 +233,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
         let bus = Arc::new(ModelBus::default());
-        let (mut replies, room_id, _worker) = served(&bus, std::future::pending()).await;
+        let metrics = Arc::new(WorkerMetrics::new());
+        let (mut replies, room_id, _worker) =
+            served(&bus, Some(metrics.clone()), std::future::pending()).await;
         let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
         bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
         let info = chat::GetRoomInfo { room_id: Some(room_id), ..Default::default() }.encode_to_vec();
@@ -260,6 +264,19 @@ mod tests {
             .chain((6..6 + queued_first).map(|n| (n, "chat.GetRoomInfoResponse")))
             .collect();
         assert_eq!(served, expected);
+        // Each counted by its outcome.
+        let rendered = metrics.render();
+        let counted = |ty: &str, outcome: &str| {
+            let series = format!("clientmq_chat_requests_total{{type=\"{ty}\",outcome=\"{outcome}\"}} ");
+            let line = rendered.lines().find_map(|l| l.strip_prefix(series.as_str()));
+            line.map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        let refused = u64::try_from(over - queued_first).unwrap();
+        assert_eq!(counted("chat.GetRoomInfo", "refused"), refused, "{rendered}");
+        assert_eq!(counted("chat.GetRoomInfo", "expired"), 3, "{rendered}");
+        assert_eq!(counted("chat.GetRoomInfo", "ok"), u64::try_from(queued_first).unwrap(), "{rendered}");
+        assert_eq!(counted("chat.GetRoomInfo", "error"), 0, "{rendered}");
+        assert_eq!(counted("chat.JoinRoom", "ok"), 1, "{rendered}");
     }
 
     /// Stopped while a join waits for its acknowledgement with requests queued behind it, the
@@ -269,7 +286,7 @@ mod tests {
     async fn a_draining_worker_answers_what_it_took_and_takes_nothing_more() {
         let bus = Arc::new(ModelBus::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (mut replies, room_id, worker) = served(&bus, async {
+        let (mut replies, room_id, worker) = served(&bus, None, async {
             let _ = stopped.await;
         })
         .await;
