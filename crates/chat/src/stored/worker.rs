@@ -9,8 +9,8 @@
 //! - What a request changes for its connection (subscriptions) is published before its reply,
 //!   ordered among all workers' changes by the store's revisions (`tell`);
 //!   room events and chat messages reach the rooms through the history stream's republish, so a
-//!   join waits until its gateway hears the room before it writes (the member hears its own
-//!   arrival and everything after).
+//!   join, once written, waits until its gateway hears the room before it appends its event (the
+//!   member hears its own arrival and everything after).
 //! - Every worker hears every gateway's announcements and judges silence itself; the decisions
 //!   they then make (a session's grace starting, a session's end) are written expecting a
 //!   revision, so of several workers one carries each out and the others find it done. The
