@@ -147,85 +147,14 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use clientmq_bus::store::loopback::{ModelBus, ModelSubscription};
-    use clientmq_bus::{Bus as _, BusMessage, Subscription};
-    use clientmq_core::proto::{chat, mq, pcast};
+    use clientmq_bus::Bus as _;
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_core::proto::chat;
     use prost::Message;
 
     use super::*;
-    use crate::ChatConfig;
     use crate::metrics::WorkerMetrics;
-    use crate::stored::layout::StartError;
-    use crate::worker::WorkerConfig;
-
-    /// A request of `ty` on one connection through gateway `g1`, answered on `t.reply.<n>`;
-    /// its gateway waits `timeout_ms` for the answer.
-    fn request(n: usize, ty: &str, payload: Vec<u8>, timeout_ms: u64) -> BusMessage {
-        BusMessage::new(format!("clientmq.req.{ty}"), payload)
-            .reply_to(format!("t.reply.{n}"))
-            .with(header::GATEWAY, "g1")
-            .with(header::CONNECTION, "c".repeat(32))
-            .with(header::TIMEOUT_MS, timeout_ms.to_string())
-    }
-
-    /// The answers heard until `quiet` passes without one, by number.
-    async fn answers(replies: &mut impl Subscription, quiet: Duration) -> Vec<(usize, BusMessage)> {
-        let mut heard = Vec::new();
-        while let Ok(Some(msg)) = tokio::time::timeout(quiet, replies.next()).await {
-            heard.push((msg.subject.rsplit('.').next().unwrap().parse().unwrap(), msg));
-        }
-        heard
-    }
-
-    fn reason(msg: &BusMessage) -> Option<String> {
-        (msg.header(header::TYPE) == Some("mq.Error"))
-            .then(|| mq::Error::decode(msg.payload.as_slice()).unwrap().reason)
-    }
-
-    /// A stored worker on `bus`, stopped when `shutdown` resolves (the task: its result), with
-    /// a session on the test's connection and a room: the answers' subscription and the room.
-    async fn served(
-        bus: &Arc<ModelBus>,
-        metrics: Option<Arc<WorkerMetrics>>,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> (ModelSubscription, String, tokio::task::JoinHandle<Result<(), StartError>>) {
-        let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
-        let config = WorkerConfig {
-            prefix: "clientmq".into(),
-            chat: ChatConfig::default(),
-            seed: Some(1),
-            name: "w1".into(),
-            observer: None,
-            metrics,
-        };
-        let worker = tokio::spawn(crate::stored::worker::run(bus.clone(), config, 1, shutdown));
-        let quiet = Duration::from_millis(100);
-        let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };
-        // The worker subscribes once its store is set up: asked until it answers (the bus says
-        // "no responders" before).
-        for attempt in 0.. {
-            assert!(attempt < 100, "the worker never answered");
-            bus.publish(request(0, "pcast.Authenticate", auth.encode_to_vec(), 10_000)).await.unwrap();
-            let heard = answers(&mut replies, quiet).await;
-            if !heard.is_empty() && heard.iter().all(|(_, m)| m.status.is_none()) {
-                let answer = pcast::AuthenticateResponse::decode(heard[0].1.payload.as_slice()).unwrap();
-                assert_eq!(answer.status, "ok", "{heard:?}");
-                break;
-            }
-        }
-        let room = chat::Room {
-            name: "r".into(),
-            description: "d".into(),
-            r#type: chat::RoomType::MultiPartyChat as i32,
-            ..Default::default()
-        };
-        let create = chat::CreateRoom { session_id: String::new(), room };
-        bus.publish(request(1, "chat.CreateRoom", create.encode_to_vec(), 10_000)).await.unwrap();
-        let created = answers(&mut replies, quiet).await;
-        let response = chat::CreateRoomResponse::decode(created[0].1.payload.as_slice()).unwrap();
-        let room_id = response.room.and_then(|r| r.room_id).unwrap_or_else(|| panic!("{created:?}"));
-        (replies, room_id, worker)
-    }
+    use crate::stored::testing::{Served, answers, reason, request, served};
 
     /// A connection's join waits a second for its gateway's acknowledgement (nobody gives it
     /// here) while requests pile up behind it: those past the bound are refused at once, those
@@ -234,7 +163,7 @@ mod tests {
     async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
         let bus = Arc::new(ModelBus::default());
         let metrics = Arc::new(WorkerMetrics::new());
-        let (mut replies, room_id, _worker) =
+        let Served { mut replies, room_id, .. } =
             served(&bus, Some(metrics.clone()), std::future::pending()).await;
         let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
         bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
@@ -286,7 +215,7 @@ mod tests {
     async fn a_draining_worker_answers_what_it_took_and_takes_nothing_more() {
         let bus = Arc::new(ModelBus::default());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (mut replies, room_id, worker) = served(&bus, None, async {
+        let Served { mut replies, room_id, worker, .. } = served(&bus, None, async {
             let _ = stopped.await;
         })
         .await;

@@ -274,3 +274,121 @@ impl<B: Bus> Node<B> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use clientmq_bus::store::Store;
+    use clientmq_bus::store::loopback::ModelBus;
+    use clientmq_bus::{Bus as _, BusMessage};
+    use clientmq_core::proto::{chat, pcast};
+    use prost::Message;
+
+    use super::*;
+    use crate::stored::layout::Layout;
+    use crate::stored::records::SessionRecord;
+    use crate::stored::testing::{Served, answers, changes, conn, gateway, request, served};
+
+    /// The revision of `key` in `bucket` of the store, read apart from the worker.
+    async fn revision(store: &Store<ModelBus>, bucket: &clientmq_bus::store::kv::Bucket, key: &str) -> u64 {
+        bucket.entry(store, key).await.unwrap().map_or(0, |e| e.revision)
+    }
+
+    /// A join subscribes its connection, a leave unsubscribes it, each at the session's binding
+    /// as the store has it and at the room's revision of the decision; a resume through another
+    /// connection tells the new one the session's rooms at the new binding, and the old one to
+    /// stop hearing them.
+    #[tokio::test(start_paused = true)]
+    async fn decisions_tell_the_holder_at_the_binding_and_revision_they_read() {
+        let bus = Arc::new(ModelBus::default());
+        let mut told = gateway(&bus).await;
+        let Served { mut replies, session, room_id, .. } = served(&bus, None, std::future::pending()).await;
+        let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        let room_key = RoomKey::Room(room_id.clone()).key();
+        let quiet = Duration::from_millis(200);
+        let _ = changes(&mut told);
+
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+        let bound = revision(&store, &layout.sessions, &session_key(&session)).await;
+        let joined = changes(&mut told);
+        let room = format!("room {room_id}");
+        assert_eq!(joined.len(), 1, "{joined:?}");
+        let (c, binding, at, what) = &joined[0];
+        assert_eq!((c, *binding, what), (&conn(), bound, &vec![format!("+{room}")]));
+        let room_now = revision(&store, &layout.rooms, &room_key).await;
+        assert!(*at > 0 && *at <= room_now, "{at} of {room_now}");
+
+        let leave = chat::LeaveRoom { room_id: room_id.clone(), ..Default::default() };
+        bus.publish(request(3, "chat.LeaveRoom", leave.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+        let left = changes(&mut told);
+        let conversation = format!("conversation {room_id}");
+        assert_eq!(left.len(), 1, "{left:?}");
+        let (c, binding, left_at, what) = &left[0];
+        assert_eq!(
+            (c, *binding, what),
+            (&conn(), bound, &vec![format!("-{room}"), format!("-{conversation}")])
+        );
+        assert!(left_at > at, "the leave after the join: {left_at} > {at}");
+
+        // Joined again, then resumed through connection d: d hears the room at the new
+        // binding, the first connection stops hearing it.
+        bus.publish(request(4, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+        let _ = changes(&mut told);
+        let d = "d".repeat(32);
+        let auth = pcast::Authenticate { session_id: Some(session.clone()), ..Default::default() };
+        let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
+            .reply_to("t.reply.5")
+            .with(header::GATEWAY, "g1")
+            .with(header::CONNECTION, &d);
+        bus.publish(resume).await.unwrap();
+        let resumed = answers(&mut replies, quiet).await;
+        let answer = pcast::AuthenticateResponse::decode(resumed[0].1.payload.as_slice()).unwrap();
+        assert_eq!(answer.session_id.as_deref(), Some(session.as_str()));
+        let record = layout.sessions.entry(&store, &session_key(&session)).await.unwrap().unwrap();
+        let value = SessionRecord::decode(record.value.unwrap().as_slice()).unwrap();
+        assert!(!value.untold, "told by the binder, and so no longer owed");
+        let moved = changes(&mut told);
+        let to = |who: &str| moved.iter().filter(|m| m.0 == who).collect::<Vec<_>>();
+        let (to_d, to_c) = (to(&d), to(&conn()));
+        assert!(to_d.iter().any(|m| m.3.contains(&format!("+{room}")) && m.1 > bound), "{moved:?}");
+        assert!(to_c.iter().any(|m| m.3.contains(&format!("-{room}"))), "{moved:?}");
+    }
+
+    /// What a dead binder left owed, written in the store as it leaves it: the sweep tells the
+    /// holder its rooms, and clears the debt.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_tells_a_dead_binders_connection_its_rooms() {
+        let bus = Arc::new(ModelBus::default());
+        let mut told = gateway(&bus).await;
+        let Served { mut replies, session, room_id, .. } = served(&bus, None, std::future::pending()).await;
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+        let store = Store::new(bus.clone(), "dead-binder", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        let key = session_key(&session);
+        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        let e = "e".repeat(32);
+        record.conn = Some(e.clone());
+        record.untold = true;
+        let bound =
+            layout.sessions.put(&store, &key, record.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let _ = changes(&mut told);
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let swept = changes(&mut told);
+        let room = format!("+room {room_id}");
+        assert!(swept.iter().any(|m| m.0 == e && m.1 == bound && m.3.contains(&room)), "{swept:?}");
+        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        let record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        assert!(!record.untold && record.conn.as_deref() == Some(e.as_str()), "{record:?}");
+    }
+}
