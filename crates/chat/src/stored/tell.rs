@@ -391,4 +391,43 @@ mod tests {
         let record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
         assert!(!record.untold && record.conn.as_deref() == Some(e.as_str()), "{record:?}");
     }
+
+    /// What a dead decider left to tell, written in the store as it leaves it: a connection the
+    /// session moved away from (`released`) is told to stop hearing its rooms, and a session a
+    /// room decision touched (`touched`) is told what it hears of the room; each is then
+    /// cleared.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_tells_what_a_dead_decider_left_and_clears_it() {
+        let bus = Arc::new(ModelBus::default());
+        let mut told = gateway(&bus).await;
+        let Served { mut replies, session, room_id, .. } = served(&bus, None, std::future::pending()).await;
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+        let store = Store::new(bus.clone(), "dead-decider", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        let key = session_key(&session);
+        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        let x = "x".repeat(32);
+        record.released.push(super::super::records::Released { conn: x.clone(), gateway: "g1".into() });
+        layout.sessions.put(&store, &key, record.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let room_key = RoomKey::Room(room_id.clone()).key();
+        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
+        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        room.touched.push(Touched { session: session.clone(), by: entry.revision });
+        layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let _ = changes(&mut told);
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let swept = changes(&mut told);
+        let (on, off) = (format!("+room {room_id}"), format!("-room {room_id}"));
+        assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+        assert!(swept.iter().any(|m| m.0 == conn() && m.3.contains(&on)), "the touched one: {swept:?}");
+        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        assert!(SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap().released.is_empty());
+        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
+        let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        assert!(room.touched.is_empty(), "{:?}", room.touched);
+    }
 }
