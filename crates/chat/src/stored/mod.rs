@@ -13,6 +13,8 @@ pub mod ending;
 pub mod follow;
 pub mod history;
 pub mod layout;
+#[cfg(test)]
+mod lifecycle;
 mod queue;
 pub mod records;
 mod requests;

@@ -1,0 +1,81 @@
+//! A session's life on a stored worker, on the store model: its connection's end starts its
+//! grace, a resume within it keeps it, and once the grace runs out it ends, leaving its rooms
+//! with one `MemberLeft` each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clientmq_bus::contract::header;
+use clientmq_bus::store::Store;
+use clientmq_bus::store::loopback::ModelBus;
+use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
+use clientmq_core::proto::{chat, pcast};
+use prost::Message;
+
+use super::layout::Layout;
+use super::records::{RoomKey, RoomRecord, SessionRecord, session_key};
+use super::testing::{Served, answers, conn, gateway, request, served};
+
+/// The session's record as the store has it, if any.
+async fn session(store: &Store<ModelBus>, layout: &Layout, id: &str) -> Option<SessionRecord> {
+    let entry = layout.sessions.entry(store, &session_key(id)).await.unwrap()?;
+    entry.value.map(|v| SessionRecord::decode(v.as_slice()).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_outlives_its_connection_for_its_grace_then_leaves_its_rooms_once() {
+    let bus = Arc::new(ModelBus::default());
+    let _told = gateway(&bus).await;
+    let mut events = bus.subscribe("clientmq.room.>", None).await.unwrap();
+    let Served { mut replies, session: id, room_id, .. } = served(&bus, None, std::future::pending()).await;
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+    let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+    let layout = Layout::new("clientmq", 1, 100);
+
+    // The connection ends: the session is detached, its grace (30 s) running.
+    let ended = BusMessage::new("clientmq.disconnected", Vec::new())
+        .with(header::GATEWAY, "g1")
+        .with(header::CONNECTION, conn());
+    bus.publish(ended).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let detached = session(&store, &layout, &id).await.expect("kept through its grace");
+    assert_eq!(detached.conn, None);
+    assert!(detached.expires_ms.is_some(), "{detached:?}");
+
+    // Resumed within it through another connection: attached again, nothing left.
+    let d = "d".repeat(32);
+    let auth = pcast::Authenticate { session_id: Some(id.clone()), ..Default::default() };
+    let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
+        .reply_to("t.reply.3")
+        .with(header::GATEWAY, "g1")
+        .with(header::CONNECTION, &d);
+    bus.publish(resume).await.unwrap();
+    let resumed = answers(&mut replies, Duration::from_millis(200)).await;
+    let answer = pcast::AuthenticateResponse::decode(resumed[0].1.payload.as_slice()).unwrap();
+    assert_eq!((answer.status.as_str(), answer.session_id.as_deref()), ("ok", Some(id.as_str())));
+    let attached = session(&store, &layout, &id).await.unwrap();
+    assert_eq!((attached.conn.as_deref(), attached.expires_ms), (Some(d.as_str()), None));
+
+    // That one ends too, and nobody comes back: past the grace the session is gone, and so
+    // is its member, with one MemberLeft.
+    let ended = BusMessage::new("clientmq.disconnected", Vec::new())
+        .with(header::GATEWAY, "g1")
+        .with(header::CONNECTION, &d);
+    bus.publish(ended).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(session(&store, &layout, &id).await.is_some(), "not before its grace runs out");
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert!(session(&store, &layout, &id).await.is_none(), "ended once its grace ran out");
+    let room = layout.rooms.entry(&store, &RoomKey::Room(room_id).key()).await.unwrap().unwrap();
+    let room = RoomRecord::decode(room.value.unwrap().as_slice()).unwrap();
+    assert!(room.member(&id).is_none(), "{:?}", room.members);
+    let mut kinds = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        let event = chat::RoomEvent::decode(msg.payload.as_slice()).unwrap();
+        kinds.push(event.event_type);
+    }
+    let (joined, left) = (chat::RoomEventType::MemberJoined as i32, chat::RoomEventType::MemberLeft as i32);
+    assert_eq!(kinds, [joined, left], "one arrival, one departure");
+}
