@@ -1,6 +1,7 @@
 //! A session's life on a stored worker, on the store model: its connection's end starts its
 //! grace, a resume within it keeps it, and once the grace runs out it ends, leaving its rooms
-//! with one `MemberLeft` each.
+//! with one `MemberLeft` each; a gateway that falls silent has its sessions detached and its
+//! connections kept as orphans, told to it when it is back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use clientmq_core::proto::{chat, pcast};
 use prost::Message;
 
 use super::layout::Layout;
-use super::records::{RoomKey, RoomRecord, SessionRecord, session_key};
+use super::records::{EndedRecord, RoomKey, RoomRecord, SessionRecord, ended_key, session_key};
 use super::testing::{Served, answers, conn, gateway, request, served};
 
 /// The session's record as the store has it, if any.
@@ -78,4 +79,50 @@ async fn a_session_outlives_its_connection_for_its_grace_then_leaves_its_rooms_o
     }
     let (joined, left) = (chat::RoomEventType::MemberJoined as i32, chat::RoomEventType::MemberLeft as i32);
     assert_eq!(kinds, [joined, left], "one arrival, one departure");
+}
+
+/// The ended mark of the test's connection as the store has it, if any.
+async fn ended(store: &Store<ModelBus>, layout: &Layout) -> Option<EndedRecord> {
+    let entry = layout.sessions.entry(store, &ended_key(&conn())).await.unwrap()?;
+    entry.value.map(|v| EndedRecord::decode(v.as_slice()).unwrap())
+}
+
+/// Gateway `g1` says it is alive, as a gateway does every second.
+async fn announce(bus: &ModelBus) {
+    let alive = BusMessage::new("clientmq.gateway.g1.alive", Vec::new())
+        .with(header::GATEWAY, "g1")
+        .with(header::CONNECTIONS, "1")
+        .with(header::BUS_EPOCH, "1");
+    bus.publish(alive).await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_gateways_sessions_are_detached_and_its_connections_told_to_it_as_orphans() {
+    let bus = Arc::new(ModelBus::default());
+    let mut orphans = bus.subscribe("clientmq.gw.g1.orphans", None).await.unwrap();
+    let Served { session: id, .. } = served(&bus, None, std::future::pending()).await;
+    let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+    let layout = Layout::new("clientmq", 1, 100);
+    for _ in 0..3 {
+        announce(&bus).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(session(&store, &layout, &id).await.unwrap().conn.is_some(), "attached while g1 speaks");
+
+    // Silent past the bound (5 s, checked every second).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let detached = session(&store, &layout, &id).await.expect("kept through its grace");
+    assert!(detached.conn.is_none() && detached.expires_ms.is_some(), "{detached:?}");
+    let marked = ended(&store, &layout).await.expect("its connection marked ended");
+    assert_eq!(marked.orphan_of.as_deref(), Some("g1"));
+
+    // Back: it is told its orphans, and once it says it closed them they are no longer kept.
+    announce(&bus).await;
+    let list = tokio::time::timeout(Duration::from_secs(3), orphans.next()).await.unwrap().unwrap();
+    let ids = clientmq_bus::contract::parse_ids(&list.payload);
+    assert_eq!(ids.iter().map(ToString::to_string).collect::<Vec<_>>(), [conn()]);
+    bus.publish(BusMessage::new(list.reply.unwrap(), list.payload)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let marked = ended(&store, &layout).await.expect("still marked ended");
+    assert_eq!(marked.orphan_of, None);
 }
