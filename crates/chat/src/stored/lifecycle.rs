@@ -1,7 +1,8 @@
 //! A session's life on a stored worker, on the store model: its connection's end starts its
 //! grace, a resume within it keeps it, and once the grace runs out it ends, leaving its rooms
 //! with one `MemberLeft` each; a gateway that falls silent has its sessions detached and its
-//! connections kept as orphans, told to it when it is back.
+//! connections kept as orphans, told to it when it is back; a member's messages are stored
+//! once each, in order, and a listener hears them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -125,4 +126,55 @@ async fn a_silent_gateways_sessions_are_detached_and_its_connections_told_to_it_
     tokio::time::sleep(Duration::from_secs(2)).await;
     let marked = ended(&store, &layout).await.expect("still marked ended");
     assert_eq!(marked.orphan_of, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_members_messages_are_stored_once_in_order_and_heard_by_a_listener() {
+    let bus = Arc::new(ModelBus::default());
+    let mut told = gateway(&bus).await;
+    let Served { mut replies, room_id, .. } = served(&bus, None, std::future::pending()).await;
+    let quiet = Duration::from_millis(200);
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+    // Listening (a fetch subscribes the conversation) before anything is said.
+    let fetch = chat::FetchRoomConversation {
+        room_id: room_id.clone(),
+        limit: 10,
+        options: vec![chat::RoomConversationOption::Subscribe as i32],
+        ..Default::default()
+    };
+    bus.publish(request(3, "chat.FetchRoomConversation", fetch.encode_to_vec(), 10_000)).await.unwrap();
+    let fetched = answers(&mut replies, quiet).await;
+    let read = chat::FetchRoomConversationResponse::decode(fetched[0].1.payload.as_slice()).unwrap();
+    assert_eq!((read.status.as_str(), read.chat_messages.len()), ("ok", 0));
+    let subscribed = super::testing::changes(&mut told);
+    let conversation = format!("+conversation {room_id}");
+    assert!(subscribed.iter().any(|m| m.3.contains(&conversation)), "{subscribed:?}");
+    let heard_subject =
+        clientmq_bus::contract::Subjects::new("clientmq").room(clientmq_core::Topic::Conversation, &room_id);
+    let mut heard = bus.subscribe(&heard_subject, None).await.unwrap();
+
+    for (n, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let message = chat::ChatMessage { message: text.into(), ..Default::default() };
+        let send = chat::SendMessageToRoom { room_id: room_id.clone(), chat_message: message };
+        bus.publish(request(4 + n, "chat.SendMessageToRoom", send.encode_to_vec(), 10_000)).await.unwrap();
+        let sent = answers(&mut replies, quiet).await;
+        let sent = chat::SendMessageToRoomResponse::decode(sent[0].1.payload.as_slice()).unwrap();
+        assert_eq!(sent.status, "ok", "{text}");
+    }
+    let mut live = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(quiet, heard.next()).await {
+        let event = chat::RoomConversationEvent::decode(msg.payload.as_slice()).unwrap();
+        live.extend(event.chat_messages.into_iter().map(|m| m.message));
+    }
+    assert_eq!(live, ["one", "two", "three"], "heard live, once each, in order");
+    bus.publish(request(9, "chat.FetchRoomConversation", fetch.encode_to_vec(), 10_000)).await.unwrap();
+    let fetched = answers(&mut replies, quiet).await;
+    let read = chat::FetchRoomConversationResponse::decode(fetched[0].1.payload.as_slice()).unwrap();
+    let stored: Vec<&str> = read.chat_messages.iter().map(|m| m.message.as_str()).collect();
+    assert_eq!(stored, ["one", "two", "three"], "stored once each, in order");
+    let ids: std::collections::BTreeSet<&str> =
+        read.chat_messages.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "each its own id");
 }
