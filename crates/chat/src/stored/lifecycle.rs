@@ -2,7 +2,8 @@
 //! grace, a resume within it keeps it, and once the grace runs out it ends, leaving its rooms
 //! with one `MemberLeft` each; a gateway that falls silent has its sessions detached and its
 //! connections kept as orphans, told to it when it is back; a member's messages are stored
-//! once each, in order, and a listener hears them.
+//! once each, in order, and a listener hears them; a gateway back on the bus is told again what
+//! its connections hear; a session that says Bye leaves its rooms at once.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,4 +178,72 @@ async fn a_members_messages_are_stored_once_in_order_and_heard_by_a_listener() {
     let ids: std::collections::BTreeSet<&str> =
         read.chat_messages.iter().map(|m| m.message_id.as_str()).collect();
     assert_eq!(ids.len(), 3, "each its own id");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_back_on_the_bus_is_told_again_what_its_connections_hear() {
+    let bus = Arc::new(ModelBus::default());
+    let mut told = gateway(&bus).await;
+    let mut answered = bus.subscribe("t.resubscribed", None).await.unwrap();
+    let Served { mut replies, session: id, room_id, .. } = served(&bus, None, std::future::pending()).await;
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+    let _ = super::testing::changes(&mut told);
+
+    // Its own connection, and one whose session is not this one (it moved on, or never was).
+    let (c, x): (clientmq_core::ConnectionId, clientmq_core::ConnectionId) =
+        (conn().parse().unwrap(), "x".repeat(32).parse().unwrap());
+    let list = clientmq_bus::contract::sessions_payload([(&c, id.as_str()), (&x, "nobody")]);
+    let ask =
+        BusMessage::new("clientmq.resubscribe", list).reply_to("t.resubscribed").with(header::GATEWAY, "g1");
+    bus.publish(ask).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(3), answered.next()).await.unwrap().unwrap();
+    assert_eq!(answer.header(header::ERROR), None);
+    let again = super::testing::changes(&mut told);
+    let room = format!("+room {room_id}");
+    assert!(again.iter().any(|m| m.0 == conn() && m.3.contains(&room)), "{again:?}");
+    assert!(again.iter().all(|m| m.0 == conn()), "nothing for a session it does not know: {again:?}");
+
+    // A list that does not read is answered so.
+    let bad = BusMessage::new("clientmq.resubscribe", b"not a list".to_vec())
+        .reply_to("t.resubscribed")
+        .with(header::GATEWAY, "g1");
+    bus.publish(bad).await.unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(3), answered.next()).await.unwrap().unwrap();
+    assert_eq!(answer.header(header::ERROR), Some("malformed"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_says_bye_leaves_its_rooms_at_once_and_its_connection_hears_them_no_more() {
+    let bus = Arc::new(ModelBus::default());
+    let mut told = gateway(&bus).await;
+    let mut events = bus.subscribe("clientmq.room.>", None).await.unwrap();
+    let Served { mut replies, session: id, room_id, .. } = served(&bus, None, std::future::pending()).await;
+    let quiet = Duration::from_millis(200);
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+    let _ = super::testing::changes(&mut told);
+    let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+    let layout = Layout::new("clientmq", 1, 100);
+
+    bus.publish(request(3, "pcast.Bye", pcast::Bye::default().encode_to_vec(), 10_000)).await.unwrap();
+    let bye = answers(&mut replies, quiet).await;
+    assert_eq!(bye[0].1.header(header::TYPE), Some("pcast.ByeResponse"), "{bye:?}");
+    assert!(session(&store, &layout, &id).await.is_none(), "ended at once, no grace");
+    let off = super::testing::changes(&mut told);
+    let room = format!("-room {room_id}");
+    assert!(off.iter().any(|m| m.0 == conn() && m.3.contains(&room)), "{off:?}");
+    let mut kinds = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(quiet, events.next()).await {
+        kinds.push(chat::RoomEvent::decode(msg.payload.as_slice()).unwrap().event_type);
+    }
+    let (joined, left) = (chat::RoomEventType::MemberJoined as i32, chat::RoomEventType::MemberLeft as i32);
+    assert_eq!(kinds, [joined, left]);
+    // Its connection holds no session now: a request is unauthorized.
+    let info = chat::GetRoomInfo { room_id: Some(room_id), ..Default::default() };
+    bus.publish(request(4, "chat.GetRoomInfo", info.encode_to_vec(), 10_000)).await.unwrap();
+    let after = answers(&mut replies, quiet).await;
+    assert_eq!(super::testing::reason(&after[0].1).as_deref(), Some("unauthorized"));
 }
