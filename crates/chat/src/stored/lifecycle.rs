@@ -3,7 +3,8 @@
 //! with one `MemberLeft` each; a gateway that falls silent has its sessions detached and its
 //! connections kept as orphans, told to it when it is back; a member's messages are stored
 //! once each, in order, and a listener hears them; a gateway back on the bus is told again what
-//! its connections hear; a session that says Bye leaves its rooms at once.
+//! its connections hear; a session that says Bye leaves its rooms at once; a gateway whose bus
+//! epoch rises is asked which connections it still has, and those it lost are detached.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,12 +90,16 @@ async fn ended(store: &Store<ModelBus>, layout: &Layout) -> Option<EndedRecord> 
     entry.value.map(|v| EndedRecord::decode(v.as_slice()).unwrap())
 }
 
-/// Gateway `g1` says it is alive, as a gateway does every second.
+/// Gateway `g1` says it is alive, as a gateway does every second, in bus epoch 1.
 async fn announce(bus: &ModelBus) {
+    announce_in(bus, 1).await;
+}
+
+async fn announce_in(bus: &ModelBus, epoch: u64) {
     let alive = BusMessage::new("clientmq.gateway.g1.alive", Vec::new())
         .with(header::GATEWAY, "g1")
         .with(header::CONNECTIONS, "1")
-        .with(header::BUS_EPOCH, "1");
+        .with(header::BUS_EPOCH, epoch.to_string());
     bus.publish(alive).await.unwrap();
 }
 
@@ -246,4 +251,30 @@ async fn a_session_that_says_bye_leaves_its_rooms_at_once_and_its_connection_hea
     bus.publish(request(4, "chat.GetRoomInfo", info.encode_to_vec(), 10_000)).await.unwrap();
     let after = answers(&mut replies, quiet).await;
     assert_eq!(super::testing::reason(&after[0].1).as_deref(), Some("unauthorized"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_gateway_back_in_a_new_epoch_is_asked_what_it_still_has_and_what_it_lost_is_detached() {
+    let bus = Arc::new(ModelBus::default());
+    let mut syncs = bus.subscribe("clientmq.gw.g1.sync", None).await.unwrap();
+    let Served { session: id, .. } = served(&bus, None, std::future::pending()).await;
+    let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+    let layout = Layout::new("clientmq", 1, 100);
+    announce_in(&bus, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), syncs.next()).await.is_err(),
+        "no sync in the epoch the worker knows"
+    );
+    // Reconnected to the bus: messages may have been lost meanwhile (a disconnect notice).
+    announce_in(&bus, 2).await;
+    let sync = tokio::time::timeout(Duration::from_secs(3), syncs.next()).await.unwrap().unwrap();
+    let asked = clientmq_bus::contract::parse_ids(&sync.payload);
+    assert_eq!(asked.iter().map(ToString::to_string).collect::<Vec<_>>(), [conn()]);
+    assert!(session(&store, &layout, &id).await.unwrap().conn.is_some());
+    // The gateway no longer has it.
+    bus.publish(BusMessage::new(sync.reply.unwrap(), sync.payload)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let detached = session(&store, &layout, &id).await.expect("kept through its grace");
+    assert!(detached.conn.is_none() && detached.expires_ms.is_some(), "{detached:?}");
 }
