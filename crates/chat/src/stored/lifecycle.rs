@@ -4,7 +4,8 @@
 //! connections kept as orphans, told to it when it is back; a member's messages are stored
 //! once each, in order, and a listener hears them; a gateway back on the bus is told again what
 //! its connections hear; a session that says Bye leaves its rooms at once; a gateway whose bus
-//! epoch rises is asked which connections it still has, and those it lost are detached.
+//! epoch rises is asked which connections it still has, and those it lost are detached; a room
+//! nobody joins is forgotten once idle, and its alias is free again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -277,4 +278,42 @@ async fn a_gateway_back_in_a_new_epoch_is_asked_what_it_still_has_and_what_it_lo
     tokio::time::sleep(Duration::from_secs(2)).await;
     let detached = session(&store, &layout, &id).await.expect("kept through its grace");
     assert!(detached.conn.is_none() && detached.expires_ms.is_some(), "{detached:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_room_nobody_joins_is_forgotten_once_idle_and_its_alias_is_free_again() {
+    let bus = Arc::new(ModelBus::default());
+    let Served { mut replies, .. } = served(&bus, None, std::future::pending()).await;
+    let quiet = Duration::from_millis(200);
+    let room = |name: &str| chat::Room {
+        name: name.into(),
+        description: "d".into(),
+        alias: Some("lobby".into()),
+        r#type: chat::RoomType::MultiPartyChat as i32,
+        ..Default::default()
+    };
+    let create =
+        |name: &str| chat::CreateRoom { session_id: String::new(), room: room(name) }.encode_to_vec();
+    let created = |heard: &[(usize, BusMessage)]| {
+        let r = chat::CreateRoomResponse::decode(heard[0].1.payload.as_slice()).unwrap();
+        (r.status, r.room.and_then(|r| r.name.into()))
+    };
+    bus.publish(request(2, "chat.CreateRoom", create("first"), 10_000)).await.unwrap();
+    assert_eq!(created(&answers(&mut replies, quiet).await).0, "ok");
+    bus.publish(request(3, "chat.CreateRoom", create("second"), 10_000)).await.unwrap();
+    assert_eq!(created(&answers(&mut replies, quiet).await).0, "already-exists");
+
+    // Idle past `room_idle` (an hour): forgotten, and the alias is another room's to take. The
+    // session, its gateway silent, ended long before; a new one asks.
+    tokio::time::sleep(Duration::from_secs(3700)).await;
+    let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };
+    bus.publish(request(4, "pcast.Authenticate", auth.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+    let info = chat::GetRoomInfo { alias: Some("lobby".into()), ..Default::default() };
+    bus.publish(request(5, "chat.GetRoomInfo", info.encode_to_vec(), 10_000)).await.unwrap();
+    let found = answers(&mut replies, quiet).await;
+    let found = chat::GetRoomInfoResponse::decode(found[0].1.payload.as_slice()).unwrap();
+    assert_eq!(found.status, "not-found");
+    bus.publish(request(6, "chat.CreateRoom", create("third"), 10_000)).await.unwrap();
+    assert_eq!(created(&answers(&mut replies, quiet).await), ("ok".to_owned(), Some("third".to_owned())));
 }
