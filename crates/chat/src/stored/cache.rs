@@ -400,6 +400,40 @@ mod tests {
         cache.check().unwrap();
     }
 
+    /// The check rebuilds every index from the records: an index that drifted, whichever, is
+    /// caught.
+    #[test]
+    fn the_check_catches_any_index_that_disagrees_with_the_records() {
+        let corrupt: [fn(&mut Cache); 4] = [
+            |c| {
+                c.conns.insert("ghost".into(), "s1".into());
+            },
+            |c| {
+                c.gateways.entry("gw9".into()).or_default().insert("c1".into());
+            },
+            |c| {
+                c.memberships.entry("s1".into()).or_default().insert("r9".into());
+            },
+            |c| {
+                c.orphans.entry("gw9".into()).or_default().insert("c9".into());
+            },
+        ];
+        for (i, corrupt) in corrupt.into_iter().enumerate() {
+            let mut cache = Cache::default();
+            cache
+                .apply(
+                    Bucket::Sessions,
+                    &crate::stored::records::session_key("s1"),
+                    1,
+                    Some(&session(Some("c1"), Some("gw1"), None)),
+                )
+                .unwrap();
+            cache.check().unwrap();
+            corrupt(&mut cache);
+            assert!(cache.check().is_err(), "index {i} drifted unseen");
+        }
+    }
+
     #[test]
     fn what_does_not_decode_is_refused_by_name() {
         let mut cache = Cache::default();
