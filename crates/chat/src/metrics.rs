@@ -207,3 +207,91 @@ async fn request_path(stream: &mut tokio::net::TcpStream) -> Option<String> {
     let (method, target) = (parts.next()?, parts.next()?);
     (method == "GET").then(|| target.split('?').next().unwrap_or_default().to_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    /// One request to the metrics' listener: the status line's code (0: none) and the body.
+    async fn get(port: u16, head: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        // Refused midway (a head too long), the connection may be reset: no answer.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut out = String::new();
+        let _ = stream.read_to_string(&mut out).await;
+        let code = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+        (code, body)
+    }
+
+    fn path(p: &str) -> String {
+        format!("GET {p} HTTP/1.1\r\nHost: x\r\n\r\n")
+    }
+
+    /// The value of series `line` (name and labels, as rendered), 0 when absent.
+    fn value(rendered: &str, series: &str) -> f64 {
+        let prefix = format!("{series} ");
+        rendered.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0.0, |v| v.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn readiness_follows_the_bus_and_the_serving_and_the_counters_show() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let m = Arc::new(WorkerMetrics::new());
+        tokio::spawn(m.clone().serve(listener));
+
+        assert_eq!(get(port, &path("/healthz")).await, (200, "ok\n".to_owned()));
+        assert_eq!(get(port, &path("/readyz")).await, (503, "not connected to the bus\n".to_owned()));
+        m.bus(true, false);
+        let not_serving = "not taking requests (setting up, or draining)\n".to_owned();
+        assert_eq!(get(port, &path("/readyz")).await, (503, not_serving.clone()));
+        m.serving(true);
+        assert_eq!(get(port, &path("/readyz?x=1")).await, (200, "ready\n".to_owned()));
+        m.serving(false);
+        assert_eq!(get(port, &path("/readyz")).await.0, 503);
+        m.serving(true);
+        m.bus(false, false);
+        assert_eq!(get(port, &path("/readyz")).await.0, 503);
+        m.bus(true, true);
+        assert_eq!(get(port, &path("/nope")).await.0, 404);
+        // Not a GET, or a head past 8 KiB: no answer at all.
+        assert_eq!(get(port, "POST /readyz HTTP/1.1\r\n\r\n").await.0, 0);
+        let huge = format!("GET /readyz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9 * 1024));
+        assert_eq!(get(port, &huge).await.0, 0);
+
+        m.request("chat.JoinRoom", false);
+        m.request("chat.JoinRoom", true);
+        m.unserved("chat.JoinRoom", true);
+        m.unserved("chat.JoinRoom", false);
+        m.connect_failed(2, 0);
+        m.connect_failed(0, 3);
+        m.reloaded(true);
+        m.reloaded(false);
+        let stats = ChatStats { sessions: 5, detached: 2, connections: 3, rooms: 4, members: 6, messages: 0 };
+        m.sizes(&stats, 7);
+        let (code, body) = get(port, &path("/metrics")).await;
+        assert_eq!(code, 200);
+        for (series, want) in [
+            (r#"clientmq_chat_requests_total{type="chat.JoinRoom",outcome="ok"}"#, 1.0),
+            (r#"clientmq_chat_requests_total{type="chat.JoinRoom",outcome="error"}"#, 1.0),
+            (r#"clientmq_chat_requests_total{type="chat.JoinRoom",outcome="expired"}"#, 1.0),
+            (r#"clientmq_chat_requests_total{type="chat.JoinRoom",outcome="refused"}"#, 1.0),
+            (r#"clientmq_chat_bus_connect_failures_total{reason="refused"}"#, 2.0),
+            (r#"clientmq_chat_bus_connect_failures_total{reason="other"}"#, 3.0),
+            (r#"clientmq_chat_reloads_total{what="nats",outcome="ok"}"#, 1.0),
+            (r#"clientmq_chat_reloads_total{what="nats",outcome="failed"}"#, 1.0),
+            ("clientmq_chat_sessions", 5.0),
+            ("clientmq_chat_sessions_detached", 2.0),
+            ("clientmq_chat_rooms", 4.0),
+            ("clientmq_chat_members", 6.0),
+            ("clientmq_chat_gateways", 7.0),
+            ("clientmq_chat_bus_connected", 1.0),
+            ("clientmq_chat_bus_reconnects_total", 1.0),
+        ] {
+            assert_eq!(value(&body, series), want, "{series} in\n{body}");
+        }
+    }
+}
