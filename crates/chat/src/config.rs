@@ -131,3 +131,71 @@ impl ChatArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        chat: ChatArgs,
+    }
+
+    fn parsed(args: &[&str]) -> Result<ChatConfig, ConfigError> {
+        Cli::try_parse_from(std::iter::once("clientmq-chat").chain(args.iter().copied()))
+            .unwrap()
+            .chat
+            .chat_config()
+    }
+
+    #[test]
+    fn the_flags_set_the_chat_bounds_and_refuse_what_cannot_work() {
+        assert_eq!(parsed(&[]).unwrap().session_grace, ChatConfig::default().session_grace);
+        let set = parsed(&[
+            "--session-grace-secs",
+            "1.5",
+            "--room-idle-secs",
+            "0",
+            "--max-sessions",
+            "2",
+            "--max-rooms",
+            "3",
+            "--max-room-members",
+            "4",
+            "--max-rooms-per-session",
+            "5",
+            "--max-chat-history",
+            "0",
+            "--max-chat-message-bytes",
+            "6",
+        ])
+        .unwrap();
+        assert_eq!((set.session_grace, set.room_idle), (Duration::from_millis(1500), Duration::ZERO));
+        let bounds = (set.max_sessions, set.max_rooms, set.max_members_per_room, set.max_rooms_per_session);
+        assert_eq!(bounds, (2, 3, 4, 5));
+        assert_eq!((set.max_history, set.max_message_bytes), (0, 6));
+
+        for (flag, name) in [
+            ("--max-sessions", "max-sessions"),
+            ("--max-rooms", "max-rooms"),
+            ("--max-room-members", "max-room-members"),
+            ("--max-rooms-per-session", "max-rooms-per-session"),
+            ("--max-chat-message-bytes", "max-chat-message-bytes"),
+        ] {
+            assert_eq!(parsed(&[flag, "0"]), Err(ConfigError::Zero(name)), "{flag}");
+        }
+        assert_eq!(
+            parsed(&["--session-grace-secs=-1"]),
+            Err(ConfigError::NonNegativeSeconds("session-grace-secs"))
+        );
+        assert_eq!(parsed(&["--room-idle-secs=-1"]), Err(ConfigError::NonNegativeSeconds("room-idle-secs")));
+        // Each membership takes two of a connection's 256 subscriptions.
+        assert!(parsed(&["--max-rooms-per-session", "128"]).is_ok());
+        assert_eq!(parsed(&["--max-rooms-per-session", "129"]), Err(ConfigError::RoomsPerSession(128)));
+        let said = ConfigError::Zero("max-sessions").to_string();
+        assert_eq!(said, "--max-sessions (CLIENTMQ_MAX_SESSIONS) must be greater than zero");
+    }
+}
