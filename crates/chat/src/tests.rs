@@ -540,3 +540,4 @@ fn the_same_seed_gives_the_same_ids() {
 
 mod broadcast;
 mod subscriptions;
+mod worker;

@@ -22,5 +22,5 @@ pub mod rooms;
 pub mod sessions;
 mod tell;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod worker;

@@ -60,10 +60,15 @@ pub(crate) fn conn() -> String {
 /// A request of `ty` on [`conn`] through gateway `g1`, answered on `t.reply.<n>`; its gateway
 /// waits `timeout_ms` for the answer.
 pub(crate) fn request(n: usize, ty: &str, payload: Vec<u8>, timeout_ms: u64) -> BusMessage {
+    request_on(&conn(), n, ty, payload, timeout_ms)
+}
+
+/// [`request`] on connection `on`.
+pub(crate) fn request_on(on: &str, n: usize, ty: &str, payload: Vec<u8>, timeout_ms: u64) -> BusMessage {
     BusMessage::new(format!("clientmq.req.{ty}"), payload)
         .reply_to(format!("t.reply.{n}"))
         .with(header::GATEWAY, "g1")
-        .with(header::CONNECTION, conn())
+        .with(header::CONNECTION, on)
         .with(header::TIMEOUT_MS, timeout_ms.to_string())
 }
 
