@@ -361,18 +361,32 @@ mod tests {
         assert!(to_c.iter().any(|m| m.3.contains(&format!("-{room}"))), "{moved:?}");
     }
 
-    /// What a dead binder left owed, written in the store as it leaves it: the sweep tells the
-    /// holder its rooms, and clears the debt.
-    #[tokio::test(start_paused = true)]
-    async fn the_sweep_tells_a_dead_binders_connection_its_rooms() {
+    /// A served worker whose session joined its room, a fake gateway's record of what it is told,
+    /// and a store client of the test's own.
+    struct Joined {
+        told: tokio::sync::mpsc::UnboundedReceiver<BusMessage>,
+        session: String,
+        room_id: String,
+        store: Store<ModelBus>,
+        layout: Layout,
+    }
+
+    async fn joined() -> Joined {
         let bus = Arc::new(ModelBus::default());
-        let mut told = gateway(&bus).await;
+        let told = gateway(&bus).await;
         let Served { mut replies, session, room_id, .. } = served(&bus, None, std::future::pending()).await;
         let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
         bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
         assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
-        let store = Store::new(bus.clone(), "dead-binder", Duration::from_secs(1)).await.unwrap();
-        let layout = Layout::new("clientmq", 1, 100);
+        let store = Store::new(bus.clone(), "as-a-dead-worker", Duration::from_secs(1)).await.unwrap();
+        Joined { told, session, room_id, store, layout: Layout::new("clientmq", 1, 100) }
+    }
+
+    /// What a dead binder left owed, written in the store as it leaves it: the sweep tells the
+    /// holder its rooms, and clears the debt.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_tells_a_dead_binders_connection_its_rooms() {
+        let Joined { mut told, session, room_id, store, layout } = joined().await;
         let key = session_key(&session);
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
@@ -398,14 +412,7 @@ mod tests {
     /// cleared.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_tells_what_a_dead_decider_left_and_clears_it() {
-        let bus = Arc::new(ModelBus::default());
-        let mut told = gateway(&bus).await;
-        let Served { mut replies, session, room_id, .. } = served(&bus, None, std::future::pending()).await;
-        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-        bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
-        assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
-        let store = Store::new(bus.clone(), "dead-decider", Duration::from_secs(1)).await.unwrap();
-        let layout = Layout::new("clientmq", 1, 100);
+        let Joined { mut told, session, room_id, store, layout } = joined().await;
         let key = session_key(&session);
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
