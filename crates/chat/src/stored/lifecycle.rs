@@ -5,7 +5,8 @@
 //! once each, in order, and a listener hears them; a gateway back on the bus is told again what
 //! its connections hear; a session that says Bye leaves its rooms at once; a gateway whose bus
 //! epoch rises is asked which connections it still has, and those it lost are detached; a room
-//! nobody joins is forgotten once idle, and its alias is free again.
+//! nobody joins is forgotten once idle, and its alias is free again; a member's updates reach
+//! the room, and what a non-member asks is refused with its status.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -316,4 +317,81 @@ async fn a_room_nobody_joins_is_forgotten_once_idle_and_its_alias_is_free_again(
     assert_eq!(found.status, "not-found");
     bus.publish(request(6, "chat.CreateRoom", create("third"), 10_000)).await.unwrap();
     assert_eq!(created(&answers(&mut replies, quiet).await), ("ok".to_owned(), Some("third".to_owned())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_members_updates_reach_the_room_and_a_non_member_is_refused() {
+    let bus = Arc::new(ModelBus::default());
+    let _told = gateway(&bus).await;
+    let mut events = bus.subscribe("clientmq.room.>", None).await.unwrap();
+    let Served { mut replies, room_id, .. } = served(&bus, None, std::future::pending()).await;
+    let quiet = Duration::from_millis(200);
+    let mut n = 2;
+    let mut ask = async |ty: &str, payload: Vec<u8>| {
+        n += 1;
+        bus.publish(request(n, ty, payload, 10_000)).await.unwrap();
+        let heard = answers(&mut replies, quiet).await;
+        assert_eq!(heard.len(), 1, "{ty}: {heard:?}");
+        heard.into_iter().next().unwrap().1.payload
+    };
+    let status_of = |payload: Vec<u8>| chat::UpdateMemberResponse::decode(payload.as_slice()).unwrap().status;
+    let member = |name: &str| chat::Member {
+        screen_name: name.into(),
+        role: chat::MemberRole::Participant as i32,
+        ..Default::default()
+    };
+    let rename = |name: &str| chat::MemberUpdate { screen_name: Some(name.into()), ..Default::default() };
+    // Not a member yet: refused, by status.
+    let update =
+        chat::UpdateMember { room_id: Some(room_id.clone()), member: rename("x"), ..Default::default() };
+    assert_eq!(status_of(ask("chat.UpdateMember", update.encode_to_vec()).await), "not-in-room");
+    let no_room = chat::UpdateMember { member: rename("x"), ..Default::default() };
+    assert_eq!(status_of(ask("chat.UpdateMember", no_room.encode_to_vec()).await), "bad-request");
+    let say = chat::SendMessageToRoom {
+        room_id: room_id.clone(),
+        chat_message: chat::ChatMessage { message: "hi".into(), ..Default::default() },
+    };
+    let sent = ask("chat.SendMessageToRoom", say.encode_to_vec()).await;
+    assert_eq!(chat::SendMessageToRoomResponse::decode(sent.as_slice()).unwrap().status, "not-in-room");
+
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), member: member("a"), ..Default::default() };
+    let joined =
+        chat::JoinRoomResponse::decode(ask("chat.JoinRoom", join.encode_to_vec()).await.as_slice()).unwrap();
+    assert_eq!(joined.status, "ok");
+    let renamed =
+        chat::UpdateMember { room_id: Some(room_id.clone()), member: rename("b"), ..Default::default() };
+    let answer = chat::UpdateMemberResponse::decode(
+        ask("chat.UpdateMember", renamed.encode_to_vec()).await.as_slice(),
+    )
+    .unwrap();
+    assert_eq!(answer.status, "ok");
+    assert!(answer.last_update.is_some());
+    let mut room = chat::Room {
+        room_id: Some(room_id.clone()),
+        name: "renamed".into(),
+        description: "d".into(),
+        r#type: chat::RoomType::MultiPartyChat as i32,
+        ..Default::default()
+    };
+    let updated =
+        ask("chat.UpdateRoom", chat::UpdateRoom { room: room.clone(), ..Default::default() }.encode_to_vec())
+            .await;
+    assert_eq!(chat::UpdateRoomResponse::decode(updated.as_slice()).unwrap().status, "ok");
+    room.room_id = Some("nowhere".into());
+    let missing =
+        ask("chat.UpdateRoom", chat::UpdateRoom { room, ..Default::default() }.encode_to_vec()).await;
+    assert_eq!(chat::UpdateRoomResponse::decode(missing.as_slice()).unwrap().status, "not-found");
+    let info = chat::GetRoomInfo { room_id: Some(room_id.clone()), ..Default::default() };
+    let info =
+        chat::GetRoomInfoResponse::decode(ask("chat.GetRoomInfo", info.encode_to_vec()).await.as_slice())
+            .unwrap();
+    assert_eq!(info.room.map(|r| r.name).as_deref(), Some("renamed"));
+    assert_eq!(info.members.iter().map(|m| m.screen_name.as_str()).collect::<Vec<_>>(), ["b"]);
+
+    let mut kinds = Vec::new();
+    while let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), events.next()).await {
+        kinds.push(chat::RoomEvent::decode(msg.payload.as_slice()).unwrap().event_type);
+    }
+    use chat::RoomEventType as E;
+    assert_eq!(kinds, [E::MemberJoined as i32, E::MemberUpdated as i32, E::RoomUpdated as i32]);
 }
