@@ -198,10 +198,12 @@ async fn a_gateway_back_on_the_bus_is_told_again_what_its_connections_hear() {
     assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
     let _ = super::testing::changes(&mut told);
 
-    // Its own connection, and one whose session is not this one (it moved on, or never was).
-    let (c, x): (clientmq_core::ConnectionId, clientmq_core::ConnectionId) =
-        (conn().parse().unwrap(), "x".repeat(32).parse().unwrap());
-    let list = clientmq_bus::contract::sessions_payload([(&c, id.as_str()), (&x, "nobody")]);
+    // Its own connection; one on the same gateway naming the session it no longer holds (it
+    // moved on); and one naming a session the worker does not know.
+    let (c, x, y): (clientmq_core::ConnectionId, clientmq_core::ConnectionId, clientmq_core::ConnectionId) =
+        (conn().parse().unwrap(), "x".repeat(32).parse().unwrap(), "y".repeat(32).parse().unwrap());
+    let list =
+        clientmq_bus::contract::sessions_payload([(&c, id.as_str()), (&x, id.as_str()), (&y, "nobody")]);
     let ask =
         BusMessage::new("clientmq.resubscribe", list).reply_to("t.resubscribed").with(header::GATEWAY, "g1");
     bus.publish(ask).await.unwrap();
@@ -210,7 +212,11 @@ async fn a_gateway_back_on_the_bus_is_told_again_what_its_connections_hear() {
     let again = super::testing::changes(&mut told);
     let room = format!("+room {room_id}");
     assert!(again.iter().any(|m| m.0 == conn() && m.3.contains(&room)), "{again:?}");
-    assert!(again.iter().all(|m| m.0 == conn()), "nothing for a session it does not know: {again:?}");
+    let off = format!("-room {room_id}");
+    let x = "x".repeat(32);
+    assert!(again.iter().any(|m| m.0 == x && m.3.contains(&off)), "the one it moved from: {again:?}");
+    let y = "y".repeat(32);
+    assert!(again.iter().all(|m| m.0 != y), "nothing for a session it does not know: {again:?}");
 
     // A list that does not read is answered so.
     let bad = BusMessage::new("clientmq.resubscribe", b"not a list".to_vec())

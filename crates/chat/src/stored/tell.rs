@@ -336,9 +336,16 @@ mod tests {
         );
         assert!(left_at > at, "the leave after the join: {left_at} > {at}");
 
-        // Joined again, then resumed through connection d: d hears the room at the new
-        // binding, the first connection stops hearing it.
+        // Joined again and listening, then resumed through connection d: d hears the room and
+        // its conversation at the new binding, the first connection stops hearing them.
         bus.publish(request(4, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(answers(&mut replies, quiet).await.len(), 1);
+        let listen = chat::FetchRoomConversation {
+            room_id: room_id.clone(),
+            options: vec![chat::RoomConversationOption::Subscribe as i32],
+            ..Default::default()
+        };
+        bus.publish(request(6, "chat.FetchRoomConversation", listen.encode_to_vec(), 10_000)).await.unwrap();
         assert_eq!(answers(&mut replies, quiet).await.len(), 1);
         let _ = changes(&mut told);
         let d = "d".repeat(32);
@@ -357,8 +364,9 @@ mod tests {
         let moved = changes(&mut told);
         let to = |who: &str| moved.iter().filter(|m| m.0 == who).collect::<Vec<_>>();
         let (to_d, to_c) = (to(&d), to(&conn()));
-        assert!(to_d.iter().any(|m| m.3.contains(&format!("+{room}")) && m.1 > bound), "{moved:?}");
-        assert!(to_c.iter().any(|m| m.3.contains(&format!("-{room}"))), "{moved:?}");
+        let both = |sign: &str| vec![format!("{sign}{room}"), format!("{sign}{conversation}")];
+        assert!(to_d.iter().any(|m| m.3 == both("+") && m.1 > bound), "{moved:?}");
+        assert!(to_c.iter().any(|m| m.3 == both("-")), "{moved:?}");
     }
 
     /// A served worker whose session joined its room, a fake gateway's record of what it is told,
@@ -430,7 +438,9 @@ mod tests {
         let swept = changes(&mut told);
         let (on, off) = (format!("+room {room_id}"), format!("-room {room_id}"));
         assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
-        assert!(swept.iter().any(|m| m.0 == conn() && m.3.contains(&on)), "the touched one: {swept:?}");
+        // A member that does not listen: the room, and not its conversation.
+        let heard = vec![on.clone(), format!("-conversation {room_id}")];
+        assert!(swept.iter().any(|m| m.0 == conn() && m.3 == heard), "the touched one: {swept:?}");
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         assert!(SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap().released.is_empty());
         let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
