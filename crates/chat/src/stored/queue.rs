@@ -53,30 +53,29 @@ impl Queues {
             tell(node, WorkerEvent::GatewayBack { gateway: g });
         }
         let wait = msg.header(header::TIMEOUT_MS).and_then(|ms| ms.parse().ok()).map(Duration::from_millis);
-        let queued_subject = msg.subject.clone();
         let queued = Queued { msg, until: wait.map(|w| Instant::now() + w) };
-        let full = {
+        let refused = {
             let mut queues = self.0.lock().unwrap_or_else(PoisonError::into_inner);
             let sent = match queues.get(&conn) {
                 Some(tx) => tx.try_send(queued),
                 None => Err(TrySendError::Closed(queued)),
             };
             match sent {
-                Ok(()) => false,
-                Err(TrySendError::Full(_)) => true,
+                Ok(()) => None,
+                Err(TrySendError::Full(queued)) => Some(queued),
                 Err(TrySendError::Closed(queued)) => {
                     let (tx, rx) = mpsc::channel(QUEUED_PER_CONNECTION);
                     tx.try_send(queued).unwrap_or_else(|_| unreachable!("just made"));
                     queues.insert(conn, tx);
                     tokio::spawn(serve(node.clone(), self.clone(), conn, rx));
-                    false
+                    None
                 }
             }
         };
-        if full {
+        if let Some(queued) = refused {
             tracing::debug!(%conn, "too many requests queued on one connection");
             if let Some(m) = &node.metrics {
-                m.unserved(&request_type(node, &queued_subject), false);
+                m.unserved(&request_type(node, &queued.msg.subject), false);
             }
             refuse(node, reply, reason::UNAVAILABLE).await;
         }
@@ -117,9 +116,9 @@ async fn serve<B: Bus>(
             }
         };
         let Queued { msg, until } = queued;
+        let request_type = request_type(&node, &msg.subject);
         // Its gateway answered `timeout` already: whatever it did now would be unknown to the
         // client anyway, and it would hold up the connection's later requests.
-        let request_type = request_type(&node, &msg.subject);
         if until.is_some_and(|until| Instant::now() >= until) {
             tracing::debug!(%conn, subject = %msg.subject, "request left unserved: its gateway stopped waiting");
             if let Some(m) = &node.metrics {

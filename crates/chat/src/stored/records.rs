@@ -36,6 +36,13 @@ pub struct SessionRecord {
     pub untold: bool,
 }
 
+impl SessionRecord {
+    /// Whether connection `conn` on `gateway` holds the session.
+    pub fn held_by(&self, conn: &str, gateway: &str) -> bool {
+        self.conn.as_deref() == Some(conn) && self.gateway.as_deref() == Some(gateway)
+    }
+}
+
 /// A connection a session moved away from, still open.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Released {

@@ -43,7 +43,7 @@ pub fn authenticate(
         return Decided::Nothing(Err(status::CAPACITY));
     }
     let mut record = current.map(|c| c.value.clone()).unwrap_or_default();
-    if record.conn.as_deref() == Some(conn) && record.gateway.as_deref() == Some(gateway) {
+    if record.held_by(conn, gateway) {
         return Decided::Nothing(Ok(id.to_owned()));
     }
     // Taken over: the old connection is still to be told (and a connection taking its session
@@ -102,8 +102,7 @@ pub fn told(cache: &Cache, id: &str, told: &[Released]) -> Decided<bool> {
 /// owed them. Nothing if the session moved on meanwhile (its new holder is owed them instead).
 /// Whether this changed the record.
 pub fn told_holder(cache: &Cache, id: &str, conn: &str, gateway: &str) -> Decided<bool> {
-    let holds = |s: &SessionRecord| s.conn.as_deref() == Some(conn) && s.gateway.as_deref() == Some(gateway);
-    let Some(current) = cache.session(id).filter(|s| s.value.untold && holds(&s.value)) else {
+    let Some(current) = cache.session(id).filter(|s| s.value.untold && s.value.held_by(conn, gateway)) else {
         return Decided::Nothing(false);
     };
     let mut record = current.value.clone();

@@ -22,7 +22,7 @@ use clientmq_bus::{Bus, BusMessage};
 use clientmq_core::{Revision, Topic};
 use tokio::sync::oneshot;
 
-use super::cache::{Bucket, lock};
+use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, MAX_ATTEMPTS, decide};
 use super::follow::refresh;
 use super::history::settle;
@@ -32,6 +32,13 @@ use super::worker::{ACK_WITHIN, Node};
 
 /// Where a session's subscriptions go: its connection and that connection's gateway.
 type Holder = (String, String);
+
+/// Where session `id`'s subscriptions go as `cache` has it (none while detached or once ended),
+/// and the binding that says so: the revision of the session's key.
+fn held(cache: &Cache, id: &str) -> (Option<Holder>, u64) {
+    let holder = cache.session(id).and_then(|s| s.value.conn.clone().zip(s.value.gateway.clone()));
+    (holder, cache.revision(Bucket::Sessions, &session_key(id)))
+}
 
 impl<B: Bus> Node<B> {
     /// Changes to `conn`'s subscriptions to `room` (each topic on or off), decided `at`.
@@ -86,9 +93,7 @@ impl<B: Bus> Node<B> {
     pub async fn holder(&self, id: &str) -> Option<(Option<Holder>, u64)> {
         let key = session_key(id);
         refresh(&self.store, &self.layout.sessions, Bucket::Sessions, &key, &self.cache).await.ok()?;
-        let cache = lock(&self.cache);
-        let holder = cache.session(id).and_then(|s| s.value.conn.clone().zip(s.value.gateway.clone()));
-        Some((holder, cache.revision(Bucket::Sessions, &key)))
+        Some(held(&lock(&self.cache), id))
     }
 
     /// After a room decision at `revision` about session `id` (asked on `conn` through `g`):
@@ -168,8 +173,7 @@ impl<B: Bus> Node<B> {
                 .filter_map(|(conn, session)| {
                     let s = cache.session(&session)?;
                     let conn = conn.to_string();
-                    let holds =
-                        s.value.conn.as_deref() == Some(&conn) && s.value.gateway.as_deref() == Some(g);
+                    let holds = s.value.held_by(&conn, g);
                     Some((session, conn, holds, s.revision))
                 })
                 .collect()
@@ -237,9 +241,8 @@ impl<B: Bus> Node<B> {
             let sessions: BTreeSet<&str> = touched.iter().map(|t| t.session.as_str()).collect();
             (sessions.into_iter())
                 .filter_map(|id| {
-                    let s = cache.session(id)?;
-                    let holder = s.value.conn.clone().zip(s.value.gateway.clone())?;
-                    Some((id.to_owned(), holder, s.revision))
+                    let (holder, binding) = held(&cache, id);
+                    Some((id.to_owned(), holder?, binding))
                 })
                 .collect()
         };
