@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::procs::{Log, Proc, free_port, target_dir, wait_listening};
+use crate::procs::{Log, Proc, free_port, target_dir};
 
 /// The nats-server the tests install when the machine has none suitable.
 pub const PINNED_VERSION: &str = "2.15.1";
@@ -168,8 +168,18 @@ impl Nats {
         let binary = tokio::task::spawn_blocking(nats_server).await.expect("the nats-server lookup");
         let mut args = ["-a", "127.0.0.1", "-p", &self.port.to_string()].map(str::to_owned).to_vec();
         args.extend(self.extra.iter().cloned());
-        self.proc = Some(Proc::spawn(&binary.display().to_string(), &args, "nats", &self.log));
-        wait_listening(self.port, "nats-server").await;
+        let mut proc = Proc::spawn(&binary.display().to_string(), &args, "nats", &self.log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            let exited = proc.child.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await; // its last lines
+                let said = self.log.lock().unwrap().iter().rev().take(20).rev().cloned().collect::<Vec<_>>();
+                panic!("nats-server did not listen on port {} ({exited:?}):\n{}", self.port, said.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.proc = Some(proc);
     }
 }
 

@@ -43,8 +43,26 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     binary
 }
 
-/// A loopback port nobody listens on now (the OS's pick).
+/// The ports [`free_port`] hands out: below Linux's ephemeral range (32768 and up; Windows' and
+/// macOS's start at 49152), so that no outgoing connection takes one as its local port between
+/// the pick and the bind of the process it is for. The OS's own pick (port 0) comes from that
+/// range, and a test's clients open thousands of connections.
+const PORTS: std::ops::Range<u32> = 20_000..32_000;
+
+/// A loopback port nobody listens on now. Ports are handed out in turn from an offset of this
+/// process's own (two test binaries at once start apart), each checked free by binding it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = PORTS.end - PORTS.start;
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (PORTS.start + (offset + n) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
