@@ -50,7 +50,7 @@ bench-fanout *ARGS:
     cargo build --release -p clientmq-server -p clientmq-chat -p clientmq-bench
     ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"; ./target/release/clientmq-load suite --only-fanout --out BENCHMARKS.md --command "just bench-fanout" {{ARGS}}
 
-# Only the store figures: chat sends and joins through `clientmq-chat --store` (state in
+# Only the store figures: chat sends and joins through `clientmq-chat` on the store (state in
 # JetStream), one and two workers, next to the in-memory worker; rewrites their own block of
 # BENCHMARKS.md. Needs nats-server 2.9 or later (on PATH, or --nats-bin).
 bench-store *ARGS:

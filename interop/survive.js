@@ -1,5 +1,5 @@
 // Drives the unmodified Phenix web SDK through the death of one process of a fleet whose workers
-// keep everything in the store (clientmq-chat --store). Run by crates/server/tests/survive.rs,
+// keep everything in the store (clientmq-chat's default). Run by crates/server/tests/survive.rs,
 // which starts the processes and performs the fault the harness asks for:
 //
 //   @@clientmq fault   kill the process the test is about (and start what it restarts), wait

@@ -43,7 +43,7 @@ pub async fn rows(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> {
     let bins: &Binaries = &opts.binaries;
     let nats = bins.nats_server("bus-nats-server").await?;
     let url = format!("nats://{}", nats.target.addr());
-    let worker = bins.chat_worker("bus-worker", &url)?;
+    let worker = bins.chat_worker_with("bus-worker", &url, &["--memory"])?;
     let gateway = async |name: &str| {
         let mut flags = GATEWAY_FLAGS.to_vec();
         flags.extend(["--nats", &url, "--gateway-name", name]);

@@ -110,11 +110,6 @@ impl Binaries {
         Ok((server, Target::parse(&format!("ws://127.0.0.1:{monitor}/"))?))
     }
 
-    /// The chat worker on the bus at `nats_url`.
-    pub fn chat_worker(&self, log: &str, nats_url: &str) -> Result<Worker, String> {
-        self.chat_worker_with(log, nats_url, &[])
-    }
-
     /// The chat worker on the bus at `nats_url`, plus `extra` flags.
     pub fn chat_worker_with(&self, log: &str, nats_url: &str, extra: &[&str]) -> Result<Worker, String> {
         self.chat_worker_seeded(log, nats_url, 1, extra)

@@ -34,13 +34,14 @@ struct Args {
     /// Log format.
     #[arg(long, env = "CLIENTMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Keep sessions, rooms and chat history in NATS JetStream (docs/nats.md, "The store"), so
-    /// that any number of workers serve one fleet and any of them may die; without it, this one
-    /// worker keeps them in its memory (run one).
-    #[arg(long, env = "CLIENTMQ_STORE")]
-    store: bool,
+    /// Keep sessions, rooms and chat history in this worker's memory instead of NATS JetStream
+    /// (docs/nats.md, "The store"): no JetStream needed, but run only one such worker, and its
+    /// death loses them all. Without it, workers keep nothing but a cache, any number of them
+    /// serve one fleet and any of them may die.
+    #[arg(long, env = "CLIENTMQ_CHAT_MEMORY")]
+    memory: bool,
     /// Copies of each of the store's streams: 3 on a three-node NATS cluster, 1 on one server.
-    #[arg(long, env = "CLIENTMQ_STORE_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long, env = "CLIENTMQ_STORE_REPLICAS", default_value_t = 1, conflicts_with = "memory", value_parser = clap::value_parser!(u8).range(1..=5))]
     store_replicas: u8,
     #[command(flatten)]
     chat: ChatArgs,
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
         tokio::spawn(reload_on_sighup(access, metrics.clone()));
         let config =
             WorkerConfig { prefix: args.nats_prefix, chat, seed: args.seed, name, observer: None, metrics };
-        if !args.store {
+        if args.memory {
             worker::run(bus, config, shutdown_signal()).await;
             return ExitCode::SUCCESS;
         }

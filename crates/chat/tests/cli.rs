@@ -1,8 +1,10 @@
 //! The `clientmq-chat` binary's command line: its defaults are the chat logic's, and a flag that
 //! cannot work is refused with its name before anything starts. (Its work on the bus is tested
-//! with the gateways in the server's fleet tests, which start this binary.)
+//! with the gateways in the server's fleet tests, which start this binary.) Without JetStream the
+//! default worker refuses to start; `--memory` serves there.
 
 use std::process::Command;
+use std::time::Duration;
 
 fn chat(args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_clientmq-chat"));
@@ -42,4 +44,45 @@ fn the_bus_is_required() {
     let out = chat(&[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nats"));
+}
+
+#[test]
+fn memory_and_store_replicas_are_refused_together() {
+    let out = chat(&["--nats", "nats://127.0.0.1:1", "--memory", "--store-replicas", "3"]);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("--memory") && said.contains("--store-replicas"), "{said}");
+}
+
+/// The store is the default: on a server without JetStream the worker refuses to start and says
+/// both ways out; with `--memory` it serves there.
+#[tokio::test]
+async fn without_jetstream_the_worker_says_what_to_do_and_memory_serves() {
+    use clientmq_testkit::nats::Nats;
+    use clientmq_testkit::procs::{Log, free_port, http_get, wait_for};
+
+    let log = Log::default();
+    let nats = Nats::start(&log).await;
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_clientmq-chat"));
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("CLIENTMQ_")) {
+        cmd.env_remove(key);
+    }
+    let refused = tokio::time::timeout(Duration::from_secs(30), cmd.args(["--nats", &nats.url()]).output())
+        .await
+        .expect("refuses within 30 s")
+        .unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("JetStream is not enabled") && said.contains("-js"), "{said}");
+    assert!(said.contains("--memory"), "{said}");
+
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["--nats", &nats.url(), "--memory", "--listen", &listen].map(str::to_owned);
+    let _worker =
+        clientmq_testkit::procs::Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &args, "chat", &log);
+    wait_for(Duration::from_secs(20), "the in-memory worker ready", &log, || async {
+        http_get(port, "/readyz").await.0 == 200
+    })
+    .await;
 }

@@ -189,7 +189,7 @@ async fn through_faults(store: bool) {
         let worker_args = ["--nats", &nats.url(), "--session-grace-secs", &grace, "--seed", "5"]
             .into_iter()
             .chain(["--listen", &worker_listen])
-            .chain(store.then_some("--store"))
+            .chain((!store).then_some("--memory"))
             .map(str::to_owned)
             .collect::<Vec<_>>();
         let worker = Proc::spawn(&chat_binary, &worker_args, "chat", &log);

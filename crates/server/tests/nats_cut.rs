@@ -134,6 +134,7 @@ impl Fleet {
             "7",
             "--listen",
             &format!("127.0.0.1:{worker}"),
+            "--memory",
         ]
         .map(str::to_owned);
         let chat =

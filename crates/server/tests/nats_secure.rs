@@ -57,7 +57,7 @@ fn issue(dir: &Path) -> Pki {
 
 /// The production configuration of docs/nats.md, with this test's files and secrets: gateway
 /// users `gw1` and `gw2`, each limited to its own gateway's subjects; `late` adds `gw3`. The
-/// worker keeps its state in JetStream (`--store`), with exactly the store's subjects.
+/// worker keeps its state in JetStream (its default), with exactly the store's subjects.
 fn config(pki: &Pki, js_dir: &Path, worker_nkey: &str, late_password: Option<&str>) -> String {
     let p = PREFIX;
     let gateway = |name: &str, password: &str| {
@@ -211,7 +211,6 @@ async fn the_fleet_runs_on_an_authenticated_least_privilege_tls_bus() {
             .into_iter()
             .map(str::to_owned)
             .chain([seed_file.display().to_string(), "--listen".into(), format!("127.0.0.1:{chat_port}")])
-            .chain(["--store".to_owned()])
             .collect();
         worker_args.extend(tls_args(&pki));
         let chat = workspace_binary("clientmq-chat").display().to_string();

@@ -1,4 +1,4 @@
-//! A fleet whose workers keep everything in the store (`clientmq-chat --store`) loses nothing
+//! A fleet whose workers keep everything in the store (`clientmq-chat`'s default) loses nothing
 //! when one process dies, driven by the unmodified Phenix SDK (`interop/survive.js`): two clients
 //! on two gateways share a room by alias and chat; then the only worker is SIGKILLed and started
 //! again, or one of two workers is, or one node of a three-node NATS cluster whose streams have
@@ -61,7 +61,7 @@ async fn a_nats_node_of_three_killed_loses_nothing() {
 fn worker(urls: &str, replicas: usize, log: &Log) -> (Proc, u16) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args = ["--nats", urls, "--store", "--store-replicas", &replicas.to_string()]
+    let args = ["--nats", urls, "--store-replicas", &replicas.to_string()]
         .into_iter()
         .chain(["--session-grace-secs", "30", "--listen", &listen])
         .map(str::to_owned)

@@ -97,7 +97,7 @@ pub struct Fleet {
     #[serde(default = "one")]
     pub workers: usize,
     /// The workers keep sessions, rooms and history in the bus's JetStream store
-    /// (`clientmq-chat --store`).
+    /// (`clientmq-chat`'s default; `false` is its `--memory`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub store: bool,
     /// The workers' session grace period, seconds (default 30).

@@ -69,7 +69,9 @@ async fn fleet(bins: &Binaries, tag: &str, extra: &[&str]) -> Result<Fleet, Stri
     let seed = bins.node_seed(&format!("fanout-{tag}-node-seed"), &GATEWAY_FLAGS).await?;
     let (nats, monitor) = bins.nats_server_monitored(&format!("fanout-{tag}-nats-server")).await?;
     let url = format!("nats://{}", nats.target.addr());
-    let worker = bins.chat_worker_with(&format!("fanout-{tag}-worker"), &url, &CHAT_FLAGS)?;
+    // The in-memory worker: fan-out is the gateways' work, whatever keeps the room.
+    let worker_flags = [&CHAT_FLAGS[..], &["--memory"]].concat();
+    let worker = bins.chat_worker_with(&format!("fanout-{tag}-worker"), &url, &worker_flags)?;
     let mut gateways = Vec::new();
     for name in ["gw1", "gw2", "gw3"] {
         let mut flags = flags.clone();

@@ -77,8 +77,8 @@ pub(super) async fn start(bins: &Binaries) -> Result<Fleet, String> {
             let listen = format!("127.0.0.1:{port}");
             let mut flags = vec!["--nats-prefix", prefix, "--listen", &listen];
             flags.extend(CHAT_FLAGS);
-            if stored {
-                flags.push("--store");
+            if !stored {
+                flags.push("--memory");
             }
             let log = format!("store-{name}-worker{w}");
             let seed = 1 + (2 * i + w) as u64;

@@ -1,4 +1,4 @@
-//! The store figures: chat sends and joins through `clientmq-chat --store` (state in JetStream)
+//! The store figures: chat sends and joins through `clientmq-chat` on the store (state in JetStream)
 //! with one and with two workers, next to the in-memory worker, on one nats-server with
 //! JetStream. Each system is a fleet of its own (a gateway and its workers on their own
 //! `--nats-prefix`, so no two fleets share a queue group or a bucket); CPU time is read per
@@ -259,7 +259,7 @@ fn run_notes(fleet: &Fleet, runs: &[(&str, RequestReport)], shares: &[(&str, Vec
         format!(
             "store: one nats-server `{}` with JetStream (`-js`, its store in a fresh directory under the \
              logs); each system a gateway and its `clientmq-chat` workers on a `--nats-prefix` of its own \
-             (`--store` for the JetStream systems), all three fleets up throughout: nats-server's CPU is \
+             (`--memory` for the in-memory one), all three fleets up throughout: nats-server's CPU is \
              shared, and includes the idle fleets' announcements and the stored workers' sweeps",
             fleet.nats_version
         ),

@@ -16,7 +16,8 @@ use clientmq_bus::store::{Store, StoreError};
 pub enum StartError {
     #[error(
         "JetStream is not enabled on the NATS server for this account: start nats-server with -js \
-         (or `jetstream {{}}` in its configuration), or enable it for the account"
+         (or `jetstream {{}}` in its configuration), or enable it for the account; or run one \
+         worker with --memory, which keeps its state in its own memory"
     )]
     JetStreamOff,
     #[error(

@@ -1,4 +1,4 @@
-//! The chat worker on the store (`clientmq-chat --store`): it keeps nothing of its own but a
+//! The chat worker on the store (`clientmq-chat`, unless `--memory`): it keeps nothing of its own but a
 //! cache, so any number of them serve one fleet in the `chat` queue group, and any of them may
 //! die at any moment.
 //!
