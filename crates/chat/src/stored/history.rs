@@ -19,6 +19,7 @@ use prost::Message;
 
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{Attempt, DecideError, Decided, MAX_ATTEMPTS, attempt};
+use super::follow::refresh;
 use super::layout::Layout;
 use super::records::{PendingEvent, RoomKey, Touched};
 
@@ -111,12 +112,21 @@ pub async fn decide_room_then<B: Bus, T, F: Future<Output = ()>>(
     then: impl FnOnce(&T, u64) -> F,
 ) -> Result<T, DecideError> {
     let pending_now = || lock(cache).room(room).map(|r| r.value.pending.clone()).unwrap_or_default();
+    let key = RoomKey::Room(room.to_owned()).key();
     let mut last_key = String::new();
+    let mut read = false;
     for _ in 0..MAX_ATTEMPTS {
         append(store, layout, room, &pending_now()).await?;
         match attempt(store, layout, cache, &mut decide).await? {
+            // Nothing to write, decided on the cache, which may lag the store (by a follower's
+            // delay, or a whole partition): read the key and decide once more. Else a refusal or
+            // a no-op would answer for a room that is no longer so, and what `then` tells would
+            // carry a revision the gateway already passed (and drops as stale).
+            Attempt::Done(_, None) if !read => {
+                read = true;
+                refresh(store, layout.bucket(Bucket::Rooms), Bucket::Rooms, &key, cache).await?;
+            }
             Attempt::Done(outcome, taken) => {
-                let key = RoomKey::Room(room.to_owned()).key();
                 let revision =
                     taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
                 then(&outcome, revision).await;
