@@ -14,8 +14,8 @@
 //! gateway's connection still attached"). The bound now includes the bus's delivery time; the
 //! scenario must still detach later than 6 s after the death, and pass.
 //!
-//! `store-*`: sixteen seeds explore found failing with workers on the store (blocks 260M to
-//! 450M), shrunk. Their classes, each fixed: a worker dying between a write the store took and
+//! `store-*`: seeds explore found failing with workers on the store (blocks 260M to
+//! 550M), shrunk. Their classes, each fixed: a worker dying between a write the store took and
 //! its report (the facts now come from the store), a join's subscription long before its write
 //! under contention, ends never retried after a cut, a leave unsubscribing long before its
 //! decision, a restarted worker's clock started late, an orphans list lost with the only worker
@@ -39,7 +39,11 @@
 //! each one's key in turn and told the last leaver past the bound. And `store-540012485`: a
 //! worker killed between binding a resumed session to its new connection and telling that
 //! connection its rooms (the session's record now says the holder is owed them until told).
-//! Each must pass, run on the store, and replay byte for byte.
+//! And `store-550047328`: a worker back from a partition took a member's conversation
+//! subscription before its cache caught up with the member's leave and join again; its cache
+//! said the member listened already, so it wrote nothing and told the subscription at its old
+//! revision, which the gateway dropped as stale (a room decision that writes nothing now reads
+//! the room first). Each must pass, run on the store, and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -90,7 +94,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 22, |name, scenario, _| {
+    replay_kept("store-", 23, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }
@@ -130,6 +134,24 @@ fn a_resume_is_told_to_its_new_connection_whatever_the_instant_its_binder_dies()
         let outcome = clientmq_sim::run(&scenario);
         let violation = outcome.violation.as_ref().map(ToString::to_string);
         assert!(outcome.passed(), "kill at {at:.2} s: {violation:?} {:?}", outcome.unmet);
+    }
+}
+
+/// The worker's return from its partition in `store-550047328` moved over the second around
+/// it, in 20 ms steps: before a room decision that writes nothing read the room first, 25 of
+/// these 51 instants failed.
+#[test]
+fn a_worker_back_from_a_partition_subscribes_a_listener_whatever_the_instant() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions/store-550047328.toml");
+    let mut scenario = Scenario::load(&path).unwrap();
+    let repair =
+        scenario.timeline.iter().position(|s| s.at_secs > 16.7 && s.at_secs < 16.8).expect("the repair");
+    for step in 0..=50 {
+        let at = 16.0 + f64::from(step) * 0.02;
+        scenario.timeline[repair].at_secs = at;
+        let outcome = clientmq_sim::run(&scenario);
+        let violation = outcome.violation.as_ref().map(ToString::to_string);
+        assert!(outcome.passed(), "repair at {at:.2} s: {violation:?} {:?}", outcome.unmet);
     }
 }
 

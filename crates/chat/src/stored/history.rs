@@ -210,6 +210,49 @@ mod tests {
         assert_eq!(told, [(joined, "s1".to_owned()), (joined, "s2".to_owned())]);
     }
 
+    /// A worker whose cache lags (cut off while a member left and joined again through another
+    /// worker) takes that member's conversation subscription: its cache says the member listens
+    /// already, the store says not. The decision reads the room before it settles on doing
+    /// nothing, so the member listens again, and what the worker tells carries the revision that
+    /// made it so, not the cache's old one (which the gateway would drop as stale).
+    #[tokio::test]
+    async fn a_decision_to_do_nothing_is_made_on_the_room_as_stored() {
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        layout.ensure(&store).await.unwrap();
+        let key = RoomKey::Room("r1".into()).key();
+        let room = crate::stored::testing::room("r1");
+        layout.rooms.put(&store, &key, room.encode_to_vec(), Some(0)).await.unwrap();
+        let (fresh, lagging) = (Mutex::new(Cache::default()), Mutex::new(Cache::default()));
+        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, &key, &fresh).await.unwrap();
+        let member = chat::Member::default();
+        let join = |c: &Cache| join(c, "s1", "r1", member.clone(), 1, 10, 10);
+        let listen = |c: &Cache| crate::stored::rooms::listen(c, "s1", "r1");
+        decide_room(&store, &layout, &fresh, "r1", join).await.unwrap().unwrap();
+        assert_eq!(decide_room(&store, &layout, &fresh, "r1", listen).await.unwrap(), Ok(true));
+        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, &key, &lagging).await.unwrap();
+        let stale = lagging.lock().unwrap().revision(Bucket::Rooms, &key);
+        // Through the other worker: a leave (which ends the listening) and a join again.
+        decide_room(&store, &layout, &fresh, "r1", |c| crate::stored::rooms::leave(c, "s1", "r1", 2))
+            .await
+            .unwrap();
+        decide_room(&store, &layout, &fresh, "r1", join).await.unwrap().unwrap();
+
+        let told = Mutex::new(None);
+        let then = |_: &Result<bool, &str>, revision| {
+            *told.lock().unwrap() = Some(revision);
+            async {}
+        };
+        let listening = decide_room_then(&store, &layout, &lagging, "r1", listen, then).await.unwrap();
+        assert_eq!(listening, Ok(true), "the member listens anew");
+        let entry = layout.rooms.entry(&store, &key).await.unwrap().unwrap();
+        let stored = RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        assert_eq!(stored.listeners, ["s1"]);
+        let told = told.lock().unwrap().expect("told");
+        assert!(told > stale, "told at {told}, past the lagging cache's {stale}");
+    }
+
     /// JetStream answers 10158 (a message with that id in flight) while a cluster replicates
     /// another worker's append of the same event: the append sends it again until it is taken,
     /// and the room hears it once; still refused past its deadline, the append says so.
