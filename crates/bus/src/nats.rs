@@ -212,15 +212,24 @@ pub struct NatsSubscription {
     window: tokio::time::Instant,
     in_window: u64,
     in_last_window: u64,
-    /// While draining: when to stop waiting for the server's last messages if none comes.
-    quiet_until: Option<tokio::time::Instant>,
+    draining: Draining,
+}
+
+/// Where a subscription's drain stands.
+enum Draining {
+    No,
+    /// The server stops after a count: when to stop waiting for its last messages if none comes.
+    QuietUntil(tokio::time::Instant),
+    /// Unsubscribed outright: what the client holds still comes, then the end.
+    Unsubscribed,
 }
 
 impl NatsSubscription {
     fn new(sub: async_nats::Subscriber) -> Self {
         let window = tokio::time::Instant::now();
         let (taken, held) = (0, VecDeque::new());
-        NatsSubscription { sub, taken, held, window, in_window: 0, in_last_window: 0, quiet_until: None }
+        let draining = Draining::No;
+        NatsSubscription { sub, taken, held, window, in_window: 0, in_last_window: 0, draining }
     }
 
     fn took(&mut self) {
@@ -251,7 +260,7 @@ impl Subscription for NatsSubscription {
             return Some(from_nats(msg));
         }
         loop {
-            let Some(quiet_until) = self.quiet_until else {
+            let Draining::QuietUntil(quiet_until) = self.draining else {
                 let msg = self.sub.next().await?;
                 self.took();
                 return Some(from_nats(msg));
@@ -259,7 +268,7 @@ impl Subscription for NatsSubscription {
             match tokio::time::timeout_at(quiet_until, self.sub.next()).await {
                 Ok(Some(msg)) => {
                     self.took();
-                    self.quiet_until = Some(tokio::time::Instant::now() + DRAIN_QUIET);
+                    self.draining = Draining::QuietUntil(tokio::time::Instant::now() + DRAIN_QUIET);
                     return Some(from_nats(msg));
                 }
                 Ok(None) => return None,
@@ -269,7 +278,7 @@ impl Subscription for NatsSubscription {
                         tracing::debug!(error = %e, "not unsubscribed: the client is gone");
                         return None;
                     }
-                    self.quiet_until = Some(tokio::time::Instant::now() + Duration::from_secs(3600));
+                    self.draining = Draining::Unsubscribed;
                 }
             }
         }
@@ -287,7 +296,7 @@ impl Subscription for NatsSubscription {
     /// second's worth of messages, or a message arriving in the round trip of that last
     /// unsubscribe, can still be lost.)
     async fn drain(&mut self) {
-        if self.quiet_until.is_some() {
+        if !matches!(self.draining, Draining::No) {
             return;
         }
         while let Some(Some(msg)) = self.sub.next().now_or_never() {
@@ -298,6 +307,6 @@ impl Subscription for NatsSubscription {
         if let Err(e) = self.sub.unsubscribe_after(self.taken + margin).await {
             tracing::debug!(error = %e, "not drained: the client is gone");
         }
-        self.quiet_until = Some(tokio::time::Instant::now() + DRAIN_QUIET);
+        self.draining = Draining::QuietUntil(tokio::time::Instant::now() + DRAIN_QUIET);
     }
 }
