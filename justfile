@@ -68,12 +68,17 @@ fuzz CASES="10000000":
 # each survivor lives. The server run skips cargo-mutants' baseline, which would run only the
 # mutated package's tests (without the simulator's targets); `just test` is that baseline.
 mutants JOBS="2":
-    cargo mutants -p clientmq-core --test-package clientmq-core --profile mutants -j {{JOBS}} --timeout 120 -o target/mutants/core
+    mkdir -p target/mutants
+    -cargo mutants -p clientmq-core --test-package clientmq-core --profile mutants -j {{JOBS}} --timeout 120 -o target/mutants/core
     cargo mutants $(sed -n 's/^file  *\([^ #]*\).*/-f \1/p' mutants.list) $(sed -n 's/^test  *\([^ #]*\).*/--cargo-test-arg=\1/p' mutants.list) --test-package clientmq-server --test-package clientmq-sim --profile mutants -j {{JOBS}} --baseline skip --timeout 180 --build-timeout 900 -o target/mutants/server
 
 # Mutation testing of the fleet (mutants.fleet.list: the chat worker, the store client, the
 # gateway's bus backend), in two passes: every mutant against the chat and bus unit tests, then
-# what they missed against the simulator's and the server's tests. Hours on two cores.
+# what they missed against the simulator's and the server's tests (the first exits 2 for what
+# it leaves to the second: `-`, go on). Both take --iterate, skipping what a run before caught:
+# remove target/mutants/fleet to start over (after changing the code or weakening a test).
+# Hours on two cores; an interrupted run resumes where it stopped when run again.
 mutants-fleet JOBS="2":
-    set -f; cargo mutants $(sed -n 's/^file  *\([^ #]*\).*/-f \1/p' mutants.fleet.list) $(sed -n 's/^exclude  *\([^ #]*\).*/-e \1/p' mutants.fleet.list) --test-package clientmq-chat --test-package clientmq-bus --cargo-test-arg=--lib --profile mutants -j {{JOBS}} --timeout 60 --build-timeout 900 -o target/mutants/fleet
+    mkdir -p target/mutants
+    -set -f; cargo mutants $(sed -n 's/^file  *\([^ #]*\).*/-f \1/p' mutants.fleet.list) $(sed -n 's/^exclude  *\([^ #]*\).*/-e \1/p' mutants.fleet.list) --test-package clientmq-chat --test-package clientmq-bus --cargo-test-arg=--lib --iterate --profile mutants -j {{JOBS}} --timeout 60 --build-timeout 900 -o target/mutants/fleet
     set -f; cargo mutants $(sed -n 's/^file  *\([^ #]*\).*/-f \1/p' mutants.fleet.list) $(sed -n 's/^exclude  *\([^ #]*\).*/-e \1/p' mutants.fleet.list) $(sed -n 's/^test  *\([^ #]*\).*/--cargo-test-arg=\1/p' mutants.fleet.list) --iterate --test-package clientmq-sim --test-package clientmq-server --test-package clientmq-bus --profile mutants -j {{JOBS}} --baseline skip --timeout 300 --build-timeout 900 -o target/mutants/fleet
