@@ -99,60 +99,43 @@ fn once_failing_store_seeds_pass() {
     });
 }
 
-/// The restart of `store-510031518` moved over the second of leaves around it, in 20 ms steps:
-/// before the sweep told each touched session once from one catch-up, and cleared them from a
-/// record that moved meanwhile, 17 of these 51 instants failed.
-#[test]
-fn a_hot_room_is_repaired_in_time_whatever_the_instant_its_only_worker_restarts() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions/store-510031518.toml");
+/// Kept scenario `name` with its timeline step `what` (found by its instant, `was`) moved to
+/// `steps` + 1 instants 20 ms apart from `from`: each must pass.
+fn passes_at_every_instant(name: &str, what: &str, was: f64, from: f64, steps: u32) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/regressions/{name}.toml"));
     let mut scenario = Scenario::load(&path).unwrap();
-    assert_eq!(scenario.timeline.len(), 1, "one restart");
-    for step in 0..=50 {
-        let at = 13.0 + f64::from(step) * 0.02;
-        scenario.timeline[0].at_secs = at;
+    let moved = scenario.timeline.iter().position(|s| (s.at_secs - was).abs() < 0.005).expect(what);
+    for step in 0..=steps {
+        let at = from + f64::from(step) * 0.02;
+        scenario.timeline[moved].at_secs = at;
         let outcome = clientmq_sim::run(&scenario);
-        assert!(
-            outcome.passed(),
-            "restart at {at:.2} s: {:?} {:?}",
-            outcome.violation.map(|v| v.to_string()),
-            outcome.unmet
-        );
+        let violation = outcome.violation.as_ref().map(ToString::to_string);
+        assert!(outcome.passed(), "{name}, {what} at {at:.2} s: {violation:?} {:?}", outcome.unmet);
     }
 }
 
-/// The kill of `store-540012485` moved over the instants around it, in 20 ms steps: before a
-/// resumed session's record said its new connection was owed its rooms, the kill failed at
-/// every instant from 11.22 s to 11.42 s.
+/// The restart of `store-510031518` moved over the second of leaves around it: before the
+/// sweep told each touched session once from one catch-up, and cleared them from a record that
+/// moved meanwhile, 17 of these 51 instants failed.
+#[test]
+fn a_hot_room_is_repaired_in_time_whatever_the_instant_its_only_worker_restarts() {
+    passes_at_every_instant("store-510031518", "the restart", 13.98, 13.0, 50);
+}
+
+/// The kill of `store-540012485` moved over the instants around it: before a resumed session's
+/// record said its new connection was owed its rooms, the kill failed at every instant from
+/// 11.22 s to 11.42 s.
 #[test]
 fn a_resume_is_told_to_its_new_connection_whatever_the_instant_its_binder_dies() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions/store-540012485.toml");
-    let mut scenario = Scenario::load(&path).unwrap();
-    let kill = scenario.timeline.iter().position(|s| s.at_secs == 11.41).expect("the kill");
-    for step in 0..=15 {
-        let at = 11.16 + f64::from(step) * 0.02;
-        scenario.timeline[kill].at_secs = at;
-        let outcome = clientmq_sim::run(&scenario);
-        let violation = outcome.violation.as_ref().map(ToString::to_string);
-        assert!(outcome.passed(), "kill at {at:.2} s: {violation:?} {:?}", outcome.unmet);
-    }
+    passes_at_every_instant("store-540012485", "the kill", 11.41, 11.16, 15);
 }
 
 /// The worker's return from its partition in `store-550047328` moved over the second around
-/// it, in 20 ms steps: before a room decision that writes nothing read the room first, 25 of
-/// these 51 instants failed.
+/// it: before a room decision that writes nothing read the room first, 25 of these 51 instants
+/// failed.
 #[test]
 fn a_worker_back_from_a_partition_subscribes_a_listener_whatever_the_instant() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/regressions/store-550047328.toml");
-    let mut scenario = Scenario::load(&path).unwrap();
-    let repair =
-        scenario.timeline.iter().position(|s| s.at_secs > 16.7 && s.at_secs < 16.8).expect("the repair");
-    for step in 0..=50 {
-        let at = 16.0 + f64::from(step) * 0.02;
-        scenario.timeline[repair].at_secs = at;
-        let outcome = clientmq_sim::run(&scenario);
-        let violation = outcome.violation.as_ref().map(ToString::to_string);
-        assert!(outcome.passed(), "repair at {at:.2} s: {violation:?} {:?}", outcome.unmet);
-    }
+    passes_at_every_instant("store-550047328", "the repair", 16.771, 16.0, 50);
 }
 
 #[test]

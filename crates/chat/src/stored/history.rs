@@ -156,22 +156,25 @@ mod tests {
     use crate::stored::records::RoomRecord;
     use crate::stored::rooms::join;
 
+    /// A store on `bus` with the chat layout and an empty room `r1`.
+    async fn with_room(bus: &Arc<ModelBus>) -> (Store<ModelBus>, Layout) {
+        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
+        let layout = Layout::new("clientmq", 1, 100);
+        layout.ensure(&store).await.unwrap();
+        let room = crate::stored::testing::room("r1");
+        let key = RoomKey::Room("r1".into()).key();
+        layout.rooms.put(&store, &key, room.encode_to_vec(), Some(0)).await.unwrap();
+        (store, layout)
+    }
+
     /// A worker dies between a join's write and its append: the next decision about the room
     /// appends the event it left, the stream keeps it once, and the room hears both joins once,
     /// in order.
     #[tokio::test]
     async fn an_event_left_pending_by_a_dead_worker_is_told_once() {
         let bus = Arc::new(ModelBus::default());
-        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
-        let layout = Layout::new("clientmq", 1, 100);
-        layout.ensure(&store).await.unwrap();
         let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
-        let room = crate::stored::testing::room("r1");
-        layout
-            .rooms
-            .put(&store, &RoomKey::Room("r1".into()).key(), room.encode_to_vec(), Some(0))
-            .await
-            .unwrap();
+        let (store, layout) = with_room(&bus).await;
         let cache = Mutex::new(Cache::default());
         crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, "r.r1", &cache).await.unwrap();
 
@@ -217,13 +220,8 @@ mod tests {
     /// made it so, not the cache's old one (which the gateway would drop as stale).
     #[tokio::test]
     async fn a_decision_to_do_nothing_is_made_on_the_room_as_stored() {
-        let bus = Arc::new(ModelBus::default());
-        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
-        let layout = Layout::new("clientmq", 1, 100);
-        layout.ensure(&store).await.unwrap();
+        let (store, layout) = with_room(&Arc::new(ModelBus::default())).await;
         let key = RoomKey::Room("r1".into()).key();
-        let room = crate::stored::testing::room("r1");
-        layout.rooms.put(&store, &key, room.encode_to_vec(), Some(0)).await.unwrap();
         let (fresh, lagging) = (Mutex::new(Cache::default()), Mutex::new(Cache::default()));
         crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, &key, &fresh).await.unwrap();
         let member = chat::Member::default();
