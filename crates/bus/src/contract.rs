@@ -411,10 +411,26 @@ mod tests {
         assert_eq!(room_from_token("_zz"), None);
     }
 
+    /// A worker reads back the claims a gateway verified, as they were; headers it cannot read
+    /// are no claims at all.
+    #[test]
+    fn claims_headers_parse_back() {
+        let raw = r#"{"expires":4102444800000,"sessionId":"s1","type":"auth"}"#;
+        let claims = Claims::from_verified("app", raw).unwrap();
+        let [(app_name, app), (claims_name, encoded)] = claims_headers(&claims);
+        assert_eq!((app_name, claims_name), (header::APPLICATION, header::CLAIMS));
+        assert_eq!(parse_claims(&app, &encoded), Some(claims));
+        assert_eq!(parse_claims(&app, "not base64!"), None);
+        assert_eq!(parse_claims(&app, &STANDARD.encode("not json")), None);
+    }
+
     #[test]
     fn subscription_values_and_id_lists_parse_back() {
         let v = topic_value(Topic::Conversation, "r 1");
         assert_eq!(parse_topic_value(&v), Some((Topic::Conversation, "r 1".into())));
+        let v = topic_value(Topic::Room, "r1");
+        assert_eq!(parse_topic_value(&v), Some((Topic::Room, "r1".into())));
+        assert_eq!(parse_topic_value("room "), None, "a room id is not empty");
         assert_eq!(parse_topic_value("room"), None);
         assert_eq!(parse_topic_value("planet x"), None);
         let a: ConnectionId = "a".repeat(32).parse().unwrap();
