@@ -321,6 +321,7 @@ mod tests {
         let s = Subjects::new("p");
         let mut gws = Gateways::new(s.clone(), "w1");
         let t0 = Instant::now();
+        assert_eq!((gws.len(), gws.is_empty()), (0, true));
         assert!(!gws.request_from("gw1.x", conn(1), t0));
         assert!(!gws.request_from("gw1.x", conn(2), t0));
         assert_eq!(gws.route_of(&conn(1)), Some("gw1.x"));
@@ -328,8 +329,11 @@ mod tests {
         let t1 = t0 + GATEWAY_SILENT_AFTER;
         assert_eq!(gws.silent(t1), ["gw1.x"]);
         assert_eq!(gws.connections_on("gw1.x"), [conn(1), conn(2)]);
+        assert_eq!((gws.len(), gws.is_empty()), (1, false));
         gws.forget(&conn(1));
         gws.forget(&conn(2));
+        assert_eq!(gws.route_of(&conn(1)), None, "forgotten");
+        assert!(gws.connections_on("gw1.x").is_empty());
         gws.gone("gw1.x", [conn(2)], t1);
         assert!(gws.silent(t1).is_empty(), "counted gone once");
 
@@ -405,6 +409,30 @@ mod tests {
         assert!(gws.announced(&announce(&s, "gw2.x", 1), t0).unwrap().publish.is_empty());
         // Never heard before at all: nothing to ask about.
         assert!(gws.announced(&announce(&s, "gw3.x", 5), t0).unwrap().publish.is_empty());
+
+        // The only gateway a worker knows, by its requests alone.
+        let mut gws = Gateways::new(s.clone(), "w1");
+        gws.request_from("gw1.x", conn(1), t0);
+        assert_eq!(gws.announced(&announce(&s, "gw1.x", 2), t0).unwrap().publish.len(), 1);
+    }
+
+    /// On a store shared by workers, the routes come from the store: each connection's gateway,
+    /// and a gateway named there and never heard is watched (counted gone after its silence).
+    #[test]
+    fn routes_set_from_a_store_replace_those_seen_and_watch_their_gateways() {
+        let s = Subjects::new("p");
+        let mut gws = Gateways::new(s.clone(), "w2");
+        let t0 = Instant::now();
+        gws.request_from("gw1.x", conn(1), t0);
+        let t1 = t0 + Duration::from_secs(1);
+        gws.set_routes([(conn(2), "gw1.x".to_owned()), (conn(3), "gw2.x".to_owned())], t1);
+        assert_eq!(gws.route_of(&conn(1)), None, "the store's list is the whole list");
+        assert_eq!(gws.connections_on("gw1.x"), [conn(2)]);
+        assert_eq!(gws.route_of(&conn(3)), Some("gw2.x"));
+        assert_eq!(gws.len(), 2);
+        // gw1.x's silence counts from its request; gw2.x's from when the list named it.
+        assert_eq!(gws.silent(t0 + GATEWAY_SILENT_AFTER), ["gw1.x"]);
+        assert_eq!(gws.silent(t1 + GATEWAY_SILENT_AFTER), ["gw1.x", "gw2.x"]);
     }
 
     /// On a store shared by workers, the orphans come from the store: a worker that never
