@@ -315,3 +315,33 @@ impl<B: Bus> Store<B> {
         Ok(StoredMsg { subject: raw.subject, seq: raw.seq, headers, data })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(err_code: u32, description: &str) -> StoreError {
+        StoreError::from_api(ApiError { code: 400, err_code, description: description.to_owned() })
+    }
+
+    /// Each refusal a caller acts on has a variant of its own; the rest keep JetStream's words.
+    #[test]
+    fn jetstream_refusals_map_to_what_a_caller_acts_on() {
+        let wrong = refused(code::WRONG_LAST_SEQUENCE, "wrong last sequence: 7");
+        assert_eq!(wrong, StoreError::WrongLastSequence(7));
+        let unreadable = refused(code::WRONG_LAST_SEQUENCE, "wrong last sequence");
+        assert!(matches!(unreadable, StoreError::Api { err_code: code::WRONG_LAST_SEQUENCE, .. }));
+        for in_flight in [code::WRONG_LAST_SEQUENCE_UNKNOWN, code::DUPLICATE_IN_FLIGHT] {
+            assert_eq!(refused(in_flight, "busy"), StoreError::InFlight("busy".into()));
+        }
+        assert_eq!(refused(code::NO_MESSAGE_FOUND, "no message found"), StoreError::NotFound);
+        assert_eq!(refused(code::STREAM_NOT_FOUND, "stream not found"), StoreError::NoStream);
+        let other = refused(code::MESSAGE_TOO_LARGE, "message size exceeds maximum allowed");
+        let words = StoreError::Api {
+            code: 400,
+            err_code: code::MESSAGE_TOO_LARGE,
+            description: "message size exceeds maximum allowed".into(),
+        };
+        assert_eq!(other, words);
+    }
+}
