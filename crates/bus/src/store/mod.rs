@@ -318,7 +318,69 @@ impl<B: Bus> Store<B> {
 
 #[cfg(test)]
 mod tests {
+    use super::loopback::ModelBus;
     use super::*;
+    use wire::Storage;
+
+    /// A store on the model with stream `S` on `t.>`.
+    async fn store() -> Store<ModelBus> {
+        let store = Store::new(Arc::new(ModelBus::default()), "w", Duration::from_secs(1)).await.unwrap();
+        let config = StreamConfig {
+            name: "S".into(),
+            subjects: vec!["t.>".into()],
+            max_msgs_per_subject: -1,
+            max_msg_size: -1,
+            duplicate_window: 120_000_000_000,
+            storage: Storage::Memory,
+            num_replicas: 1,
+            allow_rollup_hdrs: false,
+            deny_delete: false,
+            allow_direct: true,
+            republish: None,
+        };
+        store.create_stream(&config).await.unwrap();
+        store
+    }
+
+    /// Reads by sequence, by a subject's next from a sequence and by its last, and the
+    /// stream's state, as the model answers them (the differential test holds the model to
+    /// nats-server).
+    #[tokio::test]
+    async fn messages_are_read_back_by_sequence_and_by_subject() {
+        let store = store().await;
+        store.check().await.unwrap();
+        for (subject, data) in [("t.a", "1"), ("t.b", "2"), ("t.a", "3"), ("t.b", "4")] {
+            store.publish(subject, Vec::new(), data.into(), &Expect::default()).await.unwrap();
+        }
+        let read = async |query: MsgQuery| {
+            let msg = store.get("S", &query).await.unwrap();
+            (msg.seq, msg.subject, String::from_utf8(msg.data).unwrap())
+        };
+        assert_eq!(read(MsgQuery::Seq(2)).await, (2, "t.b".into(), "2".into()));
+        let next = MsgQuery::NextBySubject { from: 2, subject: "t.a".into() };
+        assert_eq!(read(next).await, (3, "t.a".into(), "3".into()));
+        assert_eq!(read(MsgQuery::LastBySubject("t.b".into())).await, (4, "t.b".into(), "4".into()));
+        let past = store.get("S", &MsgQuery::NextBySubject { from: 4, subject: "t.a".into() }).await;
+        assert_eq!(past, Err(StoreError::NotFound));
+        let state = store.stream_state("S").await.unwrap();
+        assert_eq!((state.messages, state.first_seq, state.last_seq), (4, 1, 4));
+        assert_eq!(store.stream_state("T").await, Err(StoreError::NoStream));
+        // A subject no stream takes: nobody answers the publish.
+        let nobody = store.publish("u.a", Vec::new(), Vec::new(), &Expect::default()).await;
+        assert_eq!(nobody, Err(StoreError::NoResponders));
+    }
+
+    /// A store dropped stops its task that hands answers out.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_dropped_store_leaves_no_task_behind() {
+        let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
+        let before = tasks();
+        let store = store().await;
+        assert_eq!(tasks(), before + 1, "its dispatch task");
+        drop(store);
+        tokio::task::yield_now().await;
+        assert_eq!(tasks(), before);
+    }
 
     fn refused(err_code: u32, description: &str) -> StoreError {
         StoreError::from_api(ApiError { code: 400, err_code, description: description.to_owned() })
