@@ -329,6 +329,8 @@ mod tests {
         ] {
             assert_eq!(parse_sessions(bad), None, "{bad:?}");
         }
+        let full: Vec<u8> = (0..IDS_PER_MESSAGE).flat_map(|_| format!("{a} s\n").into_bytes()).collect();
+        assert_eq!(parse_sessions(&full).map(|l| l.len()), Some(IDS_PER_MESSAGE), "a full list is whole");
         let many: Vec<u8> = (0..=IDS_PER_MESSAGE).flat_map(|_| format!("{a} s\n").into_bytes()).collect();
         assert_eq!(parse_sessions(&many), None);
     }
