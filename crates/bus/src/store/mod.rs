@@ -323,7 +323,7 @@ mod tests {
     use wire::Storage;
 
     /// A store on the model with stream `S` on `t.>`.
-    async fn store() -> Store<ModelBus> {
+    pub(in crate::store) async fn store() -> Store<ModelBus> {
         let store = Store::new(Arc::new(ModelBus::default()), "w", Duration::from_secs(1)).await.unwrap();
         let config = StreamConfig {
             name: "S".into(),

@@ -213,3 +213,73 @@ impl<B: Bus> Follower<B> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::Expect;
+    use crate::store::loopback::ModelBus;
+    use crate::store::tests::store;
+
+    async fn put(store: &Store<ModelBus>, subject: &str, data: &str) {
+        store.publish(subject, Vec::new(), data.into(), &Expect::default()).await.unwrap();
+    }
+
+    /// A watch hands out the stream's messages in order with their sequences, says its
+    /// consumer is alive, and once stopped leaves no consumer behind.
+    #[tokio::test]
+    async fn a_watch_follows_in_order_and_its_stop_deletes_its_consumer() {
+        let store = store().await;
+        put(&store, "t.a", "1").await;
+        put(&store, "t.b", "2").await;
+        let mut watch = store.watch("S", "t.>", DeliverPolicy::All, None).await.unwrap();
+        for (seq, data) in [(1, "1"), (2, "2")] {
+            let pushed = watch.next().await.unwrap().unwrap();
+            assert_eq!((pushed.msg.seq, pushed.consumer_seq, pushed.msg.data), (seq, seq, data.into()));
+        }
+        watch.alive().await.unwrap();
+        let info = watch.about(wire::CONSUMER_INFO);
+        watch.stop().await.unwrap();
+        assert!(store.api(&info, Vec::new()).await.is_err(), "the consumer is gone");
+    }
+
+    /// A consumer sequence that skips is a gap (what the client missed while away), and a
+    /// pushed message without the consumer's reply subject is malformed.
+    #[tokio::test]
+    async fn a_skipped_consumer_sequence_is_a_gap() {
+        let store = store().await;
+        let mut watch = store.watch("S", "t.>", DeliverPolicy::All, None).await.unwrap();
+        let pushed = |consumer_seq: u64| {
+            let reply = format!("$JS.ACK.S.{}.1.7.{consumer_seq}.0.0", watch.consumer);
+            BusMessage::new("t.a", b"x".to_vec()).reply_to(reply)
+        };
+        let (first, third) = (pushed(1), pushed(3));
+        assert_eq!(watch.take(first).unwrap().msg.seq, 7);
+        assert_eq!(watch.take(third), Err(StoreError::Gap { expected: 2, got: 3 }));
+        let stray = BusMessage::new("t.a", Vec::new()).reply_to("$JS.ACK.S.other.1.7.2.0.0");
+        assert!(matches!(watch.take(stray), Err(StoreError::Malformed(_))));
+    }
+
+    /// A follower whose consumer is deleted under it (its node died) notices at its quiet
+    /// check, follows again after the last message it handed out, and hands out each message
+    /// once, in order.
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_whose_consumer_is_gone_follows_again_after_its_last() {
+        let store = store().await;
+        put(&store, "t.a", "1").await;
+        put(&store, "t.b", "2").await;
+        let mut follower = Follower::new(&store, "S", "t.>", DeliverPolicy::All);
+        assert_eq!(follower.next().await.seq, 1);
+        assert_eq!(follower.next().await.seq, 2);
+        let (watch, _) = follower.watch.as_ref().unwrap();
+        watch.delete().await.unwrap();
+        put(&store, "t.a", "3").await;
+        let next = tokio::time::timeout(QUIET_CHECK * 3, follower.next()).await.expect("followed again");
+        assert_eq!((next.seq, next.data), (3, b"3".to_vec()));
+        put(&store, "t.b", "4").await;
+        let next = tokio::time::timeout(Duration::from_secs(1), follower.next()).await.unwrap();
+        assert_eq!(next.seq, 4);
+    }
+}
