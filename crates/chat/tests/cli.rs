@@ -55,11 +55,11 @@ fn memory_and_store_replicas_are_refused_together() {
 }
 
 /// The store is the default: on a server without JetStream the worker refuses to start and says
-/// both ways out; with `--memory` it serves there.
+/// both ways out; with `--memory` it serves there, and reloads its NATS credentials on SIGHUP.
 #[tokio::test]
-async fn without_jetstream_the_worker_says_what_to_do_and_memory_serves() {
+async fn without_jetstream_the_worker_says_what_to_do_and_memory_serves_and_reloads() {
     use clientmq_testkit::nats::Nats;
-    use clientmq_testkit::procs::{Log, free_port, http_get, wait_for};
+    use clientmq_testkit::procs::{Log, free_port, http_get, scrape, wait_for};
 
     let log = Log::default();
     let nats = Nats::start(&log).await;
@@ -78,11 +78,30 @@ async fn without_jetstream_the_worker_says_what_to_do_and_memory_serves() {
 
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let args = ["--nats", &nats.url(), "--memory", "--listen", &listen].map(str::to_owned);
-    let _worker =
+    let token = std::env::temp_dir().join(format!("clientmq-cli-token-{}", std::process::id()));
+    std::fs::write(&token, "t0\n").unwrap();
+    let args = ["--nats", &nats.url(), "--memory", "--listen", &listen, "--nats-token-file"]
+        .map(str::to_owned)
+        .into_iter()
+        .chain([token.display().to_string()])
+        .collect::<Vec<_>>();
+    let worker =
         clientmq_testkit::procs::Proc::spawn(env!("CARGO_BIN_EXE_clientmq-chat"), &args, "chat", &log);
     wait_for(Duration::from_secs(20), "the in-memory worker ready", &log, || async {
         http_get(port, "/readyz").await.0 == 200
     })
     .await;
+
+    // SIGHUP reads the NATS credentials again, and counts whether it could.
+    let reloads = |outcome: &'static str| async move {
+        let series = format!("clientmq_chat_reloads_total{{what=\"nats\",outcome=\"{outcome}\"}}");
+        scrape(port, &series).await
+    };
+    worker.signal("-HUP");
+    wait_for(Duration::from_secs(10), "a reload", &log, || async { reloads("ok").await == 1.0 }).await;
+    std::fs::remove_file(&token).unwrap();
+    worker.signal("-HUP");
+    wait_for(Duration::from_secs(10), "a failed reload", &log, || async { reloads("failed").await == 1.0 })
+        .await;
+    assert_eq!(reloads("ok").await, 1.0);
 }
