@@ -503,6 +503,9 @@ fn every_bound_answers_with_a_status() {
     assert_eq!(f.join(a, &r1, "alice").status, "ok");
     assert_eq!(f.join(a, &r2, "alice").status, "capacity", "rooms per session");
     assert_eq!(f.join(b, &r1, "bob").status, "capacity", "members per room");
+    let most = ChatConfig::default().max_message_bytes;
+    assert_eq!(f.send(a, &r1, &"x".repeat(most)), "ok", "a message of the most bytes allowed");
+    assert_eq!(f.send(a, &r1, &"x".repeat(most + 1)), "too-large");
     let huge = chat::Member { screen_name: "x".repeat(5000), ..member("x") };
     let req = chat::JoinRoom { room_id: Some(r2.clone()), member: huge, ..Default::default() };
     assert_eq!(f.call::<chat::JoinRoomResponse>(b, "chat.JoinRoom", req).status, "too-large");
@@ -539,5 +542,6 @@ fn the_same_seed_gives_the_same_ids() {
 }
 
 mod broadcast;
+mod facts;
 mod subscriptions;
 mod worker;
