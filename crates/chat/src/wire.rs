@@ -238,4 +238,49 @@ mod tests {
         let member = chat::Member { state: 7, ..Default::default() };
         assert_eq!(limits.member(&member), Err(status::BAD_REQUEST));
     }
+
+    /// Each bound holds exactly: a value at the bound passes, one past it does not; and every
+    /// field of a stream and a member update is checked.
+    #[test]
+    fn limits_hold_at_their_bound_and_check_every_field() {
+        let limits = Limits { field_bytes: 4, list_len: 2 };
+        assert_eq!(limits.field("abcd"), Ok(()));
+        assert_eq!(limits.field("abcde"), Err(status::TOO_LARGE));
+        let room = chat::Room { name: "abc".into(), ..Default::default() };
+        let pin = |pin: &str| chat::Room { pin: Some(pin.into()), ..room.clone() };
+        assert_eq!(limits.room(&pin("abcd")), Ok(()));
+        assert_eq!(limits.room(&pin("abcde")), Err(status::TOO_LARGE), "an optional field too");
+        let options = |n: usize| chat::Room { options: vec!["o".into(); n], ..room.clone() };
+        assert_eq!(limits.room(&options(2)), Ok(()));
+        assert_eq!(limits.room(&options(3)), Err(status::TOO_LARGE));
+
+        let stream = chat::Stream { uri: "u".into(), ..Default::default() };
+        assert_eq!(limits.streams(&[stream.clone(), stream.clone()]), Ok(()));
+        assert_eq!(limits.streams(&[stream.clone(), stream.clone(), stream.clone()]), Err(status::TOO_LARGE));
+        assert_eq!(
+            limits.streams(&[chat::Stream { uri: "abcde".into(), ..stream.clone() }]),
+            Err(status::TOO_LARGE)
+        );
+        for bad in [
+            chat::Stream { r#type: 99, ..stream.clone() },
+            chat::Stream { audio_state: 99, ..stream.clone() },
+            chat::Stream { video_state: 99, ..stream.clone() },
+        ] {
+            assert_eq!(limits.streams(std::slice::from_ref(&bad)), Err(status::BAD_REQUEST), "{bad:?}");
+        }
+
+        let update = chat::MemberUpdate::default();
+        assert_eq!(limits.member_update(&update), Ok(()));
+        for bad in [
+            chat::MemberUpdate { role: Some(99), ..update.clone() },
+            chat::MemberUpdate { state: Some(99), ..update.clone() },
+        ] {
+            assert_eq!(limits.member_update(&bad), Err(status::BAD_REQUEST), "{bad:?}");
+        }
+        let named = |name: &str| chat::MemberUpdate { screen_name: Some(name.into()), ..update.clone() };
+        assert_eq!(limits.member_update(&named("abcd")), Ok(()));
+        assert_eq!(limits.member_update(&named("abcde")), Err(status::TOO_LARGE));
+        let streams = chat::MemberUpdate { streams: vec![stream; 3], ..update };
+        assert_eq!(limits.member_update(&streams), Err(status::TOO_LARGE));
+    }
 }

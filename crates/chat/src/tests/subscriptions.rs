@@ -101,6 +101,32 @@ fn a_takeover_moves_the_rooms_and_conversations_to_the_new_connection() {
     assert_eq!(outgoing(&mut f), Vec::<String>::new());
 }
 
+/// A gateway back from an absence asks to be told again: the connection that holds the session
+/// hears its rooms and conversations again; the one it moved away from, to stop hearing them.
+#[test]
+fn a_resubscribe_tells_the_holder_what_it_hears_and_a_former_holder_to_stop() {
+    let mut f = Fixture::new(config());
+    let (a, b, a2) = (conn(1), conn(2), conn(3));
+    let ([r1, r2], sa) = two_rooms(&mut f, a, b);
+    assert_eq!(f.state.session_of(&a), Some(sa.as_str()));
+    f.state.resubscribe(a, &sa);
+    let heard =
+        [sub('+', Topic::Room, &r1, a), sub('+', Topic::Conversation, &r1, a), sub('+', Topic::Room, &r2, a)];
+    assert_eq!(outgoing(&mut f), heard);
+    f.auth(a2, "good", Some(&sa));
+    outgoing(&mut f);
+    assert_eq!(f.state.session_of(&a), None, "taken over");
+    f.state.resubscribe(a, &sa);
+    // Unsubscribed from both of each room, as a takeover does (whatever it heard).
+    let stop = [
+        sub('-', Topic::Room, &r1, a),
+        sub('-', Topic::Conversation, &r1, a),
+        sub('-', Topic::Room, &r2, a),
+        sub('-', Topic::Conversation, &r2, a),
+    ];
+    assert_eq!(outgoing(&mut f), stop);
+}
+
 #[test]
 fn a_resume_after_the_old_connection_ended_subscribes_the_new_one() {
     let mut f = Fixture::new(config());
