@@ -169,16 +169,7 @@ impl Nats {
         let mut args = ["-a", "127.0.0.1", "-p", &self.port.to_string()].map(str::to_owned).to_vec();
         args.extend(self.extra.iter().cloned());
         let mut proc = Proc::spawn(&binary.display().to_string(), &args, "nats", &self.log);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
-            let exited = proc.child.try_wait().ok().flatten();
-            if exited.is_some() || Instant::now() > deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await; // its last lines
-                let said = self.log.lock().unwrap().iter().rev().take(20).rev().cloned().collect::<Vec<_>>();
-                panic!("nats-server did not listen on port {} ({exited:?}):\n{}", self.port, said.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        proc.wait_listening(self.port, &self.log).await;
         self.proc = Some(proc);
     }
 }

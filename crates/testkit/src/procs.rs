@@ -130,6 +130,23 @@ impl Proc {
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.expect("killed");
     }
 
+    /// [`wait_listening`] for this process: panics at once if it exits first, with its exit
+    /// status and the last lines of `log`.
+    pub async fn wait_listening(&mut self, port: u16, log: &Log) {
+        let mut exited = None;
+        if listening_within(port, || {
+            exited = self.child.try_wait().ok().flatten();
+            exited.is_some()
+        })
+        .await
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await; // its last lines
+        let said: Vec<String> = log.lock().unwrap().iter().rev().take(20).rev().cloned().collect();
+        panic!("{} did not listen on port {port} ({exited:?}):\n{}", self.tag, said.join("\n"));
+    }
+
     /// SIGTERM; the process must exit 0 within `within`.
     pub async fn terminate(mut self, within: Duration) {
         self.signal("-TERM");
@@ -140,13 +157,23 @@ impl Proc {
 
 /// Waits up to 10 s for something to accept TCP connections on `port`.
 pub async fn wait_listening(port: u16, what: &str) {
+    if !listening_within(port, || false).await {
+        panic!("{what} did not listen on port {port}");
+    }
+}
+
+/// Polls `port` every 50 ms for up to 10 s, giving up early once `gone`; whether it listens.
+async fn listening_within(port: u16, mut gone: impl FnMut() -> bool) -> bool {
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
+            return true;
+        }
+        if gone() {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("{what} did not listen on port {port}");
+    false
 }
 
 /// `GET path` on a loopback port: the status code and the body (0 and empty when nothing answers).
