@@ -176,7 +176,7 @@ mod tests {
         let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
         let (store, layout) = with_room(&bus).await;
         let cache = Mutex::new(Cache::default());
-        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, "r.r1", &cache).await.unwrap();
+        refresh(&store, &layout.rooms, Bucket::Rooms, "r.r1", &cache).await.unwrap();
 
         let member = chat::Member::default();
         // The dying worker: its write is taken, its append never happens.
@@ -223,13 +223,13 @@ mod tests {
         let (store, layout) = with_room(&Arc::new(ModelBus::default())).await;
         let key = RoomKey::Room("r1".into()).key();
         let (fresh, lagging) = (Mutex::new(Cache::default()), Mutex::new(Cache::default()));
-        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, &key, &fresh).await.unwrap();
+        refresh(&store, &layout.rooms, Bucket::Rooms, &key, &fresh).await.unwrap();
         let member = chat::Member::default();
         let join = |c: &Cache| join(c, "s1", "r1", member.clone(), 1, 10, 10);
         let listen = |c: &Cache| crate::stored::rooms::listen(c, "s1", "r1");
         decide_room(&store, &layout, &fresh, "r1", join).await.unwrap().unwrap();
         assert_eq!(decide_room(&store, &layout, &fresh, "r1", listen).await.unwrap(), Ok(true));
-        crate::stored::follow::refresh(&store, &layout.rooms, Bucket::Rooms, &key, &lagging).await.unwrap();
+        refresh(&store, &layout.rooms, Bucket::Rooms, &key, &lagging).await.unwrap();
         let stale = lagging.lock().unwrap().revision(Bucket::Rooms, &key);
         // Through the other worker: a leave (which ends the listening) and a join again.
         decide_room(&store, &layout, &fresh, "r1", |c| crate::stored::rooms::leave(c, "s1", "r1", 2))

@@ -1,6 +1,6 @@
-//! The chat worker on the store (`clientmq-chat`, unless `--memory`): it keeps nothing of its own but a
-//! cache, so any number of them serve one fleet in the `chat` queue group, and any of them may
-//! die at any moment.
+//! The chat worker on the store (`clientmq-chat`, unless `--memory`): it keeps nothing of its
+//! own but a cache, so any number of them serve one fleet in the `chat` queue group, and any of
+//! them may die at any moment.
 //!
 //! - Each request is served in a task of its own, in order per connection (a client's requests
 //!   may be pipelined) and concurrently across connections: a decision waits on the store, and
