@@ -207,12 +207,40 @@ pub struct NatsSubscription {
     taken: u64,
     /// Taken from the client when the drain counted them, not yet handed out.
     held: VecDeque<async_nats::Message>,
-    /// The recent rate: messages taken in the window that began at `window`, and in the one
-    /// before it.
+    rate: Rate,
+    draining: Draining,
+}
+
+/// The recent rate of a subscription: messages taken in the window that began at `window`, and
+/// in the one before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rate {
     window: tokio::time::Instant,
     in_window: u64,
     in_last_window: u64,
-    draining: Draining,
+}
+
+impl Rate {
+    fn new(now: tokio::time::Instant) -> Rate {
+        Rate { window: now, in_window: 0, in_last_window: 0 }
+    }
+
+    /// One message taken at `now`.
+    fn took(&mut self, now: tokio::time::Instant) {
+        let since = now.duration_since(self.window);
+        if since >= RATE_WINDOW {
+            // The window just ended is the last one only if no whole window passed since.
+            self.in_last_window = if since < RATE_WINDOW * 2 { self.in_window } else { 0 };
+            (self.window, self.in_window) = (now, 0);
+        }
+        self.in_window += 1;
+    }
+
+    /// How many more messages a drain lets the server send: `DRAIN_MARGIN`, and a second's
+    /// worth at the busier of the two windows.
+    fn drain_margin(&self) -> u64 {
+        DRAIN_MARGIN + DRAIN_WINDOWS * self.in_window.max(self.in_last_window)
+    }
 }
 
 /// Where a subscription's drain stands.
@@ -226,21 +254,13 @@ enum Draining {
 
 impl NatsSubscription {
     fn new(sub: async_nats::Subscriber) -> Self {
-        let window = tokio::time::Instant::now();
-        let (taken, held) = (0, VecDeque::new());
-        let draining = Draining::No;
-        NatsSubscription { sub, taken, held, window, in_window: 0, in_last_window: 0, draining }
+        let rate = Rate::new(tokio::time::Instant::now());
+        NatsSubscription { sub, taken: 0, held: VecDeque::new(), rate, draining: Draining::No }
     }
 
     fn took(&mut self) {
         self.taken += 1;
-        let now = tokio::time::Instant::now();
-        let since = now.duration_since(self.window);
-        if since >= RATE_WINDOW {
-            self.in_last_window = if since < RATE_WINDOW * 2 { self.in_window } else { 0 };
-            (self.window, self.in_window) = (now, 0);
-        }
-        self.in_window += 1;
+        self.rate.took(tokio::time::Instant::now());
     }
 }
 
@@ -303,10 +323,55 @@ impl Subscription for NatsSubscription {
             self.took();
             self.held.push_back(msg);
         }
-        let margin = DRAIN_MARGIN + DRAIN_WINDOWS * self.in_window.max(self.in_last_window);
-        if let Err(e) = self.sub.unsubscribe_after(self.taken + margin).await {
+        if let Err(e) = self.sub.unsubscribe_after(self.taken + self.rate.drain_margin()).await {
             tracing::debug!(error = %e, "not drained: the client is gone");
         }
         self.draining = Draining::QuietUntil(tokio::time::Instant::now() + DRAIN_QUIET);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_is_the_busier_of_this_window_and_the_last() {
+        let start = tokio::time::Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let mut rate = Rate::new(start);
+        assert_eq!(rate.drain_margin(), DRAIN_MARGIN);
+        for ms in 0..30 {
+            rate.took(at(ms));
+        }
+        assert_eq!((rate.in_window, rate.in_last_window), (30, 0));
+        assert_eq!(rate.drain_margin(), DRAIN_MARGIN + DRAIN_WINDOWS * 30);
+        // A window ends at exactly RATE_WINDOW: the next message opens a new one.
+        rate.took(at(100));
+        assert_eq!((rate.in_window, rate.in_last_window, rate.window), (1, 30, at(100)));
+        assert_eq!(rate.drain_margin(), DRAIN_MARGIN + DRAIN_WINDOWS * 30);
+        for ms in 101..141 {
+            rate.took(at(ms));
+        }
+        assert_eq!((rate.in_window, rate.in_last_window), (41, 30));
+        assert_eq!(rate.drain_margin(), DRAIN_MARGIN + DRAIN_WINDOWS * 41);
+        // Just under two windows later the last window is still the one before.
+        rate.took(at(299));
+        assert_eq!((rate.in_window, rate.in_last_window, rate.window), (1, 41, at(299)));
+        // Two windows or more of silence: nothing recent.
+        rate.took(at(499));
+        assert_eq!((rate.in_window, rate.in_last_window), (1, 0));
+        assert_eq!(rate.drain_margin(), DRAIN_MARGIN + DRAIN_WINDOWS);
+    }
+
+    #[test]
+    fn headers_go_over_as_given_and_a_bad_value_is_refused() {
+        assert!(to_headers(&[]).unwrap().is_none());
+        let given = [("A", "1"), ("A", "2"), ("B", "x y")].map(|(n, v)| (n.to_owned(), v.to_owned()));
+        let map = to_headers(&given).unwrap().expect("headers");
+        let a: Vec<&str> = map.get_all("A").map(|v| v.as_str()).collect();
+        assert_eq!(a, ["1", "2"]);
+        assert_eq!(map.get("B").map(|v| v.as_str()), Some("x y"));
+        let bad = [("C".to_owned(), "line\r\nbreak".to_owned())];
+        assert!(matches!(to_headers(&bad), Err(BusError::Refused(e)) if e == "header C"));
     }
 }

@@ -146,6 +146,13 @@ impl Nats {
         nats
     }
 
+    /// [`Nats::start`] on a given port (one a client already tries).
+    pub async fn start_on(log: &Log, port: u16) -> Nats {
+        let mut nats = Nats { port, proc: None, log: log.clone(), extra: Vec::new() };
+        nats.restart().await;
+        nats
+    }
+
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
