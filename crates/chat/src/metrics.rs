@@ -261,11 +261,22 @@ mod tests {
         assert_eq!(get(port, "POST /readyz HTTP/1.1\r\n\r\n").await.0, 0);
         let huge = format!("GET /readyz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9 * 1024));
         assert_eq!(get(port, &huge).await.0, 0);
+        // A head of 8 KiB exactly is read.
+        let head = |len: usize| {
+            let pad = len - "GET /healthz HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET /healthz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(pad))
+        };
+        assert_eq!(head(8 * 1024).len(), 8 * 1024);
+        assert_eq!(get(port, &head(8 * 1024)).await.0, 200);
+        assert_eq!(get(port, &head(8 * 1024 + 1)).await.0, 0);
+        assert_eq!(get(port, &head(2 * 1024)).await.0, 200);
 
         m.request("chat.JoinRoom", false);
         m.request("chat.JoinRoom", true);
         m.unserved("chat.JoinRoom", true);
         m.unserved("chat.JoinRoom", false);
+        m.connect_failed(0, 0);
+        assert!(!m.render().contains("connect_failures_total{"), "no series for no failure");
         m.connect_failed(2, 0);
         m.connect_failed(0, 3);
         m.reloaded(true);

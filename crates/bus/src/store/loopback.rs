@@ -1,7 +1,8 @@
 //! A [`Bus`] in one process around a [`StoreModel`]: for tests of code that keeps its state in
-//! the store, without a NATS server or a simulated network. Always connected; routes with NATS
-//! core's rules (a queue group's first member gets each message; a request nobody takes is
-//! answered 503) and lets the model take what JetStream would.
+//! the store, without a NATS server or a simulated network. Connected unless a test says
+//! otherwise ([`ModelBus::set_connected`]); routes with NATS core's rules (a queue group's first
+//! member gets each message; a request nobody takes is answered 503) and lets the model take
+//! what JetStream would.
 
 use std::sync::{Mutex, PoisonError};
 
@@ -71,6 +72,12 @@ impl ModelBus {
         self.refusals.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
     }
 
+    /// The connection lost (`false`) or back (`true`: a new epoch), as a real client's would be;
+    /// while it is lost, publishing fails with [`BusError::Disconnected`] and nothing is routed.
+    pub fn set_connected(&self, connected: bool) {
+        self.status.set_connected(connected);
+    }
+
     /// The refusal `msg` gets, if a test set one for its subject.
     fn refusal(&self, msg: &BusMessage) -> Option<BusMessage> {
         let reply = msg.reply.as_ref()?;
@@ -107,6 +114,9 @@ impl Bus for ModelBus {
     type Subscription = ModelSubscription;
 
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
+        if !self.status.get().connected {
+            return Err(BusError::Disconnected);
+        }
         if let Some(refused) = self.refusal(&msg) {
             self.route(&refused.subject, &refused);
             return Ok(());
