@@ -386,6 +386,12 @@ mod tests {
         assert_eq!(cache.sessions_on("gw1").collect::<Vec<_>>(), ["s2"]);
         assert_eq!(cache.due(4_999), Vec::<&str>::new());
         assert_eq!(cache.due(5_000), ["s1"]);
+        let skip = |ids: &[&str]| ids.iter().map(|&s| s.to_owned()).collect::<BTreeSet<String>>();
+        assert_eq!(cache.next_due(&skip(&[])), Some(5_000));
+        assert_eq!(cache.next_due(&skip(&["s1"])), None, "s1 is being ended already");
+        let stats = cache.stats();
+        let counts = (stats.sessions, stats.detached, stats.connections, stats.rooms, stats.members);
+        assert_eq!(counts, (2, 1, 1, 1, 2));
         // An older change arriving late (a direct read ran ahead) changes nothing.
         cache.apply(Bucket::Sessions, "s1", 2, Some(&session(Some("c9"), Some("gw9"), None))).unwrap();
         assert_eq!(cache.session_of("c9"), None);

@@ -226,4 +226,24 @@ mod tests {
         assert_eq!(texts, ["m3", "m4", "m5"]);
         assert!(history(&store, &layout, "empty").await.unwrap().is_empty());
     }
+
+    /// A consumer refused for the moment (as a cluster answers while it elects a leader) is
+    /// asked for again within the read's deadline; any other refusal is the read's error.
+    #[tokio::test]
+    async fn a_read_asks_again_for_a_consumer_refused_for_the_moment() {
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 3);
+        let store = Store::new(bus.clone(), "w1", Duration::from_secs(1)).await.unwrap();
+        layout.ensure(&store).await.unwrap();
+        send(&store, &layout, "r1", user("s1"), "hi", 1, "w1.1", None).await.unwrap();
+        let create = format!("$JS.API.CONSUMER.CREATE.{}", layout.history.name);
+        for _ in 0..3 {
+            bus.refuse_next(&create, clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT, "busy");
+        }
+        let texts: Vec<String> =
+            history(&store, &layout, "r1").await.unwrap().into_iter().map(|m| m.message).collect();
+        assert_eq!(texts, ["hi"]);
+        bus.refuse_next(&create, 10_003, "no");
+        assert!(matches!(history(&store, &layout, "r1").await, Err(StoreError::Api { err_code: 10_003, .. })));
+    }
 }

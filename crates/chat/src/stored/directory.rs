@@ -283,6 +283,7 @@ fn drop_idle(cache: &Cache, id: &str, before_ms: u64) -> Decided<bool> {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use clientmq_bus::store::loopback::ModelBus;
 
@@ -352,6 +353,31 @@ mod tests {
         assert_eq!((found.room_id(), found.info.as_ref().unwrap().name.as_str()), ("X1", "b"));
     }
 
+    /// A worker whose cache has not heard of a room reads it from the store, by id or by alias;
+    /// an empty alias is no alias; a broadcast room's audience is quiet from its creation.
+    #[tokio::test]
+    async fn a_room_unknown_to_the_cache_is_read_and_made_as_asked() {
+        let (bus, layout, w) = two_workers().await;
+        let made = create(&w[0].store, &layout, &w[0].cache, named("hall", "a"), "R1", 1, 100).await.unwrap();
+        assert_eq!(made.status, status::OK);
+        let store = Store::new(bus.clone(), "unfollowed", Duration::from_secs(1)).await.unwrap();
+        for (id, alias) in [(Some("R1"), None), (None, Some("hall"))] {
+            let cache = Mutex::new(Cache::default());
+            let (id, alias) = (id.map(str::to_owned), alias.map(str::to_owned));
+            let room = lookup(&store, &layout, &cache, &id, &alias).await.unwrap().expect("read");
+            assert_eq!(room.room_id(), "R1");
+        }
+        let unnamed = chat::Room { alias: Some(String::new()), ..chat::Room::default() };
+        let made = create(&w[0].store, &layout, &w[0].cache, unnamed, "R2", 1, 100).await.unwrap();
+        assert_eq!(made.room.unwrap().alias, None);
+        for (ty, quiet) in [(chat::RoomType::Channel, true), (chat::RoomType::MultiPartyChat, false)] {
+            let info = chat::Room { room_id: Some("R9".into()), r#type: ty as i32, ..chat::Room::default() };
+            let Decided::Write(write, Made::Made) = make(&lock(&w[0].cache), &info, 1, 100) else { panic!() };
+            let record = RoomRecord::decode(write.value.unwrap().as_slice()).unwrap();
+            assert_eq!(record.quiet_audience, quiet, "{ty:?}");
+        }
+    }
+
     /// An idle room is forgotten, alias first; the alias then makes a new room, and a room
     /// joined again in the meantime is kept.
     #[tokio::test]
@@ -414,6 +440,14 @@ mod tests {
         let renamed = found(&w[1], &layout, "b").await.unwrap();
         assert_eq!((renamed.room_id(), renamed.info.as_ref().unwrap().name.as_str()), ("R1", "renamed"));
         assert_eq!(found(&w[1], &layout, "a").await, None);
+        let old_key = RoomKey::Alias("a".into()).key();
+        let old_entry = layout.rooms.entry(store, &old_key).await.unwrap().expect("written once");
+        assert_eq!(old_entry.value, None, "the old alias's key deleted");
+        // The same alias again: no rename, the room keeps it.
+        let same = update(store, &layout, cache, "s1", "R1", named("b", "again"), 3).await.unwrap();
+        assert_eq!(same, status::OK);
+        let kept = found(&w[1], &layout, "b").await.unwrap();
+        assert_eq!((kept.room_id(), kept.info.as_ref().unwrap().name.as_str()), ("R1", "again"));
         let made = create(&w[1].store, &layout, &w[1].cache, named("a", "new"), "R3", 4, 100).await.unwrap();
         assert_eq!((made.status.as_str(), made.room.unwrap().room_id.as_deref()), (status::OK, Some("R3")));
 
