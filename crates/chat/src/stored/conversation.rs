@@ -244,6 +244,9 @@ mod tests {
             history(&store, &layout, "r1").await.unwrap().into_iter().map(|m| m.message).collect();
         assert_eq!(texts, ["hi"]);
         bus.refuse_next(&create, 10_003, "no");
-        assert!(matches!(history(&store, &layout, "r1").await, Err(StoreError::Api { err_code: 10_003, .. })));
+        assert!(matches!(
+            history(&store, &layout, "r1").await,
+            Err(StoreError::Api { err_code: 10_003, .. })
+        ));
     }
 }

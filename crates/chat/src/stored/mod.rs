@@ -5,6 +5,8 @@
 //! settings, chat messages, and the worker that runs them all come next; docs/nats.md ("The
 //! store") has the design.
 
+#[cfg(test)]
+mod answers;
 pub mod cache;
 pub mod conversation;
 pub mod decide;

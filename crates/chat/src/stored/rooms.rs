@@ -271,6 +271,64 @@ mod tests {
         cache.check().unwrap();
     }
 
+    /// Members are kept in session order, each stamped with the time of its join, and a leave
+    /// is told with the time it left.
+    #[test]
+    fn members_are_kept_in_order_and_stamped_with_their_time() {
+        let mut cache = cache_with_room(false);
+        for (at, session) in [(5, "s2"), (6, "s3"), (7, "s1")] {
+            let Decided::Write(w, Ok(_)) =
+                join(&cache, session, "r1", member(chat::MemberRole::Participant), at, 9, 9)
+            else {
+                panic!("a join writes")
+            };
+            let event = chat::RoomEvent::decode(take(&mut cache, &w).pending[0].event.as_slice()).unwrap();
+            assert_eq!(event.members[0].last_update, at);
+        }
+        let record = cache.room("r1").unwrap().value.clone();
+        let order: Vec<(&str, u64)> =
+            record.members.iter().map(|m| (m.session_id.as_str(), m.last_update)).collect();
+        assert_eq!(order, [("s1", 7), ("s2", 5), ("s3", 6)]);
+        let Decided::Write(w, true) = leave(&cache, "s2", "r1", 12) else { panic!("a leave writes") };
+        let event = chat::RoomEvent::decode(take(&mut cache, &w).pending[0].event.as_slice()).unwrap();
+        assert_eq!((event.members[0].session_id.as_str(), event.members[0].last_update), ("s2", 12));
+    }
+
+    /// A rename's mark is cleared only by the update that names its alias, or by the one that
+    /// clears that alias, never another's.
+    #[test]
+    fn a_rename_mark_is_cleared_only_by_its_own_alias() {
+        let mut cache = cache_with_room(false);
+        let Decided::Write(w, Ok(_)) =
+            join(&cache, "s1", "r1", member(chat::MemberRole::Participant), 1, 9, 9)
+        else {
+            panic!("a join writes")
+        };
+        take(&mut cache, &w);
+        let Decided::Write(w, Ok(())) = mark_renaming(&cache, "s1", "r1", Some("d"), None) else {
+            panic!("a mark writes")
+        };
+        take(&mut cache, &w);
+        assert!(matches!(mark_renaming(&cache, "s1", "r1", None, Some("x")), Decided::Nothing(Ok(()))));
+        let renaming = |w: &Write| RoomRecord::decode(w.value.as_deref().unwrap()).unwrap().renaming;
+        let Decided::Write(other, _) =
+            update_room(&cache, "s1", "r1", &chat::Room::default(), Some("b".into()), 2)
+        else {
+            panic!("an update writes")
+        };
+        assert_eq!(renaming(&other).as_deref(), Some("d"), "another alias leaves the mark");
+        let Decided::Write(own, _) =
+            update_room(&cache, "s1", "r1", &chat::Room::default(), Some("d".into()), 2)
+        else {
+            panic!("an update writes")
+        };
+        assert_eq!(renaming(&own), None, "its own alias clears it");
+        let Decided::Write(cleared, Ok(())) = mark_renaming(&cache, "s1", "r1", None, Some("d")) else {
+            panic!("its own clear writes")
+        };
+        assert_eq!(renaming(&cleared), None);
+    }
+
     #[test]
     fn a_channel_s_audience_is_not_told_and_limits_hold() {
         let mut cache = cache_with_room(true);
