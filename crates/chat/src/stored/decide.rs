@@ -49,11 +49,6 @@ impl<T> Decided<T> {
             Decided::Nothing(outcome) => Decided::Nothing(f(outcome)),
         }
     }
-
-    /// Whether it writes.
-    pub fn writes(&self) -> bool {
-        matches!(self, Decided::Write(..))
-    }
 }
 
 /// Why a decision was not carried out.

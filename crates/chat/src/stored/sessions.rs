@@ -205,6 +205,9 @@ mod tests {
         let cache = taken(cache, &w.unwrap());
         assert_eq!(cache.due(31_000), ["s1"]);
         assert!(matches!(detach(&cache, "c1", 2_000, 30_000), Decided::Nothing(None)));
+        // Its grace runs out at 31 s exactly.
+        assert!(matches!(end(&cache, "s1", Some(30_999)), Decided::Nothing(false)));
+        assert!(matches!(end(&cache, "s1", Some(31_000)), Decided::Write(_, true)));
 
         // c2 resumes s1 through another gateway: its deadline is gone.
         let (w, id) = decided(authenticate(&cache, "c2", "gw2", Some("s1"), false, "unused", 10));
