@@ -225,16 +225,17 @@ impl<B: Bus> Node<B> {
     }
 
     /// Tells the connections of the sessions `touched` by decisions about `room` what they
-    /// hear of it as the store says now, then clears them from the record: what a decider that
-    /// died before telling them left undone. The sessions' keys are read (one catch-up, however
-    /// many there are: a hot room under a dead worker collects dozens) before the room's.
-    pub async fn tell_touched(&self, room: &str) -> Result<(), StoreError> {
+    /// hear of it as the store says now: what a decider that died before telling them left
+    /// undone. The sessions' keys are read (one catch-up, however many there are: a hot room
+    /// under a dead worker collects dozens) before the room's. Returns what it told, for
+    /// [`Node::clear_touched`].
+    pub async fn tell_touched(&self, room: &str) -> Result<Vec<Touched>, StoreError> {
         let touched = match lock(&self.cache).room(room) {
             Some(r) if !r.value.touched.is_empty() => r.value.touched.clone(),
-            _ => return Ok(()),
+            _ => return Ok(Vec::new()),
         };
         if !self.catch_up(Bucket::Sessions).await? {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let holders: Vec<(String, Holder, u64)> = {
             let cache = lock(&self.cache);
@@ -250,7 +251,7 @@ impl<B: Bus> Node<B> {
         refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
         let messages: Vec<BusMessage> = {
             let cache = lock(&self.cache);
-            let Some(record) = cache.room(room) else { return Ok(()) };
+            let Some(record) = cache.room(room) else { return Ok(Vec::new()) };
             (holders.iter())
                 .map(|(session, (conn, gateway), binding)| {
                     let member = record.value.member(session).is_some();
@@ -264,8 +265,16 @@ impl<B: Bus> Node<B> {
         for msg in messages {
             self.publish(msg).await;
         }
-        // A decision that moved the record meanwhile left what was told in it: cleared from the
-        // record as it is then (a hot room would otherwise keep them, to be told at every sweep).
+        Ok(touched)
+    }
+
+    /// Clears from `room`'s record the sessions [`Node::tell_touched`] told, with the events
+    /// pending there. A decision that moved the record meanwhile left them in it: cleared from
+    /// the record as it is then (a hot room would otherwise keep them, to be told at every
+    /// sweep). In a hot room this takes many round trips, so the sweep does it off its own
+    /// schedule: telling the next dead decider's sessions must not wait for it.
+    pub async fn clear_touched(&self, room: &str, touched: &[Touched]) -> Result<(), StoreError> {
+        let key = RoomKey::Room(room.to_owned()).key();
         let told = |t: &Touched| touched.contains(t);
         for _ in 0..MAX_ATTEMPTS {
             settle(&self.store, &self.layout, &self.cache, room, told).await?;
