@@ -370,16 +370,29 @@ mod tests {
         assert_eq!(nobody, Err(StoreError::NoResponders));
     }
 
-    /// A store dropped stops its task that hands answers out.
+    /// A store dropped stops its task that hands answers out, though the bus (whose end would
+    /// end that task too) lives on.
     #[tokio::test(flavor = "current_thread")]
     async fn a_dropped_store_leaves_no_task_behind() {
         let tasks = || tokio::runtime::Handle::current().metrics().num_alive_tasks();
         let before = tasks();
-        let store = store().await;
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
         assert_eq!(tasks(), before + 1, "its dispatch task");
         drop(store);
         tokio::task::yield_now().await;
         assert_eq!(tasks(), before);
+        drop(bus);
+    }
+
+    /// A server whose JetStream does not answer for the account fails the check.
+    #[tokio::test]
+    async fn the_check_fails_where_jetstream_refuses() {
+        let bus = Arc::new(ModelBus::default());
+        let store = Store::new(bus.clone(), "w", Duration::from_secs(1)).await.unwrap();
+        store.check().await.unwrap();
+        bus.refuse_next("$JS.API.INFO", 10_039, "jetstream not enabled for account");
+        assert!(matches!(store.check().await, Err(StoreError::Api { err_code: 10_039, .. })));
     }
 
     fn refused(err_code: u32, description: &str) -> StoreError {
