@@ -564,6 +564,19 @@ fn a_leave_is_stamped_with_its_time_and_an_empty_alias_is_none() {
     assert_eq!(left, [joined + 2_000]);
 }
 
+/// The invariant check has teeth: a binding without its session is reported as itself.
+#[test]
+fn a_binding_without_its_session_breaks_the_invariants() {
+    let mut f = Fixture::new(config());
+    let id = f.login(conn(1));
+    f.state.check_invariants().unwrap();
+    f.state.conns.insert(conn(2), "nobody".into());
+    assert!(matches!(f.state.check_invariants(), Err(ChatInvariant::Binding(c)) if c == conn(2)));
+    f.state.conns.remove(&conn(2));
+    f.state.sessions.remove(&id);
+    assert!(matches!(f.state.check_invariants(), Err(ChatInvariant::Binding(c)) if c == conn(1)));
+}
+
 /// Ended connections are remembered (a request that raced past its end binds nothing) up to a
 /// bound: 4,096, the oldest forgotten first.
 #[test]

@@ -44,8 +44,12 @@ impl Default for ModelBus {
 impl ModelBus {
     /// A bus whose store behaves as nats-server `version`.
     pub fn new(version: Version) -> ModelBus {
+        ModelBus::build(version, true)
+    }
+
+    fn build(version: Version, connected: bool) -> ModelBus {
         let status = StatusCell::default();
-        status.set_connected(true);
+        status.set_connected(connected);
         let model = Mutex::new(StoreModel::new(version));
         ModelBus {
             model,
@@ -54,6 +58,12 @@ impl ModelBus {
             status,
             start: tokio::time::Instant::now(),
         }
+    }
+
+    /// A bus not connected yet: its first connection (epoch 1) comes when a test says so
+    /// ([`ModelBus::set_connected`]).
+    pub fn offline() -> ModelBus {
+        ModelBus::build(Version::default(), false)
     }
 
     /// Writes stay in process this long after the model takes them (see

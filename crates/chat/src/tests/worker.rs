@@ -261,3 +261,31 @@ async fn the_in_memory_worker_serves_its_bus_and_tells_its_observer() {
     assert_eq!(metric(&metrics, "clientmq_chat_gateways"), 1.0);
     assert!(taken().iter().all(|e| !e.starts_with("broken")));
 }
+
+/// A worker that starts before its bus connects: not ready until it does, and its first
+/// connection is no reconnection.
+#[tokio::test(start_paused = true)]
+async fn a_first_connection_is_not_counted_a_reconnection() {
+    let bus = Arc::new(ModelBus::offline());
+    let metrics = Arc::new(WorkerMetrics::new());
+    let config = WorkerConfig {
+        prefix: "clientmq".into(),
+        chat: crate::ChatConfig::default(),
+        seed: Some(1),
+        name: "w1".into(),
+        observer: None,
+        metrics: Some(metrics.clone()),
+    };
+    tokio::spawn(run(bus.clone(), config, std::future::pending()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric(&metrics, "clientmq_chat_bus_connected"), 0.0);
+    bus.set_connected(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric(&metrics, "clientmq_chat_bus_connected"), 1.0);
+    assert_eq!(metric(&metrics, "clientmq_chat_bus_reconnects_total"), 0.0);
+    bus.set_connected(false);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    bus.set_connected(true);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(metric(&metrics, "clientmq_chat_bus_reconnects_total"), 1.0);
+}
