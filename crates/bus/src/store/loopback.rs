@@ -27,6 +27,8 @@ struct Refusal {
     subject: String,
     err_code: u32,
     description: String,
+    /// Every publish to the subject, not only the next.
+    always: bool,
 }
 
 struct Sub {
@@ -78,7 +80,17 @@ impl ModelBus {
     /// for tests of what a client does with the answers a single model never gives, such as
     /// 10158 (a message with that id still in flight).
     pub fn refuse_next(&self, subject: &str, err_code: u32, description: &str) {
-        let refusal = Refusal { subject: subject.to_owned(), err_code, description: description.to_owned() };
+        self.refuse(subject, err_code, description, false);
+    }
+
+    /// [`ModelBus::refuse_next`] for every publish to `subject` from now on.
+    pub fn refuse_always(&self, subject: &str, err_code: u32, description: &str) {
+        self.refuse(subject, err_code, description, true);
+    }
+
+    fn refuse(&self, subject: &str, err_code: u32, description: &str, always: bool) {
+        let (subject, description) = (subject.to_owned(), description.to_owned());
+        let refusal = Refusal { subject, err_code, description, always };
         self.refusals.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
     }
 
@@ -93,8 +105,8 @@ impl ModelBus {
         let reply = msg.reply.as_ref()?;
         let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
         let at = refusals.iter().position(|r| r.subject == msg.subject)?;
-        let r = refusals.remove(at);
-        let error = ApiError { code: 503, err_code: r.err_code, description: r.description };
+        let r = if refusals[at].always { &refusals[at] } else { &refusals.remove(at) };
+        let error = ApiError { code: 503, err_code: r.err_code, description: r.description.clone() };
         let body = PubAckBody { error: Some(error), ..PubAckBody::default() };
         let payload = serde_json::to_vec(&body).expect("an ack serializes");
         Some(BusMessage::new(reply.clone(), payload))

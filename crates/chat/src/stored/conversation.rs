@@ -249,4 +249,20 @@ mod tests {
             Err(StoreError::Api { err_code: 10_003, .. })
         ));
     }
+
+    /// A consumer refused for the moment, again and again, is asked for only until the read's
+    /// deadline (four request timeouts, at least 100 ms; real time: the retries do not wait).
+    #[tokio::test]
+    async fn a_read_asks_again_only_until_its_deadline() {
+        let bus = Arc::new(ModelBus::default());
+        let layout = Layout::new("clientmq", 1, 3);
+        let store = Store::new(bus.clone(), "w1", Duration::from_millis(10)).await.unwrap();
+        layout.ensure(&store).await.unwrap();
+        send(&store, &layout, "r1", user("s1"), "hi", 1, "w1.1", None).await.unwrap();
+        let create = format!("$JS.API.CONSUMER.CREATE.{}", layout.history.name);
+        bus.refuse_always(&create, clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT, "busy");
+        let started = std::time::Instant::now();
+        assert!(matches!(history(&store, &layout, "r1").await, Err(StoreError::InFlight(_))));
+        assert!(started.elapsed() >= Duration::from_millis(100), "{:?}", started.elapsed());
+    }
 }
