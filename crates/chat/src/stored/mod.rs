@@ -21,6 +21,8 @@ mod queue;
 pub mod records;
 mod requests;
 pub mod rooms;
+#[cfg(test)]
+mod serving;
 pub mod sessions;
 mod tell;
 #[cfg(test)]

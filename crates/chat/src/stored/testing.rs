@@ -103,13 +103,23 @@ pub(crate) async fn served(
     metrics: Option<Arc<crate::metrics::WorkerMetrics>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Served {
+    served_with(bus, metrics, None, shutdown).await
+}
+
+/// [`served`], its worker telling `observer` too.
+pub(crate) async fn served_with(
+    bus: &Arc<ModelBus>,
+    metrics: Option<Arc<crate::metrics::WorkerMetrics>>,
+    observer: Option<crate::worker::WorkerObserver>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Served {
     let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
     let config = crate::worker::WorkerConfig {
         prefix: "clientmq".into(),
         chat: crate::ChatConfig::default(),
         seed: Some(1),
         name: "w1".into(),
-        observer: None,
+        observer,
         metrics,
     };
     let worker = tokio::spawn(super::worker::run(bus.clone(), config, 1, shutdown));
