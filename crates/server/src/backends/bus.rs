@@ -33,6 +33,8 @@ use clientmq_bus::{Bus, BusMessage, NO_RESPONDERS, Subscription};
 use crate::port::{Answer, Backend, Connections};
 
 mod resubscribe;
+#[cfg(test)]
+mod tests;
 
 /// A request waiting for its reply: under which gateway token, until when.
 struct Waiting {
