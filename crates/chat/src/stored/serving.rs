@@ -8,15 +8,9 @@ use std::time::Duration;
 use clientmq_bus::store::loopback::ModelBus;
 use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
 
-use super::testing::{Served, answers, conn, served_with};
+use super::testing::{Served, answers, conn, metric, served_with};
 use crate::metrics::WorkerMetrics;
 use crate::worker::{WorkerEvent, WorkerObserver};
-
-/// The value of series `series` in the rendered metrics, 0 when absent.
-fn metric(m: &WorkerMetrics, series: &str) -> f64 {
-    let prefix = format!("{series} ");
-    m.render().lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0.0, |v| v.parse().unwrap())
-}
 
 #[tokio::test(start_paused = true)]
 async fn the_stored_worker_answers_the_probe_and_follows_its_own_bus_connection() {

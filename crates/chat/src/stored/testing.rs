@@ -87,6 +87,29 @@ pub(crate) fn reason(msg: &BusMessage) -> Option<String> {
         .then(|| mq::Error::decode(msg.payload.as_slice()).unwrap().reason)
 }
 
+/// Worker `w1` under prefix `clientmq`, seeded, with the default chat settings.
+pub(crate) fn worker_config(
+    observer: Option<crate::worker::WorkerObserver>,
+    metrics: Option<Arc<crate::metrics::WorkerMetrics>>,
+) -> crate::worker::WorkerConfig {
+    let chat = crate::ChatConfig::default();
+    crate::worker::WorkerConfig {
+        prefix: "clientmq".into(),
+        chat,
+        seed: Some(1),
+        name: "w1".into(),
+        observer,
+        metrics,
+    }
+}
+
+/// The value of series `series` (name and labels, as rendered) in a worker's metrics, 0 when
+/// absent.
+pub(crate) fn metric(m: &crate::metrics::WorkerMetrics, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    m.render().lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0.0, |v| v.parse().unwrap())
+}
+
 /// A [`served`] worker: the answers' subscription, the session on [`conn`], a room, and the
 /// worker's task.
 pub(crate) struct Served {
@@ -114,14 +137,7 @@ pub(crate) async fn served_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Served {
     let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
-    let config = crate::worker::WorkerConfig {
-        prefix: "clientmq".into(),
-        chat: crate::ChatConfig::default(),
-        seed: Some(1),
-        name: "w1".into(),
-        observer,
-        metrics,
-    };
+    let config = worker_config(observer, metrics);
     let worker = tokio::spawn(super::worker::run(bus.clone(), config, 1, shutdown));
     let quiet = Duration::from_millis(100);
     let auth = pcast::Authenticate { authentication_token: "t".into(), ..Default::default() };

@@ -11,8 +11,10 @@ use clientmq_core::proto::{chat, pcast};
 use prost::Message;
 
 use crate::metrics::WorkerMetrics;
-use crate::stored::testing::{answers, changes, conn, gateway, reason, request, request_on};
-use crate::worker::{WorkerConfig, WorkerEvent, WorkerObserver, run};
+use crate::stored::testing::{
+    answers, changes, conn, gateway, metric, reason, request, request_on, worker_config,
+};
+use crate::worker::{WorkerEvent, WorkerObserver, run};
 
 async fn ask<R: Message + Default>(
     bus: &ModelBus,
@@ -34,14 +36,7 @@ async fn the_in_memory_worker_answers_tells_its_gateway_and_keeps_a_session_thro
     let mut told = gateway(&bus).await;
     let mut replies = bus.subscribe("t.reply.>", None).await.unwrap();
     let mut events = bus.subscribe("clientmq.room.>", None).await.unwrap();
-    let config = WorkerConfig {
-        prefix: "clientmq".into(),
-        chat: crate::ChatConfig::default(),
-        seed: Some(1),
-        name: "w1".into(),
-        observer: None,
-        metrics: None,
-    };
+    let config = worker_config(None, None);
     tokio::spawn(run(bus.clone(), config, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(100)).await;
 
@@ -111,12 +106,6 @@ async fn announce(bus: &ModelBus) {
     bus.publish(alive).await.unwrap();
 }
 
-/// The value of series `series` in the rendered metrics, 0 when absent.
-fn metric(m: &WorkerMetrics, series: &str) -> f64 {
-    let prefix = format!("{series} ");
-    m.render().lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0.0, |v| v.parse().unwrap())
-}
-
 /// The next message on `sub`, within a second.
 async fn next(sub: &mut impl clientmq_bus::Subscription) -> BusMessage {
     tokio::time::timeout(Duration::from_secs(1), sub.next()).await.expect("in time").expect("open")
@@ -140,14 +129,7 @@ async fn the_in_memory_worker_serves_its_bus_and_tells_its_observer() {
     };
     assert_eq!(format!("{observer:?}"), "WorkerObserver");
     let metrics = Arc::new(WorkerMetrics::new());
-    let config = WorkerConfig {
-        prefix: "clientmq".into(),
-        chat: crate::ChatConfig::default(),
-        seed: Some(1),
-        name: "w1".into(),
-        observer: Some(observer),
-        metrics: Some(metrics.clone()),
-    };
+    let config = worker_config(Some(observer), Some(metrics.clone()));
     tokio::spawn(run(bus.clone(), config, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     let taken = || std::mem::take(&mut *events.lock().unwrap());
@@ -268,14 +250,7 @@ async fn the_in_memory_worker_serves_its_bus_and_tells_its_observer() {
 async fn a_first_connection_is_not_counted_a_reconnection() {
     let bus = Arc::new(ModelBus::offline());
     let metrics = Arc::new(WorkerMetrics::new());
-    let config = WorkerConfig {
-        prefix: "clientmq".into(),
-        chat: crate::ChatConfig::default(),
-        seed: Some(1),
-        name: "w1".into(),
-        observer: None,
-        metrics: Some(metrics.clone()),
-    };
+    let config = worker_config(None, Some(metrics.clone()));
     tokio::spawn(run(bus.clone(), config, std::future::pending()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(metric(&metrics, "clientmq_chat_bus_connected"), 0.0);
