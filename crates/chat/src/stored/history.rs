@@ -85,6 +85,36 @@ pub async fn settle<B: Bus>(
     }
 }
 
+/// Clears the sessions `told` from room `room`'s record as the cache holds it, leaving its
+/// pending events to whoever appends them: one conditional write, no appends, so that under
+/// contention the window between the read and the write stays one round trip.
+pub async fn forget_told<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    room: &str,
+    told: impl Fn(&Touched) -> bool,
+) -> Result<(), StoreError> {
+    let key = RoomKey::Room(room.to_owned()).key();
+    let held = {
+        let cache = lock(cache);
+        cache.room(room).map(|r| (r.revision, r.value.clone()))
+    };
+    let Some((revision, mut record)) = held.filter(|(_, r)| r.touched.iter().any(&told)) else {
+        return Ok(());
+    };
+    record.touched.retain(|t| !told(t));
+    let value = record.encode_to_vec();
+    match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
+        Ok(cleared) => {
+            let applied = lock(cache).apply(Bucket::Rooms, &key, cleared, Some(&value));
+            applied.map_err(|e| StoreError::Malformed(e.to_string()))
+        }
+        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
 /// the last decision about it left pending, and then what this one made. The caller tells the
 /// session this decision touched, if any (a session's end: its connection, if it has one).

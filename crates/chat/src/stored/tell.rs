@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, MAX_ATTEMPTS, decide};
 use super::follow::refresh;
-use super::history::settle;
+use super::history::{forget_told, settle};
 use super::records::{RoomKey, Touched, session_key};
 use super::sessions;
 use super::worker::{ACK_WITHIN, Node};
@@ -276,12 +276,15 @@ impl<B: Bus> Node<B> {
     pub async fn clear_touched(&self, room: &str, touched: &[Touched]) -> Result<(), StoreError> {
         let key = RoomKey::Room(room.to_owned()).key();
         let told = |t: &Touched| touched.contains(t);
+        // The first attempt appends what a dead decider left pending too; the retries only
+        // clear, so as to hold the record no longer than a round trip against the deciders.
+        settle(&self.store, &self.layout, &self.cache, room, told).await?;
         for _ in 0..MAX_ATTEMPTS {
-            settle(&self.store, &self.layout, &self.cache, room, told).await?;
             if lock(&self.cache).room(room).is_none_or(|r| !r.value.touched.iter().any(told)) {
                 break;
             }
             refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
+            forget_told(&self.store, &self.layout, &self.cache, room, told).await?;
         }
         Ok(())
     }
