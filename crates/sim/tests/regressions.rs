@@ -46,8 +46,14 @@
 //! the room first). And `store-570091269`: a worker killed between a join's write and telling
 //! the member's connection, while the two others' sweeps were clearing a hot room's told
 //! sessions from its record, retry after retry, for two seconds; their next sweeps, which would
-//! have told the member, waited behind them (the clearing now runs apart from the sweep). Each
-//! must pass, run on the store, and replay byte for byte.
+//! have told the member, waited behind them (the clearing now runs apart from the sweep). Two
+//! more from the first block on that change, kept unshrunk: `store-580039970`, a join held up
+//! three seconds by the clearing's retries in a hot room, each appending the room's pending
+//! events again (they now only clear), and `store-580033916`, a listen whose worker could not
+//! read the session's key and told the asking connection to subscribe at the cache's newest
+//! binding, though a Bye had ended the session (a worker that cannot read the key now tells
+//! what the cache says, holder and binding from one look). Each must pass, run on the store, and
+//! replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -98,7 +104,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 24, |name, scenario, _| {
+    replay_kept("store-", 26, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }

@@ -100,8 +100,10 @@ impl<B: Bus> Node<B> {
     /// the connection holding the session as the store says now, not the asker, gets
     /// `changes`. A resume through another connection may have moved the session meanwhile:
     /// of the two, each writes its key and then reads the other's, so one of them sees the
-    /// other. An unsubscribe also reaches the asker if the session has moved on; the store
-    /// unreadable, the asker alone, at the binding the cache knows.
+    /// other. An unsubscribe also reaches the asker if the session has moved on. The store
+    /// unreadable, the holder and binding are the cache's, from one look: never the asker at
+    /// the cache's binding, which subscribed an ended session's old connection at a binding
+    /// past its Bye's unsubscribe (explore seed 580,033,916).
     pub async fn tell_holder(
         &self,
         id: &str,
@@ -111,8 +113,8 @@ impl<B: Bus> Node<B> {
         revision: u64,
     ) {
         let (holder, binding) = match self.holder(id).await {
-            Some((holder, binding)) => (holder, binding),
-            None => (Some((asker.1.to_owned(), asker.0.to_owned())), self.binding(id)),
+            Some(read) => read,
+            None => held(&lock(&self.cache), id),
         };
         let at = Revision { binding: Some(binding), room: revision };
         let subscribes = changes.iter().all(|(_, on)| *on);
