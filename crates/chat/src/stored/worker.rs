@@ -18,7 +18,7 @@
 //! - Timers (graces run out, idle rooms, pending events, orphaned members, old ended marks) run
 //!   on every worker once a second, off the loop.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -37,7 +37,7 @@ use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, decide};
 use super::layout::{Layout, StartError};
 use super::queue::Queues;
-use super::records::{Touched, ended_key};
+use super::records::ended_key;
 use super::{directory, ending, follow, sessions};
 use crate::ChatConfig;
 use crate::metrics::WorkerMetrics;
@@ -79,8 +79,6 @@ pub(crate) struct Node<B: Bus> {
     unended: Mutex<BTreeMap<String, Option<String>>>,
     /// Sessions whose end is under way here (`true`: it failed, try again at the next tick).
     ending: Mutex<BTreeMap<String, bool>>,
-    /// Rooms whose told sessions are being cleared from their record here.
-    clearing: Mutex<BTreeSet<String>>,
     /// Subscriptions waiting for their gateway's acknowledgement, by number.
     pub(super) acks: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
     pub(super) next_ack: AtomicU64,
@@ -227,24 +225,6 @@ impl<B: Bus> Node<B> {
         }
     }
 
-    /// Clears what the sweep told of `room` from its record, in a task of its own (one per room
-    /// at a time): its retries in a hot room would hold the next sweep back past the bound a
-    /// dead decider's sessions are told within (a second).
-    fn clear_later(self: &Arc<Self>, room: String, told: Vec<Touched>) {
-        if told.is_empty()
-            || !self.clearing.lock().unwrap_or_else(PoisonError::into_inner).insert(room.clone())
-        {
-            return;
-        }
-        let node = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = node.clear_touched(&room, &told).await {
-                tracing::debug!(%room, error = %e, "told sessions not cleared; the next sweep tries again");
-            }
-            node.clearing.lock().unwrap_or_else(PoisonError::into_inner).remove(&room);
-        });
-    }
-
     /// Ends that failed are tried again.
     fn retry_ends(&self) {
         self.ending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, failed| !*failed);
@@ -252,13 +232,13 @@ impl<B: Bus> Node<B> {
 
     /// The timers every worker runs once a second: events left pending and members left behind
     /// by a worker that died, idle rooms, old ended marks.
-    async fn tick(self: &Arc<Self>) -> Result<(), DecideError> {
+    async fn tick(&self) -> Result<(), DecideError> {
         let now = self.now_ms();
         let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
         let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
         for room in rooms {
             let told = self.tell_touched(&room).await?;
-            self.clear_later(room, told);
+            self.clear_touched(&room, &told).await?;
         }
         let moved: Vec<String> = lock(cache).sessions_released().into_iter().map(str::to_owned).collect();
         for id in moved {
@@ -330,7 +310,6 @@ pub async fn run<B: Bus>(
         sends: AtomicU64::new(0),
         hints: Mutex::new(BTreeMap::new()),
         ending: Mutex::new(BTreeMap::new()),
-        clearing: Mutex::new(BTreeSet::new()),
         unended: Mutex::new(BTreeMap::new()),
         acks: Mutex::new(BTreeMap::new()),
         next_ack: AtomicU64::new(0),
