@@ -28,7 +28,8 @@ pub struct BusMessage {
     pub subject: String,
     /// Where an answer goes (a request); `None` for a plain publish.
     pub reply: Option<String>,
-    /// Header name and value pairs, in order; a name may repeat.
+    /// Header name and value pairs; a name may repeat. NATS keeps the order of one name's
+    /// values, not the order of names.
     pub headers: Vec<(String, String)>,
     pub payload: Vec<u8>,
     /// A status set by the bus itself on a message it made up: 503 when nobody subscribes to a

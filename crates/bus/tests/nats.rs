@@ -43,8 +43,13 @@ async fn a_message_arrives_as_sent_with_its_reply_and_headers() {
         a.publish(msg.clone()).await.unwrap();
     }
     a.flush().await.unwrap();
+    // NATS keeps the order of a name's values, not the order of names.
+    let by_name = |mut msg: BusMessage| {
+        msg.headers.sort_by(|a, b| a.0.cmp(&b.0));
+        msg
+    };
     for msg in &sent {
-        assert_eq!(&next(&mut sub).await, msg);
+        assert_eq!(by_name(next(&mut sub).await), by_name(msg.clone()));
     }
 
     // A header value the protocol cannot carry is refused before anything is sent.
