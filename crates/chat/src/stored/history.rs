@@ -74,10 +74,23 @@ pub async fn settle<B: Bus>(
     append(store, layout, room, &record.pending).await?;
     record.pending.clear();
     record.touched.retain(|t| !told(t));
+    put_cleared(store, layout, cache, &key, revision, &record).await
+}
+
+/// Writes a room's record cleared of what was appended or told, if it is still at `revision`
+/// (else whoever moved it keeps what is left, for the next clearing).
+async fn put_cleared<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    key: &str,
+    revision: u64,
+    record: &super::records::RoomRecord,
+) -> Result<(), StoreError> {
     let value = record.encode_to_vec();
-    match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
+    match layout.rooms.put(store, key, value.clone(), Some(revision)).await {
         Ok(cleared) => {
-            let applied = lock(cache).apply(Bucket::Rooms, &key, cleared, Some(&value));
+            let applied = lock(cache).apply(Bucket::Rooms, key, cleared, Some(&value));
             applied.map_err(|e| StoreError::Malformed(e.to_string()))
         }
         Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
@@ -104,15 +117,7 @@ pub async fn forget_told<B: Bus>(
         return Ok(());
     };
     record.touched.retain(|t| !told(t));
-    let value = record.encode_to_vec();
-    match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
-        Ok(cleared) => {
-            let applied = lock(cache).apply(Bucket::Rooms, &key, cleared, Some(&value));
-            applied.map_err(|e| StoreError::Malformed(e.to_string()))
-        }
-        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    put_cleared(store, layout, cache, &key, revision, &record).await
 }
 
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what
