@@ -140,15 +140,17 @@ impl Nats {
 
     /// [`Nats::start`] with more command-line arguments (a config file, JetStream, ...).
     pub async fn start_with(log: &Log, extra: &[&str]) -> Nats {
-        let extra = extra.iter().map(|&a| a.to_owned()).collect();
-        let mut nats = Nats { port: free_port(), proc: None, log: log.clone(), extra };
-        nats.restart().await;
-        nats
+        Nats::launch(log, free_port(), extra).await
     }
 
     /// [`Nats::start`] on a given port (one a client already tries).
     pub async fn start_on(log: &Log, port: u16) -> Nats {
-        let mut nats = Nats { port, proc: None, log: log.clone(), extra: Vec::new() };
+        Nats::launch(log, port, &[]).await
+    }
+
+    async fn launch(log: &Log, port: u16, extra: &[&str]) -> Nats {
+        let extra = extra.iter().map(|&a| a.to_owned()).collect();
+        let mut nats = Nats { port, proc: None, log: log.clone(), extra };
         nats.restart().await;
         nats
     }

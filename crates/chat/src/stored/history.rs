@@ -64,38 +64,7 @@ pub async fn settle<B: Bus>(
     room: &str,
     told: impl Fn(&Touched) -> bool,
 ) -> Result<(), StoreError> {
-    let key = RoomKey::Room(room.to_owned()).key();
-    let held = {
-        let cache = lock(cache);
-        cache.room(room).map(|r| (r.revision, r.value.clone()))
-    };
-    let dirty = |r: &super::records::RoomRecord| !r.pending.is_empty() || r.touched.iter().any(&told);
-    let Some((revision, mut record)) = held.filter(|(_, r)| dirty(r)) else { return Ok(()) };
-    append(store, layout, room, &record.pending).await?;
-    record.pending.clear();
-    record.touched.retain(|t| !told(t));
-    put_cleared(store, layout, cache, &key, revision, &record).await
-}
-
-/// Writes a room's record cleared of what was appended or told, if it is still at `revision`
-/// (else whoever moved it keeps what is left, for the next clearing).
-async fn put_cleared<B: Bus>(
-    store: &Store<B>,
-    layout: &Layout,
-    cache: &Mutex<Cache>,
-    key: &str,
-    revision: u64,
-    record: &super::records::RoomRecord,
-) -> Result<(), StoreError> {
-    let value = record.encode_to_vec();
-    match layout.rooms.put(store, key, value.clone(), Some(revision)).await {
-        Ok(cleared) => {
-            let applied = lock(cache).apply(Bucket::Rooms, key, cleared, Some(&value));
-            applied.map_err(|e| StoreError::Malformed(e.to_string()))
-        }
-        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
-        Err(e) => Err(e),
-    }
+    clear(store, layout, cache, room, told, true).await
 }
 
 /// Clears the sessions `told` from room `room`'s record as the cache holds it, leaving its
@@ -108,16 +77,42 @@ pub async fn forget_told<B: Bus>(
     room: &str,
     told: impl Fn(&Touched) -> bool,
 ) -> Result<(), StoreError> {
+    clear(store, layout, cache, room, told, false).await
+}
+
+/// [`settle`] (`with_pending`: its pending events appended and cleared too) or [`forget_told`]:
+/// the record written only if it is still at the revision the cache read.
+async fn clear<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    room: &str,
+    told: impl Fn(&Touched) -> bool,
+    with_pending: bool,
+) -> Result<(), StoreError> {
     let key = RoomKey::Room(room.to_owned()).key();
     let held = {
         let cache = lock(cache);
         cache.room(room).map(|r| (r.revision, r.value.clone()))
     };
-    let Some((revision, mut record)) = held.filter(|(_, r)| r.touched.iter().any(&told)) else {
-        return Ok(());
+    let dirty = |r: &super::records::RoomRecord| {
+        (with_pending && !r.pending.is_empty()) || r.touched.iter().any(&told)
     };
+    let Some((revision, mut record)) = held.filter(|(_, r)| dirty(r)) else { return Ok(()) };
+    if with_pending {
+        append(store, layout, room, &record.pending).await?;
+        record.pending.clear();
+    }
     record.touched.retain(|t| !told(t));
-    put_cleared(store, layout, cache, &key, revision, &record).await
+    let value = record.encode_to_vec();
+    match layout.rooms.put(store, &key, value.clone(), Some(revision)).await {
+        Ok(cleared) => {
+            let applied = lock(cache).apply(Bucket::Rooms, &key, cleared, Some(&value));
+            applied.map_err(|e| StoreError::Malformed(e.to_string()))
+        }
+        Err(StoreError::WrongLastSequence(_) | StoreError::InFlight(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decides about room `room` as [`decide`](super::decide::decide) does, first appending what

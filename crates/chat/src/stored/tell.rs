@@ -233,15 +233,15 @@ impl<B: Bus> Node<B> {
     /// Tells the connections of the sessions `touched` by decisions about `room` what they
     /// hear of it as the store says now: what a decider that died before telling them left
     /// undone. The sessions' keys are read (one catch-up, however many there are: a hot room
-    /// under a dead worker collects dozens) before the room's. Returns what it told, for
-    /// [`Node::clear_touched`].
-    pub async fn tell_touched(&self, room: &str) -> Result<Vec<Touched>, StoreError> {
+    /// under a dead worker collects dozens) before the room's. Then clears them from the
+    /// record ([`Node::clear_touched`]).
+    pub async fn tell_touched(&self, room: &str) -> Result<(), StoreError> {
         let touched = match lock(&self.cache).room(room) {
             Some(r) if !r.value.touched.is_empty() => r.value.touched.clone(),
-            _ => return Ok(Vec::new()),
+            _ => return Ok(()),
         };
         if !self.catch_up(Bucket::Sessions).await? {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let holders: Vec<(String, Holder, u64)> = {
             let cache = lock(&self.cache);
@@ -257,7 +257,7 @@ impl<B: Bus> Node<B> {
         refresh(&self.store, &self.layout.rooms, Bucket::Rooms, &key, &self.cache).await?;
         let messages: Vec<BusMessage> = {
             let cache = lock(&self.cache);
-            let Some(record) = cache.room(room) else { return Ok(Vec::new()) };
+            let Some(record) = cache.room(room) else { return Ok(()) };
             (holders.iter())
                 .map(|(session, (conn, gateway), binding)| {
                     let member = record.value.member(session).is_some();
@@ -271,11 +271,11 @@ impl<B: Bus> Node<B> {
         for msg in messages {
             self.publish(msg).await;
         }
-        Ok(touched)
+        self.clear_touched(room, &touched).await
     }
 
     /// Clears from `room`'s record the sessions [`Node::tell_touched`] told, with the events
-    /// pending there. A decision that moved the record meanwhile left them in it: cleared from
+    /// pending there (in the sweep: not a task apart). A decision that moved the record meanwhile left them in it: cleared from
     /// the record as it is then, a few times at most. Each retry only clears (one conditional
     /// write, no appends), so that it holds a hot room's record no longer than a round trip
     /// against its deciders; what stays is told again and cleared at the next sweep. Many
@@ -283,7 +283,7 @@ impl<B: Bus> Node<B> {
     /// seconds in a hot room, past the bound a dead decider's sessions are told within
     /// (explore seed 570,091,269); run apart from the sweep, they slowed the deciders
     /// (580,039,970).
-    pub async fn clear_touched(&self, room: &str, touched: &[Touched]) -> Result<(), StoreError> {
+    async fn clear_touched(&self, room: &str, touched: &[Touched]) -> Result<(), StoreError> {
         let key = RoomKey::Room(room.to_owned()).key();
         let told = |t: &Touched| touched.contains(t);
         // The first attempt appends what a dead decider left pending too; the retries only

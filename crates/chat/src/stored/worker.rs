@@ -237,8 +237,7 @@ impl<B: Bus> Node<B> {
         let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
         let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
         for room in rooms {
-            let told = self.tell_touched(&room).await?;
-            self.clear_touched(&room, &told).await?;
+            self.tell_touched(&room).await?;
         }
         let moved: Vec<String> = lock(cache).sessions_released().into_iter().map(str::to_owned).collect();
         for id in moved {
