@@ -8,7 +8,7 @@ use clientmq_core::{ConnectionId, Reply, Topic};
 use prost::Message;
 
 use super::cache::{Bucket, Cache, lock};
-use super::decide::{DecideError, decide};
+use super::decide::{DecideError, Decided, decide};
 use super::history::{decide_room, decide_room_then};
 use super::records::{RoomRecord, session_key};
 use super::worker::Node;
@@ -235,7 +235,11 @@ async fn join_room<B: Bus>(
     let room_id = room.room_id().to_owned();
     let (now, max_members, max_rooms) =
         (n.now_ms(), n.config.max_members_per_room, n.config.max_rooms_per_session);
-    let join = |c: &Cache| rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms);
+    let join = |c: &Cache| {
+        holding(c, conn, session, Err(status::UNAUTHORIZED), |c| {
+            rooms::join(c, session, &room_id, req.member.clone(), now, max_members, max_rooms)
+        })
+    };
     // Subscribed once the join is written and before its event is appended: the member hears
     // its own arrival and everything after it, and a refused join subscribes nothing.
     let subscribe = |joined: &Result<RoomRecord, &str>, revision| {
@@ -257,6 +261,22 @@ async fn join_room<B: Bus>(
         room: record.info,
         options: Vec::new(),
     })
+}
+
+/// `decide`, if `conn` still holds `session` in the cache decided on; else nothing, answering
+/// `refused`. A decision that subscribes is taken for the connection that asked only: one from a
+/// connection whose session moved on while it waited (a resume elsewhere, an end) would subscribe
+/// the new holder after its resume was answered, and under contention a decision waits seconds.
+/// The cache lags the store by a follower's delay, so this narrows the window to that delay; the
+/// store has no write conditional on two keys to close it.
+fn holding<T>(
+    cache: &Cache,
+    conn: &str,
+    session: &str,
+    refused: T,
+    decide: impl FnOnce(&Cache) -> Decided<T>,
+) -> Decided<T> {
+    if cache.session_of(conn) == Some(session) { decide(cache) } else { Decided::Nothing(refused) }
 }
 
 /// Leaving is idempotent: `ok` even when not a member, so the gateway drops its subscription.
@@ -378,7 +398,9 @@ async fn fetch<B: Bus>(
     }
     // Remembered for a resume too.
     if req.options.contains(&(chat::RoomConversationOption::Subscribe as i32)) {
-        let listen = |c: &Cache| rooms::listen(c, session, &req.room_id);
+        let listen = |c: &Cache| {
+            holding(c, conn, session, Err(status::UNAUTHORIZED), |c| rooms::listen(c, session, &req.room_id))
+        };
         let subscribe = |listening: &Result<bool, &str>, revision| {
             let listening = listening.is_ok();
             let room = &req.room_id;
@@ -396,4 +418,43 @@ async fn fetch<B: Bus>(
     }
     let history = conversation::history(&n.store, &n.layout, &req.room_id).await?;
     Ok(answer(status::OK, window(history.iter(), &req)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stored::records::SessionRecord;
+    use crate::stored::testing;
+
+    /// A decision that subscribes is taken only for the connection holding the session in the
+    /// cache it is decided on: after a resume moved `s1` from `c1` to `c2`, or its end, a join
+    /// still in flight from `c1` writes nothing.
+    #[test]
+    fn a_join_is_decided_only_for_the_connection_holding_its_session() {
+        let mut cache = Cache::default();
+        cache.apply(Bucket::Rooms, "r.r1", 1, Some(&testing::room("r1").encode_to_vec())).unwrap();
+        let bind = |cache: &mut Cache, revision, conn: Option<&str>| {
+            let record = SessionRecord {
+                conn: conn.map(str::to_owned),
+                gateway: Some("g1".into()),
+                ..Default::default()
+            };
+            cache
+                .apply(Bucket::Sessions, &session_key("s1"), revision, Some(&record.encode_to_vec()))
+                .unwrap();
+        };
+        let join = |cache: &Cache, conn| {
+            holding(cache, conn, "s1", Err(status::UNAUTHORIZED), |c| {
+                rooms::join(c, "s1", "r1", chat::Member::default(), 5, 10, 10)
+            })
+        };
+        bind(&mut cache, 2, Some("c1"));
+        assert!(matches!(join(&cache, "c1"), Decided::Write(_, Ok(_))), "c1 holds s1");
+        assert!(matches!(join(&cache, "c2"), Decided::Nothing(Err("unauthorized"))), "c2 does not");
+        bind(&mut cache, 3, Some("c2"));
+        assert!(matches!(join(&cache, "c1"), Decided::Nothing(Err("unauthorized"))), "resumed on c2");
+        assert!(matches!(join(&cache, "c2"), Decided::Write(_, Ok(_))));
+        bind(&mut cache, 4, None);
+        assert!(matches!(join(&cache, "c2"), Decided::Nothing(Err("unauthorized"))), "detached");
+    }
 }
