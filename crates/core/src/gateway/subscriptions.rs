@@ -52,7 +52,9 @@ pub struct Forgotten {
     pub conn: ConnectionId,
     /// The session its authentication named.
     pub session: String,
-    pub subscriptions: Vec<(Topic, String)>,
+    /// Each with the revision of the last change applied to it, if stamped: restored at it,
+    /// it is dropped if a later change (a `pcast.Bye`'s unsubscribe) was applied meanwhile.
+    pub subscriptions: Vec<(Topic, String, Option<Revision>)>,
 }
 
 impl Gateway {
@@ -66,13 +68,21 @@ impl Gateway {
         let held: Vec<Forgotten> = (self.registry.iter())
             .filter_map(|(id, c)| {
                 let session = c.session_id.clone()?;
-                let rooms = c.rooms.iter().map(|r| (Topic::Room, r.clone()));
-                let conversations = c.conversations.iter().map(|r| (Topic::Conversation, r.clone()));
+                let stamp = |topic, room: &String| {
+                    let last = c.revisions.get(&(topic, room.clone()));
+                    (
+                        topic,
+                        room.clone(),
+                        last.map(|&(binding, room)| Revision { binding: Some(binding), room }),
+                    )
+                };
+                let rooms = c.rooms.iter().map(|r| stamp(Topic::Room, r));
+                let conversations = c.conversations.iter().map(|r| stamp(Topic::Conversation, r));
                 Some(Forgotten { conn: *id, session, subscriptions: rooms.chain(conversations).collect() })
             })
             .collect();
         for f in &held {
-            for (topic, room) in &f.subscriptions {
+            for (topic, room, _) in &f.subscriptions {
                 self.unsubscribe(f.conn, *topic, room);
             }
         }

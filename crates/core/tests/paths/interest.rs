@@ -195,7 +195,7 @@ fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
         vec![clientmq_core::Forgotten {
             conn: a,
             session: "s1".into(),
-            subscriptions: vec![(Topic::Room, "r1".into()), (Topic::Conversation, "r1".into())],
+            subscriptions: vec![(Topic::Room, "r1".into(), at(5)), (Topic::Conversation, "r1".into(), at(5))],
         }]
     );
     assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![]);
@@ -209,5 +209,64 @@ fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
     assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![]);
     h.input(stamped(a, Topic::Room, "r1", true, 5));
     assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![a]);
+    h.gw.check_invariants().unwrap();
+}
+
+/// Nobody told the connections again, so the gateway restores what it forgot, each at the
+/// revision it was last changed at: a change applied meanwhile (a `pcast.Bye`'s unsubscribe,
+/// a binding moved) is newer and stands, and what nobody changed comes back.
+#[test]
+fn forgotten_subscriptions_restored_at_their_revisions_do_not_undo_a_later_change() {
+    let mut h = Harness::new(bus_config());
+    let a = h.open();
+    h.request(a, "C0", "pcast.Authenticate", auth_payload(), Encoding::Binary);
+    let ok = pcast::AuthenticateResponse {
+        status: "ok".into(),
+        session_id: Some("s1".into()),
+        ..Default::default()
+    };
+    h.input(Input::BackendReply { token: h.backend_tokens()[0].0, result: ok_reply("", ok) });
+    let change = |topic, room: &str, subscribe, revision| Input::Subscription {
+        conn: a,
+        topic,
+        room: room.into(),
+        subscribe,
+        revision,
+    };
+    let at = |binding, room| Some(clientmq_core::Revision { binding: Some(binding), room });
+    h.input(change(Topic::Room, "r1", true, at(3, 5)));
+    h.input(change(Topic::Conversation, "r1", true, at(3, 6)));
+    h.input(change(Topic::Room, "r2", true, at(3, 7)));
+    h.input(change(Topic::Room, "r3", true, None));
+    let forgotten = h.gw.forget_subscriptions(h.now).remove(0).subscriptions;
+    assert_eq!(
+        forgotten,
+        vec![
+            (Topic::Room, "r1".into(), at(3, 5)),
+            (Topic::Room, "r2".into(), at(3, 7)),
+            (Topic::Room, "r3".into(), None),
+            (Topic::Conversation, "r1".into(), at(3, 6)),
+        ]
+    );
+    // Meanwhile: r1 left (both topics), r2 unchanged.
+    h.input(change(Topic::Room, "r1", false, at(3, 8)));
+    h.input(change(Topic::Conversation, "r1", false, at(3, 8)));
+    for (topic, room, revision) in forgotten {
+        h.input(change(topic, &room, true, revision));
+    }
+    h.drain();
+    assert_eq!(h.gw.subscribers(Topic::Room, "r1"), vec![], "the leave stands");
+    assert_eq!(h.gw.subscribers(Topic::Conversation, "r1"), vec![]);
+    assert_eq!(h.gw.subscribers(Topic::Room, "r2"), vec![a], "unchanged: restored");
+    assert_eq!(h.gw.subscribers(Topic::Room, "r3"), vec![a], "never stamped: restored");
+    // A session bound again since: nothing of the old binding comes back.
+    let forgotten = h.gw.forget_subscriptions(h.now).remove(0).subscriptions;
+    h.input(change(Topic::Room, "r9", true, at(4, 1)));
+    for (topic, room, revision) in forgotten.into_iter().filter(|(_, _, r)| r.is_some()) {
+        h.input(change(topic, &room, true, revision));
+    }
+    h.drain();
+    assert_eq!(h.gw.subscribers(Topic::Room, "r2"), vec![], "read off an older binding");
+    assert_eq!(h.gw.subscribers(Topic::Room, "r9"), vec![a]);
     h.gw.check_invariants().unwrap();
 }

@@ -68,8 +68,8 @@ async fn ask<B: Bus>(s: &Shared<B>, gateway: &Connections, chunk: &[Forgotten]) 
             Some(msg) => tracing::warn!(error = ?msg.header(header::ERROR), "resubscribe list refused"),
             None => tracing::debug!("resubscribe list not answered; sending it again"),
         }
-        // Deaf no longer than one wait: what they had, until a worker says otherwise (its
-        // changes are ordered; these are not, and order nothing).
+        // Deaf no longer than one wait: what they had, until a worker says otherwise. Restored
+        // at their last revisions, so a change applied since the forgetting stands.
         if !restored {
             restore(gateway, chunk).await;
             restored = true;
@@ -78,11 +78,13 @@ async fn ask<B: Bus>(s: &Shared<B>, gateway: &Connections, chunk: &[Forgotten]) 
     false
 }
 
-/// Gives connections back what they had: what a worker on the bus would have to say is gone.
+/// Gives connections back what they had, each subscription at the last revision applied to it
+/// before it was forgotten: what a worker on the bus would have to say is gone, and a change it
+/// made since (an unsubscribe, a session moved) is newer and stands.
 async fn restore(gateway: &Connections, chunk: &[Forgotten]) {
     for f in chunk {
-        for (topic, room) in &f.subscriptions {
-            gateway.set_subscription(f.conn, *topic, room, true, None).await;
+        for (topic, room, revision) in &f.subscriptions {
+            gateway.set_subscription(f.conn, *topic, room, true, *revision).await;
         }
     }
 }

@@ -333,7 +333,7 @@ async fn the_gateway_announces_itself_and_back_on_the_bus_asks_to_be_told_again(
     r.bus.set_connected(true);
     // Its connections' subscriptions are forgotten, then a worker is asked to tell them again.
     let Command::ForgetSubscriptions(done) = r.next().await else { panic!("forget") };
-    let heard = vec![(Topic::Room, "r1".to_owned())];
+    let heard = vec![(Topic::Room, "r1".to_owned(), None)];
     let forgotten = clientmq_core::Forgotten { conn: conn('a'), session: "s1".into(), subscriptions: heard };
     let _ = done.send(vec![forgotten]);
     let list = next(&mut lists).await;
@@ -350,15 +350,25 @@ async fn the_gateway_announces_itself_and_back_on_the_bus_asks_to_be_told_again(
     r.bus.set_connected(false);
     r.bus.set_connected(true);
     let Command::ForgetSubscriptions(done) = r.next().await else { panic!("forget") };
-    let heard = vec![(Topic::Room, "r1".to_owned())];
+    // Each at the revision it was forgotten at, so a change applied since stands.
+    let at = Some(clientmq_core::Revision { binding: Some(2), room: 7 });
+    let heard = vec![(Topic::Room, "r1".to_owned(), at), (Topic::Conversation, "r2".to_owned(), None)];
     let _ = done.send(vec![clientmq_core::Forgotten {
         conn: conn('a'),
         session: "s1".into(),
         subscriptions: heard,
     }]);
     drop(lists);
-    let Input::Subscription { conn: c, room, subscribe: true, revision: None, .. } = r.input().await else {
+    let Input::Subscription { conn: c, topic: Topic::Room, room, subscribe: true, revision, .. } =
+        r.input().await
+    else {
         panic!("restored")
     };
-    assert_eq!((c, room.as_str()), (conn('a'), "r1"));
+    assert_eq!((c, room.as_str(), revision), (conn('a'), "r1", at));
+    let Input::Subscription { room, topic: Topic::Conversation, subscribe: true, revision: None, .. } =
+        r.input().await
+    else {
+        panic!("restored")
+    };
+    assert_eq!(room, "r2");
 }
