@@ -159,14 +159,8 @@ fn a_join_or_subscription_naming_no_room_holds_no_interest() {
     assert_eq!(interest(&mut h), vec![(Topic::Conversation, "r1".into(), true)]);
 }
 
-/// The bus was away, so subscription changes may have been lost: every connection with a
-/// session drops what it hears (interest ends with the last subscriber) and is listed with
-/// its session and what it dropped, for the backend to tell it again. A connection without a
-/// session is left alone, and the revisions applied stay, so a late change older than one
-/// applied before is still dropped.
-#[test]
-fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
-    let mut h = Harness::new(bus_config());
+/// A connection opened and authenticated as session `s1`.
+fn authenticated(h: &mut Harness) -> clientmq_core::ConnectionId {
     let a = h.open();
     h.request(a, "C0", "pcast.Authenticate", auth_payload(), Encoding::Binary);
     let ok = pcast::AuthenticateResponse {
@@ -175,6 +169,18 @@ fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
         ..Default::default()
     };
     h.input(Input::BackendReply { token: h.backend_tokens()[0].0, result: ok_reply("", ok) });
+    a
+}
+
+/// The bus was away, so subscription changes may have been lost: every connection with a
+/// session drops what it hears (interest ends with the last subscriber) and is listed with
+/// its session and what it dropped, for the backend to tell it again. A connection without a
+/// session is left alone, and the revisions applied stay, so a late change older than one
+/// applied before is still dropped.
+#[test]
+fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
+    let mut h = Harness::new(bus_config());
+    let a = authenticated(&mut h);
     let b = h.open();
     let at = |room| Some(clientmq_core::Revision { binding: Some(3), room });
     let stamped = |conn, topic, room: &str, subscribe, revision| Input::Subscription {
@@ -218,14 +224,7 @@ fn subscriptions_are_forgotten_for_the_backend_to_tell_again() {
 #[test]
 fn forgotten_subscriptions_restored_at_their_revisions_do_not_undo_a_later_change() {
     let mut h = Harness::new(bus_config());
-    let a = h.open();
-    h.request(a, "C0", "pcast.Authenticate", auth_payload(), Encoding::Binary);
-    let ok = pcast::AuthenticateResponse {
-        status: "ok".into(),
-        session_id: Some("s1".into()),
-        ..Default::default()
-    };
-    h.input(Input::BackendReply { token: h.backend_tokens()[0].0, result: ok_reply("", ok) });
+    let a = authenticated(&mut h);
     let change = |topic, room: &str, subscribe, revision| Input::Subscription {
         conn: a,
         topic,
