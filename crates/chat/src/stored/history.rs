@@ -320,4 +320,49 @@ mod tests {
         let refused = append(&store, &layout, "r1", &other).await;
         assert!(matches!(refused, Err(StoreError::InFlight(_))), "{refused:?}");
     }
+
+    /// `settle` appends a record's pending events and clears them with the sessions told;
+    /// `forget_told` clears only the sessions told, leaving the events pending for whoever
+    /// appends them. Neither writes when there is nothing of its own to clear.
+    #[tokio::test]
+    async fn settling_appends_and_clears_and_forgetting_only_clears() {
+        let bus = Arc::new(ModelBus::default());
+        let mut heard = bus.subscribe("clientmq.room.r1", None).await.unwrap();
+        let (store, layout) = with_room(&bus).await;
+        let key = RoomKey::Room("r1".into()).key();
+        let stored = || async {
+            let entry = layout.rooms.entry(&store, &key).await.unwrap().unwrap();
+            (entry.revision, RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap())
+        };
+        let (revision, mut record) = stored().await;
+        let event = chat::RoomEvent { room_id: "r1".into(), ..Default::default() };
+        record.pending.push(PendingEvent { id: "e1".into(), event: event.encode_to_vec() });
+        let touched = |s: &str| Touched { session: s.into(), by: revision };
+        record.touched = vec![touched("s1"), touched("s2")];
+        layout.rooms.put(&store, &key, record.encode_to_vec(), Some(revision)).await.unwrap();
+        let cache = Mutex::new(Cache::default());
+        let caught_up = || refresh(&store, &layout.rooms, Bucket::Rooms, &key, &cache);
+        caught_up().await.unwrap();
+        let sessions = |r: &RoomRecord| r.touched.iter().map(|t| t.session.clone()).collect::<Vec<_>>();
+        async fn nothing_heard(heard: &mut impl Subscription) -> bool {
+            tokio::time::timeout(Duration::from_millis(50), heard.next()).await.is_err()
+        }
+
+        let before = stored().await.0;
+        forget_told(&store, &layout, &cache, "r1", |t| t.session == "s9").await.unwrap();
+        assert_eq!(stored().await.0, before, "nobody told: no write, though events are pending");
+        forget_told(&store, &layout, &cache, "r1", |t| t.session == "s1").await.unwrap();
+        let (after, record) = stored().await;
+        assert!(after > before);
+        assert_eq!((sessions(&record), record.pending.len()), (vec!["s2".to_owned()], 1));
+        assert!(nothing_heard(&mut heard).await, "forgetting appends nothing");
+
+        caught_up().await.unwrap();
+        settle(&store, &layout, &cache, "r1", |t| t.session == "s2").await.unwrap();
+        let (_, record) = stored().await;
+        assert!(record.touched.is_empty() && record.pending.is_empty(), "{record:?}");
+        let msg = tokio::time::timeout(Duration::from_millis(50), heard.next()).await.unwrap().unwrap();
+        assert_eq!(chat::RoomEvent::decode(msg.payload.as_slice()).unwrap().room_id, "r1");
+        assert!(nothing_heard(&mut heard).await, "appended once");
+    }
 }

@@ -397,6 +397,7 @@ mod tests {
     /// A served worker whose session joined its room, a fake gateway's record of what it is told,
     /// and a store client of the test's own.
     struct Joined {
+        bus: Arc<ModelBus>,
         told: tokio::sync::mpsc::UnboundedReceiver<BusMessage>,
         session: String,
         room_id: String,
@@ -412,14 +413,14 @@ mod tests {
         bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
         assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
         let store = Store::new(bus.clone(), "as-a-dead-worker", Duration::from_secs(1)).await.unwrap();
-        Joined { told, session, room_id, store, layout: Layout::new("clientmq", 1, 100) }
+        Joined { bus, told, session, room_id, store, layout: Layout::new("clientmq", 1, 100) }
     }
 
     /// What a dead binder left owed, written in the store as it leaves it: the sweep tells the
     /// holder its rooms, and clears the debt.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_tells_a_dead_binders_connection_its_rooms() {
-        let Joined { mut told, session, room_id, store, layout } = joined().await;
+        let Joined { mut told, session, room_id, store, layout, .. } = joined().await;
         let key = session_key(&session);
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
@@ -445,7 +446,7 @@ mod tests {
     /// cleared.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_tells_what_a_dead_decider_left_and_clears_it() {
-        let Joined { mut told, session, room_id, store, layout } = joined().await;
+        let Joined { mut told, session, room_id, store, layout, .. } = joined().await;
         let key = session_key(&session);
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
@@ -468,6 +469,34 @@ mod tests {
         assert!(swept.iter().any(|m| m.0 == conn() && m.3 == heard), "the touched one: {swept:?}");
         let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
         assert!(SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap().released.is_empty());
+        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
+        let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        assert!(room.touched.is_empty(), "{:?}", room.touched);
+    }
+
+    /// The sweep's clearing of what it told loses to a decision that moved the room's record
+    /// (here: its conditional write refused once, as JetStream refuses a write expecting an
+    /// older revision): it reads the record again and clears it then, so the session is told
+    /// once, not again at the next sweep.
+    #[tokio::test(start_paused = true)]
+    async fn the_sweep_clears_what_it_told_again_when_a_decision_moved_the_record() {
+        let Joined { bus, mut told, session, room_id, store, layout } = joined().await;
+        let room_key = RoomKey::Room(room_id.clone()).key();
+        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
+        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        room.touched.push(Touched { session: session.clone(), by: entry.revision });
+        let now =
+            layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let subject = format!("$KV.{}.{room_key}", layout.rooms.name());
+        let code = clientmq_bus::store::wire::code::WRONG_LAST_SEQUENCE;
+        bus.refuse_next(&subject, code, &format!("wrong last sequence: {now}"));
+        let _ = changes(&mut told);
+
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let on = format!("+room {room_id}");
+        let swept = changes(&mut told);
+        let times = swept.iter().filter(|m| m.0 == conn() && m.3.contains(&on)).count();
+        assert_eq!(times, 1, "told once: {swept:?}");
         let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
         let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
         assert!(room.touched.is_empty(), "{:?}", room.touched);
