@@ -18,6 +18,8 @@ pub struct ModelBus {
     subs: Mutex<Vec<Sub>>,
     /// Refusals to give the next publishes to a subject instead of the model's answer.
     refusals: Mutex<Vec<Refusal>>,
+    /// Subjects whose next taken publish's answer is lost (see [`ModelBus::lose_next_answer`]).
+    losses: Mutex<Vec<String>>,
     status: StatusCell,
     start: tokio::time::Instant,
 }
@@ -56,6 +58,7 @@ impl ModelBus {
         ModelBus {
             model,
             subs: Mutex::default(),
+            losses: Mutex::default(),
             refusals: Mutex::default(),
             status,
             start: tokio::time::Instant::now(),
@@ -92,6 +95,20 @@ impl ModelBus {
         let (subject, description) = (subject.to_owned(), description.to_owned());
         let refusal = Refusal { subject, err_code, description, always };
         self.refusals.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
+    }
+
+    /// The next publish to `subject` that expects an answer is taken (stored, if the model
+    /// stores it) but its answer is lost, as when a connection drops between JetStream's write
+    /// and its acknowledgement: the publisher times out not knowing.
+    pub fn lose_next_answer(&self, subject: &str) {
+        self.losses.lock().unwrap_or_else(PoisonError::into_inner).push(subject.to_owned());
+    }
+
+    /// Whether `msg`'s answer is to be lost (once per [`ModelBus::lose_next_answer`]).
+    fn answer_lost(&self, msg: &BusMessage) -> bool {
+        let mut losses = self.losses.lock().unwrap_or_else(PoisonError::into_inner);
+        let at = losses.iter().position(|s| *s == msg.subject).filter(|_| msg.reply.is_some());
+        at.map(|at| losses.remove(at)).is_some()
     }
 
     /// The connection lost (`false`) or back (`true`: a new epoch), as a real client's would be;
@@ -147,8 +164,9 @@ impl Bus for ModelBus {
         let outcome = self.model.lock().unwrap_or_else(PoisonError::into_inner).handle(&msg, now);
         let heard = self.route(&msg.subject, &msg);
         match (outcome, &msg.reply) {
-            (Outcome::Taken(send), _) => {
-                for d in &send {
+            (Outcome::Taken(send), reply) => {
+                let lost = self.answer_lost(&msg);
+                for d in send.iter().filter(|d| !(lost && Some(&d.to) == reply.as_ref())) {
                     self.route(&d.to, &d.msg);
                 }
             }
