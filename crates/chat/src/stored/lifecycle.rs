@@ -401,3 +401,56 @@ async fn a_members_updates_reach_the_room_and_a_non_member_is_refused() {
     use chat::RoomEventType as E;
     assert_eq!(kinds, [E::MemberJoined as i32, E::MemberUpdated as i32, E::RoomUpdated as i32]);
 }
+
+/// A served worker whose session joined its room and whose connection ended half a second
+/// into one of the worker's one-second ticks: the session's record as detached, and the test's
+/// instant of the end.
+async fn detached_between_ticks(
+    bus: &Arc<ModelBus>,
+) -> (Store<ModelBus>, Layout, String, tokio::time::Instant) {
+    let started = tokio::time::Instant::now();
+    let Served { mut replies, session: id, room_id, .. } = served(bus, None, std::future::pending()).await;
+    let join = chat::JoinRoom { room_id: Some(room_id), ..Default::default() };
+    bus.publish(request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+    let store = Store::new(bus.clone(), "reader", Duration::from_secs(1)).await.unwrap();
+    let layout = Layout::new("clientmq", 1, 100);
+    let half = Duration::from_secs(started.elapsed().as_secs() + 1) + Duration::from_millis(500);
+    tokio::time::sleep_until(started + half).await;
+    let at = tokio::time::Instant::now();
+    let ended = BusMessage::new("clientmq.disconnected", Vec::new())
+        .with(header::GATEWAY, "g1")
+        .with(header::CONNECTION, conn());
+    bus.publish(ended).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(session(&store, &layout, &id).await.expect("detached").expires_ms.is_some());
+    (store, layout, id, at)
+}
+
+/// A session ends at its grace's instant, not at the worker's next tick after it: the worker
+/// wakes for the next grace due.
+#[tokio::test(start_paused = true)]
+async fn a_session_ends_when_its_grace_runs_out_not_at_the_next_tick() {
+    let bus = Arc::new(ModelBus::default());
+    let _told = gateway(&bus).await;
+    let (store, layout, id, at) = detached_between_ticks(&bus).await;
+    let grace = crate::ChatConfig::default().session_grace;
+    tokio::time::sleep_until(at + grace - Duration::from_millis(100)).await;
+    assert!(session(&store, &layout, &id).await.is_some(), "not before its grace runs out");
+    tokio::time::sleep_until(at + grace + Duration::from_millis(200)).await;
+    assert!(session(&store, &layout, &id).await.is_none(), "ended as its grace ran out");
+}
+
+/// An end the store refuses (here the session's deletion, once) is tried again at the next
+/// tick, not given up: the session ends, a second late.
+#[tokio::test(start_paused = true)]
+async fn an_end_the_store_refuses_is_tried_again() {
+    let bus = Arc::new(ModelBus::default());
+    let _told = gateway(&bus).await;
+    let (store, layout, id, at) = detached_between_ticks(&bus).await;
+    let subject = format!("$KV.{}.{}", layout.sessions.name(), session_key(&id));
+    bus.refuse_next(&subject, clientmq_bus::store::wire::code::BAD_REQUEST, "refused once");
+    let grace = crate::ChatConfig::default().session_grace;
+    tokio::time::sleep_until(at + grace + Duration::from_secs(3)).await;
+    assert!(session(&store, &layout, &id).await.is_none(), "ended at a later try");
+}
