@@ -372,3 +372,26 @@ async fn the_gateway_announces_itself_and_back_on_the_bus_asks_to_be_told_again(
     };
     assert_eq!(room, "r2");
 }
+
+/// A request waits for its answer a second past the gateway's own timeout (the shard gives up
+/// at the timeout; a reply in that second is still its, to drop), and is forgotten after, so
+/// an unanswered request holds nothing for long: a reply later still is no one's.
+#[tokio::test(start_paused = true)]
+async fn an_unanswered_request_is_forgotten_a_second_after_its_timeout() {
+    let mut r = rig().await;
+    let mut worker = r.sub("clientmq.req.chat.Ping").await;
+    r.backend.request(request(7, "chat.Ping"));
+    let asked = next(&mut worker).await;
+    tokio::time::sleep(Duration::from_millis(5_500)).await;
+    let reply = |asked: &BusMessage| {
+        BusMessage::new(asked.reply.clone().unwrap(), b"r".to_vec()).with(header::TYPE, "chat.PingResponse")
+    };
+    r.bus.publish(reply(&asked)).await.unwrap();
+    let Input::BackendReply { token: 7, result: Ok(_) } = r.input().await else { panic!("still its") };
+
+    r.backend.request(request(8, "chat.Ping"));
+    let asked = next(&mut worker).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    r.bus.publish(reply(&asked)).await.unwrap();
+    r.nothing().await;
+}
