@@ -345,8 +345,10 @@ async fn the_gateway_announces_itself_and_back_on_the_bus_asks_to_be_told_again(
         Some(vec![(conn('a'), "s1".to_owned())])
     );
     assert_eq!(next(&mut alive).await.header(header::BUS_EPOCH), Some("2"));
-    // Told: nothing restored by the gateway itself.
+    // Told: nothing restored by the gateway itself, and nothing asked again at the next
+    // announcements (one reconnection, one list).
     r.bus.publish(BusMessage::new(list.reply.unwrap(), Vec::new())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
     r.nothing().await;
 
     // Again, with nobody to ask: the connections get back what they had.
