@@ -34,7 +34,10 @@ struct Rig {
 }
 
 async fn rig() -> Rig {
-    let bus = Arc::new(ModelBus::default());
+    rig_on(Arc::new(ModelBus::default())).await
+}
+
+async fn rig_on(bus: Arc<ModelBus>) -> Rig {
     let (tx, shard) = mpsc::channel(1024);
     let routes = Routes::default();
     routes.write().unwrap().extend([(conn('a'), 0), (conn('b'), 0)]);
@@ -399,4 +402,52 @@ async fn an_unanswered_request_is_forgotten_a_second_after_its_timeout() {
     tokio::time::sleep(Duration::from_secs(8)).await;
     r.bus.publish(reply(&asked)).await.unwrap();
     r.nothing().await;
+}
+
+/// The bus's first connection (epoch 1) is no reconnection: nothing was lost, nothing to
+/// forget or have told again.
+#[tokio::test(start_paused = true)]
+async fn the_first_connection_to_the_bus_asks_nothing_again() {
+    let mut r = rig_on(Arc::new(ModelBus::offline())).await;
+    let mut alive = r.sub("clientmq.gateway.g1.alive").await;
+    r.bus.set_connected(true);
+    assert_eq!(next(&mut alive).await.header(header::BUS_EPOCH), Some("1"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    r.nothing().await;
+}
+
+/// A resubscribe list refused by a worker (`Clientmq-Error`) or unanswered is sent again, and
+/// meanwhile the connections get back what they had, once; a worker that then tells them ends
+/// it.
+#[tokio::test(start_paused = true)]
+async fn a_resubscribe_list_refused_or_unanswered_is_sent_again_and_restores_meanwhile() {
+    let mut r = rig().await;
+    let mut lists = r.sub("clientmq.resubscribe").await;
+    r.bus.set_connected(false);
+    r.bus.set_connected(true);
+    let Command::ForgetSubscriptions(done) = r.next().await else { panic!("forget") };
+    let heard = vec![(Topic::Room, "r1".to_owned(), None)];
+    let _ = done.send(vec![clientmq_core::Forgotten {
+        conn: conn('a'),
+        session: "s1".into(),
+        subscriptions: heard,
+    }]);
+    let refused = next(&mut lists).await;
+    let refusal = BusMessage::new(refused.reply.unwrap(), Vec::new()).with(header::ERROR, "malformed");
+    r.bus.publish(refusal).await.unwrap();
+    let Input::Subscription { conn: c, room, subscribe: true, .. } = r.input().await else {
+        panic!("restored")
+    };
+    assert_eq!((c, room.as_str()), (conn('a'), "r1"));
+    // Not answered within its wait: sent again, and nothing restored twice.
+    let unanswered = next(&mut lists).await;
+    assert_eq!(unanswered.payload, refused.payload);
+    let told = tokio::time::timeout(Duration::from_secs(3), lists.next()).await.unwrap().unwrap();
+    r.bus.publish(BusMessage::new(told.reply.unwrap(), Vec::new())).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    r.nothing().await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), lists.next()).await.is_err(),
+        "told: no more lists"
+    );
 }
