@@ -3,6 +3,7 @@
 //! scratch (a fresh cache) whenever it wants to drop what it holds.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clientmq_bus::Bus;
 use clientmq_bus::store::kv::Bucket as KvBucket;
@@ -65,10 +66,33 @@ pub async fn refresh<B: Bus>(
     applied.map_err(|e| StoreError::Malformed(e.to_string()))
 }
 
+/// Waits until `cache` holds every change of `bucket` up to stream sequence `seq`, at most
+/// `timeout`. Whether it got there.
+pub async fn followed(cache: &Mutex<Cache>, bucket: Bucket, seq: u64, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while lock(cache).followed(bucket) < seq {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+/// Waits until `cache` holds everything `bucket` of `layout` holds now (at most the store's
+/// timeout). Whether it got there.
+pub async fn catch_up<B: Bus>(
+    store: &Store<B>,
+    layout: &Layout,
+    cache: &Mutex<Cache>,
+    bucket: Bucket,
+) -> Result<bool, StoreError> {
+    let state = store.stream_state(&layout.bucket(bucket).stream()).await?;
+    Ok(followed(cache, bucket, state.last_seq, store.timeout()).await)
+}
+
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use clientmq_bus::store::loopback::ModelBus;
     use clientmq_core::proto::chat;
     use prost::Message;
@@ -110,7 +134,10 @@ mod tests {
 
         // A cache dropped and started again ends where the first one was.
         let fresh = Arc::new(Mutex::new(Cache::default()));
+        // Not followed yet: catching up gives up at the store's timeout, not holding s1.
+        assert!(!catch_up(&store, &layout, &fresh, Bucket::Sessions).await.unwrap());
         let following = tokio::spawn(follow(store.clone(), layout.clone(), fresh.clone()));
+        assert!(catch_up(&store, &layout, &fresh, Bucket::Sessions).await.unwrap(), "followed");
         until(&fresh, |c| c.members_without_session() == [("r1", "s1")] && c.room("r1").is_some()).await;
         fresh.lock().unwrap().check().unwrap();
         following.abort();
@@ -121,5 +148,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(lone.lock().unwrap().room("r1").map(|r| r.value.room_id().to_owned()), Some("r1".into()));
+    }
+
+    /// Waiting for the cache to follow a bucket up to a sequence ends as soon as it has, and at
+    /// the timeout with `false` if it never does; a cache already there does not wait.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_for_the_cache_ends_when_it_follows_or_at_the_timeout() {
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let timeout = Duration::from_secs(2);
+        let start = tokio::time::Instant::now();
+        let feeder = cache.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            lock(&feeder).followed_to(Bucket::Sessions, 7);
+        });
+        assert!(followed(&cache, Bucket::Sessions, 7, timeout).await);
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(100) && waited < Duration::from_millis(110), "{waited:?}");
+        assert!(followed(&cache, Bucket::Sessions, 6, timeout).await, "already there");
+        assert_eq!(start.elapsed(), waited, "without waiting");
+        assert!(!followed(&cache, Bucket::Sessions, 8, timeout).await, "never there");
+        assert!(start.elapsed() - waited >= timeout, "given up at the timeout, not before");
+        assert!(!followed(&cache, Bucket::Rooms, 1, timeout).await, "each bucket its own");
     }
 }

@@ -137,21 +137,13 @@ impl<B: Bus> Node<B> {
     /// Waits until the cache holds every change of `bucket` up to stream sequence `seq` (at most
     /// the store's timeout). Whether it got there.
     pub async fn followed(&self, bucket: Bucket, seq: u64) -> bool {
-        let deadline = tokio::time::Instant::now() + self.store.timeout();
-        while lock(&self.cache).followed(bucket) < seq {
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        super::follow::followed(&self.cache, bucket, seq, self.store.timeout()).await
     }
 
     /// Brings the cache up to everything `bucket` holds now: what a worker does before it
     /// believes the cache's "no such session".
     pub async fn catch_up(&self, bucket: Bucket) -> Result<bool, StoreError> {
-        let state = self.store.stream_state(&self.layout.bucket(bucket).stream()).await?;
-        Ok(self.followed(bucket, state.last_seq).await)
+        super::follow::catch_up(&self.store, &self.layout, &self.cache, bucket).await
     }
 
     /// Connection `conn` ended (a disconnect notice, a sync, its gateway gone: `orphan_of`):
