@@ -85,3 +85,48 @@ async fn a_drained_queue_subscription_loses_nothing_the_server_sent_it() {
     let lost: Vec<u32> = (0..MESSAGES).filter(|n| !all.contains(n)).collect();
     assert!(lost.is_empty(), "{} lost, the first {:?}", lost.len(), &lost[..lost.len().min(10)]);
 }
+
+/// A draining subscription keeps its share of a flow whose gaps are shorter than its quiet
+/// time, up to its count: it is unsubscribed outright only once quiet, when nothing is likely
+/// on its way to it. (Cut at the first gap, it would hand over at once, and a message already
+/// on its way would be dropped.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_subscription_keeps_its_share_while_messages_flow() {
+    let log = Log::default();
+    let nats = Nats::start(&log).await;
+    let connect = |name: &'static str| {
+        let url = nats.url();
+        async move { NatsBus::connect(&url, name).await.unwrap() }
+    };
+    let (a, b, publisher) = (connect("a").await, connect("b").await, connect("publisher").await);
+    for bus in [&a, &b, &publisher] {
+        wait_for(Duration::from_secs(10), "connected", &log, || async { bus.status().connected }).await;
+    }
+    let mut from_a = a.subscribe("t.work", Some("g")).await.unwrap();
+    let mut from_b = b.subscribe("t.work", Some("g")).await.unwrap();
+    let mut probe_a = a.subscribe("t.probe.a", None).await.unwrap();
+    in_place(&a, &mut probe_a, "t.probe.a").await;
+    let mut probe_b = b.subscribe("t.probe.b", None).await.unwrap();
+    in_place(&b, &mut probe_b, "t.probe.b").await;
+
+    from_a.drain().await;
+    // 30 messages 20 ms apart, fewer than the drain's margin: each goes to a or b.
+    let sending = tokio::spawn(async move {
+        for n in 0..30u32 {
+            publisher.publish(BusMessage::new("t.work", n.to_be_bytes().to_vec())).await.unwrap();
+            publisher.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let b_taking = tokio::spawn(async move { take(&mut from_b, Duration::from_secs(1)).await.0 });
+    let (heard_a, ended) = take(&mut from_a, Duration::from_secs(5)).await;
+    assert!(ended, "the drained subscription ends once quiet");
+    sending.await.unwrap();
+    let heard_b = b_taking.await.unwrap();
+    let all: BTreeSet<u32> = heard_a.iter().chain(&heard_b).copied().collect();
+    assert_eq!(all, (0..30).collect(), "each message taken once: a {heard_a:?}, b {heard_b:?}");
+    assert_eq!(heard_a.len() + heard_b.len(), 30);
+    // The server spreads a queue group's messages at random: a's share of 30 is 5 or more but
+    // for odds of about 1 in 34,000.
+    assert!(heard_a.len() >= 5, "a kept its share while they flowed: {heard_a:?}");
+}
