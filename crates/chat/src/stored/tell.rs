@@ -501,4 +501,35 @@ mod tests {
         let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
         assert!(room.touched.is_empty(), "{:?}", room.touched);
     }
+
+    /// The sweep's repairs do not wait on each other: while a room's telling fails (its events
+    /// cannot be appended: JetStream answers every append "in flight"), a connection a
+    /// takeover released is still told to stop hearing the session's rooms at the next sweep.
+    #[tokio::test(start_paused = true)]
+    async fn a_room_the_sweep_cannot_settle_does_not_hold_back_a_release() {
+        let Joined { bus, mut told, session, room_id, store, layout } = joined().await;
+        let room_key = RoomKey::Room(room_id.clone()).key();
+        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
+        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        let event = chat::RoomEvent { room_id: room_id.clone(), ..Default::default() };
+        room.pending
+            .push(super::super::records::PendingEvent { id: "e".into(), event: event.encode_to_vec() });
+        room.touched.push(Touched { session: session.clone(), by: entry.revision });
+        layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let subject = layout.history_subject(&room_id, clientmq_core::Topic::Room);
+        let code = clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT;
+        bus.refuse_always(&subject, code, "duplicate message id is in process");
+        let key = session_key(&session);
+        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        let x = "x".repeat(32);
+        record.released.push(super::super::records::Released { conn: x.clone(), gateway: "g1".into() });
+        layout.sessions.put(&store, &key, record.encode_to_vec(), Some(entry.revision)).await.unwrap();
+        let _ = changes(&mut told);
+
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let swept = changes(&mut told);
+        let off = format!("-room {room_id}");
+        assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+    }
 }
