@@ -27,20 +27,27 @@ async fn take(sub: &mut impl Subscription, quiet: Duration) -> (Vec<u32>, bool) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_drained_queue_subscription_loses_nothing_the_server_sent_it() {
-    let log = Log::default();
-    let nats = Nats::start(&log).await;
+/// Two subscribers `a` and `b` of `t.work` in queue group `g` on `nats`, each in place at the
+/// server, and a publisher.
+struct Group {
+    a: NatsBus,
+    b: NatsBus,
+    publisher: NatsBus,
+    from_a: <NatsBus as Bus>::Subscription,
+    from_b: <NatsBus as Bus>::Subscription,
+}
+
+async fn group(nats: &Nats, log: &Log) -> Group {
     let connect = |name: &'static str| {
         let url = nats.url();
         async move { NatsBus::connect(&url, name).await.unwrap() }
     };
     let (a, b, publisher) = (connect("a").await, connect("b").await, connect("publisher").await);
     for bus in [&a, &b, &publisher] {
-        wait_for(Duration::from_secs(10), "connected", &log, || async { bus.status().connected }).await;
+        wait_for(Duration::from_secs(10), "connected", log, || async { bus.status().connected }).await;
     }
-    let mut from_a = a.subscribe("t.work", Some("g")).await.unwrap();
-    let mut from_b = b.subscribe("t.work", Some("g")).await.unwrap();
+    let from_a = a.subscribe("t.work", Some("g")).await.unwrap();
+    let from_b = b.subscribe("t.work", Some("g")).await.unwrap();
     // Each in place: a probe of its own, then the shared subject.
     let mut probe_a = a.subscribe("t.probe.a", None).await.unwrap();
     in_place(&a, &mut probe_a, "t.probe.a").await;
@@ -48,6 +55,14 @@ async fn a_drained_queue_subscription_loses_nothing_the_server_sent_it() {
     in_place(&b, &mut probe_b, "t.probe.b").await;
     a.flush().await.unwrap();
     b.flush().await.unwrap();
+    Group { a, b, publisher, from_a, from_b }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_queue_subscription_loses_nothing_the_server_sent_it() {
+    let log = Log::default();
+    let nats = Nats::start(&log).await;
+    let Group { a, b: _b, publisher, mut from_a, mut from_b } = group(&nats, &log).await;
 
     let sending = tokio::spawn(async move {
         // As fast as it goes: far past any worker's request rate.
@@ -94,20 +109,8 @@ async fn a_drained_queue_subscription_loses_nothing_the_server_sent_it() {
 async fn a_draining_subscription_keeps_its_share_while_messages_flow() {
     let log = Log::default();
     let nats = Nats::start(&log).await;
-    let connect = |name: &'static str| {
-        let url = nats.url();
-        async move { NatsBus::connect(&url, name).await.unwrap() }
-    };
-    let (a, b, publisher) = (connect("a").await, connect("b").await, connect("publisher").await);
-    for bus in [&a, &b, &publisher] {
-        wait_for(Duration::from_secs(10), "connected", &log, || async { bus.status().connected }).await;
-    }
-    let mut from_a = a.subscribe("t.work", Some("g")).await.unwrap();
-    let mut from_b = b.subscribe("t.work", Some("g")).await.unwrap();
-    let mut probe_a = a.subscribe("t.probe.a", None).await.unwrap();
-    in_place(&a, &mut probe_a, "t.probe.a").await;
-    let mut probe_b = b.subscribe("t.probe.b", None).await.unwrap();
-    in_place(&b, &mut probe_b, "t.probe.b").await;
+    // Both kept: dropped, a bus closes its connection.
+    let Group { a: _a, b: _b, publisher, mut from_a, mut from_b } = group(&nats, &log).await;
 
     from_a.drain().await;
     // 30 messages 20 ms apart, fewer than the drain's margin: each goes to a or b.

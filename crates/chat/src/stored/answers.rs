@@ -32,15 +32,23 @@ async fn ask<R: Message + Default>(
     R::decode(heard[0].1.payload.as_slice()).unwrap()
 }
 
+/// A served worker whose session (on [`conn`]) joined its room (request 2), with the fake
+/// gateway that acknowledges the join's subscription: what it is told, the replies, the room.
+async fn member(
+    bus: &Arc<ModelBus>,
+) -> (tokio::sync::mpsc::UnboundedReceiver<BusMessage>, impl clientmq_bus::Subscription, String) {
+    let told = gateway(bus).await;
+    let Served { mut replies, room_id, .. } = served(bus, None, std::future::pending()).await;
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    let joined: chat::JoinRoomResponse = ask(bus, &mut replies, &conn(), 2, "chat.JoinRoom", join).await;
+    assert_eq!(joined.status, "ok");
+    (told, replies, room_id)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_message_of_the_most_bytes_is_sent_and_one_more_is_too_large() {
     let bus = Arc::new(ModelBus::default());
-    // A join is answered once the gateway acknowledges the subscription.
-    let _told = gateway(&bus).await;
-    let Served { mut replies, room_id, .. } = served(&bus, None, std::future::pending()).await;
-    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-    let joined: chat::JoinRoomResponse = ask(&bus, &mut replies, &conn(), 2, "chat.JoinRoom", join).await;
-    assert_eq!(joined.status, "ok");
+    let (_told, mut replies, room_id) = member(&bus).await;
     let nowhere = chat::JoinRoom { room_id: Some("nowhere".into()), ..Default::default() };
     let lost: chat::JoinRoomResponse = ask(&bus, &mut replies, &conn(), 3, "chat.JoinRoom", nowhere).await;
     assert_eq!(lost.status, "not-found");
@@ -109,11 +117,7 @@ async fn a_session_let_go_for_another_keeps_its_grace_and_its_connection_hears_i
 #[tokio::test(start_paused = true)]
 async fn a_send_whose_acknowledgement_is_lost_is_stored_once() {
     let bus = Arc::new(ModelBus::default());
-    let _told = gateway(&bus).await;
-    let Served { mut replies, room_id, .. } = served(&bus, None, std::future::pending()).await;
-    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-    let joined: chat::JoinRoomResponse = ask(&bus, &mut replies, &conn(), 2, "chat.JoinRoom", join).await;
-    assert_eq!(joined.status, "ok");
+    let (_told, mut replies, room_id) = member(&bus).await;
     let layout = super::layout::Layout::new("clientmq", 1, 100);
     bus.lose_next_answer(&layout.history_subject(&room_id, clientmq_core::Topic::Conversation));
     for (n, text) in [(3, "first"), (4, "second")] {

@@ -440,38 +440,66 @@ mod tests {
         assert!(!record.untold && record.conn.as_deref() == Some(e.as_str()), "{record:?}");
     }
 
+    impl Joined {
+        /// The room's record as the store has it.
+        async fn room(&self) -> (u64, super::super::records::RoomRecord) {
+            let key = RoomKey::Room(self.room_id.clone()).key();
+            let entry = self.layout.rooms.entry(&self.store, &key).await.unwrap().unwrap();
+            (
+                entry.revision,
+                super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap(),
+            )
+        }
+
+        /// As a decider that died before telling leaves it: the session named in the room's
+        /// record (`touched`), with `pending` events. The record's new revision.
+        async fn touched(&self, pending: Vec<super::super::records::PendingEvent>) -> u64 {
+            let (revision, mut room) = self.room().await;
+            room.pending.extend(pending);
+            room.touched.push(Touched { session: self.session.clone(), by: revision });
+            let key = RoomKey::Room(self.room_id.clone()).key();
+            self.layout.rooms.put(&self.store, &key, room.encode_to_vec(), Some(revision)).await.unwrap()
+        }
+
+        /// As a mover that died before telling leaves it: connection `conn` named in the
+        /// session's record (`released`).
+        async fn released(&self, conn: &str) {
+            let key = session_key(&self.session);
+            let entry = self.layout.sessions.entry(&self.store, &key).await.unwrap().unwrap();
+            let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+            record.released.push(super::super::records::Released { conn: conn.into(), gateway: "g1".into() });
+            self.layout
+                .sessions
+                .put(&self.store, &key, record.encode_to_vec(), Some(entry.revision))
+                .await
+                .unwrap();
+        }
+    }
+
     /// What a dead decider left to tell, written in the store as it leaves it: a connection the
     /// session moved away from (`released`) is told to stop hearing its rooms, and a session a
     /// room decision touched (`touched`) is told what it hears of the room; each is then
     /// cleared.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_tells_what_a_dead_decider_left_and_clears_it() {
-        let Joined { mut told, session, room_id, store, layout, .. } = joined().await;
-        let key = session_key(&session);
-        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
-        let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        let mut j = joined().await;
         let x = "x".repeat(32);
-        record.released.push(super::super::records::Released { conn: x.clone(), gateway: "g1".into() });
-        layout.sessions.put(&store, &key, record.encode_to_vec(), Some(entry.revision)).await.unwrap();
-        let room_key = RoomKey::Room(room_id.clone()).key();
-        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
-        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
-        room.touched.push(Touched { session: session.clone(), by: entry.revision });
-        layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
-        let _ = changes(&mut told);
+        j.released(&x).await;
+        j.touched(Vec::new()).await;
+        let _ = changes(&mut j.told);
 
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let swept = changes(&mut told);
+        let swept = changes(&mut j.told);
+        let room_id = &j.room_id;
         let (on, off) = (format!("+room {room_id}"), format!("-room {room_id}"));
         assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
         // A member that does not listen: the room, and not its conversation.
         let heard = vec![on.clone(), format!("-conversation {room_id}")];
         assert!(swept.iter().any(|m| m.0 == conn() && m.3 == heard), "the touched one: {swept:?}");
-        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
+        let entry = j.layout.sessions.entry(&j.store, &session_key(&j.session)).await.unwrap().unwrap();
         assert!(SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap().released.is_empty());
-        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
-        let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
-        assert!(room.touched.is_empty(), "{:?}", room.touched);
+        let touched = j.room().await.1.touched;
+        assert!(touched.is_empty(), "{touched:?}");
     }
 
     /// The sweep's clearing of what it told loses to a decision that moved the room's record
@@ -480,26 +508,20 @@ mod tests {
     /// once, not again at the next sweep.
     #[tokio::test(start_paused = true)]
     async fn the_sweep_clears_what_it_told_again_when_a_decision_moved_the_record() {
-        let Joined { bus, mut told, session, room_id, store, layout } = joined().await;
-        let room_key = RoomKey::Room(room_id.clone()).key();
-        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
-        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
-        room.touched.push(Touched { session: session.clone(), by: entry.revision });
-        let now =
-            layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
-        let subject = format!("$KV.{}.{room_key}", layout.rooms.name());
+        let mut j = joined().await;
+        let now = j.touched(Vec::new()).await;
+        let subject = format!("$KV.{}.{}", j.layout.rooms.name(), RoomKey::Room(j.room_id.clone()).key());
         let code = clientmq_bus::store::wire::code::WRONG_LAST_SEQUENCE;
-        bus.refuse_next(&subject, code, &format!("wrong last sequence: {now}"));
-        let _ = changes(&mut told);
+        j.bus.refuse_next(&subject, code, &format!("wrong last sequence: {now}"));
+        let _ = changes(&mut j.told);
 
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let on = format!("+room {room_id}");
-        let swept = changes(&mut told);
+        let on = format!("+room {}", j.room_id);
+        let swept = changes(&mut j.told);
         let times = swept.iter().filter(|m| m.0 == conn() && m.3.contains(&on)).count();
         assert_eq!(times, 1, "told once: {swept:?}");
-        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
-        let room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
-        assert!(room.touched.is_empty(), "{:?}", room.touched);
+        let touched = j.room().await.1.touched;
+        assert!(touched.is_empty(), "{touched:?}");
     }
 
     /// The sweep's repairs do not wait on each other: while a room's telling fails (its events
@@ -507,29 +529,20 @@ mod tests {
     /// takeover released is still told to stop hearing the session's rooms at the next sweep.
     #[tokio::test(start_paused = true)]
     async fn a_room_the_sweep_cannot_settle_does_not_hold_back_a_release() {
-        let Joined { bus, mut told, session, room_id, store, layout } = joined().await;
-        let room_key = RoomKey::Room(room_id.clone()).key();
-        let entry = layout.rooms.entry(&store, &room_key).await.unwrap().unwrap();
-        let mut room = super::super::records::RoomRecord::decode(entry.value.unwrap().as_slice()).unwrap();
-        let event = chat::RoomEvent { room_id: room_id.clone(), ..Default::default() };
-        room.pending
-            .push(super::super::records::PendingEvent { id: "e".into(), event: event.encode_to_vec() });
-        room.touched.push(Touched { session: session.clone(), by: entry.revision });
-        layout.rooms.put(&store, &room_key, room.encode_to_vec(), Some(entry.revision)).await.unwrap();
-        let subject = layout.history_subject(&room_id, clientmq_core::Topic::Room);
+        let mut j = joined().await;
+        let event = chat::RoomEvent { room_id: j.room_id.clone(), ..Default::default() };
+        j.touched(vec![super::super::records::PendingEvent { id: "e".into(), event: event.encode_to_vec() }])
+            .await;
+        let subject = j.layout.history_subject(&j.room_id, clientmq_core::Topic::Room);
         let code = clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT;
-        bus.refuse_always(&subject, code, "duplicate message id is in process");
-        let key = session_key(&session);
-        let entry = layout.sessions.entry(&store, &key).await.unwrap().unwrap();
-        let mut record = SessionRecord::decode(entry.value.unwrap().as_slice()).unwrap();
+        j.bus.refuse_always(&subject, code, "duplicate message id is in process");
         let x = "x".repeat(32);
-        record.released.push(super::super::records::Released { conn: x.clone(), gateway: "g1".into() });
-        layout.sessions.put(&store, &key, record.encode_to_vec(), Some(entry.revision)).await.unwrap();
-        let _ = changes(&mut told);
+        j.released(&x).await;
+        let _ = changes(&mut j.told);
 
         tokio::time::sleep(Duration::from_millis(1_500)).await;
-        let swept = changes(&mut told);
-        let off = format!("-room {room_id}");
+        let swept = changes(&mut j.told);
+        let off = format!("-room {}", j.room_id);
         assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
     }
 }
