@@ -32,8 +32,15 @@ pub async fn end_session<B: Bus, F: Future<Output = ()>>(
     }
     for room in &rooms {
         let leave = |c: &Cache| rooms::leave(c, id, room, now_ms);
-        decide_room_then(store, layout, cache, room, leave, |_, revision| tell(room.clone(), revision))
-            .await?;
+        // Unsubscribes, which nothing acknowledges: told once sent.
+        let told = |_: &bool, revision| {
+            let telling = tell(room.clone(), revision);
+            async {
+                telling.await;
+                true
+            }
+        };
+        decide_room_then(store, layout, cache, room, leave, told).await?;
     }
     Ok(true)
 }

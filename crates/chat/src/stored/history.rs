@@ -125,14 +125,15 @@ pub async fn decide_room<B: Bus, T>(
     room: &str,
     decide: impl FnMut(&Cache) -> Decided<T>,
 ) -> Result<T, DecideError> {
-    decide_room_then(store, layout, cache, room, decide, |_, _| async {}).await
+    decide_room_then(store, layout, cache, room, decide, |_, _| async { true }).await
 }
 
 /// [`decide_room`], with `then` done once the decision is taken and before its events are
 /// appended, given the room's revision it made (or found): a join subscribes its member there,
 /// so that it hears its own arrival; a leave unsubscribes it. What `then` tells is the session
-/// the decision touched, cleared from the record with its events.
-pub async fn decide_room_then<B: Bus, T, F: Future<Output = ()>>(
+/// the decision touched, cleared from the record with its events if `then` says it was told
+/// (else it stays for the sweep to tell).
+pub async fn decide_room_then<B: Bus, T, F: Future<Output = bool>>(
     store: &Store<B>,
     layout: &Layout,
     cache: &Mutex<Cache>,
@@ -159,9 +160,9 @@ pub async fn decide_room_then<B: Bus, T, F: Future<Output = ()>>(
             Attempt::Done(outcome, taken) => {
                 let revision =
                     taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
-                then(&outcome, revision).await;
+                let told = then(&outcome, revision).await;
                 if let Some(taken) = taken {
-                    settle(store, layout, cache, room, |t| t.by == taken.expected).await?;
+                    settle(store, layout, cache, room, |t| told && t.by == taken.expected).await?;
                 }
                 return Ok(outcome);
             }
@@ -270,7 +271,7 @@ mod tests {
         let told = Mutex::new(None);
         let then = |_: &Result<bool, &str>, revision| {
             *told.lock().unwrap() = Some(revision);
-            async {}
+            async { true }
         };
         let listening = decide_room_then(&store, &layout, &lagging, "r1", listen, then).await.unwrap();
         assert_eq!(listening, Ok(true), "the member listens anew");

@@ -245,9 +245,7 @@ async fn join_room<B: Bus>(
     let subscribe = |joined: &Result<RoomRecord, &str>, revision| {
         let (joined, room_id) = (joined.is_ok(), &room_id);
         async move {
-            if joined {
-                n.tell_holder(session, (g, conn), room_id, &[(Topic::Room, true)], revision).await;
-            }
+            !joined || n.tell_holder(session, (g, conn), room_id, &[(Topic::Room, true)], revision).await
         }
     };
     let record = match decide_room_then(&n.store, &n.layout, &n.cache, &room_id, join, subscribe).await? {
@@ -299,7 +297,7 @@ async fn leave_room<B: Bus>(
         let room = &room;
         async move {
             let off = [(Topic::Room, false), (Topic::Conversation, false)];
-            n.tell_holder(session, (g, conn), room, &off, revision).await;
+            n.tell_holder(session, (g, conn), room, &off, revision).await
         }
     };
     decide_room_then(&n.store, &n.layout, &n.cache, &room, leave, unsubscribe).await?;
@@ -405,9 +403,8 @@ async fn fetch<B: Bus>(
             let listening = listening.is_ok();
             let room = &req.room_id;
             async move {
-                if listening {
-                    n.tell_holder(session, (g, conn), room, &[(Topic::Conversation, true)], revision).await;
-                }
+                !listening
+                    || n.tell_holder(session, (g, conn), room, &[(Topic::Conversation, true)], revision).await
             }
         };
         if let Err(status) =
@@ -456,5 +453,38 @@ mod tests {
         assert!(matches!(join(&cache, "c2"), Decided::Write(_, Ok(_))));
         bind(&mut cache, 4, None);
         assert!(matches!(join(&cache, "c2"), Decided::Nothing(Err("unauthorized"))), "detached");
+    }
+
+    /// A join whose subscription its gateway never acknowledged (lost with the worker's bus,
+    /// and so was what any sweep told meanwhile) leaves its session touched in the room's record,
+    /// and a sweep after the gateway is back subscribes it. Cleared with the join's events, it
+    /// left the member deaf to its room for good (explore seed 630,030,169).
+    #[tokio::test(start_paused = true)]
+    async fn a_join_whose_subscription_was_lost_is_told_again_by_the_sweep() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+
+        use clientmq_bus::Bus as _;
+        use clientmq_bus::store::loopback::ModelBus;
+
+        let bus = Arc::new(ModelBus::default());
+        let deaf = Arc::new(AtomicBool::new(false));
+        let mut told = testing::gateway_deaf(&bus, deaf.clone()).await;
+        let testing::Served { mut replies, room_id, .. } =
+            testing::served(&bus, None, std::future::pending()).await;
+        deaf.store(true, Ordering::Relaxed);
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        let answered = testing::answers(&mut replies, Duration::from_millis(2_500)).await;
+        let joined = chat::JoinRoomResponse::decode(answered[0].1.payload.as_slice()).unwrap();
+        assert_eq!(joined.status, status::OK, "answered whatever the gateway said");
+        assert!(testing::changes(&mut told).is_empty(), "the gateway heard nothing");
+
+        deaf.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let swept = testing::changes(&mut told);
+        let room = format!("+room {room_id}");
+        assert!(swept.iter().any(|m| m.0 == testing::conn() && m.3.contains(&room)), "{swept:?}");
     }
 }

@@ -172,11 +172,23 @@ pub(crate) async fn served_with(
 /// Gateway `g1` as far as subscriptions go: each `.subscription` message sent to it, answered
 /// (acknowledged) when it asks to be.
 pub(crate) async fn gateway(bus: &Arc<ModelBus>) -> tokio::sync::mpsc::UnboundedReceiver<BusMessage> {
+    gateway_deaf(bus, Arc::default()).await
+}
+
+/// [`gateway`], cut off while `deaf` is set: what is sent to it meanwhile is lost (neither heard
+/// nor answered).
+pub(crate) async fn gateway_deaf(
+    bus: &Arc<ModelBus>,
+    deaf: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::sync::mpsc::UnboundedReceiver<BusMessage> {
     let mut sub = bus.subscribe("clientmq.gw.g1.subscription", None).await.unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let bus = bus.clone();
     tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
+            if deaf.load(std::sync::atomic::Ordering::Relaxed) {
+                continue;
+            }
             if let Some(reply) = &msg.reply {
                 bus.publish(BusMessage::new(reply.clone(), Vec::new())).await.unwrap();
             }
