@@ -74,13 +74,17 @@ impl Connections {
         }
     }
 
-    /// Resolves once `conn`'s shard has handled everything handed to it before (by this task) and
-    /// carried out what it caused: a subscription sent before has been applied, and the interest
-    /// it changed reported to the backend. At once for a connection that is gone.
-    pub async fn settled(&self, conn: ConnectionId) {
-        let Some(shard) = self.shard_of(&conn) else { return };
+    /// Asks `conn`'s shard now, in order with what was handed to it before (by this task), and
+    /// returns what resolves once the shard has handled all that and carried out what it caused:
+    /// a subscription sent before has been applied, and the interest it changed reported to the
+    /// backend. It may be waited for apart. At once for a connection that is gone.
+    pub async fn settling(&self, conn: ConnectionId) -> impl Future<Output = ()> + Send + 'static {
         let (done, settled) = oneshot::channel();
-        if shard.send(Command::Settled(done)).await.is_ok() {
+        if let Some(shard) = self.shard_of(&conn) {
+            // A shard gone drops `done`: resolved at once.
+            let _ = shard.send(Command::Settled(done)).await;
+        }
+        async move {
             let _ = settled.await;
         }
     }

@@ -20,6 +20,8 @@ pub struct ModelBus {
     refusals: Mutex<Vec<Refusal>>,
     /// Subjects whose next taken publish's answer is lost (see [`ModelBus::lose_next_answer`]).
     losses: Mutex<Vec<String>>,
+    /// Whether flushes wait (see [`ModelBus::hold_flushes`]).
+    flushes_held: tokio::sync::watch::Sender<bool>,
     status: StatusCell,
     start: tokio::time::Instant,
 }
@@ -58,6 +60,7 @@ impl ModelBus {
         ModelBus {
             model,
             subs: Mutex::default(),
+            flushes_held: tokio::sync::watch::Sender::new(false),
             losses: Mutex::default(),
             refusals: Mutex::default(),
             status,
@@ -95,6 +98,11 @@ impl ModelBus {
         let (subject, description) = (subject.to_owned(), description.to_owned());
         let refusal = Refusal { subject, err_code, description, always };
         self.refusals.lock().unwrap_or_else(PoisonError::into_inner).push(refusal);
+    }
+
+    /// Flushes wait while `held` (a server slow to answer a ping), and go on once it is not.
+    pub fn hold_flushes(&self, held: bool) {
+        self.flushes_held.send_replace(held);
     }
 
     /// The next publish to `subject` that expects an answer is taken (stored, if the model
@@ -196,6 +204,8 @@ impl Bus for ModelBus {
     }
 
     async fn flush(&self) -> Result<(), BusError> {
+        let mut held = self.flushes_held.subscribe();
+        let _ = held.wait_for(|held| !held).await;
         Ok(())
     }
 

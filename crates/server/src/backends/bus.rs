@@ -220,11 +220,18 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             Op::Acknowledge(msg) => {
                 // The subscriptions of the interest ops before this one went out on this same
                 // connection, so the server has them when it routes this answer: a worker that
-                // publishes once it has the answer is heard.
-                match s.bus.flush().await {
-                    Ok(()) => respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await,
-                    Err(e) => tracing::debug!(error = %e, "subscription not acknowledged"),
-                }
+                // publishes once it has the answer is heard. The flush's round trip is waited
+                // apart: in line, every acknowledgement held back the interest of the ops
+                // after it, other connections' included (a resumed connection's subscription
+                // reached the server a third of a second after it was applied, explore seed
+                // 640,006,629).
+                let (s, gateway) = (s.clone(), gateway.clone());
+                tokio::spawn(async move {
+                    match s.bus.flush().await {
+                        Ok(()) => respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await,
+                        Err(e) => tracing::debug!(error = %e, "subscription not acknowledged"),
+                    }
+                });
             }
             Op::Publish(msg) => {
                 if s.bus.publish(msg).await.is_err() {
@@ -405,7 +412,16 @@ async fn take<B: Bus>(
             gateway.deliver(Target::Connection(conn), ty, msg.payload.clone()).await;
         }
         ToGateway::Subscription => {
-            let conn = checked?;
+            // A connection this gateway does not hold hears nothing here: the change is as good
+            // as applied, and answered, so that a worker waiting on it (telling a connection a
+            // takeover released, whose gateway restarted since) does not wait its bound for it.
+            let conn = match checked {
+                Err(Dropped::UnknownConnection) if msg.reply.is_some() => {
+                    let _ = s.ops.send(Op::Acknowledge(msg));
+                    return Err(Dropped::UnknownConnection);
+                }
+                checked => checked?,
+            };
             let number = |name| match msg.header(name) {
                 Some(r) => r.parse::<u64>().map(Some).map_err(|_| Dropped::BadHeader),
                 None => Ok(None),
@@ -429,9 +445,16 @@ async fn take<B: Bus>(
             }
             // Asked to: answered once the change is applied and the interest it brought is in
             // place at the server (docs/nats.md), so what the worker publishes next is heard.
+            // The shard is asked in line, and waited for apart: behind a shard busy with a hot
+            // room, every message to this gateway waited for it (a sweep's telling took a
+            // second, past the bound a dead decider's leave is told in: store-570091269).
             if msg.reply.is_some() {
-                gateway.settled(conn).await;
-                let _ = s.ops.send(Op::Acknowledge(msg));
+                let settled = gateway.settling(conn).await;
+                let ops = s.ops.clone();
+                tokio::spawn(async move {
+                    settled.await;
+                    let _ = ops.send(Op::Acknowledge(msg));
+                });
             }
             if bad {
                 return Err(Dropped::BadHeader);

@@ -451,3 +451,71 @@ async fn a_resubscribe_list_refused_or_unanswered_is_sent_again_and_restores_mea
         "told: no more lists"
     );
 }
+
+/// An acknowledgement waits for the server's answer to its flush apart from the ordered writer:
+/// the interest other connections bring meanwhile reaches the server without waiting behind it.
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_waiting_on_the_server_holds_back_no_other_interest() {
+    let mut r = rig().await;
+    let mut acks = r.sub("t.ack").await;
+    r.bus.hold_flushes(true);
+    let change = BusMessage::new("", Vec::new())
+        .with(header::CONNECTION, conn('a').to_string())
+        .with(header::SUBSCRIBE, "room r1")
+        .reply_to("t.ack");
+    r.to_gateway("subscription", change).await;
+    let Input::Subscription { .. } = r.input().await else { panic!("a subscription") };
+    let Some(Command::Settled(done)) = r.shard.recv().await else { panic!("settled asked for") };
+    let _ = done.send(());
+    // The acknowledgement's flush under way first, then another connection's interest.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    r.backend.interest(1, Topic::Room, "r2", true);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let event = BusMessage::new("clientmq.room.r2", b"e".to_vec()).with(header::TYPE, "chat.RoomEvent");
+    r.bus.publish(event).await.unwrap();
+    let Input::Deliver { target, .. } = r.input().await else { panic!("a delivery") };
+    assert_eq!(target, Target::Room("r2".into()), "heard while the flush waits");
+    assert!(tokio::time::timeout(Duration::from_millis(100), acks.next()).await.is_err(), "not before");
+    r.bus.hold_flushes(false);
+    assert!(next(&mut acks).await.payload.is_empty(), "acknowledged once the server answered");
+}
+
+/// A subscription change for a connection this gateway does not hold is dropped, counted, and
+/// still answered when asked to be: nothing here hears it, so it is as good as applied.
+#[tokio::test(start_paused = true)]
+async fn a_change_for_a_connection_gone_is_acknowledged() {
+    let mut r = rig().await;
+    let mut acks = r.sub("t.ack").await;
+    let change = BusMessage::new("", Vec::new())
+        .with(header::CONNECTION, conn('z').to_string())
+        .with(header::UNSUBSCRIBE, "room r1")
+        .reply_to("t.ack");
+    r.to_gateway("subscription", change.clone()).await;
+    assert!(next(&mut acks).await.payload.is_empty(), "acknowledged");
+    r.nothing().await;
+    assert_eq!(r.dropped("unknown-connection"), 1);
+    // Without a reply subject: dropped, nothing answered.
+    r.to_gateway("subscription", BusMessage { reply: None, ..change }).await;
+    assert!(tokio::time::timeout(Duration::from_millis(100), acks.next()).await.is_err());
+    assert_eq!(r.dropped("unknown-connection"), 2);
+}
+
+/// An acknowledgement waits for its shard apart from the gateway's inbox: a shard slow to
+/// settle holds back no other message to the gateway meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_shard_slow_to_settle_holds_back_no_other_message() {
+    let mut r = rig().await;
+    let mut acks = r.sub("t.ack").await;
+    let to_a = |msg: BusMessage| msg.with(header::CONNECTION, conn('a').to_string());
+    let change = to_a(BusMessage::new("", Vec::new())).with(header::SUBSCRIBE, "room r1").reply_to("t.ack");
+    r.to_gateway("subscription", change).await;
+    let Input::Subscription { .. } = r.input().await else { panic!("a subscription") };
+    let Some(Command::Settled(done)) = r.shard.recv().await else { panic!("settled asked for") };
+
+    r.to_gateway("event", to_a(BusMessage::new("", b"x".to_vec()).with(header::TYPE, "chat.Thing"))).await;
+    let Input::Deliver { target, .. } = r.input().await else { panic!("a delivery") };
+    assert_eq!(target, Target::Connection(conn('a')), "delivered while the shard has not settled");
+    assert!(tokio::time::timeout(Duration::from_millis(100), acks.next()).await.is_err(), "not before");
+    let _ = done.send(());
+    assert!(next(&mut acks).await.payload.is_empty(), "acknowledged once settled");
+}
