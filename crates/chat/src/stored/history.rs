@@ -131,8 +131,10 @@ pub async fn decide_room<B: Bus, T>(
 /// [`decide_room`], with `then` done once the decision is taken and before its events are
 /// appended, given the room's revision it made (or found): a join subscribes its member there,
 /// so that it hears its own arrival; a leave unsubscribes it. What `then` tells is the session
-/// the decision touched, cleared from the record with its events if `then` says it was told
-/// (else it stays for the sweep to tell).
+/// the decision touched, cleared from the record with its events if `then` says it was told.
+/// If not (its gateway did not acknowledge), `then` is done once more after the events are
+/// appended, when the store has answered and the bus is likely back, so that the caller's answer
+/// does not come before the change; what is still not told stays for the sweep.
 pub async fn decide_room_then<B: Bus, T, F: Future<Output = bool>>(
     store: &Store<B>,
     layout: &Layout,
@@ -140,7 +142,7 @@ pub async fn decide_room_then<B: Bus, T, F: Future<Output = bool>>(
     room: &str,
     mut decide: impl FnMut(&Cache) -> Decided<T>,
     // A future of its own, not an async closure: one borrowing `&T` is not `Send` in general.
-    then: impl FnOnce(&T, u64) -> F,
+    then: impl Fn(&T, u64) -> F,
 ) -> Result<T, DecideError> {
     let pending_now = || lock(cache).room(room).map(|r| r.value.pending.clone()).unwrap_or_default();
     let key = RoomKey::Room(room.to_owned()).key();
@@ -162,7 +164,13 @@ pub async fn decide_room_then<B: Bus, T, F: Future<Output = bool>>(
                     taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
                 let told = then(&outcome, revision).await;
                 if let Some(taken) = taken {
-                    settle(store, layout, cache, room, |t| told && t.by == taken.expected).await?;
+                    let ours = |t: &Touched| t.by == taken.expected;
+                    settle(store, layout, cache, room, |t| told && ours(t)).await?;
+                    // Lost with a bus cut off (explore seed 640,007,328: a join answered once
+                    // the worker was back, its member subscribed only by a sweep after that).
+                    if !told && then(&outcome, revision).await {
+                        forget_told(store, layout, cache, room, ours).await?;
+                    }
                 }
                 return Ok(outcome);
             }

@@ -153,14 +153,15 @@ mod tests {
 
     use super::*;
     use crate::metrics::WorkerMetrics;
-    use crate::stored::testing::{Served, answers, reason, request, served};
+    use crate::stored::testing::{Served, answers, gateway_deaf, reason, request, served};
 
-    /// A connection's join waits a second for its gateway's acknowledgement (nobody gives it
-    /// here) while requests pile up behind it: those past the bound are refused at once, those
-    /// whose gateway stopped waiting are left unserved, and the rest are served in order.
+    /// A connection's join waits for its gateway's acknowledgement (a gateway cut off never
+    /// gives it) while requests pile up behind it: those past the bound are refused at once,
+    /// those whose gateway stopped waiting are left unserved, and the rest are served in order.
     #[tokio::test(start_paused = true)]
     async fn a_connection_queues_a_bounded_number_of_requests_and_drops_those_nobody_waits_for() {
         let bus = Arc::new(ModelBus::default());
+        let _cut_off = gateway_deaf(&bus, Arc::new(std::sync::atomic::AtomicBool::new(true))).await;
         let metrics = Arc::new(WorkerMetrics::new());
         let Served { mut replies, room_id, .. } =
             served(&bus, Some(metrics.clone()), std::future::pending()).await;

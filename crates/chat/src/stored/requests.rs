@@ -157,10 +157,16 @@ async fn authenticate<B: Bus>(
     n.tell_released(&id).await?;
     // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
     // made, and perhaps not its subscriptions.
-    n.tell_rooms(&id, (g, conn), true, n.binding(&id)).await;
-    // Told: a resumed session's new connection is owed its rooms no longer (should this worker
-    // die before here, any worker's sweep tells it).
-    decide(&n.store, &n.layout, &n.cache, |c| sessions::told_holder(c, &id, conn, g)).await?;
+    // Acknowledged, so that the answer comes after the gateway hears the rooms at the server;
+    // tried twice (a lost telling left a resumed connection deaf to a message published right
+    // after its answer: explore seed 640,006,629).
+    let binding = n.binding(&id);
+    if n.tell_rooms(&id, (g, conn), true, binding).await || n.tell_rooms(&id, (g, conn), true, binding).await
+    {
+        // Told: a resumed session's new connection is owed its rooms no longer (should this
+        // worker die before here, or the gateway not answer, any worker's sweep tells it).
+        decide(&n.store, &n.layout, &n.cache, |c| sessions::told_holder(c, &id, conn, g)).await?;
+    }
     // A connection whose end was recorded before this bind is let go again (see `sessions`).
     let written = lock(&n.cache).revision(Bucket::Sessions, &session_key(&id));
     n.followed(Bucket::Sessions, written).await;
@@ -486,5 +492,73 @@ mod tests {
         let swept = testing::changes(&mut told);
         let room = format!("+room {room_id}");
         assert!(swept.iter().any(|m| m.0 == testing::conn() && m.3.contains(&room)), "{swept:?}");
+    }
+
+    /// A resume whose new connection's gateway acknowledged none of its rooms (cut off) leaves
+    /// the session owed them, and a sweep after the gateway is back tells them. Cleared as told,
+    /// the new connection never heard its rooms (explore seed 640,006,629).
+    #[tokio::test(start_paused = true)]
+    async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::time::Duration;
+
+        use clientmq_bus::store::loopback::ModelBus;
+        use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
+        use clientmq_core::proto::pcast;
+
+        let bus = Arc::new(ModelBus::default());
+        let deaf = Arc::new(AtomicBool::new(false));
+        let mut told = testing::gateway_deaf(&bus, deaf.clone()).await;
+        let testing::Served { mut replies, session, room_id, .. } =
+            testing::served(&bus, None, std::future::pending()).await;
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+        let _ = testing::changes(&mut told);
+
+        deaf.store(true, Ordering::Relaxed);
+        let d = "d".repeat(32);
+        let auth = pcast::Authenticate { session_id: Some(session.clone()), ..Default::default() };
+        let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
+            .reply_to("t.reply.3")
+            .with(clientmq_bus::contract::header::GATEWAY, "g1")
+            .with(clientmq_bus::contract::header::CONNECTION, &d);
+        bus.publish(resume).await.unwrap();
+        let resumed = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
+        let answer = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
+        assert_eq!(answer.session_id.as_deref(), Some(session.as_str()), "resumed");
+        assert!(testing::changes(&mut told).is_empty(), "the gateway heard nothing");
+
+        deaf.store(false, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let swept = testing::changes(&mut told);
+        let room = format!("+room {room_id}");
+        assert!(swept.iter().any(|m| m.0 == d && m.3.contains(&room)), "{swept:?}");
+    }
+
+    /// A subscription to a gateway the server says nobody holds is told: no connection there
+    /// hears anything to change, so a join is answered without waiting out the bound, and the
+    /// session is cleared from the room's record (explore seed 7,000,056: a connection released
+    /// on a restarted gateway held back every resume of its session).
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_to_a_gateway_nobody_holds_is_told_at_once() {
+        use std::sync::Arc;
+        use std::time::Duration;
+
+        use clientmq_bus::Bus as _;
+        use clientmq_bus::store::loopback::ModelBus;
+
+        // No gateway `g1` on the bus: the server answers a message to it with no-responders.
+        let bus = Arc::new(ModelBus::default());
+        let testing::Served { mut replies, room_id, .. } =
+            testing::served(&bus, None, std::future::pending()).await;
+        let asked = tokio::time::Instant::now();
+        let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+        bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        let answered = testing::answers(&mut replies, Duration::from_millis(100)).await;
+        let joined = chat::JoinRoomResponse::decode(answered[0].1.payload.as_slice()).unwrap();
+        assert_eq!(joined.status, status::OK);
+        assert!(asked.elapsed() < super::super::worker::ACK_WITHIN, "answered in {:?}", asked.elapsed());
     }
 }

@@ -26,7 +26,7 @@ use super::cache::{Bucket, Cache, lock};
 use super::decide::{DecideError, decide};
 use super::follow::refresh;
 use super::history::{forget_told, settle};
-use super::records::{RoomKey, Touched, session_key};
+use super::records::{Released, RoomKey, Touched, session_key};
 use super::sessions;
 use super::worker::{ACK_WITHIN, Node};
 
@@ -155,26 +155,28 @@ impl<B: Bus> Node<B> {
 
     /// Subscribes or unsubscribes `conn` (through `g`) to every room of session `id` and the
     /// conversations it subscribed to, as the cache knows them, read off the session's key at
-    /// `binding` (the caller's write, before it read the rooms).
-    pub async fn tell_rooms(&self, id: &str, to: (&str, &str), on: bool, binding: u64) {
-        let rooms: Vec<(String, bool, u64)> = {
-            let cache = lock(&self.cache);
-            (cache.rooms_of(id))
-                .filter_map(|room| {
-                    let r = cache.room(room)?;
-                    Some((room.to_owned(), r.value.listeners.iter().any(|l| l == id), r.revision))
-                })
-                .collect()
-        };
-        for (room, listens, revision) in rooms {
-            let at = Revision { binding: Some(binding), room: revision };
-            let changes: &[(Topic, bool)] = if on && !listens {
-                &[(Topic::Room, true)]
-            } else {
-                &[(Topic::Room, on), (Topic::Conversation, on)]
-            };
-            self.subscribe(to, &room, changes, at).await;
-        }
+    /// `binding` (the caller's write, before it read the rooms). `false`: not all acknowledged.
+    pub async fn tell_rooms(&self, id: &str, to: (&str, &str), on: bool, binding: u64) -> bool {
+        let messages = self.rooms_changes(id, to, on, binding);
+        !self.publish_acked(messages).await.contains(&false)
+    }
+
+    /// What [`Node::tell_rooms`] sends: a message per room of session `id` the cache knows.
+    fn rooms_changes(&self, id: &str, to: (&str, &str), on: bool, binding: u64) -> Vec<BusMessage> {
+        let cache = lock(&self.cache);
+        (cache.rooms_of(id))
+            .filter_map(|room| {
+                let r = cache.room(room)?;
+                let listens = r.value.listeners.iter().any(|l| l == id);
+                let at = Revision { binding: Some(binding), room: r.revision };
+                let changes: &[(Topic, bool)] = if on && !listens {
+                    &[(Topic::Room, true)]
+                } else {
+                    &[(Topic::Room, on), (Topic::Conversation, on)]
+                };
+                Some(self.subscription(to, room, changes, at))
+            })
+            .collect()
     }
 
     /// A gateway back from an absence lists its connections and their sessions: each that
@@ -224,10 +226,19 @@ impl<B: Bus> Node<B> {
             _ => return Ok(()),
         };
         self.catch_up(Bucket::Rooms).await?;
-        for r in &released {
-            self.tell_rooms(id, (&r.gateway, &r.conn), false, binding).await;
+        // All at once, one wait: a released connection's gateway may be gone and never answer.
+        // What no gateway acknowledged stays, for the next sweep.
+        let changes: Vec<Vec<BusMessage>> =
+            released.iter().map(|r| self.rooms_changes(id, (&r.gateway, &r.conn), false, binding)).collect();
+        let counts: Vec<usize> = changes.iter().map(Vec::len).collect();
+        let mut acked = self.publish_acked(changes.into_iter().flatten().collect()).await.into_iter();
+        let told: Vec<Released> = (released.into_iter().zip(counts))
+            .filter(|(_, n)| acked.by_ref().take(*n).filter(|a| !a).count() == 0)
+            .map(|(r, _)| r)
+            .collect();
+        if !told.is_empty() {
+            decide(&self.store, &self.layout, &self.cache, |c| sessions::told(c, id, &told)).await?;
         }
-        decide(&self.store, &self.layout, &self.cache, |c| sessions::told(c, id, &released)).await?;
         Ok(())
     }
 
@@ -242,9 +253,10 @@ impl<B: Bus> Node<B> {
         if !self.catch_up(Bucket::Rooms).await? {
             return Ok(());
         }
-        self.tell_rooms(id, (&gateway, &conn), true, binding).await;
-        decide(&self.store, &self.layout, &self.cache, |c| sessions::told_holder(c, id, &conn, &gateway))
-            .await?;
+        if self.tell_rooms(id, (&gateway, &conn), true, binding).await {
+            decide(&self.store, &self.layout, &self.cache, |c| sessions::told_holder(c, id, &conn, &gateway))
+                .await?;
+        }
         Ok(())
     }
 

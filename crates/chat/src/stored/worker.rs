@@ -120,10 +120,14 @@ impl<B: Bus> Node<B> {
     }
 
     /// A message on the worker's inbox that acknowledges a subscription: whether it was one.
+    /// The server's no-responders answer counts: no gateway holds that subject (it died, or
+    /// restarted under another key), so no connection of it hears anything to change. Waited
+    /// out instead, a takeover's release of a connection on a restarted gateway held every
+    /// resume and sweep of its session for the acknowledgement's bound (explore seed 7,000,056).
     fn acknowledged(&self, msg: &BusMessage) -> bool {
         let prefix = format!("{}.wk.{}.ack.", self.subjects.prefix(), self.name);
         let Some(n) = msg.subject.strip_prefix(&prefix) else { return false };
-        if msg.status.is_none()
+        if msg.status.is_none_or(|s| s == clientmq_bus::NO_RESPONDERS)
             && let Some(tx) = n
                 .parse()
                 .ok()
