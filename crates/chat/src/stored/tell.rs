@@ -205,8 +205,12 @@ impl<B: Bus> Node<B> {
                 .collect()
         };
         if told.is_empty() || matches!(self.catch_up(Bucket::Rooms).await, Ok(true)) {
+            // Not acknowledged one by one: a list holds thousands of connections, and the
+            // answer, sent after them on the same connection, tells the gateway they are sent.
             for (session, conn, holds, binding) in told {
-                self.tell_rooms(&session, (g, &conn), holds, binding).await;
+                for msg in self.rooms_changes(&session, (g, &conn), holds, binding) {
+                    self.publish(msg).await;
+                }
             }
             self.publish(answer).await;
         }
