@@ -152,17 +152,21 @@ async fn authenticate<B: Bus>(
         // may not be in this cache yet.
         n.catch_up(Bucket::Rooms).await?;
     }
-    // Taken over (now or by an attempt that died midway): the old connection stops hearing
-    // the session's rooms.
-    n.tell_released(&id).await?;
     // Whether or not this attempt wrote: a retry after a worker died midway finds the binding
-    // made, and perhaps not its subscriptions.
-    // Acknowledged, so that the answer comes after the gateway hears the rooms at the server;
-    // tried twice (a lost telling left a resumed connection deaf to a message published right
-    // after its answer: explore seed 640,006,629).
+    // made, and perhaps not its subscriptions. Acknowledged, so that the answer comes after the
+    // gateway hears the rooms at the server; tried twice (a lost telling left a resumed
+    // connection deaf to a message published right after its answer: explore seed
+    // 640,006,629).
     let binding = n.binding(&id);
-    if n.tell_rooms(&id, (g, conn), true, binding).await || n.tell_rooms(&id, (g, conn), true, binding).await
-    {
+    let tell_holder = async {
+        n.tell_rooms(&id, (g, conn), true, binding).await || n.tell_rooms(&id, (g, conn), true, binding).await
+    };
+    // Beside it, the connection a takeover left (now or by an attempt that died midway) stops
+    // hearing the session's rooms: its gateway, cut off, holds the acknowledgement for its
+    // bound, and the new connection waited that long for its rooms (explore seed 650,004,653).
+    let (released, told) = tokio::join!(n.tell_released(&id), tell_holder);
+    released?;
+    if told {
         // Told: a resumed session's new connection is owed its rooms no longer (should this
         // worker die before here, or the gateway not answer, any worker's sweep tells it).
         decide(&n.store, &n.layout, &n.cache, |c| sessions::told_holder(c, &id, conn, g)).await?;

@@ -50,6 +50,8 @@ const ENDED_KEPT: Duration = Duration::from_secs(300);
 const ORPHANS_KEPT: Duration = Duration::from_secs(3600);
 /// How long a join waits for its gateway to say it hears the room.
 pub(super) const ACK_WITHIN: Duration = Duration::from_secs(1);
+/// How many rooms a sweep tells what dead deciders left at once.
+const ROOMS_TOLD_AT_ONCE: usize = 8;
 /// How long a request to the store waits for its answer.
 const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a draining worker waits for the requests it took: past any gateway's timeout
@@ -237,11 +239,22 @@ impl<B: Bus> Node<B> {
         let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
         let moved: Vec<String> = lock(cache).sessions_released().into_iter().map(str::to_owned).collect();
         let bound: Vec<String> = lock(cache).sessions_untold().into_iter().map(str::to_owned).collect();
+        // Rooms a few at a time: a room whose sessions' gateway is cut off holds its telling
+        // for the acknowledgement's bound, and the rooms after it must not wait that long.
         let touched = async {
-            for room in rooms {
-                self.tell_touched(&room).await?;
-            }
-            Ok::<_, DecideError>(())
+            use futures_util::StreamExt as _;
+            let failed = std::sync::Mutex::new(None);
+            futures_util::stream::iter(&rooms)
+                .for_each_concurrent(ROOMS_TOLD_AT_ONCE, |room| async {
+                    if let Err(e) = self.tell_touched(room).await {
+                        failed.lock().unwrap_or_else(PoisonError::into_inner).get_or_insert(e);
+                    }
+                })
+                .await;
+            failed
+                .into_inner()
+                .unwrap_or_else(PoisonError::into_inner)
+                .map_or(Ok(()), |e| Err(DecideError::from(e)))
         };
         let released = async {
             for id in moved {
