@@ -60,7 +60,9 @@
 //! before a sweep told it (the decider now tells once more after its events are appended), and
 //! `store-640006629`, a resume answered before its new connection's gateway had its rooms at the
 //! server (a resume's telling is acknowledged now, and a gateway waits for a flush apart from
-//! its ordered writer). Each must pass, run on the store, and replay byte for byte.
+//! its ordered writer), and `store-650004653`, a resume whose new connection waited for the
+//! acknowledgement of its old one's release, on a gateway cut off (they are now told side by
+//! side). Each must pass, run on the store, and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -111,7 +113,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 31, |name, scenario, _| {
+    replay_kept("store-", 32, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }
