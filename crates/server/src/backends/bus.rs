@@ -204,6 +204,9 @@ impl<B: Bus> Backend for BusBackend<B> {
 async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, gateway: Connections) {
     // Rooms and conversations subscribed, with the shards that want them and their reader.
     let mut rooms: BTreeMap<(Topic, String), (BTreeSet<usize>, JoinHandle<()>)> = BTreeMap::new();
+    // Room subscriptions sent to the server, and how many of them a flush's answer confirmed.
+    let mut subscribed = 0u64;
+    let confirmed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     while let Some(op) = ops.recv().await {
         match op {
             Op::Request { token, msg } => {
@@ -218,17 +221,27 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
             // Decided here, without a worker: malformed, or unavailable while the bus is away.
             Op::Answer { token, result } => answer(&gateway, token, result).await,
             Op::Acknowledge(msg) => {
-                // The subscriptions of the interest ops before this one went out on this same
-                // connection, so the server has them when it routes this answer: a worker that
-                // publishes once it has the answer is heard. The flush's round trip is waited
-                // apart: in line, every acknowledgement held back the interest of the ops
-                // after it, other connections' included (a resumed connection's subscription
-                // reached the server a third of a second after it was applied, explore seed
-                // 640,006,629).
-                let (s, gateway) = (s.clone(), gateway.clone());
+                // Answered once the server confirmed (a flush's answer) every room subscription
+                // sent so far, those of the interest ops before this one included: a worker that
+                // publishes once it has the answer is heard. With none unconfirmed, at once: in
+                // a hot room most changes subscribe a connection to a room the gateway hears
+                // already, and a round trip each slowed the workers' sweeps past their bound
+                // (explore seed 660,010,254). The flush is waited for apart: in line, every
+                // acknowledgement held back the interest of the ops after it (a resumed
+                // connection's subscription reached the server a third of a second after it
+                // was applied, explore seed 640,006,629).
+                let empty = BusMessage::new("", Vec::new());
+                if confirmed.load(Ordering::Acquire) >= subscribed {
+                    respond(&*s.bus, &gateway, &msg, empty).await;
+                    continue;
+                }
+                let (s, gateway, confirmed) = (s.clone(), gateway.clone(), confirmed.clone());
                 tokio::spawn(async move {
                     match s.bus.flush().await {
-                        Ok(()) => respond(&*s.bus, &gateway, &msg, BusMessage::new("", Vec::new())).await,
+                        Ok(()) => {
+                            confirmed.fetch_max(subscribed, Ordering::AcqRel);
+                            respond(&*s.bus, &gateway, &msg, empty).await;
+                        }
                         Err(e) => tracing::debug!(error = %e, "subscription not acknowledged"),
                     }
                 });
@@ -248,6 +261,7 @@ async fn write<B: Bus>(s: Arc<Shared<B>>, mut ops: mpsc::UnboundedReceiver<Op>, 
                 let subject = s.subjects.room(topic, &key.1);
                 match s.bus.subscribe(&subject, None).await {
                     Ok(sub) => {
+                        subscribed += 1;
                         let reader = tokio::spawn(read_room(sub, topic, key.1.clone(), gateway.clone()));
                         rooms.insert(key, (BTreeSet::from([shard]), reader));
                     }

@@ -465,6 +465,8 @@ async fn an_acknowledgement_waiting_on_the_server_holds_back_no_other_interest()
         .reply_to("t.ack");
     r.to_gateway("subscription", change).await;
     let Input::Subscription { .. } = r.input().await else { panic!("a subscription") };
+    // As the shard reports applying it: the gateway now hears a room it did not.
+    r.backend.interest(0, Topic::Room, "r1", true);
     let Some(Command::Settled(done)) = r.shard.recv().await else { panic!("settled asked for") };
     let _ = done.send(());
     // The acknowledgement's flush under way first, then another connection's interest.
@@ -518,4 +520,32 @@ async fn a_shard_slow_to_settle_holds_back_no_other_message() {
     assert!(tokio::time::timeout(Duration::from_millis(100), acks.next()).await.is_err(), "not before");
     let _ = done.send(());
     assert!(next(&mut acks).await.payload.is_empty(), "acknowledged once settled");
+}
+
+/// An acknowledgement with no room subscription sent since the last flush's answer confirmed
+/// them all is answered at once, without a round trip to the server; one with a room newly
+/// subscribed waits for the server's answer.
+#[tokio::test(start_paused = true)]
+async fn an_acknowledgement_waits_for_the_server_only_after_a_new_room() {
+    let mut r = rig().await;
+    let mut acks = r.sub("t.ack").await;
+    r.bus.hold_flushes(true);
+    let to_a = |msg: BusMessage| msg.with(header::CONNECTION, conn('a').to_string());
+    let change =
+        |room: &str| to_a(BusMessage::new("", Vec::new())).with(header::SUBSCRIBE, format!("room {room}"));
+    // Nothing new at the server: answered while flushes are held.
+    r.to_gateway("subscription", change("r1").reply_to("t.ack")).await;
+    let Input::Subscription { .. } = r.input().await else { panic!("a subscription") };
+    let Some(Command::Settled(done)) = r.shard.recv().await else { panic!("settled asked for") };
+    let _ = done.send(());
+    assert!(next(&mut acks).await.payload.is_empty(), "acknowledged without a flush");
+    // A room the gateway did not hear: answered once the server confirms it.
+    r.to_gateway("subscription", change("r2").reply_to("t.ack")).await;
+    let Input::Subscription { .. } = r.input().await else { panic!("a subscription") };
+    r.backend.interest(0, Topic::Room, "r2", true);
+    let Some(Command::Settled(done)) = r.shard.recv().await else { panic!("settled asked for") };
+    let _ = done.send(());
+    assert!(tokio::time::timeout(Duration::from_millis(100), acks.next()).await.is_err(), "not before");
+    r.bus.hold_flushes(false);
+    assert!(next(&mut acks).await.payload.is_empty(), "acknowledged once the server answered");
 }
