@@ -163,14 +163,15 @@ pub async fn decide_room_then<B: Bus, T, F: Future<Output = bool>>(
                 let revision =
                     taken.map_or_else(|| lock(cache).revision(Bucket::Rooms, &key), |t| t.revision);
                 let told = then(&outcome, revision).await;
-                if let Some(taken) = taken {
-                    let ours = |t: &Touched| t.by == taken.expected;
+                let ours = |t: &Touched| taken.is_some_and(|taken| t.by == taken.expected);
+                if taken.is_some() {
                     settle(store, layout, cache, room, |t| told && ours(t)).await?;
-                    // Lost with a bus cut off (explore seed 640,007,328: a join answered once
-                    // the worker was back, its member subscribed only by a sweep after that).
-                    if !told && then(&outcome, revision).await {
-                        forget_told(store, layout, cache, room, ours).await?;
-                    }
+                }
+                // Lost with a bus cut off (explore seed 640,007,328: a join answered once the
+                // worker was back, its member subscribed only by a sweep after that). Told again
+                // after a decision that wrote nothing too: no record names what it owes.
+                if !told && then(&outcome, revision).await && taken.is_some() {
+                    forget_told(store, layout, cache, room, ours).await?;
                 }
                 return Ok(outcome);
             }
