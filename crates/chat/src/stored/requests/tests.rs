@@ -1,8 +1,36 @@
 //! Requests on a stored worker: who may decide, and what is told when the bus loses it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use clientmq_bus::store::loopback::ModelBus;
+use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
+use clientmq_core::proto::pcast;
+
 use super::*;
 use crate::stored::records::SessionRecord;
 use crate::stored::testing;
+
+/// A served worker whose session made a room, its gateway `g1` able to go deaf (see
+/// [`testing::gateway_deaf`]).
+struct Deafened {
+    bus: Arc<ModelBus>,
+    deaf: Arc<AtomicBool>,
+    told: tokio::sync::mpsc::UnboundedReceiver<BusMessage>,
+    replies: clientmq_bus::store::loopback::ModelSubscription,
+    session: String,
+    room_id: String,
+}
+
+async fn deafened() -> Deafened {
+    let bus = Arc::new(ModelBus::default());
+    let deaf = Arc::new(AtomicBool::new(false));
+    let told = testing::gateway_deaf(&bus, deaf.clone()).await;
+    let testing::Served { replies, session, room_id, .. } =
+        testing::served(&bus, None, std::future::pending()).await;
+    Deafened { bus, deaf, told, replies, session, room_id }
+}
 
 /// A decision that subscribes is taken only for the connection holding the session in the
 /// cache it is decided on: after a resume moved `s1` from `c1` to `c2`, or its end, a join
@@ -37,18 +65,7 @@ fn a_join_is_decided_only_for_the_connection_holding_its_session() {
 /// left the member deaf to its room for good (explore seed 630,030,169).
 #[tokio::test(start_paused = true)]
 async fn a_join_whose_subscription_was_lost_is_told_again_by_the_sweep() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-
-    use clientmq_bus::Bus as _;
-    use clientmq_bus::store::loopback::ModelBus;
-
-    let bus = Arc::new(ModelBus::default());
-    let deaf = Arc::new(AtomicBool::new(false));
-    let mut told = testing::gateway_deaf(&bus, deaf.clone()).await;
-    let testing::Served { mut replies, room_id, .. } =
-        testing::served(&bus, None, std::future::pending()).await;
+    let Deafened { bus, deaf, mut told, mut replies, room_id, .. } = deafened().await;
     deaf.store(true, Ordering::Relaxed);
     let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
     bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
@@ -69,19 +86,7 @@ async fn a_join_whose_subscription_was_lost_is_told_again_by_the_sweep() {
 /// the new connection never heard its rooms (explore seed 640,006,629).
 #[tokio::test(start_paused = true)]
 async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-
-    use clientmq_bus::store::loopback::ModelBus;
-    use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
-    use clientmq_core::proto::pcast;
-
-    let bus = Arc::new(ModelBus::default());
-    let deaf = Arc::new(AtomicBool::new(false));
-    let mut told = testing::gateway_deaf(&bus, deaf.clone()).await;
-    let testing::Served { mut replies, session, room_id, .. } =
-        testing::served(&bus, None, std::future::pending()).await;
+    let Deafened { bus, deaf, mut told, mut replies, session, room_id } = deafened().await;
     let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
     bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
     assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
@@ -113,12 +118,6 @@ async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() 
 /// on a restarted gateway held back every resume of its session).
 #[tokio::test(start_paused = true)]
 async fn a_subscription_to_a_gateway_nobody_holds_is_told_at_once() {
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use clientmq_bus::Bus as _;
-    use clientmq_bus::store::loopback::ModelBus;
-
     // No gateway `g1` on the bus: the server answers a message to it with no-responders.
     let bus = Arc::new(ModelBus::default());
     let testing::Served { mut replies, room_id, .. } =
@@ -137,18 +136,7 @@ async fn a_subscription_to_a_gateway_nobody_holds_is_told_at_once() {
 /// is told again before the answer.
 #[tokio::test(start_paused = true)]
 async fn a_join_that_writes_nothing_tells_again_what_was_not_acknowledged() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::time::Duration;
-
-    use clientmq_bus::store::loopback::ModelBus;
-    use clientmq_bus::{Bus as _, Subscription as _};
-
-    let bus = Arc::new(ModelBus::default());
-    let deaf = Arc::new(AtomicBool::new(false));
-    let mut told = testing::gateway_deaf(&bus, deaf.clone()).await;
-    let testing::Served { mut replies, room_id, .. } =
-        testing::served(&bus, None, std::future::pending()).await;
+    let Deafened { bus, deaf, mut told, mut replies, room_id, .. } = deafened().await;
     let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
     bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
     assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
