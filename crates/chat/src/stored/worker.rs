@@ -228,14 +228,15 @@ impl<B: Bus> Node<B> {
         self.ending.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, failed| !*failed);
     }
 
-    /// The timers every worker runs once a second: events left pending and members left behind
-    /// by a worker that died, idle rooms, old ended marks.
-    async fn tick(&self) -> Result<(), DecideError> {
-        let now = self.now_ms();
-        let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
-        // What dead deciders left to tell, each kind on its own: a hot room's telling takes a
-        // dozen round trips under contention, and a connection a takeover released must not
-        // hear the session's rooms that much longer (explore seed 620,038,059).
+    /// What every worker repairs once a second: what deciders that died left to tell. Apart
+    /// from [`Node::tick`]: in a hot room a sweep takes over a second, and waiting behind the
+    /// rest of the timers as well, a dead decider's conversation subscription was told past the
+    /// bound (explore seed 670,005,081).
+    async fn repair(&self) -> Result<(), DecideError> {
+        let cache = &*self.cache;
+        // Each kind on its own: a hot room's telling takes a dozen round trips under
+        // contention, and a connection a takeover released must not hear the session's rooms
+        // that much longer (explore seed 620,038,059).
         let rooms: Vec<String> = lock(cache).rooms_with_pending().into_iter().map(str::to_owned).collect();
         let moved: Vec<String> = lock(cache).sessions_released().into_iter().map(str::to_owned).collect();
         let bound: Vec<String> = lock(cache).sessions_untold().into_iter().map(str::to_owned).collect();
@@ -269,7 +270,14 @@ impl<B: Bus> Node<B> {
             Ok(())
         };
         let (touched, released, untold) = tokio::join!(touched, released, untold);
-        touched.and(released).and(untold)?;
+        touched.and(released).and(untold)
+    }
+
+    /// The timers every worker runs once a second: events left pending and members left behind
+    /// by a worker that died, idle rooms, old ended marks.
+    async fn tick(&self) -> Result<(), DecideError> {
+        let now = self.now_ms();
+        let (store, layout, cache) = (&self.store, &self.layout, &*self.cache);
         ending::sweep(store, layout, cache, now).await?;
         let idle = now.saturating_sub(u64::try_from(self.config.room_idle.as_millis()).unwrap_or(u64::MAX));
         directory::forget_idle(store, layout, cache, idle).await?;
@@ -342,7 +350,7 @@ pub async fn run<B: Bus>(
     tracing::info!(worker = %config.name, "chat worker serving pcast.* and chat.* from the store");
 
     let queues = Queues::default();
-    let ticking = Arc::new(AtomicBool::new(false));
+    let (ticking, repairing) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
     let mut failures_seen = (0, 0);
     if let Some(m) = &node.metrics {
         m.serving(true);
@@ -381,6 +389,15 @@ pub async fn run<B: Bus>(
                     for g in gateways.silent(now()) {
                         gone(&node, &mut gateways, &g);
                     }
+                }
+                if !repairing.swap(true, Ordering::AcqRel) {
+                    let (node, repairing) = (node.clone(), repairing.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = node.repair().await {
+                            tracing::debug!(error = %e, "repairs cut short");
+                        }
+                        repairing.store(false, Ordering::Release);
+                    });
                 }
                 if !ticking.swap(true, Ordering::AcqRel) {
                     let (node, ticking) = (node.clone(), ticking.clone());

@@ -268,3 +268,32 @@ async fn rooms_told_to_a_gateway_cut_off_do_not_hold_back_another_room() {
     let room = format!("+room {}", j.room_id);
     assert!(swept.iter().any(|m| m.0 == conn() && m.3.contains(&room)), "{swept:?}");
 }
+
+/// The repairs do not wait behind the rest of the timers: while the sweep of events left
+/// pending in three rooms takes seconds (JetStream answers every append "in flight"), a
+/// connection a takeover released meanwhile is told within a second or so.
+#[tokio::test(start_paused = true)]
+async fn a_slow_sweep_of_pending_events_does_not_hold_back_a_release() {
+    let mut j = joined().await;
+    let code = clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT;
+    for n in 1..=3 {
+        let id = format!("{:0>24}", n);
+        let event = chat::RoomEvent { room_id: id.clone(), ..Default::default() };
+        let mut room = crate::stored::testing::room(&id);
+        room.pending
+            .push(super::super::records::PendingEvent { id: format!("e{n}"), event: event.encode_to_vec() });
+        let subject = j.layout.history_subject(&id, clientmq_core::Topic::Room);
+        j.bus.refuse_always(&subject, code, "duplicate message id is in process");
+        j.layout.rooms.put(&j.store, &RoomKey::Room(id).key(), room.encode_to_vec(), Some(0)).await.unwrap();
+    }
+    // The timers under way, stuck on those rooms.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let x = "x".repeat(32);
+    j.released(&x).await;
+    let _ = changes(&mut j.told);
+
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let swept = changes(&mut j.told);
+    let off = format!("-room {}", j.room_id);
+    assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+}
