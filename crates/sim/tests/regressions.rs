@@ -64,8 +64,10 @@
 //! acknowledgement of its old one's release, on a gateway cut off (they are now told side by
 //! side), and `store-660010254`, a dead decider's join in a hot room told past the bound by
 //! sweeps whose every acknowledgement waited a round trip to the server (a gateway now waits
-//! only when it subscribed a room since the server last confirmed). Each must pass, run on the
-//! store, and replay byte for byte.
+//! only when it subscribed a room since the server last confirmed), and `store-670005081`, a
+//! dead decider's conversation subscription in a hot room whose sweeps also waited behind the
+//! rest of the worker's timers (the repairs now run apart). Each must pass, run on the store,
+//! and replay byte for byte.
 //!
 //! `fleet-*`: seeds of in-memory fleets: a subscription change lost while a gateway was away
 //! from the bus for less than the silence bound (`fleet-380023372`; fixed by the gateway's
@@ -116,7 +118,7 @@ fn once_failing_seeds_pass_and_still_restart_in_a_busy_instant() {
 
 #[test]
 fn once_failing_store_seeds_pass() {
-    replay_kept("store-", 33, |name, scenario, _| {
+    replay_kept("store-", 34, |name, scenario, _| {
         assert!(scenario.fleet.as_ref().is_some_and(|f| f.store), "{name}: not on the store");
     });
 }
