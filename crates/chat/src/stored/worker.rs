@@ -292,6 +292,24 @@ impl<B: Bus> Node<B> {
     }
 }
 
+/// Spawns `work` unless its last run (`running`) is still under way.
+fn unless_running(
+    running: &Arc<AtomicBool>,
+    what: &'static str,
+    work: impl Future<Output = Result<(), DecideError>> + Send + 'static,
+) {
+    if running.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let running = running.clone();
+    tokio::spawn(async move {
+        if let Err(e) = work.await {
+            tracing::debug!(error = %e, "{what} cut short");
+        }
+        running.store(false, Ordering::Release);
+    });
+}
+
 /// Runs a worker on the store until `shutdown` resolves; refuses to start (with what to do)
 /// when the store cannot be what the worker needs.
 pub async fn run<B: Bus>(
@@ -390,24 +408,10 @@ pub async fn run<B: Bus>(
                         gone(&node, &mut gateways, &g);
                     }
                 }
-                if !repairing.swap(true, Ordering::AcqRel) {
-                    let (node, repairing) = (node.clone(), repairing.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = node.repair().await {
-                            tracing::debug!(error = %e, "repairs cut short");
-                        }
-                        repairing.store(false, Ordering::Release);
-                    });
-                }
-                if !ticking.swap(true, Ordering::AcqRel) {
-                    let (node, ticking) = (node.clone(), ticking.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = node.tick().await {
-                            tracing::debug!(error = %e, "timers cut short");
-                        }
-                        ticking.store(false, Ordering::Release);
-                    });
-                }
+                let repair = node.clone();
+                unless_running(&repairing, "repairs", async move { repair.repair().await });
+                let tick = node.clone();
+                unless_running(&ticking, "timers", async move { tick.tick().await });
             }
             Some(msg) = inbox.next() => {
                 if node.acknowledged(&msg) {

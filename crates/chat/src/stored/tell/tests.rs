@@ -136,6 +136,18 @@ async fn the_sweep_tells_a_dead_binders_connection_its_rooms() {
 }
 
 impl Joined {
+    /// A connection a takeover released is named in the session's record, and is told to stop
+    /// hearing the room within `within`.
+    async fn release_is_told_within(&mut self, within: Duration) {
+        let x = "x".repeat(32);
+        self.released(&x).await;
+        let _ = changes(&mut self.told);
+        tokio::time::sleep(within).await;
+        let swept = changes(&mut self.told);
+        let off = format!("-room {}", self.room_id);
+        assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+    }
+
     /// The room's record as the store has it.
     async fn room(&self) -> (u64, super::super::records::RoomRecord) {
         let key = RoomKey::Room(self.room_id.clone()).key();
@@ -228,14 +240,7 @@ async fn a_room_the_sweep_cannot_settle_does_not_hold_back_a_release() {
     let subject = j.layout.history_subject(&j.room_id, clientmq_core::Topic::Room);
     let code = clientmq_bus::store::wire::code::DUPLICATE_IN_FLIGHT;
     j.bus.refuse_always(&subject, code, "duplicate message id is in process");
-    let x = "x".repeat(32);
-    j.released(&x).await;
-    let _ = changes(&mut j.told);
-
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let swept = changes(&mut j.told);
-    let off = format!("-room {}", j.room_id);
-    assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+    j.release_is_told_within(Duration::from_millis(1_500)).await;
 }
 
 /// Rooms whose touched sessions are on a gateway that is cut off (it hears the tellings but
@@ -288,12 +293,5 @@ async fn a_slow_sweep_of_pending_events_does_not_hold_back_a_release() {
     }
     // The timers under way, stuck on those rooms.
     tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let x = "x".repeat(32);
-    j.released(&x).await;
-    let _ = changes(&mut j.told);
-
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let swept = changes(&mut j.told);
-    let off = format!("-room {}", j.room_id);
-    assert!(swept.iter().any(|m| m.0 == x && m.3.contains(&off)), "the released one: {swept:?}");
+    j.release_is_told_within(Duration::from_millis(1_500)).await;
 }
