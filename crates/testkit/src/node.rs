@@ -144,6 +144,9 @@ impl Asking {
 
 /// Judges a run of an asking harness that had `within` to finish: it must have exited 0 and
 /// printed `passed`. Returns the transcript (printed too).
+///
+/// A failure ends with the harness's own lines and unwinds without the panic hook: a runner that
+/// keeps only the head and tail of a long output (CI) still shows why, not a backtrace.
 pub fn judged(
     outcome: Result<std::process::ExitStatus, tokio::time::error::Elapsed>,
     within: Duration,
@@ -152,10 +155,60 @@ pub fn judged(
 ) -> String {
     let transcript = log.lock().unwrap().join("\n");
     println!("{transcript}");
-    match outcome {
-        Ok(status) => assert!(status.success(), "the harness failed ({status:?}):\n{transcript}"),
-        Err(_) => panic!("the harness did not finish in {within:?}:\n{transcript}"),
+    let failure = match outcome {
+        Ok(status) if !status.success() => Some(format!("the harness failed ({status:?})")),
+        Ok(_) if !transcript.contains(passed) => Some(format!("the harness never printed {passed:?}")),
+        Ok(_) => None,
+        Err(_) => Some(format!("the harness did not finish in {within:?}")),
+    };
+    if let Some(failure) = failure {
+        let own: Vec<&str> = transcript.lines().filter(|l| l.starts_with("[harness]")).collect();
+        let tail = own[own.len().saturating_sub(HARNESS_LINES_SHOWN)..].join("\n");
+        let failure = format!("{failure}; its last lines (the whole transcript is above):\n{tail}");
+        eprintln!("{failure}");
+        std::panic::resume_unwind(Box::new(failure));
     }
-    assert!(transcript.contains(passed), "{transcript}");
     transcript
+}
+
+/// How many of the harness's own lines a failure repeats at its end.
+const HARNESS_LINES_SHOWN: usize = 20;
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::ExitStatusExt as _;
+    use std::process::ExitStatus;
+
+    use super::*;
+
+    fn log_of(lines: &[&str]) -> Log {
+        let log = Log::default();
+        log.lock().unwrap().extend(lines.iter().map(|&l| l.to_owned()));
+        log
+    }
+
+    fn fails(outcome: Result<ExitStatus, tokio::time::error::Elapsed>, log: &Log) -> String {
+        let within = Duration::from_secs(1);
+        let unwound = std::panic::catch_unwind(|| judged(outcome, within, "ok - passed", log));
+        *unwound.expect_err("a failure unwinds").downcast::<String>().expect("a message")
+    }
+
+    #[test]
+    fn a_failed_harness_ends_with_its_own_last_lines() {
+        let log = log_of(&["[nats] noise", "[harness] ok - a step", "[harness] not ok - why"]);
+        let failure = fails(Ok(ExitStatus::from_raw(1 << 8)), &log);
+        assert!(failure.starts_with("the harness failed"), "{failure}");
+        assert!(failure.ends_with("[harness] ok - a step\n[harness] not ok - why"), "{failure}");
+        assert!(!failure.contains("noise"), "{failure}");
+    }
+
+    #[test]
+    fn a_harness_that_exits_0_must_have_printed_its_pass() {
+        let log = log_of(&["[harness] ok - a step"]);
+        let failure = fails(Ok(ExitStatus::from_raw(0)), &log);
+        assert!(failure.contains("never printed \"ok - passed\""), "{failure}");
+        let passed = log_of(&["[harness] ok - passed"]);
+        let transcript = judged(Ok(ExitStatus::from_raw(0)), Duration::from_secs(1), "ok - passed", &passed);
+        assert_eq!(transcript, "[harness] ok - passed");
+    }
 }
