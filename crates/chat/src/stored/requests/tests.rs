@@ -112,6 +112,34 @@ async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() 
     assert!(swept.iter().any(|m| m.0 == d && m.3.contains(&room)), "{swept:?}");
 }
 
+/// A resume tells the new connection its rooms once when the gateway acknowledges at once: the
+/// second try is only for a first not acknowledged (`a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep` covers
+/// both failing), and no sweep tells them again.
+#[tokio::test(start_paused = true)]
+async fn a_resume_told_its_rooms_at_once_tells_them_once() {
+    let Deafened { bus, mut told, mut replies, session, room_id, .. } = deafened().await;
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
+    bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+    assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
+    let _ = testing::changes(&mut told);
+
+    let d = "d".repeat(32);
+    let auth = pcast::Authenticate { session_id: Some(session.clone()), ..Default::default() };
+    let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
+        .reply_to("t.reply.3")
+        .with(clientmq_bus::contract::header::GATEWAY, "g1")
+        .with(clientmq_bus::contract::header::CONNECTION, &d);
+    bus.publish(resume).await.unwrap();
+    let resumed = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
+    let answer = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
+    assert_eq!(answer.session_id.as_deref(), Some(session.as_str()), "resumed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let room = format!("+room {room_id}");
+    let heard = testing::changes(&mut told);
+    let to_d = heard.iter().filter(|m| m.0 == d && m.3.contains(&room)).count();
+    assert_eq!(to_d, 1, "{heard:?}");
+}
+
 /// A subscription to a gateway the server says nobody holds is told: no connection there
 /// hears anything to change, so a join is answered without waiting out the bound, and the
 /// session is cleared from the room's record (explore seed 7,000,056: a connection released
