@@ -113,8 +113,8 @@ async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() 
 }
 
 /// A resume tells the new connection its rooms once when the gateway acknowledges at once: the
-/// second try is only for a first not acknowledged (`a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep` covers
-/// both failing), and no sweep tells them again.
+/// second try is only for a first not acknowledged (both failing: the test above), and no
+/// sweep tells them again.
 #[tokio::test(start_paused = true)]
 async fn a_resume_told_its_rooms_at_once_tells_them_once() {
     let Deafened { bus, mut told, mut replies, session, room_id, .. } = deafened().await;
