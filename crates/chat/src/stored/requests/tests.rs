@@ -32,6 +32,32 @@ async fn deafened() -> Deafened {
     Deafened { bus, deaf, told, replies, session, room_id }
 }
 
+impl Deafened {
+    /// Joins the session to its room, what the gateway heard of it drained.
+    async fn join(&mut self) {
+        let join = chat::JoinRoom { room_id: Some(self.room_id.clone()), ..Default::default() };
+        self.bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
+        assert_eq!(testing::answers(&mut self.replies, Duration::from_millis(200)).await.len(), 1);
+        let _ = testing::changes(&mut self.told);
+    }
+
+    /// Resumes the session on another connection of `g1`, answered: that connection's id.
+    async fn resume_on_another(&mut self) -> String {
+        let conn = "d".repeat(32);
+        let auth = pcast::Authenticate { session_id: Some(self.session.clone()), ..Default::default() };
+        let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
+            .reply_to("t.reply.3")
+            .with(clientmq_bus::contract::header::GATEWAY, "g1")
+            .with(clientmq_bus::contract::header::CONNECTION, &conn);
+        self.bus.publish(resume).await.unwrap();
+        let resumed =
+            tokio::time::timeout(Duration::from_secs(5), self.replies.next()).await.unwrap().unwrap();
+        let answer = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
+        assert_eq!(answer.session_id.as_deref(), Some(self.session.as_str()), "resumed");
+        conn
+    }
+}
+
 /// A decision that subscribes is taken only for the connection holding the session in the
 /// cache it is decided on: after a resume moved `s1` from `c1` to `c2`, or its end, a join
 /// still in flight from `c1` writes nothing.
@@ -86,30 +112,18 @@ async fn a_join_whose_subscription_was_lost_is_told_again_by_the_sweep() {
 /// the new connection never heard its rooms (explore seed 640,006,629).
 #[tokio::test(start_paused = true)]
 async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() {
-    let Deafened { bus, deaf, mut told, mut replies, session, room_id } = deafened().await;
-    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-    bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
-    assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
-    let _ = testing::changes(&mut told);
-
-    deaf.store(true, Ordering::Relaxed);
-    let d = "d".repeat(32);
-    let auth = pcast::Authenticate { session_id: Some(session.clone()), ..Default::default() };
-    let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
-        .reply_to("t.reply.3")
-        .with(clientmq_bus::contract::header::GATEWAY, "g1")
-        .with(clientmq_bus::contract::header::CONNECTION, &d);
-    bus.publish(resume).await.unwrap();
-    let resumed = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
-    let answer = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
-    assert_eq!(answer.session_id.as_deref(), Some(session.as_str()), "resumed");
+    let mut d = deafened().await;
+    d.join().await;
+    d.deaf.store(true, Ordering::Relaxed);
+    let conn = d.resume_on_another().await;
+    let Deafened { deaf, mut told, room_id, .. } = d;
     assert!(testing::changes(&mut told).is_empty(), "the gateway heard nothing");
 
     deaf.store(false, Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(3)).await;
     let swept = testing::changes(&mut told);
     let room = format!("+room {room_id}");
-    assert!(swept.iter().any(|m| m.0 == d && m.3.contains(&room)), "{swept:?}");
+    assert!(swept.iter().any(|m| m.0 == conn && m.3.contains(&room)), "{swept:?}");
 }
 
 /// A resume tells the new connection its rooms once when the gateway acknowledges at once: the
@@ -117,27 +131,15 @@ async fn a_resume_whose_rooms_were_not_acknowledged_is_told_them_by_the_sweep() 
 /// sweep tells them again.
 #[tokio::test(start_paused = true)]
 async fn a_resume_told_its_rooms_at_once_tells_them_once() {
-    let Deafened { bus, mut told, mut replies, session, room_id, .. } = deafened().await;
-    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-    bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
-    assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
-    let _ = testing::changes(&mut told);
-
-    let d = "d".repeat(32);
-    let auth = pcast::Authenticate { session_id: Some(session.clone()), ..Default::default() };
-    let resume = BusMessage::new("clientmq.req.pcast.Authenticate", auth.encode_to_vec())
-        .reply_to("t.reply.3")
-        .with(clientmq_bus::contract::header::GATEWAY, "g1")
-        .with(clientmq_bus::contract::header::CONNECTION, &d);
-    bus.publish(resume).await.unwrap();
-    let resumed = tokio::time::timeout(Duration::from_secs(5), replies.next()).await.unwrap().unwrap();
-    let answer = pcast::AuthenticateResponse::decode(resumed.payload.as_slice()).unwrap();
-    assert_eq!(answer.session_id.as_deref(), Some(session.as_str()), "resumed");
+    let mut d = deafened().await;
+    d.join().await;
+    let conn = d.resume_on_another().await;
+    let Deafened { mut told, room_id, .. } = d;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let room = format!("+room {room_id}");
     let heard = testing::changes(&mut told);
-    let to_d = heard.iter().filter(|m| m.0 == d && m.3.contains(&room)).count();
-    assert_eq!(to_d, 1, "{heard:?}");
+    let to_conn = heard.iter().filter(|m| m.0 == conn && m.3.contains(&room)).count();
+    assert_eq!(to_conn, 1, "{heard:?}");
 }
 
 /// A subscription to a gateway the server says nobody holds is told: no connection there
