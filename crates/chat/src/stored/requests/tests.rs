@@ -166,13 +166,12 @@ async fn a_subscription_to_a_gateway_nobody_holds_is_told_at_once() {
 /// is told again before the answer.
 #[tokio::test(start_paused = true)]
 async fn a_join_that_writes_nothing_tells_again_what_was_not_acknowledged() {
-    let Deafened { bus, deaf, mut told, mut replies, room_id, .. } = deafened().await;
-    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
-    bus.publish(testing::request(2, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
-    assert_eq!(testing::answers(&mut replies, Duration::from_millis(200)).await.len(), 1);
-    let _ = testing::changes(&mut told);
+    let mut d = deafened().await;
+    d.join().await;
+    let Deafened { bus, deaf, mut told, mut replies, room_id, .. } = d;
 
     deaf.store(true, Ordering::Relaxed);
+    let join = chat::JoinRoom { room_id: Some(room_id.clone()), ..Default::default() };
     bus.publish(testing::request(3, "chat.JoinRoom", join.encode_to_vec(), 10_000)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
     deaf.store(false, Ordering::Relaxed);
