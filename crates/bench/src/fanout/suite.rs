@@ -13,7 +13,10 @@ use crate::stats::median;
 use crate::target::Target;
 
 /// The systems, in the order of the table's columns.
-pub const SYSTEMS: [&str; 5] = ["clientmq", "baseline", "Node seed", "NATS, 1 gateway", "NATS, 2 gateways"];
+pub const SYSTEMS: [&str; N] =
+    ["clientmq", "baseline", "Node seed", "NATS, 1 gateway", "NATS, 2 gateways", "clientmq, 1 shard"];
+/// Columns of the table.
+const N: usize = 6;
 const CLIENTMQ: usize = 0;
 const BASELINE: usize = 1;
 const SEED: usize = 2;
@@ -36,7 +39,7 @@ const CHAT_FLAGS: [&str; 8] = [
 #[derive(Debug, Clone, Default)]
 pub struct FanRow {
     pub figure: String,
-    pub values: [Option<f64>; 5],
+    pub values: [Option<f64>; N],
     pub decimals: usize,
     pub target: String,
     pub met: Option<bool>,
@@ -65,6 +68,9 @@ async fn fleet(bins: &Binaries, tag: &str, extra: &[&str]) -> Result<Fleet, Stri
     flags.extend(CHAT_FLAGS);
     flags.extend(extra);
     let clientmq = bins.clientmq(&format!("fanout-{tag}-clientmq"), &flags).await?;
+    // One shard, next to the default of one a core: the load generator takes a core here.
+    let one_shard = [&flags[..], &["--shards", "1"]].concat();
+    let one_shard = bins.clientmq(&format!("fanout-{tag}-clientmq-1-shard"), &one_shard).await?;
     let baseline = bins.baseline(&format!("fanout-{tag}-baseline"), &["--fanout"]).await?;
     let seed = bins.node_seed(&format!("fanout-{tag}-node-seed"), &GATEWAY_FLAGS).await?;
     let (nats, monitor) = bins.nats_server_monitored(&format!("fanout-{tag}-nats-server")).await?;
@@ -99,8 +105,9 @@ async fn fleet(bins: &Binaries, tag: &str, extra: &[&str]) -> Result<Fleet, Stri
         plain(&seed, Protocol::Plain),
         bus(&[&gateways[0]]),
         bus(&[&gateways[1], &gateways[2]]),
+        plain(&one_shard, Protocol::Clientmq),
     ];
-    let mut procs = vec![clientmq, baseline, seed, nats];
+    let mut procs = vec![clientmq, baseline, seed, nats, one_shard];
     procs.extend(gateways);
     Ok(Fleet { _procs: procs, _worker: worker, systems })
 }
@@ -125,8 +132,8 @@ async fn measure(name: &str, system: &System, opts: &FanoutOpts, first_source: u
 }
 
 /// Runs `opts` against every system `repeats` times, each going first in turn.
-async fn in_rounds(repeats: usize, fleet: &Fleet, opts: &FanoutOpts, source: &mut u8) -> [Vec<Run>; 5] {
-    in_rounds_of(&[0, 1, 2, 3, 4], repeats, fleet, opts, source).await
+async fn in_rounds(repeats: usize, fleet: &Fleet, opts: &FanoutOpts, source: &mut u8) -> [Vec<Run>; N] {
+    in_rounds_of(&[0, 1, 2, 3, 4, 5], repeats, fleet, opts, source).await
 }
 
 /// `in_rounds` over the systems `which` only; the others' lists stay empty.
@@ -136,8 +143,8 @@ async fn in_rounds_of(
     fleet: &Fleet,
     opts: &FanoutOpts,
     source: &mut u8,
-) -> [Vec<Run>; 5] {
-    let mut out: [Vec<Run>; 5] = Default::default();
+) -> [Vec<Run>; N] {
+    let mut out: [Vec<Run>; N] = Default::default();
     for r in 0..repeats.max(1) {
         for k in 0..which.len() {
             let i = which[(r + k) % which.len()];
@@ -152,11 +159,11 @@ async fn in_rounds_of(
     out
 }
 
-fn values(runs: &[Vec<Run>; 5], pick: impl Fn(&Run) -> Option<f64>) -> [Vec<f64>; 5] {
+fn values(runs: &[Vec<Run>; N], pick: impl Fn(&Run) -> Option<f64>) -> [Vec<f64>; N] {
     runs.each_ref().map(|rs| rs.iter().filter_map(&pick).collect())
 }
 
-fn row(figure: String, values: &[Vec<f64>; 5], decimals: usize) -> FanRow {
+fn row(figure: String, values: &[Vec<f64>; N], decimals: usize) -> FanRow {
     let runs = SYSTEMS
         .iter()
         .zip(values)
@@ -214,7 +221,7 @@ pub async fn rows(opts: &SuiteOpts) -> Result<(Vec<FanRow>, Vec<String>), String
         let cpu = values(&peak, |r| r.report.cpu_us_per_delivery());
         rows.push(row(format!("gateway CPU µs per delivery at full speed, {shape}"), &cpu, 2));
         // Memory from each system's first run, on a process that held nothing before.
-        let first: [Vec<Run>; 5] = peak.each_ref().map(|rs| rs.iter().take(1).cloned().collect());
+        let first: [Vec<Run>; N] = peak.each_ref().map(|rs| rs.iter().take(1).cloned().collect());
         let mem = values(&first, |r| r.report.kib_per_member());
         rows.push(row(format!("gateway memory KiB per member (first run), {shape}"), &mem, 2));
         let bus = values(&peak, |r| r.report.bus_out_per_publish());
@@ -286,7 +293,7 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
         ..FanoutOpts::default()
     };
     let slow_opts = FanoutOpts { slow_every: SLOW_EVERY, ..base.clone() };
-    let (mut none, mut slow): ([Vec<Run>; 5], [Vec<Run>; 5]) = Default::default();
+    let (mut none, mut slow): ([Vec<Run>; N], [Vec<Run>; N]) = Default::default();
     // Paired: each repeat runs both, so a ratio compares runs of the same moment.
     for _ in 0..opts.repeats.max(1) {
         let [a, b] = [&base, &slow_opts];
@@ -301,12 +308,12 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
     }
     let stalled = SLOW_MEMBERS / SLOW_EVERY;
     let shape = format!("1 room of {SLOW_MEMBERS} at {SLOW_RATE:.0} messages/s");
-    let p99 = |runs: &[Vec<Run>; 5]| values(runs, |r| Some(r.report.latency.p99.as_secs_f64() * 1e3));
+    let p99 = |runs: &[Vec<Run>; N]| values(runs, |r| Some(r.report.latency.p99.as_secs_f64() * 1e3));
     let mut rows = vec![
         row(format!("others' p99 ms with none stalled, {shape}"), &p99(&none), 3),
         row(format!("others' p99 ms with {stalled} (1%) never reading, {shape}"), &p99(&slow), 3),
     ];
-    let ratios: [Vec<f64>; 5] = std::array::from_fn(|i| {
+    let ratios: [Vec<f64>; N] = std::array::from_fn(|i| {
         none[i]
             .iter()
             .zip(&slow[i])
@@ -336,7 +343,7 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
     rows.push(closed_row);
     // What the stalled members cost the gateways at most: the peak growth over the window, less
     // that of the paired run with none stalled.
-    let extra: [Vec<f64>; 5] = std::array::from_fn(|i| {
+    let extra: [Vec<f64>; N] = std::array::from_fn(|i| {
         none[i]
             .iter()
             .zip(&slow[i])
@@ -368,13 +375,17 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
 /// The fan-out table, for the generated block.
 pub fn render(rows: &[FanRow]) -> String {
     let mut s = String::new();
-    let [a, b, c, d, e] = SYSTEMS;
-    let _ = writeln!(s, "| figure | {a} | {b} | {c} | {d} | {e} | target | verdict |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---|---|");
+    let [a, b, c, d, e, f] = SYSTEMS;
+    let _ = writeln!(s, "| figure | {a} | {b} | {c} | {d} | {e} | {f} | target | verdict |");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---|");
     for row in rows {
-        let [a, b, c, d, e] = row.values.map(|v| report::value(v, row.decimals));
+        let [a, b, c, d, e, f] = row.values.map(|v| report::value(v, row.decimals));
         let verdict = report::verdict(row.met);
-        let _ = writeln!(s, "| {} | {a} | {b} | {c} | {d} | {e} | {} | {verdict} |", row.figure, row.target);
+        let _ = writeln!(
+            s,
+            "| {} | {a} | {b} | {c} | {d} | {e} | {f} | {} | {verdict} |",
+            row.figure, row.target
+        );
     }
     s
 }
