@@ -1,7 +1,9 @@
 //! The fan-out figures of the suite: the same rooms and publisher against clientmq (embedded
-//! backend), the bare fan-out baseline, the Node seed's broadcast loop, and clientmq through NATS
-//! with one and with two gateways. Each topology starts fresh processes, so that the first run
-//! of each system reads its memory per member from a process that held no connection before.
+//! backend), the bare fan-out baseline, the Node seed's broadcast loop, clientmq through NATS
+//! with one and with two gateways, and clientmq embedded with one shard (`--shards 1`, no target:
+//! next to its default of a shard a core). Each topology starts fresh processes, so that the
+//! first run of each system reads its memory per member from a process that held no connection
+//! before.
 
 use std::fmt::Write as _;
 
