@@ -135,7 +135,7 @@ async fn measure(name: &str, system: &System, opts: &FanoutOpts, first_source: u
 
 /// Runs `opts` against every system `repeats` times, each going first in turn.
 async fn in_rounds(repeats: usize, fleet: &Fleet, opts: &FanoutOpts, source: &mut u8) -> [Vec<Run>; N] {
-    in_rounds_of(&[0, 1, 2, 3, 4, 5], repeats, fleet, opts, source).await
+    in_rounds_of(&std::array::from_fn::<usize, N, _>(|i| i), repeats, fleet, opts, source).await
 }
 
 /// `in_rounds` over the systems `which` only; the others' lists stay empty.
@@ -377,17 +377,39 @@ async fn slow_rows(opts: &SuiteOpts, source: &mut u8) -> Result<(Vec<FanRow>, Ve
 /// The fan-out table, for the generated block.
 pub fn render(rows: &[FanRow]) -> String {
     let mut s = String::new();
-    let [a, b, c, d, e, f] = SYSTEMS;
-    let _ = writeln!(s, "| figure | {a} | {b} | {c} | {d} | {e} | {f} | target | verdict |");
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---|");
+    let _ = writeln!(s, "| figure | {} | target | verdict |", SYSTEMS.join(" | "));
+    let _ = writeln!(s, "|---|{}---|---|", "---:|".repeat(N));
     for row in rows {
-        let [a, b, c, d, e, f] = row.values.map(|v| report::value(v, row.decimals));
+        let values = row.values.map(|v| report::value(v, row.decimals)).join(" | ");
         let verdict = report::verdict(row.met);
-        let _ = writeln!(
-            s,
-            "| {} | {a} | {b} | {c} | {d} | {e} | {f} | {} | {verdict} |",
-            row.figure, row.target
-        );
+        let _ = writeln!(s, "| {} | {values} | {} | {verdict} |", row.figure, row.target);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_has_a_column_for_every_system_and_its_verdict_last() {
+        let row = FanRow {
+            figure: "deliveries/s".into(),
+            values: [Some(1.0), Some(2.0), None, Some(4.0), Some(5.0), Some(6.0)],
+            decimals: 0,
+            target: ">= 0.8 x baseline".into(),
+            met: Some(false),
+            runs: String::new(),
+        };
+        let table = render(&[row]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "| figure | clientmq | baseline | Node seed | NATS, 1 gateway | NATS, 2 gateways | clientmq, 1 shard | target | verdict |",
+                "|---|---:|---:|---:|---:|---:|---:|---|---|",
+                "| deliveries/s | 1 | 2 | - | 4 | 5 | 6 | >= 0.8 x baseline | **missed** |",
+            ]
+        );
+    }
 }
