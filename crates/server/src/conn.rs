@@ -44,6 +44,8 @@ pub(crate) struct Conn {
     /// A queue that overflowed: the core is closing the connection; later frames but the close
     /// go unsent.
     pub overflowed: bool,
+    /// In its shard's list of sockets to write.
+    pub listed: bool,
     /// A close frame went out (ours, or the echo of the client's): nothing is sent after it.
     close_sent: bool,
     /// The client's close frame came in, or reading failed: nothing more is read.
@@ -76,6 +78,7 @@ impl Conn {
             written: 0,
             queued: 0,
             overflowed: false,
+            listed: false,
             close_sent: false,
             read_done: false,
             waker: Waker::from(wake.clone()),

@@ -159,6 +159,7 @@ impl Server {
                 outbound_queue_bytes: config.outbound_queue_bytes,
                 departed: Vec::new(),
                 settled: Vec::new(),
+                to_write: Default::default(),
                 max_frame_bytes: config.max_frame_bytes,
             };
             // Outside tokio's cooperative budget: one turn of a shard does hundreds of socket

@@ -78,6 +78,12 @@ impl<B: Backend> Shard<B> {
         if self.check_address_slots && self.conns.values().any(|c| c.slot.is_none()) {
             return Err("an open connection holds no place among its address's".into());
         }
+        // One marked to write but missing from the list would never be written again.
+        let marked = self.conns.values().filter(|c| c.listed).count();
+        let listed = self.to_write.iter().filter(|id| self.conns.contains_key(id)).count();
+        if marked != listed {
+            return Err(format!("{marked} connections marked to write, {listed} listed"));
+        }
         if let Some(global) = &self.admission {
             if self.held_permits != self.conns.len() {
                 return Err(format!(

@@ -2,11 +2,12 @@
 //! connection's socket when that socket wakes it (no task per connection, no channel between a
 //! socket and the core), feeds what it read to the core, writes the core's frames as the sockets
 //! take them, and takes commands from the rest of the server (new connections, the backend's
-//! deliveries and answers) and its own timer.
+//! deliveries and answers) and its own timer. It writes a bounded number of sockets a turn, so a
+//! message to a large room goes out over many turns, with what came meanwhile taken in between.
 
 mod check;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -33,6 +34,11 @@ use crate::ready::{ConnWake, Ready};
 
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
+/// Sockets written in a turn at most. A message to a large room is written over several turns,
+/// with the commands and reads that came meanwhile taken in between: a message that comes
+/// mid-pass joins the frames of the sockets not yet written, so each write carries every frame
+/// in flight (as a writer task per socket would) instead of one pass's worth.
+const WRITES_PER_TURN: usize = 32;
 /// Turns a shard takes in a row without waiting before it yields to the other tasks of its
 /// thread (it runs outside tokio's cooperative budget).
 const TURNS_BEFORE_YIELD: u32 = 16;
@@ -79,6 +85,9 @@ pub(crate) struct Shard<B> {
     pub max_frame_bytes: usize,
     /// [`Command::Settled`] callers, answered at the end of the next flush.
     pub settled: Vec<oneshot::Sender<()>>,
+    /// Connections with frames to write, each once, in the order their first frame was queued;
+    /// a turn writes [`WRITES_PER_TURN`] of them. Entries of connections since gone are skipped.
+    pub to_write: VecDeque<ConnectionId>,
 }
 
 /// Connections by id. Ids are drawn at random by the gateway (no client picks one), so a fast
@@ -122,6 +131,8 @@ enum Wake {
     Timer,
     Command(Command),
     Ready,
+    /// Nothing new, sockets left to write.
+    Write,
     Closed,
 }
 
@@ -153,16 +164,23 @@ impl<B: Backend> Shard<B> {
                     Poll::Pending => {}
                 }
                 self.ready.register(cx.waker());
-                if self.ready.is_empty() {
+                if !self.ready.is_empty() {
+                    Poll::Ready(Wake::Ready)
+                } else if !self.to_write.is_empty() {
+                    Poll::Ready(Wake::Write)
+                } else {
                     busy_turns = 0; // it waits: the thread's other tasks get their turn
                     Poll::Pending
-                } else {
-                    Poll::Ready(Wake::Ready)
                 }
             })
             .await;
             match wake {
-                Wake::Closed => break,
+                Wake::Closed => {
+                    while !self.to_write.is_empty() {
+                        self.flush();
+                    }
+                    break;
+                }
                 Wake::Timer => {
                     self.gw.handle_timeout(now());
                     self.expire_lingering();
@@ -177,8 +195,16 @@ impl<B: Backend> Shard<B> {
                     }
                 }
                 Wake::Ready => self.poll_sockets(),
+                Wake::Write => {}
             }
             self.flush();
+            if !self.to_write.is_empty() {
+                // More to write: the tasks this turn woke (the backend's forwarder with the next
+                // message, the bus client) run first. Woken from this thread, a task waits in its
+                // worker's LIFO slot, which no other worker steals from, until the shard yields;
+                // held there for a whole pass over a large room, the next message would miss it.
+                busy_turns = TURNS_BEFORE_YIELD;
+            }
             if self.spinning(&mut watch) {
                 break;
             }
@@ -280,6 +306,7 @@ impl<B: Backend> Shard<B> {
                     self.departed.push((conn.permit.take(), conn.slot.take()));
                 }
                 self.lingering.clear();
+                self.to_write.clear();
                 // Callers waiting on server requests learn of the death now, in token order
                 // (dropped with the task instead, shards would go in task id order, which is
                 // global to the process).
@@ -303,17 +330,18 @@ impl<B: Backend> Shard<B> {
     fn flush(&mut self) {
         // Carrying out an output can feed an input back (a full queue is a failed send), which
         // queues more outputs: this loop takes them too.
-        let mut written = Vec::new();
+        let mut budget = WRITES_PER_TURN;
         loop {
             while let Some(out) = self.gw.poll_output() {
-                self.output(out, &mut written);
+                self.output(out);
             }
             let mut failed = false;
-            for id in written.drain(..) {
-                if let Some(conn) = self.conns.get_mut(&id)
-                    && conn.has_output()
-                    && conn.write().is_err()
-                {
+            while budget > 0 {
+                let Some(id) = self.to_write.pop_front() else { break };
+                let Some(conn) = self.conns.get_mut(&id) else { continue };
+                budget -= 1;
+                conn.listed = false;
+                if conn.has_output() && conn.write().is_err() {
                     self.gw.handle(Input::SendFailed { conn: id }, now());
                     failed = true;
                 }
@@ -349,25 +377,20 @@ impl<B: Backend> Shard<B> {
     }
 
     /// Queues a frame on a connection; a full queue is a slow consumer the core closes (3335).
-    fn send(&mut self, conn: ConnectionId, opcode: u8, payload: &[u8], written: &mut Vec<ConnectionId>) {
-        self.send_parts(conn, opcode, (payload, &[]), written);
+    fn send(&mut self, conn: ConnectionId, opcode: u8, payload: &[u8]) {
+        self.send_parts(conn, opcode, (payload, &[]));
     }
 
     /// [`Shard::send`] of a frame in two parts (a room event's head and shared tail).
-    fn send_parts(
-        &mut self,
-        conn: ConnectionId,
-        opcode: u8,
-        (head, tail): (&[u8], &[u8]),
-        written: &mut Vec<ConnectionId>,
-    ) {
+    fn send_parts(&mut self, conn: ConnectionId, opcode: u8, (head, tail): (&[u8], &[u8])) {
         let Some(c) = self.conns.get_mut(&conn) else { return };
         if !c.send_parts(opcode, head, tail, self.outbound_queue, self.outbound_queue_bytes) {
             self.gw.handle(Input::SendFailed { conn }, now());
             return;
         }
-        if written.last() != Some(&conn) {
-            written.push(conn);
+        if !c.listed {
+            c.listed = true;
+            self.to_write.push_back(conn);
         }
     }
 
@@ -387,11 +410,11 @@ impl<B: Backend> Shard<B> {
         }
     }
 
-    fn output(&mut self, out: Output, written: &mut Vec<ConnectionId>) {
+    fn output(&mut self, out: Output) {
         match out {
             Output::Send { conn, frame } => {
                 let (opcode, payload) = Conn::data_frame(&frame);
-                self.send(conn, opcode, payload, written);
+                self.send(conn, opcode, payload);
             }
             Output::Deliver(delivery) => {
                 for (conn, encoding, head, tail) in delivery.iter() {
@@ -399,13 +422,13 @@ impl<B: Backend> Shard<B> {
                         clientmq_core::Encoding::Base64Text => ws::TEXT,
                         clientmq_core::Encoding::Binary => ws::BINARY,
                     };
-                    self.send_parts(conn, opcode, (head, tail), written);
+                    self.send_parts(conn, opcode, (head, tail));
                 }
             }
-            Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload, written),
-            Output::Pong { conn, payload } => self.send(conn, ws::PONG, &payload, written),
+            Output::Ping { conn, payload } => self.send(conn, ws::PING, &payload),
+            Output::Pong { conn, payload } => self.send(conn, ws::PONG, &payload),
             Output::Close { conn, close } => {
-                self.send(conn, ws::CLOSE, &ws::close_payload(close.code, close.reason), written)
+                self.send(conn, ws::CLOSE, &ws::close_payload(close.code, close.reason))
             }
             Output::Abort { conn } => self.forget(&conn, true),
             Output::Release { conn } => self.forget(&conn, false),
