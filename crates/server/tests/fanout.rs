@@ -83,13 +83,22 @@ async fn authenticate(client: &mut Client, device: &str) -> String {
     r.session_id.expect("a session")
 }
 
-fn member(session: &str, role: chat::MemberRole) -> chat::Member {
-    chat::Member {
+/// Joins `session` to the room in `role`.
+async fn join(client: &mut Client, room_id: &str, session: &str, role: chat::MemberRole) {
+    let member = chat::Member {
         session_id: session.into(),
         screen_name: "m".into(),
         role: role as i32,
         ..Default::default()
-    }
+    };
+    let join = chat::JoinRoom {
+        room_id: Some(room_id.into()),
+        session_id: session.into(),
+        member,
+        ..Default::default()
+    };
+    let joined: chat::JoinRoomResponse = client.call_decoded("chat.JoinRoom", join).await;
+    assert_eq!(joined.status, "ok");
 }
 
 /// Sends `text` to the room and waits for the answer.
@@ -141,26 +150,12 @@ async fn a_message_published_mid_pass_shares_the_writes_of_the_sockets_not_yet_w
         .call_decoded("chat.CreateRoom", chat::CreateRoom { session_id: session.clone(), room })
         .await;
     let room_id = created.room.and_then(|r| r.room_id).expect("a room id");
-    let join = chat::JoinRoom {
-        room_id: Some(room_id.clone()),
-        session_id: session.clone(),
-        member: member(&session, chat::MemberRole::Presenter),
-        ..Default::default()
-    };
-    let joined: chat::JoinRoomResponse = publisher.call_decoded("chat.JoinRoom", join).await;
-    assert_eq!(joined.status, "ok");
+    join(&mut publisher, &room_id, &session, chat::MemberRole::Presenter).await;
     let mut members = Vec::new();
     for n in 0..MEMBERS {
         let mut client = Client::connect(addr).await.named(&format!("member {n}"));
         let session = authenticate(&mut client, &format!("member-{n}")).await;
-        let join = chat::JoinRoom {
-            room_id: Some(room_id.clone()),
-            session_id: session.clone(),
-            member: member(&session, chat::MemberRole::Audience),
-            ..Default::default()
-        };
-        let joined: chat::JoinRoomResponse = client.call_decoded("chat.JoinRoom", join).await;
-        assert_eq!(joined.status, "ok");
+        join(&mut client, &room_id, &session, chat::MemberRole::Audience).await;
         let fetch = chat::FetchRoomConversation {
             session_id: session,
             room_id: room_id.clone(),
