@@ -150,6 +150,9 @@ pub struct ServerConfig {
     pub outbound_queue: usize,
     /// Bytes a connection may have queued before it is a slow consumer.
     pub outbound_queue_bytes: usize,
+    /// Sockets a shard writes in a turn before it takes commands and reads again (at least 1).
+    /// Not a flag: the simulator sets it low so that a few clients take several turns.
+    pub writes_per_turn: usize,
     pub allowed_origins: Vec<String>,
     /// The operator endpoints (/metrics, /healthz, /readyz) are served on an admin port
     /// ([`crate::Server::serve_admin`]), not on the public one.
@@ -179,6 +182,7 @@ impl Default for ServerConfig {
             // The answers to every request a connection may have in flight (64 of up to 1 MiB)
             // fit: only events can fill it.
             outbound_queue_bytes: 64 * 1024 * 1024,
+            writes_per_turn: 32,
             allowed_origins: Vec::new(),
             admin_port: false,
             drain_deadline: Duration::from_secs(30),
@@ -307,6 +311,7 @@ impl Args {
             max_frame_bytes: self.max_frame_bytes,
             outbound_queue: self.outbound_queue,
             outbound_queue_bytes: self.outbound_queue_bytes,
+            writes_per_turn: DEFAULT.writes_per_turn,
             allowed_origins: self.allowed_origins.clone(),
             admin_port: self.admin_listen.is_some(),
             drain_deadline: secs("drain-deadline-secs", self.drain_deadline_secs)?,

@@ -160,6 +160,7 @@ impl Server {
                 departed: Vec::new(),
                 settled: Vec::new(),
                 to_write: Default::default(),
+                writes_per_turn: config.writes_per_turn.max(1),
                 max_frame_bytes: config.max_frame_bytes,
             };
             // Outside tokio's cooperative budget: one turn of a shard does hundreds of socket

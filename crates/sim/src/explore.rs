@@ -70,6 +70,9 @@ pub fn scenario_for(seed: u64) -> Scenario {
         handshake_timeout_secs: Some(5.0),
         outbound_queue: Some(rng.random_range(2..64)),
         shards: Some(rng.random_range(1..=4)),
+        // Explored mixes are a few dozen clients at most: a turn of a few sockets makes their
+        // frames go out over several turns, as a large room's do.
+        writes_per_turn: Some(rng.random_range(1..=8)),
         tokens: vec!["sim-token".into()],
         // Explored runs drain at any time and run on; the process's exit is not modelled.
         drain_deadline_secs: Some(3600.0),

@@ -81,6 +81,9 @@ pub struct ServerSettings {
     pub drain_window_secs: Option<f64>,
     pub handshake_timeout_secs: Option<f64>,
     pub outbound_queue: Option<usize>,
+    /// Sockets a shard writes in a turn (32 in production): low, a few clients' frames take
+    /// several turns, with commands and reads in between.
+    pub writes_per_turn: Option<usize>,
     pub max_frame_bytes: Option<usize>,
     pub max_pending_requests: Option<usize>,
     /// Gateway cores (production runs one per CPU core); above one, admission is global.

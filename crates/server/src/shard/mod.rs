@@ -34,11 +34,6 @@ use crate::ready::{ConnWake, Ready};
 
 /// Commands handled before outputs are carried out, to batch under load.
 const BATCH: usize = 64;
-/// Sockets written in a turn at most. A message to a large room is written over several turns,
-/// with the commands and reads that came meanwhile taken in between: a message that comes
-/// mid-pass joins the frames of the sockets not yet written, so each write carries every frame
-/// in flight (as a writer task per socket would) instead of one pass's worth.
-const WRITES_PER_TURN: usize = 32;
 /// Turns a shard takes in a row without waiting before it yields to the other tasks of its
 /// thread (it runs outside tokio's cooperative budget).
 const TURNS_BEFORE_YIELD: u32 = 16;
@@ -86,8 +81,14 @@ pub(crate) struct Shard<B> {
     /// [`Command::Settled`] callers, answered at the end of the next flush.
     pub settled: Vec<oneshot::Sender<()>>,
     /// Connections with frames to write, each once, in the order their first frame was queued;
-    /// a turn writes [`WRITES_PER_TURN`] of them. Entries of connections since gone are skipped.
+    /// a turn writes `writes_per_turn` of them. Entries of connections since gone are skipped.
     pub to_write: VecDeque<ConnectionId>,
+    /// Sockets written in a turn at most (`ServerConfig::writes_per_turn`). A message to a large
+    /// room is written over several turns, with the commands and reads that came meanwhile
+    /// taken in between: a message that comes mid-pass joins the frames of the sockets not yet
+    /// written, so each write carries every frame in flight (as a writer task per socket would)
+    /// instead of one pass's worth.
+    pub writes_per_turn: usize,
 }
 
 /// Connections by id. Ids are drawn at random by the gateway (no client picks one), so a fast
@@ -330,7 +331,7 @@ impl<B: Backend> Shard<B> {
     fn flush(&mut self) {
         // Carrying out an output can feed an input back (a full queue is a failed send), which
         // queues more outputs: this loop takes them too.
-        let mut budget = WRITES_PER_TURN;
+        let mut budget = self.writes_per_turn;
         loop {
             while let Some(out) = self.gw.poll_output() {
                 self.output(out);

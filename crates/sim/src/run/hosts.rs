@@ -72,6 +72,7 @@ pub fn server_config(
     c.max_handshakes = s.max_handshakes.unwrap_or(c.max_handshakes);
     c.handshake_timeout = secs(s.handshake_timeout_secs, c.handshake_timeout);
     c.outbound_queue = s.outbound_queue.unwrap_or(c.outbound_queue);
+    c.writes_per_turn = s.writes_per_turn.unwrap_or(c.writes_per_turn);
     c.max_frame_bytes = s.max_frame_bytes.unwrap_or(c.max_frame_bytes);
     c.gateway.max_message_size = c.max_frame_bytes;
     c.drain_deadline = secs(s.drain_deadline_secs, c.drain_deadline);
