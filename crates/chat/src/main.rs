@@ -72,7 +72,10 @@ fn main() -> ExitCode {
     // Unique on the bus: workers on two hosts may share a process id.
     let name = format!("chat-{}-{:08x}", std::process::id(), rand::random::<u32>());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    runtime.block_on(async move {
+    // The worker runs as a task, not as `block_on`'s future: that one runs on the main thread,
+    // outside the pool, so every message the NATS client handed to it, and every answer back,
+    // crossed threads.
+    let serve = runtime.spawn(async move {
         let Some(bus) = NatsBus::open_logged(&access, &name).await else { return ExitCode::FAILURE };
         let bus = Arc::new(bus);
         let metrics = match args.listen {
@@ -107,7 +110,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    runtime.block_on(serve).unwrap_or(ExitCode::FAILURE)
 }
 
 /// On each SIGHUP, loads the NATS credentials again: the next connection to NATS uses them; the
