@@ -85,6 +85,15 @@ pub async fn rows(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> {
         });
         res.bus.push(row(&format!("{name} latency ms at {rate:.0} req/s, 100 connections"), &ms, 3));
     }
+    // The same figures at one offered rate: at full speed the embedded gateway answers several
+    // times the requests, so each wake-up and each write carries more of them than on the bus.
+    let mut paced_cpu = Vec::new();
+    for (role, name) in ROLES.iter().enumerate() {
+        let cpu = values(&timed, |r| r.cpu_us[role]);
+        res.bus.push(row(&format!("CPU µs per request at {rate:.0} req/s: {name}"), &cpu, 1));
+        paced_cpu.push(cpu);
+    }
+    res.notes.push(gateway_ratios(&values(&peak, |r| r.cpu_us[0]), &paced_cpu[0], rate));
     let errors: u64 =
         peak.iter().chain(&timed).flatten().map(|r| r.report.errors + r.report.connect_errors).sum();
     let answers: Vec<&str> =
@@ -95,6 +104,24 @@ pub async fn rows(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> {
         nats_version(bins).await
     ));
     Ok(())
+}
+
+/// The bus gateway's CPU per request over the embedded gateway's (target: at most 1.3 x), paired
+/// run by run, at full speed and at one offered rate.
+fn gateway_ratios(full: &[Vec<f64>; 3], paced: &[Vec<f64>; 3], rate: f64) -> String {
+    let ratios = |cpu: &[Vec<f64>; 3]| -> Vec<f64> {
+        cpu[0].iter().zip(&cpu[NATS_ONE]).filter(|(e, _)| **e > 0.0).map(|(e, n)| n / e).collect()
+    };
+    let (full, paced) = (ratios(full), ratios(paced));
+    let median_of = |v: &[f64]| median(v).map_or("-".into(), |m| format!("{m:.2}"));
+    format!(
+        "bus: gateway CPU per request, NATS (1 gateway) over embedded, paired runs (target at most 1.3 x): \
+         at full speed {} (median {}); at {rate:.0} req/s {} (median {})",
+        runs(&full, 2),
+        median_of(&full),
+        runs(&paced, 2),
+        median_of(&paced)
+    )
 }
 
 /// Runs `opts` against each system `repeats` times, each going first in turn.
@@ -178,4 +205,20 @@ async fn probe(gateway: &Target) -> Result<(), String> {
 pub(crate) async fn nats_version(bins: &Binaries) -> String {
     let out = tokio::process::Command::new(&bins.nats).arg("--version").output().await;
     out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_else(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_ratios_pair_runs_by_round() {
+        // Embedded, NATS with one gateway, NATS with two; run i of each is in round i.
+        let full = [vec![10.0, 8.0], vec![20.0, 12.0], vec![99.0, 99.0]];
+        let paced = [vec![16.0, 0.0], vec![20.0, 30.0], vec![99.0, 99.0]];
+        let note = gateway_ratios(&full, &paced, 20_000.0);
+        assert!(note.contains("at full speed 2.00, 1.50 (median 1.75)"), "{note}");
+        // A run without an embedded figure is left out, not divided by.
+        assert!(note.contains("at 20000 req/s 1.25 (median 1.25)"), "{note}");
+    }
 }
