@@ -9,6 +9,8 @@ use base64::engine::general_purpose::STANDARD;
 use clientmq_core::edge_auth::Claims;
 use clientmq_core::{ConnectionId, Topic};
 
+use crate::BusMessage;
+
 /// Subject prefix unless configured (`--nats-prefix`).
 pub const DEFAULT_PREFIX: &str = "clientmq";
 
@@ -240,6 +242,27 @@ pub fn room_from_token(token: &str) -> Option<String> {
     String::from_utf8(bytes?).ok()
 }
 
+/// A worker's answer, to `reply`, to a request of type `request_type`. `Clientmq-Type` is set
+/// only when `reply_type` is not the default (`request_type` + `Response`): most answers then
+/// carry no header at all, which the NATS client neither encodes nor parses, on either side.
+pub fn answer(reply: String, request_type: &str, reply_type: String, payload: Vec<u8>) -> BusMessage {
+    let msg = BusMessage::new(reply, payload);
+    if reply_type.strip_suffix("Response") == Some(request_type) {
+        msg
+    } else {
+        msg.with(header::TYPE, reply_type)
+    }
+}
+
+/// The type of an answer to a request of type `request_type`: its `Clientmq-Type`, or the
+/// default when that is absent or empty.
+pub fn answer_type(answer: &BusMessage, request_type: &str) -> String {
+    match answer.header(header::TYPE) {
+        Some(ty) if !ty.is_empty() => ty.to_owned(),
+        _ => format!("{request_type}Response"),
+    }
+}
+
 /// The claims headers of a verified token.
 pub fn claims_headers(claims: &Claims) -> [(&'static str, String); 2] {
     [(header::APPLICATION, claims.application_id.clone()), (header::CLAIMS, STANDARD.encode(&claims.raw))]
@@ -314,6 +337,21 @@ pub fn parse_sessions(payload: &[u8]) -> Option<Vec<(ConnectionId, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_answer_names_its_type_only_when_it_is_not_the_default() {
+        let plain = answer("r".into(), "chat.JoinRoom", "chat.JoinRoomResponse".into(), vec![1]);
+        assert_eq!((plain.subject.as_str(), plain.payload.as_slice()), ("r", [1].as_slice()));
+        assert!(plain.headers.is_empty(), "{plain:?}");
+        assert_eq!(answer_type(&plain, "chat.JoinRoom"), "chat.JoinRoomResponse");
+        // Another type, even another request's response, is said.
+        for other in ["mq.Error", "chat.LeaveRoomResponse", "Response", ""] {
+            let said = answer("r".into(), "chat.JoinRoom", other.into(), Vec::new());
+            assert_eq!(said.header(header::TYPE), Some(other), "{said:?}");
+            let read = if other.is_empty() { "chat.JoinRoomResponse" } else { other };
+            assert_eq!(answer_type(&said, "chat.JoinRoom"), read);
+        }
+    }
 
     #[test]
     fn a_resubscribe_list_round_trips_and_a_bad_line_refuses_it_whole() {

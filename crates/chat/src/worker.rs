@@ -290,7 +290,8 @@ impl<B: Bus> Worker<B> {
     /// A latency probe, as the embedded backend answers it: the payload back, no state.
     async fn ping(&self, msg: BusMessage) {
         if let Some(reply) = msg.reply {
-            self.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
+            self.publish(contract::answer(reply, "mq.PingPong", "mq.PingPongResponse".into(), msg.payload))
+                .await;
         }
     }
 
@@ -319,7 +320,7 @@ impl<B: Bus> Worker<B> {
             m.request(&request_type, answer.reply_type == "mq.Error");
         }
         self.flush().await;
-        self.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
+        self.publish(contract::answer(reply, &request_type, answer.reply_type, answer.payload)).await;
     }
 
     async fn disconnected(&mut self, msg: BusMessage) {

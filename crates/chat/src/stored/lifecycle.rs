@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use clientmq_bus::contract::header;
+use clientmq_bus::contract::{self, header};
 use clientmq_bus::store::Store;
 use clientmq_bus::store::loopback::ModelBus;
 use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
@@ -243,7 +243,7 @@ async fn a_session_that_says_bye_leaves_its_rooms_at_once_and_its_connection_hea
 
     bus.publish(request(3, "pcast.Bye", pcast::Bye::default().encode_to_vec(), 10_000)).await.unwrap();
     let bye = answers(&mut replies, quiet).await;
-    assert_eq!(bye[0].1.header(header::TYPE), Some("pcast.ByeResponse"), "{bye:?}");
+    assert_eq!(contract::answer_type(&bye[0].1, "pcast.Bye"), "pcast.ByeResponse", "{bye:?}");
     assert!(session(&store, &layout, &id).await.is_none(), "ended at once, no grace");
     let off = super::testing::changes(&mut told);
     let room = format!("-room {room_id}");

@@ -137,7 +137,7 @@ async fn serve<B: Bus>(
         if let Some(m) = &node.metrics {
             m.request(&request_type, answer.reply_type == "mq.Error");
         }
-        node.publish(BusMessage::new(reply, answer.payload).with(header::TYPE, answer.reply_type)).await;
+        node.publish(contract::answer(reply, &request_type, answer.reply_type, answer.payload)).await;
     }
 }
 
@@ -185,13 +185,13 @@ mod tests {
         assert!(refused.iter().all(
             |n| reason(&heard.iter().find(|(m, _)| m == n).unwrap().1).as_deref() == Some("unavailable")
         ));
-        let served: Vec<(usize, &str)> = (heard.iter())
+        // Served with their requests' own response types: no `Clientmq-Type` (contract::answer).
+        let served: Vec<(usize, Option<&str>)> = (heard.iter())
             .filter(|(_, m)| reason(m).is_none())
-            .map(|(n, m)| (*n, m.header(header::TYPE).unwrap()))
+            .map(|(n, m)| (*n, m.header(header::TYPE)))
             .collect();
-        let expected: Vec<(usize, &str)> = std::iter::once((2, "chat.JoinRoomResponse"))
-            .chain((6..6 + queued_first).map(|n| (n, "chat.GetRoomInfoResponse")))
-            .collect();
+        let expected: Vec<(usize, Option<&str>)> =
+            std::iter::once(2).chain(6..6 + queued_first).map(|n| (n, None)).collect();
         assert_eq!(served, expected);
         // Each counted by its outcome.
         let rendered = metrics.render();
@@ -235,8 +235,8 @@ mod tests {
         let heard = answers(&mut replies, Duration::ZERO).await;
         let told: Vec<(usize, Option<&str>, Option<u16>)> =
             heard.iter().map(|(n, m)| (*n, m.header(header::TYPE), m.status)).collect();
-        let mut expected = vec![(2, Some("chat.JoinRoomResponse"), None)];
-        expected.extend((3..8).map(|n| (n, Some("chat.GetRoomInfoResponse"), None)));
+        // Each with its request's own response type: no `Clientmq-Type` (contract::answer).
+        let expected: Vec<(usize, Option<&str>, Option<u16>)> = (2..8).map(|n| (n, None, None)).collect();
         // The last, sent once the worker was draining: nobody subscribes.
         let not_taken = told.iter().position(|(n, _, _)| *n == 8).expect("no-responders for the last");
         assert_eq!(told[not_taken].2, Some(503));

@@ -36,7 +36,9 @@ async fn the_stored_worker_answers_the_probe_and_follows_its_own_bus_connection(
     bus.publish(probe).await.unwrap();
     let pong = answers(&mut replies, Duration::from_millis(200)).await;
     assert_eq!(pong[0].1.payload, b"p");
-    assert_eq!(pong[0].1.header(clientmq_bus::contract::header::TYPE), Some("mq.PingPongResponse"));
+    // Its default type: no header to encode or parse (contract::answer).
+    assert_eq!(pong[0].1.header(clientmq_bus::contract::header::TYPE), None);
+    assert_eq!(clientmq_bus::contract::answer_type(&pong[0].1, "mq.PingPong"), "mq.PingPongResponse");
 
     // Lost: said, and no sync while away.
     bus.set_connected(false);

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use clientmq_bus::contract::{ANNOUNCE_EVERY, Subjects, header};
+use clientmq_bus::contract::{self, ANNOUNCE_EVERY, Subjects, header};
 use clientmq_bus::gateways::{Answered, Gateways};
 use clientmq_bus::store::{Store, StoreError};
 use clientmq_bus::{Bus, BusMessage, BusStatus, Subscription};
@@ -462,7 +462,7 @@ pub async fn run<B: Bus>(
 /// Answers the latency probe, as the embedded backend does.
 async fn pong<B: Bus>(node: &Node<B>, msg: BusMessage) {
     if let Some(reply) = msg.reply {
-        node.publish(BusMessage::new(reply, msg.payload).with(header::TYPE, "mq.PingPongResponse")).await;
+        node.publish(contract::answer(reply, "mq.PingPong", "mq.PingPongResponse".into(), msg.payload)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use clientmq_bus::contract::header;
+use clientmq_bus::contract::{self, header};
 use clientmq_bus::store::loopback::ModelBus;
 use clientmq_bus::{Bus as _, BusMessage, Subscription as _};
 use clientmq_core::proto::{chat, pcast};
@@ -26,7 +26,7 @@ async fn ask<R: Message + Default>(
     bus.publish(request(n, ty, req.encode_to_vec(), 10_000)).await.unwrap();
     let heard = answers(replies, Duration::from_millis(200)).await;
     assert_eq!(heard.len(), 1, "{ty}: {heard:?}");
-    assert_eq!(heard[0].1.header(header::TYPE), Some(format!("{ty}Response").as_str()), "{heard:?}");
+    assert_eq!(contract::answer_type(&heard[0].1, ty), format!("{ty}Response"), "{heard:?}");
     R::decode(heard[0].1.payload.as_slice()).unwrap()
 }
 
@@ -140,7 +140,8 @@ async fn the_in_memory_worker_serves_its_bus_and_tells_its_observer() {
     bus.publish(probe).await.unwrap();
     let pong = answers(&mut replies, quiet).await;
     assert_eq!(pong[0].1.payload, b"p");
-    assert_eq!(pong[0].1.header(header::TYPE), Some("mq.PingPongResponse"));
+    assert_eq!(pong[0].1.header(header::TYPE), None, "its default type, left out");
+    assert_eq!(contract::answer_type(&pong[0].1, "mq.PingPong"), "mq.PingPongResponse");
     // A request without its gateway and connection is refused as malformed.
     let bare = BusMessage::new("clientmq.req.pcast.Authenticate", Vec::new()).reply_to("t.reply.1");
     bus.publish(bare).await.unwrap();
