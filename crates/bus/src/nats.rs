@@ -7,7 +7,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::{ConnectOptions, Event, HeaderMap, HeaderValue};
+use async_nats::{ConnectOptions, Event, HeaderMap, HeaderName, HeaderValue};
 use futures_util::{FutureExt as _, StreamExt};
 
 use super::{Bus, BusError, BusMessage, BusStatus, StatusCell, Subscription};
@@ -114,14 +114,19 @@ impl NatsBus {
     }
 }
 
-fn to_headers(headers: &[(String, String)]) -> Result<Option<HeaderMap>, BusError> {
+/// The headers, moved into async-nats's map rather than copied. Checked here: its conversions
+/// of an owned string panic on a bad name or value.
+fn to_headers(headers: Vec<(String, String)>) -> Result<Option<HeaderMap>, BusError> {
     if headers.is_empty() {
         return Ok(None);
     }
     let mut map = HeaderMap::new();
     for (name, value) in headers {
-        let value: HeaderValue = value.parse().map_err(|_| BusError::Refused(format!("header {name}")))?;
-        map.append(name.as_str(), value);
+        if value.contains(['\r', '\n']) {
+            return Err(BusError::Refused(format!("header {name}")));
+        }
+        let name = HeaderName::try_from(name).map_err(|e| BusError::Refused(format!("header name: {e}")))?;
+        map.append(name, HeaderValue::from(value));
     }
     Ok(Some(map))
 }
@@ -154,7 +159,7 @@ impl Bus for NatsBus {
         if !self.status.get().connected {
             return Err(BusError::Disconnected);
         }
-        let headers = to_headers(&msg.headers)?;
+        let headers = to_headers(msg.headers)?;
         let payload = bytes::Bytes::from(msg.payload);
         let sent = match (msg.reply, headers) {
             (None, None) => self.client.publish(msg.subject, payload).await,
@@ -364,14 +369,19 @@ mod tests {
     }
 
     #[test]
-    fn headers_go_over_as_given_and_a_bad_value_is_refused() {
-        assert!(to_headers(&[]).unwrap().is_none());
-        let given = [("A", "1"), ("A", "2"), ("B", "x y")].map(|(n, v)| (n.to_owned(), v.to_owned()));
-        let map = to_headers(&given).unwrap().expect("headers");
+    fn headers_go_over_as_given_and_a_bad_one_is_refused() {
+        let owned =
+            |pairs: &[(&str, &str)]| pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect();
+        assert!(to_headers(Vec::new()).unwrap().is_none());
+        let map = to_headers(owned(&[("A", "1"), ("A", "2"), ("B", "x y")])).unwrap().expect("headers");
         let a: Vec<&str> = map.get_all("A").map(|v| v.as_str()).collect();
         assert_eq!(a, ["1", "2"]);
         assert_eq!(map.get("B").map(|v| v.as_str()), Some("x y"));
-        let bad = [("C".to_owned(), "line\r\nbreak".to_owned())];
-        assert!(matches!(to_headers(&bad), Err(BusError::Refused(e)) if e == "header C"));
+        let bad = to_headers(owned(&[("C", "line\r\nbreak")]));
+        assert!(matches!(bad, Err(BusError::Refused(e)) if e == "header C"));
+        // A bad name is an error too, not async-nats's panic.
+        for name in ["a:b", "caf\u{e9}", "a\nb"] {
+            assert!(matches!(to_headers(owned(&[(name, "v")])), Err(BusError::Refused(_))), "{name:?}");
+        }
     }
 }
