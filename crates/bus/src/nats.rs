@@ -114,19 +114,17 @@ impl NatsBus {
     }
 }
 
-/// The headers, moved into async-nats's map rather than copied. Checked here: its conversions
-/// of an owned string panic on a bad name or value.
+/// The headers in async-nats's map, each checked by async-nats's own fallible parsing: its
+/// conversions of a string panic on a bad name or value. Names are moved in, values copied.
 fn to_headers(headers: Vec<(String, String)>) -> Result<Option<HeaderMap>, BusError> {
     if headers.is_empty() {
         return Ok(None);
     }
     let mut map = HeaderMap::new();
     for (name, value) in headers {
-        if value.contains(['\r', '\n']) {
-            return Err(BusError::Refused(format!("header {name}")));
-        }
+        let value: HeaderValue = value.parse().map_err(|_| BusError::Refused(format!("header {name}")))?;
         let name = HeaderName::try_from(name).map_err(|e| BusError::Refused(format!("header name: {e}")))?;
-        map.append(name, HeaderValue::from(value));
+        map.append(name, value);
     }
     Ok(Some(map))
 }
