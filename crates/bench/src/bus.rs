@@ -8,6 +8,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::floor;
 use crate::frame::{self, Answer};
 use crate::plan::{GATEWAY_FLAGS, SuiteOpts, log, round};
 use crate::procfs;
@@ -94,6 +95,16 @@ pub async fn rows(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> {
         paced_cpu.push(cpu);
     }
     res.notes.push(gateway_ratios(&values(&peak, |r| r.cpu_us[0]), &paced_cpu[0], rate));
+    // What async-nats alone costs at the paced rate and at the bus gateway's full speed.
+    let gateway_cpu =
+        |runs: &[Vec<Run>; 3], i: usize| median(&values(runs, |r| r.cpu_us[0])[i]).unwrap_or(0.0);
+    let full_rate = median(&rps[NATS_ONE]).unwrap_or(rate);
+    for (what, at, runs) in
+        [("the one offered rate", rate, &timed), ("the bus gateway's full speed", full_rate, &peak)]
+    {
+        let floor = floor::measure(&opts.load_bin, &url, at, opts.repeats, opts.duration).await?;
+        res.notes.push(floor::note(what, &floor, gateway_cpu(runs, 0), gateway_cpu(runs, NATS_ONE)));
+    }
     let errors: u64 =
         peak.iter().chain(&timed).flatten().map(|r| r.report.errors + r.report.connect_errors).sum();
     let answers: Vec<&str> =

@@ -9,6 +9,8 @@
 //! - [`idle`]: N idle connections held open while heartbeats run; the server's resident memory
 //!   per connection, read from `/proc/<pid>/status` before and after.
 //! - [`churn`]: connections opened and closed in a loop; cycles per second.
+//! - [`floor`]: a bare async-nats requester and responder on the request load's schedule: what
+//!   one request through NATS costs the NATS clients alone, the floor under the bus figures.
 //!
 //! [`suite`] runs all of them against the three servers ([`servers`]), the request load through
 //! the NATS bus ([`bus`]), chat sends and joins through workers keeping their state in JetStream
@@ -19,6 +21,7 @@
 pub mod bus;
 pub mod churn;
 pub mod fanout;
+pub mod floor;
 pub mod frame;
 pub mod idle;
 pub mod plan;

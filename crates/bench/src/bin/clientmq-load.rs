@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clientmq_bench::churn::{self, ChurnOpts};
 use clientmq_bench::fanout::{self, FanoutOpts, Protocol};
+use clientmq_bench::floor::{self, Publish};
 use clientmq_bench::idle::{self, IdleOpts};
 use clientmq_bench::plan::SuiteOpts;
 use clientmq_bench::report;
@@ -144,6 +145,40 @@ enum Mode {
         /// Bytes added to every chat message.
         #[arg(long, default_value_t = 0)]
         pad_bytes: usize,
+    },
+    /// The bus's floor: a bare async-nats requester and responder on the load's schedule, CPU µs
+    /// per request of each (`floor` in the library's docs).
+    BusFloor {
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 100)]
+        connections: usize,
+        #[arg(long, default_value_t = 4.0)]
+        secs: f64,
+        #[arg(long, value_enum, default_value_t = Publish::Headers)]
+        publish: Publish,
+    },
+    /// The floor's responder (started by `bus-floor`).
+    #[command(hide = true)]
+    BusFloorResponder {
+        #[arg(long)]
+        nats: String,
+    },
+    /// The floor's requester (started by `bus-floor`).
+    #[command(hide = true)]
+    BusFloorRequester {
+        #[arg(long)]
+        nats: String,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long)]
+        connections: usize,
+        #[arg(long)]
+        secs: f64,
+        #[arg(long, value_enum)]
+        publish: Publish,
     },
     /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
     /// here; writes the table.
@@ -336,6 +371,29 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             let report = churn::run(&t, &opts).await;
             let gauge = if metrics { format!(" open_gauge={}", open_gauge(&t).await) } else { String::new() };
             println!("{}{gauge}", report.summary());
+        }
+        Mode::BusFloor { nats, rate, connections, secs: s, publish } => {
+            let exe = std::env::current_exe().map_err(|_| ExitCode::FAILURE)?;
+            match floor::run(&exe, &nats, publish, rate, connections, secs(s)).await {
+                Ok(r) => println!(
+                    "publish={publish:?} rate={rate:.0} answered={} requester_cpu_us={:.2} responder_cpu_us={:.2}",
+                    r.answered, r.requester_us, r.responder_us
+                ),
+                Err(e) => {
+                    eprintln!("clientmq-load: {e}");
+                    return Err(ExitCode::FAILURE);
+                }
+            }
+        }
+        Mode::BusFloorResponder { nats } => floor::responder(&nats).await.map_err(|e| {
+            eprintln!("clientmq-load: {e}");
+            ExitCode::FAILURE
+        })?,
+        Mode::BusFloorRequester { nats, rate, connections, secs: s, publish } => {
+            floor::requester(&nats, publish, rate, connections, secs(s)).await.map_err(|e| {
+                eprintln!("clientmq-load: {e}");
+                ExitCode::FAILURE
+            })?
         }
         Mode::Suite(args) => {
             let SuiteArgs {

@@ -1,0 +1,347 @@
+//! The bus's floor: what a request through NATS and its answer cost the two NATS clients alone,
+//! with nothing of clientmq around them. A *requester* (the gateway's part) publishes requests on
+//! the load's schedule (connections with evenly spread slots, as [`crate::request`] paces them),
+//! with the gateway's subject, reply subject and headers, and reads the answers on one
+//! subscription; a *responder* (the worker's part) answers each with its payload and no headers,
+//! as `clientmq-chat` answers `mq.PingPong`. Each runs in a process of its own (async-nats on a
+//! multi-threaded tokio runtime, as the gateway and the worker run it), so its CPU time is read
+//! apart. A third run paces the same schedule and publishes nothing: the requester's cost with
+//! the bus taken out is its CPU less that one's.
+//!
+//! The gateway cannot spend less per request on the bus than the requester, nor the worker less
+//! than the responder, whatever clientmq does, while each request is one NATS message each way.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::{HeaderMap, Subject};
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::time::Instant;
+
+use crate::procfs;
+
+const REQUEST: &str = "floor.req.mq.PingPong";
+const GATEWAY: &str = "gw1.k3x9a1pq";
+const INBOX: &str = "floor.gw.gw1.k3x9a1pq";
+/// An `mq.PingPong` payload of the load's size.
+const PAYLOAD: &[u8] = b"\x0a\x0d1733612345678";
+
+/// What the requester publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Publish {
+    /// The gateway's request headers (gateway, connection, remote address, timeout).
+    Headers,
+    /// The same requests without headers.
+    Bare,
+    /// Nothing: the schedule alone, to subtract.
+    Nothing,
+}
+
+/// One measured run: CPU µs per request of each process.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorRun {
+    pub answered: u64,
+    pub requester_us: f64,
+    pub responder_us: f64,
+}
+
+/// Starts a responder and a requester (`exe`'s hidden modes) on `nats_url`, loads for `warmup` +
+/// `duration` at `rate` over `connections`, and reads both processes' CPU time around the load.
+pub async fn run(
+    exe: &std::path::Path,
+    nats_url: &str,
+    publish: Publish,
+    rate: f64,
+    connections: usize,
+    load: Duration,
+) -> Result<FloorRun, String> {
+    let responder = Helper::start(exe, &["bus-floor-responder", "--nats", nats_url]).await?;
+    let rate_arg = rate.to_string();
+    let conns = connections.to_string();
+    let secs = load.as_secs_f64().to_string();
+    let publish_arg = format!("{publish:?}").to_lowercase();
+    let args = [
+        "bus-floor-requester",
+        "--nats",
+        nats_url,
+        "--rate",
+        &rate_arg,
+        "--connections",
+        &conns,
+        "--secs",
+        &secs,
+        "--publish",
+        &publish_arg,
+    ];
+    let mut requester = Helper::start(exe, &args).await?;
+    let before = (requester.cpu(), responder.cpu());
+    requester.say("go").await?;
+    let done = requester.line().await?;
+    let after = (requester.cpu(), responder.cpu());
+    let answered: u64 = done
+        .strip_prefix("done ")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| format!("requester said {done:?}"))?;
+    requester.stop().await;
+    responder.stop().await;
+    let per = |d: f64| d * 1e6 / answered.max(1) as f64;
+    Ok(FloorRun { answered, requester_us: per(after.0 - before.0), responder_us: per(after.1 - before.1) })
+}
+
+/// A child process of `exe` that says `ready` on stdout once connected.
+struct Helper {
+    child: Child,
+    pid: u32,
+    stdin: ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Helper {
+    async fn start(exe: &std::path::Path, args: &[&str]) -> Result<Helper, String> {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("{}: {e}", exe.display()))?;
+        let pid = child.id().ok_or("helper exited at once")?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
+        let mut helper = Helper { child, pid, stdin, lines };
+        match helper.line().await?.as_str() {
+            "ready" => Ok(helper),
+            other => Err(format!("{}: said {other:?}", args[0])),
+        }
+    }
+
+    async fn line(&mut self) -> Result<String, String> {
+        let next = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await;
+        match next {
+            Ok(Ok(Some(line))) => Ok(line),
+            Ok(Ok(None)) => Err("helper exited".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("helper silent for 60 s".into()),
+        }
+    }
+
+    async fn say(&mut self, line: &str) -> Result<(), String> {
+        self.stdin.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| e.to_string())
+    }
+
+    fn cpu(&self) -> f64 {
+        procfs::cpu_secs(self.pid).map(|(u, s)| u + s).unwrap_or(0.0)
+    }
+
+    /// Closing stdin tells the helper to exit.
+    async fn stop(mut self) {
+        drop(self.stdin);
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn connect(url: &str) -> Result<async_nats::Client, String> {
+    async_nats::connect(url).await.map_err(|e| format!("{url}: {e}"))
+}
+
+/// Reads stdin until it closes.
+async fn until_stdin_closes() {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(_)) = lines.next_line().await {}
+}
+
+/// The responder: answers every request with its payload, until stdin closes.
+pub async fn responder(url: &str) -> Result<(), String> {
+    let client = connect(url).await?;
+    let mut sub = client.queue_subscribe(REQUEST, "floor".into()).await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    let answering = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, msg.payload).await;
+            }
+        }
+    });
+    println!("ready");
+    until_stdin_closes().await;
+    answering.abort();
+    Ok(())
+}
+
+/// The requester: waits for `go` on stdin, loads for `load`, prints `done N` (answers, or slots
+/// when publishing nothing), then waits for stdin to close.
+pub async fn requester(
+    url: &str,
+    publish: Publish,
+    rate: f64,
+    connections: usize,
+    load: Duration,
+) -> Result<(), String> {
+    let client = connect(url).await?;
+    let mut inbox = client.subscribe(format!("{INBOX}.>")).await.map_err(|e| e.to_string())?;
+    client.flush().await.map_err(|e| e.to_string())?;
+    let answered = Arc::new(AtomicU64::new(0));
+    let counting = answered.clone();
+    let answers = tokio::spawn(async move {
+        while inbox.next().await.is_some() {
+            counting.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    println!("ready");
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    if stdin.next_line().await.ok().flatten().as_deref() != Some("go") {
+        return Err("no go".into());
+    }
+    let start = Instant::now();
+    let end = start + load;
+    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
+    let counter = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let (client, counter) = (client.clone(), counter.clone());
+            let offset = interval.mul_f64(c as f64 / connections as f64);
+            tokio::spawn(connection(client, publish, c, start + offset, interval, end, counter))
+        })
+        .collect();
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Answers still on their way are given a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    answers.abort();
+    let n = match publish {
+        Publish::Nothing => counter.load(Ordering::Relaxed),
+        _ => answered.load(Ordering::Relaxed),
+    };
+    println!("done {n}");
+    while let Ok(Some(_)) = stdin.next_line().await {}
+    Ok(())
+}
+
+async fn connection(
+    client: async_nats::Client,
+    publish: Publish,
+    c: usize,
+    first: Instant,
+    interval: Duration,
+    end: Instant,
+    counter: Arc<AtomicU64>,
+) {
+    let connection_id = format!("{c:032}");
+    let subject = Subject::from_static(REQUEST);
+    let mut slot = first;
+    let mut n = 0u64;
+    while slot < end {
+        tokio::time::sleep_until(slot).await;
+        counter.fetch_add(1, Ordering::Relaxed);
+        // Built per request, as the gateway builds them.
+        let reply: Subject = format!("{INBOX}.reply.{c}{n}").into();
+        let payload = bytes::Bytes::from_static(PAYLOAD);
+        let sent = match publish {
+            Publish::Nothing => Ok(()),
+            Publish::Bare => client.publish_with_reply(subject.clone(), reply, payload).await,
+            Publish::Headers => {
+                let mut h = HeaderMap::new();
+                h.insert("Clientmq-Gateway", GATEWAY);
+                h.insert("Clientmq-Connection", connection_id.as_str());
+                h.insert("Clientmq-Remote", "127.0.0.1");
+                h.insert("Clientmq-Timeout-Ms", "15000");
+                client.publish_with_reply_and_headers(subject.clone(), reply, h, payload).await
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+        n += 1;
+        slot += interval;
+    }
+}
+
+/// The floor at one rate, medians over the repeats: CPU µs per request.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    pub rate: f64,
+    /// The requester with the gateway's headers, less the schedule alone.
+    pub requester: f64,
+    /// The responder, to requests with the gateway's headers and to bare ones.
+    pub responder_headers: f64,
+    pub responder_bare: f64,
+}
+
+/// Measures the floor at `rate` over 100 connections, `repeats` times each way.
+pub async fn measure(
+    exe: &std::path::Path,
+    url: &str,
+    rate: f64,
+    repeats: usize,
+    load: Duration,
+) -> Result<Floor, String> {
+    let mut by = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..repeats.max(1) {
+        for (i, publish) in [Publish::Nothing, Publish::Headers, Publish::Bare].into_iter().enumerate() {
+            let r = run(exe, url, publish, rate, 100, load).await?;
+            crate::plan::log(format!("bus floor {publish:?} at {rate:.0}/s: {r:?}"));
+            by[i].push(r);
+        }
+    }
+    let med = |i: usize, f: fn(&FloorRun) -> f64| {
+        crate::stats::median(&by[i].iter().map(f).collect::<Vec<_>>()).unwrap_or(0.0)
+    };
+    Ok(Floor {
+        rate,
+        requester: med(1, |r| r.requester_us) - med(0, |r| r.requester_us),
+        responder_headers: med(1, |r| r.responder_us),
+        responder_bare: med(2, |r| r.responder_us),
+    })
+}
+
+/// The worker's target: half the CPU per `mq.PingPong` it was filed with (6.5 µs).
+pub const WORKER_TARGET_US: f64 = 3.25;
+
+/// What the floor says of the two bus targets at `floor.rate` (`what` names that rate), given the
+/// embedded and bus gateways' CPU per request there. 1.3 x allows the bus 0.3 x the embedded
+/// gateway's CPU; at full speed that is an upper bound, since the embedded gateway spends no
+/// less per request at the bus's lower rate.
+pub fn note(what: &str, floor: &Floor, embedded_us: f64, bus_us: f64) -> String {
+    let allowed = 0.3 * embedded_us;
+    let gateway = if floor.requester > allowed { "below the floor" } else { "above the floor" };
+    let worker =
+        if floor.responder_headers > WORKER_TARGET_US { "below the floor" } else { "above the floor" };
+    format!(
+        "bus floor at {:.0} req/s ({what}): async-nats alone, publishing with the gateway's headers and reading \
+         the answers, spends {:.1} µs per request; the bus gateway spends {:.1} µs more than embedded ({bus_us:.1} \
+         against {embedded_us:.1}); 1.3 x allows the bus {allowed:.1}: {gateway}. A responder that only answers \
+         spends {:.1} µs (requests with the gateway's headers; {:.1} without); the worker's target is \
+         {WORKER_TARGET_US}: {worker}",
+        floor.rate,
+        floor.requester,
+        bus_us - embedded_us,
+        floor.responder_headers,
+        floor.responder_bare,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_under_what_the_client_alone_costs_is_below_the_floor() {
+        let floor = Floor { rate: 20_000.0, requester: 8.0, responder_headers: 4.0, responder_bare: 3.0 };
+        let n = note("paced", &floor, 12.0, 21.0);
+        assert!(n.contains("spends 8.0 µs per request"), "{n}");
+        assert!(n.contains("9.0 µs more than embedded (21.0 against 12.0)"), "{n}");
+        assert!(n.contains("allows the bus 3.6: below the floor"), "{n}");
+        assert!(n.contains("target is 3.25: below the floor"), "{n}");
+        let cheap = Floor { requester: 3.0, responder_headers: 3.0, ..floor };
+        let n = note("paced", &cheap, 12.0, 14.0);
+        assert!(n.contains("allows the bus 3.6: above the floor"), "{n}");
+        assert!(n.contains("target is 3.25: above the floor"), "{n}");
+    }
+}
