@@ -5,8 +5,9 @@
 //! subscription; a *responder* (the worker's part) answers each with its payload and no headers,
 //! as `clientmq-chat` answers `mq.PingPong`. Each runs in a process of its own (async-nats on a
 //! multi-threaded tokio runtime, as the gateway and the worker run it), so its CPU time is read
-//! apart. A third run paces the same schedule and publishes nothing: the requester's cost with
-//! the bus taken out is its CPU less that one's.
+//! apart. Other runs send the requests without headers, write them by hand on a socket with no
+//! client library (one `write` each: the kernel's share), or publish nothing (the schedule
+//! alone, which the other runs' requester CPU is given less of).
 //!
 //! The gateway cannot spend less per request on the bus than the requester, nor the worker less
 //! than the responder, whatever clientmq does, while each request is one NATS message each way.
@@ -37,6 +38,9 @@ pub enum Publish {
     Headers,
     /// The same requests without headers.
     Bare,
+    /// The same requests without headers, written by hand on a socket of its own (no client
+    /// library: one `write` per request, answers parsed in place): the kernel's share.
+    Raw,
     /// Nothing: the schedule alone, to subtract.
     Nothing,
 }
@@ -184,15 +188,21 @@ pub async fn requester(
     load: Duration,
 ) -> Result<(), String> {
     let client = connect(url).await?;
-    let mut inbox = client.subscribe(format!("{INBOX}.>")).await.map_err(|e| e.to_string())?;
-    client.flush().await.map_err(|e| e.to_string())?;
     let answered = Arc::new(AtomicU64::new(0));
-    let counting = answered.clone();
-    let answers = tokio::spawn(async move {
-        while inbox.next().await.is_some() {
-            counting.fetch_add(1, Ordering::Relaxed);
-        }
-    });
+    let (answers, raw) = if publish == Publish::Raw {
+        let (reader, writer) = raw_connect(url).await?;
+        (tokio::spawn(raw_answers(reader, answered.clone())), Some(writer))
+    } else {
+        let mut inbox = client.subscribe(format!("{INBOX}.>")).await.map_err(|e| e.to_string())?;
+        client.flush().await.map_err(|e| e.to_string())?;
+        let counting = answered.clone();
+        let answers = tokio::spawn(async move {
+            while inbox.next().await.is_some() {
+                counting.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        (answers, None)
+    };
     println!("ready");
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     if stdin.next_line().await.ok().flatten().as_deref() != Some("go") {
@@ -204,9 +214,10 @@ pub async fn requester(
     let counter = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
-            let (client, counter) = (client.clone(), counter.clone());
+            let (client, counter, raw) = (client.clone(), counter.clone(), raw.clone());
             let offset = interval.mul_f64(c as f64 / connections as f64);
-            tokio::spawn(connection(client, publish, c, start + offset, interval, end, counter))
+            let schedule = Schedule { first: start + offset, interval, end };
+            tokio::spawn(connection(client, raw, publish, c, schedule, counter))
         })
         .collect();
     for t in tasks {
@@ -224,13 +235,20 @@ pub async fn requester(
     Ok(())
 }
 
-async fn connection(
-    client: async_nats::Client,
-    publish: Publish,
-    c: usize,
+/// One connection's slots: from `first`, every `interval`, until `end`.
+#[derive(Clone, Copy)]
+struct Schedule {
     first: Instant,
     interval: Duration,
     end: Instant,
+}
+
+async fn connection(
+    client: async_nats::Client,
+    raw: Option<Arc<std::net::TcpStream>>,
+    publish: Publish,
+    c: usize,
+    Schedule { first, interval, end }: Schedule,
     counter: Arc<AtomicU64>,
 ) {
     let connection_id = format!("{c:032}");
@@ -245,6 +263,18 @@ async fn connection(
         let payload = bytes::Bytes::from_static(PAYLOAD);
         let sent = match publish {
             Publish::Nothing => Ok(()),
+            Publish::Raw => {
+                let Some(socket) = &raw else { return };
+                let mut line =
+                    format!("PUB {REQUEST} {INBOX}.reply.{c}{n} {}\r\n", PAYLOAD.len()).into_bytes();
+                line.extend_from_slice(PAYLOAD);
+                line.extend_from_slice(b"\r\n");
+                // A short write on a socket with room to spare: all of it or an error.
+                match std::io::Write::write(&mut &**socket, &line) {
+                    Ok(k) if k == line.len() => Ok(()),
+                    _ => return,
+                }
+            }
             Publish::Bare => client.publish_with_reply(subject.clone(), reply, payload).await,
             Publish::Headers => {
                 let mut h = HeaderMap::new();
@@ -263,12 +293,70 @@ async fn connection(
     }
 }
 
+/// A NATS connection by hand: CONNECT, a subscription to the inbox, and a PING whose PONG says
+/// both are in place. The reader is tokio's; the writer the same socket, written from any task.
+async fn raw_connect(url: &str) -> Result<(tokio::net::TcpStream, Arc<std::net::TcpStream>), String> {
+    use tokio::io::AsyncReadExt;
+    let addr = url.strip_prefix("nats://").unwrap_or(url);
+    let socket = std::net::TcpStream::connect(addr).map_err(|e| format!("{addr}: {e}"))?;
+    socket.set_nodelay(true).map_err(|e| e.to_string())?;
+    let hello = format!("CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {INBOX}.> 1\r\nPING\r\n");
+    std::io::Write::write_all(&mut &socket, hello.as_bytes()).map_err(|e| e.to_string())?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let writer = Arc::new(socket.try_clone().map_err(|e| e.to_string())?);
+    let mut reader = tokio::net::TcpStream::from_std(socket).map_err(|e| e.to_string())?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !seen.windows(6).any(|w| w == b"PONG\r\n") {
+        let n = reader.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("nats-server closed the connection".into());
+        }
+        seen.extend_from_slice(&buf[..n]);
+    }
+    Ok((reader, writer))
+}
+
+/// Counts the `MSG`s arriving on a raw connection (each is an answer).
+async fn raw_answers(mut reader: tokio::net::TcpStream, answered: Arc<AtomicU64>) {
+    use tokio::io::AsyncReadExt;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = reader.read(&mut buf).await {
+        if n == 0 {
+            return;
+        }
+        pending.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        // Each line, and after a `MSG` line its payload (which may hold any byte) and CRLF.
+        while let Some(eol) = pending[at..].windows(2).position(|w| w == b"\r\n") {
+            let line = &pending[at..at + eol];
+            let size = if line.starts_with(b"MSG ") {
+                std::str::from_utf8(line).ok().and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            } else {
+                None
+            };
+            let next = at + eol + 2 + size.map_or(0, |s| s + 2);
+            if next > pending.len() {
+                break;
+            }
+            if size.is_some() {
+                answered.fetch_add(1, Ordering::Relaxed);
+            }
+            at = next;
+        }
+        pending.drain(..at);
+    }
+}
+
 /// The floor at one rate, medians over the repeats: CPU µs per request.
 #[derive(Debug, Clone, Copy)]
 pub struct Floor {
     pub rate: f64,
     /// The requester with the gateway's headers, less the schedule alone.
     pub requester: f64,
+    /// The same without a client library (bare requests written by hand), less the schedule.
+    pub raw: f64,
     /// The responder, to requests with the gateway's headers and to bare ones.
     pub responder_headers: f64,
     pub responder_bare: f64,
@@ -282,9 +370,10 @@ pub async fn measure(
     repeats: usize,
     load: Duration,
 ) -> Result<Floor, String> {
-    let mut by = [Vec::new(), Vec::new(), Vec::new()];
+    let mut by = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
     for _ in 0..repeats.max(1) {
-        for (i, publish) in [Publish::Nothing, Publish::Headers, Publish::Bare].into_iter().enumerate() {
+        let each = [Publish::Nothing, Publish::Headers, Publish::Bare, Publish::Raw];
+        for (i, publish) in each.into_iter().enumerate() {
             let r = run(exe, url, publish, rate, 100, load).await?;
             crate::plan::log(format!("bus floor {publish:?} at {rate:.0}/s: {r:?}"));
             by[i].push(r);
@@ -296,6 +385,7 @@ pub async fn measure(
     Ok(Floor {
         rate,
         requester: med(1, |r| r.requester_us) - med(0, |r| r.requester_us),
+        raw: med(3, |r| r.requester_us) - med(0, |r| r.requester_us),
         responder_headers: med(1, |r| r.responder_us),
         responder_bare: med(2, |r| r.responder_us),
     })
@@ -315,12 +405,14 @@ pub fn note(what: &str, floor: &Floor, embedded_us: f64, bus_us: f64) -> String 
         if floor.responder_headers > WORKER_TARGET_US { "below the floor" } else { "above the floor" };
     format!(
         "bus floor at {:.0} req/s ({what}): async-nats alone, publishing with the gateway's headers and reading \
-         the answers, spends {:.1} µs per request; the bus gateway spends {:.1} µs more than embedded ({bus_us:.1} \
+         the answers, spends {:.1} µs per request ({:.1} writing bare requests by hand, with no client \
+         library: the kernel's share); the bus gateway spends {:.1} µs more than embedded ({bus_us:.1} \
          against {embedded_us:.1}); 1.3 x allows the bus {allowed:.1}: {gateway}. A responder that only answers \
          spends {:.1} µs (requests with the gateway's headers; {:.1} without); the worker's target is \
          {WORKER_TARGET_US}: {worker}",
         floor.rate,
         floor.requester,
+        floor.raw,
         bus_us - embedded_us,
         floor.responder_headers,
         floor.responder_bare,
@@ -333,9 +425,10 @@ mod tests {
 
     #[test]
     fn a_target_under_what_the_client_alone_costs_is_below_the_floor() {
-        let floor = Floor { rate: 20_000.0, requester: 8.0, responder_headers: 4.0, responder_bare: 3.0 };
+        let floor =
+            Floor { rate: 20_000.0, requester: 8.0, raw: 7.5, responder_headers: 4.0, responder_bare: 3.0 };
         let n = note("paced", &floor, 12.0, 21.0);
-        assert!(n.contains("spends 8.0 µs per request"), "{n}");
+        assert!(n.contains("spends 8.0 µs per request (7.5 writing bare requests by hand"), "{n}");
         assert!(n.contains("9.0 µs more than embedded (21.0 against 12.0)"), "{n}");
         assert!(n.contains("allows the bus 3.6: below the floor"), "{n}");
         assert!(n.contains("target is 3.25: below the floor"), "{n}");
