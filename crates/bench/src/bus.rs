@@ -102,8 +102,11 @@ pub async fn rows(opts: &SuiteOpts, res: &mut Results) -> Result<(), String> {
     for (what, at, runs) in
         [("the one offered rate", rate, &timed), ("the bus gateway's full speed", full_rate, &peak)]
     {
-        let floor = floor::measure(&opts.load_bin, &url, at, opts.repeats, opts.duration).await?;
-        res.notes.push(floor::note(what, &floor, gateway_cpu(runs, 0), gateway_cpu(runs, NATS_ONE)));
+        // A floor that cannot be measured is said so; the figures above stand without it.
+        res.notes.push(match floor::measure(&opts.load_bin, &url, at, opts.repeats, opts.duration).await {
+            Ok(floor) => floor::note(what, &floor, gateway_cpu(runs, 0), gateway_cpu(runs, NATS_ONE)),
+            Err(e) => format!("bus floor at {at:.0} req/s ({what}): not measured: {e}"),
+        });
     }
     let errors: u64 =
         peak.iter().chain(&timed).flatten().map(|r| r.report.errors + r.report.connect_errors).sum();
