@@ -117,7 +117,7 @@ impl Helper {
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
         let mut helper = Helper { child, pid, stdin, lines };
-        match helper.line().await?.as_str() {
+        match helper.line().await.map_err(|e| format!("{}: {e}", args[0]))?.as_str() {
             "ready" => Ok(helper),
             other => Err(format!("{}: said {other:?}", args[0])),
         }
