@@ -45,6 +45,19 @@ pub enum Publish {
     Nothing,
 }
 
+/// What a run offers: how requests are sent, how many a second over how many connections, for
+/// how long, and how many each bus message carries.
+#[derive(Debug, Clone, Copy)]
+pub struct FloorLoad {
+    pub publish: Publish,
+    pub rate: f64,
+    pub connections: usize,
+    pub load: Duration,
+    /// Requests per bus message (1: the contract's). More stand for a contract that batches:
+    /// each request then carries its own metadata in the payload (64 bytes, for the headers).
+    pub batch: usize,
+}
+
 /// One measured run: CPU µs per request of each process.
 #[derive(Debug, Clone, Copy)]
 pub struct FloorRun {
@@ -53,33 +66,27 @@ pub struct FloorRun {
     pub responder_us: f64,
 }
 
-/// Starts a responder and a requester (`exe`'s hidden modes) on `nats_url`, loads for `warmup` +
-/// `duration` at `rate` over `connections`, and reads both processes' CPU time around the load.
-pub async fn run(
-    exe: &std::path::Path,
-    nats_url: &str,
-    publish: Publish,
-    rate: f64,
-    connections: usize,
-    load: Duration,
-) -> Result<FloorRun, String> {
+/// Starts a responder and a requester (`exe`'s hidden modes) on `nats_url`, offers `load`, and
+/// reads both processes' CPU time around it.
+pub async fn run(exe: &std::path::Path, nats_url: &str, load: &FloorLoad) -> Result<FloorRun, String> {
     let responder = Helper::start(exe, &["bus-floor-responder", "--nats", nats_url]).await?;
-    let rate_arg = rate.to_string();
-    let conns = connections.to_string();
-    let secs = load.as_secs_f64().to_string();
-    let publish_arg = format!("{publish:?}").to_lowercase();
+    let (rate, conns) = (load.rate.to_string(), load.connections.to_string());
+    let (secs, batch) = (load.load.as_secs_f64().to_string(), load.batch.to_string());
+    let publish = format!("{:?}", load.publish).to_lowercase();
     let args = [
         "bus-floor-requester",
         "--nats",
         nats_url,
         "--rate",
-        &rate_arg,
+        &rate,
         "--connections",
         &conns,
         "--secs",
         &secs,
         "--publish",
-        &publish_arg,
+        &publish,
+        "--batch",
+        &batch,
     ];
     let mut requester = Helper::start(exe, &args).await?;
     let before = (requester.cpu(), responder.cpu());
@@ -180,13 +187,9 @@ pub async fn responder(url: &str) -> Result<(), String> {
 
 /// The requester: waits for `go` on stdin, loads for `load`, prints `done N` (answers, or slots
 /// when publishing nothing), then waits for stdin to close.
-pub async fn requester(
-    url: &str,
-    publish: Publish,
-    rate: f64,
-    connections: usize,
-    load: Duration,
-) -> Result<(), String> {
+pub async fn requester(url: &str, offered: &FloorLoad) -> Result<(), String> {
+    let FloorLoad { publish, rate, connections, load, batch } = *offered;
+    let batch = batch.max(1);
     let client = connect(url).await?;
     let answered = Arc::new(AtomicU64::new(0));
     let (answers, raw) = if publish == Publish::Raw {
@@ -198,7 +201,7 @@ pub async fn requester(
         let counting = answered.clone();
         let answers = tokio::spawn(async move {
             while inbox.next().await.is_some() {
-                counting.fetch_add(1, Ordering::Relaxed);
+                counting.fetch_add(batch as u64, Ordering::Relaxed);
             }
         });
         (answers, None)
@@ -210,14 +213,20 @@ pub async fn requester(
     }
     let start = Instant::now();
     let end = start + load;
-    let interval = Duration::from_secs_f64(connections as f64 / rate.max(1.0));
+    let interval = Duration::from_secs_f64((connections * batch) as f64 / rate.max(1.0));
+    let payload = bytes::Bytes::from(
+        (0..batch)
+            .flat_map(|_| if batch > 1 { [PAYLOAD, &[0; 64]].concat() } else { PAYLOAD.to_vec() })
+            .collect::<Vec<u8>>(),
+    );
     let counter = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let (client, counter, raw) = (client.clone(), counter.clone(), raw.clone());
             let offset = interval.mul_f64(c as f64 / connections as f64);
             let schedule = Schedule { first: start + offset, interval, end };
-            tokio::spawn(connection(client, raw, publish, c, schedule, counter))
+            let message = Message { publish, payload: payload.clone(), batch: batch as u64 };
+            tokio::spawn(connection(client, raw, message, c, schedule, counter))
         })
         .collect();
     for t in tasks {
@@ -235,6 +244,14 @@ pub async fn requester(
     Ok(())
 }
 
+/// What a connection sends at each slot: how, what, and how many requests that is.
+#[derive(Clone)]
+struct Message {
+    publish: Publish,
+    payload: bytes::Bytes,
+    batch: u64,
+}
+
 /// One connection's slots: from `first`, every `interval`, until `end`.
 #[derive(Clone, Copy)]
 struct Schedule {
@@ -246,7 +263,7 @@ struct Schedule {
 async fn connection(
     client: async_nats::Client,
     raw: Option<Arc<std::net::TcpStream>>,
-    publish: Publish,
+    Message { publish, payload, batch }: Message,
     c: usize,
     Schedule { first, interval, end }: Schedule,
     counter: Arc<AtomicU64>,
@@ -257,17 +274,17 @@ async fn connection(
     let mut n = 0u64;
     while slot < end {
         tokio::time::sleep_until(slot).await;
-        counter.fetch_add(1, Ordering::Relaxed);
+        counter.fetch_add(batch, Ordering::Relaxed);
         // Built per request, as the gateway builds them.
         let reply: Subject = format!("{INBOX}.reply.{c}{n}").into();
-        let payload = bytes::Bytes::from_static(PAYLOAD);
+        let payload = payload.clone();
         let sent = match publish {
             Publish::Nothing => Ok(()),
             Publish::Raw => {
                 let Some(socket) = &raw else { return };
                 let mut line =
-                    format!("PUB {REQUEST} {INBOX}.reply.{c}{n} {}\r\n", PAYLOAD.len()).into_bytes();
-                line.extend_from_slice(PAYLOAD);
+                    format!("PUB {REQUEST} {INBOX}.reply.{c}{n} {}\r\n", payload.len()).into_bytes();
+                line.extend_from_slice(&payload);
                 line.extend_from_slice(b"\r\n");
                 // A short write on a socket with room to spare: all of it or an error.
                 match std::io::Write::write(&mut &**socket, &line) {
@@ -374,7 +391,8 @@ pub async fn measure(
     for _ in 0..repeats.max(1) {
         let each = [Publish::Nothing, Publish::Headers, Publish::Bare, Publish::Raw];
         for (i, publish) in each.into_iter().enumerate() {
-            let r = run(exe, url, publish, rate, 100, load).await?;
+            let offered = FloorLoad { publish, rate, connections: 100, load, batch: 1 };
+            let r = run(exe, url, &offered).await?;
             crate::plan::log(format!("bus floor {publish:?} at {rate:.0}/s: {r:?}"));
             by[i].push(r);
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use clientmq_bench::churn::{self, ChurnOpts};
 use clientmq_bench::fanout::{self, FanoutOpts, Protocol};
-use clientmq_bench::floor::{self, Publish};
+use clientmq_bench::floor::{self, FloorLoad, Publish};
 use clientmq_bench::idle::{self, IdleOpts};
 use clientmq_bench::plan::SuiteOpts;
 use clientmq_bench::report;
@@ -159,6 +159,9 @@ enum Mode {
         secs: f64,
         #[arg(long, value_enum, default_value_t = Publish::Headers)]
         publish: Publish,
+        /// Requests per bus message, standing for a contract that batches (1: the contract's).
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
     },
     /// The floor's responder (started by `bus-floor`).
     #[command(hide = true)]
@@ -179,6 +182,8 @@ enum Mode {
         secs: f64,
         #[arg(long, value_enum)]
         publish: Publish,
+        #[arg(long)]
+        batch: usize,
     },
     /// Everything, against clientmq-server, clientmq-baseline and the Node seed gateway started
     /// here; writes the table.
@@ -372,11 +377,13 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             let gauge = if metrics { format!(" open_gauge={}", open_gauge(&t).await) } else { String::new() };
             println!("{}{gauge}", report.summary());
         }
-        Mode::BusFloor { nats, rate, connections, secs: s, publish } => {
+        Mode::BusFloor { nats, rate, connections, secs: s, publish, batch } => {
             let exe = std::env::current_exe().map_err(|_| ExitCode::FAILURE)?;
-            match floor::run(&exe, &nats, publish, rate, connections, secs(s)).await {
+            let offered = FloorLoad { publish, rate, connections, load: secs(s), batch };
+            match floor::run(&exe, &nats, &offered).await {
                 Ok(r) => println!(
-                    "publish={publish:?} rate={rate:.0} answered={} requester_cpu_us={:.2} responder_cpu_us={:.2}",
+                    "publish={publish:?} batch={batch} rate={rate:.0} answered={} requester_cpu_us={:.2} \
+                     responder_cpu_us={:.2}",
                     r.answered, r.requester_us, r.responder_us
                 ),
                 Err(e) => {
@@ -389,8 +396,9 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
             eprintln!("clientmq-load: {e}");
             ExitCode::FAILURE
         })?,
-        Mode::BusFloorRequester { nats, rate, connections, secs: s, publish } => {
-            floor::requester(&nats, publish, rate, connections, secs(s)).await.map_err(|e| {
+        Mode::BusFloorRequester { nats, rate, connections, secs: s, publish, batch } => {
+            let offered = FloorLoad { publish, rate, connections, load: secs(s), batch };
+            floor::requester(&nats, &offered).await.map_err(|e| {
                 eprintln!("clientmq-load: {e}");
                 ExitCode::FAILURE
             })?
