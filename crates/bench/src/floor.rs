@@ -194,7 +194,7 @@ pub async fn requester(url: &str, offered: &FloorLoad) -> Result<(), String> {
     let answered = Arc::new(AtomicU64::new(0));
     let (answers, raw) = if publish == Publish::Raw {
         let (reader, writer) = raw_connect(url).await?;
-        (tokio::spawn(raw_answers(reader, answered.clone())), Some(writer))
+        (tokio::spawn(raw_answers(reader, answered.clone(), batch as u64)), Some(writer))
     } else {
         let mut inbox = client.subscribe(format!("{INBOX}.>")).await.map_err(|e| e.to_string())?;
         client.flush().await.map_err(|e| e.to_string())?;
@@ -232,8 +232,13 @@ pub async fn requester(url: &str, offered: &FloorLoad) -> Result<(), String> {
     for t in tasks {
         let _ = t.await;
     }
-    // Answers still on their way are given a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Answers still on their way are waited for, a while.
+    let sent = counter.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while publish != Publish::Nothing && answered.load(Ordering::Relaxed) < sent && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     answers.abort();
     let n = match publish {
         Publish::Nothing => counter.load(Ordering::Relaxed),
@@ -334,8 +339,8 @@ async fn raw_connect(url: &str) -> Result<(tokio::net::TcpStream, Arc<std::net::
     Ok((reader, writer))
 }
 
-/// Counts the `MSG`s arriving on a raw connection (each is an answer).
-async fn raw_answers(mut reader: tokio::net::TcpStream, answered: Arc<AtomicU64>) {
+/// Counts the answers arriving on a raw connection (`batch` to a `MSG`).
+async fn raw_answers(mut reader: tokio::net::TcpStream, answered: Arc<AtomicU64>, batch: u64) {
     use tokio::io::AsyncReadExt;
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
@@ -344,26 +349,30 @@ async fn raw_answers(mut reader: tokio::net::TcpStream, answered: Arc<AtomicU64>
             return;
         }
         pending.extend_from_slice(&buf[..n]);
-        let mut at = 0;
-        // Each line, and after a `MSG` line its payload (which may hold any byte) and CRLF.
-        while let Some(eol) = pending[at..].windows(2).position(|w| w == b"\r\n") {
-            let line = &pending[at..at + eol];
-            let size = if line.starts_with(b"MSG ") {
-                std::str::from_utf8(line).ok().and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-            } else {
-                None
-            };
-            let next = at + eol + 2 + size.map_or(0, |s| s + 2);
-            if next > pending.len() {
-                break;
-            }
-            if size.is_some() {
-                answered.fetch_add(1, Ordering::Relaxed);
-            }
-            at = next;
-        }
-        pending.drain(..at);
+        answered.fetch_add(take_msgs(&mut pending) * batch, Ordering::Relaxed);
     }
+}
+
+/// Takes the whole protocol lines at the front of `pending` (a `MSG` line with its payload, which
+/// may hold any byte, and CRLF), leaving an incomplete one; how many were `MSG`s.
+fn take_msgs(pending: &mut Vec<u8>) -> u64 {
+    let (mut at, mut msgs) = (0, 0);
+    while let Some(eol) = pending[at..].windows(2).position(|w| w == b"\r\n") {
+        let line = &pending[at..at + eol];
+        let size = if line.starts_with(b"MSG ") {
+            std::str::from_utf8(line).ok().and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        } else {
+            None
+        };
+        let next = at + eol + 2 + size.map_or(0, |s| s + 2);
+        if next > pending.len() {
+            break;
+        }
+        msgs += u64::from(size.is_some());
+        at = next;
+    }
+    pending.drain(..at);
+    msgs
 }
 
 /// The floor at one rate, medians over the repeats: CPU µs per request.
@@ -440,6 +449,19 @@ pub fn note(what: &str, floor: &Floor, embedded_us: f64, bus_us: f64) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn answers_are_counted_whole_however_the_bytes_arrive() {
+        // Payloads holding CRLF, a PING between, the stream cut at every byte.
+        let stream = b"MSG a.b 1 4\r\n\r\n\r\n\r\nPING\r\nMSG a.c 1 r.x 2\r\nok\r\nMSG a.d 1 0\r\n\r\n";
+        for cut in 0..stream.len() {
+            let mut pending = stream[..cut].to_vec();
+            let first = take_msgs(&mut pending);
+            pending.extend_from_slice(&stream[cut..]);
+            let rest = take_msgs(&mut pending);
+            assert_eq!((first + rest, pending.len()), (3, 0), "cut at {cut}");
+        }
+    }
 
     #[test]
     fn a_target_under_what_the_client_alone_costs_is_below_the_floor() {
