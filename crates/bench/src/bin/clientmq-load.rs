@@ -256,6 +256,12 @@ fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
 }
 
+/// Says why a mode failed; its exit code.
+fn failed(e: String) -> ExitCode {
+    eprintln!("clientmq-load: {e}");
+    ExitCode::FAILURE
+}
+
 fn target(url: &str) -> Result<Target, ExitCode> {
     Target::parse(url).map_err(|e| {
         eprintln!("clientmq-load: {e}");
@@ -380,28 +386,17 @@ async fn run(mode: Mode) -> Result<(), ExitCode> {
         Mode::BusFloor { nats, rate, connections, secs: s, publish, batch } => {
             let exe = std::env::current_exe().map_err(|_| ExitCode::FAILURE)?;
             let offered = FloorLoad { publish, rate, connections, load: secs(s), batch };
-            match floor::run(&exe, &nats, &offered).await {
-                Ok(r) => println!(
-                    "publish={publish:?} batch={batch} rate={rate:.0} answered={} requester_cpu_us={:.2} \
-                     responder_cpu_us={:.2}",
-                    r.answered, r.requester_us, r.responder_us
-                ),
-                Err(e) => {
-                    eprintln!("clientmq-load: {e}");
-                    return Err(ExitCode::FAILURE);
-                }
-            }
+            let r = floor::run(&exe, &nats, &offered).await.map_err(failed)?;
+            println!(
+                "publish={publish:?} batch={batch} rate={rate:.0} answered={} requester_cpu_us={:.2} \
+                 responder_cpu_us={:.2}",
+                r.answered, r.requester_us, r.responder_us
+            );
         }
-        Mode::BusFloorResponder { nats } => floor::responder(&nats).await.map_err(|e| {
-            eprintln!("clientmq-load: {e}");
-            ExitCode::FAILURE
-        })?,
+        Mode::BusFloorResponder { nats } => floor::responder(&nats).await.map_err(failed)?,
         Mode::BusFloorRequester { nats, rate, connections, secs: s, publish, batch } => {
             let offered = FloorLoad { publish, rate, connections, load: secs(s), batch };
-            floor::requester(&nats, &offered).await.map_err(|e| {
-                eprintln!("clientmq-load: {e}");
-                ExitCode::FAILURE
-            })?
+            floor::requester(&nats, &offered).await.map_err(failed)?
         }
         Mode::Suite(args) => {
             let SuiteArgs {
