@@ -12,17 +12,16 @@
 //! The gateway cannot spend less per request on the bus than the requester, nor the worker less
 //! than the responder, whatever clientmq does, while each request is one NATS message each way.
 
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::{HeaderMap, Subject};
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
 
+use crate::helper::Helper;
 use crate::procfs;
 
 const REQUEST: &str = "floor.req.mq.PingPong";
@@ -66,95 +65,52 @@ pub struct FloorRun {
     pub responder_us: f64,
 }
 
+/// How long a helper may take to say it is ready, or done.
+const SILENT_FOR: Duration = Duration::from_secs(60);
+
 /// Starts a responder and a requester (`exe`'s hidden modes) on `nats_url`, offers `load`, and
 /// reads both processes' CPU time around it.
 pub async fn run(exe: &std::path::Path, nats_url: &str, load: &FloorLoad) -> Result<FloorRun, String> {
-    let responder = Helper::start(exe, &["bus-floor-responder", "--nats", nats_url]).await?;
-    let (rate, conns) = (load.rate.to_string(), load.connections.to_string());
-    let (secs, batch) = (load.load.as_secs_f64().to_string(), load.batch.to_string());
-    let publish = format!("{:?}", load.publish).to_lowercase();
+    let responder = ready(exe, &["bus-floor-responder".into(), "--nats".into(), nats_url.into()]).await?;
     let args = [
-        "bus-floor-requester",
-        "--nats",
-        nats_url,
-        "--rate",
-        &rate,
-        "--connections",
-        &conns,
-        "--secs",
-        &secs,
-        "--publish",
-        &publish,
-        "--batch",
-        &batch,
+        "bus-floor-requester".into(),
+        "--nats".into(),
+        nats_url.into(),
+        "--rate".into(),
+        load.rate.to_string(),
+        "--connections".into(),
+        load.connections.to_string(),
+        "--secs".into(),
+        load.load.as_secs_f64().to_string(),
+        "--publish".into(),
+        format!("{:?}", load.publish).to_lowercase(),
+        "--batch".into(),
+        load.batch.to_string(),
     ];
-    let mut requester = Helper::start(exe, &args).await?;
-    let before = (requester.cpu(), responder.cpu());
+    let mut requester = ready(exe, &args).await?;
+    let cpu = |h: &Helper| procfs::cpu_secs(h.pid()).map(|(u, s)| u + s).unwrap_or(0.0);
+    let before = (cpu(&requester), cpu(&responder));
     requester.say("go").await?;
-    let done = requester.line().await?;
-    let after = (requester.cpu(), responder.cpu());
-    let answered: u64 = done
-        .strip_prefix("done ")
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| format!("requester said {done:?}"))?;
-    requester.stop().await;
-    responder.stop().await;
+    let done = within(requester.line("done ")).await?;
+    let after = (cpu(&requester), cpu(&responder));
+    let answered: u64 = done["done ".len()..].parse().map_err(|_| format!("requester said {done:?}"))?;
+    requester.stop(Duration::from_secs(5)).await;
+    responder.stop(Duration::from_secs(5)).await;
     let per = |d: f64| d * 1e6 / answered.max(1) as f64;
     Ok(FloorRun { answered, requester_us: per(after.0 - before.0), responder_us: per(after.1 - before.1) })
 }
 
-/// A child process of `exe` that says `ready` on stdout once connected.
-struct Helper {
-    child: Child,
-    pid: u32,
-    stdin: ChildStdin,
-    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+/// A helper started, once it has said `ready`.
+async fn ready(exe: &std::path::Path, args: &[String]) -> Result<Helper, String> {
+    let mut helper = Helper::start(exe, args)?;
+    within(helper.line("ready")).await?;
+    Ok(helper)
 }
 
-impl Helper {
-    async fn start(exe: &std::path::Path, args: &[&str]) -> Result<Helper, String> {
-        let mut child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("{}: {e}", exe.display()))?;
-        let pid = child.id().ok_or("helper exited at once")?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let lines = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        let mut helper = Helper { child, pid, stdin, lines };
-        match helper.line().await.map_err(|e| format!("{}: {e}", args[0]))?.as_str() {
-            "ready" => Ok(helper),
-            other => Err(format!("{}: said {other:?}", args[0])),
-        }
-    }
-
-    async fn line(&mut self) -> Result<String, String> {
-        let next = tokio::time::timeout(Duration::from_secs(60), self.lines.next_line()).await;
-        match next {
-            Ok(Ok(Some(line))) => Ok(line),
-            Ok(Ok(None)) => Err("helper exited".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("helper silent for 60 s".into()),
-        }
-    }
-
-    async fn say(&mut self, line: &str) -> Result<(), String> {
-        self.stdin.write_all(format!("{line}\n").as_bytes()).await.map_err(|e| e.to_string())
-    }
-
-    fn cpu(&self) -> f64 {
-        procfs::cpu_secs(self.pid).map(|(u, s)| u + s).unwrap_or(0.0)
-    }
-
-    /// Closing stdin tells the helper to exit.
-    async fn stop(mut self) {
-        drop(self.stdin);
-        if tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await.is_err() {
-            let _ = self.child.kill().await;
-        }
-    }
+async fn within(line: impl Future<Output = Result<String, String>>) -> Result<String, String> {
+    tokio::time::timeout(SILENT_FOR, line)
+        .await
+        .map_err(|_| format!("a helper was silent for {SILENT_FOR:?}"))?
 }
 
 async fn connect(url: &str) -> Result<async_nats::Client, String> {

@@ -7,18 +7,17 @@
 //! stdin closes, then prints `done pings=.. closed=..` and exits.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::helper::Helper;
 use crate::procfs;
 use crate::target::{self, Target};
 
@@ -108,23 +107,6 @@ pub fn shares(total: usize, processes: usize) -> Vec<(usize, usize)> {
         .collect()
 }
 
-struct Worker {
-    child: Child,
-    lines: tokio::io::Lines<BufReader<ChildStdout>>,
-}
-
-impl Worker {
-    /// The next line that starts with `word`.
-    async fn line(&mut self, word: &str) -> Result<String, String> {
-        while let Some(line) = self.lines.next_line().await.map_err(|e| format!("worker output: {e}"))? {
-            if line.starts_with(word) {
-                return Ok(line);
-            }
-        }
-        Err(format!("worker ended before `{word}`"))
-    }
-}
-
 /// Runs idle mode, holding the connections in worker processes started from `exe`.
 pub async fn run(exe: &Path, target: &Target, opts: &IdleOpts) -> Result<IdleReport, String> {
     let mut report = IdleReport { requested: opts.connections, ..IdleReport::default() };
@@ -132,19 +114,24 @@ pub async fn run(exe: &Path, target: &Target, opts: &IdleOpts) -> Result<IdleRep
     let started = Instant::now();
     let mut workers = Vec::new();
     for (n, offset) in shares(opts.connections, opts.processes) {
-        let mut child = Command::new(exe)
-            .args(["idle-worker", "--url", target.url()])
-            .args(["--connections", &n.to_string(), "--sources", &opts.sources.to_string()])
-            .args(["--source-offset", &offset.to_string(), "--first-source", &opts.first_source.to_string()])
-            .args(["--connect-concurrency", &opts.connect_concurrency.to_string()])
-            .args(["--max-hold-secs", &(opts.hold.as_secs() + 300).to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-        let stdout = child.stdout.take().expect("piped");
-        workers.push(Worker { child, lines: BufReader::new(stdout).lines() });
+        let args = [
+            "idle-worker".to_owned(),
+            "--url".into(),
+            target.url().into(),
+            "--connections".into(),
+            n.to_string(),
+            "--sources".into(),
+            opts.sources.to_string(),
+            "--source-offset".into(),
+            offset.to_string(),
+            "--first-source".into(),
+            opts.first_source.to_string(),
+            "--connect-concurrency".into(),
+            opts.connect_concurrency.to_string(),
+            "--max-hold-secs".into(),
+            (opts.hold.as_secs() + 300).to_string(),
+        ];
+        workers.push(Helper::start(exe, &args)?);
     }
     for w in &mut workers {
         let ready = tokio::time::timeout(OPEN_TIMEOUT, w.line("ready"))
@@ -162,16 +149,14 @@ pub async fn run(exe: &Path, target: &Target, opts: &IdleOpts) -> Result<IdleRep
         report.open_gauge = procfs::metric(&text, "clientmq_connections_open");
     }
     for w in &mut workers {
-        drop(w.child.stdin.take()); // the signal to finish
+        w.finish();
     }
-    for w in &mut workers {
+    for mut w in workers {
         if let Ok(Ok(done)) = tokio::time::timeout(Duration::from_secs(30), w.line("done")).await {
             report.pings += pair(&done, "pings");
             report.closed += pair(&done, "closed");
         }
-        if tokio::time::timeout(Duration::from_secs(30), w.child.wait()).await.is_err() {
-            let _ = w.child.kill().await;
-        }
+        w.stop(Duration::from_secs(30)).await;
     }
     Ok(report)
 }

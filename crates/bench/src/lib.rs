@@ -23,6 +23,7 @@ pub mod churn;
 pub mod fanout;
 pub mod floor;
 pub mod frame;
+pub mod helper;
 pub mod idle;
 pub mod plan;
 pub mod procfs;
